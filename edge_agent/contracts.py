@@ -1,0 +1,167 @@
+"""What the core needs from devices, as small async Protocols in the domain's words.
+
+Drivers (in the top-level ``drivers`` package) implement these; the core only ever sees these
+types. Every device object is an async context manager: ``async with`` connects, exit closes.
+Drivers raise only ``edge_agent.errors`` exceptions.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Self, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+GrayImage = npt.NDArray[np.uint8]
+"""A grayscale frame: 2-D uint8 array, row-major (height, width)."""
+
+
+# --- printer -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrintJob:
+    """The static part of what is printed on every unit of a batch."""
+
+    name: str
+    gtin: str
+    lot: str
+    expiry: str  # YYMMDD as printed (AI 17)
+
+
+@dataclass(frozen=True)
+class PrintRecord:
+    """One variable-data record: the serial for one unit. ``seq`` is the agent's record number."""
+
+    seq: int
+    serial: str
+
+
+@dataclass(frozen=True)
+class PrintConfirmation:
+    """The printer says it has printed this record on a unit."""
+
+    seq: int
+    serial: str
+
+
+@dataclass(frozen=True)
+class PrinterStatus:
+    state: str  # e.g. "ready", "printing", "fault"
+    buffered: int  # records waiting in the printer's buffer
+    printed: int  # printer's own print counter
+    fault: str | None = None  # the printer's own fault code, if any
+
+
+@runtime_checkable
+class Printer(Protocol):
+    name: str
+
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def select_job(self, job: PrintJob) -> None:
+        """Select the job template and set its static fields."""
+
+    async def send(self, record: PrintRecord) -> None:
+        """Load one record into the printer's buffer; returns once the printer acknowledged it."""
+
+    def confirmations(self) -> AsyncIterator[PrintConfirmation]:
+        """Print-complete notifications, in print order. Raises DeviceFault / DeviceConnectionError."""
+        ...
+
+    async def status(self) -> PrinterStatus: ...
+
+    async def clear(self) -> int:
+        """Discard every buffered, unprinted record; returns how many were discarded."""
+
+
+# --- camera --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One camera image of one unit. ``trigger`` is the unit's trigger count (shared with the PLC)."""
+
+    trigger: int
+    image: GrayImage
+    received_at: float  # time.monotonic() when the agent had the whole frame
+    source: str = ""
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    name: str
+
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    def frames(self) -> AsyncIterator[Frame]:
+        """Frames in arrival order. Malformed input is logged and counted, never raised mid-stream."""
+        ...
+
+
+@dataclass(frozen=True)
+class CodeRead:
+    """One symbol found in a frame."""
+
+    text: str  # human-readable GS1 form "(01)...(21)..." for GS1 symbols, else the decoded text
+    raw: str  # element string as encoded, GS (\x1d) separators, no symbology prefix
+    symbology: str  # AIM symbology identifier, e.g. "]d2" for GS1 DataMatrix
+    corners: tuple[tuple[int, int], ...]  # four (x, y) corners, top-left first, clockwise
+    contrast: float | None = None  # symbol contrast 0..1 measured from the image, if computed
+    ms: float = 0.0  # time spent decoding
+
+
+class CodeReader(Protocol):
+    """Decodes codes from a frame. Synchronous and thread-safe: the core runs it off the event loop."""
+
+    def read(self, image: GrayImage) -> Sequence[CodeRead]: ...
+
+
+# --- PLC -----------------------------------------------------------------------------------
+
+
+class Verdict(enum.IntEnum):
+    """Wire values of a verdict in the PLC contract. 0 means no verdict: the PLC rejects."""
+
+    PASS = 1
+    REJECT = 2
+
+
+@dataclass(frozen=True)
+class PlcState:
+    heartbeat: int  # the PLC's own counter; the agent watches it move
+    running: bool
+    trigger_count: int  # last unit triggered at the camera
+    passed: int  # units the gate let through
+    rejected: int  # units the gate rejected
+    reject_confirms: int  # rejects the reject sensor saw leave the line
+    stop_cause: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class PlcLink(Protocol):
+    name: str
+
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def write_verdict(self, trigger: int, verdict: Verdict) -> None:
+        """Write the verdict into the ring slot of this trigger count (one atomic write)."""
+
+    async def beat(self) -> None:
+        """Advance the agent heartbeat counter the PLC watches."""
+
+    async def read_state(self) -> PlcState: ...
+
+    async def recent_rejects(self) -> Sequence[int]:
+        """Trigger counts the PLC recently rejected and confirmed (its reject log), oldest first."""
+
+    async def request_line_stop(self, reason_code: int) -> None: ...
+
+    async def clear_line_stop(self) -> None: ...

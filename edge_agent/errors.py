@@ -1,0 +1,88 @@
+"""One exception tree for the whole agent.
+
+Drivers map transport and library exceptions to these at their boundary (``raise ... from exc``),
+so the core never needs to know which vendor library failed.
+"""
+
+from __future__ import annotations
+
+
+class EdgeAgentError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+
+class ConfigError(EdgeAgentError):
+    """A configuration file is wrong. Carries where, what was found and what is expected."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        key: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.file = file
+        self.key = key
+        self.line = line
+        self.detail = message
+        where = file or "<config>"
+        if line is not None:
+            where += f":{line}"
+        if key:
+            where += f": {key}"
+        super().__init__(f"{where}: {message}")
+
+
+class Gs1Error(EdgeAgentError):
+    """A GS1 element string, AI or value is invalid. ``position`` is a character offset when known."""
+
+    def __init__(self, message: str, *, ai: str | None = None, position: int | None = None) -> None:
+        self.ai = ai
+        self.position = position
+        super().__init__(message)
+
+
+class DeviceError(EdgeAgentError):
+    """Something went wrong talking to a device; ``device`` names it as the config does."""
+
+    def __init__(self, device: str, message: str) -> None:
+        self.device = device
+        super().__init__(f"{device}: {message}")
+
+
+class DeviceConnectionError(DeviceError):
+    """The device cannot be reached or the link dropped."""
+
+
+class DeviceTimeout(DeviceError):
+    """The device did not answer in time."""
+
+
+class ProtocolError(DeviceError):
+    """The device sent something the protocol does not allow (garbage, bad frame, bad reply)."""
+
+
+class DeviceFault(DeviceError):
+    """The device reports a fault of its own (ink out, head fault...). ``code`` is the device's code."""
+
+    def __init__(self, device: str, code: str, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(device, f"fault {code}: {reason}")
+
+
+class LedgerError(EdgeAgentError):
+    """The serial ledger refused an operation or the state database is unusable."""
+
+
+class OutboxError(EdgeAgentError):
+    """The event outbox cannot accept or deliver events."""
+
+
+class LineStopped(EdgeAgentError):
+    """The line was stopped on purpose (repeated doubt, lost link, storage full)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        super().__init__(f"line stopped: {reason}" + (f" ({detail})" if detail else ""))
