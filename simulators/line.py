@@ -23,9 +23,15 @@ from dataclasses import dataclass
 class SimUnit:
     """What was physically printed on one unit."""
 
-    serial: str | None  # the serial the printer was told to print (None: unprinted unit)
-    element_string: str  # GS1 element string as printed, GS-separated, no symbology prefix
-    printed_at: float
+    serial: str  # AI 21 as printed
+    gtin: str  # AI 01
+    lot: str  # AI 10
+    expiry: str  # AI 17, YYMMDD
+    printed_at: float  # time.monotonic()
+
+    def hri(self) -> str:
+        """The printed content in bracketed human-readable form, AIs 01, 17, 10, 21."""
+        return f"(01){self.gtin}(17){self.expiry}(10){self.lot}(21){self.serial}"
 
 
 TriggerListener = Callable[[int, SimUnit], Awaitable[None] | None]
