@@ -1,0 +1,242 @@
+"""edge-agent: run | demo | simulate | check-config | gs1 | batch."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from edge_agent.errors import ConfigError, EdgeAgentError, LineStopped
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_LINE_STOPPED, EXIT_UNBALANCED = 0, 1, 2, 3, 4
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except LineStopped as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_LINE_STOPPED
+    except EdgeAgentError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run a whole line on in-process simulators")
+    demo.add_argument("--units", type=int, default=2000, help="units in the batch (default 2000)")
+    demo.add_argument("--speed", type=float, default=300.0, help="line speed, units/min (default 300)")
+    demo.add_argument("--fast", action="store_true", help="run as fast as the agent can")
+    demo.add_argument("--report-json", type=Path, help="write the reconciliation as JSON here")
+    demo.add_argument("--state-dir", type=Path, help="keep the state database here")
+    demo.add_argument("--seed", type=int, default=1, help="seed of the injected defects")
+    demo.add_argument("--defect-rate", type=float, default=0.02, help="share of defective units")
+    demo.set_defaults(handler=_demo)
+
+    run = sub.add_parser("run", help="run the line from a config file (the service)")
+    run.add_argument("--config", type=Path, required=True)
+    run.set_defaults(handler=_run)
+
+    sim = sub.add_parser("simulate", help="start the simulators a config names, standalone")
+    sim.add_argument("--config", type=Path, required=True)
+    sim.add_argument("--report-json", type=Path, help="write what happened here on exit")
+    sim.add_argument("--fast", action="store_true", help="no line speed limit")
+    sim.set_defaults(handler=_simulate)
+
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=_check_config)
+
+    g = sub.add_parser("gs1", help="GS1 element strings").add_subparsers(metavar="ACTION")
+    parse = g.add_parser("parse", help="parse an element string or (AI) text; <GS> = group separator")
+    parse.add_argument("text")
+    parse.set_defaults(handler=_gs1_parse)
+    build = g.add_parser("build", help="build an element string")
+    build.add_argument("--gtin", required=True)
+    build.add_argument("--serial", required=True)
+    build.add_argument("--lot")
+    build.add_argument("--expiry", help="YYMMDD")
+    build.add_argument("--ai", action="append", default=[], metavar="AI=VALUE", help="more AIs")
+    build.set_defaults(handler=_gs1_build)
+
+    b = sub.add_parser("batch", help="batch records").add_subparsers(metavar="ACTION")
+    report = b.add_parser("report", help="reconciliation of the current/last batch")
+    report.add_argument("--state-dir", type=Path, required=True)
+    report.add_argument("--batch", help="batch id (default: the most recent)")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(handler=_batch_report)
+    return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from edge_agent.demo import run_demo
+
+    return asyncio.run(
+        run_demo(
+            units=args.units,
+            speed=None if args.fast else args.speed,
+            state_dir=args.state_dir,
+            report_json=args.report_json,
+            seed=args.seed,
+            defect_rate=args.defect_rate,
+            console=Console(stderr=False),
+        )
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge_agent import logs
+    from edge_agent.app import Agent
+    from edge_agent.config import load_config
+    from edge_agent.db import open_reader
+    from edge_agent.reconcile import reconcile
+
+    config = load_config(args.config)
+    logs.configure(config.model.agent.log_format, config.model.agent.log_level)
+    batch = _run_until_signal(Agent(config).run())
+    if batch is None:
+        return EXIT_OK
+    with contextlib.closing(open_reader(config.model.agent.state_dir)) as conn:
+        report = reconcile(conn, batch.id)
+    print(json.dumps(report, indent=2))
+    return EXIT_OK if report["balanced"] else EXIT_UNBALANCED
+
+
+def _run_until_signal(coro: Any) -> Any:
+    """Run until done or SIGTERM/SIGINT; a signal cancels the run (the batch stays open)."""
+
+    async def runner() -> Any:
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            return await task
+        return None
+
+    return asyncio.run(runner())
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from edge_agent import logs
+    from edge_agent.config import load_config
+    from simulators.runner import SimulatorSet
+
+    config = load_config(args.config)
+    logs.configure("console" if sys.stderr.isatty() else "json")
+    section = config.model.simulators
+    if section is None:
+        raise ConfigError("no [simulators] section: nothing to start", file=str(args.config))
+    if args.fast:
+        section = section.model_copy(update={"units_per_min": None})
+
+    async def serve() -> dict[str, Any]:
+        async with SimulatorSet(section) as sims:
+            print(json.dumps({"simulators": sims.ports()}), flush=True)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                truth = sims.ground_truth()
+                if args.report_json:
+                    args.report_json.write_text(json.dumps(truth, indent=2) + "\n")
+        return truth
+
+    _run_until_signal(serve())
+    return EXIT_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from edge_agent.config import load_config
+    from edge_agent.config.loader import ConfigInvalid
+
+    try:
+        config = load_config(args.file)
+    except ConfigInvalid as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return EXIT_CONFIG
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    m = config.model
+    print(
+        f"{args.file}: OK — line {m.line.id}, batch {m.batch.id} ({m.batch.target_quantity} units), "
+        f"printer {config.printer.config.type}, camera {config.camera.config.type}, "
+        f"plc {config.plc.config.type}"
+    )
+    return EXIT_OK
+
+
+def _gs1_parse(args: argparse.Namespace) -> int:
+    from edge_agent import gs1
+
+    try:
+        element = gs1.parse(args.text)
+    except gs1.Gs1Error as exc:
+        print(json.dumps({"error": str(exc), "ai": exc.ai, "position": exc.position}), file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(element.to_json(), indent=2))
+    return EXIT_OK
+
+
+def _gs1_build(args: argparse.Namespace) -> int:
+    from edge_agent import gs1
+
+    pairs = [("01", args.gtin)]
+    if args.expiry:
+        pairs.append(("17", args.expiry))
+    if args.lot:
+        pairs.append(("10", args.lot))
+    for item in args.ai:
+        ai, sep, value = item.partition("=")
+        if not sep:
+            print(f"--ai expects AI=VALUE, got {item!r}", file=sys.stderr)
+            return EXIT_CONFIG
+        pairs.append((ai.strip("()"), value))
+    pairs.append(("21", args.serial))
+    try:
+        element = gs1.build(pairs)
+    except gs1.Gs1Error as exc:
+        print(json.dumps({"error": str(exc), "ai": exc.ai, "position": exc.position}), file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(element.to_json(), indent=2))
+    return EXIT_OK
+
+
+def _batch_report(args: argparse.Namespace) -> int:
+    from edge_agent.db import open_reader
+    from edge_agent.demo import print_report
+    from edge_agent.reconcile import reconcile
+
+    with contextlib.closing(open_reader(args.state_dir)) as conn:
+        report = reconcile(conn, args.batch)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report, Console())
+    return EXIT_OK if report["balanced"] else EXIT_UNBALANCED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

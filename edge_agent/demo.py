@@ -1,0 +1,183 @@
+"""`edge-agent demo`: a whole line on in-process simulators, ending in a reconciliation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edge_agent import logs
+from edge_agent.app import Agent
+from edge_agent.config import parse_config
+from edge_agent.db import open_reader
+from edge_agent.errors import LineStopped
+from edge_agent.line.stats import LineStats
+from edge_agent.reconcile import reconcile
+from simulators.runner import SimulatorSet
+
+
+def demo_config_text() -> str:
+    return resources.files("edge_agent").joinpath("resources/demo.toml").read_text(encoding="utf-8")
+
+
+async def run_demo(
+    *,
+    units: int,
+    speed: float | None,
+    state_dir: Path | None,
+    report_json: Path | None,
+    seed: int,
+    defect_rate: float,
+    console: Console,
+) -> int:
+    state_dir = state_dir or Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
+    state_dir.mkdir(parents=True, exist_ok=True)
+    overrides: dict[str, Any] = {
+        "agent": {"state_dir": str(state_dir)},
+        "batch": {"target_quantity": units},
+        "simulators": {"units_per_min": speed, "camera": {"seed": seed, "defect_rate": defect_rate}},
+    }
+    base = parse_config(demo_config_text(), "demo.toml", overrides)
+    section = base.model.simulators
+    assert section is not None
+    log_file = (state_dir / "agent.log").open("a", encoding="utf-8")
+    logs.configure("json", "info", stream=log_file)
+    try:
+        async with SimulatorSet(section) as sims:
+            ports = sims.ports()
+            config = parse_config(
+                demo_config_text(),
+                "demo.toml",
+                overrides | {kind: {"port": port} for kind, port in ports.items()},
+            )
+            stopped = await _run_with_progress(config, units, console)
+            await asyncio.sleep(0)  # let the last gate decisions land
+            truth = sims.ground_truth()
+    finally:
+        log_file.close()
+    with contextlib.closing(open_reader(state_dir)) as conn:
+        ledger_report = reconcile(conn)
+    report = demo_report(ledger_report, truth, stopped)
+    report["state_dir"] = str(state_dir)
+    print_report(report, console)
+    if report_json is not None:
+        report_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    ok = report["balanced"] and report["defects_rejected"] == report["injected_defects"]
+    return 0 if ok else (3 if stopped else 4)
+
+
+async def _run_with_progress(config: Any, units: int, console: Console) -> str | None:
+    stats = LineStats()
+    columns = (
+        TextColumn("[bold]units"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>6.0f}/min"),
+        TextColumn("[green]passed {task.fields[passed]}"),
+        TextColumn("[red]rejected {task.fields[rejected]}"),
+        TextColumn("{task.fields[reasons]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, refresh_per_second=8) as progress:
+        task = progress.add_task("line", total=units, rate=0.0, passed=0, rejected=0, reasons="")
+
+        def tick() -> None:
+            reasons = ", ".join(f"{k} {v}" for k, v in stats.by_reason.most_common(4))
+            progress.update(
+                task,
+                completed=stats.units,
+                rate=stats.units_per_min(),
+                passed=stats.passed,
+                rejected=stats.rejected,
+                reasons=reasons,
+            )
+
+        try:
+            await Agent(config, stats=stats, on_tick=tick).run()
+        except LineStopped as exc:
+            console.print(f"[bold red]line stopped:[/] {exc}")
+            return exc.reason
+        finally:
+            tick()
+    return None
+
+
+def demo_report(ledger: dict[str, Any], truth: dict[str, Any], stopped: str | None) -> dict[str, Any]:
+    injected: dict[int, str] = truth.get("injected_defects", {})
+    rejected_at_gate = set(truth.get("gate_rejected", []))
+    passed_at_gate = set(truth.get("gate_passed", []))
+    defects_rejected = sum(1 for t in injected if t in rejected_at_gate)
+    good_rejected = len(rejected_at_gate - set(injected))
+    problems = list(ledger["problems"])
+    if len(passed_at_gate) != ledger["serials_commissioned"]:
+        problems.append(
+            f"PLC passed {len(passed_at_gate)} units but {ledger['serials_commissioned']} serials "
+            "are commissioned"
+        )
+    if truth.get("printed_twice"):
+        problems.append(f"{truth['printed_twice']} serials printed twice")
+    if truth.get("units_triggered", 0) != ledger["units"]:
+        problems.append(f"{truth.get('units_triggered')} units on the line, {ledger['units']} decided")
+    report = dict(ledger)
+    report.update(
+        {
+            "injected_defects": len(injected),
+            "injected_by_kind": _count(injected.values()),
+            "defects_rejected": defects_rejected,
+            "good_rejected": good_rejected,
+            "plc_passed": len(passed_at_gate),
+            "plc_rejected": len(rejected_at_gate),
+            "printed": truth.get("printed", 0),
+            "duplicates": ledger["duplicates"] + truth.get("printed_twice", 0),
+            "line_stopped": stopped,
+            "problems": problems,
+            "balanced": not problems,
+        }
+    )
+    return report
+
+
+def _count(values: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"Reconciliation — batch {report['batch_id']}", show_header=True)
+    table.add_column("item")
+    table.add_column("count", justify="right")
+    rows = [
+        ("units", report["units"]),
+        ("passed", report["passed"]),
+        ("rejected", report["rejected"]),
+        *((f"  rejected: {k}", v) for k, v in report["rejected_by_reason"].items()),
+        ("injected defects", report.get("injected_defects", "-")),
+        ("defects rejected", report.get("defects_rejected", "-")),
+        ("good units rejected", report.get("good_rejected", "-")),
+        ("serials allocated", report["serials_allocated"]),
+        ("serials commissioned", report["serials_commissioned"]),
+        ("serials rejected", report["serials_rejected"]),
+        ("serials unused", report["serials_unused"]),
+        ("serials in flight", report["serials_in_flight"]),
+        ("duplicates", report["duplicates"]),
+        ("events waiting for upstream", report["events_pending_delivery"]),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    balanced = "[bold green]yes" if report["balanced"] else "[bold red]NO"
+    table.add_row("balanced", balanced)
+    console.print(table)
+    for problem in report.get("problems", []):
+        console.print(f"[red]problem:[/] {problem}")
+    if "state_dir" in report:
+        console.print(f"state database: {report['state_dir']}/state.db")

@@ -1,0 +1,402 @@
+"""The serial ledger: every serial's one current state, moving only forward.
+
+    allocated ─► sent ─► printed ─► commissioned ─► rejected (decommissioned)
+        │          │         └────► rejected
+        └──────────┴──────────────► unused / rejected
+
+``sent`` is written (committed) before a record goes to the printer, so a serial is never sent
+twice, even across a crash. A unit passes only after its ``commissioned`` transition and its
+event are committed together, in one transaction, with the outbox row.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_agent import epcis, gs1
+from edge_agent.db import write
+from edge_agent.errors import LedgerError
+
+
+class SerialState(enum.StrEnum):
+    ALLOCATED = "allocated"
+    SENT = "sent"
+    PRINTED = "printed"
+    COMMISSIONED = "commissioned"
+    REJECTED = "rejected"
+    UNUSED = "unused"
+
+
+TERMINAL = frozenset({SerialState.REJECTED, SerialState.UNUSED})
+IN_FLIGHT = (SerialState.ALLOCATED, SerialState.SENT, SerialState.PRINTED)
+
+# to-state → states it may be reached from
+ALLOWED_FROM: dict[SerialState, tuple[SerialState, ...]] = {
+    SerialState.SENT: (SerialState.ALLOCATED,),
+    SerialState.PRINTED: (SerialState.SENT,),
+    SerialState.COMMISSIONED: (SerialState.PRINTED,),
+    SerialState.REJECTED: (
+        SerialState.SENT,
+        SerialState.PRINTED,
+        SerialState.COMMISSIONED,
+    ),
+    SerialState.UNUSED: (SerialState.ALLOCATED, SerialState.SENT),
+}
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    id: str
+    gtin: str
+    lot: str
+    expiry: str
+    target: int
+    state: str
+
+
+@dataclass
+class UnitOutcome:
+    """What the line decided for one unit, ready to be committed."""
+
+    trigger: int
+    passed: bool
+    reason: str
+    serial: str | None  # the serial printed at this position, whose state the verdict settles
+    read_text: str | None = None
+    skipped_serials: list[str] = field(default_factory=list)  # printed, never seen by the camera
+
+
+class Ledger:
+    """Owns the single writer connection. Not thread-safe: call it from the event loop only."""
+
+    def __init__(self, conn: sqlite3.Connection, *, read_point: str, company_prefix_length: int):
+        self.conn = conn
+        self.read_point = read_point
+        self.company_prefix_length = company_prefix_length
+
+    # --- batches ----------------------------------------------------------------------------
+
+    def open_batch(self, batch_id: str, gtin: str, lot: str, expiry: str, target: int) -> BatchInfo:
+        """Open a new batch or resume the open one with the same id and product."""
+        with write(self.conn):
+            row = self.conn.execute(
+                "SELECT id, gtin, lot, expiry, target, state FROM batches WHERE id = ?", (batch_id,)
+            ).fetchone()
+            if row is None:
+                self.conn.execute(
+                    "INSERT INTO batches (id, gtin, lot, expiry, target, state, opened_at) "
+                    "VALUES (?, ?, ?, ?, ?, 'open', ?)",
+                    (batch_id, gtin, lot, expiry, target, time.time()),
+                )
+                return BatchInfo(batch_id, gtin, lot, expiry, target, "open")
+        info = BatchInfo(*row)
+        if info.state != "open":
+            raise LedgerError(f"batch {batch_id} is already closed; give the new work order a new batch id")
+        if (info.gtin, info.lot, info.expiry) != (gtin, lot, expiry):
+            raise LedgerError(
+                f"batch {batch_id} is open for GTIN {info.gtin} lot {info.lot} expiry {info.expiry}, "
+                f"but the config says GTIN {gtin} lot {lot} expiry {expiry}; fix the config or close "
+                "the batch"
+            )
+        return info
+
+    def close_batch(self, batch_id: str, reason: str = "batch_closed") -> int:
+        """Close the batch: serials never sent become unused. Returns how many."""
+        now = time.time()
+        with write(self.conn):
+            rows = self._in_states(batch_id, (SerialState.ALLOCATED,))
+            for gtin, serial, _ in rows:
+                self._move(gtin, serial, SerialState.UNUSED, reason, None, now)
+            self.conn.execute(
+                "UPDATE batches SET state = 'closed', closed_at = ? WHERE id = ?", (now, batch_id)
+            )
+        return len(rows)
+
+    # --- serial supply ----------------------------------------------------------------------
+
+    def ensure_allocated(
+        self, batch: BatchInfo, count: int, *, length: int, alphabet: str
+    ) -> int:
+        """Generate random serials until ``count`` are allocated and unsent. Persisted before use:
+        the (gtin, serial) primary key makes reuse impossible, across batches too."""
+        have = self._count(batch.id, SerialState.ALLOCATED)
+        added = 0
+        now = time.time()
+        with write(self.conn):
+            while have + added < count:
+                serial = "".join(secrets.choice(alphabet) for _ in range(length))
+                try:
+                    self.conn.execute(
+                        "INSERT INTO serials (gtin, serial, batch_id, state, updated_at) "
+                        "VALUES (?, ?, ?, 'allocated', ?)",
+                        (batch.gtin, serial, batch.id, now),
+                    )
+                except sqlite3.IntegrityError:
+                    continue  # already used, here or in an earlier batch: draw again
+                self._record(batch.gtin, serial, None, SerialState.ALLOCATED, "generated", None, now)
+                added += 1
+        return added
+
+    def import_serial_list(self, gtin: str, path: Path) -> int:
+        """Load an L3 serial list into the pool; serials already known are skipped."""
+        serials = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        serials = [s for s in serials if s and not s.startswith("#")]
+        for number, serial in enumerate(serials, start=1):
+            try:
+                gs1.validate_serial(serial)
+            except gs1.Gs1Error as exc:
+                raise LedgerError(f"{path}:{number}: serial {serial!r} is invalid: {exc}") from exc
+        now = time.time()
+        with write(self.conn):
+            before = self.conn.total_changes
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO serial_pool (gtin, serial, imported_at) VALUES (?, ?, ?)",
+                [(gtin, s, now) for s in serials],
+            )
+            return self.conn.total_changes - before
+
+    def allocate_from_pool(self, batch: BatchInfo, count: int) -> int:
+        have = self._count(batch.id, SerialState.ALLOCATED)
+        need = max(0, count - have)
+        now = time.time()
+        with write(self.conn):
+            rows = self.conn.execute(
+                "SELECT serial FROM serial_pool WHERE gtin = ? AND taken = 0 AND serial NOT IN "
+                "(SELECT serial FROM serials WHERE gtin = ?) ORDER BY rowid LIMIT ?",
+                (batch.gtin, batch.gtin, need),
+            ).fetchall()
+            for (serial,) in rows:
+                self.conn.execute(
+                    "UPDATE serial_pool SET taken = 1 WHERE gtin = ? AND serial = ?", (batch.gtin, serial)
+                )
+                self.conn.execute(
+                    "INSERT INTO serials (gtin, serial, batch_id, state, updated_at) "
+                    "VALUES (?, ?, ?, 'allocated', ?)",
+                    (batch.gtin, serial, batch.id, now),
+                )
+                self._record(batch.gtin, serial, None, SerialState.ALLOCATED, "from_list", None, now)
+        return len(rows)
+
+    def take_for_print(self, batch: BatchInfo) -> tuple[int, str] | None:
+        """Mark the next allocated serial sent (committed) and return (record seq, serial)."""
+        now = time.time()
+        with write(self.conn):
+            row = self.conn.execute(
+                "SELECT serial FROM serials WHERE batch_id = ? AND state = 'allocated' "
+                "ORDER BY rowid LIMIT 1",
+                (batch.id,),
+            ).fetchone()
+            if row is None:
+                return None
+            (seq,) = self.conn.execute(
+                "UPDATE batches SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1",
+                (batch.id,),
+            ).fetchone()
+            self._move(batch.gtin, row[0], SerialState.SENT, "sent_to_printer", None, now, seq=seq)
+        return seq, row[0]
+
+    # --- line events ------------------------------------------------------------------------
+
+    def mark_printed(self, batch: BatchInfo, serial: str) -> bool:
+        """The printer confirmed this serial. False if it was not a sent serial of this batch."""
+        with write(self.conn):
+            state = self._state(batch.gtin, serial, batch.id)
+            if state != SerialState.SENT:
+                return False
+            self._move(batch.gtin, serial, SerialState.PRINTED, "print_confirmed", None, time.time())
+        return True
+
+    def commit_outcomes(self, batch: BatchInfo, outcomes: Sequence[UnitOutcome]) -> None:
+        """Record verdicts, serial transitions and their events in ONE durable transaction."""
+        now = time.time()
+        with write(self.conn):
+            for outcome in outcomes:
+                self._commit_one(batch, outcome, now)
+
+    def _commit_one(self, batch: BatchInfo, outcome: UnitOutcome, now: float) -> None:
+        for skipped in outcome.skipped_serials:
+            self._reject(batch, skipped, "no_frame", None, now)
+        verdict = "pass" if outcome.passed else "reject"
+        self.conn.execute(
+            "INSERT INTO units (batch_id, trigger, serial, verdict, reason, read_text, decided_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (batch.id, outcome.trigger, outcome.serial, verdict, outcome.reason, outcome.read_text, now),
+        )
+        if outcome.serial is None:
+            return
+        if outcome.passed:
+            self._move(batch.gtin, outcome.serial, SerialState.COMMISSIONED, "verified", outcome.trigger, now)
+            epc = self._epc(batch, outcome.serial)
+            expiry = gs1.expiry_date(batch.expiry).isoformat()
+            self._event(batch, "commissioning", epcis.commissioning(epc, self.read_point, batch.lot, expiry), now)
+        else:
+            self._reject(batch, outcome.serial, outcome.reason, outcome.trigger, now)
+
+    def _reject(self, batch: BatchInfo, serial: str, reason: str, trigger: int | None, now: float) -> None:
+        self._move(batch.gtin, serial, SerialState.REJECTED, reason, trigger, now)
+        event = epcis.decommissioning(self._epc(batch, serial), self.read_point, reason)
+        self._event(batch, "decommissioning", event, now)
+
+    def mark_verdicts_written(self, batch: BatchInfo, triggers: Iterable[int]) -> None:
+        with write(self.conn):
+            self.conn.executemany(
+                "UPDATE units SET verdict_written = 1 WHERE batch_id = ? AND trigger = ?",
+                [(batch.id, t) for t in triggers],
+            )
+
+    def confirm_rejected_at_gate(self, batch: BatchInfo, trigger: int) -> str | None:
+        """The PLC rejected this unit. A unit we passed is decommissioned; returns what changed:
+        'confirmed', 'decommissioned' or None when the trigger is not one of ours."""
+        now = time.time()
+        with write(self.conn):
+            row = self.conn.execute(
+                "SELECT id, serial, verdict FROM units WHERE batch_id = ? AND trigger = ? "
+                "ORDER BY id DESC LIMIT 1",
+                (batch.id, trigger),
+            ).fetchone()
+            if row is None:
+                return None
+            unit_id, serial, verdict = row
+            if verdict == "reject":
+                self.conn.execute("UPDATE units SET confirmed = 1 WHERE id = ?", (unit_id,))
+                return "confirmed"
+            self.conn.execute(
+                "UPDATE units SET verdict = 'reject', reason = 'rejected_at_gate', confirmed = 1 "
+                "WHERE id = ?",
+                (unit_id,),
+            )
+            if serial is not None:
+                self._reject(batch, serial, "rejected_at_gate", trigger, now)
+        return "decommissioned"
+
+    def recover_in_flight(self, batch: BatchInfo) -> list[tuple[str, str]]:
+        """After a restart: units in flight at the crash can no longer pass (the PLC rejected
+        them for lack of a verdict), so their serials end rejected. Never re-sent."""
+        now = time.time()
+        with write(self.conn):
+            rows = self._in_states(batch.id, (SerialState.SENT, SerialState.PRINTED))
+            for _gtin, serial, _state in rows:
+                self._reject(batch, serial, "in_flight_at_restart", None, now)
+        return [(serial, state) for _, serial, state in rows]
+
+    def unwritten_passes(self, batch: BatchInfo) -> list[tuple[int, str]]:
+        """Passed units whose verdict write was not recorded as done: (trigger, serial)."""
+        return self.conn.execute(
+            "SELECT trigger, serial FROM units WHERE batch_id = ? AND verdict = 'pass' "
+            "AND verdict_written = 0 ORDER BY id",
+            (batch.id,),
+        ).fetchall()
+
+    def reject_unconfirmed_prints(self, batch: BatchInfo, reason: str) -> list[str]:
+        """Sent but never confirmed, or printed but never seen: they can never pass."""
+        now = time.time()
+        with write(self.conn):
+            rows = self._in_states(batch.id, (SerialState.SENT, SerialState.PRINTED))
+            for _gtin, serial, state in rows:
+                why = reason if state == SerialState.SENT else "no_frame"
+                self._reject(batch, serial, why, None, now)
+        return [serial for _, serial, _ in rows]
+
+    def unuse_cleared(self, batch: BatchInfo, serials: Sequence[str]) -> None:
+        """The printer discarded these unprinted records: they were never applied to a unit."""
+        now = time.time()
+        with write(self.conn):
+            for serial in serials:
+                self._move(batch.gtin, serial, SerialState.UNUSED, "cleared_from_printer", None, now)
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def sent_count(self, batch_id: str) -> int:
+        (n,) = self.conn.execute(
+            "SELECT count(*) FROM serials WHERE batch_id = ? AND seq IS NOT NULL", (batch_id,)
+        ).fetchone()
+        return int(n)
+
+    def serials_in(self, batch_id: str, state: SerialState) -> list[str]:
+        return [r[1] for r in self._in_states(batch_id, (state,))]
+
+    def state_of(self, gtin: str, serial: str) -> SerialState | None:
+        row = self.conn.execute(
+            "SELECT state FROM serials WHERE gtin = ? AND serial = ?", (gtin, serial)
+        ).fetchone()
+        return SerialState(row[0]) if row else None
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _count(self, batch_id: str, state: SerialState) -> int:
+        (n,) = self.conn.execute(
+            "SELECT count(*) FROM serials WHERE batch_id = ? AND state = ?", (batch_id, state)
+        ).fetchone()
+        return int(n)
+
+    def _in_states(self, batch_id: str, states: Sequence[SerialState]) -> list[tuple[str, str, str]]:
+        marks = ",".join("?" * len(states))
+        return self.conn.execute(
+            f"SELECT gtin, serial, state FROM serials WHERE batch_id = ? AND state IN ({marks}) "
+            "ORDER BY rowid",
+            (batch_id, *states),
+        ).fetchall()
+
+    def _state(self, gtin: str, serial: str, batch_id: str) -> SerialState | None:
+        row = self.conn.execute(
+            "SELECT state FROM serials WHERE gtin = ? AND serial = ? AND batch_id = ?",
+            (gtin, serial, batch_id),
+        ).fetchone()
+        return SerialState(row[0]) if row else None
+
+    def _move(
+        self,
+        gtin: str,
+        serial: str,
+        to: SerialState,
+        reason: str,
+        trigger: int | None,
+        now: float,
+        *,
+        seq: int | None = None,
+    ) -> None:
+        current = self.state_of(gtin, serial)
+        if current not in ALLOWED_FROM[to]:
+            raise LedgerError(
+                f"serial {serial} cannot move from {current or 'unknown'} to {to} ({reason}); "
+                "states only move forward"
+            )
+        self.conn.execute(
+            "UPDATE serials SET state = ?, reason = ?, updated_at = ?, "
+            "trigger = coalesce(?, trigger), seq = coalesce(?, seq) WHERE gtin = ? AND serial = ?",
+            (to, reason, now, trigger, seq, gtin, serial),
+        )
+        self._record(gtin, serial, current, to, reason, trigger, now)
+
+    def _record(
+        self,
+        gtin: str,
+        serial: str,
+        from_state: SerialState | None,
+        to: SerialState,
+        reason: str,
+        trigger: int | None,
+        now: float,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO transitions (gtin, serial, from_state, to_state, reason, trigger, at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (gtin, serial, from_state, to, reason, trigger, now),
+        )
+
+    def _epc(self, batch: BatchInfo, serial: str) -> str:
+        return epcis.sgtin_uri(batch.gtin, serial, self.company_prefix_length)
+
+    def _event(self, batch: BatchInfo, kind: str, event: dict[str, Any], now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO outbox (event_id, batch_id, kind, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+            (event["eventID"], batch.id, kind, json.dumps(event, separators=(",", ":")), now),
+        )

@@ -1,0 +1,446 @@
+"""The line runtime: one batch, from serial allocation to verdicts, as asyncio tasks.
+
+    feed ──► printer ──► confirmations ──► PrintedQueue
+                                                 │
+    camera frames ──► decode (thread pool) ──► decide ──► commit (ledger + outbox) ──► PLC verdict
+
+Tasks are joined by bounded queues and run in one TaskGroup. A unit passes only after its
+commissioning transition and event are committed; every doubt (no read, wrong content, late,
+storage error, lost link) is a reject, and ``max_consecutive_rejects`` in a row stop the line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import structlog
+
+from edge_agent.config.models import AgentConfig
+from edge_agent.contracts import (
+    CodeRead,
+    CodeReader,
+    Frame,
+    FrameSource,
+    PlcLink,
+    Printer,
+    PrintJob,
+    PrintRecord,
+    Verdict,
+)
+from edge_agent.errors import DeviceFault, DeviceTimeout, EdgeAgentError, LineStopped
+from edge_agent.ledger import BatchInfo, Ledger, SerialState, UnitOutcome
+from edge_agent.line.stats import LineStats
+from edge_agent.line.tracking import Position, PrintedQueue
+from edge_agent.line.verify import BatchIdentity, check_content
+
+log = structlog.get_logger("edge_agent.line")
+
+STOP_CODES = {
+    "repeated_rejects": 10,
+    "storage_error": 11,
+    "plc_heartbeat_lost": 12,
+    "reject_confirm_missing": 13,
+    "device_error": 14,
+}
+_COMMIT_GROUP = 64
+_ALLOCATE_BLOCK = 64
+_CONFIRM_WAIT_S = 0.1  # how long a frame may wait for its print confirmation to arrive
+
+
+class _BatchComplete(Exception):
+    pass
+
+
+@dataclass
+class _Pending:
+    frame: Frame
+    outcome: UnitOutcome
+
+
+class LineRuntime:
+    def __init__(
+        self,
+        config: AgentConfig,
+        ledger: Ledger,
+        *,
+        printer: Printer,
+        camera: FrameSource,
+        plc: PlcLink,
+        reader: CodeReader,
+        stats: LineStats | None = None,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
+        self.cfg = config
+        self.ledger = ledger
+        self.printer = printer
+        self.camera = camera
+        self.plc = plc
+        self.reader = reader
+        self.stats = stats or LineStats()
+        self.on_tick = on_tick or (lambda: None)
+        self.batch: BatchInfo | None = None
+        self.printed = PrintedQueue()
+        self._identity = BatchIdentity(config.batch.gtin, config.batch.lot, config.batch.expiry)
+        self._outstanding = 0  # sent to the printer, not yet confirmed or settled
+        self._room = asyncio.Condition()
+        self._decode_q: asyncio.Queue[tuple[Frame, asyncio.Future[list[CodeRead]]]] = asyncio.Queue(64)
+        self._commit_q: asyncio.Queue[_Pending] = asyncio.Queue(256)
+        self._feed_done = asyncio.Event()
+        self._last_activity = time.monotonic()
+        self._awaiting_confirm: dict[int, float] = {}  # reject trigger → when its verdict was written
+        self._missing_confirms = 0
+        self._confirms_seen: int | None = None
+        self._last_trigger = 0
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> BatchInfo:
+        """Run (or resume) the configured batch to its end. Raises LineStopped on a line stop."""
+        b = self.cfg.batch
+        self.batch = self.ledger.open_batch(b.id, b.gtin, b.lot, b.expiry, b.target_quantity)
+        log.info("batch_open", batch=b.id, gtin=b.gtin, lot=b.lot, target=b.target_quantity)
+        await self._prepare_printer()
+        await self._recover()
+        executor = ThreadPoolExecutor(self.cfg.line.decode_threads, thread_name_prefix="decode")
+        stop: BaseException | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for name, job in (
+                    ("heartbeat", self._heartbeat),
+                    ("feed", self._feed),
+                    ("print-confirmations", self._confirmations),
+                    ("frames", lambda: self._frames(executor)),
+                    ("decide", self._decide),
+                    ("commit", self._commit),
+                    ("reject-confirms", self._watch_rejects),
+                    ("batch-end", self._finish),
+                ):
+                    tg.create_task(job(), name=name)
+        except* _BatchComplete:
+            pass
+        except* EdgeAgentError as group:
+            stop = group.exceptions[0]
+        finally:
+            executor.shutdown(wait=False, cancel_futures=True)
+        if stop is not None:
+            await self._stop_line(stop)
+        return self.batch
+
+    async def _prepare_printer(self) -> None:
+        # Records left in the printer from before a restart must never be printed now: their
+        # serials are settled by recovery as in-flight.
+        discarded = await self.printer.clear()
+        if discarded:
+            log.warning("printer_buffer_cleared", batch=self._batch.id, discarded=discarded)
+        b = self.cfg.batch
+        await self.printer.select_job(PrintJob("SERIAL", b.gtin, b.lot, b.expiry))
+
+    async def _recover(self) -> None:
+        batch = self._batch
+        settled = self.ledger.recover_in_flight(batch)
+        for serial, state in settled:
+            log.warning("in_flight_at_restart", batch=batch.id, serial=serial, was=state, verdict="reject")
+        unwritten = self.ledger.unwritten_passes(batch)
+        if unwritten:
+            await self._settle_unwritten_passes(unwritten)
+
+    async def _settle_unwritten_passes(self, unwritten: list[tuple[int, str]]) -> None:
+        """Passes committed before a crash whose PLC write may not have landed: the PLC's reject
+        log says which units it rejected; those serials are decommissioned."""
+        batch = self._batch
+        last = max(trigger for trigger, _ in unwritten)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            state = await self.plc.read_state()
+            if state.passed + state.rejected >= last:
+                break
+            await asyncio.sleep(0.05)
+        rejected = set(await self.plc.recent_rejects())
+        for trigger, serial in unwritten:
+            if trigger in rejected:
+                self.ledger.confirm_rejected_at_gate(batch, trigger)
+                log.warning("pass_not_applied", batch=batch.id, serial=serial, trigger=trigger)
+        self.ledger.mark_verdicts_written(batch, [t for t, _ in unwritten if t not in rejected])
+
+    async def _stop_line(self, cause: BaseException) -> None:
+        reason = cause.reason if isinstance(cause, LineStopped) else "device_error"
+        log.error("line_stop", batch=self._batch.id, reason=reason, detail=str(cause))
+        self.stats.alarms.append(f"{reason}: {cause}")
+        try:
+            await self.plc.request_line_stop(STOP_CODES.get(reason, 99))
+        except EdgeAgentError as exc:
+            log.error("line_stop_request_failed", detail=str(exc))
+        if isinstance(cause, LineStopped):
+            raise cause
+        raise LineStopped(reason, str(cause)) from cause
+
+    @property
+    def _batch(self) -> BatchInfo:
+        assert self.batch is not None
+        return self.batch
+
+    # --- printer side -----------------------------------------------------------------------
+
+    async def _feed(self) -> None:
+        batch, serials = self._batch, self.cfg.batch.serials
+        depth = getattr(self.printer, "buffer_depth", 8)
+        while self.ledger.sent_count(batch.id) < batch.target:
+            async with self._room:
+                await self._room.wait_for(lambda: self._outstanding < depth)
+            if serials.source == "generate":
+                self.ledger.ensure_allocated(batch, 1, length=serials.length, alphabet=serials.alphabet)
+            elif self.ledger.allocate_from_pool(batch, 1) == 0 and not self.ledger.serials_in(
+                batch.id, SerialState.ALLOCATED
+            ):
+                raise LineStopped("serials_exhausted", "the L3 serial list has no unused serial left")
+            taken = self.ledger.take_for_print(batch)
+            if taken is None:
+                continue
+            self._outstanding += 1
+            await self._send(PrintRecord(*taken))
+        self._feed_done.set()
+
+    async def _send(self, record: PrintRecord) -> None:
+        while True:
+            try:
+                await self.printer.send(record)
+                return
+            except DeviceFault as exc:
+                if exc.code != "BUFFER_FULL":
+                    raise
+                await asyncio.sleep(0.01)  # refused, so not taken: the same record may go again
+            except DeviceTimeout:
+                # Unknown whether it was taken: never re-send; a confirmation or the camera settles it.
+                log.warning("record_unacknowledged", batch=self._batch.id, serial=record.serial)
+                return
+
+    async def _confirmations(self) -> None:
+        batch = self._batch
+        async for confirmation in self.printer.confirmations():
+            self._last_activity = time.monotonic()
+            if self.ledger.mark_printed(batch, confirmation.serial):
+                await self.printed.push(confirmation.serial)
+            else:
+                log.warning("unexpected_print_confirmation", batch=batch.id, serial=confirmation.serial)
+            await self._release_printer_slot()
+
+    async def _release_printer_slot(self, count: int = 1) -> None:
+        async with self._room:
+            self._outstanding = max(0, self._outstanding - count)
+            self._room.notify_all()
+
+    # --- camera side ------------------------------------------------------------------------
+
+    async def _frames(self, executor: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        async for frame in self.camera.frames():
+            self._last_activity = time.monotonic()
+            future = loop.run_in_executor(executor, self._read, frame)
+            await self._decode_q.put((frame, future))
+
+    def _read(self, frame: Frame) -> list[CodeRead]:
+        return list(self.reader.read(frame.image))
+
+    async def _decide(self) -> None:
+        while True:
+            frame, future = await self._decode_q.get()
+            try:
+                reads = await future
+            except Exception as exc:  # a decoder failure is a no-read, never a crash
+                log.error("decode_failed", trigger=frame.trigger, error=repr(exc))
+                reads = []
+            outcome = await self._judge(frame, reads)
+            await self._commit_q.put(_Pending(frame, outcome))
+
+    async def _judge(self, frame: Frame, reads: list[CodeRead]) -> UnitOutcome:
+        line = self.cfg.line
+        check = check_content(
+            reads,
+            self._identity,
+            require_symbology=line.require_symbology or None,
+            min_contrast=line.min_symbol_contrast,
+        )
+        position, reason = await self._locate(check.serial)
+        passed = check.ok and reason is None and position.serial == check.serial
+        if check.ok and reason is None and position.serial != check.serial:
+            reason = "serial_mismatch"
+        final_reason = "ok" if passed else (check.reason if not check.ok else reason or "doubt")
+        return UnitOutcome(frame.trigger, passed, final_reason, position.serial, check.text, position.skipped)
+
+    async def _locate(self, serial: str | None) -> tuple[Position, str | None]:
+        """Match what was read to the printed FIFO (see tracking.py). Returns the position and a
+        reject reason the match itself implies, if any."""
+        if serial is not None and serial not in self.printed:
+            state = self.ledger.state_of(self._batch.gtin, serial)
+            if state == SerialState.SENT:
+                await self.printed.wait_for(serial, _CONFIRM_WAIT_S)
+                state = self.ledger.state_of(self._batch.gtin, serial)
+            if state == SerialState.SENT:
+                # Printed but never confirmed by the printer: never commissioned on faith.
+                await self._release_printer_slot()
+                return Position(serial), "print_unconfirmed"
+            if state in (SerialState.COMMISSIONED, SerialState.REJECTED, SerialState.UNUSED):
+                why = "duplicate_serial" if state == SerialState.COMMISSIONED else "serial_already_settled"
+                return Position(None), why
+        if serial is not None and serial in self.printed:
+            return self.printed.take_through(serial), None
+        if not len(self.printed):
+            await self.printed.wait_for(None, _CONFIRM_WAIT_S)
+        position = self.printed.take_head()
+        return position, None if position.serial is not None else "no_print_confirmation"
+
+    # --- commit and verdicts ----------------------------------------------------------------
+
+    async def _commit(self) -> None:
+        while True:
+            group = [await self._commit_q.get()]
+            while len(group) < _COMMIT_GROUP and not self._commit_q.empty():
+                group.append(self._commit_q.get_nowait())
+            await self._commit_group(group)
+
+    async def _commit_group(self, group: list[_Pending]) -> None:
+        batch, deadline_s = self._batch, self.cfg.line.verdict_deadline_ms / 1000.0
+        now = time.monotonic()
+        for item in group:
+            if item.outcome.passed and now - item.frame.received_at > deadline_s:
+                item.outcome.passed, item.outcome.reason = False, "late_verdict"
+        outcomes = [item.outcome for item in group]
+        try:
+            self.ledger.commit_outcomes(batch, outcomes)
+        except Exception as exc:
+            for item in group:  # no record, no pass
+                item.outcome.passed, item.outcome.reason = False, "storage_error"
+            await self._write_verdicts(group)
+            raise LineStopped("storage_error", repr(exc)) from exc
+        await self._write_verdicts(group)
+        self.ledger.mark_verdicts_written(batch, [item.frame.trigger for item in group])
+
+    async def _write_verdicts(self, group: list[_Pending]) -> None:
+        batch, line = self._batch, self.cfg.line
+        for item in group:
+            outcome = item.outcome
+            verdict = Verdict.PASS if outcome.passed else Verdict.REJECT
+            await self.plc.write_verdict(outcome.trigger, verdict)
+            written = time.monotonic()
+            latency_ms = (written - item.frame.received_at) * 1000.0
+            self._last_trigger = max(self._last_trigger, outcome.trigger)
+            if not outcome.passed:
+                self._awaiting_confirm[outcome.trigger] = written
+            self.stats.record(outcome.passed, outcome.reason, latency_ms)
+            log.info(
+                "verdict",
+                batch=batch.id,
+                serial=outcome.serial,
+                trigger=outcome.trigger,
+                verdict=verdict.name.lower(),
+                reason=outcome.reason,
+                read=outcome.read_text,
+                latency_ms=round(latency_ms, 2),
+            )
+            for skipped in outcome.skipped_serials:
+                log.warning("no_frame", batch=batch.id, serial=skipped, verdict="reject")
+        self.on_tick()
+        if self.stats.consecutive_rejects >= line.max_consecutive_rejects:
+            raise LineStopped(
+                "repeated_rejects", f"{self.stats.consecutive_rejects} rejects in a row"
+            )
+
+    # --- PLC supervision --------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        from edge_agent import systemd
+
+        interval = self.cfg.line.heartbeat_interval_ms / 1000.0
+        timeout = self.cfg.line.plc_heartbeat_timeout_ms / 1000.0
+        last_value, last_change = None, time.monotonic()
+        while True:
+            await self.plc.beat()
+            state = await self.plc.read_state()
+            now = time.monotonic()
+            if state.heartbeat != last_value:
+                last_value, last_change = state.heartbeat, now
+            elif now - last_change > timeout:
+                raise LineStopped("plc_heartbeat_lost", f"PLC heartbeat still {last_value} after {timeout:.1f}s")
+            systemd.notify_watchdog(
+                f"batch {self._batch.id}: {self.stats.units} units, {self.stats.passed} passed, "
+                f"{self.stats.rejected} rejected"
+            )
+            await asyncio.sleep(interval)
+
+    async def _watch_rejects(self) -> None:
+        while True:
+            await self._poll_rejects()
+            await asyncio.sleep(0.1)
+
+    async def _poll_rejects(self) -> None:
+        batch, line = self._batch, self.cfg.line
+        state = await self.plc.read_state()
+        if self._confirms_seen is None:
+            self._confirms_seen = state.reject_confirms
+        new = state.reject_confirms - self._confirms_seen
+        if new > 0:
+            log_ring = list(await self.plc.recent_rejects())
+            for trigger in log_ring[-new:]:
+                self._on_reject_confirmed(batch, trigger)
+            self._confirms_seen = state.reject_confirms
+        expired = [
+            t for t, at in self._awaiting_confirm.items()
+            if time.monotonic() - at > line.reject_confirm_timeout_ms / 1000.0
+        ]
+        for trigger in expired:
+            del self._awaiting_confirm[trigger]
+            self._missing_confirms += 1
+            log.error("reject_confirm_missing", batch=batch.id, trigger=trigger, in_a_row=self._missing_confirms)
+            if self._missing_confirms >= line.max_missing_confirms:
+                raise LineStopped("reject_confirm_missing", f"{self._missing_confirms} in a row")
+
+    def _on_reject_confirmed(self, batch: BatchInfo, trigger: int) -> None:
+        self._awaiting_confirm.pop(trigger, None)
+        self._missing_confirms = 0
+        if self.ledger.confirm_rejected_at_gate(batch, trigger) == "decommissioned":
+            self.stats.passed -= 1
+            self.stats.rejected += 1
+            self.stats.by_reason["rejected_at_gate"] += 1
+            log.error("pass_rejected_at_gate", batch=batch.id, trigger=trigger, verdict="reject")
+
+    # --- batch end --------------------------------------------------------------------------
+
+    async def _finish(self) -> None:
+        await self._feed_done.wait()
+        idle_limit = self.cfg.line.no_frame_timeout_s
+        while self._outstanding or len(self.printed) or not self._decode_q.empty() or not self._commit_q.empty():
+            if time.monotonic() - self._last_activity > idle_limit:
+                await self._settle_leftovers()
+                break
+            await asyncio.sleep(0.02)
+        await self._await_gate()
+        await self._poll_rejects()
+        unused = self.ledger.close_batch(self._batch.id)
+        log.info("batch_closed", batch=self._batch.id, unused=unused, units=self.stats.units)
+        raise _BatchComplete
+
+    async def _settle_leftovers(self) -> None:
+        batch = self._batch
+        discarded = await self.printer.clear()
+        unconfirmed = self.ledger.serials_in(batch.id, SerialState.SENT)
+        if unconfirmed and discarded == len(unconfirmed):
+            self.ledger.unuse_cleared(batch, unconfirmed)
+        leftovers = self.ledger.reject_unconfirmed_prints(batch, "print_unconfirmed")
+        self.printed.drain()
+        self._outstanding = 0
+        for serial in leftovers:
+            log.warning("settled_at_batch_end", batch=batch.id, serial=serial, verdict="reject")
+
+    async def _await_gate(self) -> None:
+        """Wait until the PLC has gated every unit we gave a verdict, so its confirms are in."""
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            state = await self.plc.read_state()
+            if state.passed + state.rejected >= self._last_trigger and not self._awaiting_confirm:
+                return
+            await self._poll_rejects()
+            await asyncio.sleep(0.05)

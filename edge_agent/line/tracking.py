@@ -1,0 +1,77 @@
+"""Unit tracking: which serial is on the unit in front of the camera.
+
+The printer prints records in order and confirms each one; the camera sees the units in the same
+order. So the serials the printer confirmed form a FIFO, and each frame belongs to its head. A
+frame is matched against that FIFO by what it reads:
+
+* the head's serial            → the unit at this position, as expected;
+* a serial deeper in the FIFO  → the units before it passed the camera without a frame: their
+                                 serials are settled as ``no_frame`` (the PLC rejected them, since
+                                 no verdict was written);
+* a serial already settled     → a stale or re-circulated unit: the FIFO is left alone;
+* no read / unknown content    → the head's unit with a bad print: the head is consumed.
+
+Repeated mismatches reject unit after unit, which stops the line (repeated doubt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Position:
+    """The serial assigned to one frame, plus serials skipped to reach it."""
+
+    serial: str | None
+    skipped: list[str] = field(default_factory=list)
+
+
+class PrintedQueue:
+    def __init__(self) -> None:
+        self._serials: deque[str] = deque()
+        self._changed = asyncio.Condition()
+
+    def __len__(self) -> int:
+        return len(self._serials)
+
+    def __contains__(self, serial: object) -> bool:
+        return serial in self._serials
+
+    def snapshot(self) -> list[str]:
+        return list(self._serials)
+
+    async def push(self, serial: str) -> None:
+        async with self._changed:
+            self._serials.append(serial)
+            self._changed.notify_all()
+
+    async def wait_for(self, serial: str | None, timeout: float) -> None:
+        """Wait until ``serial`` (or, for None, any serial) is queued, at most ``timeout`` s."""
+
+        def ready() -> bool:
+            return serial in self._serials if serial is not None else bool(self._serials)
+
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(ready), timeout)
+            except TimeoutError:
+                pass
+
+    def take_head(self) -> Position:
+        return Position(self._serials.popleft() if self._serials else None)
+
+    def take_through(self, serial: str) -> Position:
+        """Consume up to and including ``serial``; the ones before it were never seen."""
+        skipped = []
+        while self._serials and self._serials[0] != serial:
+            skipped.append(self._serials.popleft())
+        self._serials.popleft()
+        return Position(serial, skipped)
+
+    def drain(self) -> list[str]:
+        serials = list(self._serials)
+        self._serials.clear()
+        return serials

@@ -1,0 +1,124 @@
+"""Batch reconciliation computed from the state database alone.
+
+Balanced means: every allocated serial is in exactly one state and, for a closed batch, none is
+still in flight; every unit has one verdict; units passed equal serials commissioned; no serial
+was commissioned twice; and every commissioning has its event in the outbox.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from edge_agent.errors import LedgerError
+
+
+def latest_batch_id(conn: sqlite3.Connection) -> str:
+    row = conn.execute("SELECT id FROM batches ORDER BY opened_at DESC LIMIT 1").fetchone()
+    if row is None:
+        raise LedgerError("the state database holds no batch yet")
+    return str(row[0])
+
+
+def reconcile(conn: sqlite3.Connection, batch_id: str | None = None) -> dict[str, Any]:
+    conn.execute("BEGIN")  # one consistent snapshot, kept short
+    try:
+        return _reconcile(conn, batch_id or latest_batch_id(conn))
+    finally:
+        conn.execute("COMMIT")
+
+
+def _reconcile(conn: sqlite3.Connection, batch_id: str) -> dict[str, Any]:
+    batch = conn.execute(
+        "SELECT id, gtin, lot, expiry, target, state FROM batches WHERE id = ?", (batch_id,)
+    ).fetchone()
+    if batch is None:
+        raise LedgerError(f"no batch {batch_id!r} in the state database")
+    states = dict(
+        conn.execute(
+            "SELECT state, count(*) FROM serials WHERE batch_id = ? GROUP BY state", (batch_id,)
+        ).fetchall()
+    )
+    verdicts = dict(
+        conn.execute(
+            "SELECT verdict, count(*) FROM units WHERE batch_id = ? GROUP BY verdict", (batch_id,)
+        ).fetchall()
+    )
+    reasons = dict(
+        conn.execute(
+            "SELECT reason, count(*) FROM units WHERE batch_id = ? AND verdict = 'reject' "
+            "GROUP BY reason ORDER BY count(*) DESC",
+            (batch_id,),
+        ).fetchall()
+    )
+    serial_reasons = dict(
+        conn.execute(
+            "SELECT reason, count(*) FROM serials WHERE batch_id = ? AND state = 'rejected' "
+            "GROUP BY reason ORDER BY count(*) DESC",
+            (batch_id,),
+        ).fetchall()
+    )
+    (duplicates,) = conn.execute(
+        "SELECT count(*) FROM (SELECT serial FROM transitions WHERE to_state = 'commissioned' "
+        "AND serial IN (SELECT serial FROM serials WHERE batch_id = ?) "
+        "GROUP BY gtin, serial HAVING count(*) > 1)",
+        (batch_id,),
+    ).fetchone()
+    (ever_commissioned,) = conn.execute(
+        "SELECT count(*) FROM transitions t JOIN serials s ON s.gtin = t.gtin AND s.serial = t.serial "
+        "WHERE s.batch_id = ? AND t.to_state = 'commissioned'",
+        (batch_id,),
+    ).fetchone()
+    events = dict(
+        conn.execute(
+            "SELECT kind, count(*) FROM outbox WHERE batch_id = ? GROUP BY kind", (batch_id,)
+        ).fetchall()
+    )
+    (pending,) = conn.execute(
+        "SELECT count(*) FROM outbox WHERE batch_id = ? AND state = 'pending'", (batch_id,)
+    ).fetchone()
+    allocated = sum(states.values())
+    in_flight = sum(states.get(s, 0) for s in ("sent", "printed"))
+    report: dict[str, Any] = {
+        "batch_id": batch[0],
+        "gtin": batch[1],
+        "lot": batch[2],
+        "expiry": batch[3],
+        "target_quantity": batch[4],
+        "batch_state": batch[5],
+        "units": sum(verdicts.values()),
+        "passed": verdicts.get("pass", 0),
+        "rejected": verdicts.get("reject", 0),
+        "rejected_by_reason": reasons,
+        "serials_allocated": allocated,
+        "serials_commissioned": states.get("commissioned", 0),
+        "serials_rejected": states.get("rejected", 0),
+        "serials_rejected_by_reason": serial_reasons,
+        "serials_unused": states.get("unused", 0),
+        "serials_allocated_unsent": states.get("allocated", 0),
+        "serials_in_flight": in_flight,
+        "duplicates": duplicates,
+        "events_commissioning": events.get("commissioning", 0),
+        "events_decommissioning": events.get("decommissioning", 0),
+        "events_pending_delivery": pending,
+    }
+    problems = _problems(report, ever_commissioned)
+    report["problems"] = problems
+    report["balanced"] = not problems
+    return report
+
+
+def _problems(r: dict[str, Any], ever_commissioned: int) -> list[str]:
+    problems = []
+    terminal = r["serials_commissioned"] + r["serials_rejected"] + r["serials_unused"]
+    if r["serials_allocated"] != terminal + r["serials_in_flight"] + r["serials_allocated_unsent"]:
+        problems.append("serial states do not add up to the serials allocated")
+    if r["batch_state"] == "closed" and (r["serials_in_flight"] or r["serials_allocated_unsent"]):
+        problems.append(f"{r['serials_in_flight']} serials still in flight in a closed batch")
+    if r["passed"] != r["serials_commissioned"]:
+        problems.append(f"{r['passed']} units passed but {r['serials_commissioned']} serials commissioned")
+    if r["duplicates"]:
+        problems.append(f"{r['duplicates']} serials commissioned more than once")
+    if r["events_commissioning"] != ever_commissioned:
+        problems.append("commissioning events do not match commissioned serials")
+    return problems

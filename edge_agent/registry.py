@@ -1,0 +1,55 @@
+"""Config ``type`` → driver class, imported lazily.
+
+Built-in drivers are listed by import path so that the core never imports a vendor module until a
+config asks for it. Third-party drivers register under the entry-point groups
+``edge_agent.printers``, ``edge_agent.cameras`` and ``edge_agent.plcs``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from importlib.metadata import entry_points
+from typing import Any, Literal
+
+DeviceKind = Literal["printer", "camera", "plc"]
+
+BUILTIN: dict[DeviceKind, dict[str, str]] = {
+    "printer": {"ascii": "drivers.printers.ascii.driver:AsciiPrinter"},
+    "camera": {
+        "tcp-frames": "drivers.cameras.tcp.driver:TcpFrameSource",
+        "directory": "drivers.cameras.directory:DirectoryFrameSource",
+    },
+    "plc": {"modbus-tcp": "drivers.plc.modbus.driver:ModbusTcpPlc"},
+}
+
+_GROUPS: dict[DeviceKind, str] = {
+    "printer": "edge_agent.printers",
+    "camera": "edge_agent.cameras",
+    "plc": "edge_agent.plcs",
+}
+
+
+class UnknownDriver(LookupError):
+    def __init__(self, kind: DeviceKind, type_name: str, known: list[str]) -> None:
+        close = difflib.get_close_matches(type_name, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        super().__init__(
+            f"unknown {kind} type {type_name!r}; {hint}known types: {', '.join(sorted(known))}"
+        )
+
+
+def known_types(kind: DeviceKind) -> dict[str, str]:
+    types = dict(BUILTIN[kind])
+    for ep in entry_points(group=_GROUPS[kind]):
+        types.setdefault(ep.name, ep.value)
+    return types
+
+
+def driver_class(kind: DeviceKind, type_name: str) -> Any:
+    """The driver class for ``type_name``; it carries its pydantic ``Config`` model."""
+    types = known_types(kind)
+    if type_name not in types:
+        raise UnknownDriver(kind, type_name, list(types))
+    module_name, _, attr = types[type_name].partition(":")
+    return getattr(importlib.import_module(module_name), attr)
