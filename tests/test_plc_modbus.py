@@ -1,0 +1,486 @@
+"""Modbus TCP PLC link against the PLC simulator, over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+from pymodbus.client import AsyncModbusTcpClient
+
+from drivers.plc.modbus import ModbusTcpPlc, ModbusTcpPlcConfig
+from drivers.plc.modbus import registers as reg
+from edge_agent.contracts import PlcLink, Verdict
+from edge_agent.errors import ConfigError, DeviceConnectionError, DeviceTimeout, ProtocolError
+from simulators.line import SimLine, SimUnit
+from simulators.plc.modbus import ModbusPlcSim
+
+GATE_DELAY_S = 0.05
+HEARTBEAT_TIMEOUT_S = 0.3
+BEAT_PERIOD_S = 0.03
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+async def until(
+    condition: Callable[[], bool | Awaitable[bool]], within: float = 2.0, what: str = ""
+) -> None:
+    """Poll a condition until it holds; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what or condition}")
+        await asyncio.sleep(0.01)
+
+
+async def send_unit(line: SimLine) -> int:
+    """Put one unit on the line; returns its trigger count once it reached the camera."""
+    line.unit_printed(SimUnit("SN", "09506000134352", "LOT", "301231", time.monotonic()))
+    await line.drain()
+    return line.trigger_count
+
+
+@contextlib.asynccontextmanager
+async def beating(plc: ModbusTcpPlc, period: float = BEAT_PERIOD_S) -> AsyncIterator[list[float]]:
+    """Beat in the background, as the agent does; yields the times of the beats sent."""
+    sent: list[float] = []
+
+    async def loop() -> None:
+        while True:
+            with contextlib.suppress(DeviceConnectionError):
+                sent.append(time.monotonic())
+                await plc.beat()
+            await asyncio.sleep(period)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield sent
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def raw_client(sim: ModbusPlcSim) -> AsyncIterator[AsyncModbusTcpClient]:
+    client = AsyncModbusTcpClient("127.0.0.1", port=sim.port, timeout=1, retries=0)
+    assert await client.connect()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def line() -> SimLine:
+    return SimLine(units_per_min=None)
+
+
+@pytest.fixture
+async def sim(line: SimLine) -> AsyncIterator[ModbusPlcSim]:
+    async with ModbusPlcSim(
+        line, gate_delay_s=GATE_DELAY_S, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S
+    ) as plc_sim:
+        yield plc_sim
+
+
+@pytest.fixture
+async def plc(sim: ModbusPlcSim) -> AsyncIterator[ModbusTcpPlc]:
+    async with ModbusTcpPlc("plc", sim.driver_config(timeout_s=0.5)) as link:
+        yield link
+
+
+# --- connect and config -----------------------------------------------------------------------
+
+
+async def test_implements_plclink(plc: ModbusTcpPlc) -> None:
+    assert isinstance(plc, PlcLink)
+    state = await plc.read_state()
+    assert state.extra["ring_size"] == reg.DEFAULT_RING_SIZE
+
+
+async def test_ring_size_mismatch_is_refused_at_connect(sim: ModbusPlcSim) -> None:
+    with pytest.raises(ProtocolError, match=r"ring size mismatch.*32.*16"):
+        async with ModbusTcpPlc("plc", sim.driver_config(ring_size=16)):
+            pass
+
+
+async def test_smaller_ring_maps_slots_modulo_n(line: SimLine) -> None:
+    async with (
+        ModbusPlcSim(line, gate_delay_s=GATE_DELAY_S, ring_size=8) as sim,
+        ModbusTcpPlc("plc", sim.driver_config()) as plc,
+        raw_client(sim) as raw,
+    ):
+        await plc.write_verdict(9, Verdict.PASS)  # 9 % 8 = slot 1 → HR 103
+        assert (await raw.read_holding_registers(103, count=3)).registers == [0, 9, 1]
+
+
+async def test_connect_failure_is_device_connection_error() -> None:
+    config = {"type": "modbus-tcp", "port": free_port(), "timeout_s": 0.5}
+    with pytest.raises(DeviceConnectionError, match="cannot connect"):
+        async with ModbusTcpPlc("plc", config):
+            pass
+
+
+async def test_silent_plc_is_device_timeout() -> None:
+    handler_done = asyncio.Event()
+
+    async def accept_and_ignore(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # swallow requests until the client gives up and closes
+        writer.close()
+        await writer.wait_closed()
+        handler_done.set()
+
+    server = await asyncio.start_server(accept_and_ignore, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = {"type": "modbus-tcp", "port": port, "timeout_s": 0.2}
+    try:
+        started = time.monotonic()
+        with pytest.raises(DeviceTimeout):
+            async with ModbusTcpPlc("plc", config):
+                pass
+        assert time.monotonic() - started < 1.0  # no hidden retries
+        await asyncio.wait_for(handler_done.wait(), 2.0)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_calls_outside_async_with_do_not_connect(sim: ModbusPlcSim) -> None:
+    plc = ModbusTcpPlc("plc", sim.driver_config())
+    with pytest.raises(DeviceConnectionError, match="not connected"):
+        await plc.beat()
+
+
+def test_config_is_strict() -> None:
+    ok = ModbusTcpPlc.Config.model_validate({"type": "modbus-tcp", "port": 502})
+    assert (ok.host, ok.device_id, ok.timeout_s, ok.ring_size) == ("127.0.0.1", 1, 1.0, 32)
+    with pytest.raises(ValidationError):
+        ModbusTcpPlcConfig.model_validate({"type": "modbus-tcp", "port": 502, "retries": 3})
+    with pytest.raises(ValidationError):
+        ModbusTcpPlcConfig.model_validate({"type": "modbus-tcp", "port": 502, "ring_size": 0})
+    with pytest.raises(ConfigError):
+        ModbusTcpPlc("plc", {"type": "modbus-tcp", "port": 70000})
+    for field in ModbusTcpPlcConfig.model_fields.values():
+        assert field.description
+
+
+async def test_bad_values_are_protocol_errors(plc: ModbusTcpPlc) -> None:
+    with pytest.raises(ProtocolError):
+        await plc.write_verdict(-1, Verdict.PASS)
+    with pytest.raises(ProtocolError):
+        await plc.write_verdict(2**32, Verdict.PASS)
+    with pytest.raises(ProtocolError):
+        await plc.request_line_stop(0)
+    # An exception response from the PLC (HR 99 is outside the map).
+    with pytest.raises(ProtocolError, match="exception 2"):
+        await plc._read_holding(99, 1)
+    await plc.beat()  # the link survives all of that
+
+
+# --- the reject gate --------------------------------------------------------------------------
+
+
+async def test_pass_verdict_passes(line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc) -> None:
+    # The agent's path: the camera sees the unit, the verdict goes out before the gate.
+    async def decide(trigger: int, unit: SimUnit) -> None:
+        await plc.write_verdict(trigger, Verdict.PASS)
+
+    line.on_trigger(decide)
+    trigger = await send_unit(line)
+    await until(lambda: trigger in sim.passed_triggers + sim.rejected_triggers)
+    assert sim.passed_triggers == [trigger]
+    assert sim.rejected_triggers == []
+    state = await plc.read_state()
+    assert (state.trigger_count, state.passed, state.rejected) == (trigger, 1, 0)
+
+
+async def test_no_verdict_rejects(line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc) -> None:
+    trigger = await send_unit(line)
+    await until(lambda: sim.rejected_triggers == [trigger])
+    assert sim.passed_triggers == []
+    assert list(await plc.recent_rejects()) == [trigger]
+
+
+async def test_verdict_for_other_trigger_in_same_slot_rejects(
+    line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc
+) -> None:
+    await plc.write_verdict(1 + reg.DEFAULT_RING_SIZE, Verdict.PASS)  # slot 1, wrong trigger
+    trigger = await send_unit(line)
+    assert trigger == 1
+    await until(lambda: sim.rejected_triggers == [1])
+    assert sim.passed_triggers == []
+
+
+async def test_reject_verdict_is_rejected_and_confirmed(
+    line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc
+) -> None:
+    await plc.write_verdict(1, Verdict.PASS)
+    await plc.write_verdict(2, Verdict.REJECT)
+    await send_unit(line)
+    await send_unit(line)
+    await until(lambda: len(sim.passed_triggers) + len(sim.rejected_triggers) == 2)
+    assert (sim.passed_triggers, sim.rejected_triggers) == ([1], [2])
+    assert list(await plc.recent_rejects()) == [2]
+    state = await plc.read_state()
+    assert (state.passed, state.rejected, state.reject_confirms) == (1, 1, 1)
+
+
+async def test_reject_log_keeps_latest_32_oldest_first(
+    line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc
+) -> None:
+    for _ in range(40):
+        await send_unit(line)
+    await until(lambda: len(sim.rejected_triggers) == 40)
+    assert list(await plc.recent_rejects()) == list(range(9, 41))
+
+
+async def test_withheld_confirms_are_not_reported(
+    line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc
+) -> None:
+    sim.withhold_confirms = True
+    await plc.write_verdict(1, Verdict.REJECT)
+    await send_unit(line)
+    await until(lambda: sim.rejected_triggers == [1])
+    assert list(await plc.recent_rejects()) == []
+    state = await plc.read_state()
+    assert (state.rejected, state.reject_confirms) == (1, 0)
+
+
+# --- line permit ------------------------------------------------------------------------------
+
+
+async def test_line_waits_for_first_heartbeat(sim: ModbusPlcSim, plc: ModbusTcpPlc) -> None:
+    await asyncio.sleep(0.05)
+    assert not sim.running()
+    async with beating(plc):
+        await until(sim.running, what="line running")
+    assert sim.stops == []
+
+
+async def test_heartbeat_loss_stops_line_with_cause_1(
+    line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc
+) -> None:
+    async with beating(plc) as sent:
+        await until(line.running, what="line running")
+    last_beat = sent[-1]
+    await until(lambda: bool(sim.stops), within=2 * HEARTBEAT_TIMEOUT_S + 0.5, what="a stop")
+    stopped_at, cause = sim.stops[-1]
+    assert cause == reg.StopCause.HEARTBEAT_LOST
+    assert HEARTBEAT_TIMEOUT_S - 0.02 <= stopped_at - last_beat <= HEARTBEAT_TIMEOUT_S + 0.2
+    assert not line.running()
+    state = await plc.read_state()
+    assert (state.running, state.stop_cause) == (False, reg.StopCause.HEARTBEAT_LOST)
+    async with beating(plc):  # auto_restart: beats again → runs again
+        await until(line.running, what="line running again")
+
+
+async def test_line_stop_request_and_clear(
+    line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc
+) -> None:
+    async with beating(plc):
+        await until(line.running, what="line running")
+        await plc.request_line_stop(7)
+        await until(lambda: bool(sim.stops), what="a stop")
+        assert sim.stops[-1][1] == reg.StopCause.AGENT_REQUEST
+        state = await plc.read_state()
+        assert (state.running, state.stop_cause) == (False, reg.StopCause.AGENT_REQUEST)
+        await plc.clear_line_stop()
+
+        async def running_again() -> bool:
+            return (await plc.read_state()).running
+
+        await until(running_again, what="line running again")
+        assert (await plc.read_state()).stop_cause == reg.StopCause.NONE
+        assert len(sim.stops) == 1
+
+
+async def test_no_restart_without_auto_restart() -> None:
+    # A separate line and sim: the fixture's sim already holds a permit on `line`.
+    own_line = SimLine(units_per_min=None)
+    async with (
+        ModbusPlcSim(own_line, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S, auto_restart=False) as sim,
+        ModbusTcpPlc("plc2", sim.driver_config()) as plc2,
+        beating(plc2),
+    ):
+        await until(own_line.running, what="line running")
+        await plc2.request_line_stop(1)
+        await until(lambda: bool(sim.stops))
+        await plc2.clear_line_stop()
+        await asyncio.sleep(3 * BEAT_PERIOD_S)
+        assert not own_line.running()  # latched until the operator resets
+        sim.acknowledge()
+        await until(own_line.running, what="line running after reset")
+
+
+async def test_drop_link_raises_then_reconnects(
+    line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc
+) -> None:
+    async with beating(plc):
+        await until(line.running, what="line running")
+    sim.drop_link()
+    await until(lambda: bool(sim.stops), what="a stop")
+    assert sim.stops[-1][1] == reg.StopCause.LINK_DROPPED
+    with pytest.raises(DeviceConnectionError, match="dropped"):
+        await plc.read_state()
+    # The drop was reported; the next call makes one reconnect attempt, which succeeds here.
+    state = await plc.read_state()
+    assert state.stop_cause == reg.StopCause.LINK_DROPPED
+    async with beating(plc):
+        await until(line.running, what="line running after reconnect")
+
+
+async def test_drop_during_request_is_connection_error_not_timeout(
+    sim: ModbusPlcSim, plc: ModbusTcpPlc
+) -> None:
+    sim.drop_link()  # no await in between: the request goes out on a socket being closed
+    started = time.monotonic()
+    with pytest.raises(DeviceConnectionError):
+        await plc.write_verdict(1, Verdict.PASS)
+    assert time.monotonic() - started < 0.4  # well under the 0.5 s request timeout
+
+
+# --- the wire map, read with a plain client ---------------------------------------------------
+
+
+async def test_register_addresses_match_the_readme(
+    line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc
+) -> None:
+    async with raw_client(sim) as raw:
+
+        async def hr(address: int, count: int = 1) -> list[int]:
+            return list((await raw.read_holding_registers(address, count=count)).registers)
+
+        async def ir(address: int, count: int = 1) -> list[int]:
+            return list((await raw.read_input_registers(address, count=count)).registers)
+
+        assert await ir(10) == [32]  # IR 10: ring size (mbpoll: 11)
+        assert (await raw.read_holding_registers(99)).isError()  # nothing off by one below HR 100
+
+        await plc.write_verdict(5, Verdict.PASS)
+        assert await hr(115, 3) == [0, 5, 1]
+        await plc.write_verdict(0x0001_0020, Verdict.REJECT)  # 65568 % 32 == 0
+        assert await hr(100, 3) == [1, 0x20, 2]
+
+        await plc.beat()
+        await plc.beat()
+        assert await hr(0) == [2]
+        await plc.request_line_stop(7)
+        assert await hr(1) == [7]
+        assert (await raw.read_coils(0)).bits[0] is True
+        await plc.clear_line_stop()
+        assert await hr(1) == [0]
+        assert (await raw.read_coils(0)).bits[0] is False
+
+        # A raw FC16 to HR 100 is slot 0 as the gate sees it.
+        assert not (await raw.write_registers(100, [0, 32, 1])).isError()
+        line.trigger_count = 31
+        assert await send_unit(line) == 32
+        await until(lambda: sim.passed_triggers == [32])
+        assert await ir(2, 2) == [0, 32]  # IR 2-3: trigger count
+        assert await ir(4, 2) == [0, 1]  # IR 4-5: passed
+
+        assert await send_unit(line) == 33  # no verdict → reject, confirmed
+        await until(lambda: sim.rejected_triggers == [33])
+        assert await ir(6, 2) == [0, 1]  # IR 6-7: rejected
+        assert await ir(8, 2) == [0, 1]  # IR 8-9: confirms
+        assert await ir(200, 2) == [0, 33]  # reject log slot j = (1 - 1) % 32 = 0
+
+        hb_before = (await ir(0))[0]
+        await until(lambda: _changed(ir(0), hb_before), what="PLC heartbeat IR 0 moving")
+
+        async with beating(plc):
+            await until(line.running, what="line running")
+            assert await ir(1) == [1]
+            assert await ir(11) == [0]
+            bits = (await raw.read_discrete_inputs(0, count=2)).bits[:2]
+            assert bits == [True, True]  # DI 0 running, DI 1 agent heartbeat OK
+
+
+async def _changed(read: Awaitable[list[int]], before: int) -> bool:
+    return (await read)[0] != before
+
+
+# --- pure helpers -----------------------------------------------------------------------------
+
+u32 = st.integers(0, reg.U32_MAX)
+ring_sizes = st.integers(1, reg.MAX_RING_SIZE)
+
+
+@given(u32)
+def test_u32_split_join_roundtrip(value: int) -> None:
+    high, low = reg.split_u32(value)
+    assert 0 <= high <= reg.U16_MAX and 0 <= low <= reg.U16_MAX
+    assert reg.join_u32(high, low) == value
+
+
+@given(st.one_of(st.integers(max_value=-1), st.integers(min_value=reg.U32_MAX + 1)))
+def test_split_refuses_out_of_range(value: int) -> None:
+    with pytest.raises(ValueError):
+        reg.split_u32(value)
+
+
+@given(u32, st.sampled_from([0, 1, 2]))
+def test_slot_encode_decode_roundtrip(trigger: int, verdict: int) -> None:
+    slot = reg.encode_verdict_slot(trigger, verdict)
+    assert len(slot) == reg.VERDICT_SLOT_WIDTH
+    assert reg.decode_verdict_slot(slot) == (trigger, verdict)
+    assert reg.gate_passes(slot, trigger) == (verdict == reg.VERDICT_PASS)
+
+
+@given(u32, u32, st.lists(st.integers(0, reg.U16_MAX), min_size=3, max_size=3))
+def test_gate_passes_only_exact_trigger_with_pass(trigger: int, other: int, garbage: Any) -> None:
+    if other != trigger:
+        assert not reg.gate_passes(reg.encode_verdict_slot(other, reg.VERDICT_PASS), trigger)
+    held, verdict = reg.decode_verdict_slot(garbage)
+    assert reg.gate_passes(garbage, trigger) == (held == trigger and verdict == 1)
+
+
+@given(u32, ring_sizes)
+def test_ring_index_and_address(trigger: int, ring_size: int) -> None:
+    k = reg.verdict_slot(trigger, ring_size)
+    assert 0 <= k < ring_size
+    assert reg.verdict_slot_address(trigger, ring_size) == 100 + 3 * k
+    # The same slot comes back exactly every N triggers.
+    if trigger + ring_size <= reg.U32_MAX:
+        assert reg.verdict_slot(trigger + ring_size, ring_size) == k
+
+
+@given(st.lists(u32, max_size=80))
+def test_reject_log_decodes_latest_oldest_first(rejected: list[int]) -> None:
+    ring = [0] * (reg.REJECT_LOG_SIZE * reg.REJECT_LOG_SLOT_WIDTH)
+    for number, trigger in enumerate(rejected, start=1):  # the PLC side, entry by entry
+        at = reg.reject_log_address(number) - reg.IR_REJECT_LOG_BASE
+        ring[at : at + 2] = reg.split_u32(trigger)
+    assert reg.decode_reject_log(ring, len(rejected)) == rejected[-reg.REJECT_LOG_SIZE :]
+
+
+@given(st.integers(0, reg.U16_MAX))
+def test_heartbeat_wraps(value: int) -> None:
+    nxt = reg.next_heartbeat(value)
+    assert nxt != value and 0 <= nxt <= reg.U16_MAX
+    assert nxt == (0 if value == reg.U16_MAX else value + 1)
