@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import epcis, gs1
+from edge_agent.crashpoints import crash_point
 from edge_agent.db import write
 from edge_agent.errors import LedgerError
 
@@ -220,6 +221,7 @@ class Ledger:
         with write(self.conn):
             for outcome in outcomes:
                 self._commit_one(batch, outcome, now)
+            crash_point("outbox_commit")
 
     def _commit_one(self, batch: BatchInfo, outcome: UnitOutcome, now: float) -> None:
         for skipped in outcome.skipped_serials:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import structlog
 
 from edge_agent.config.models import AgentConfig
+from edge_agent.crashpoints import crash_point
 from edge_agent.contracts import (
     CodeRead,
     CodeReader,
@@ -202,6 +203,8 @@ class LineRuntime:
                 continue
             self._outstanding += 1
             await self._send(PrintRecord(*taken))
+            if self._outstanding >= depth:
+                crash_point("printer_buffer_full")
         self._feed_done.set()
 
     async def _send(self, record: PrintRecord) -> None:
@@ -253,6 +256,7 @@ class LineRuntime:
             except Exception as exc:  # a decoder failure is a no-read, never a crash
                 log.error("decode_failed", trigger=frame.trigger, error=repr(exc))
                 reads = []
+            crash_point("decoded")
             outcome = await self._judge(frame, reads)
             await self._commit_q.put(_Pending(frame, outcome))
 

@@ -1,0 +1,34 @@
+"""Named crash points for crash-safety tests.
+
+``EDGE_AGENT_CRASH_AT=name:n`` makes the process SIGKILL itself the n-th time it reaches the point
+``name``: the same death as a power cut or the OOM killer, at a chosen moment. When the variable is
+unset (always, in production) a crash point is one comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = ("printer_buffer_full", "decoded", "outbox_commit")
+
+
+def _target() -> tuple[str, int] | None:
+    spec = os.environ.get("EDGE_AGENT_CRASH_AT")
+    if not spec:
+        return None
+    name, _, count = spec.partition(":")
+    return name, int(count or "1")
+
+
+_TARGET = _target()
+_seen = 0
+
+
+def crash_point(name: str) -> None:
+    global _seen
+    if _TARGET is None or _TARGET[0] != name:
+        return
+    _seen += 1
+    if _seen >= _TARGET[1]:
+        os.kill(os.getpid(), signal.SIGKILL)

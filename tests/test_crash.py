@@ -1,0 +1,114 @@
+"""Crash safety: SIGKILL the agent mid-batch at chosen points, restart it, check the invariants.
+
+The simulators run in their own process (`edge-agent simulate`), like real devices that outlive
+the agent; the agent is `edge-agent run` in another. After the restart the batch must complete with:
+no serial printed twice, no unit passed by the PLC without a commissioned serial (and the other
+way round), units in flight at the crash rejected, and a balanced reconciliation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.db import open_reader
+from edge_agent.reconcile import reconcile
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = (ROOT / "config" / "demo.toml").read_text()
+UNITS = 150
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "edge_agent.cli", *args]
+
+
+def config_text(state_dir: Path, ports: dict[str, int] | None = None) -> str:
+    text = DEMO.replace('state_dir = "state"', f'state_dir = "{state_dir}"')
+    text = text.replace("target_quantity = 2000", f"target_quantity = {UNITS}")
+    text = text.replace("units_per_min = 300 ", "units_per_min = 1500 ")
+    text = text.replace('log_format = "json"', 'log_format = "json"\nlog_level = "warning"')
+    for kind, port in (ports or {}).items():
+        text = re.sub(rf"(\n\[{kind}\][^\[]*?)port = 0", rf"\g<1>port = {port}", text, count=1)
+    return text
+
+
+@contextlib.contextmanager
+def simulators(tmp_path: Path) -> Any:
+    config = tmp_path / "sim.toml"
+    config.write_text(config_text(tmp_path / "unused"))
+    truth = tmp_path / "truth.json"
+    proc = subprocess.Popen(
+        cli("simulate", "--config", str(config), "--report-json", str(truth)),
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "sim.log").open("w"),
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ports = json.loads(proc.stdout.readline())["simulators"]
+        yield ports, proc, truth
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def run_agent(config: Path, log: Path, crash_at: str | None = None) -> int:
+    env = dict(os.environ)
+    env.pop("EDGE_AGENT_CRASH_AT", None)
+    if crash_at:
+        env["EDGE_AGENT_CRASH_AT"] = crash_at
+    with log.open("a") as out:
+        return subprocess.run(cli("run", "--config", str(config)), env=env, stdout=out, stderr=out, timeout=120).returncode
+
+
+@pytest.mark.parametrize(
+    "crash_at",
+    ["printer_buffer_full:40", "decoded:60", "outbox_commit:30"],
+    ids=["printer-buffer-full", "between-decode-and-verdict", "during-outbox-commit"],
+)
+def test_sigkill_mid_batch_then_resume(tmp_path: Path, crash_at: str) -> None:
+    state = tmp_path / "state"
+    with simulators(tmp_path) as (ports, _proc, truth_file):
+        config = tmp_path / "agent.toml"
+        config.write_text(config_text(state, ports))
+        log = tmp_path / "agent.out"
+        first = run_agent(config, log, crash_at)
+        assert first == -signal.SIGKILL, log.read_text()[-3000:]
+        with contextlib.closing(open_reader(state)) as conn:
+            before = reconcile(conn)
+        assert before["batch_state"] == "open"
+        time.sleep(1.5)  # the PLC notices the lost heartbeat and stops the line
+        second = run_agent(config, log)
+        assert second == 0, log.read_text()[-3000:]
+    truth = json.loads(truth_file.read_text())
+    with contextlib.closing(open_reader(state)) as conn:
+        report = reconcile(conn)
+        commissioned_triggers = {
+            t for (t,) in conn.execute("SELECT trigger FROM serials WHERE state = 'commissioned'")
+        }
+        sent = [s for (s,) in conn.execute("SELECT serial FROM serials WHERE seq IS NOT NULL")]
+        restart_rejects = conn.execute(
+            "SELECT count(*) FROM serials WHERE reason = 'in_flight_at_restart'"
+        ).fetchone()[0]
+    assert report["balanced"], report["problems"]
+    assert report["batch_state"] == "closed" and report["serials_in_flight"] == 0
+    assert truth["printed_twice"] == 0
+    assert len(sent) == len(set(sent)) == UNITS
+    # Never silently passed: the units the PLC let through are exactly the commissioned ones.
+    assert set(truth["gate_passed"]) == commissioned_triggers
+    assert restart_rejects > 0
+    # Every injected defect that reached the agent was rejected at the gate.
+    assert not set(map(int, truth["injected_defects"])) & set(truth["gate_passed"])
