@@ -43,7 +43,12 @@ async def run_demo(
     overrides: dict[str, Any] = {
         "agent": {"state_dir": str(state_dir)},
         "batch": {"target_quantity": units},
-        "simulators": {"units_per_min": speed, "camera": {"seed": seed, "defect_rate": defect_rate}},
+        "simulators": {
+            "units_per_min": speed,
+            "printer": {"port": 0},
+            "plc": {"port": 0},
+            "camera": {"port": 0, "seed": seed, "defect_rate": defect_rate},
+        },
     }
     base = parse_config(demo_config_text(), "demo.toml", overrides)
     section = base.model.simulators

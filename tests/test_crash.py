@@ -36,12 +36,15 @@ def cli(*args: str) -> list[str]:
 
 
 def config_text(state_dir: Path, ports: dict[str, int] | None = None) -> str:
-    text = DEMO.replace('state_dir = "state"', f'state_dir = "{state_dir}"')
+    text = re.sub(r'state_dir = "[^"]*"', f'state_dir = "{state_dir}"', DEMO)
     text = text.replace("target_quantity = 2000", f"target_quantity = {UNITS}")
     text = text.replace("units_per_min = 300 ", "units_per_min = 1500 ")
     text = text.replace('log_format = "json"', 'log_format = "json"\nlog_level = "warning"')
-    for kind, port in (ports or {}).items():
-        text = re.sub(rf"(\n\[{kind}\][^\[]*?)port = 0", rf"\g<1>port = {port}", text, count=1)
+    for kind in ("printer", "camera", "plc"):
+        if ports:  # the agent's config: devices at the simulators' ports
+            text = re.sub(rf"(\n\[{kind}\][^\[]*?)port = \d+", rf"\g<1>port = {ports[kind]}", text, count=1)
+        else:  # the simulators' config: any free port
+            text = re.sub(rf"(\n\[simulators\.{kind}\][^\[]*?)port = \d+", r"\g<1>port = 0", text, count=1)
     return text
 
 

@@ -65,17 +65,22 @@ def parse_config(text: str, file: str = "<config>", overrides: dict[str, Any] | 
     if overrides:
         data = _merge(data, overrides)
     lines = _key_lines(text)
+    problems: list[ConfigError] = []
+    model = None
     try:
         model = AgentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigInvalid(_problems(exc, AgentConfig, (), file, lines)) from exc
-    devices, problems = {}, []
+        problems.extend(_problems(exc, AgentConfig, (), file, lines))
+    devices: dict[str, DeviceSpec] = {}
     for kind in ("printer", "camera", "plc"):
+        section = data.get(kind)
+        if not isinstance(section, dict):
+            continue  # reported above as missing or of the wrong type
         try:
-            devices[kind] = _device(kind, getattr(model, kind), file, lines)
+            devices[kind] = _device(kind, section, file, lines)
         except ConfigInvalid as exc:
             problems.extend(exc.problems)
-    if problems:
+    if problems or model is None:
         raise ConfigInvalid(problems)
     return LoadedConfig(file, model, devices["printer"], devices["camera"], devices["plc"])
 

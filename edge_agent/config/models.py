@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from edge_agent import gs1
 
 DEFAULT_ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+
+
+def _gs1_check(check: Callable[[], object]) -> None:
+    """pydantic reports only ValueError as a validation problem; GS1 errors become one."""
+    try:
+        check()
+    except gs1.Gs1Error as exc:
+        raise ValueError(str(exc)) from None
 
 
 class Strict(BaseModel):
@@ -144,19 +153,19 @@ class BatchSection(Strict):
     def _gtin(cls, value: str) -> str:
         if not re.fullmatch(r"\d{14}", value):
             raise ValueError("a GTIN-14 is 14 digits (pad GTIN-8/12/13 with leading zeros)")
-        gs1.validate_gtin(value)
+        _gs1_check(lambda: gs1.validate_gtin(value))
         return value
 
     @field_validator("lot")
     @classmethod
     def _lot(cls, value: str) -> str:
-        gs1.build([("10", value)])
+        _gs1_check(lambda: gs1.build([("10", value)]))
         return value
 
     @field_validator("expiry")
     @classmethod
     def _expiry(cls, value: str) -> str:
-        gs1.build([("17", value)])
+        _gs1_check(lambda: gs1.build([("17", value)]))
         return value
 
 
