@@ -1,0 +1,369 @@
+"""Simulated inspection camera speaking "tcp-frames" (the camera is the TCP server).
+
+For every unit the ``SimLine`` brings to the camera it decides (seeded) whether to inject a
+defect, renders a frame of the unit's GS1 DataMatrix in a worker thread and queues it. One sender
+task writes the frames to the connected clients strictly in trigger order; frames that find no
+client connected are dropped and counted, as a real camera would.
+
+Standalone: ``python -m simulators.cameras.tcp --port 9200`` runs it with a free-running line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import random
+import socket
+import string
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import numpy as np
+import structlog
+
+from drivers.cameras.tcp.codec import ENCODING_RAW, encode_frame
+from simulators.cameras.render import render_frame
+from simulators.line import SimLine, SimUnit
+
+log = structlog.get_logger(__name__)
+
+ALL_DEFECTS: tuple[str, ...] = (
+    "unreadable",
+    "wrong_serial",
+    "duplicate_serial",
+    "wrong_gtin",
+    "wrong_lot",
+    "wrong_expiry",
+    "low_contrast",
+)
+_ALNUM = string.ascii_uppercase + string.digits
+_GAP_WAIT_S = 0.5  # how long the sender waits for a missing trigger before sending later ones
+_DRAIN_TIMEOUT_S = 2.0  # a client that does not read for this long is dropped
+_GOOD_SERIALS_KEPT = 1000
+
+
+@dataclass
+class _Look:
+    """What the camera will see for one unit: content plus render options."""
+
+    gtin: str
+    expiry: str
+    lot: str
+    serial: str
+    render: dict[str, Any] = field(default_factory=dict)
+
+    def hri(self) -> str:
+        return f"(01){self.gtin}(17){self.expiry}(10){self.lot}(21){self.serial}"
+
+
+class TcpCameraSim:
+    def __init__(
+        self,
+        line: SimLine,
+        *,
+        defect_rate: float = 0.02,
+        seed: int = 1,
+        width: int = 480,
+        height: int = 360,
+        defect_kinds: Sequence[str] = ALL_DEFECTS,
+        encoding: int = ENCODING_RAW,
+    ) -> None:
+        unknown = set(defect_kinds) - set(ALL_DEFECTS)
+        if unknown:
+            raise ValueError(f"unknown defect kinds {sorted(unknown)}; known: {ALL_DEFECTS}")
+        self.line = line
+        self.defect_rate = defect_rate
+        self.defect_kinds = tuple(defect_kinds)
+        self.width = width
+        self.height = height
+        self.encoding = encoding
+        self.injected: dict[int, str] = {}  # trigger -> defect kind
+        self.defect_hri: dict[int, str] = {}  # trigger -> content actually rendered for a defect
+        self.frames_sent = 0
+        self.frames_dropped = 0
+        self._rng = random.Random(seed)
+        self._good_serials: deque[str] = deque(maxlen=_GOOD_SERIALS_KEPT)
+        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._last_queued = line.trigger_count
+        self._wake = asyncio.Event()
+        self._clients: set[asyncio.StreamWriter] = set()
+        self._client_joined = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self.host = "127.0.0.1"
+        self.port = 0
+        line.on_trigger(self.on_unit)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = await asyncio.start_server(self._on_client, host, port)
+        self.host = host
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._last_queued = max(self._last_queued, self.line.trigger_count)
+        self._sender = asyncio.get_running_loop().create_task(self._send_loop())
+        log.info("camera simulator listening", url=self.url)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+            self._sender = None
+        for future in self._pending.values():
+            future.cancel()
+        self.frames_dropped += len(self._pending)
+        self._pending.clear()
+        for writer in list(self._clients):
+            await self._close_client(writer)
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    async def wait_for_client(self) -> None:
+        """Until a client is connected: frames before that are dropped, like a real camera's."""
+        while not self._clients:
+            self._client_joined.clear()
+            await self._client_joined.wait()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- production -------------------------------------------------------------------------
+
+    def on_unit(self, trigger: int, unit: SimUnit) -> None:
+        """Line listener: a unit is under the camera. Renders off the loop, keeps the order."""
+        if self._server is None or trigger <= self._last_queued:
+            # Camera off, or a trigger that arrived after later ones were already sent.
+            self._last_queued = max(self._last_queued, trigger)
+            self.frames_dropped += 1
+            return
+        kind = self._pick_defect()
+        look = self._look(unit, kind)
+        if kind is None:
+            self._good_serials.append(unit.serial)
+        else:
+            self.injected[trigger] = kind
+            self.defect_hri[trigger] = look.hri()
+        job_rng = np.random.default_rng(self._rng.getrandbits(64))
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, self._produce, trigger, look, job_rng)
+        self._pending[trigger] = future
+        self._wake.set()
+
+    def _produce(self, trigger: int, look: _Look, rng: np.random.Generator) -> bytes:
+        """Worker thread: render and encode one frame."""
+        try:
+            image = render_frame(
+                look.hri(), width=self.width, height=self.height, rng=rng, **look.render
+            )
+        except ValueError as exc:
+            # zxing refused the content: the camera still sees a unit, just no code on it.
+            log.warning("cannot render code, sending empty frame", trigger=trigger, error=str(exc))
+            image = np.full((self.height, self.width), 220, dtype=np.uint8)
+        return encode_frame(trigger, image, self.encoding)
+
+    def _pick_defect(self) -> str | None:
+        if not self.defect_kinds or self._rng.random() >= self.defect_rate:
+            return None
+        kinds = list(self.defect_kinds)
+        if not self._good_serials and "duplicate_serial" in kinds:
+            kinds.remove("duplicate_serial")  # nothing to duplicate yet
+        return self._rng.choice(kinds) if kinds else None
+
+    def _look(self, unit: SimUnit, kind: str | None) -> _Look:
+        rng = self._rng
+        look = _Look(unit.gtin, unit.expiry, unit.lot, unit.serial)
+        if kind == "unreadable":
+            look.render["smear"] = True
+        elif kind == "wrong_serial":
+            look.serial = _other_string(unit.serial, 12, rng)
+        elif kind == "duplicate_serial":
+            look.serial = rng.choice(self._good_serials)
+        elif kind == "wrong_gtin":
+            look.gtin = other_gtin(unit.gtin, rng)
+        elif kind == "wrong_lot":
+            look.lot = _other_string(unit.lot, max(1, len(unit.lot)), rng)
+        elif kind == "wrong_expiry":
+            look.expiry = other_expiry(unit.expiry, rng)
+        elif kind == "low_contrast":
+            look.render.update(_low_contrast_levels(rng))
+        return look
+
+    # --- sending ----------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        while True:
+            trigger = await self._next_trigger()
+            future = self._pending.pop(trigger)
+            self._last_queued = max(self._last_queued, trigger)
+            try:
+                data = await future
+            except Exception:
+                log.exception("frame production failed", trigger=trigger)
+                self.frames_dropped += 1
+                continue
+            await self._deliver(data)
+
+    async def _next_trigger(self) -> int:
+        """The next trigger in order; after a gap of ``_GAP_WAIT_S`` the lowest one queued."""
+        gap_since: float | None = None
+        while True:
+            self._wake.clear()
+            expected = self._last_queued + 1
+            if expected in self._pending:
+                return expected
+            if not self._pending:
+                gap_since = None
+                await self._wake.wait()
+                continue
+            now = time.monotonic()
+            gap_since = now if gap_since is None else gap_since
+            remaining = gap_since + _GAP_WAIT_S - now
+            if remaining <= 0:
+                return min(self._pending)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), remaining)
+
+    async def _deliver(self, data: bytes) -> None:
+        if not self._clients:
+            self.frames_dropped += 1
+            return
+        delivered = False
+        for writer in list(self._clients):
+            try:
+                writer.write(data)
+                await asyncio.wait_for(writer.drain(), _DRAIN_TIMEOUT_S)
+                delivered = True
+            except (OSError, TimeoutError) as exc:
+                log.warning("camera client lost", error=repr(exc))
+                await self._close_client(writer)
+        if delivered:
+            self.frames_sent += 1
+        else:
+            self.frames_dropped += 1
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._clients.add(writer)
+        self._client_joined.set()
+        log.info("camera client connected", peer=writer.get_extra_info("peername"))
+        try:
+            while await reader.read(4096):
+                pass  # the protocol is one-way; just notice when the client goes away
+        except OSError:
+            pass
+        finally:
+            await self._close_client(writer)
+
+    async def _close_client(self, writer: asyncio.StreamWriter) -> None:
+        self._clients.discard(writer)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+# --- content mutations ---------------------------------------------------------------------
+
+
+def gtin_check_digit(body: str) -> str:
+    """GS1 mod-10 check digit for the digits before it."""
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    return str((10 - total % 10) % 10)
+
+
+def other_gtin(gtin: str, rng: random.Random) -> str:
+    """A different GTIN-14 with a correct check digit."""
+    if len(gtin) != 14 or not gtin.isdigit():
+        gtin = "0" + "".join(rng.choice(string.digits) for _ in range(12)) + "0"
+    body = list(gtin[:13])
+    pos = rng.randrange(1, 13)  # keep the indicator digit
+    body[pos] = rng.choice([d for d in string.digits if d != body[pos]])
+    new_body = "".join(body)
+    return new_body + gtin_check_digit(new_body)
+
+
+def other_expiry(expiry: str, rng: random.Random) -> str:
+    """A different, valid YYMMDD date."""
+    start = dt.date(2025, 1, 1)
+    while True:
+        candidate = (start + dt.timedelta(days=rng.randrange(8 * 365))).strftime("%y%m%d")
+        if candidate != expiry:
+            return candidate
+
+
+def _other_string(current: str, length: int, rng: random.Random) -> str:
+    while True:
+        candidate = "".join(rng.choice(_ALNUM) for _ in range(length))
+        if candidate != current:
+            return candidate
+
+
+def _low_contrast_levels(rng: random.Random) -> dict[str, Any]:
+    light = rng.randint(150, 210)
+    contrast = rng.uniform(0.20, 0.28)
+    # Modules of 4 px or more: at 3 px with blur a faint symbol is sometimes not read at all,
+    # and this defect must reach the contrast check, not look like "unreadable".
+    return {"light": light, "dark": light - round(contrast * 255), "module_px": rng.randint(4, 6)}
+
+
+# --- standalone ----------------------------------------------------------------------------
+
+
+async def _free_run(line: SimLine, rng: random.Random) -> None:
+    """Stand-in for printer + PLC: puts units with random serials on the line."""
+    gtin_body = "0950600013435"
+    gtin = gtin_body + gtin_check_digit(gtin_body)
+    while True:
+        await line.next_slot()
+        serial = "".join(rng.choice(_ALNUM) for _ in range(12))
+        line.unit_printed(SimUnit(serial, gtin, "LOT1", "271231", time.monotonic()))
+
+
+async def _main(args: argparse.Namespace) -> None:
+    line = SimLine(units_per_min=args.rate)
+    camera = TcpCameraSim(line, defect_rate=args.defect_rate, seed=args.seed)
+    await camera.start(args.host, args.port)
+    print(f"camera simulator on {camera.url}, {args.rate} units/min", flush=True)
+    feeder = asyncio.get_running_loop().create_task(_free_run(line, random.Random(args.seed)))
+    try:
+        await asyncio.Event().wait()
+    finally:
+        feeder.cancel()
+        await camera.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Simulated tcp-frames camera")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9200)
+    parser.add_argument("--rate", type=float, default=300.0, help="units per minute")
+    parser.add_argument("--defect-rate", type=float, default=0.02)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()

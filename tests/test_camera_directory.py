@@ -1,0 +1,189 @@
+"""DirectoryFrameSource on real folders."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from drivers.cameras.directory import DirectoryFrameSource
+from edge_agent.contracts import Frame, FrameSource
+from edge_agent.errors import DeviceConnectionError
+
+STEP = 5.0  # generous timeout so a broken test fails instead of hanging
+
+
+def _image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(24, 32), dtype=np.uint8)
+
+
+def _encoded(image: np.ndarray, ext: str = ".png") -> bytes:
+    ok, buf = cv2.imencode(ext, image)
+    assert ok
+    return buf.tobytes()
+
+
+def _names(folder: Path, pattern: str = "*") -> list[str]:
+    return sorted(p.name for p in folder.glob(pattern))
+
+
+def _source(path: Path, **options: object) -> DirectoryFrameSource:
+    config = DirectoryFrameSource.Config(
+        type="directory", path=path, poll_interval_s=0.005, **options
+    )
+    return DirectoryFrameSource("cam-dir", config)
+
+
+class Collector:
+    """Runs ``frames()`` in a task and keeps what it yields."""
+
+    def __init__(self, source: DirectoryFrameSource) -> None:
+        self.source = source
+        self.frames: list[Frame] = []
+        self._queue: asyncio.Queue[Frame] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Collector:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        frames: AsyncIterator[Frame] = self.source.frames()
+        async for frame in frames:
+            self.frames.append(frame)
+            self._queue.put_nowait(frame)
+
+    async def take(self, n: int) -> list[Frame]:
+        return [await asyncio.wait_for(self._queue.get(), STEP) for _ in range(n)]
+
+    async def polls(self, n: int) -> None:
+        """Let the source look at the folder ``n`` more times."""
+        await _until(lambda start=self.source.polls: self.source.polls >= start + n)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    async def poll() -> None:
+        # The source's counters have no event to wait on; polling them is fine in a test.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+
+    await asyncio.wait_for(poll(), STEP)
+
+
+def test_config_validation(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError):
+        DirectoryFrameSource.Config(type="directory", path=tmp_path, trigger_regex=r"\d+")
+    with pytest.raises(ValidationError):
+        DirectoryFrameSource.Config(type="directory", path=tmp_path, pattern="sub/*.png")
+    with pytest.raises(ValidationError):
+        DirectoryFrameSource.Config(type="directory", path=tmp_path, after_read="shred")
+    with pytest.raises(ValidationError):
+        DirectoryFrameSource.Config(type="directory", path=tmp_path, speed=1)
+
+
+async def test_missing_folder_is_a_connection_error(tmp_path: Path) -> None:
+    with pytest.raises(DeviceConnectionError):
+        async with _source(tmp_path / "nope"):
+            pass
+
+
+async def test_partial_file_is_not_yielded_early(tmp_path: Path) -> None:
+    image = _image(1)
+    data = _encoded(image)
+    target = tmp_path / "img_000017.png"
+    async with _source(tmp_path, bad_after_s=600) as source, Collector(source) as got:
+        assert isinstance(source, FrameSource)
+        target.write_bytes(data[: len(data) // 2])
+        await got.polls(10)
+        assert got.frames == []
+        with target.open("ab") as f:
+            f.write(data[len(data) // 2 :])
+        (frame,) = await got.take(1)
+        await got.polls(5)
+    assert frame.trigger == 17 and frame.source == "cam-dir"
+    assert np.array_equal(frame.image, image)
+    assert len(got.frames) == 1
+    assert source.malformed_count == 0
+
+
+async def test_partial_non_png_waits_for_the_file_to_settle(tmp_path: Path) -> None:
+    image = _image(2)
+    (tmp_path / "5.bmp").write_bytes(_encoded(image, ".bmp"))
+    async with _source(tmp_path, pattern="*.bmp") as source, Collector(source) as got:
+        (frame,) = await got.take(1)
+        assert source.polls >= 2  # read only once unchanged across two polls
+    assert frame.trigger == 5 and np.array_equal(frame.image, image)
+
+
+async def test_burst_is_yielded_once_each_in_trigger_order(tmp_path: Path) -> None:
+    order = np.random.default_rng(3).permutation(50)
+    for trigger in order:
+        (tmp_path / f"cam_{trigger:04d}.png").write_bytes(_encoded(_image(int(trigger))))
+    async with _source(tmp_path) as source, Collector(source) as got:
+        frames = await got.take(50)
+        # A second burst while running: each file exactly once, order across polls not promised.
+        for trigger in range(100, 150):
+            (tmp_path / f"cam_{trigger:04d}.png").write_bytes(_encoded(_image(trigger)))
+        await got.take(50)
+        await got.polls(5)
+    assert [f.trigger for f in frames] == list(range(50))
+    assert all(np.array_equal(f.image, _image(f.trigger)) for f in frames)
+    assert sorted(f.trigger for f in got.frames) == [*range(50), *range(100, 150)]
+    assert source.frames_received == 100
+
+
+@pytest.mark.parametrize("mode", ["delete", "move", "keep"])
+async def test_after_read_modes(tmp_path: Path, mode: str) -> None:
+    names = [f"{t}.png" for t in (3, 1, 2)]
+    for t, name in enumerate(names):
+        (tmp_path / name).write_bytes(_encoded(_image(t)))
+    async with _source(tmp_path, after_read=mode) as source, Collector(source) as got:
+        frames = await got.take(3)
+        await got.polls(5)  # kept files must not come back
+    assert [f.trigger for f in frames] == [1, 2, 3]
+    assert len(got.frames) == 3
+    left = _names(tmp_path, "*.png")
+    done = _names(tmp_path / "done") if mode == "move" else []
+    if mode == "delete":
+        assert left == []
+    elif mode == "move":
+        assert left == [] and done == sorted(names)
+    else:
+        assert left == sorted(names)
+
+
+async def test_rewritten_file_in_keep_mode_is_a_new_frame(tmp_path: Path) -> None:
+    target = tmp_path / "8.png"
+    target.write_bytes(_encoded(_image(1)))
+    async with _source(tmp_path, after_read="keep") as source, Collector(source) as got:
+        await got.take(1)
+        await got.polls(3)
+        target.write_bytes(_encoded(_image(2)))
+        (again,) = await got.take(1)
+    assert again.trigger == 8 and np.array_equal(again.image, _image(2))
+
+
+async def test_undecodable_file_goes_to_bad(tmp_path: Path) -> None:
+    (tmp_path / "4.png").write_bytes(b"this is not an image")
+    (tmp_path / "no_trigger.png").write_bytes(_encoded(_image(0)))
+    (tmp_path / "6.png").write_bytes(_encoded(_image(6)))
+    async with _source(tmp_path, bad_after_s=0) as source, Collector(source) as got:
+        (frame,) = await got.take(1)
+        await _until(lambda: source.malformed_count == 2)
+        await got.polls(3)
+    assert frame.trigger == 6
+    assert _names(tmp_path / "bad") == ["4.png", "no_trigger.png"]
+    assert _names(tmp_path, "*.png") == []
+    assert len(got.frames) == 1
