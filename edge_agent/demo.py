@@ -83,13 +83,13 @@ async def _run_with_progress(config: Any, units: int, console: Console) -> str |
     stats = LineStats()
     columns = (
         TextColumn("[bold]units"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:>6.0f}/min"),
-        TextColumn("[green]passed {task.fields[passed]}"),
-        TextColumn("[red]rejected {task.fields[rejected]}"),
-        TextColumn("{task.fields[reasons]}"),
+        TextColumn("{task.fields[rate]:>5.0f}/min"),
+        TextColumn("[green]✓{task.fields[passed]}"),
+        TextColumn("[red]✗{task.fields[rejected]}"),
         TimeElapsedColumn(),
+        TextColumn("{task.fields[reasons]}"),
     )
     with Progress(*columns, console=console, refresh_per_second=8) as progress:
         task = progress.add_task("line", total=units, rate=0.0, passed=0, rejected=0, reasons="")

@@ -19,6 +19,10 @@ def configure(
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     )
+    # Libraries (pymodbus, asyncio) log through the standard library: same stream, warnings up.
+    logging.basicConfig(
+        stream=stream, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -30,7 +30,10 @@ class SimulatorSet:
         # The PLC registers its trigger listener first: it must see a unit before the camera does.
         if s.plc is not None:
             self.plc = ModbusPlcSim(
-                self.line, gate_delay_s=s.plc.gate_delay_s, heartbeat_timeout_s=s.plc.heartbeat_timeout_s
+                self.line,
+                gate_delay_s=s.plc.gate_delay_s,
+                heartbeat_timeout_s=s.plc.heartbeat_timeout_s,
+                ring_size=s.plc.ring_size,
             )
             await self._start(self.plc, host, s.plc.port)
         if s.camera is not None:

@@ -110,6 +110,13 @@ class LineSection(Strict):
         5.0, gt=0, le=600, description="At batch end, printed units not seen by the camera this "
         "long after the last frame are rejected"
     )
+    max_units_in_flight: int = Field(
+        16,
+        ge=1,
+        le=10_000,
+        description="Units printed but not yet decided; must exceed the units between print head "
+        "and camera. Bounds the line (and verdict latency) when it runs faster than the agent",
+    )
     decode_threads: int = Field(2, ge=1, le=32, description="Threads decoding frames in parallel")
 
 
@@ -186,6 +193,9 @@ class PlcSim(Strict):
     port: int = Field(0, ge=0, le=65535, description="TCP port (0 = any free port)")
     gate_delay_s: float = Field(0.4, gt=0, le=60, description="Trigger to reject gate")
     heartbeat_timeout_s: float = Field(1.0, gt=0, le=60, description="Stop without agent heartbeat")
+    ring_size: int = Field(
+        32, ge=1, le=1024, description="Verdict slots; must exceed the units between camera and gate"
+    )
 
 
 class SimulatorsSection(Strict):

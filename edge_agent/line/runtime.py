@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import structlog
 
 from edge_agent.config.models import AgentConfig
@@ -46,6 +47,7 @@ STOP_CODES = {
     "plc_heartbeat_lost": 12,
     "reject_confirm_missing": 13,
     "device_error": 14,
+    "reject_log_overrun": 15,
 }
 _COMMIT_GROUP = 64
 _ALLOCATE_BLOCK = 64
@@ -86,8 +88,11 @@ class LineRuntime:
         self.batch: BatchInfo | None = None
         self.printed = PrintedQueue()
         self._identity = BatchIdentity(config.batch.gtin, config.batch.lot, config.batch.expiry)
-        self._outstanding = 0  # sent to the printer, not yet confirmed or settled
-        self._room = asyncio.Condition()
+        # Flow control: records in the printer's buffer, and units printed but not yet decided.
+        # The second bounds the whole line when it runs faster than the agent (fast mode).
+        self._unprinted = 0
+        self._undecided = 0
+        self._flow = asyncio.Condition()
         self._decode_q: asyncio.Queue[tuple[Frame, asyncio.Future[list[CodeRead]]]] = asyncio.Queue(64)
         self._commit_q: asyncio.Queue[_Pending] = asyncio.Queue(256)
         self._feed_done = asyncio.Event()
@@ -95,6 +100,8 @@ class LineRuntime:
         self._awaiting_confirm: dict[int, float] = {}  # reject trigger → when its verdict was written
         self._missing_confirms = 0
         self._confirms_seen: int | None = None
+        # Units the PLC rejected before the agent decided them (the verdict came too late).
+        self._gated_before_decided: set[int] = set()
         self._last_trigger = 0
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -107,6 +114,7 @@ class LineRuntime:
         await self._prepare_printer()
         await self._recover()
         executor = ThreadPoolExecutor(self.cfg.line.decode_threads, thread_name_prefix="decode")
+        await self._warm_up(executor)
         stop: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as tg:
@@ -130,6 +138,15 @@ class LineRuntime:
         if stop is not None:
             await self._stop_line(stop)
         return self.batch
+
+    async def _warm_up(self, executor: ThreadPoolExecutor) -> None:
+        """Decode a blank frame on every thread first: the first call into the decoder is slow,
+        and that cost must not fall on the first units of the batch."""
+        blank = np.full((64, 64), 255, dtype=np.uint8)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(executor, self.reader.read, blank) for _ in range(executor._max_workers))
+        )
 
     async def _prepare_printer(self) -> None:
         # Records left in the printer from before a restart must never be printed now: their
@@ -173,8 +190,10 @@ class LineRuntime:
         self.stats.alarms.append(f"{reason}: {cause}")
         try:
             await self.plc.request_line_stop(STOP_CODES.get(reason, 99))
-        except EdgeAgentError as exc:
-            log.error("line_stop_request_failed", detail=str(exc))
+            # Units already given a verdict still reach the gate: learn what it did with them.
+            await asyncio.wait_for(self._await_gate(), timeout=5.0)
+        except (EdgeAgentError, TimeoutError) as exc:
+            log.error("line_stop_settle_failed", detail=str(exc))
         if isinstance(cause, LineStopped):
             raise cause
         raise LineStopped(reason, str(cause)) from cause
@@ -189,9 +208,10 @@ class LineRuntime:
     async def _feed(self) -> None:
         batch, serials = self._batch, self.cfg.batch.serials
         depth = getattr(self.printer, "buffer_depth", 8)
+        window = self.cfg.line.max_units_in_flight
         while self.ledger.sent_count(batch.id) < batch.target:
-            async with self._room:
-                await self._room.wait_for(lambda: self._outstanding < depth)
+            async with self._flow:
+                await self._flow.wait_for(lambda: self._unprinted < depth and self._undecided < window)
             if serials.source == "generate":
                 self.ledger.ensure_allocated(batch, 1, length=serials.length, alphabet=serials.alphabet)
             elif self.ledger.allocate_from_pool(batch, 1) == 0 and not self.ledger.serials_in(
@@ -201,9 +221,10 @@ class LineRuntime:
             taken = self.ledger.take_for_print(batch)
             if taken is None:
                 continue
-            self._outstanding += 1
+            self._unprinted += 1
+            self._undecided += 1
             await self._send(PrintRecord(*taken))
-            if self._outstanding >= depth:
+            if self._unprinted >= depth:
                 crash_point("printer_buffer_full")
         self._feed_done.set()
 
@@ -229,12 +250,14 @@ class LineRuntime:
                 await self.printed.push(confirmation.serial)
             else:
                 log.warning("unexpected_print_confirmation", batch=batch.id, serial=confirmation.serial)
-            await self._release_printer_slot()
+                continue
+            await self._release(unprinted=1)
 
-    async def _release_printer_slot(self, count: int = 1) -> None:
-        async with self._room:
-            self._outstanding = max(0, self._outstanding - count)
-            self._room.notify_all()
+    async def _release(self, *, unprinted: int = 0, undecided: int = 0) -> None:
+        async with self._flow:
+            self._unprinted = max(0, self._unprinted - unprinted)
+            self._undecided = max(0, self._undecided - undecided)
+            self._flow.notify_all()
 
     # --- camera side ------------------------------------------------------------------------
 
@@ -285,7 +308,7 @@ class LineRuntime:
                 state = self.ledger.state_of(self._batch.gtin, serial)
             if state == SerialState.SENT:
                 # Printed but never confirmed by the printer: never commissioned on faith.
-                await self._release_printer_slot()
+                await self._release(unprinted=1)
                 return Position(serial), "print_unconfirmed"
             if state in (SerialState.COMMISSIONED, SerialState.REJECTED, SerialState.UNUSED):
                 why = "duplicate_serial" if state == SerialState.COMMISSIONED else "serial_already_settled"
@@ -310,7 +333,9 @@ class LineRuntime:
         batch, deadline_s = self._batch, self.cfg.line.verdict_deadline_ms / 1000.0
         now = time.monotonic()
         for item in group:
-            if item.outcome.passed and now - item.frame.received_at > deadline_s:
+            late = now - item.frame.received_at > deadline_s
+            late = late or item.frame.trigger in self._gated_before_decided
+            if item.outcome.passed and late:
                 item.outcome.passed, item.outcome.reason = False, "late_verdict"
         outcomes = [item.outcome for item in group]
         try:
@@ -322,6 +347,8 @@ class LineRuntime:
             raise LineStopped("storage_error", repr(exc)) from exc
         await self._write_verdicts(group)
         self.ledger.mark_verdicts_written(batch, [item.frame.trigger for item in group])
+        settled = sum((o.serial is not None) + len(o.skipped_serials) for o in outcomes)
+        await self._release(undecided=settled)
 
     async def _write_verdicts(self, group: list[_Pending]) -> None:
         batch, line = self._batch, self.cfg.line
@@ -332,7 +359,9 @@ class LineRuntime:
             written = time.monotonic()
             latency_ms = (written - item.frame.received_at) * 1000.0
             self._last_trigger = max(self._last_trigger, outcome.trigger)
-            if not outcome.passed:
+            if outcome.trigger in self._gated_before_decided:
+                self._gated_before_decided.discard(outcome.trigger)  # rejected and confirmed already
+            elif not outcome.passed:
                 self._awaiting_confirm[outcome.trigger] = written
             self.stats.record(outcome.passed, outcome.reason, latency_ms)
             log.info(
@@ -388,6 +417,10 @@ class LineRuntime:
         new = state.reject_confirms - self._confirms_seen
         if new > 0:
             log_ring = list(await self.plc.recent_rejects())
+            if new > len(log_ring):
+                # Rejects we cannot see any more may include units we passed: the ledger could
+                # then hold commissioned serials of rejected units. That is a stop, not a guess.
+                raise LineStopped("reject_log_overrun", f"{new} new rejects, log holds {len(log_ring)}")
             for trigger in log_ring[-new:]:
                 self._on_reject_confirmed(batch, trigger)
             self._confirms_seen = state.reject_confirms
@@ -405,7 +438,10 @@ class LineRuntime:
     def _on_reject_confirmed(self, batch: BatchInfo, trigger: int) -> None:
         self._awaiting_confirm.pop(trigger, None)
         self._missing_confirms = 0
-        if self.ledger.confirm_rejected_at_gate(batch, trigger) == "decommissioned":
+        change = self.ledger.confirm_rejected_at_gate(batch, trigger)
+        if change is None and trigger > self._last_trigger:
+            self._gated_before_decided.add(trigger)
+        if change == "decommissioned":
             self.stats.passed -= 1
             self.stats.rejected += 1
             self.stats.by_reason["rejected_at_gate"] += 1
@@ -416,7 +452,7 @@ class LineRuntime:
     async def _finish(self) -> None:
         await self._feed_done.wait()
         idle_limit = self.cfg.line.no_frame_timeout_s
-        while self._outstanding or len(self.printed) or not self._decode_q.empty() or not self._commit_q.empty():
+        while self._undecided or not self._decode_q.empty() or not self._commit_q.empty():
             if time.monotonic() - self._last_activity > idle_limit:
                 await self._settle_leftovers()
                 break
@@ -435,7 +471,7 @@ class LineRuntime:
             self.ledger.unuse_cleared(batch, unconfirmed)
         leftovers = self.ledger.reject_unconfirmed_prints(batch, "print_unconfirmed")
         self.printed.drain()
-        self._outstanding = 0
+        await self._release(unprinted=self._unprinted, undecided=self._undecided)
         for serial in leftovers:
             log.warning("settled_at_batch_end", batch=batch.id, serial=serial, verdict="reject")
 

@@ -111,6 +111,11 @@ class TcpCameraSim:
         self.port = int(self._server.sockets[0].getsockname()[1])
         self._last_queued = max(self._last_queued, self.line.trigger_count)
         self._sender = asyncio.get_running_loop().create_task(self._send_loop())
+        # The first render pays for thread start-up and zxing/OpenCV initialisation: pay it now,
+        # not on the first unit (a late frame costs a good unit).
+        warm_up = "(01)09506000134352(17)281231(10)WARMUP(21)WARMUP"
+        rng = np.random.default_rng(0)
+        await asyncio.to_thread(render_frame, warm_up, width=self.width, height=self.height, rng=rng)
         log.info("camera simulator listening", url=self.url)
 
     async def stop(self) -> None:

@@ -75,6 +75,9 @@ class ModbusTcpPlc:
         self._open = False  # inside 'async with'; calls outside it never connect implicitly
         self._heartbeat = 0
         self._connect_lock = asyncio.Lock()
+        # One request on the wire at a time: many PLCs (and pymodbus's own server) drop a second
+        # request that arrives before the first is answered, which looks like a timeout.
+        self._request_lock = asyncio.Lock()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -252,7 +255,8 @@ class ModbusTcpPlc:
         """Run one request; every pymodbus failure leaves here as an edge_agent error."""
         client = await self._ensure_link()
         try:
-            response = await send(client)
+            async with self._request_lock:
+                response = await send(client)
         except (TimeoutError, ModbusException, OSError) as exc:
             self._raise_mapped(what, exc)
         if response is None:
