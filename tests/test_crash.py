@@ -53,12 +53,13 @@ def simulators(tmp_path: Path) -> Any:
     config = tmp_path / "sim.toml"
     config.write_text(config_text(tmp_path / "unused"))
     truth = tmp_path / "truth.json"
-    proc = subprocess.Popen(
-        cli("simulate", "--config", str(config), "--report-json", str(truth)),
-        stdout=subprocess.PIPE,
-        stderr=(tmp_path / "sim.log").open("w"),
-        text=True,
-    )
+    with (tmp_path / "sim.log").open("w") as sim_log:
+        proc = subprocess.Popen(
+            cli("simulate", "--config", str(config), "--report-json", str(truth)),
+            stdout=subprocess.PIPE,
+            stderr=sim_log,
+            text=True,
+        )
     try:
         assert proc.stdout is not None
         ports = json.loads(proc.stdout.readline())["simulators"]
@@ -66,6 +67,8 @@ def simulators(tmp_path: Path) -> Any:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def run_agent(config: Path, log: Path, crash_at: str | None = None) -> int:
