@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a whole line on in-process simulators")
     demo.add_argument("--units", type=int, default=2000, help="units in the batch (default 2000)")
-    demo.add_argument("--speed", type=float, default=300.0, help="line speed, units/min (default 300)")
+    demo.add_argument(
+        "--speed", type=float, default=300.0, help="line speed, units/min (default 300)"
+    )
     demo.add_argument("--fast", action="store_true", help="run as fast as the agent can")
     demo.add_argument("--report-json", type=Path, help="write the reconciliation as JSON here")
     demo.add_argument("--state-dir", type=Path, help="keep the state database here")
@@ -68,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_check_config)
 
     g = sub.add_parser("gs1", help="GS1 element strings").add_subparsers(metavar="ACTION")
-    parse = g.add_parser("parse", help="parse an element string or (AI) text; <GS> = group separator")
+    parse = g.add_parser(
+        "parse", help="parse an element string or (AI) text; <GS> = group separator"
+    )
     parse.add_argument("text")
     parse.set_defaults(handler=_gs1_parse)
     build = g.add_parser("build", help="build an element string")
@@ -182,8 +186,8 @@ def _check_config(args: argparse.Namespace) -> int:
     m = config.model
     print(
         f"{args.file}: OK — line {m.line.id}, batch {m.batch.id} ({m.batch.target_quantity} units), "
-        f"printer {config.printer.config.type}, camera {config.camera.config.type}, "
-        f"plc {config.plc.config.type}"
+        f"printer {config.printer.type_name}, camera {config.camera.type_name}, "
+        f"plc {config.plc.type_name}"
     )
     return EXIT_OK
 
@@ -194,7 +198,9 @@ def _gs1_parse(args: argparse.Namespace) -> int:
     try:
         element = gs1.parse(args.text)
     except gs1.Gs1Error as exc:
-        print(json.dumps({"error": str(exc), "ai": exc.ai, "position": exc.position}), file=sys.stderr)
+        print(
+            json.dumps({"error": str(exc), "ai": exc.ai, "position": exc.position}), file=sys.stderr
+        )
         return EXIT_ERROR
     print(json.dumps(element.to_json(), indent=2))
     return EXIT_OK
@@ -218,7 +224,9 @@ def _gs1_build(args: argparse.Namespace) -> int:
     try:
         element = gs1.build(pairs)
     except gs1.Gs1Error as exc:
-        print(json.dumps({"error": str(exc), "ai": exc.ai, "position": exc.position}), file=sys.stderr)
+        print(
+            json.dumps({"error": str(exc), "ai": exc.ai, "position": exc.position}), file=sys.stderr
+        )
         return EXIT_ERROR
     print(json.dumps(element.to_json(), indent=2))
     return EXIT_OK

@@ -74,7 +74,8 @@ async def run_demo(
     report["state_dir"] = str(state_dir)
     print_report(report, console)
     if report_json is not None:
-        report_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(report, indent=2) + "\n"
+        await asyncio.to_thread(report_json.write_text, text, encoding="utf-8")
     ok = report["balanced"] and report["defects_rejected"] == report["injected_defects"]
     return 0 if ok else (3 if stopped else 4)
 
@@ -115,7 +116,9 @@ async def _run_with_progress(config: Any, units: int, console: Console) -> str |
     return None
 
 
-def demo_report(ledger: dict[str, Any], truth: dict[str, Any], stopped: str | None) -> dict[str, Any]:
+def demo_report(
+    ledger: dict[str, Any], truth: dict[str, Any], stopped: str | None
+) -> dict[str, Any]:
     injected: dict[int, str] = truth.get("injected_defects", {})
     rejected_at_gate = set(truth.get("gate_rejected", []))
     passed_at_gate = set(truth.get("gate_passed", []))
@@ -130,7 +133,9 @@ def demo_report(ledger: dict[str, Any], truth: dict[str, Any], stopped: str | No
     if truth.get("printed_twice"):
         problems.append(f"{truth['printed_twice']} serials printed twice")
     if truth.get("units_triggered", 0) != ledger["units"]:
-        problems.append(f"{truth.get('units_triggered')} units on the line, {ledger['units']} decided")
+        problems.append(
+            f"{truth.get('units_triggered')} units on the line, {ledger['units']} decided"
+        )
     report = dict(ledger)
     report.update(
         {

@@ -9,7 +9,7 @@ outbox already guarantees it never changes.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 EPCIS_CONTEXT = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
@@ -27,7 +27,7 @@ def sgtin_uri(gtin: str, serial: str, company_prefix_length: int) -> str:
 
 
 def _now() -> tuple[str, str]:
-    now = datetime.now(timezone.utc).astimezone()
+    now = datetime.now(UTC).astimezone()
     offset = now.strftime("%z")
     return now.isoformat(timespec="milliseconds"), f"{offset[:3]}:{offset[3:]}"
 

@@ -100,7 +100,9 @@ class Ledger:
                 return BatchInfo(batch_id, gtin, lot, expiry, target, "open")
         info = BatchInfo(*row)
         if info.state != "open":
-            raise LedgerError(f"batch {batch_id} is already closed; give the new work order a new batch id")
+            raise LedgerError(
+                f"batch {batch_id} is already closed; give the new work order a new batch id"
+            )
         if (info.gtin, info.lot, info.expiry) != (gtin, lot, expiry):
             raise LedgerError(
                 f"batch {batch_id} is open for GTIN {info.gtin} lot {info.lot} expiry {info.expiry}, "
@@ -123,9 +125,7 @@ class Ledger:
 
     # --- serial supply ----------------------------------------------------------------------
 
-    def ensure_allocated(
-        self, batch: BatchInfo, count: int, *, length: int, alphabet: str
-    ) -> int:
+    def ensure_allocated(self, batch: BatchInfo, count: int, *, length: int, alphabet: str) -> int:
         """Generate random serials until ``count`` are allocated and unsent. Persisted before use:
         the (gtin, serial) primary key makes reuse impossible, across batches too."""
         have = self._count(batch.id, SerialState.ALLOCATED)
@@ -142,7 +142,9 @@ class Ledger:
                     )
                 except sqlite3.IntegrityError:
                     continue  # already used, here or in an earlier batch: draw again
-                self._record(batch.gtin, serial, None, SerialState.ALLOCATED, "generated", None, now)
+                self._record(
+                    batch.gtin, serial, None, SerialState.ALLOCATED, "generated", None, now
+                )
                 added += 1
         return added
 
@@ -176,14 +178,17 @@ class Ledger:
             ).fetchall()
             for (serial,) in rows:
                 self.conn.execute(
-                    "UPDATE serial_pool SET taken = 1 WHERE gtin = ? AND serial = ?", (batch.gtin, serial)
+                    "UPDATE serial_pool SET taken = 1 WHERE gtin = ? AND serial = ?",
+                    (batch.gtin, serial),
                 )
                 self.conn.execute(
                     "INSERT INTO serials (gtin, serial, batch_id, state, updated_at) "
                     "VALUES (?, ?, ?, 'allocated', ?)",
                     (batch.gtin, serial, batch.id, now),
                 )
-                self._record(batch.gtin, serial, None, SerialState.ALLOCATED, "from_list", None, now)
+                self._record(
+                    batch.gtin, serial, None, SerialState.ALLOCATED, "from_list", None, now
+                )
         return len(rows)
 
     def take_for_print(self, batch: BatchInfo) -> tuple[int, str] | None:
@@ -212,7 +217,9 @@ class Ledger:
             state = self._state(batch.gtin, serial, batch.id)
             if state != SerialState.SENT:
                 return False
-            self._move(batch.gtin, serial, SerialState.PRINTED, "print_confirmed", None, time.time())
+            self._move(
+                batch.gtin, serial, SerialState.PRINTED, "print_confirmed", None, time.time()
+            )
         return True
 
     def commit_outcomes(self, batch: BatchInfo, outcomes: Sequence[UnitOutcome]) -> None:
@@ -230,19 +237,41 @@ class Ledger:
         self.conn.execute(
             "INSERT INTO units (batch_id, trigger, serial, verdict, reason, read_text, decided_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (batch.id, outcome.trigger, outcome.serial, verdict, outcome.reason, outcome.read_text, now),
+            (
+                batch.id,
+                outcome.trigger,
+                outcome.serial,
+                verdict,
+                outcome.reason,
+                outcome.read_text,
+                now,
+            ),
         )
         if outcome.serial is None:
             return
         if outcome.passed:
-            self._move(batch.gtin, outcome.serial, SerialState.COMMISSIONED, "verified", outcome.trigger, now)
+            self._move(
+                batch.gtin,
+                outcome.serial,
+                SerialState.COMMISSIONED,
+                "verified",
+                outcome.trigger,
+                now,
+            )
             epc = self._epc(batch, outcome.serial)
             expiry = gs1.expiry_date(batch.expiry).isoformat()
-            self._event(batch, "commissioning", epcis.commissioning(epc, self.read_point, batch.lot, expiry), now)
+            self._event(
+                batch,
+                "commissioning",
+                epcis.commissioning(epc, self.read_point, batch.lot, expiry),
+                now,
+            )
         else:
             self._reject(batch, outcome.serial, outcome.reason, outcome.trigger, now)
 
-    def _reject(self, batch: BatchInfo, serial: str, reason: str, trigger: int | None, now: float) -> None:
+    def _reject(
+        self, batch: BatchInfo, serial: str, reason: str, trigger: int | None, now: float
+    ) -> None:
         self._move(batch.gtin, serial, SerialState.REJECTED, reason, trigger, now)
         event = epcis.decommissioning(self._epc(batch, serial), self.read_point, reason)
         self._event(batch, "decommissioning", event, now)
@@ -312,7 +341,9 @@ class Ledger:
         now = time.time()
         with write(self.conn):
             for serial in serials:
-                self._move(batch.gtin, serial, SerialState.UNUSED, "cleared_from_printer", None, now)
+                self._move(
+                    batch.gtin, serial, SerialState.UNUSED, "cleared_from_printer", None, now
+                )
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -339,7 +370,9 @@ class Ledger:
         ).fetchone()
         return int(n)
 
-    def _in_states(self, batch_id: str, states: Sequence[SerialState]) -> list[tuple[str, str, str]]:
+    def _in_states(
+        self, batch_id: str, states: Sequence[SerialState]
+    ) -> list[tuple[str, str, str]]:
         marks = ",".join("?" * len(states))
         return self.conn.execute(
             f"SELECT gtin, serial, state FROM serials WHERE batch_id = ? AND state IN ({marks}) "

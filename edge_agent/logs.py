@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, Literal
+from typing import Literal, TextIO
 
 import structlog
 
@@ -12,7 +12,7 @@ import structlog
 def configure(
     fmt: Literal["auto", "json", "console"] = "auto",
     level: str = "info",
-    stream: IO[str] | None = None,
+    stream: TextIO | None = None,
 ) -> None:
     stream = stream or sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
@@ -21,7 +21,10 @@ def configure(
     )
     # Libraries (pymodbus, asyncio) log through the standard library: same stream, warnings up.
     logging.basicConfig(
-        stream=stream, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True
+        stream=stream,
+        level=logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        force=True,
     )
     structlog.configure(
         processors=[

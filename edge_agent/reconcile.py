@@ -116,7 +116,9 @@ def _problems(r: dict[str, Any], ever_commissioned: int) -> list[str]:
     if r["batch_state"] == "closed" and (r["serials_in_flight"] or r["serials_allocated_unsent"]):
         problems.append(f"{r['serials_in_flight']} serials still in flight in a closed batch")
     if r["passed"] != r["serials_commissioned"]:
-        problems.append(f"{r['passed']} units passed but {r['serials_commissioned']} serials commissioned")
+        problems.append(
+            f"{r['passed']} units passed but {r['serials_commissioned']} serials commissioned"
+        )
     if r["duplicates"]:
         problems.append(f"{r['duplicates']} serials commissioned more than once")
     if r["events_commissioning"] != ever_commissioned:

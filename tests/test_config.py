@@ -92,7 +92,9 @@ def test_invalid_expiry_month(tmp_path: Path) -> None:
 
 
 def test_serial_alphabet_outside_cset82(tmp_path: Path) -> None:
-    text = DEMO.replace('alphabet = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"', 'alphabet = "0123456789 #"')
+    text = DEMO.replace(
+        'alphabet = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"', 'alphabet = "0123456789 #"'
+    )
     [problem] = problems_of(tmp_path, text)
     assert problem.key == "batch.serials.alphabet"
     assert "not in GS1 character set 82" in str(problem)
@@ -113,7 +115,9 @@ def test_inline_secret_is_refused(tmp_path: Path) -> None:
 
 
 def test_several_problems_are_all_reported(tmp_path: Path) -> None:
-    text = DEMO.replace("buffer_depth = 8", "bufer_depth = 8").replace('expiry = "281231"', 'expiry = "2812"')
+    text = DEMO.replace("buffer_depth = 8", "bufer_depth = 8").replace(
+        'expiry = "281231"', 'expiry = "2812"'
+    )
     keys = {p.key for p in problems_of(tmp_path, text)}
     assert keys == {"batch.expiry", "printer.bufer_depth"}
 
@@ -124,10 +128,14 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     bad = write(tmp_path, DEMO.replace("buffer_depth = 8", "bufer_depth = 8"))
     assert main(["check-config", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert f"{bad}:{line_of(bad.read_text(), 'bufer_depth')}: printer.bufer_depth: unknown key" in err
+    assert (
+        f"{bad}:{line_of(bad.read_text(), 'bufer_depth')}: printer.bufer_depth: unknown key" in err
+    )
 
 
-def test_secret_reference_resolves_without_showing_value(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_secret_reference_resolves_without_showing_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from edge_agent.config.models import SecretRef
 
     monkeypatch.setenv("EA_TEST_TOKEN", "hunter2")

@@ -42,9 +42,13 @@ def config_text(state_dir: Path, ports: dict[str, int] | None = None) -> str:
     text = text.replace('log_format = "json"', 'log_format = "json"\nlog_level = "warning"')
     for kind in ("printer", "camera", "plc"):
         if ports:  # the agent's config: devices at the simulators' ports
-            text = re.sub(rf"(\n\[{kind}\][^\[]*?)port = \d+", rf"\g<1>port = {ports[kind]}", text, count=1)
+            text = re.sub(
+                rf"(\n\[{kind}\][^\[]*?)port = \d+", rf"\g<1>port = {ports[kind]}", text, count=1
+            )
         else:  # the simulators' config: any free port
-            text = re.sub(rf"(\n\[simulators\.{kind}\][^\[]*?)port = \d+", r"\g<1>port = 0", text, count=1)
+            text = re.sub(
+                rf"(\n\[simulators\.{kind}\][^\[]*?)port = \d+", r"\g<1>port = 0", text, count=1
+            )
     return text
 
 
@@ -77,7 +81,9 @@ def run_agent(config: Path, log: Path, crash_at: str | None = None) -> int:
     if crash_at:
         env["EDGE_AGENT_CRASH_AT"] = crash_at
     with log.open("a") as out:
-        return subprocess.run(cli("run", "--config", str(config)), env=env, stdout=out, stderr=out, timeout=120).returncode
+        return subprocess.run(
+            cli("run", "--config", str(config)), env=env, stdout=out, stderr=out, timeout=120
+        ).returncode
 
 
 @pytest.mark.parametrize(

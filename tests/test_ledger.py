@@ -21,7 +21,9 @@ ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 
 
 def make_ledger(state_dir: Path) -> Ledger:
-    return Ledger(open_db(state_dir), read_point="urn:epc:id:sgln:0950600.01340.T", company_prefix_length=7)
+    return Ledger(
+        open_db(state_dir), read_point="urn:epc:id:sgln:0950600.01340.T", company_prefix_length=7
+    )
 
 
 def open_batch(ledger: Ledger, batch_id: str = "B1", target: int = 10) -> BatchInfo:
@@ -140,7 +142,10 @@ def test_serial_list_from_l3(tmp_path: Path) -> None:
     assert ledger.import_serial_list(GTIN, serial_file) == 0
     batch = open_batch(ledger)
     assert ledger.allocate_from_pool(batch, 2) == 2
-    assert [ledger.take_for_print(batch), ledger.take_for_print(batch)] == [(1, "AAA1"), (2, "AAA2")]
+    assert [ledger.take_for_print(batch), ledger.take_for_print(batch)] == [
+        (1, "AAA1"),
+        (2, "AAA2"),
+    ]
     bad = tmp_path / "bad.txt"
     bad.write_text("OK1\nBAD SERIAL\n")
     with pytest.raises(LedgerError, match=r"bad.txt:2: serial 'BAD SERIAL' is invalid"):
@@ -170,8 +175,11 @@ def test_reconciliation_of_a_closed_batch(tmp_path: Path) -> None:
         ledger.mark_printed(batch, s)
     ledger.commit_outcomes(
         batch,
-        [UnitOutcome(1, True, "ok", serials[0]), UnitOutcome(2, False, "no_read", serials[1]),
-         UnitOutcome(3, True, "ok", serials[2])],
+        [
+            UnitOutcome(1, True, "ok", serials[0]),
+            UnitOutcome(2, False, "no_read", serials[1]),
+            UnitOutcome(3, True, "ok", serials[2]),
+        ],
     )
     ledger.ensure_allocated(batch, 1, length=10, alphabet=ALPHABET)
     assert ledger.close_batch(batch.id) == 1
@@ -214,7 +222,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def decide(self, passed: bool) -> None:
         self.trigger += 1
         serial = self.printed.pop(0)
-        self.ledger.commit_outcomes(self.batch, [UnitOutcome(self.trigger, passed, "ok" if passed else "no_read", serial)])
+        self.ledger.commit_outcomes(
+            self.batch, [UnitOutcome(self.trigger, passed, "ok" if passed else "no_read", serial)]
+        )
 
     @rule()
     def restart(self) -> None:

@@ -37,6 +37,10 @@ class DeviceSpec:
     driver: Any
     config: BaseModel
 
+    @property
+    def type_name(self) -> str:
+        return str(getattr(self.config, "type", "?"))
+
 
 @dataclass(frozen=True)
 class LoadedConfig:
@@ -52,11 +56,15 @@ def load_config(path: str | Path) -> LoadedConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read the file ({exc.strerror}); check the path", file=str(path))
+        raise ConfigError(
+            f"cannot read the file ({exc.strerror}); check the path", file=str(path)
+        ) from exc
     return parse_config(text, str(path))
 
 
-def parse_config(text: str, file: str = "<config>", overrides: dict[str, Any] | None = None) -> LoadedConfig:
+def parse_config(
+    text: str, file: str = "<config>", overrides: dict[str, Any] | None = None
+) -> LoadedConfig:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -85,11 +93,22 @@ def parse_config(text: str, file: str = "<config>", overrides: dict[str, Any] | 
     return LoadedConfig(file, model, devices["printer"], devices["camera"], devices["plc"])
 
 
-def _device(kind: registry.DeviceKind, section: dict[str, Any], file: str, lines: dict[str, int]) -> DeviceSpec:
+def _device(
+    kind: registry.DeviceKind, section: dict[str, Any], file: str, lines: dict[str, int]
+) -> DeviceSpec:
     type_name = section.get("type")
     if not isinstance(type_name, str):
         known = ", ".join(sorted(registry.known_types(kind)))
-        raise ConfigInvalid([_error(file, lines, (kind, "type"), f"missing or not a string; expected one of: {known}")])
+        raise ConfigInvalid(
+            [
+                _error(
+                    file,
+                    lines,
+                    (kind, "type"),
+                    f"missing or not a string; expected one of: {known}",
+                )
+            ]
+        )
     try:
         driver = registry.driver_class(kind, type_name)
     except registry.UnknownDriver as exc:
@@ -102,12 +121,16 @@ def _device(kind: registry.DeviceKind, section: dict[str, Any], file: str, lines
 
 
 def _problems(
-    exc: ValidationError, model: type[BaseModel], prefix: tuple[str, ...], file: str, lines: dict[str, int]
+    exc: ValidationError,
+    model: type[BaseModel],
+    prefix: tuple[str, ...],
+    file: str,
+    lines: dict[str, int],
 ) -> list[ConfigError]:
     problems = []
     for err in exc.errors():
         loc = prefix + tuple(str(part) for part in err["loc"])
-        problems.append(_error(file, lines, loc, _describe(err, model, loc[len(prefix):])))
+        problems.append(_error(file, lines, loc, _describe(err, model, loc[len(prefix) :])))
     return problems
 
 

@@ -41,7 +41,9 @@ class SecretRef(Strict):
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
         if (self.env is None) == (self.file is None):
-            raise ValueError("give exactly one of 'env' or 'file' (secrets are never written inline)")
+            raise ValueError(
+                "give exactly one of 'env' or 'file' (secrets are never written inline)"
+            )
         return self
 
     def resolve(self) -> SecretStr:
@@ -101,14 +103,20 @@ class LineSection(Strict):
         2_000.0, ge=50, le=60_000, description="PLC heartbeat not moving this long = link lost"
     )
     reject_confirm_timeout_ms: float = Field(
-        3_000.0, ge=50, le=60_000, description="A reject not confirmed by the PLC this long = missing"
+        3_000.0,
+        ge=50,
+        le=60_000,
+        description="A reject not confirmed by the PLC this long = missing",
     )
     max_missing_confirms: int = Field(
         3, ge=1, le=100, description="This many missing reject confirms in a row stop the line"
     )
     no_frame_timeout_s: float = Field(
-        5.0, gt=0, le=600, description="At batch end, printed units not seen by the camera this "
-        "long after the last frame are rejected"
+        5.0,
+        gt=0,
+        le=600,
+        description="At batch end, printed units not seen by the camera this "
+        "long after the last frame are rejected",
     )
     max_units_in_flight: int = Field(
         16,
@@ -194,7 +202,10 @@ class PlcSim(Strict):
     gate_delay_s: float = Field(0.4, gt=0, le=60, description="Trigger to reject gate")
     heartbeat_timeout_s: float = Field(1.0, gt=0, le=60, description="Stop without agent heartbeat")
     ring_size: int = Field(
-        32, ge=1, le=1024, description="Verdict slots; must exceed the units between camera and gate"
+        32,
+        ge=1,
+        le=1024,
+        description="Verdict slots; must exceed the units between camera and gate",
     )
 
 

@@ -21,7 +21,6 @@ import numpy as np
 import structlog
 
 from edge_agent.config.models import AgentConfig
-from edge_agent.crashpoints import crash_point
 from edge_agent.contracts import (
     CodeRead,
     CodeReader,
@@ -33,6 +32,7 @@ from edge_agent.contracts import (
     PrintRecord,
     Verdict,
 )
+from edge_agent.crashpoints import crash_point
 from edge_agent.errors import DeviceFault, DeviceTimeout, EdgeAgentError, LineStopped
 from edge_agent.ledger import BatchInfo, Ledger, SerialState, UnitOutcome
 from edge_agent.line.stats import LineStats
@@ -93,11 +93,15 @@ class LineRuntime:
         self._unprinted = 0
         self._undecided = 0
         self._flow = asyncio.Condition()
-        self._decode_q: asyncio.Queue[tuple[Frame, asyncio.Future[list[CodeRead]]]] = asyncio.Queue(64)
+        self._decode_q: asyncio.Queue[tuple[Frame, asyncio.Future[list[CodeRead]]]] = asyncio.Queue(
+            64
+        )
         self._commit_q: asyncio.Queue[_Pending] = asyncio.Queue(256)
         self._feed_done = asyncio.Event()
         self._last_activity = time.monotonic()
-        self._awaiting_confirm: dict[int, float] = {}  # reject trigger → when its verdict was written
+        self._awaiting_confirm: dict[
+            int, float
+        ] = {}  # reject trigger → when its verdict was written
         self._missing_confirms = 0
         self._confirms_seen: int | None = None
         # Units the PLC rejected before the agent decided them (the verdict came too late).
@@ -145,7 +149,10 @@ class LineRuntime:
         blank = np.full((64, 64), 255, dtype=np.uint8)
         loop = asyncio.get_running_loop()
         await asyncio.gather(
-            *(loop.run_in_executor(executor, self.reader.read, blank) for _ in range(executor._max_workers))
+            *(
+                loop.run_in_executor(executor, self.reader.read, blank)
+                for _ in range(executor._max_workers)
+            )
         )
 
     async def _prepare_printer(self) -> None:
@@ -161,7 +168,9 @@ class LineRuntime:
         batch = self._batch
         settled = self.ledger.recover_in_flight(batch)
         for serial, state in settled:
-            log.warning("in_flight_at_restart", batch=batch.id, serial=serial, was=state, verdict="reject")
+            log.warning(
+                "in_flight_at_restart", batch=batch.id, serial=serial, was=state, verdict="reject"
+            )
         unwritten = self.ledger.unwritten_passes(batch)
         if unwritten:
             await self._settle_unwritten_passes(unwritten)
@@ -211,13 +220,19 @@ class LineRuntime:
         window = self.cfg.line.max_units_in_flight
         while self.ledger.sent_count(batch.id) < batch.target:
             async with self._flow:
-                await self._flow.wait_for(lambda: self._unprinted < depth and self._undecided < window)
+                await self._flow.wait_for(
+                    lambda: self._unprinted < depth and self._undecided < window
+                )
             if serials.source == "generate":
-                self.ledger.ensure_allocated(batch, 1, length=serials.length, alphabet=serials.alphabet)
+                self.ledger.ensure_allocated(
+                    batch, 1, length=serials.length, alphabet=serials.alphabet
+                )
             elif self.ledger.allocate_from_pool(batch, 1) == 0 and not self.ledger.serials_in(
                 batch.id, SerialState.ALLOCATED
             ):
-                raise LineStopped("serials_exhausted", "the L3 serial list has no unused serial left")
+                raise LineStopped(
+                    "serials_exhausted", "the L3 serial list has no unused serial left"
+                )
             taken = self.ledger.take_for_print(batch)
             if taken is None:
                 continue
@@ -249,7 +264,9 @@ class LineRuntime:
             if self.ledger.mark_printed(batch, confirmation.serial):
                 await self.printed.push(confirmation.serial)
             else:
-                log.warning("unexpected_print_confirmation", batch=batch.id, serial=confirmation.serial)
+                log.warning(
+                    "unexpected_print_confirmation", batch=batch.id, serial=confirmation.serial
+                )
                 continue
             await self._release(unprinted=1)
 
@@ -296,7 +313,9 @@ class LineRuntime:
         if check.ok and reason is None and position.serial != check.serial:
             reason = "serial_mismatch"
         final_reason = "ok" if passed else (check.reason if not check.ok else reason or "doubt")
-        return UnitOutcome(frame.trigger, passed, final_reason, position.serial, check.text, position.skipped)
+        return UnitOutcome(
+            frame.trigger, passed, final_reason, position.serial, check.text, position.skipped
+        )
 
     async def _locate(self, serial: str | None) -> tuple[Position, str | None]:
         """Match what was read to the printed FIFO (see tracking.py). Returns the position and a
@@ -311,7 +330,11 @@ class LineRuntime:
                 await self._release(unprinted=1)
                 return Position(serial), "print_unconfirmed"
             if state in (SerialState.COMMISSIONED, SerialState.REJECTED, SerialState.UNUSED):
-                why = "duplicate_serial" if state == SerialState.COMMISSIONED else "serial_already_settled"
+                why = (
+                    "duplicate_serial"
+                    if state == SerialState.COMMISSIONED
+                    else "serial_already_settled"
+                )
                 return Position(None), why
         if serial is not None and serial in self.printed:
             return self.printed.take_through(serial), None
@@ -360,7 +383,9 @@ class LineRuntime:
             latency_ms = (written - item.frame.received_at) * 1000.0
             self._last_trigger = max(self._last_trigger, outcome.trigger)
             if outcome.trigger in self._gated_before_decided:
-                self._gated_before_decided.discard(outcome.trigger)  # rejected and confirmed already
+                self._gated_before_decided.discard(
+                    outcome.trigger
+                )  # rejected and confirmed already
             elif not outcome.passed:
                 self._awaiting_confirm[outcome.trigger] = written
             self.stats.record(outcome.passed, outcome.reason, latency_ms)
@@ -397,7 +422,9 @@ class LineRuntime:
             if state.heartbeat != last_value:
                 last_value, last_change = state.heartbeat, now
             elif now - last_change > timeout:
-                raise LineStopped("plc_heartbeat_lost", f"PLC heartbeat still {last_value} after {timeout:.1f}s")
+                raise LineStopped(
+                    "plc_heartbeat_lost", f"PLC heartbeat still {last_value} after {timeout:.1f}s"
+                )
             systemd.notify_watchdog(
                 f"batch {self._batch.id}: {self.stats.units} units, {self.stats.passed} passed, "
                 f"{self.stats.rejected} rejected"
@@ -420,18 +447,26 @@ class LineRuntime:
             if new > len(log_ring):
                 # Rejects we cannot see any more may include units we passed: the ledger could
                 # then hold commissioned serials of rejected units. That is a stop, not a guess.
-                raise LineStopped("reject_log_overrun", f"{new} new rejects, log holds {len(log_ring)}")
+                raise LineStopped(
+                    "reject_log_overrun", f"{new} new rejects, log holds {len(log_ring)}"
+                )
             for trigger in log_ring[-new:]:
                 self._on_reject_confirmed(batch, trigger)
             self._confirms_seen = state.reject_confirms
         expired = [
-            t for t, at in self._awaiting_confirm.items()
+            t
+            for t, at in self._awaiting_confirm.items()
             if time.monotonic() - at > line.reject_confirm_timeout_ms / 1000.0
         ]
         for trigger in expired:
             del self._awaiting_confirm[trigger]
             self._missing_confirms += 1
-            log.error("reject_confirm_missing", batch=batch.id, trigger=trigger, in_a_row=self._missing_confirms)
+            log.error(
+                "reject_confirm_missing",
+                batch=batch.id,
+                trigger=trigger,
+                in_a_row=self._missing_confirms,
+            )
             if self._missing_confirms >= line.max_missing_confirms:
                 raise LineStopped("reject_confirm_missing", f"{self._missing_confirms} in a row")
 

@@ -17,6 +17,7 @@ Repeated mismatches reject unit after unit, which stops the line (repeated doubt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -48,17 +49,15 @@ class PrintedQueue:
             self._serials.append(serial)
             self._changed.notify_all()
 
-    async def wait_for(self, serial: str | None, timeout: float) -> None:
-        """Wait until ``serial`` (or, for None, any serial) is queued, at most ``timeout`` s."""
+    async def wait_for(self, serial: str | None, within_s: float) -> None:
+        """Wait until ``serial`` (or, for None, any serial) is queued, at most ``within_s``."""
 
         def ready() -> bool:
             return serial in self._serials if serial is not None else bool(self._serials)
 
         async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(ready), timeout)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait_for(ready), within_s)
 
     def take_head(self) -> Position:
         return Position(self._serials.popleft() if self._serials else None)

@@ -115,7 +115,9 @@ class TcpCameraSim:
         # not on the first unit (a late frame costs a good unit).
         warm_up = "(01)09506000134352(17)281231(10)WARMUP(21)WARMUP"
         rng = np.random.default_rng(0)
-        await asyncio.to_thread(render_frame, warm_up, width=self.width, height=self.height, rng=rng)
+        await asyncio.to_thread(
+            render_frame, warm_up, width=self.width, height=self.height, rng=rng
+        )
         log.info("camera simulator listening", url=self.url)
 
     async def stop(self) -> None:
