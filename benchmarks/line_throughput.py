@@ -61,11 +61,12 @@ def start_simulators(workdir: Path, units: int) -> tuple[subprocess.Popen[str], 
     return proc, json.loads(proc.stdout.readline())["simulators"]
 
 
-async def run(units: int, workdir: Path, ports: dict[str, int]) -> LineStats:
+async def run(units: int, workdir: Path, ports: dict[str, int], in_flight: int) -> LineStats:
     text = demo_config_text()
     overrides = {
         "agent": {"state_dir": str(workdir / "state")},
         "batch": {"target_quantity": units},
+        "line": {"max_units_in_flight": in_flight},
         **{kind: {"port": port} for kind, port in ports.items()},
     }
     stats = LineStats()
@@ -76,6 +77,12 @@ async def run(units: int, workdir: Path, ports: dict[str, int]) -> LineStats:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--units", type=int, default=3000)
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=8,
+        help="max units printed but undecided: in fast mode this trades throughput for latency",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="edge-agent-bench-"))
     with (workdir / "agent.log").open("w") as log_file:
@@ -83,7 +90,7 @@ def main() -> None:
         proc, ports = start_simulators(workdir, args.units)
         try:
             started = time.monotonic()
-            stats = asyncio.run(run(args.units, workdir, ports))
+            stats = asyncio.run(run(args.units, workdir, ports, args.in_flight))
             elapsed = time.monotonic() - started
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -93,6 +100,7 @@ def main() -> None:
     result = {
         "benchmark": "line_throughput",
         "mode": "fast",
+        "max_units_in_flight": args.in_flight,
         "units": stats.units,
         "passed": stats.passed,
         "rejected": stats.rejected,
