@@ -203,6 +203,8 @@ async def test_printer_fault_stops_the_line(agent_config_factory: Any) -> None:
         assert injector.done() and injector.exception() is None
         await gates_settled(sims)
         with reader(config) as conn:
+            print("DBG units", conn.execute("SELECT trigger, verdict, reason, verdict_written, confirmed FROM units WHERE trigger > 22").fetchall())
+            print("DBG plc", sims.plc.passed_triggers[-5:], sims.plc.rejected_triggers, sims.line.trigger_count)
             report = reconcile(conn)
             assert_never_passed_uncommissioned(conn, sims)
             assert_nothing_sent_twice(conn, sims)
