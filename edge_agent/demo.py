@@ -95,8 +95,18 @@ async def _run_with_progress(config: Any, units: int, console: Console) -> str |
     with Progress(*columns, console=console, refresh_per_second=8) as progress:
         task = progress.add_task("line", total=units, rate=0.0, passed=0, rejected=0, reasons="")
 
+        step = max(1, units // 10)
+        next_line = [step]
+
         def tick() -> None:
             reasons = ", ".join(f"{k} {v}" for k, v in stats.by_reason.most_common(4))
+            if not console.is_terminal and stats.units >= next_line[0]:
+                # No live bar without a terminal: a plain line every tenth of the batch instead.
+                next_line[0] += step
+                console.print(
+                    f"units {stats.units}/{units}  {stats.units_per_min():.0f}/min  "
+                    f"passed {stats.passed}  rejected {stats.rejected}  {reasons}"
+                )
             progress.update(
                 task,
                 completed=stats.units,
