@@ -67,6 +67,7 @@ async def run_demo(
             await asyncio.sleep(0)  # let the last gate decisions land
             truth = sims.ground_truth()
     finally:
+        logs.configure("auto", "warning")  # nothing may keep logging into the closed file
         log_file.close()
     with contextlib.closing(open_reader(state_dir)) as conn:
         ledger_report = reconcile(conn)

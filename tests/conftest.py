@@ -1,0 +1,16 @@
+"""Suite-wide hygiene: every test starts with the default logging set-up."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    # A test that points structlog at a file it then closes must not break the tests after it.
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
