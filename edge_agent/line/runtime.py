@@ -12,6 +12,7 @@ storage error, lost link) is a reject, and ``max_consecutive_rejects`` in a row 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,20 @@ _CONFIRM_WAIT_S = 0.1  # how long a frame may wait for its print confirmation to
 
 class _BatchComplete(Exception):
     pass
+
+
+def _raise_if_cancel_lost() -> None:
+    """Re-raise a cancellation that was requested but swallowed on the way.
+
+    On Python 3.11 ``asyncio.wait_for`` (used inside pymodbus for every request, and by
+    ``PrintedQueue.wait_for``) returns the result instead of raising CancelledError when its
+    inner future completes in the same loop iteration as the cancel. A task of the TaskGroup that
+    loses its cancellation that way loops on forever, and the TaskGroup waits for it forever: the
+    line stop (or the batch end) never completes. Every loop of the runtime's tasks checks this.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 @dataclass
@@ -199,6 +214,11 @@ class LineRuntime:
         self.stats.alarms.append(f"{reason}: {cause}")
         try:
             await self.plc.request_line_stop(STOP_CODES.get(reason, 99))
+            # The stop may have cancelled a commit group between its ledger commit and its PLC
+            # writes: those passes are committed but may never have reached the PLC.
+            unwritten = self.ledger.unwritten_passes(self._batch)
+            if unwritten:
+                await self._settle_unwritten_passes(unwritten)
             # Units already given a verdict still reach the gate: learn what it did with them.
             await asyncio.wait_for(self._await_gate(), timeout=5.0)
         except (EdgeAgentError, TimeoutError) as exc:
@@ -219,6 +239,7 @@ class LineRuntime:
         depth = getattr(self.printer, "buffer_depth", 8)
         window = self.cfg.line.max_units_in_flight
         while self.ledger.sent_count(batch.id) < batch.target:
+            _raise_if_cancel_lost()
             async with self._flow:
                 await self._flow.wait_for(
                     lambda: self._unprinted < depth and self._undecided < window
@@ -290,6 +311,7 @@ class LineRuntime:
 
     async def _decide(self) -> None:
         while True:
+            _raise_if_cancel_lost()
             frame, future = await self._decode_q.get()
             try:
                 reads = await future
@@ -347,6 +369,7 @@ class LineRuntime:
 
     async def _commit(self) -> None:
         while True:
+            _raise_if_cancel_lost()
             group = [await self._commit_q.get()]
             while len(group) < _COMMIT_GROUP and not self._commit_q.empty():
                 group.append(self._commit_q.get_nowait())
@@ -366,7 +389,9 @@ class LineRuntime:
         except Exception as exc:
             for item in group:  # no record, no pass
                 item.outcome.passed, item.outcome.reason = False, "storage_error"
-            await self._write_verdicts(group)
+            # Rejecting the group can reach max_consecutive_rejects: the cause is still storage.
+            with contextlib.suppress(LineStopped):
+                await self._write_verdicts(group)
             raise LineStopped("storage_error", repr(exc)) from exc
         await self._write_verdicts(group)
         self.ledger.mark_verdicts_written(batch, [item.frame.trigger for item in group])
@@ -416,6 +441,7 @@ class LineRuntime:
         timeout = self.cfg.line.plc_heartbeat_timeout_ms / 1000.0
         last_value, last_change = None, time.monotonic()
         while True:
+            _raise_if_cancel_lost()
             await self.plc.beat()
             state = await self.plc.read_state()
             now = time.monotonic()
@@ -433,6 +459,7 @@ class LineRuntime:
 
     async def _watch_rejects(self) -> None:
         while True:
+            _raise_if_cancel_lost()
             await self._poll_rejects()
             await asyncio.sleep(0.1)
 
@@ -514,6 +541,7 @@ class LineRuntime:
         """Wait until the PLC has gated every unit we gave a verdict, so its confirms are in."""
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
+            _raise_if_cancel_lost()
             state = await self.plc.read_state()
             if state.passed + state.rejected >= self._last_trigger and not self._awaiting_confirm:
                 return
