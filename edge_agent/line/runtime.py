@@ -235,34 +235,39 @@ class LineRuntime:
     # --- printer side -----------------------------------------------------------------------
 
     async def _feed(self) -> None:
-        batch, serials = self._batch, self.cfg.batch.serials
+        batch = self._batch
         depth = getattr(self.printer, "buffer_depth", 8)
         window = self.cfg.line.max_units_in_flight
-        while self.ledger.sent_count(batch.id) < batch.target:
+        sent = self.ledger.sent_count(batch.id)
+        while sent < batch.target:
             _raise_if_cancel_lost()
             async with self._flow:
                 await self._flow.wait_for(
                     lambda: self._unprinted < depth and self._undecided < window
                 )
-            if serials.source == "generate":
-                self.ledger.ensure_allocated(
-                    batch, 1, length=serials.length, alphabet=serials.alphabet
-                )
-            elif self.ledger.allocate_from_pool(batch, 1) == 0 and not self.ledger.serials_in(
-                batch.id, SerialState.ALLOCATED
-            ):
-                raise LineStopped(
-                    "serials_exhausted", "the L3 serial list has no unused serial left"
-                )
             taken = self.ledger.take_for_print(batch)
             if taken is None:
+                self._replenish(batch.target - sent)
                 continue
+            sent += 1
             self._unprinted += 1
             self._undecided += 1
             await self._send(PrintRecord(*taken))
             if self._unprinted >= depth:
                 crash_point("printer_buffer_full")
         self._feed_done.set()
+
+    def _replenish(self, still_needed: int) -> None:
+        """Allocate the next block of serials (persisted before use), never more than the batch
+        still needs, so a normal batch ends with no unused serial."""
+        batch, serials = self._batch, self.cfg.batch.serials
+        block = min(_ALLOCATE_BLOCK, still_needed)
+        if serials.source == "generate":
+            self.ledger.ensure_allocated(
+                batch, block, length=serials.length, alphabet=serials.alphabet
+            )
+        elif self.ledger.allocate_from_pool(batch, block) == 0:
+            raise LineStopped("serials_exhausted", "the L3 serial list has no unused serial left")
 
     async def _send(self, record: PrintRecord) -> None:
         while True:
