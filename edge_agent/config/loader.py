@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from edge_agent import registry
-from edge_agent.config.models import AgentConfig
+from edge_agent.config.models import AgentConfig, SecretRef
 from edge_agent.errors import ConfigError
 
 _TABLE = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
@@ -145,6 +145,10 @@ def _describe(err: Any, model: type[BaseModel], loc: tuple[str, ...]) -> str:
         field = _field_info(model, loc)
         what = f": {field.description}" if field is not None and field.description else ""
         return f"required key is missing{what}"
+    field = _field_info(model, loc)
+    if field is not None and _model_type(field.annotation) is SecretRef:
+        # Never echo what was written there: it may be the secret itself.
+        return 'a secret is never written inline; use { env = "NAME" } or { file = "/path" }'
     message = err["msg"].removeprefix("Value error, ")
     return f"found {err['input']!r}; expected: {message}"
 
