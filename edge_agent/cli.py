@@ -1,10 +1,11 @@
-"""edge-agent: run | demo | simulate | check-config | gs1 | batch."""
+"""edge-agent: run | demo | simulate | check-config | decode | gs1 | batch | outbox."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import signal
@@ -15,6 +16,11 @@ from typing import Any
 from rich.console import Console
 
 from edge_agent.errors import ConfigError, EdgeAgentError, LineStopped
+from simulators.catalog import SIMULATOR_TYPES
+
+DEMO_DEFAULTS = {"printer": "ascii", "camera": "tcp-frames", "plc": "modbus-tcp"}
+# Subcommands that live beside the code they drive; each module has add_commands(subparsers).
+COMMAND_MODULES = ("edge_agent.vision.commands", "edge_agent.outbox.commands")
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_LINE_STOPPED, EXIT_UNBALANCED = 0, 1, 2, 3, 4
 
@@ -57,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--state-dir", type=Path, help="keep the state database here")
     demo.add_argument("--seed", type=int, default=1, help="seed of the injected defects")
     demo.add_argument("--defect-rate", type=float, default=0.02, help="share of defective units")
+    for kind in ("printer", "camera", "plc"):
+        names = sorted(SIMULATOR_TYPES[kind])
+        demo.add_argument(
+            f"--{kind}",
+            choices=names,
+            help=f"{kind} protocol to simulate and drive (default {DEMO_DEFAULTS[kind]})",
+        )
     demo.set_defaults(handler=_demo)
 
     run = sub.add_parser("run", help="run the line from a config file (the service)")
@@ -93,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--batch", help="batch id (default: the most recent)")
     report.add_argument("--json", action="store_true")
     report.set_defaults(handler=_batch_report)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 
@@ -108,6 +124,7 @@ def _demo(args: argparse.Namespace) -> int:
             seed=args.seed,
             defect_rate=args.defect_rate,
             console=Console(stderr=False),
+            devices={k: getattr(args, k) for k in DEMO_DEFAULTS if getattr(args, k)},
         )
     )
 
@@ -160,7 +177,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
     async def serve() -> dict[str, Any]:
         async with SimulatorSet(section) as sims:
-            print(json.dumps({"simulators": sims.ports()}), flush=True)
+            print(
+                json.dumps({"simulators": sims.ports(), "devices": sims.device_configs()}),
+                flush=True,
+            )
             try:
                 await asyncio.Event().wait()
             finally:

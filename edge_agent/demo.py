@@ -37,7 +37,9 @@ async def run_demo(
     seed: int,
     defect_rate: float,
     console: Console,
+    devices: dict[str, str] | None = None,
 ) -> int:
+    """Run one batch on simulators; ``devices`` picks simulator/driver types, e.g. plc=opcua."""
     state_dir = state_dir or Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
     state_dir.mkdir(parents=True, exist_ok=True)
     overrides: dict[str, Any] = {
@@ -50,6 +52,8 @@ async def run_demo(
             "camera": {"port": 0, "seed": seed, "defect_rate": defect_rate},
         },
     }
+    for kind, type_name in (devices or {}).items():
+        overrides["simulators"][kind]["type"] = type_name
     base = parse_config(demo_config_text(), "demo.toml", overrides)
     section = base.model.simulators
     assert section is not None
@@ -57,11 +61,8 @@ async def run_demo(
     logs.configure("json", "info", stream=log_file)
     try:
         async with SimulatorSet(section) as sims:
-            ports = sims.ports()
             config = parse_config(
-                demo_config_text(),
-                "demo.toml",
-                overrides | {kind: {"port": port} for kind, port in ports.items()},
+                demo_config_text(), "demo.toml", overrides, sections=sims.device_configs()
             )
             stopped = await _run_with_progress(config, units, console)
             await asyncio.sleep(0)  # let the last gate decisions land

@@ -1,13 +1,36 @@
-"""Start the simulators a config names, wired to one simulated conveyor."""
+"""Start the simulators a config names, wired to one simulated conveyor.
+
+Each ``[simulators.<kind>]`` section names the simulator ``type`` (the same names as the agent's
+driver types). A simulator class provides:
+
+- ``from_section(line, section)``: build it from its config section;
+- ``await start(host=..., port=...)`` / ``await stop()``;
+- ``driver_config()``: the agent's ``[printer]``/``[camera]``/``[plc]`` section that talks to it
+  (type, address or serial device, and the settings the simulator needs, e.g. ring size).
+
+A new simulated device is one class plus one line in ``simulators.catalog.SIMULATOR_TYPES``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.config.models import SimulatorsSection
+from simulators.catalog import SIMULATOR_TYPES
 from simulators.line import SimLine
+
+
+def simulator_class(kind: str, type_name: str) -> Any:
+    types = SIMULATOR_TYPES[kind]
+    if type_name not in types:
+        raise ValueError(
+            f"no {kind} simulator of type {type_name!r}; known: {', '.join(sorted(types))}"
+        )
+    module_name, _, attr = types[type_name].partition(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 @dataclass
@@ -20,46 +43,36 @@ class SimulatorSet:
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     async def __aenter__(self) -> SimulatorSet:
-        from simulators.cameras.tcp import TcpCameraSim
-        from simulators.plc.modbus import ModbusPlcSim
-        from simulators.printers.ascii import AsciiPrinterSim
-
         s = self.section
         self.line = SimLine(units_per_min=s.units_per_min, transit_s=s.transit_s)
-        host = s.host
         # The PLC registers its trigger listener first: it must see a unit before the camera does.
-        if s.plc is not None:
-            self.plc = ModbusPlcSim(
-                self.line,
-                gate_delay_s=s.plc.gate_delay_s,
-                heartbeat_timeout_s=s.plc.heartbeat_timeout_s,
-                ring_size=s.plc.ring_size,
-            )
-            await self._start(self.plc, host, s.plc.port)
-        if s.camera is not None:
-            c = s.camera
-            self.camera = TcpCameraSim(
-                self.line, defect_rate=c.defect_rate, seed=c.seed, width=c.width, height=c.height
-            )
-            await self._start(self.camera, host, c.port)
-        if s.printer is not None:
-            self.printer = AsciiPrinterSim(self.line, buffer_size=s.printer.buffer_size)
-            await self._start(self.printer, host, s.printer.port)
+        try:
+            for kind in ("plc", "camera", "printer"):
+                sub = getattr(s, kind)
+                if sub is None:
+                    continue
+                sim = simulator_class(kind, sub.type).from_section(self.line, sub)
+                await sim.start(host=s.host, port=getattr(sub, "port", 0))
+                self._stack.push_async_callback(sim.stop)
+                setattr(self, kind, sim)
+        except BaseException:
+            await self._stack.aclose()
+            raise
         return self
-
-    async def _start(self, sim: Any, host: str, port: int) -> None:
-        await sim.start(host=host, port=port)
-        self._stack.push_async_callback(sim.stop)
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
+    def _sims(self) -> list[tuple[str, Any]]:
+        pairs = (("printer", self.printer), ("camera", self.camera), ("plc", self.plc))
+        return [(name, sim) for name, sim in pairs if sim is not None]
+
     def ports(self) -> dict[str, int]:
-        return {
-            name: sim.port
-            for name, sim in (("printer", self.printer), ("camera", self.camera), ("plc", self.plc))
-            if sim is not None
-        }
+        return {name: sim.port for name, sim in self._sims() if getattr(sim, "port", None)}
+
+    def device_configs(self) -> dict[str, dict[str, Any]]:
+        """The agent's device sections that talk to these simulators."""
+        return {name: sim.driver_config() for name, sim in self._sims()}
 
     def ground_truth(self) -> dict[str, Any]:
         """What physically happened on the simulated line, for reconciliation against the agent."""

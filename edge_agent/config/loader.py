@@ -63,8 +63,13 @@ def load_config(path: str | Path) -> LoadedConfig:
 
 
 def parse_config(
-    text: str, file: str = "<config>", overrides: dict[str, Any] | None = None
+    text: str,
+    file: str = "<config>",
+    overrides: dict[str, Any] | None = None,
+    *,
+    sections: dict[str, Any] | None = None,
 ) -> LoadedConfig:
+    """Validate config text; ``overrides`` merge into it, ``sections`` replace whole sections."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -72,6 +77,8 @@ def parse_config(
         raise ConfigError(f"not valid TOML: {exc}", file=file, line=line) from exc
     if overrides:
         data = _merge(data, overrides)
+    if sections:
+        data |= sections
     lines = _key_lines(text)
     problems: list[ConfigError] = []
     model = None

@@ -185,11 +185,13 @@ class BatchSection(Strict):
 
 
 class PrinterSim(Strict):
+    type: str = Field("ascii", description="Printer protocol to simulate (see simulators.runner)")
     port: int = Field(0, ge=0, le=65535, description="TCP port (0 = any free port)")
     buffer_size: int = Field(16, ge=1, le=1024, description="Records the printer buffers")
 
 
 class CameraSim(Strict):
+    type: str = Field("tcp-frames", description="Camera input to simulate")
     port: int = Field(0, ge=0, le=65535, description="TCP port (0 = any free port)")
     defect_rate: float = Field(0.02, ge=0.0, le=1.0, description="Share of units with a defect")
     seed: int = Field(1, description="Random seed of defects and rendering")
@@ -198,6 +200,7 @@ class CameraSim(Strict):
 
 
 class PlcSim(Strict):
+    type: str = Field("modbus-tcp", description="PLC transport to simulate")
     port: int = Field(0, ge=0, le=65535, description="TCP port (0 = any free port)")
     gate_delay_s: float = Field(0.4, gt=0, le=60, description="Trigger to reject gate")
     heartbeat_timeout_s: float = Field(1.0, gt=0, le=60, description="Stop without agent heartbeat")

@@ -101,6 +101,20 @@ class TcpCameraSim:
 
     # --- lifecycle --------------------------------------------------------------------------
 
+    @classmethod
+    def from_section(cls, line: SimLine, section: Any) -> TcpCameraSim:
+        return cls(
+            line,
+            defect_rate=section.defect_rate,
+            seed=section.seed,
+            width=section.width,
+            height=section.height,
+        )
+
+    def driver_config(self, **overrides: Any) -> dict[str, Any]:
+        """A ``[camera]`` config section for TcpFrameSource pointing at this simulator."""
+        return {"type": "tcp-frames", "host": self.host, "port": self.port} | overrides
+
     @property
     def url(self) -> str:
         return f"tcp://{self.host}:{self.port}"

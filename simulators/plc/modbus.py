@@ -98,6 +98,15 @@ class ModbusPlcSim:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
+    @classmethod
+    def from_section(cls, line: SimLine, section: Any) -> ModbusPlcSim:
+        return cls(
+            line,
+            gate_delay_s=section.gate_delay_s,
+            heartbeat_timeout_s=section.heartbeat_timeout_s,
+            ring_size=section.ring_size,
+        )
+
     @property
     def url(self) -> str:
         return f"modbus-tcp://{self.host}:{self.port}"

@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Self
+from typing import Any, Self
 
 from drivers.printers.ascii import codec
 from simulators.line import SimLine, SimUnit
@@ -72,6 +72,17 @@ class AsciiPrinterSim:
         self._client: asyncio.StreamWriter | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._print_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_section(cls, line: SimLine, section: Any) -> AsciiPrinterSim:
+        return cls(line, buffer_size=section.buffer_size)
+
+    def driver_config(self, **overrides: Any) -> dict[str, Any]:
+        """A ``[printer]`` config section for AsciiPrinter pointing at this simulator."""
+        depth = max(1, min(8, self.buffer_size))
+        return {"type": "ascii", "host": self.host, "port": self.port, "buffer_depth": depth} | (
+            overrides
+        )
 
     @property
     def url(self) -> str:

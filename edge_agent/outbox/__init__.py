@@ -1,0 +1,1 @@
+"""The outbox: events waiting for delivery upstream, and the forwarders that deliver them."""

@@ -1,0 +1,7 @@
+"""Simulator ``type`` names → classes, by import path (kept import-free: the CLI reads it)."""
+
+SIMULATOR_TYPES: dict[str, dict[str, str]] = {
+    "printer": {"ascii": "simulators.printers.ascii:AsciiPrinterSim"},
+    "camera": {"tcp-frames": "simulators.cameras.tcp:TcpCameraSim"},
+    "plc": {"modbus-tcp": "simulators.plc.modbus:ModbusPlcSim"},
+}
