@@ -165,3 +165,39 @@ class PlcLink(Protocol):
     async def request_line_stop(self, reason_code: int) -> None: ...
 
     async def clear_line_stop(self) -> None: ...
+
+
+# --- upstream delivery -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """One event as stored in the outbox; ``payload`` is the EPCIS 2.0 JSON-LD event as text."""
+
+    seq: int  # outbox order; per batch, events are delivered in this order
+    event_id: str  # stable across retries: the receiver de-duplicates on it
+    batch_id: str | None
+    event_type: str  # ObjectEvent, AggregationEvent, ...
+    payload: str
+
+
+@dataclass
+class Delivery:
+    """What one ``deliver`` call achieved. Events in neither list stay pending and are re-sent."""
+
+    delivered: list[str] = field(default_factory=list)  # event IDs done at the configured level
+    rejected: dict[str, str] = field(default_factory=dict)  # event ID -> why (dead letter)
+
+
+@runtime_checkable
+class Forwarder(Protocol):
+    """Delivers outbox events to one upstream (MQTT broker, EPCIS capture interface, ...)."""
+
+    name: str
+
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def deliver(self, events: Sequence[OutboxEvent]) -> Delivery:
+        """Send ``events`` in order and report which are done; raise ``DeliveryError`` when the
+        upstream cannot be reached or answers with a transient failure (the caller backs off)."""

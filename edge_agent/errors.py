@@ -80,6 +80,15 @@ class OutboxError(EdgeAgentError):
     """The event outbox cannot accept or deliver events."""
 
 
+class DeliveryError(OutboxError):
+    """An upstream could not take events now (unreachable, 5xx, timeout); retry after backoff."""
+
+    def __init__(self, message: str, *, upstream: str, retry_after_s: float | None = None) -> None:
+        super().__init__(f"{upstream}: {message}")
+        self.upstream = upstream
+        self.retry_after_s = retry_after_s
+
+
 class LineStopped(EdgeAgentError):
     """The line was stopped on purpose (repeated doubt, lost link, storage full)."""
 
