@@ -144,6 +144,27 @@ class PlcState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class AgentLineState(enum.IntEnum):
+    """What the agent is doing, published to the PLC (wire values of the PLC contract)."""
+
+    IDLE = 0  # connected, no batch running
+    RUNNING = 1  # running a batch, deciding units
+    STOPPED = 2  # the agent stopped the line (its reason code is in the line-stop request)
+    COMPLETE = 3  # the batch reached its quantity
+
+
+@dataclass(frozen=True)
+class LineStatus:
+    """The agent's line state and counters, which the PLC (and its HMI) can read."""
+
+    state: AgentLineState
+    units: int  # units decided in this run
+    passed: int
+    rejected: int
+    last_trigger: int  # trigger count of the last verdict written
+    missing_confirms: int = 0  # reject confirms missing in a row
+
+
 @runtime_checkable
 class PlcLink(Protocol):
     name: str
@@ -165,6 +186,13 @@ class PlcLink(Protocol):
     async def request_line_stop(self, reason_code: int) -> None: ...
 
     async def clear_line_stop(self) -> None: ...
+
+
+@runtime_checkable
+class PlcStatusLink(Protocol):
+    """Optional for a PlcLink: publish the agent's line state and counters to the PLC."""
+
+    async def write_status(self, status: LineStatus) -> None: ...
 
 
 # --- upstream delivery -------------------------------------------------------------------------

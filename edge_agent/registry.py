@@ -20,7 +20,10 @@ BUILTIN: dict[DeviceKind, dict[str, str]] = {
         "tcp-frames": "drivers.cameras.tcp.driver:TcpFrameSource",
         "directory": "drivers.cameras.directory:DirectoryFrameSource",
     },
-    "plc": {"modbus-tcp": "drivers.plc.modbus.driver:ModbusTcpPlc"},
+    "plc": {
+        "modbus-tcp": "drivers.plc.modbus.driver:ModbusTcpPlc",
+        "modbus-rtu": "drivers.plc.modbus.rtu:ModbusRtuPlc",
+    },
 }
 
 _GROUPS: dict[DeviceKind, str] = {

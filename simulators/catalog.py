@@ -3,5 +3,8 @@
 SIMULATOR_TYPES: dict[str, dict[str, str]] = {
     "printer": {"ascii": "simulators.printers.ascii:AsciiPrinterSim"},
     "camera": {"tcp-frames": "simulators.cameras.tcp:TcpCameraSim"},
-    "plc": {"modbus-tcp": "simulators.plc.modbus:ModbusPlcSim"},
+    "plc": {
+        "modbus-tcp": "simulators.plc.modbus:ModbusPlcSim",
+        "modbus-rtu": "simulators.plc.modbus:ModbusRtuPlcSim",
+    },
 }

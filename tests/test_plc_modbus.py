@@ -61,7 +61,7 @@ async def beating(plc: ModbusTcpPlc, period: float = BEAT_PERIOD_S) -> AsyncIter
 
     async def loop() -> None:
         while True:
-            with contextlib.suppress(DeviceConnectionError):
+            with contextlib.suppress(DeviceConnectionError, DeviceTimeout):
                 sent.append(time.monotonic())
                 await plc.beat()
             await asyncio.sleep(period)

@@ -210,6 +210,15 @@ class PlcSim(Strict):
         le=1024,
         description="Verdict slots; must exceed the units between camera and gate",
     )
+    reject_log_size: int = Field(
+        32, ge=1, le=1024, description="Reject log slots the PLC keeps (Modbus IR 12)"
+    )
+    device_id: int = Field(1, ge=1, le=247, description="modbus-rtu: slave address on the bus")
+    baudrate: int = Field(19200, ge=1200, le=921600, description="modbus-rtu: bits per second")
+    parity: Literal["N", "E", "O"] = Field(
+        "N", description="modbus-rtu: parity; Linux ptys only carry N (the simulator uses 8N2)"
+    )
+    stopbits: Literal[1, 2] = Field(2, description="modbus-rtu: stop bits")
 
 
 class SimulatorsSection(Strict):

@@ -23,11 +23,14 @@ import structlog
 
 from edge_agent.config.models import AgentConfig
 from edge_agent.contracts import (
+    AgentLineState,
     CodeRead,
     CodeReader,
     Frame,
     FrameSource,
+    LineStatus,
     PlcLink,
+    PlcStatusLink,
     Printer,
     PrintJob,
     PrintRecord,
@@ -49,7 +52,9 @@ STOP_CODES = {
     "reject_confirm_missing": 13,
     "device_error": 14,
     "reject_log_overrun": 15,
+    "serials_exhausted": 16,
 }
+OTHER_STOP_CODE = 99  # a stop reason without a code of its own
 _COMMIT_GROUP = 64
 _ALLOCATE_BLOCK = 64
 _CONFIRM_WAIT_S = 0.1  # how long a frame may wait for its print confirmation to arrive
@@ -213,7 +218,8 @@ class LineRuntime:
         log.error("line_stop", batch=self._batch.id, reason=reason, detail=str(cause))
         self.stats.alarms.append(f"{reason}: {cause}")
         try:
-            await self.plc.request_line_stop(STOP_CODES.get(reason, 99))
+            await self.plc.request_line_stop(STOP_CODES.get(reason, OTHER_STOP_CODE))
+            await self._publish_status(AgentLineState.STOPPED)
             # The stop may have cancelled a commit group between its ledger commit and its PLC
             # writes: those passes are committed but may never have reached the PLC.
             unwritten = self.ledger.unwritten_passes(self._batch)
@@ -448,6 +454,7 @@ class LineRuntime:
         while True:
             _raise_if_cancel_lost()
             await self.plc.beat()
+            await self._publish_status(AgentLineState.RUNNING)
             state = await self.plc.read_state()
             now = time.monotonic()
             if state.heartbeat != last_value:
@@ -461,6 +468,15 @@ class LineRuntime:
                 f"{self.stats.rejected} rejected"
             )
             await asyncio.sleep(interval)
+
+    async def _publish_status(self, state: AgentLineState) -> None:
+        """The agent's line state and counters, for the PLC and its HMI (when the link has room)."""
+        if isinstance(self.plc, PlcStatusLink):
+            s = self.stats
+            status = LineStatus(
+                state, s.units, s.passed, s.rejected, self._last_trigger, self._missing_confirms
+            )
+            await self.plc.write_status(status)
 
     async def _watch_rejects(self) -> None:
         while True:
@@ -499,6 +515,7 @@ class LineRuntime:
                 trigger=trigger,
                 in_a_row=self._missing_confirms,
             )
+            self.stats.alarms.append(f"reject_confirm_missing: trigger {trigger}")
             if self._missing_confirms >= line.max_missing_confirms:
                 raise LineStopped("reject_confirm_missing", f"{self._missing_confirms} in a row")
 
@@ -527,6 +544,8 @@ class LineRuntime:
         await self._await_gate()
         await self._poll_rejects()
         unused = self.ledger.close_batch(self._batch.id)
+        with contextlib.suppress(EdgeAgentError):  # informative only: the batch is closed
+            await self._publish_status(AgentLineState.COMPLETE)
         log.info("batch_closed", batch=self._batch.id, unused=unused, units=self.stats.units)
         raise _BatchComplete
 

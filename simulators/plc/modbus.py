@@ -1,4 +1,4 @@
-"""A PLC that speaks the agent's Modbus TCP contract, on a real pymodbus TCP server.
+"""A PLC that speaks the agent's Modbus contract: TCP on a real pymodbus TCP server, RTU on a pty.
 
 It plays the reject gate and the line permit of a ``SimLine``: every unit reaching the camera is
 recorded and reaches the gate ``gate_delay_s`` later, where it passes only if its verdict slot holds
@@ -8,7 +8,12 @@ agent does not request a stop (coil 0), and a client is connected.
 Simplification: gates fire on time even while the line is stopped (units already past the camera
 are judged as if the conveyor coasted), which keeps tests deterministic.
 
-Run standalone with a free-running line: ``python -m simulators.plc.modbus --port 5020``.
+``ModbusRtuPlcSim`` is the same PLC on a serial line: a pymodbus RTU server on one pty, joined
+in-process to a second pty (a null-modem cable, see ``NullModem``) whose path the agent opens. A
+serial line has no connections, so this PLC counts the link as up while requests arrive.
+
+Run standalone with a free-running line: ``python -m simulators.plc.modbus --port 5020``
+(add ``--rtu`` for Modbus RTU; it prints the serial device to open).
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import time
+import tty
 from collections import deque
 from typing import Any, Self
 
-from pymodbus.server import ModbusTcpServer
+from pymodbus.pdu import ModbusPDU
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.server.server import ModbusBaseServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.plc.modbus import registers as reg
@@ -41,21 +50,24 @@ def _bits(count: int) -> SimData:
     return SimData(0, count=count, values=False, datatype=DataType.BITS)
 
 
-def build_device(ring_size: int) -> SimDevice:
+def build_device(
+    ring_size: int, reject_log_size: int = reg.REJECT_LOG_SIZE, device_id: int = 0
+) -> SimDevice:
     """The PLC's memory: four separate tables, every address 0-based exactly as on the wire.
 
-    Addresses outside the map answer ILLEGAL ADDRESS, as a strict PLC would.
+    Addresses outside the map answer ILLEGAL ADDRESS, as a strict PLC would. Device id 0 answers
+    every unit id, as most Modbus TCP PLCs do; an RTU slave answers its own address only.
     """
     holding = [
         _registers(reg.HR_AGENT_HEARTBEAT, 2),
+        _registers(reg.HR_STATUS_BASE, reg.HR_STATUS_COUNT),
         _registers(reg.HR_VERDICT_BASE, reg.VERDICT_SLOT_WIDTH * ring_size),
     ]
     inputs = [
         _registers(0, reg.IR_STATE_COUNT),
-        _registers(reg.IR_REJECT_LOG_BASE, reg.REJECT_LOG_SIZE * reg.REJECT_LOG_SLOT_WIDTH),
+        _registers(reg.IR_REJECT_LOG_BASE, reject_log_size * reg.REJECT_LOG_SLOT_WIDTH),
     ]
-    # id 0 answers every unit id, as most Modbus TCP PLCs do.
-    return SimDevice(0, simdata=([_bits(16)], [_bits(16)], holding, inputs))
+    return SimDevice(device_id, simdata=([_bits(16)], [_bits(16)], holding, inputs))
 
 
 class ModbusPlcSim:
@@ -67,8 +79,12 @@ class ModbusPlcSim:
         heartbeat_timeout_s: float = 1.0,
         ring_size: int = reg.DEFAULT_RING_SIZE,
         auto_restart: bool = True,
+        reject_log_size: int = reg.REJECT_LOG_SIZE,
     ) -> None:
         reg.check_ring_size(ring_size)
+        reg.check_reject_log_size(reject_log_size)
+        self.reject_log_size = reject_log_size
+        self.device_id = 0
         self.line = line
         self.gate_delay_s = gate_delay_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
@@ -81,7 +97,7 @@ class ModbusPlcSim:
         self.withhold_confirms = False
         self.host = "127.0.0.1"
         self.port = 0
-        self._server: ModbusTcpServer | None = None
+        self._server: ModbusBaseServer | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._gates: deque[tuple[float, int]] = deque()
         self._running = False
@@ -99,12 +115,13 @@ class ModbusPlcSim:
     # --- lifecycle ----------------------------------------------------------------------------
 
     @classmethod
-    def from_section(cls, line: SimLine, section: Any) -> ModbusPlcSim:
+    def from_section(cls, line: SimLine, section: Any) -> Self:
         return cls(
             line,
             gate_delay_s=section.gate_delay_s,
             heartbeat_timeout_s=section.heartbeat_timeout_s,
             ring_size=section.ring_size,
+            reject_log_size=getattr(section, "reject_log_size", reg.REJECT_LOG_SIZE),
         )
 
     @property
@@ -118,17 +135,25 @@ class ModbusPlcSim:
             "host": self.host,
             "port": self.port,
             "ring_size": self.ring_size,
+            "reject_log_size": self.reject_log_size,
             **overrides,
         }
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        server = ModbusTcpServer(build_device(self.ring_size), address=(host, port))
+    def _device(self) -> SimDevice:
+        return build_device(self.ring_size, self.reject_log_size, self.device_id)
+
+    async def _serve(self, host: str, port: int) -> ModbusBaseServer:
+        server = ModbusTcpServer(self._device(), address=(host, port))
         await server.serve_forever(background=True)
-        self._server = server
         self.host = host
         # With port 0 the OS picks; pymodbus keeps the asyncio.Server as its transport.
         self.port = server.transport.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return server
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = await self._serve(host, port)
         await self._set_ir(reg.IR_RING_SIZE, [self.ring_size])
+        await self._set_ir(reg.IR_REJECT_LOG_SIZE, [self.reject_log_size])
         self._tick_task = asyncio.create_task(self._tick_loop(), name="modbus-plc-sim")
 
     async def stop(self) -> None:
@@ -158,6 +183,17 @@ class ModbusPlcSim:
             return
         for handler in list(self._server.active_connections.values()):
             handler.close()
+
+    def restore_link(self) -> None:
+        """Undo ``drop_link`` where it lasts (a TCP client simply reconnects)."""
+
+    def link_up(self) -> bool:
+        """What the PLC can tell about its link to the agent: a TCP connection is open."""
+        return bool(self._server and self._server.active_connections)
+
+    async def agent_status(self) -> list[int]:
+        """HR 10..19 as the agent last wrote them (the agent's line state and counters)."""
+        return [int(v) for v in await self._get(_FC_HR, reg.HR_STATUS_BASE, reg.HR_STATUS_COUNT)]
 
     def acknowledge(self) -> None:
         """The operator's reset: without auto_restart, allows the line to start once more."""
@@ -199,7 +235,7 @@ class ModbusPlcSim:
         return now - self._agent_hb_changed_at < self.heartbeat_timeout_s
 
     async def _update_run_state(self, now: float, *, hb_ok: bool, stop_requested: bool) -> None:
-        connected = bool(self._server and self._server.active_connections)
+        connected = self.link_up()
         if self._running:
             cause = self._stop_cause(
                 hb_ok=hb_ok, stop_requested=stop_requested, connected=connected
@@ -265,21 +301,193 @@ class ModbusPlcSim:
     async def _confirm_reject(self, trigger: int) -> None:
         self._confirms = (self._confirms + 1) & reg.U32_MAX
         # Log entry before the counter, so a reader that sees the count also sees the entry.
-        await self._set_ir(reg.reject_log_address(self._confirms), list(reg.split_u32(trigger)))
+        at = reg.reject_log_address(self._confirms, self.reject_log_size)
+        await self._set_ir(at, list(reg.split_u32(trigger)))
         await self._set_ir(reg.IR_REJECT_CONFIRMS, list(reg.split_u32(self._confirms)))
 
     # --- datastore ----------------------------------------------------------------------------
 
     async def _get(self, fc: int, address: int, count: int) -> list[int] | list[bool]:
         assert self._server is not None
-        return await self._server.async_getValues(0, fc, address, count)
+        return await self._server.async_getValues(self.device_id, fc, address, count)
 
     async def _set(self, fc: int, address: int, values: list[int] | list[bool]) -> None:
         assert self._server is not None
-        await self._server.async_setValues(0, fc, address, values)
+        await self._server.async_setValues(self.device_id, fc, address, values)
 
     async def _set_ir(self, address: int, values: list[int]) -> None:
         await self._set(_FC_IR, address, values)
+
+
+# --- Modbus RTU -----------------------------------------------------------------------------------
+
+
+class NullModem:
+    """Two ptys whose master sides are joined in-process: a serial cable between two device paths.
+
+    Each end is a real tty that pyserial opens like any serial port. The slave sides stay open here
+    too (never read), so a master never sees EIO while nobody has its port open. ``cut`` drops
+    every byte both ways, as a pulled cable or a dead RS-485 transceiver would.
+    """
+
+    def __init__(self) -> None:
+        self._fds: list[int] = []
+        try:
+            self._a, a_slave = self._open()
+            self._b, b_slave = self._open()
+        except BaseException:
+            self.close()
+            raise
+        self.paths = (os.ttyname(a_slave), os.ttyname(b_slave))
+        self.cut = False
+        self.bytes_carried = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _open(self) -> tuple[int, int]:
+        master, slave = os.openpty()
+        self._fds += [master, slave]
+        tty.setraw(slave)  # no echo, no line editing, until pyserial sets its own raw mode
+        os.set_blocking(master, False)
+        return master, slave
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._a, self._pump, self._a, self._b)
+        self._loop.add_reader(self._b, self._pump, self._b, self._a)
+
+    def _pump(self, src: int, dst: int) -> None:
+        try:
+            data = os.read(src, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # EIO: the other side went away; nothing to carry
+            return
+        if self.cut or not data:
+            return
+        with contextlib.suppress(BlockingIOError):  # a full tty queue loses bytes, as a UART would
+            os.write(dst, data)
+            self.bytes_carried += len(data)
+
+    def close(self) -> None:
+        if self._loop is not None:
+            for fd in (self._a, self._b):
+                self._loop.remove_reader(fd)
+            self._loop = None
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class ModbusRtuPlcSim(ModbusPlcSim):
+    """The same PLC as an RTU slave on a serial line (a pty pair); ``device`` is the agent's end."""
+
+    def __init__(
+        self,
+        line: SimLine,
+        *,
+        device_id: int = 1,
+        baudrate: int = 19200,
+        parity: str = "N",
+        stopbits: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(line, **kwargs)
+        self.device_id = device_id
+        self.baudrate = baudrate
+        # Linux ptys refuse parity (EINVAL from tcsetattr), so the simulated line is 8N2: the
+        # Modbus serial-line spec's framing for "no parity".
+        self.parity = parity
+        self.stopbits = stopbits
+        self.device = ""
+        self._modem: NullModem | None = None
+        self._last_request = float("-inf")
+
+    @classmethod
+    def from_section(cls, line: SimLine, section: Any) -> Self:
+        sim = super().from_section(line, section)
+        sim.device_id = getattr(section, "device_id", 1)
+        sim.baudrate = getattr(section, "baudrate", 19200)
+        sim.parity = getattr(section, "parity", "N")
+        sim.stopbits = getattr(section, "stopbits", 2)
+        return sim
+
+    @property
+    def url(self) -> str:
+        return f"modbus-rtu://{self.device}?slave={self.device_id}"
+
+    def driver_config(self, **overrides: Any) -> dict[str, Any]:
+        """A ``[plc]`` config section for ModbusRtuPlc on the agent's end of the cable."""
+        return {
+            "type": "modbus-rtu",
+            "device": self.device,
+            "baudrate": self.baudrate,
+            "parity": self.parity,
+            "stopbits": self.stopbits,
+            "device_id": self.device_id,
+            "ring_size": self.ring_size,
+            "reject_log_size": self.reject_log_size,
+            **overrides,
+        }
+
+    async def _serve(self, host: str, port: int) -> ModbusBaseServer:
+        modem = NullModem()
+        self._modem = modem
+        try:
+            plc_end, self.device = modem.paths
+            modem.start()
+            server = ModbusSerialServer(
+                self._device(),
+                port=plc_end,
+                baudrate=self.baudrate,
+                parity=self.parity,
+                stopbits=self.stopbits,
+                trace_packet=self._on_packet,
+                trace_pdu=self._on_pdu,
+            )
+            await server.serve_forever(background=True)
+        except BaseException:
+            self._modem = None
+            modem.close()
+            raise
+        return server
+
+    async def stop(self) -> None:
+        await super().stop()
+        modem, self._modem = self._modem, None
+        if modem is not None:
+            modem.close()
+
+    @property
+    def bytes_carried(self) -> int:
+        """Bytes the cable carried so far (both ways)."""
+        return self._modem.bytes_carried if self._modem is not None else 0
+
+    def _on_packet(self, sending: bool, data: bytes) -> bytes:
+        # A slave on a multi-drop bus ignores frames for other addresses (pymodbus would answer
+        # them with an exception). A pty delivers each request in one piece, so the address is
+        # the first byte of what arrives.
+        if not sending and data and data[0] not in (self.device_id, 0):
+            return b""
+        return data
+
+    def _on_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        if not sending:
+            self._last_request = time.monotonic()
+        return pdu
+
+    def drop_link(self) -> None:
+        """Cut the cable until ``restore_link``: no byte gets through either way."""
+        if self._modem is not None:
+            self._modem.cut = True
+
+    def restore_link(self) -> None:
+        if self._modem is not None:
+            self._modem.cut = False
+
+    def link_up(self) -> bool:
+        # No connection on a serial line: the link is up while the master keeps asking.
+        return time.monotonic() - self._last_request < self.heartbeat_timeout_s
 
 
 # --- standalone ---------------------------------------------------------------------------------
@@ -309,7 +517,8 @@ async def _report(sim: ModbusPlcSim) -> None:
 
 async def _serve(args: argparse.Namespace) -> None:
     line = SimLine(units_per_min=args.units_per_min)
-    sim = ModbusPlcSim(
+    sim_class = ModbusRtuPlcSim if args.rtu else ModbusPlcSim
+    sim = sim_class(
         line,
         gate_delay_s=args.gate_delay,
         heartbeat_timeout_s=args.heartbeat_timeout,
@@ -318,6 +527,8 @@ async def _serve(args: argparse.Namespace) -> None:
     await sim.start(args.host, args.port)
     try:
         print(f"Modbus PLC simulator on {sim.url} (ring size {sim.ring_size})", flush=True)
+        if args.rtu:
+            print(f"agent [plc] section: {sim.driver_config()}", flush=True)
         await asyncio.gather(_feed(line), _report(sim))
     finally:
         await sim.stop()
@@ -331,6 +542,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gate-delay", type=float, default=0.4, help="seconds camera→gate")
     parser.add_argument("--heartbeat-timeout", type=float, default=1.0)
     parser.add_argument("--units-per-min", type=float, default=300.0)
+    parser.add_argument("--rtu", action="store_true", help="Modbus RTU on a pty instead of TCP")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))

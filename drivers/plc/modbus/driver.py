@@ -1,26 +1,32 @@
-"""The PLC verdict link over Modbus TCP (pymodbus 3.16 asyncio client).
+"""The PLC verdict link over Modbus (pymodbus 3.16 asyncio clients): TCP here, RTU in ``rtu``.
 
-The agent is the Modbus client; the PLC is the server. The register map lives in ``registers``.
+The agent is the Modbus client; the PLC is the server. The register map lives in ``registers``
+and is the same for every transport; ``ModbusPlcBase`` holds everything but the client itself.
 
 Link policy: pymodbus would silently reconnect (background task, or inside the next request) and
 retry timed-out requests, which hides a lost PLC for seconds. Here retries are 0 and automatic
 reconnects are off: a dropped link is reported once as DeviceConnectionError (also to a request
-that was in flight when it dropped), and the call after that makes one quick reconnect attempt.
+that was in flight when it dropped), and the call after that makes one reconnect attempt. Failed
+attempts back off exponentially (``reconnect_backoff_s`` doubling up to
+``reconnect_backoff_max_s``); calls inside the back-off window fail at once without touching the
+wire, so a caller polling a dead PLC neither blocks nor hammers it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, ClassVar, Literal, NoReturn, Self
+from typing import Any, ClassVar, Literal, NoReturn, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client.base import ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
 from drivers.plc.modbus import registers as reg
-from edge_agent.contracts import PlcState, Verdict
+from edge_agent.contracts import LineStatus, PlcState, Verdict
 from edge_agent.errors import (
     ConfigError,
     DeviceConnectionError,
@@ -32,19 +38,14 @@ from edge_agent.errors import (
 # Modbus exception codes that describe the path to the PLC rather than the request.
 _GATEWAY_PATH_UNAVAILABLE = 0x0A
 _GATEWAY_TARGET_NO_RESPONSE = 0x0B
+_MAX_READ = 124  # registers per FC4 read (the protocol allows 125); even, so u32s stay whole
 
 
-class ModbusTcpPlcConfig(BaseModel):
-    """``[plc]`` section for ``type = "modbus-tcp"``."""
+class ModbusCommonConfig(BaseModel):
+    """Settings every Modbus transport shares."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: Literal["modbus-tcp"] = Field(description="Driver type: the PLC speaks Modbus TCP")
-    host: str = Field("127.0.0.1", min_length=1, description="PLC IP address or host name")
-    port: int = Field(ge=1, le=65535, description="PLC Modbus TCP port (502 on most PLCs)")
-    device_id: int = Field(
-        1, ge=0, le=255, description="Modbus unit id the PLC answers to (often ignored on TCP)"
-    )
     timeout_s: float = Field(
         1.0,
         gt=0.0,
@@ -57,27 +58,68 @@ class ModbusTcpPlcConfig(BaseModel):
         le=reg.MAX_RING_SIZE,
         description="Verdict ring size N; must equal the PLC's IR 10, checked at connect",
     )
+    reject_log_size: int = Field(
+        reg.REJECT_LOG_SIZE,
+        ge=1,
+        le=reg.MAX_REJECT_LOG_SIZE,
+        description="Reject log slots; must equal the PLC's IR 12, checked at connect. Must "
+        "exceed the rejects confirmed between two polls (10 per second)",
+    )
+    reconnect_backoff_s: float = Field(
+        0.2, gt=0.0, le=60.0, description="First wait after a failed reconnect attempt"
+    )
+    reconnect_backoff_max_s: float = Field(
+        5.0, gt=0.0, le=600.0, description="The wait doubles per failed attempt up to this"
+    )
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> Self:
+        if self.reconnect_backoff_max_s < self.reconnect_backoff_s:
+            raise ValueError("reconnect_backoff_max_s must be >= reconnect_backoff_s")
+        return self
 
 
-Request = Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]]
+class ModbusTcpPlcConfig(ModbusCommonConfig):
+    """``[plc]`` section for ``type = "modbus-tcp"``."""
+
+    type: Literal["modbus-tcp"] = Field(description="Driver type: the PLC speaks Modbus TCP")
+    host: str = Field("127.0.0.1", min_length=1, description="PLC IP address or host name")
+    port: int = Field(ge=1, le=65535, description="PLC Modbus TCP port (502 on most PLCs)")
+    device_id: int = Field(
+        1, ge=0, le=255, description="Modbus unit id the PLC answers to (often ignored on TCP)"
+    )
 
 
-class ModbusTcpPlc:
-    """PlcLink over Modbus TCP. ``async with`` connects and checks the ring size; exit closes."""
+Request = Callable[[ModbusBaseClient], Awaitable[ModbusPDU]]
+C = TypeVar("C", bound=BaseModel)
 
-    Config: ClassVar[type[ModbusTcpPlcConfig]] = ModbusTcpPlcConfig
 
-    def __init__(self, name: str, config: ModbusTcpPlcConfig | Mapping[str, Any]) -> None:
+class ModbusPlcBase:
+    """PlcLink over Modbus, whatever the transport. ``async with`` connects and checks the ring
+    and reject log sizes; exit closes. Subclasses make the client."""
+
+    transport: ClassVar[str] = "Modbus"
+    config: Any  # a ModbusCommonConfig subclass with device_id
+
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.config = _validated(name, config)
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: ModbusBaseClient | None = None
         self._drop_unreported = False
         self._open = False  # inside 'async with'; calls outside it never connect implicitly
         self._heartbeat = 0
         self._connect_lock = asyncio.Lock()
+        self._backoff = 0.0  # current wait after a failed reconnect; 0 = none pending
+        self._next_attempt = 0.0  # monotonic time before which no reconnect is tried
         # One request on the wire at a time: many PLCs (and pymodbus's own server) drop a second
-        # request that arrives before the first is answered, which looks like a timeout.
+        # request that arrives before the first is answered, which looks like a timeout. On a
+        # serial bus it is the protocol itself: one master, one outstanding request.
         self._request_lock = asyncio.Lock()
+
+    def _new_client(self) -> ModbusBaseClient:
+        raise NotImplementedError
+
+    def _address(self) -> str:
+        raise NotImplementedError
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -92,25 +134,16 @@ class ModbusTcpPlc:
 
     async def _connect(self) -> None:
         self._close_client()
-        cfg = self.config
-        client = AsyncModbusTcpClient(
-            cfg.host,
-            port=cfg.port,
-            name=f"plc:{self.name}",
-            timeout=cfg.timeout_s,
-            retries=0,
-            reconnect_delay=0,  # 0 disables pymodbus's background reconnect task
-            trace_connect=self._on_link_change,
-        )
+        client = self._new_client()
         if not await client.connect():
             client.close()
             raise DeviceConnectionError(
-                self.name, f"cannot connect to Modbus TCP {cfg.host}:{cfg.port}"
+                self.name, f"cannot connect to {self.transport} {self._address()}"
             )
         self._client = client
         self._drop_unreported = False
         try:
-            await self._check_ring_size()
+            await self._check_sizes()
             # Start from the PLC's current value so the first beat is always a change.
             self._heartbeat = (await self._read_holding(reg.HR_AGENT_HEARTBEAT, 1))[0]
         except BaseException:
@@ -122,15 +155,24 @@ class ModbusTcpPlc:
         if client is not None:
             client.close()
 
-    async def _check_ring_size(self) -> None:
-        plc_ring = (await self._read_input(reg.IR_RING_SIZE, 1))[0]
-        if plc_ring != self.config.ring_size:
-            raise ProtocolError(
-                self.name,
-                f"verdict ring size mismatch: PLC IR {reg.IR_RING_SIZE} says {plc_ring}, "
-                f"config ring_size is {self.config.ring_size}; set them equal or verdicts "
-                "land in the wrong slots",
-            )
+    async def _check_sizes(self) -> None:
+        state = await self.read_state()
+        for what, plc_value, ours, ir in (
+            ("verdict ring size", state.extra["ring_size"], self.config.ring_size, 10),
+            (
+                "reject log size",
+                state.extra["reject_log_size"],
+                self.config.reject_log_size,
+                reg.IR_REJECT_LOG_SIZE,
+            ),
+        ):
+            if plc_value != ours:
+                key = "ring_size" if ir == reg.IR_RING_SIZE else "reject_log_size"
+                raise ProtocolError(
+                    self.name,
+                    f"{what} mismatch: PLC IR {ir} says {plc_value}, config {key} is {ours}; "
+                    "set them equal or verdicts and rejects land in the wrong slots",
+                )
 
     def _on_link_change(self, connected: bool) -> None:
         """pymodbus calls this on connect/disconnect; deliberate closes never reach it."""
@@ -144,19 +186,37 @@ class ModbusTcpPlc:
             future.set_exception(ConnectionException("connection lost while waiting for answer"))
             future.exception()  # mark retrieved: if nobody awaits it, asyncio must not log it
 
-    async def _ensure_link(self) -> AsyncModbusTcpClient:
+    async def _ensure_link(self) -> ModbusBaseClient:
         if self._client is not None and self._client.connected:
             return self._client
         if not self._open:
             raise DeviceConnectionError(self.name, "not connected (use 'async with')")
         if self._drop_unreported:
             self._drop_unreported = False
-            raise DeviceConnectionError(self.name, "Modbus TCP link to the PLC dropped")
+            raise DeviceConnectionError(self.name, f"{self.transport} link to the PLC dropped")
         async with self._connect_lock:
             if self._client is None or not self._client.connected:
-                await self._connect()
+                await self._reconnect()
         assert self._client is not None
         return self._client
+
+    async def _reconnect(self) -> None:
+        wait = self._next_attempt - time.monotonic()
+        if wait > 0:
+            raise DeviceConnectionError(
+                self.name, f"{self.transport} link down; next reconnect attempt in {wait:.1f} s"
+            )
+        cfg = self.config
+        try:
+            await self._connect()
+        except DeviceError:
+            self._backoff = min(
+                cfg.reconnect_backoff_max_s, max(cfg.reconnect_backoff_s, 2 * self._backoff)
+            )
+            self._next_attempt = time.monotonic() + self._backoff
+            raise
+        self._backoff = 0.0
+        self._next_attempt = 0.0
 
     # --- PlcLink ------------------------------------------------------------------------------
 
@@ -184,9 +244,7 @@ class ModbusTcpPlc:
         # confirm landing in between cannot make the newest entry pass for the oldest.
         confirms = await self._read_confirms()
         for _ in range(3):
-            ring = await self._read_input(
-                reg.IR_REJECT_LOG_BASE, reg.REJECT_LOG_SIZE * reg.REJECT_LOG_SLOT_WIDTH
-            )
+            ring = await self._read_log()
             after = await self._read_confirms()
             if after == confirms:
                 break
@@ -204,6 +262,18 @@ class ModbusTcpPlc:
         await self._write_coil(reg.COIL_LINE_STOP, False)
         await self._write_registers(reg.HR_STOP_REASON, [0])
 
+    async def write_status(self, status: LineStatus) -> None:
+        """HR 10..19 in one FC16, so the PLC never sees counters from two different moments."""
+        words = reg.encode_status(
+            int(status.state),
+            status.missing_confirms,
+            status.units,
+            status.passed,
+            status.rejected,
+            status.last_trigger,
+        )
+        await self._write_registers(reg.HR_STATUS_BASE, words)
+
     # --- requests -----------------------------------------------------------------------------
 
     def _encode(self, build: Callable[[], tuple[int, list[int]]]) -> tuple[int, list[int]]:
@@ -211,6 +281,14 @@ class ModbusTcpPlc:
             return build()
         except ValueError as exc:
             raise ProtocolError(self.name, f"cannot encode for the PLC: {exc}") from exc
+
+    async def _read_log(self) -> list[int]:
+        total = self.config.reject_log_size * reg.REJECT_LOG_SLOT_WIDTH
+        ring: list[int] = []
+        for offset in range(0, total, _MAX_READ):
+            count = min(_MAX_READ, total - offset)
+            ring += await self._read_input(reg.IR_REJECT_LOG_BASE + offset, count)
+        return ring
 
     async def _read_confirms(self) -> int:
         high, low = await self._read_input(reg.IR_REJECT_CONFIRMS, 2)
@@ -291,10 +369,36 @@ class ModbusTcpPlc:
         return ProtocolError(self.name, text)
 
 
-def _validated(name: str, config: ModbusTcpPlcConfig | Mapping[str, Any]) -> ModbusTcpPlcConfig:
-    if isinstance(config, ModbusTcpPlcConfig):
+class ModbusTcpPlc(ModbusPlcBase):
+    """PlcLink over Modbus TCP."""
+
+    Config: ClassVar[type[ModbusTcpPlcConfig]] = ModbusTcpPlcConfig
+    transport = "Modbus TCP"
+
+    def __init__(self, name: str, config: ModbusTcpPlcConfig | Mapping[str, Any]) -> None:
+        super().__init__(name)
+        self.config: ModbusTcpPlcConfig = validated(ModbusTcpPlcConfig, name, config)
+
+    def _address(self) -> str:
+        return f"{self.config.host}:{self.config.port}"
+
+    def _new_client(self) -> ModbusBaseClient:
+        cfg = self.config
+        return AsyncModbusTcpClient(
+            cfg.host,
+            port=cfg.port,
+            name=f"plc:{self.name}",
+            timeout=cfg.timeout_s,
+            retries=0,
+            reconnect_delay=0,  # 0 disables pymodbus's background reconnect task
+            trace_connect=self._on_link_change,
+        )
+
+
+def validated(model: type[C], name: str, config: C | Mapping[str, Any]) -> C:
+    if isinstance(config, model):
         return config
     try:
-        return ModbusTcpPlcConfig.model_validate(dict(config))
+        return model.model_validate(dict(config))
     except ValidationError as exc:
         raise ConfigError(str(exc), key=name) from exc

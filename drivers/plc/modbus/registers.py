@@ -1,4 +1,6 @@
-"""The Modbus TCP register map shared by the agent and the PLC, as constants and pure helpers.
+"""The Modbus register map shared by the agent and the PLC, as constants and pure helpers.
+
+The same map serves Modbus TCP and Modbus RTU: only the transport differs.
 
 Every address here is a 0-based PDU address, exactly what goes on the wire. Tools that number
 registers from 1 (mbpoll, many HMI/PLC configurators) show each of them +1. 32-bit values take two
@@ -11,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 
-from edge_agent.contracts import PlcState
+from edge_agent.contracts import AgentLineState, PlcState
 
 U16_MAX = 0xFFFF
 U32_MAX = 0xFFFF_FFFF
@@ -19,6 +21,8 @@ U32_MAX = 0xFFFF_FFFF
 # --- holding registers: the agent writes, the PLC reads -----------------------------------
 HR_AGENT_HEARTBEAT = 0
 HR_STOP_REASON = 1
+HR_STATUS_BASE = 10  # HR 10..19: the agent's line state and counters, one FC16 per beat
+HR_STATUS_COUNT = 10
 HR_VERDICT_BASE = 100
 VERDICT_SLOT_WIDTH = 3  # [trigger high, trigger low, verdict]
 
@@ -34,9 +38,11 @@ IR_REJECTED = 6  # u32: 6-7
 IR_REJECT_CONFIRMS = 8  # u32: 8-9
 IR_RING_SIZE = 10
 IR_STOP_CAUSE = 11
-IR_STATE_COUNT = 12  # IR 0..11 are read in one request
+IR_REJECT_LOG_SIZE = 12
+IR_STATE_COUNT = 13  # IR 0..12 are read in one request
 IR_REJECT_LOG_BASE = 200
-REJECT_LOG_SIZE = 32
+REJECT_LOG_SIZE = 32  # the default; the PLC announces its own in IR 12
+MAX_REJECT_LOG_SIZE = 1024
 REJECT_LOG_SLOT_WIDTH = 2  # [trigger high, trigger low]
 
 # --- discrete inputs: the PLC writes ----------------------------------------------------------
@@ -48,6 +54,9 @@ VERDICT_NONE = 0
 VERDICT_PASS = 1
 VERDICT_REJECT = 2
 MAX_RING_SIZE = 1024  # keeps HR 100 + 3*N well inside a PLC's register space
+
+
+AgentState = AgentLineState  # HR 10
 
 
 class StopCause(enum.IntEnum):
@@ -123,36 +132,55 @@ def gate_passes(slot: Sequence[int], trigger: int) -> bool:
     return held_trigger == trigger and verdict == VERDICT_PASS
 
 
-def reject_log_index(confirm_number: int) -> int:
-    """Ring slot j of the n-th reject confirm (n counts from 1)."""
+def check_reject_log_size(size: int) -> None:
+    if not 1 <= size <= MAX_REJECT_LOG_SIZE:
+        raise ValueError(f"reject log size {size} outside 1..{MAX_REJECT_LOG_SIZE}")
+
+
+def reject_log_index(confirm_number: int, size: int = REJECT_LOG_SIZE) -> int:
+    """Ring slot j of the n-th reject confirm (n counts from 1) in a log of ``size`` slots."""
     if confirm_number < 1:
         raise ValueError(f"confirm numbers start at 1, got {confirm_number}")
-    return (confirm_number - 1) % REJECT_LOG_SIZE
+    check_reject_log_size(size)
+    return (confirm_number - 1) % size
 
 
-def reject_log_address(confirm_number: int) -> int:
+def reject_log_address(confirm_number: int, size: int = REJECT_LOG_SIZE) -> int:
     """First input register of the log entry of the n-th confirm: IR 200 + 2*j."""
-    return IR_REJECT_LOG_BASE + REJECT_LOG_SLOT_WIDTH * reject_log_index(confirm_number)
+    return IR_REJECT_LOG_BASE + REJECT_LOG_SLOT_WIDTH * reject_log_index(confirm_number, size)
 
 
 def decode_reject_log(ring: Sequence[int], confirms: int) -> list[int]:
     """Trigger counts of the valid reject-log entries, oldest first.
 
-    ``ring`` is the whole log (IR 200..263), ``confirms`` the reject-confirm counter (IR 8-9);
-    only the last min(confirms, 32) entries have been written.
+    ``ring`` is the whole log (IR 200.. 200 + 2*size - 1, so its length gives the size),
+    ``confirms`` the reject-confirm counter (IR 8-9); only the last min(confirms, size) entries
+    have been written.
     """
-    if len(ring) != REJECT_LOG_SIZE * REJECT_LOG_SLOT_WIDTH:
-        raise ValueError(f"reject log is {REJECT_LOG_SIZE * 2} registers, got {len(ring)}")
-    valid = min(confirms, REJECT_LOG_SIZE)
+    if not ring or len(ring) % REJECT_LOG_SLOT_WIDTH:
+        raise ValueError(f"a reject log is 2 registers per slot, got {len(ring)}")
+    size = len(ring) // REJECT_LOG_SLOT_WIDTH
+    valid = min(confirms, size)
     triggers: list[int] = []
     for number in range(confirms - valid + 1, confirms + 1):
-        at = REJECT_LOG_SLOT_WIDTH * reject_log_index(number)
+        at = REJECT_LOG_SLOT_WIDTH * reject_log_index(number, size)
         triggers.append(join_u32(ring[at], ring[at + 1]))
     return triggers
 
 
+def encode_status(
+    state: int, missing_confirms: int, units: int, passed: int, rejected: int, last_trigger: int
+) -> list[int]:
+    """HR 10..19 as written by the agent: state, missing confirms in a row, then u32 counters
+    (units decided, passed, rejected, last trigger with a verdict). Counters wrap at 2**32."""
+    words = [state & U16_MAX, min(missing_confirms, U16_MAX)]
+    for value in (units, passed, rejected, last_trigger):
+        words.extend(split_u32(value & U32_MAX))
+    return words
+
+
 def decode_state(registers: Sequence[int]) -> PlcState:
-    """PlcState from IR 0..11 read in one request."""
+    """PlcState from IR 0..12 read in one request."""
     if len(registers) != IR_STATE_COUNT:
         raise ValueError(f"state block is {IR_STATE_COUNT} registers, got {len(registers)}")
 
@@ -167,5 +195,8 @@ def decode_state(registers: Sequence[int]) -> PlcState:
         rejected=u32(IR_REJECTED),
         reject_confirms=u32(IR_REJECT_CONFIRMS),
         stop_cause=registers[IR_STOP_CAUSE],
-        extra={"ring_size": registers[IR_RING_SIZE]},
+        extra={
+            "ring_size": registers[IR_RING_SIZE],
+            "reject_log_size": registers[IR_REJECT_LOG_SIZE],
+        },
     )
