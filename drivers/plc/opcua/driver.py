@@ -1,0 +1,385 @@
+"""The PLC verdict link over OPC UA: the agent is an asyncua client writing the PLC's nodes.
+
+Same contract as Modbus (``nodes`` holds the node set). A verdict is one Write of one
+``UInt32[2]`` slot node; the stop request writes reason and flag in one Write call, reason first;
+the state is one Read call of eight nodes, the reject log one Read of counter and log together.
+
+Link policy, as for Modbus: asyncua's own auto-reconnect is off (it would block requests for
+seconds while it retries). A lost link is reported once as DeviceConnectionError; later calls try
+to reconnect, no more often than a capped, jittered exponential backoff allows, and fail fast with
+DeviceConnectionError in between. The runtime treats that as a lost PLC link and stops the line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn, Self, TypeVar
+
+import structlog
+from asyncua import Client, ua
+from pydantic import ConfigDict, Field, ValidationError
+
+from drivers.plc.opcua import nodes as n
+from drivers.plc.opcua.security import SecuritySettings, configure_client, warn_if_insecure
+from edge_agent.config.models import SecretRef
+from edge_agent.contracts import PlcState, Verdict
+from edge_agent.errors import (
+    ConfigError,
+    DeviceConnectionError,
+    DeviceTimeout,
+    EdgeAgentError,
+    ProtocolError,
+)
+
+if TYPE_CHECKING:
+    from edge_agent.contracts import LineStatus
+
+log = structlog.get_logger("drivers.plc.opcua")
+T = TypeVar("T")
+
+# Status codes that say the session/channel/path is gone rather than the request being wrong.
+_LINK_CODES = {
+    ua.StatusCodes.BadSessionIdInvalid,
+    ua.StatusCodes.BadSessionClosed,
+    ua.StatusCodes.BadSessionNotActivated,
+    ua.StatusCodes.BadSecureChannelIdInvalid,
+    ua.StatusCodes.BadSecureChannelClosed,
+    ua.StatusCodes.BadConnectionClosed,
+    ua.StatusCodes.BadServerNotConnected,
+    ua.StatusCodes.BadCommunicationError,
+    ua.StatusCodes.BadShutdown,
+    ua.StatusCodes.BadServerHalted,
+    ua.StatusCodes.BadNotConnected,
+}
+_AUTH_CODES = {
+    ua.StatusCodes.BadUserAccessDenied,
+    ua.StatusCodes.BadIdentityTokenRejected,
+    ua.StatusCodes.BadIdentityTokenInvalid,
+    ua.StatusCodes.BadCertificateUntrusted,
+    ua.StatusCodes.BadCertificateInvalid,
+    ua.StatusCodes.BadSecurityChecksFailed,
+}
+
+
+class OpcUaPlcConfig(SecuritySettings):
+    """``[plc]`` section for ``type = "opcua"``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["opcua"] = Field(description="Driver type: the PLC is an OPC UA server")
+    url: str = Field(
+        pattern=r"^opc\.tcp://[^/\s]+(/\S*)?$",
+        description="Endpoint URL of the PLC, e.g. opc.tcp://192.168.10.20:4840",
+    )
+    namespace_uri: str = Field(
+        n.DEFAULT_NAMESPACE_URI,
+        min_length=1,
+        description="Namespace URI of the contract nodes; its index is looked up at connect",
+    )
+    nodes: n.NodeIds = Field(default_factory=n.NodeIds, description="Node ids of the contract")
+    timeout_s: float = Field(
+        1.0, gt=0.0, le=30.0, description="Per-request answer timeout in seconds; no retries"
+    )
+    connect_timeout_s: float = Field(
+        5.0, gt=0.0, le=120.0, description="Whole connect (channel, session, checks) timeout"
+    )
+    ring_size: int = Field(
+        32, ge=1, le=1024, description="Verdict ring size N; must equal the PLC's RingSize node"
+    )
+    reconnect_max_s: float = Field(
+        5.0, gt=0.0, le=300.0, description="Cap of the backoff between reconnect attempts"
+    )
+    username: str | None = Field(None, min_length=1, description="User name authentication")
+    password: SecretRef | None = Field(None, description="Password of 'username', by reference")
+    user_certificate: str | None = Field(
+        None, description="User certificate (X509 identity token) file; needs user_private_key"
+    )
+    user_private_key: str | None = Field(None, description="Private key of user_certificate")
+
+
+class OpcUaPlc:
+    """PlcLink over OPC UA. ``async with`` connects and checks the ring size; exit closes."""
+
+    Config: ClassVar[type[OpcUaPlcConfig]] = OpcUaPlcConfig
+
+    def __init__(self, name: str, config: OpcUaPlcConfig | Mapping[str, Any]) -> None:
+        self.name = name
+        self.config = _validated(name, config)
+        self._client: Client | None = None
+        self._open = False
+        self._drop_unreported = False
+        self._heartbeat = 0
+        self._next_attempt = 0.0
+        self._backoff = 0.0
+        self._connect_lock = asyncio.Lock()
+        self._ids: dict[str, ua.NodeId] = {}
+        self._slots: list[ua.NodeId] = []
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        warn_if_insecure(self.config, "plc link", device=self.name, url=self.config.url)
+        await self._connect()
+        self._open = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._open = False
+        await self._close_client()
+
+    async def _connect(self) -> None:
+        await self._close_client()
+        cfg = self.config
+        client = Client(cfg.url, timeout=cfg.timeout_s, watchdog_intervall=cfg.timeout_s)
+        client.name = client.description = f"edge-agent plc link {self.name}"
+        try:
+            await asyncio.wait_for(self._open_session(client), cfg.connect_timeout_s)
+        except BaseException as exc:
+            await _quiet_disconnect(client)
+            if isinstance(exc, EdgeAgentError | asyncio.CancelledError):
+                raise
+            if isinstance(exc, Exception):
+                self._raise_mapped(f"connect to {cfg.url}", exc, connecting=True)
+            raise
+        self._client = client
+        self._drop_unreported = False
+        self._backoff = 0.0
+        log.info("plc_link_up", device=self.name, url=cfg.url, policy=cfg.security_policy)
+
+    async def _open_session(self, client: Client) -> None:
+        cfg = self.config
+        await configure_client(client, cfg)
+        if cfg.username is not None:
+            client.set_user(cfg.username)
+            if cfg.password is not None:
+                client.set_password(cfg.password.resolve().get_secret_value())
+        if cfg.user_certificate is not None:
+            await client.load_client_certificate(cfg.user_certificate)
+            if cfg.user_private_key is not None:
+                await client.load_private_key(cfg.user_private_key)  # type: ignore[arg-type]
+        await client.connect()
+        namespaces = await client.get_namespace_array()
+        if cfg.namespace_uri not in namespaces:
+            raise ProtocolError(
+                self.name,
+                f"namespace {cfg.namespace_uri!r} not on the PLC (it has {namespaces}); "
+                "set namespace_uri or give node ids with ns=/nsu=",
+            )
+        self._resolve_nodes(namespaces.index(cfg.namespace_uri), namespaces)
+        plc_ring, hb = await client.read_values(
+            [client.get_node(self._ids["ring_size"]), client.get_node(self._ids["agent_heartbeat"])]
+        )
+        if plc_ring != cfg.ring_size:
+            raise ProtocolError(
+                self.name,
+                f"verdict ring size mismatch: PLC RingSize says {plc_ring}, config ring_size is "
+                f"{cfg.ring_size}; set them equal or verdicts land in the wrong slots",
+            )
+        # Start from the PLC's value so the first beat is always a change.
+        self._heartbeat = int(hb or 0)
+
+    def _resolve_nodes(self, ns: int, namespaces: Sequence[str]) -> None:
+        ids = self.config.nodes
+        try:
+            self._ids = {
+                field: n.node_id(getattr(ids, field), ns, namespaces)
+                for field in n.NodeIds.model_fields
+                if field != "verdict_slot"
+            }
+            self._slots = [
+                n.node_id(n.slot_node_text(ids.verdict_slot, k), ns, namespaces)
+                for k in range(self.config.ring_size)
+            ]
+        except (ValueError, ua.UaError) as exc:
+            raise ProtocolError(self.name, f"bad node id in config: {exc}") from exc
+
+    async def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await _quiet_disconnect(client)
+
+    async def _ensure_link(self) -> Client:
+        client = self._client
+        if client is not None and client.state.name == "CONNECTED":
+            return client
+        if not self._open:
+            raise DeviceConnectionError(self.name, "not connected (use 'async with')")
+        if client is not None or self._drop_unreported:
+            self._drop_unreported = False
+            await self._close_client()
+            self._schedule_retry()
+            raise DeviceConnectionError(self.name, "OPC UA link to the PLC dropped")
+        async with self._connect_lock:
+            if self._client is None:
+                if time.monotonic() < self._next_attempt:
+                    raise DeviceConnectionError(self.name, "OPC UA link down; reconnect pending")
+                try:
+                    await self._connect()
+                except DeviceConnectionError:
+                    self._schedule_retry()
+                    raise
+        assert self._client is not None
+        return self._client
+
+    def _schedule_retry(self) -> None:
+        self._backoff = min(max(self._backoff * 2, 0.1), self.config.reconnect_max_s)
+        self._next_attempt = time.monotonic() + self._backoff * random.uniform(0.8, 1.0)
+
+    # --- PlcLink ------------------------------------------------------------------------------
+
+    async def write_verdict(self, trigger: int, verdict: Verdict) -> None:
+        try:
+            value = n.encode_verdict(trigger, int(verdict))
+            slot = n.verdict_slot(trigger, self.config.ring_size)
+        except ValueError as exc:
+            raise ProtocolError(self.name, f"cannot encode for the PLC: {exc}") from exc
+        await self._write(f"write verdict slot {slot}", [self._slots[slot]], [value])
+
+    async def beat(self) -> None:
+        # Advance before writing: after a lost answer the PLC may hold the new value already.
+        self._heartbeat = (self._heartbeat + 1) & n.U16_MAX
+        await self._write(
+            "write heartbeat",
+            [self._ids["agent_heartbeat"]],
+            [n.datavalue(self._heartbeat, n.UInt16)],
+        )
+
+    async def read_state(self) -> PlcState:
+        values = await self._read("read state", [self._ids[f] for f in n.STATE_FIELDS])
+        return self._decode("state", lambda: n.decode_state(values))
+
+    async def recent_rejects(self) -> Sequence[int]:
+        # Counter and log in one Read: the PLC updates both in one scan, so they agree.
+        confirms, ring = await self._read(
+            "read reject log", [self._ids["reject_confirms"], self._ids["reject_log"]]
+        )
+        return self._decode("reject log", lambda: n.decode_reject_log(list(ring), int(confirms)))
+
+    async def write_status(self, status: LineStatus) -> None:
+        """The agent's line state and counters for the PLC/HMI, in one Write call."""
+        await self._write(
+            "write status", [self._ids[f] for f in n.STATUS_FIELDS], n.encode_status(status)
+        )
+
+    async def request_line_stop(self, reason_code: int) -> None:
+        if not 1 <= reason_code <= n.U16_MAX:
+            raise ProtocolError(self.name, f"line-stop reason code {reason_code} not in 1..65535")
+        # One Write call, reason first: the server applies the values in order.
+        await self._write(
+            "write line stop",
+            [self._ids["stop_reason"], self._ids["line_stop_request"]],
+            [n.datavalue(reason_code, n.UInt16), n.datavalue(True, n.Boolean)],
+        )
+
+    async def clear_line_stop(self) -> None:
+        await self._write(
+            "clear line stop",
+            [self._ids["line_stop_request"], self._ids["stop_reason"]],
+            [n.datavalue(False, n.Boolean), n.datavalue(0, n.UInt16)],
+        )
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def _decode(self, what: str, build: Callable[[], T]) -> T:
+        try:
+            return build()
+        except (ValueError, TypeError) as exc:
+            raise ProtocolError(self.name, f"PLC {what} malformed: {exc}") from exc
+
+    async def _read(self, what: str, ids: list[ua.NodeId]) -> list[Any]:
+        async def send(client: Client) -> list[Any]:
+            results = await client.uaclient.read_attributes(ids, ua.AttributeIds.Value)
+            values = []
+            for node_id, result in zip(ids, results, strict=True):
+                if result.StatusCode is not None and not result.StatusCode.is_good():
+                    raise ProtocolError(
+                        self.name, f"{what}: {node_id.to_string()} is {result.StatusCode.name}"
+                    )
+                values.append(result.Value.Value if result.Value is not None else None)
+            return values
+
+        return await self._request(what, send)
+
+    async def _write(self, what: str, ids: list[ua.NodeId], values: list[ua.DataValue]) -> None:
+        async def send(client: Client) -> None:
+            results = await client.uaclient.write_attributes(ids, values, ua.AttributeIds.Value)
+            for node_id, status in zip(ids, results, strict=True):
+                if not status.is_good():
+                    raise ProtocolError(
+                        self.name, f"{what}: {node_id.to_string()} refused: {status.name}"
+                    )
+
+        await self._request(what, send)
+
+    async def _request(self, what: str, send: Callable[[Client], Awaitable[T]]) -> T:
+        client = await self._ensure_link()
+        try:
+            return await send(client)
+        except EdgeAgentError:
+            raise
+        except Exception as exc:
+            self._raise_mapped(what, exc)
+
+    def _raise_mapped(self, what: str, exc: Exception, *, connecting: bool = False) -> NoReturn:
+        if isinstance(exc, ua.UaStatusCodeError):
+            code = exc.code
+            if code in _AUTH_CODES:
+                raise DeviceConnectionError(
+                    self.name, f"{what}: refused by the PLC ({ua.StatusCode(code).name})"
+                ) from exc
+            if code in _LINK_CODES or connecting:
+                self._mark_down()
+                raise DeviceConnectionError(
+                    self.name, f"{what}: link lost ({ua.StatusCode(code).name})"
+                ) from exc
+            raise ProtocolError(self.name, f"{what}: {ua.StatusCode(code).name}") from exc
+        if isinstance(exc, TimeoutError):
+            if connecting:
+                raise DeviceConnectionError(self.name, f"{what}: no answer (timeout)") from exc
+            raise DeviceTimeout(
+                self.name, f"{what}: no answer within {self.config.timeout_s} s"
+            ) from exc
+        if isinstance(exc, ConnectionError | OSError | ua.UaError):
+            self._mark_down()
+            raise DeviceConnectionError(self.name, f"{what}: link lost ({exc!r})") from exc
+        raise ProtocolError(self.name, f"{what}: {exc!r}") from exc
+
+    def _mark_down(self) -> None:
+        """This error is the report of the drop; the next call may reconnect (after backoff)."""
+        self._drop_unreported = False
+        client, self._client = self._client, None
+        if client is not None:
+            self._schedule_retry()
+            task = asyncio.get_running_loop().create_task(_quiet_disconnect(client))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _quiet_disconnect(client: Client) -> None:
+    """Close a client whose link may be dead, without asyncua's error logs for the dead parts."""
+    logger = logging.getLogger("asyncua.client.client")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.disconnect(), 2.0)
+        client.disconnect_socket()
+    finally:
+        logger.setLevel(level)
+
+
+def _validated(name: str, config: OpcUaPlcConfig | Mapping[str, Any]) -> OpcUaPlcConfig:
+    if isinstance(config, OpcUaPlcConfig):
+        return config
+    try:
+        return OpcUaPlcConfig.model_validate(dict(config))
+    except ValidationError as exc:
+        raise ConfigError(str(exc), key=name) from exc

@@ -1,0 +1,345 @@
+"""A PLC that speaks the agent's OPC UA contract, on a real asyncua server.
+
+Same behaviour as the Modbus PLC simulator (``simulators.plc.modbus``): every unit reaching the
+camera reaches the reject gate ``gate_delay_s`` later and passes only if its verdict slot holds
+exactly ``[trigger, 1]``; no verdict = reject. Rejects are confirmed into the reject log unless
+``withhold_confirms`` is set. The line runs only while the agent heartbeat moves, no stop is
+requested and a client is connected. Channel security and users as configured (``security``).
+
+Run standalone: ``python -m simulators.plc.opcua --port 4841`` (security None, for a bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Any, Self
+
+from asyncua import Server, ua
+
+from drivers.plc.modbus.registers import StopCause
+from drivers.plc.opcua import nodes as n
+from drivers.plc.opcua.security import SecuritySettings, new_server, warn_if_insecure
+from simulators.line import SimLine, SimUnit
+
+TICK_S = 0.01
+ENDPOINT_PATH = "/edge-agent/plc"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class OpcUaPlcSim:
+    def __init__(
+        self,
+        line: SimLine,
+        *,
+        gate_delay_s: float = 0.4,
+        heartbeat_timeout_s: float = 1.0,
+        ring_size: int = 32,
+        reject_log_size: int = n.REJECT_LOG_SIZE,
+        auto_restart: bool = True,
+        security: SecuritySettings | None = None,
+        users: Mapping[str, str] | None = None,
+        namespace_uri: str = n.DEFAULT_NAMESPACE_URI,
+        node_ids: n.NodeIds | None = None,
+    ) -> None:
+        if not 1 <= ring_size <= 1024:
+            raise ValueError(f"ring size {ring_size} outside 1..1024")
+        self.line = line
+        self.gate_delay_s = gate_delay_s
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.ring_size = ring_size
+        self.reject_log_size = reject_log_size
+        self.auto_restart = auto_restart
+        self.security = security or SecuritySettings(security_policy="None")
+        self.users = dict(users or {})
+        self.namespace_uri = namespace_uri
+        self.node_ids = node_ids or n.NodeIds()
+        # Ground truth for tests.
+        self.passed_triggers: list[int] = []
+        self.rejected_triggers: list[int] = []
+        self.stops: list[tuple[float, int]] = []
+        self.withhold_confirms = False
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._server: Server | None = None
+        self._ids: dict[str, ua.NodeId] = {}
+        self._slots: list[ua.NodeId] = []
+        self._tick_task: asyncio.Task[None] | None = None
+        self._gates: deque[tuple[float, int]] = deque()
+        self._running = False
+        self._start_allowed = True
+        self._stopped_at = 0.0
+        self._agent_hb = 0
+        self._agent_hb_changed_at = float("-inf")
+        self._plc_hb = 0
+        self._passed = 0
+        self._rejected = 0
+        self._confirms = 0
+        self._log = [0] * reject_log_size
+        line.on_trigger(self.on_unit)
+        line.add_run_permit(self.running)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_section(cls, line: SimLine, section: Any) -> OpcUaPlcSim:
+        return cls(
+            line,
+            gate_delay_s=section.gate_delay_s,
+            heartbeat_timeout_s=section.heartbeat_timeout_s,
+            ring_size=section.ring_size,
+            reject_log_size=getattr(section, "reject_log_size", n.REJECT_LOG_SIZE),
+        )
+
+    @property
+    def url(self) -> str:
+        return f"opc.tcp://{self.host}:{self.port}{ENDPOINT_PATH}"
+
+    def driver_config(self, **overrides: Any) -> dict[str, Any]:
+        """A ``[plc]`` config section for OpcUaPlc pointing at this simulator."""
+        config: dict[str, Any] = {
+            "type": "opcua",
+            "url": self.url,
+            "ring_size": self.ring_size,
+            "namespace_uri": self.namespace_uri,
+        }
+        if not self.security.secure:
+            config["security_policy"] = "None"  # only ever explicit
+        return {**config, **overrides}
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        warn_if_insecure(self.security, "plc simulator")
+        self.host = host
+        self.port = port or _free_port(host)
+        server = await new_server(
+            self.security, passwords=self.users, allow_anonymous=not self.users
+        )
+        server.set_endpoint(self.url)
+        server.set_server_name("edge-agent PLC simulator")
+        server.disable_clock()  # its 1 s loop would delay every stop() by up to a second
+        try:
+            await self._build_nodes(server)
+            await server.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await server.stop()
+            raise
+        self._server = server
+        await self._set(self._ids["ring_size"], self.ring_size, n.UInt16)
+        self._tick_task = asyncio.create_task(self._tick_loop(), name="opcua-plc-sim")
+
+    async def _build_nodes(self, server: Server) -> None:
+        ns = await server.register_namespace(self.namespace_uri)
+        namespaces = await server.get_namespace_array()
+        plc = await server.nodes.objects.add_object(ua.NodeId("PLC", ns), "PLC")
+        ids = self.node_ids
+        for field, (vtype, length) in n.TYPES.items():
+            texts = (
+                [n.slot_node_text(ids.verdict_slot, k) for k in range(self.ring_size)]
+                if field == "verdict_slot"
+                else [getattr(ids, field)]
+            )
+            for text in texts:
+                node_id = n.node_id(text, ns, namespaces)
+                initial: Any = False if vtype == n.Boolean else 0
+                if field == "reject_log":
+                    length = self.reject_log_size
+                value = ua.Variant([initial] * length if length else initial, vtype)
+                name = node_id.Identifier if isinstance(node_id.Identifier, str) else field
+                var = await plc.add_variable(node_id, str(name), value)
+                if field in n.AGENT_WRITES:
+                    await var.set_writable()
+                if field == "verdict_slot":
+                    self._slots.append(node_id)
+                else:
+                    self._ids[field] = node_id
+
+    async def stop(self) -> None:
+        task, self._tick_task = self._tick_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop()
+        self._gates.clear()
+        if self._running:
+            self._running = False
+            self.line.notify_run_state()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def drop_link(self) -> None:
+        """Close every client connection now, as a pulled cable would."""
+        bserver = self._server.bserver if self._server is not None else None
+        if bserver is None:
+            return
+        for protocol in list(bserver.clients):
+            if protocol.transport is not None:
+                protocol.transport.close()
+
+    def acknowledge(self) -> None:
+        """The operator's reset: without auto_restart, allows the line to start once more."""
+        self._start_allowed = True
+
+    def connected(self) -> bool:
+        bserver = self._server.bserver if self._server is not None else None
+        return bool(bserver and bserver.clients)
+
+    # --- line side ----------------------------------------------------------------------------
+
+    def running(self) -> bool:
+        return self._running
+
+    async def on_unit(self, trigger: int, unit: SimUnit) -> None:
+        if self._server is None:
+            return
+        trigger &= n.U32_MAX
+        await self._set(self._ids["trigger_count"], trigger, n.UInt32)
+        self._gates.append((time.monotonic() + self.gate_delay_s, trigger))
+
+    # --- scan cycle ---------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await self._tick(time.monotonic())
+            await asyncio.sleep(TICK_S)
+
+    async def _tick(self, now: float) -> None:
+        self._plc_hb = (self._plc_hb + 1) & n.U16_MAX
+        await self._set(self._ids["plc_heartbeat"], self._plc_hb, n.UInt16)
+        await self._run_due_gates(now)
+        value = self._get(self._ids["agent_heartbeat"])
+        if value != self._agent_hb:
+            self._agent_hb, self._agent_hb_changed_at = value, now
+        hb_ok = now - self._agent_hb_changed_at < self.heartbeat_timeout_s
+        stop_requested = bool(self._get(self._ids["line_stop_request"]))
+        connected = self.connected()
+        if self._running:
+            cause = self._stop_cause(
+                hb_ok=hb_ok, stop_requested=stop_requested, connected=connected
+            )
+            if cause is not StopCause.NONE:
+                await self._stop_line(now, cause)
+        elif (
+            hb_ok
+            and self._agent_hb_changed_at > self._stopped_at
+            and connected
+            and not stop_requested
+            and self._start_allowed
+        ):
+            self._running = True
+            await self._publish_run_state(StopCause.NONE)
+        await self._set(self._ids["agent_heartbeat_ok"], hb_ok, n.Boolean)
+
+    @staticmethod
+    def _stop_cause(*, hb_ok: bool, stop_requested: bool, connected: bool) -> StopCause:
+        if stop_requested:
+            return StopCause.AGENT_REQUEST
+        if not connected:
+            return StopCause.LINK_DROPPED
+        if not hb_ok:
+            return StopCause.HEARTBEAT_LOST
+        return StopCause.NONE
+
+    async def _stop_line(self, now: float, cause: StopCause) -> None:
+        self._running = False
+        self._stopped_at = now
+        self.stops.append((now, int(cause)))
+        if not self.auto_restart:
+            self._start_allowed = False
+        await self._publish_run_state(cause)
+
+    async def _publish_run_state(self, cause: StopCause) -> None:
+        await self._set(self._ids["line_state"], int(self._running), n.UInt16)
+        await self._set(self._ids["stop_cause"], int(cause), n.UInt16)
+        self.line.notify_run_state()
+
+    async def _run_due_gates(self, now: float) -> None:
+        while self._gates and self._gates[0][0] <= now:
+            _, trigger = self._gates.popleft()
+            await self._gate(trigger)
+
+    async def _gate(self, trigger: int) -> None:
+        slot = self._get(self._slots[n.verdict_slot(trigger, self.ring_size)])
+        if n.gate_passes(slot, trigger):
+            self.passed_triggers.append(trigger)
+            self._passed = (self._passed + 1) & n.U32_MAX
+            await self._set(self._ids["passed"], self._passed, n.UInt32)
+            return
+        self.rejected_triggers.append(trigger)
+        self._rejected = (self._rejected + 1) & n.U32_MAX
+        await self._set(self._ids["rejected"], self._rejected, n.UInt32)
+        if not self.withhold_confirms:
+            self._confirms = (self._confirms + 1) & n.U32_MAX
+            self._log[n.reject_log_index(self._confirms, self.reject_log_size)] = trigger
+            # Log before counter, in the same scan: a reader of both sees them agree.
+            await self._set(self._ids["reject_log"], list(self._log), n.UInt32)
+            await self._set(self._ids["reject_confirms"], self._confirms, n.UInt32)
+
+    # --- address space ------------------------------------------------------------------------
+
+    def _get(self, node_id: ua.NodeId) -> Any:
+        assert self._server is not None
+        return self._server.read_attribute_value(node_id).Value.Value
+
+    async def _set(self, node_id: ua.NodeId, value: Any, vtype: ua.VariantType) -> None:
+        assert self._server is not None
+        await self._server.write_attribute_value(node_id, ua.DataValue(ua.Variant(value, vtype)))
+
+
+# --- standalone ---------------------------------------------------------------------------------
+
+
+async def _feed(line: SimLine) -> None:
+    serial = 0
+    while True:
+        await line.next_slot()
+        serial += 1
+        line.unit_printed(
+            SimUnit(f"{serial:012d}", "09506000134352", "SIMLOT", "301231", time.monotonic())
+        )
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    line = SimLine(units_per_min=args.units_per_min)
+    sim = OpcUaPlcSim(line, gate_delay_s=args.gate_delay, ring_size=args.ring_size)
+    await sim.start(args.host, args.port)
+    try:
+        print(f"OPC UA PLC simulator on {sim.url} (ring size {sim.ring_size})", flush=True)
+        await _feed(line)
+    finally:
+        await sim.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4841)
+    parser.add_argument("--ring-size", type=int, default=32)
+    parser.add_argument("--gate-delay", type=float, default=0.4)
+    parser.add_argument("--units-per-min", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()
