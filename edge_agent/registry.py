@@ -23,6 +23,7 @@ BUILTIN: dict[DeviceKind, dict[str, str]] = {
     "plc": {
         "modbus-tcp": "drivers.plc.modbus.driver:ModbusTcpPlc",
         "modbus-rtu": "drivers.plc.modbus.rtu:ModbusRtuPlc",
+        "opcua": "drivers.plc.opcua.driver:OpcUaPlc",
     },
 }
 

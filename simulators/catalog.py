@@ -6,5 +6,6 @@ SIMULATOR_TYPES: dict[str, dict[str, str]] = {
     "plc": {
         "modbus-tcp": "simulators.plc.modbus:ModbusPlcSim",
         "modbus-rtu": "simulators.plc.modbus:ModbusRtuPlcSim",
+        "opcua": "simulators.plc.opcua:OpcUaPlcSim",
     },
 }
