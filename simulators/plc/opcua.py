@@ -195,6 +195,30 @@ class OpcUaPlcSim:
             if protocol.transport is not None:
                 protocol.transport.close()
 
+    async def reset(self) -> None:
+        """Back to power-up without restarting the server: counters, log, slots, ground truth
+        and the line state; the verdict slots are cleared. Lets tests share one server."""
+        self._gates.clear()
+        self.passed_triggers.clear()
+        self.rejected_triggers.clear()
+        self.stops.clear()
+        self.withhold_confirms = False
+        self._passed = self._rejected = self._confirms = 0
+        self._log = [0] * self.reject_log_size
+        self._running, self._start_allowed = False, True
+        self._stopped_at = time.monotonic()  # a restart needs a fresh beat
+        self.line.trigger_count = 0
+        self.line.notify_run_state()
+        for field, (vtype, length) in n.TYPES.items():
+            if field in ("verdict_slot", "ring_size", "agent_heartbeat"):
+                continue
+            initial: Any = False if vtype == n.Boolean else 0
+            if field == "reject_log":
+                length = self.reject_log_size
+            await self._set(self._ids[field], [initial] * length if length else initial, vtype)
+        for slot in self._slots:
+            await self._set(slot, [0, 0], n.UInt32)
+
     def acknowledge(self) -> None:
         """The operator's reset: without auto_restart, allows the line to start once more."""
         self._start_allowed = True

@@ -137,6 +137,7 @@ class OpcUaPlc:
         cfg = self.config
         client = Client(cfg.url, timeout=cfg.timeout_s, watchdog_intervall=cfg.timeout_s)
         client.name = client.description = f"edge-agent plc link {self.name}"
+        client.session_timeout = 60_000  # ms; most servers cap it, asyncua warns when they do
         try:
             await asyncio.wait_for(self._open_session(client), cfg.connect_timeout_s)
         except BaseException as exc:
@@ -210,9 +211,9 @@ class OpcUaPlc:
         if not self._open:
             raise DeviceConnectionError(self.name, "not connected (use 'async with')")
         if client is not None or self._drop_unreported:
+            # The first call after a drop reports it; the one after that reconnects at once.
             self._drop_unreported = False
             await self._close_client()
-            self._schedule_retry()
             raise DeviceConnectionError(self.name, "OPC UA link to the PLC dropped")
         async with self._connect_lock:
             if self._client is None:
@@ -238,32 +239,32 @@ class OpcUaPlc:
             slot = n.verdict_slot(trigger, self.config.ring_size)
         except ValueError as exc:
             raise ProtocolError(self.name, f"cannot encode for the PLC: {exc}") from exc
-        await self._write(f"write verdict slot {slot}", [self._slots[slot]], [value])
+        await self._write(f"write verdict slot {slot}", lambda: [self._slots[slot]], [value])
 
     async def beat(self) -> None:
         # Advance before writing: after a lost answer the PLC may hold the new value already.
         self._heartbeat = (self._heartbeat + 1) & n.U16_MAX
         await self._write(
             "write heartbeat",
-            [self._ids["agent_heartbeat"]],
+            lambda: self._nodes("agent_heartbeat"),
             [n.datavalue(self._heartbeat, n.UInt16)],
         )
 
     async def read_state(self) -> PlcState:
-        values = await self._read("read state", [self._ids[f] for f in n.STATE_FIELDS])
+        values = await self._read("read state", lambda: self._nodes(*n.STATE_FIELDS))
         return self._decode("state", lambda: n.decode_state(values))
 
     async def recent_rejects(self) -> Sequence[int]:
         # Counter and log in one Read: the PLC updates both in one scan, so they agree.
         confirms, ring = await self._read(
-            "read reject log", [self._ids["reject_confirms"], self._ids["reject_log"]]
+            "read reject log", lambda: self._nodes("reject_confirms", "reject_log")
         )
         return self._decode("reject log", lambda: n.decode_reject_log(list(ring), int(confirms)))
 
     async def write_status(self, status: LineStatus) -> None:
         """The agent's line state and counters for the PLC/HMI, in one Write call."""
         await self._write(
-            "write status", [self._ids[f] for f in n.STATUS_FIELDS], n.encode_status(status)
+            "write status", lambda: self._nodes(*n.STATUS_FIELDS), n.encode_status(status)
         )
 
     async def request_line_stop(self, reason_code: int) -> None:
@@ -272,14 +273,14 @@ class OpcUaPlc:
         # One Write call, reason first: the server applies the values in order.
         await self._write(
             "write line stop",
-            [self._ids["stop_reason"], self._ids["line_stop_request"]],
+            lambda: self._nodes("stop_reason", "line_stop_request"),
             [n.datavalue(reason_code, n.UInt16), n.datavalue(True, n.Boolean)],
         )
 
     async def clear_line_stop(self) -> None:
         await self._write(
             "clear line stop",
-            [self._ids["line_stop_request"], self._ids["stop_reason"]],
+            lambda: self._nodes("line_stop_request", "stop_reason"),
             [n.datavalue(False, n.Boolean), n.datavalue(0, n.UInt16)],
         )
 
@@ -291,8 +292,13 @@ class OpcUaPlc:
         except (ValueError, TypeError) as exc:
             raise ProtocolError(self.name, f"PLC {what} malformed: {exc}") from exc
 
-    async def _read(self, what: str, ids: list[ua.NodeId]) -> list[Any]:
+    def _nodes(self, *fields: str) -> list[ua.NodeId]:
+        return [self._ids[field] for field in fields]
+
+    async def _read(self, what: str, node_ids: Callable[[], list[ua.NodeId]]) -> list[Any]:
+        # Node ids are resolved once the link is up: a reconnect may renumber namespaces.
         async def send(client: Client) -> list[Any]:
+            ids = node_ids()
             results = await client.uaclient.read_attributes(ids, ua.AttributeIds.Value)
             values = []
             for node_id, result in zip(ids, results, strict=True):
@@ -305,8 +311,11 @@ class OpcUaPlc:
 
         return await self._request(what, send)
 
-    async def _write(self, what: str, ids: list[ua.NodeId], values: list[ua.DataValue]) -> None:
+    async def _write(
+        self, what: str, node_ids: Callable[[], list[ua.NodeId]], values: list[ua.DataValue]
+    ) -> None:
         async def send(client: Client) -> None:
+            ids = node_ids()
             results = await client.uaclient.write_attributes(ids, values, ua.AttributeIds.Value)
             for node_id, status in zip(ids, results, strict=True):
                 if not status.is_good():
@@ -354,7 +363,6 @@ class OpcUaPlc:
         self._drop_unreported = False
         client, self._client = self._client, None
         if client is not None:
-            self._schedule_retry()
             task = asyncio.get_running_loop().create_task(_quiet_disconnect(client))
             _background.add(task)
             task.add_done_callback(_background.discard)
@@ -365,7 +373,7 @@ _background: set[asyncio.Task[None]] = set()
 
 async def _quiet_disconnect(client: Client) -> None:
     """Close a client whose link may be dead, without asyncua's error logs for the dead parts."""
-    logger = logging.getLogger("asyncua.client.client")
+    logger = logging.getLogger("asyncua.client")
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:

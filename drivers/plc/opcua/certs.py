@@ -1,0 +1,101 @@
+"""Self-signed OPC UA application certificates: for tests, benchmarks and a first bench set-up.
+
+Production sites use certificates from their own CA (or the PLC's GDS); the files are then simply
+named in the config. ``make_test_pki`` writes a server and a client identity that trust each
+other, plus a "rogue" client identity that nobody trusts, to prove refusal.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asyncua.crypto import cert_gen
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from drivers.plc.opcua.security import ModeName, PolicyName, SecuritySettings
+
+
+def write_identity(folder: Path, name: str, uri: str) -> tuple[Path, Path]:
+    """A 2048-bit RSA key and a self-signed certificate (DER) for application ``uri``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key = cert_gen.generate_private_key()
+    cert = cert_gen.generate_self_signed_app_certificate(
+        key,
+        name,
+        {},
+        [x509.UniformResourceIdentifier(uri), x509.DNSName(socket.gethostname())],
+        [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
+        days=30,
+    )
+    cert_path, key_path = folder / f"{name}.der", folder / f"{name}.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    key_path.write_bytes(cert_gen.dump_private_key_as_pem(key))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+@dataclass(frozen=True)
+class TestPki:
+    root: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    rogue_cert: Path
+    rogue_key: Path
+    server_trust: Path  # holds the client's certificate
+    client_trust: Path  # holds the server's certificate
+
+    def server_settings(
+        self, mode: ModeName = "SignAndEncrypt", policy: PolicyName = "Basic256Sha256"
+    ) -> SecuritySettings:
+        return SecuritySettings(
+            security_policy=policy,
+            security_mode=mode,
+            certificate=self.server_cert,
+            private_key=self.server_key,
+            trust_dir=self.server_trust,
+        )
+
+    def client_overrides(
+        self,
+        mode: ModeName = "SignAndEncrypt",
+        policy: PolicyName = "Basic256Sha256",
+        *,
+        rogue: bool = False,
+    ) -> dict[str, Any]:
+        return {
+            "security_policy": policy,
+            "security_mode": mode,
+            "certificate": str(self.rogue_cert if rogue else self.client_cert),
+            "private_key": str(self.rogue_key if rogue else self.client_key),
+            "trust_dir": str(self.client_trust),
+        }
+
+
+def make_test_pki(root: Path) -> TestPki:
+    """Server, client and rogue identities under ``root``, with the two trust folders."""
+    server_cert, server_key = write_identity(root / "server", "plc", "urn:edge-agent:test:plc")
+    client_cert, client_key = write_identity(root / "client", "agent", "urn:edge-agent:test:agent")
+    rogue_cert, rogue_key = write_identity(root / "rogue", "rogue", "urn:edge-agent:test:rogue")
+    server_trust, client_trust = root / "server-trust", root / "client-trust"
+    server_trust.mkdir(exist_ok=True)
+    client_trust.mkdir(exist_ok=True)
+    (server_trust / client_cert.name).write_bytes(client_cert.read_bytes())
+    (client_trust / server_cert.name).write_bytes(server_cert.read_bytes())
+    return TestPki(
+        root,
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+        rogue_cert,
+        rogue_key,
+        server_trust,
+        client_trust,
+    )

@@ -1,0 +1,515 @@
+"""OPC UA PLC link against the OPC UA PLC simulator, over real sockets on 127.0.0.1.
+
+An asyncua server takes seconds to build its address space, so one simulator serves the whole
+module (module-scoped event loop) and is reset to power-up before each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from asyncua import Client, ua
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+from structlog.testing import capture_logs
+
+from drivers.plc.modbus.registers import StopCause
+from drivers.plc.opcua import OpcUaPlc, OpcUaPlcConfig
+from drivers.plc.opcua import nodes as n
+from edge_agent.contracts import PlcLink, Verdict
+from edge_agent.errors import ConfigError, DeviceConnectionError, ProtocolError
+from edge_agent.registry import driver_class
+from simulators.line import SimLine, SimUnit
+from simulators.plc.opcua import OpcUaPlcSim
+
+# Async tests share the module's event loop, and with it the one simulator.
+module_loop = pytest.mark.asyncio(loop_scope="module")
+
+GATE_DELAY_S = 0.05
+HEARTBEAT_TIMEOUT_S = 0.3
+BEAT_PERIOD_S = 0.03
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+async def until(
+    condition: Callable[[], bool | Awaitable[bool]], within: float = 3.0, what: str = ""
+) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what or condition}")
+        await asyncio.sleep(0.01)
+
+
+async def send_unit(line: SimLine) -> int:
+    line.unit_printed(SimUnit("SN", "09506000134352", "LOT", "301231", time.monotonic()))
+    await line.drain()
+    return line.trigger_count
+
+
+@contextlib.asynccontextmanager
+async def beating(plc: OpcUaPlc, period: float = BEAT_PERIOD_S) -> AsyncIterator[list[float]]:
+    sent: list[float] = []
+
+    async def loop() -> None:
+        while True:
+            with contextlib.suppress(DeviceConnectionError):
+                sent.append(time.monotonic())
+                await plc.beat()
+            await asyncio.sleep(period)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield sent
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def raw_client(sim: OpcUaPlcSim) -> AsyncIterator[tuple[Client, int]]:
+    """A plain asyncua client, as a SCADA or a PLC programmer's test tool would use."""
+    client = Client(sim.url, timeout=2)
+    async with client:
+        yield client, await client.get_namespace_index(n.DEFAULT_NAMESPACE_URI)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared() -> AsyncIterator[tuple[SimLine, OpcUaPlcSim]]:
+    line = SimLine(units_per_min=None)
+    async with OpcUaPlcSim(
+        line, gate_delay_s=GATE_DELAY_S, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S
+    ) as sim:
+        yield line, sim
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def sim(shared: tuple[SimLine, OpcUaPlcSim]) -> OpcUaPlcSim:
+    await shared[1].reset()
+    return shared[1]
+
+
+@pytest.fixture
+def line(sim: OpcUaPlcSim) -> SimLine:
+    return sim.line
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def plc(sim: OpcUaPlcSim) -> AsyncIterator[OpcUaPlc]:
+    async with OpcUaPlc("plc", sim.driver_config(timeout_s=0.5)) as link:
+        yield link
+
+
+# --- connect and config -----------------------------------------------------------------------
+
+
+@module_loop
+async def test_implements_plclink_and_is_registered(plc: OpcUaPlc) -> None:
+    assert isinstance(plc, PlcLink)
+    assert driver_class("plc", "opcua") is OpcUaPlc
+    state = await plc.read_state()
+    assert state.extra["ring_size"] == 32
+    assert (state.trigger_count, state.passed, state.rejected) == (0, 0, 0)
+
+
+@module_loop
+async def test_ring_size_mismatch_is_refused_at_connect(sim: OpcUaPlcSim) -> None:
+    with pytest.raises(ProtocolError, match=r"ring size mismatch.*32.*16"):
+        async with OpcUaPlc("plc", sim.driver_config(ring_size=16)):
+            pass
+
+
+@module_loop
+async def test_unknown_namespace_is_refused_at_connect(sim: OpcUaPlcSim) -> None:
+    with pytest.raises(ProtocolError, match="namespace 'urn:nope' not on the PLC"):
+        async with OpcUaPlc("plc", sim.driver_config(namespace_uri="urn:nope")):
+            pass
+
+
+@module_loop
+async def test_connect_failure_is_device_connection_error_and_backs_off() -> None:
+    config = {"type": "opcua", "url": f"opc.tcp://127.0.0.1:{free_port()}", "timeout_s": 0.5}
+    config["security_policy"] = "None"
+    started = time.monotonic()
+    with pytest.raises(DeviceConnectionError):
+        async with OpcUaPlc("plc", config):
+            pass
+    assert time.monotonic() - started < 3.0
+
+
+@module_loop
+async def test_silent_server_is_a_connection_error_within_the_connect_timeout() -> None:
+    async def accept_and_ignore(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(accept_and_ignore, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = {
+        "type": "opcua",
+        "url": f"opc.tcp://127.0.0.1:{port}",
+        "security_policy": "None",
+        "timeout_s": 0.2,
+        "connect_timeout_s": 0.5,
+    }
+    try:
+        started = time.monotonic()
+        with pytest.raises(DeviceConnectionError):
+            async with OpcUaPlc("plc", config):
+                pass
+        assert time.monotonic() - started < 2.0
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@module_loop
+async def test_calls_outside_async_with_do_not_connect(sim: OpcUaPlcSim) -> None:
+    plc = OpcUaPlc("plc", sim.driver_config())
+    with pytest.raises(DeviceConnectionError, match="not connected"):
+        await plc.beat()
+
+
+def test_config_is_strict_and_security_is_never_none_by_default() -> None:
+    url = "opc.tcp://10.0.0.5:4840"
+    with pytest.raises(ValidationError, match="needs certificate, private_key, trust_dir"):
+        OpcUaPlcConfig.model_validate({"type": "opcua", "url": url})
+    with pytest.raises(ConfigError, match='security_policy = "None" explicitly'):
+        OpcUaPlc("plc", {"type": "opcua", "url": url})
+    ok = OpcUaPlcConfig.model_validate({"type": "opcua", "url": url, "security_policy": "None"})
+    assert (ok.timeout_s, ok.ring_size, ok.namespace_uri) == (1.0, 32, n.DEFAULT_NAMESPACE_URI)
+    for bad in ({"retries": 3}, {"url": "http://x"}, {"ring_size": 0}, {"nodes": {"x": "s=y"}}):
+        with pytest.raises(ValidationError):
+            OpcUaPlcConfig.model_validate(
+                {"type": "opcua", "url": url, "security_policy": "None", **bad}
+            )
+    with pytest.raises(ValidationError, match=r"'\{k\}'"):
+        n.NodeIds(verdict_slot="s=Slot")
+    for model in (OpcUaPlcConfig, n.NodeIds):
+        for field in model.model_fields.values():
+            assert field.description
+
+
+@module_loop
+async def test_security_none_logs_a_warning_at_start(sim: OpcUaPlcSim) -> None:
+    with capture_logs() as logs:
+        async with OpcUaPlc("plc", sim.driver_config()):
+            pass
+    warnings = [e for e in logs if e["event"] == "opcua_security_none"]
+    assert warnings and warnings[0]["log_level"] == "warning"
+
+
+@module_loop
+async def test_bad_values_are_protocol_errors(plc: OpcUaPlc) -> None:
+    with pytest.raises(ProtocolError):
+        await plc.write_verdict(-1, Verdict.PASS)
+    with pytest.raises(ProtocolError):
+        await plc.write_verdict(2**32, Verdict.PASS)
+    with pytest.raises(ProtocolError):
+        await plc.request_line_stop(0)
+    # The PLC refuses a write to a node it owns (read-only for clients).
+    with pytest.raises(ProtocolError, match=r"BadUserAccessDenied|BadNotWritable"):
+        await plc._write("probe", lambda: plc._nodes("passed"), [n.datavalue(5, n.UInt32)])
+    await plc.beat()  # the link survives all of that
+
+
+# --- the reject gate --------------------------------------------------------------------------
+
+
+@module_loop
+async def test_pass_verdict_passes(line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc) -> None:
+    await plc.write_verdict(1, Verdict.PASS)
+    trigger = await send_unit(line)
+    assert trigger == 1
+    await until(lambda: sim.passed_triggers == [1])
+    assert sim.rejected_triggers == []
+    state = await plc.read_state()
+    assert (state.trigger_count, state.passed, state.rejected) == (1, 1, 0)
+
+
+@module_loop
+async def test_no_verdict_rejects(line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc) -> None:
+    trigger = await send_unit(line)
+    await until(lambda: sim.rejected_triggers == [trigger])
+    assert sim.passed_triggers == []
+    assert list(await plc.recent_rejects()) == [trigger]
+
+
+@module_loop
+async def test_verdict_for_other_trigger_in_same_slot_rejects(
+    line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc
+) -> None:
+    await plc.write_verdict(1 + 32, Verdict.PASS)  # slot 1, wrong trigger
+    assert await send_unit(line) == 1
+    await until(lambda: sim.rejected_triggers == [1])
+    assert sim.passed_triggers == []
+
+
+@module_loop
+async def test_reject_verdict_is_rejected_and_confirmed(
+    line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc
+) -> None:
+    await plc.write_verdict(1, Verdict.PASS)
+    await plc.write_verdict(2, Verdict.REJECT)
+    await send_unit(line)
+    await send_unit(line)
+    await until(lambda: len(sim.passed_triggers) + len(sim.rejected_triggers) == 2)
+    assert (sim.passed_triggers, sim.rejected_triggers) == ([1], [2])
+    assert list(await plc.recent_rejects()) == [2]
+    state = await plc.read_state()
+    assert (state.passed, state.rejected, state.reject_confirms) == (1, 1, 1)
+
+
+@module_loop
+async def test_reject_log_keeps_latest_32_oldest_first(
+    line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc
+) -> None:
+    for _ in range(40):
+        await send_unit(line)
+    await until(lambda: len(sim.rejected_triggers) == 40)
+    assert list(await plc.recent_rejects()) == list(range(9, 41))
+
+
+@module_loop
+async def test_withheld_confirms_are_not_reported(
+    line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc
+) -> None:
+    sim.withhold_confirms = True
+    await plc.write_verdict(1, Verdict.REJECT)
+    await send_unit(line)
+    await until(lambda: sim.rejected_triggers == [1])
+    assert list(await plc.recent_rejects()) == []
+    state = await plc.read_state()
+    assert (state.rejected, state.reject_confirms) == (1, 0)
+
+
+# --- line permit ------------------------------------------------------------------------------
+
+
+@module_loop
+async def test_heartbeat_starts_the_line_and_its_loss_stops_it(
+    line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc
+) -> None:
+    await asyncio.sleep(0.05)
+    assert not sim.running()  # the line waits for the first beat
+    async with beating(plc) as sent:
+        await until(line.running, what="line running")
+    last_beat = sent[-1]
+    await until(lambda: bool(sim.stops), within=2 * HEARTBEAT_TIMEOUT_S + 1.0, what="a stop")
+    stopped_at, cause = sim.stops[-1]
+    assert cause == StopCause.HEARTBEAT_LOST
+    assert HEARTBEAT_TIMEOUT_S - 0.02 <= stopped_at - last_beat <= HEARTBEAT_TIMEOUT_S + 0.5
+    state = await plc.read_state()
+    assert (state.running, state.stop_cause) == (False, StopCause.HEARTBEAT_LOST)
+    async with beating(plc):
+        await until(line.running, what="line running again")
+
+
+@module_loop
+async def test_line_stop_request_and_clear(line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc) -> None:
+    async with raw_client(sim) as (raw, ns), beating(plc):
+        await until(line.running, what="line running")
+        await plc.request_line_stop(7)
+        await until(lambda: bool(sim.stops), what="a stop")
+        assert sim.stops[-1][1] == StopCause.AGENT_REQUEST
+        reason = raw.get_node(f"ns={ns};s=Agent.StopReason")
+        flag = raw.get_node(f"ns={ns};s=Agent.LineStopRequest")
+        assert await raw.read_values([reason, flag]) == [7, True]
+        state = await plc.read_state()
+        assert (state.running, state.stop_cause) == (False, StopCause.AGENT_REQUEST)
+        await plc.clear_line_stop()
+        assert await raw.read_values([reason, flag]) == [0, False]
+        await until(line.running, what="line running again")
+        assert (await plc.read_state()).stop_cause == StopCause.NONE
+        assert len(sim.stops) == 1
+
+
+@module_loop
+async def test_drop_link_raises_then_reconnects(
+    line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc
+) -> None:
+    async with beating(plc):
+        await until(line.running, what="line running")
+    sim.drop_link()
+    await until(lambda: bool(sim.stops), what="a stop")
+    assert sim.stops[-1][1] == StopCause.LINK_DROPPED
+    with pytest.raises(DeviceConnectionError, match=r"dropped|link lost"):
+        await plc.read_state()
+    state = await plc.read_state()  # the drop was reported; this call reconnects
+    assert state.stop_cause == StopCause.LINK_DROPPED
+    async with beating(plc):
+        await until(line.running, what="line running after reconnect")
+
+
+@module_loop
+async def test_server_gone_backs_off_between_reconnects() -> None:
+    line = SimLine(units_per_min=None)
+    sim = OpcUaPlcSim(line, gate_delay_s=GATE_DELAY_S)
+    # A bare asyncua server is the slow part; reuse the shared one's pattern but a private port.
+    await sim.start()
+    async with OpcUaPlc("plc", sim.driver_config(timeout_s=0.3, reconnect_max_s=2.0)) as plc:
+        await sim.stop()
+        with pytest.raises(DeviceConnectionError):
+            for _ in range(50):  # the drop is seen by the next request or by the watchdog
+                await plc.read_state()
+                await asyncio.sleep(0.02)
+        with pytest.raises(DeviceConnectionError):
+            await plc.read_state()  # a reconnect attempt: refused
+        started = time.monotonic()
+        with pytest.raises(DeviceConnectionError, match="reconnect pending"):
+            await plc.read_state()  # within the backoff: fails fast, no attempt
+        assert time.monotonic() - started < 0.05
+
+
+# --- the node set, read with a plain client ---------------------------------------------------
+
+
+@module_loop
+async def test_node_ids_match_the_readme(line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc) -> None:
+    async with raw_client(sim) as (raw, ns):
+
+        async def read(name: str) -> Any:
+            return await raw.get_node(f"ns={ns};s={name}").read_value()
+
+        assert await read("Plc.RingSize") == 32
+        await plc.write_verdict(5, Verdict.PASS)
+        assert await read("Agent.Verdict[5]") == [5, 1]
+        await plc.write_verdict(0x0001_0020, Verdict.REJECT)  # 65568 % 32 == 0
+        assert await read("Agent.Verdict[0]") == [65568, 2]
+        slot = raw.get_node(f"ns={ns};s=Agent.Verdict[0]")
+        assert await slot.read_data_type_as_variant_type() == ua.VariantType.UInt32
+
+        before = await read("Agent.Heartbeat")
+        await plc.beat()
+        await plc.beat()
+        assert await read("Agent.Heartbeat") == (before + 2) & 0xFFFF
+
+        await plc.write_status(
+            SimpleNamespace(
+                state=1, missing_confirms=2, units=10, passed=8, rejected=2, last_trigger=10
+            )
+        )
+        assert [
+            await read(x)
+            for x in (
+                "Agent.State",
+                "Agent.MissingConfirms",
+                "Agent.Units",
+                "Agent.Passed",
+                "Agent.Rejected",
+                "Agent.LastTrigger",
+            )
+        ] == [1, 2, 10, 8, 2, 10]
+
+        # A plain client's write of one slot is a verdict the gate honours.
+        await raw.get_node(f"ns={ns};s=Agent.Verdict[1]").write_value(
+            ua.DataValue(ua.Variant([1, 1], ua.VariantType.UInt32))
+        )
+        assert await send_unit(line) == 1
+        await until(lambda: sim.passed_triggers == [1])
+        assert await send_unit(line) == 2  # no verdict → reject, confirmed
+        await until(lambda: sim.rejected_triggers == [2])
+        assert [await read(x) for x in ("Plc.TriggerCount", "Plc.Passed", "Plc.Rejected")] == [
+            2,
+            1,
+            1,
+        ]
+        assert await read("Plc.RejectConfirms") == 1
+        assert (await read("Plc.RejectLog"))[0] == 2
+
+        hb = await read("Plc.Heartbeat")
+        await until(lambda: _changed(read("Plc.Heartbeat"), hb), what="PLC heartbeat moving")
+        async with beating(plc):
+            await until(line.running, what="line running")
+            assert await read("Plc.LineState") == 1
+            assert await read("Plc.StopCause") == 0
+            assert await read("Plc.AgentHeartbeatOk") is True
+
+
+async def _changed(read: Awaitable[Any], before: Any) -> bool:
+    return bool((await read) != before)
+
+
+# --- pure helpers -----------------------------------------------------------------------------
+
+u32 = st.integers(0, n.U32_MAX)
+
+
+def test_node_id_parsing() -> None:
+    assert n.node_id("s=Agent.Heartbeat", 3) == ua.NodeId("Agent.Heartbeat", 3)
+    assert n.node_id("i=1001", 2) == ua.NodeId(1001, 2)
+    assert n.node_id("ns=5;s=DB1.Beat", 3) == ua.NodeId("DB1.Beat", 5)
+    assert n.node_id("nsu=urn:x;s=Beat", 3, ["http://opcfoundation.org/UA/", "urn:x"]) == (
+        ua.NodeId("Beat", 1)
+    )
+    with pytest.raises(ValueError, match="not on the server"):
+        n.node_id("nsu=urn:y;s=Beat", 3, ["urn:x"])
+    assert n.slot_node_text('s="DB10"."Verdict"[{k}]', 7) == 's="DB10"."Verdict"[7]'
+
+
+@given(u32, st.sampled_from([0, 1, 2]), u32)
+def test_slot_encoding_and_gate_rule(trigger: int, verdict: int, other: int) -> None:
+    value = n.encode_verdict(trigger, verdict).Value
+    assert value is not None and value.Value == [trigger, verdict]
+    assert value.VariantType == ua.VariantType.UInt32
+    assert n.gate_passes(value.Value, trigger) == (verdict == n.VERDICT_PASS)
+    if other != trigger:
+        assert not n.gate_passes([other, n.VERDICT_PASS], trigger)
+
+
+@given(st.one_of(st.none(), st.lists(st.integers(0, 5), max_size=4)), u32)
+def test_gate_rejects_garbage(slot: list[int] | None, trigger: int) -> None:
+    expected = slot is not None and len(slot) == 2 and slot == [trigger, 1]
+    assert n.gate_passes(slot, trigger) == expected
+
+
+@given(st.lists(u32, max_size=80), st.sampled_from([1, 8, 32]))
+def test_reject_log_decodes_latest_oldest_first(rejected: list[int], size: int) -> None:
+    ring = [0] * size
+    for number, trigger in enumerate(rejected, start=1):
+        ring[n.reject_log_index(number, size)] = trigger
+    assert n.decode_reject_log(ring, len(rejected)) == rejected[-size:]
+
+
+def test_decode_state_refuses_garbage() -> None:
+    good = [1, 1, 2, 3, 4, 5, 32, 0]
+    state = n.decode_state(good)
+    assert (state.heartbeat, state.running, state.trigger_count, state.reject_confirms) == (
+        1,
+        True,
+        2,
+        5,
+    )
+    with pytest.raises(ValueError):
+        n.decode_state(good[:-1])
+    with pytest.raises(ValueError):
+        n.decode_state([*good[:-1], "x"])
