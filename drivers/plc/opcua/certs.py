@@ -40,7 +40,7 @@ def write_identity(folder: Path, name: str, uri: str) -> tuple[Path, Path]:
 
 
 @dataclass(frozen=True)
-class TestPki:
+class BenchPki:
     root: Path
     server_cert: Path
     server_key: Path
@@ -78,7 +78,7 @@ class TestPki:
         }
 
 
-def make_test_pki(root: Path) -> TestPki:
+def make_test_pki(root: Path) -> BenchPki:
     """Server, client and rogue identities under ``root``, with the two trust folders."""
     server_cert, server_key = write_identity(root / "server", "plc", "urn:edge-agent:test:plc")
     client_cert, client_key = write_identity(root / "client", "agent", "urn:edge-agent:test:agent")
@@ -88,7 +88,7 @@ def make_test_pki(root: Path) -> TestPki:
     client_trust.mkdir(exist_ok=True)
     (server_trust / client_cert.name).write_bytes(client_cert.read_bytes())
     (client_trust / server_cert.name).write_bytes(server_cert.read_bytes())
-    return TestPki(
+    return BenchPki(
         root,
         server_cert,
         server_key,

@@ -353,6 +353,13 @@ class OpcUaPlc:
             raise DeviceTimeout(
                 self.name, f"{what}: no answer within {self.config.timeout_s} s"
             ) from exc
+        if connecting and isinstance(exc, ua.UaError) and "No matching endpoints" in str(exc):
+            cfg = self.config
+            raise DeviceConnectionError(
+                self.name,
+                f"{what}: the PLC offers no endpoint with security_policy "
+                f"{cfg.security_policy!r}, security_mode {cfg.security_mode!r}",
+            ) from exc
         if isinstance(exc, ConnectionError | OSError | ua.UaError):
             self._mark_down()
             raise DeviceConnectionError(self.name, f"{what}: link lost ({exc!r})") from exc

@@ -25,6 +25,7 @@ from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge_agent.config.models import SecretRef
+from edge_agent.errors import ConfigError
 
 log = structlog.get_logger("drivers.plc.opcua.security")
 
@@ -104,10 +105,20 @@ def warn_if_insecure(settings: SecuritySettings, what: str, **context: Any) -> N
 
 
 async def trust_store(folder: Path) -> TrustStore:
+    """The trust list; an empty or missing folder is a config error (nobody could connect)."""
     if not await asyncio.to_thread(folder.is_dir):
-        raise FileNotFoundError(f"trust_dir {folder} is not a folder")
+        raise ConfigError(f"{folder} is not a folder", key="trust_dir")
+    files = await asyncio.to_thread(lambda: [p for p in folder.iterdir() if p.is_file()])
+    if not files:
+        raise ConfigError(
+            f"{folder} holds no certificates; copy the peer's certificate (or its CA) there",
+            key="trust_dir",
+        )
     store = TrustStore([folder], [])
-    await store.load()
+    try:
+        await store.load()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the trust list {folder}: {exc}", key="trust_dir") from exc
     return store
 
 
@@ -126,7 +137,13 @@ async def configure_client(client: Client, settings: SecuritySettings) -> None:
     if not settings.secure:
         return
     assert settings.certificate and settings.private_key and settings.trust_dir
-    cert = await uacrypto.load_certificate(settings.certificate)
+    try:
+        cert = await uacrypto.load_certificate(settings.certificate)
+        await uacrypto.load_private_key(settings.private_key, settings.key_password())
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"cannot load certificate or private key: {exc}", key="certificate"
+        ) from exc
     # The ApplicationUri the client announces must equal the certificate's, or servers refuse it.
     client.application_uri = certificate_uri(cert) or client.application_uri
     store = await trust_store(settings.trust_dir)

@@ -1,0 +1,184 @@
+"""OPC UA channel security and authentication, with certificates generated at test time.
+
+One SignAndEncrypt (Basic256Sha256) PLC simulator with users serves most tests; it also uses
+site-specific node ids in its own namespace, as a real PLC project would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from asyncua import ua
+
+from drivers.plc.opcua import OpcUaPlc
+from drivers.plc.opcua import nodes as n
+from drivers.plc.opcua.certs import BenchPki, make_test_pki
+from edge_agent.contracts import Verdict
+from edge_agent.errors import ConfigError, DeviceConnectionError
+from simulators.line import SimLine, SimUnit
+from simulators.plc.opcua import OpcUaPlcSim
+
+module_loop = pytest.mark.asyncio(loop_scope="module")
+
+SITE_NAMESPACE = "urn:acme:packaging:line7"
+SITE_NODES = n.NodeIds(
+    agent_heartbeat='s="DB_Serial"."AgentBeat"',
+    verdict_slot='s="DB_Serial"."Verdict"[{k}]',
+    plc_heartbeat='s="DB_Serial"."PlcBeat"',
+)
+USERS = {"operator": "s3cret-pw"}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> BenchPki:
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def secure_sim(pki: BenchPki) -> AsyncIterator[OpcUaPlcSim]:
+    sim = OpcUaPlcSim(
+        SimLine(units_per_min=None),
+        gate_delay_s=0.05,
+        security=pki.server_settings("SignAndEncrypt", "Basic256Sha256"),
+        users=USERS,
+        namespace_uri=SITE_NAMESPACE,
+        node_ids=SITE_NODES,
+    )
+    async with sim:
+        yield sim
+
+
+@pytest.fixture
+def password_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv("PLC_PASSWORD", USERS["operator"])
+    monkeypatch.setenv("WRONG_PASSWORD", "guess")
+    return {"env": "PLC_PASSWORD"}
+
+
+def site_config(sim: OpcUaPlcSim, pki: BenchPki, **overrides: Any) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        **pki.client_overrides("SignAndEncrypt", "Basic256Sha256"),
+        "nodes": SITE_NODES.model_dump(),
+        "timeout_s": 2.0,
+    }
+    return sim.driver_config(**{**settings, **overrides})
+
+
+async def refused(config: dict[str, Any]) -> str:
+    with pytest.raises(DeviceConnectionError) as info:
+        async with OpcUaPlc("plc", config):
+            pass
+    return str(info.value)
+
+
+@module_loop
+async def test_sign_and_encrypt_end_to_end_with_user_and_password(
+    secure_sim: OpcUaPlcSim, pki: BenchPki, password_env: dict[str, str]
+) -> None:
+    config = site_config(secure_sim, pki, username="operator", password=password_env)
+    async with OpcUaPlc("plc", config) as plc:
+        assert plc._client is not None
+        policy = plc._client.security_policy
+        assert policy.Mode == ua.MessageSecurityMode.SignAndEncrypt
+        assert policy.URI == "http://opcfoundation.org/UA/SecurityPolicy#Basic256Sha256"
+        trigger = secure_sim.line.trigger_count + 1
+        await plc.write_verdict(trigger, Verdict.PASS)
+        await plc.beat()
+        secure_sim.line.unit_printed(SimUnit("S", "09506000134352", "L", "301231", 0.0))
+        await secure_sim.line.drain()
+        deadline = time.monotonic() + 3.0
+        while True:
+            if trigger in secure_sim.passed_triggers or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        assert trigger in secure_sim.passed_triggers
+        state = await plc.read_state()
+        assert state.trigger_count == trigger and state.extra["ring_size"] == 32
+
+
+@module_loop
+async def test_untrusted_client_certificate_is_refused(
+    secure_sim: OpcUaPlcSim, pki: BenchPki, password_env: dict[str, str]
+) -> None:
+    rogue = {**site_config(secure_sim, pki), **pki.client_overrides(rogue=True)}
+    rogue.update(nodes=SITE_NODES.model_dump(), username="operator", password=password_env)
+    assert "BadCertificateUntrusted" in await refused(rogue)
+
+
+@module_loop
+async def test_client_refuses_a_server_it_does_not_trust(
+    secure_sim: OpcUaPlcSim, pki: BenchPki, password_env: dict[str, str], tmp_path: Path
+) -> None:
+    other_trust = tmp_path / "trust"
+    other_trust.mkdir()
+    (other_trust / "someone.der").write_bytes(pki.rogue_cert.read_bytes())
+    config = site_config(
+        secure_sim, pki, username="operator", password=password_env, trust_dir=str(other_trust)
+    )
+    assert "BadCertificateUntrusted" in await refused(config)
+    # An empty trust list trusts nobody: a config error before any connection is made.
+    (other_trust / "someone.der").unlink()
+    with pytest.raises(ConfigError, match=r"trust_dir.*holds no certificates"):
+        async with OpcUaPlc("plc", config):
+            pass
+
+
+@module_loop
+async def test_wrong_or_missing_credentials_are_refused(
+    secure_sim: OpcUaPlcSim, pki: BenchPki, password_env: dict[str, str]
+) -> None:
+    wrong = site_config(secure_sim, pki, username="operator", password={"env": "WRONG_PASSWORD"})
+    assert "BadUserAccessDenied" in await refused(wrong)
+    unknown = site_config(secure_sim, pki, username="intruder", password=password_env)
+    assert "BadUserAccessDenied" in await refused(unknown)
+    anonymous = site_config(secure_sim, pki)  # anonymous is not offered once users exist
+    assert "BadIdentityTokenRejected" in await refused(anonymous)
+    # Security None is not offered next to a secure endpoint at all.
+    insecure = secure_sim.driver_config(
+        security_policy="None", nodes=SITE_NODES.model_dump(), connect_timeout_s=3.0
+    )
+    assert "offers no endpoint with security_policy 'None'" in await refused(insecure)
+
+
+@module_loop
+async def test_user_certificate_authentication(secure_sim: OpcUaPlcSim, pki: BenchPki) -> None:
+    # X509 identity token: a user certificate the server trusts (here the client's own).
+    trusted_user = site_config(
+        secure_sim,
+        pki,
+        user_certificate=str(pki.client_cert),
+        user_private_key=str(pki.client_key),
+    )
+    async with OpcUaPlc("plc", trusted_user) as plc:
+        await plc.beat()
+    rogue_user = site_config(
+        secure_sim,
+        pki,
+        user_certificate=str(pki.rogue_cert),
+        user_private_key=str(pki.rogue_key),
+    )
+    assert "refused" in await refused(rogue_user)
+
+
+@module_loop
+async def test_aes128_sha256_rsaoaep_sign(pki: BenchPki) -> None:
+    async with OpcUaPlcSim(
+        SimLine(units_per_min=None), security=pki.server_settings("Sign", "Aes128_Sha256_RsaOaep")
+    ) as sim:
+        config = sim.driver_config(**pki.client_overrides("Sign", "Aes128_Sha256_RsaOaep"))
+        async with OpcUaPlc("plc", config) as plc:
+            assert plc._client is not None
+            assert plc._client.security_policy.Mode == ua.MessageSecurityMode.Sign
+            await plc.write_verdict(3, Verdict.REJECT)
+            await plc.request_line_stop(12)
+            assert (await plc.read_state()).extra["ring_size"] == 32
+        rogue = sim.driver_config(
+            **pki.client_overrides("Sign", "Aes128_Sha256_RsaOaep", rogue=True)
+        )
+        assert "BadCertificateUntrusted" in await refused(rogue)
