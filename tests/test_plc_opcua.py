@@ -203,7 +203,7 @@ def test_config_is_strict_and_security_is_never_none_by_default() -> None:
     url = "opc.tcp://10.0.0.5:4840"
     with pytest.raises(ValidationError, match="needs certificate, private_key, trust_dir"):
         OpcUaPlcConfig.model_validate({"type": "opcua", "url": url})
-    with pytest.raises(ConfigError, match='security_policy = "None" explicitly'):
+    with pytest.raises(ConfigError, match=r"security_policy = 'None' explicitly"):
         OpcUaPlc("plc", {"type": "opcua", "url": url})
     ok = OpcUaPlcConfig.model_validate({"type": "opcua", "url": url, "security_policy": "None"})
     assert (ok.timeout_s, ok.ring_size, ok.namespace_uri) == (1.0, 32, n.DEFAULT_NAMESPACE_URI)

@@ -235,6 +235,78 @@ class UpstreamSection(Strict):
     token: SecretRef | None = Field(None, description="Bearer token, by reference")
 
 
+class OpcUaSecurity(Strict):
+    """OPC UA channel security (PLC link and the agent's own server). Never None by default."""
+
+    security_policy: Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep"] = Field(
+        "Basic256Sha256",
+        description="Basic256Sha256 or Aes128_Sha256_RsaOaep; 'None' only if written explicitly",
+    )
+    security_mode: Literal["Sign", "SignAndEncrypt"] = Field(
+        "SignAndEncrypt", description="Sign or SignAndEncrypt"
+    )
+    certificate: Path | None = Field(None, description="Own instance certificate (DER or PEM)")
+    private_key: Path | None = Field(None, description="Private key of the certificate (PEM)")
+    private_key_password: SecretRef | None = Field(
+        None, description="Password of an encrypted private key, by reference (env or file)"
+    )
+    trust_dir: Path | None = Field(
+        None,
+        description="Folder of trusted peer certificates (or their CAs), PEM or DER; peers "
+        "whose certificate is not trusted are refused",
+    )
+
+    @model_validator(mode="after")
+    def _secure_needs_files(self) -> OpcUaSecurity:
+        if self.security_policy == "None":
+            return self
+        needed = ("certificate", "private_key", "trust_dir")
+        missing = [k for k in needed if getattr(self, k) is None]
+        if missing:
+            raise ValueError(
+                f"security_policy {self.security_policy!r} needs {', '.join(missing)}; or set "
+                "security_policy = 'None' explicitly (unencrypted, not for production)"
+            )
+        return self
+
+    @property
+    def secure(self) -> bool:
+        return self.security_policy != "None"
+
+    def key_password(self) -> str | None:
+        pw = self.private_key_password
+        return None if pw is None else pw.resolve().get_secret_value()
+
+
+class OpcUaServerSection(OpcUaSecurity):
+    """``[opcua_server]``: the agent's PackML-style OPC UA server for SCADA and MES."""
+
+    enabled: bool = Field(False, description="Start the server (off unless set)")
+    host: str = Field("127.0.0.1", min_length=1, description="Address to listen on")
+    port: int = Field(4840, ge=1, le=65535, description="TCP port (4840 is OPC UA's)")
+    namespace_uri: str = Field(
+        "urn:edge-agent:packml", min_length=1, description="Namespace URI of the line's nodes"
+    )
+    users: dict[str, SecretRef] = Field(
+        default_factory=dict, description="User name -> password (by reference) allowed to log in"
+    )
+    allow_anonymous: bool = Field(
+        False, description="Let clients in without user name or user certificate"
+    )
+    update_interval_ms: float = Field(
+        250.0, ge=20, le=10_000, description="How often counters and state are refreshed"
+    )
+
+    @model_validator(mode="after")
+    def _someone_can_log_in(self) -> OpcUaServerSection:
+        if self.enabled and not (self.users or self.allow_anonymous or self.secure):
+            raise ValueError(
+                "nobody could log in: add [opcua_server.users], a secure policy with user "
+                "certificates in trust_dir, or allow_anonymous = true"
+            )
+        return self
+
+
 class AgentConfig(Strict):
     agent: AgentSection = Field(default_factory=lambda: AgentSection())
     line: LineSection = Field(default_factory=lambda: LineSection())
@@ -244,3 +316,4 @@ class AgentConfig(Strict):
     plc: dict[str, Any]
     simulators: SimulatorsSection | None = None
     upstream: UpstreamSection | None = None
+    opcua_server: OpcUaServerSection | None = None
