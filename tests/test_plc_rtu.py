@@ -125,8 +125,8 @@ async def test_missing_device_is_connection_error() -> None:
 
 
 async def test_unplugged_adapter_reconnects_with_backoff(line: SimLine) -> None:
-    """The serial device vanishes (USB adapter pulled): the drop is reported, reconnects are
-    spaced by the back-off, and the link comes back when the device does."""
+    """The serial device vanishes (USB adapter pulled): the drop is reported and reconnect
+    attempts are spaced by the back-off, calls in between failing at once."""
     sim = ModbusRtuPlcSim(line, gate_delay_s=GATE_DELAY_S, heartbeat_timeout_s=1.0)
     await sim.start()
     config = sim.driver_config(timeout_s=0.2, reconnect_backoff_s=0.3)

@@ -211,6 +211,13 @@ class LineRuntime:
             if trigger in rejected:
                 self.ledger.confirm_rejected_at_gate(batch, trigger)
                 log.warning("pass_not_applied", batch=batch.id, serial=serial, trigger=trigger)
+        if state.rejected != state.reject_confirms:
+            # The log holds confirmed rejects only: with unconfirmed ones outstanding, "not in
+            # the log" proves nothing. Left unsettled; the next start tries again.
+            doubt = [t for t, _ in unwritten if t not in rejected]
+            log.error("passes_unverifiable", batch=batch.id, triggers=doubt)
+            self.stats.alarms.append(f"passes_unverifiable: triggers {doubt}")
+            return
         self.ledger.mark_verdicts_written(batch, [t for t, _ in unwritten if t not in rejected])
 
     async def _stop_line(self, cause: BaseException) -> None:
@@ -404,7 +411,17 @@ class LineRuntime:
             with contextlib.suppress(LineStopped):
                 await self._write_verdicts(group)
             raise LineStopped("storage_error", repr(exc)) from exc
-        await self._write_verdicts(group)
+        # Committed passes must reach the PLC: a line stop (cancellation) waits for this group's
+        # writes instead of cutting them off between the commit and the write.
+        writes = asyncio.ensure_future(self._write_verdicts(group))
+        try:
+            await asyncio.shield(writes)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await writes
+            if writes.done() and not writes.cancelled() and writes.exception() is None:
+                self.ledger.mark_verdicts_written(batch, [i.frame.trigger for i in group])
+            raise
         self.ledger.mark_verdicts_written(batch, [item.frame.trigger for item in group])
         settled = sum((o.serial is not None) + len(o.skipped_serials) for o in outcomes)
         await self._release(undecided=settled)

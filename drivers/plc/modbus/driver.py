@@ -38,6 +38,7 @@ from edge_agent.errors import (
 # Modbus exception codes that describe the path to the PLC rather than the request.
 _GATEWAY_PATH_UNAVAILABLE = 0x0A
 _GATEWAY_TARGET_NO_RESPONSE = 0x0B
+_RESYNC_QUIET_S = 0.2
 _MAX_READ = 124  # registers per FC4 read (the protocol allows 125); even, so u32s stay whole
 
 
@@ -99,6 +100,9 @@ class ModbusPlcBase:
     and reject log sizes; exit closes. Subclasses make the client."""
 
     transport: ClassVar[str] = "Modbus"
+    # RTU answers carry no transaction id: after an abandoned request (timeout, cancellation)
+    # its late answer would be taken for the next request's. The next request waits a moment.
+    answers_carry_no_id: ClassVar[bool] = False
     config: Any  # a ModbusCommonConfig subclass with device_id
 
     def __init__(self, name: str) -> None:
@@ -114,6 +118,7 @@ class ModbusPlcBase:
         # request that arrives before the first is answered, which looks like a timeout. On a
         # serial bus it is the protocol itself: one master, one outstanding request.
         self._request_lock = asyncio.Lock()
+        self._out_of_step = False
 
     def _new_client(self) -> ModbusBaseClient:
         raise NotImplementedError
@@ -142,6 +147,7 @@ class ModbusPlcBase:
             )
         self._client = client
         self._drop_unreported = False
+        self._out_of_step = False
         try:
             await self._check_sizes()
             # Start from the PLC's current value so the first beat is always a change.
@@ -334,8 +340,17 @@ class ModbusPlcBase:
         client = await self._ensure_link()
         try:
             async with self._request_lock:
+                if self._out_of_step:
+                    # Let a late answer to the abandoned request arrive while nothing waits:
+                    # pymodbus drops an unsolicited answer instead of pairing it with ours.
+                    await asyncio.sleep(min(self.config.timeout_s, _RESYNC_QUIET_S))
+                    self._out_of_step = False
                 response = await send(client)
+        except asyncio.CancelledError:
+            self._out_of_step = self.answers_carry_no_id
+            raise
         except (TimeoutError, ModbusException, OSError) as exc:
+            self._out_of_step = self.answers_carry_no_id
             self._raise_mapped(what, exc)
         if response is None:
             raise ProtocolError(self.name, f"{what}: no response PDU")
