@@ -18,7 +18,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from drivers.plc.modbus import ModbusTcpPlc, ModbusTcpPlcConfig
 from drivers.plc.modbus import registers as reg
-from edge_agent.contracts import PlcLink, Verdict
+from edge_agent.contracts import AgentLineState, LineStatus, PlcLink, Verdict
 from edge_agent.errors import ConfigError, DeviceConnectionError, DeviceTimeout, ProtocolError
 from simulators.line import SimLine, SimUnit
 from simulators.plc.modbus import ModbusPlcSim
@@ -137,6 +137,84 @@ async def test_smaller_ring_maps_slots_modulo_n(line: SimLine) -> None:
     ):
         await plc.write_verdict(9, Verdict.PASS)  # 9 % 8 = slot 1 → HR 103
         assert (await raw.read_holding_registers(103, count=3)).registers == [0, 9, 1]
+
+
+async def test_reject_log_size_is_configurable_and_checked(line: SimLine) -> None:
+    async with ModbusPlcSim(line, gate_delay_s=GATE_DELAY_S, reject_log_size=4) as sim:
+        assert sim.driver_config()["reject_log_size"] == 4
+        with pytest.raises(ProtocolError, match=r"reject log size mismatch.*IR 12 says 4"):
+            async with ModbusTcpPlc("plc", sim.driver_config(reject_log_size=32)):
+                pass
+        async with ModbusTcpPlc("plc", sim.driver_config()) as plc, raw_client(sim) as raw:
+            assert (await raw.read_input_registers(12)).registers == [4]
+            assert (await raw.read_input_registers(200 + 2 * 4)).isError()  # log ends at IR 207
+            for _ in range(6):
+                await send_unit(line)
+            await until(lambda: len(sim.rejected_triggers) == 6)
+            assert list(await plc.recent_rejects()) == [3, 4, 5, 6]
+            # Confirm 5 wrapped into slot j = (5 - 1) % 4 = 0.
+            assert (await raw.read_input_registers(200, count=2)).registers == [0, 5]
+
+
+async def test_large_reject_log_is_read_in_chunks(line: SimLine) -> None:
+    # 300 slots = 600 registers: more than one Modbus read (125 registers at most) can carry.
+    async with (
+        ModbusPlcSim(line, gate_delay_s=GATE_DELAY_S, reject_log_size=300) as sim,
+        ModbusTcpPlc("plc", sim.driver_config()) as plc,
+    ):
+        for _ in range(3):
+            await send_unit(line)
+        await until(lambda: len(sim.rejected_triggers) == 3)
+        assert list(await plc.recent_rejects()) == [1, 2, 3]
+
+
+async def test_agent_status_registers(plc: ModbusTcpPlc, sim: ModbusPlcSim) -> None:
+    status = LineStatus(AgentLineState.STOPPED, 2**32 + 5, 3, 2, 0x0001_0002, 70000)
+    await plc.write_status(status)
+    async with raw_client(sim) as raw:
+        words = (await raw.read_holding_registers(10, count=10)).registers
+    # HR 10 state, HR 11 missing confirms (saturates), then u32s high word first (wrapping).
+    assert words == [2, 65535, 0, 5, 0, 3, 0, 2, 1, 2]
+    assert await sim.agent_status() == words
+
+
+async def test_reconnect_backs_off() -> None:
+    """A PLC that is gone: each failed reconnect doubles the wait (up to the maximum), and calls
+    inside the wait fail at once without touching the network."""
+    own_line = SimLine(units_per_min=None)
+    sim = ModbusPlcSim(own_line)
+    await sim.start()
+    config = sim.driver_config(timeout_s=0.2, reconnect_backoff_s=0.1, reconnect_backoff_max_s=0.3)
+    try:
+        async with ModbusTcpPlc("plc", config) as plc:
+            await sim.stop()  # the PLC goes away for good (its port closes)
+            with pytest.raises(DeviceConnectionError):  # the drop, reported once
+                for _ in range(100):
+                    await plc.read_state()
+                    await asyncio.sleep(0.01)
+            waits = []
+            for _ in range(4):
+                with pytest.raises(DeviceConnectionError, match="cannot connect"):
+                    await _poll_until_attempt(plc)
+                waits.append(plc._backoff)
+            assert waits == [0.1, 0.2, 0.3, 0.3]
+            started = time.monotonic()
+            with pytest.raises(DeviceConnectionError, match="next reconnect attempt in"):
+                await plc.read_state()
+            assert time.monotonic() - started < 0.05
+    finally:
+        await sim.stop()
+
+
+async def _poll_until_attempt(plc: ModbusTcpPlc) -> None:
+    """Call until a real reconnect attempt is made (calls inside the back-off fail at once)."""
+    while True:
+        try:
+            await plc.read_state()
+        except DeviceConnectionError as exc:
+            if "next reconnect attempt" not in str(exc):
+                raise
+        await asyncio.sleep(0.01)
 
 
 async def test_connect_failure_is_device_connection_error() -> None:
@@ -379,6 +457,7 @@ async def test_register_addresses_match_the_readme(
             return list((await raw.read_input_registers(address, count=count)).registers)
 
         assert await ir(10) == [32]  # IR 10: ring size (mbpoll: 11)
+        assert await ir(12) == [32]  # IR 12: reject log size
         assert (await raw.read_holding_registers(99)).isError()  # nothing off by one below HR 100
 
         await plc.write_verdict(5, Verdict.PASS)
@@ -470,13 +549,21 @@ def test_ring_index_and_address(trigger: int, ring_size: int) -> None:
         assert reg.verdict_slot(trigger + ring_size, ring_size) == k
 
 
-@given(st.lists(u32, max_size=80))
-def test_reject_log_decodes_latest_oldest_first(rejected: list[int]) -> None:
-    ring = [0] * (reg.REJECT_LOG_SIZE * reg.REJECT_LOG_SLOT_WIDTH)
+@given(st.lists(u32, max_size=80), st.integers(1, 64))
+def test_reject_log_decodes_latest_oldest_first(rejected: list[int], size: int) -> None:
+    ring = [0] * (size * reg.REJECT_LOG_SLOT_WIDTH)
     for number, trigger in enumerate(rejected, start=1):  # the PLC side, entry by entry
-        at = reg.reject_log_address(number) - reg.IR_REJECT_LOG_BASE
+        at = reg.reject_log_address(number, size) - reg.IR_REJECT_LOG_BASE
         ring[at : at + 2] = reg.split_u32(trigger)
-    assert reg.decode_reject_log(ring, len(rejected)) == rejected[-reg.REJECT_LOG_SIZE :]
+    assert reg.decode_reject_log(ring, len(rejected)) == rejected[-size:]
+
+
+@given(st.integers(0, 3), st.integers(0, 2**40), st.integers(0, 2**33))
+def test_status_words(state: int, units: int, missing: int) -> None:
+    words = reg.encode_status(state, missing, units, units // 2, units // 3, units + 1)
+    assert len(words) == reg.HR_STATUS_COUNT and all(0 <= w <= reg.U16_MAX for w in words)
+    assert words[0] == state and words[1] == min(missing, reg.U16_MAX)
+    assert reg.join_u32(words[2], words[3]) == units % 2**32
 
 
 @given(st.integers(0, reg.U16_MAX))
