@@ -31,12 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from edge_agent.contracts import Verdict  # noqa: E402
-from edge_agent.registry import driver_class  # noqa: E402
-from simulators.line import SimLine  # noqa: E402
-from simulators.runner import simulator_class  # noqa: E402
+from edge_agent.contracts import Verdict
+from edge_agent.registry import driver_class
+from simulators.line import SimLine
+from simulators.runner import simulator_class
 
 TARGET_P99_MS = {"modbus-tcp": 5.0}
 
