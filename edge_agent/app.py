@@ -13,6 +13,7 @@ from edge_agent.db import open_db
 from edge_agent.ledger import BatchInfo, Ledger
 from edge_agent.line.runtime import LineRuntime
 from edge_agent.line.stats import LineStats
+from edge_agent.opcua_server import open_packml, run_batch
 from edge_agent.vision.decode import ZxingReader
 
 log = structlog.get_logger("edge_agent.app")
@@ -45,6 +46,7 @@ class Agent:
                 printer = await stack.enter_async_context(self._device("printer"))
                 camera = await stack.enter_async_context(self._device("camera"))
                 plc = await stack.enter_async_context(self._device("plc"))
+                packml, plc = await open_packml(stack, model, self.stats, plc)
                 runtime = LineRuntime(
                     model,
                     ledger,
@@ -56,6 +58,8 @@ class Agent:
                     on_tick=self.on_tick,
                 )
                 systemd.notify_ready(f"running batch {model.batch.id}")
+                if packml is not None:
+                    return await run_batch(packml, runtime, model.batch.id)
                 return await runtime.run()
         finally:
             conn.close()

@@ -258,8 +258,8 @@ class OpcUaSecurity(Strict):
 
     @model_validator(mode="after")
     def _secure_needs_files(self) -> OpcUaSecurity:
-        if self.security_policy == "None":
-            return self
+        if self.security_policy == "None" or not getattr(self, "enabled", True):
+            return self  # a server section that is switched off needs no files
         needed = ("certificate", "private_key", "trust_dir")
         missing = [k for k in needed if getattr(self, k) is None]
         if missing:
@@ -295,6 +295,16 @@ class OpcUaServerSection(OpcUaSecurity):
     )
     update_interval_ms: float = Field(
         250.0, ge=20, le=10_000, description="How often counters and state are refreshed"
+    )
+    wait_for_start: bool = Field(
+        False, description="Stay Idle until a client calls Start (MES-started batches)"
+    )
+    linger_s: float = Field(
+        2.0,
+        ge=0,
+        le=600,
+        description="Keep serving this long after the batch ended, so clients read the final "
+        "state (Complete, Stopped, Aborted) and counters",
     )
 
     @model_validator(mode="after")

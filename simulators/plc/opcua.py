@@ -142,7 +142,9 @@ class OpcUaPlcSim:
     async def _build_nodes(self, server: Server) -> None:
         ns = await server.register_namespace(self.namespace_uri)
         namespaces = await server.get_namespace_array()
-        plc = await server.nodes.objects.add_object(ua.NodeId("PLC", ns), "PLC")
+        plc = await server.nodes.objects.add_object(
+            ua.NodeId("PLC", ns), ua.QualifiedName("PLC", ns)
+        )
         ids = self.node_ids
         for field, (vtype, length) in n.TYPES.items():
             texts = (
@@ -157,7 +159,7 @@ class OpcUaPlcSim:
                     length = self.reject_log_size
                 value = ua.Variant([initial] * length if length else initial, vtype)
                 name = node_id.Identifier if isinstance(node_id.Identifier, str) else field
-                var = await plc.add_variable(node_id, str(name), value)
+                var = await plc.add_variable(node_id, ua.QualifiedName(str(name), ns), value)
                 if field in n.AGENT_WRITES:
                     await var.set_writable()
                 if field == "verdict_slot":
