@@ -12,6 +12,7 @@ import inspect
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,11 +27,17 @@ from structlog.testing import capture_logs
 from drivers.plc.modbus.registers import StopCause
 from drivers.plc.opcua import OpcUaPlc, OpcUaPlcConfig
 from drivers.plc.opcua import nodes as n
+from edge_agent.app import Agent
+from edge_agent.config import parse_config
 from edge_agent.contracts import PlcLink, Verdict
-from edge_agent.errors import ConfigError, DeviceConnectionError, ProtocolError
+from edge_agent.db import open_reader
+from edge_agent.demo import demo_config_text
+from edge_agent.errors import ConfigError, DeviceConnectionError, LineStopped, ProtocolError
+from edge_agent.reconcile import reconcile
 from edge_agent.registry import driver_class
 from simulators.line import SimLine, SimUnit
 from simulators.plc.opcua import OpcUaPlcSim
+from simulators.runner import SimulatorSet
 
 # Async tests share the module's event loop, and with it the one simulator.
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -513,3 +520,68 @@ def test_decode_state_refuses_garbage() -> None:
         n.decode_state(good[:-1])
     with pytest.raises(ValueError):
         n.decode_state([*good[:-1], "x"])
+
+
+@module_loop
+async def test_verdict_after_the_gate_is_a_reject(
+    line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc
+) -> None:
+    trigger = await send_unit(line)
+    await until(lambda: sim.rejected_triggers == [trigger], what="the gate")
+    await plc.write_verdict(trigger, Verdict.PASS)  # too late: the unit is gone
+    await asyncio.sleep(2 * GATE_DELAY_S)
+    assert sim.passed_triggers == []
+    assert list(await plc.recent_rejects()) == [trigger]
+
+
+# --- the agent over the OPC UA link -----------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_agent_over_opcua_a_lost_link_stops_the_line(tmp_path: Path) -> None:
+    """The whole line over the OPC UA link; pulling the cable mid-batch stops the agent, the PLC
+    stops the line, and every unit the gate passed is a commissioned serial."""
+    overrides: dict[str, Any] = {
+        "agent": {"state_dir": str(tmp_path)},
+        "batch": {"target_quantity": 400},
+        "line": {"verdict_deadline_ms": 500},
+        "simulators": {
+            "units_per_min": None,
+            "printer": {"port": 0},
+            "camera": {"port": 0, "defect_rate": 0.0},
+            "plc": {"port": 0, "type": "opcua"},
+        },
+    }
+    base = parse_config(demo_config_text(), "demo.toml", overrides)
+    assert base.model.simulators is not None
+    async with SimulatorSet(base.model.simulators) as sims:
+        config = parse_config(
+            demo_config_text(), "demo.toml", overrides, sections=sims.device_configs()
+        )
+        assert config.model.plc["type"] == "opcua"
+        agent = asyncio.create_task(Agent(config).run())
+        await until(lambda: len(sims.plc.passed_triggers) >= 40, within=30.0, what="units passed")
+        sims.plc.drop_link()
+        with pytest.raises(LineStopped) as stopped:
+            await asyncio.wait_for(agent, 30.0)
+        await until(
+            lambda: (
+                len(sims.plc.passed_triggers) + len(sims.plc.rejected_triggers)
+                >= sims.line.trigger_count
+            ),
+            what="the gate to settle",
+        )
+        triggered = sims.line.trigger_count
+        await asyncio.sleep(0.3)
+        assert sims.line.trigger_count == triggered, "the line kept running"
+        assert sims.plc.stops and not sims.plc.running()
+        with contextlib.closing(open_reader(tmp_path)) as conn:
+            commissioned = [
+                row[0]
+                for row in conn.execute("SELECT trigger FROM serials WHERE state = 'commissioned'")
+            ]
+            report = reconcile(conn)
+        assert sorted(sims.plc.passed_triggers) == sorted(commissioned)
+    assert stopped.value.reason == "device_error" and "plc" in str(stopped.value)
+    assert triggered < 400
+    assert report["passed"] == report["serials_commissioned"] >= 40
