@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn, Self, TypeVa
 
 import structlog
 from asyncua import Client, ua
+from asyncua.client.ua_client import UaClientState
 from pydantic import ConfigDict, Field, ValidationError
 
 from drivers.plc.opcua import nodes as n
@@ -206,7 +207,7 @@ class OpcUaPlc:
 
     async def _ensure_link(self) -> Client:
         client = self._client
-        if client is not None and client.state.name == "CONNECTED":
+        if client is not None and client.state is UaClientState.CONNECTED:
             return client
         if not self._open:
             raise DeviceConnectionError(self.name, "not connected (use 'async with')")
