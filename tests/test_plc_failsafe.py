@@ -167,7 +167,7 @@ async def test_killed_agent_stops_the_line(plc_type: str, tmp_path: Path) -> Non
         stopped_at, cause = sims.plc.stops[0]
         # TCP: the socket closes with the process (cause 3 at once); RTU: silence on the bus.
         assert cause in (reg.StopCause.LINK_DROPPED, reg.StopCause.HEARTBEAT_LOST)
-        assert stopped_at - killed_at <= HEARTBEAT_TIMEOUT_S + 0.3
+        assert stopped_at - killed_at <= HEARTBEAT_TIMEOUT_S + 0.5  # + scan time under load
         # The printer may finish the slot it was in when the line stopped; then nothing moves.
         await asyncio.sleep(0.2)
         await sims.line.drain()
