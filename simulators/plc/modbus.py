@@ -29,7 +29,7 @@ from typing import Any, Self
 
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
-from pymodbus.server.server import ModbusBaseServer
+from pymodbus.server.base import ModbusBaseServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.plc.modbus import registers as reg

@@ -163,21 +163,16 @@ class ModbusPlcBase:
 
     async def _check_sizes(self) -> None:
         state = await self.read_state()
-        for what, plc_value, ours, ir in (
-            ("verdict ring size", state.extra["ring_size"], self.config.ring_size, 10),
-            (
-                "reject log size",
-                state.extra["reject_log_size"],
-                self.config.reject_log_size,
-                reg.IR_REJECT_LOG_SIZE,
-            ),
+        cfg = self.config
+        for what, key, ours, ir in (
+            ("verdict ring size", "ring_size", cfg.ring_size, reg.IR_RING_SIZE),
+            ("reject log size", "reject_log_size", cfg.reject_log_size, reg.IR_REJECT_LOG_SIZE),
         ):
-            if plc_value != ours:
-                key = "ring_size" if ir == reg.IR_RING_SIZE else "reject_log_size"
+            if state.extra[key] != ours:
                 raise ProtocolError(
                     self.name,
-                    f"{what} mismatch: PLC IR {ir} says {plc_value}, config {key} is {ours}; "
-                    "set them equal or verdicts and rejects land in the wrong slots",
+                    f"{what} mismatch: PLC IR {ir} says {state.extra[key]}, config {key} is "
+                    f"{ours}; set them equal or verdicts and rejects land in the wrong slots",
                 )
 
     def _on_link_change(self, connected: bool) -> None:
