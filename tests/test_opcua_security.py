@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from asyncua import ua
+from cryptography.hazmat.primitives import serialization
 
 from drivers.plc.opcua import OpcUaPlc
 from drivers.plc.opcua import nodes as n
@@ -182,3 +183,37 @@ async def test_aes128_sha256_rsaoaep_sign(pki: BenchPki) -> None:
             **pki.client_overrides("Sign", "Aes128_Sha256_RsaOaep", rogue=True)
         )
         assert "BadCertificateUntrusted" in await refused(rogue)
+
+
+@module_loop
+async def test_encrypted_private_key_with_password_by_reference(
+    secure_sim: OpcUaPlcSim,
+    pki: BenchPki,
+    password_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = serialization.load_pem_private_key(pki.client_key.read_bytes(), password=None)
+    encrypted = tmp_path / "agent-encrypted.pem"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"key-pw"),
+        )
+    )
+    monkeypatch.setenv("KEY_PASSWORD", "key-pw")
+    config = site_config(
+        secure_sim,
+        pki,
+        username="operator",
+        password=password_env,
+        private_key=str(encrypted),
+        private_key_password={"env": "KEY_PASSWORD"},
+    )
+    async with OpcUaPlc("plc", config) as plc:
+        await plc.beat()
+    monkeypatch.setenv("KEY_PASSWORD", "wrong")
+    with pytest.raises(ConfigError, match="cannot load certificate or private key"):
+        async with OpcUaPlc("plc", config):
+            pass
