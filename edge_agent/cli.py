@@ -20,7 +20,11 @@ from simulators.catalog import SIMULATOR_TYPES
 
 DEMO_DEFAULTS = {"printer": "ascii", "camera": "tcp-frames", "plc": "modbus-tcp"}
 # Subcommands that live beside the code they drive; each module has add_commands(subparsers).
-COMMAND_MODULES = ("edge_agent.vision.commands", "edge_agent.outbox.commands")
+COMMAND_MODULES = (
+    "edge_agent.vision.commands",
+    "edge_agent.outbox.commands",
+    "edge_agent.opcua_server.commands",
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_LINE_STOPPED, EXIT_UNBALANCED = 0, 1, 2, 3, 4
 

@@ -15,11 +15,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from asyncua import ua
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from drivers.plc.opcua import OpcUaPlc
 from drivers.plc.opcua import nodes as n
 from drivers.plc.opcua.certs import BenchPki, make_test_pki
+from drivers.plc.opcua.security import certificate_uri
+from edge_agent import cli
 from edge_agent.contracts import Verdict
 from edge_agent.errors import ConfigError, DeviceConnectionError
 from simulators.line import SimLine, SimUnit
@@ -217,3 +220,17 @@ async def test_encrypted_private_key_with_password_by_reference(
     with pytest.raises(ConfigError, match="cannot load certificate or private key"):
         async with OpcUaPlc("plc", config):
             pass
+
+
+def test_opcua_cert_command_writes_a_usable_identity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pki"
+    argv = ["opcua-cert", "--out", str(out), "--uri", "urn:acme:agent", "--host", "agent.local"]
+    assert cli.main(argv) == 0
+    cert = x509.load_der_x509_certificate((out / "edge-agent.der").read_bytes())
+    assert certificate_uri(cert) == "urn:acme:agent"
+    assert (out / "edge-agent.pem").stat().st_mode & 0o777 == 0o600
+    assert 'certificate = "' in capsys.readouterr().out
+    assert cli.main(argv) == 1  # never overwrites a key by accident
+    assert "refusing to overwrite" in capsys.readouterr().err

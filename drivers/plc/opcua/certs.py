@@ -7,36 +7,16 @@ other, plus a "rogue" client identity that nobody trusts, to prove refusal.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asyncua.crypto import cert_gen
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
-
 from drivers.plc.opcua.security import ModeName, PolicyName, SecuritySettings
+from edge_agent.opcua_server.certs import write_identity as _write_identity
 
 
 def write_identity(folder: Path, name: str, uri: str) -> tuple[Path, Path]:
-    """A 2048-bit RSA key and a self-signed certificate (DER) for application ``uri``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    key = cert_gen.generate_private_key()
-    cert = cert_gen.generate_self_signed_app_certificate(
-        key,
-        name,
-        {},
-        [x509.UniformResourceIdentifier(uri), x509.DNSName(socket.gethostname())],
-        [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
-        days=30,
-    )
-    cert_path, key_path = folder / f"{name}.der", folder / f"{name}.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
-    key_path.write_bytes(cert_gen.dump_private_key_as_pem(key))
-    key_path.chmod(0o600)
-    return cert_path, key_path
+    return _write_identity(folder, name, uri, days=30)
 
 
 @dataclass(frozen=True)
