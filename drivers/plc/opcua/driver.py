@@ -120,6 +120,7 @@ class OpcUaPlc:
         self._connect_lock = asyncio.Lock()
         self._ids: dict[str, ua.NodeId] = {}
         self._slots: list[ua.NodeId] = []
+        self._closing: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -132,6 +133,8 @@ class OpcUaPlc:
     async def __aexit__(self, *exc: object) -> None:
         self._open = False
         await self._close_client()
+        if self._closing:  # dead clients still being torn down: no task outlives the link
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def _connect(self) -> None:
         await self._close_client()
@@ -372,11 +375,8 @@ class OpcUaPlc:
         client, self._client = self._client, None
         if client is not None:
             task = asyncio.get_running_loop().create_task(_quiet_disconnect(client))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
-
-
-_background: set[asyncio.Task[None]] = set()
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
 
 async def _quiet_disconnect(client: Client) -> None:
