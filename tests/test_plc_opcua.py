@@ -585,3 +585,15 @@ async def test_agent_over_opcua_a_lost_link_stops_the_line(tmp_path: Path) -> No
     assert stopped.value.reason == "device_error" and "plc" in str(stopped.value)
     assert triggered < 400
     assert report["passed"] == report["serials_commissioned"] >= 40
+
+
+@module_loop
+async def test_drop_during_request_is_connection_error_not_timeout(
+    sim: OpcUaPlcSim, plc: OpcUaPlc
+) -> None:
+    sim.drop_link()  # no await in between: the request goes out on a connection being closed
+    started = time.monotonic()
+    with pytest.raises(DeviceConnectionError):
+        await plc.write_verdict(1, Verdict.PASS)
+        await plc.write_verdict(2, Verdict.PASS)  # if the first one still got through
+    assert time.monotonic() - started < 0.4  # well under the 0.5 s request timeout
