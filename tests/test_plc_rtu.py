@@ -46,7 +46,7 @@ async def plc(sim: ModbusRtuPlcSim) -> AsyncIterator[ModbusRtuPlc]:
         yield link
 
 
-async def test_driver_config_opens_a_real_serial_device(
+async def test_driver_config_names_the_pty_and_the_link_works(
     sim: ModbusRtuPlcSim, plc: ModbusRtuPlc
 ) -> None:
     cfg = sim.driver_config()
