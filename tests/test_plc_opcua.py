@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
+import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -33,6 +36,7 @@ from edge_agent.contracts import PlcLink, Verdict
 from edge_agent.db import open_reader
 from edge_agent.demo import demo_config_text
 from edge_agent.errors import ConfigError, DeviceConnectionError, LineStopped, ProtocolError
+from edge_agent.line.stats import LineStats
 from edge_agent.reconcile import reconcile
 from edge_agent.registry import driver_class
 from simulators.line import SimLine, SimUnit
@@ -597,3 +601,107 @@ async def test_drop_during_request_is_connection_error_not_timeout(
         await plc.write_verdict(1, Verdict.PASS)
         await plc.write_verdict(2, Verdict.PASS)  # if the first one still got through
     assert time.monotonic() - started < 0.4  # well under the 0.5 s request timeout
+
+
+@pytest.mark.slow
+async def test_missing_reject_confirms_stop_the_line_over_opcua(tmp_path: Path) -> None:
+    overrides: dict[str, Any] = {
+        "agent": {"state_dir": str(tmp_path)},
+        "batch": {"target_quantity": 200},
+        "line": {
+            "verdict_deadline_ms": 500,
+            "max_missing_confirms": 3,
+            "reject_confirm_timeout_ms": 400,
+            "max_consecutive_rejects": 50,
+        },
+        "simulators": {
+            "units_per_min": None,
+            "printer": {"port": 0},
+            "camera": {"port": 0, "defect_rate": 0.3, "seed": 5},
+            "plc": {"port": 0, "type": "opcua"},
+        },
+    }
+    base = parse_config(demo_config_text(), "demo.toml", overrides)
+    assert base.model.simulators is not None
+    async with SimulatorSet(base.model.simulators) as sims:
+        sims.plc.withhold_confirms = True  # the reject sensor sees nothing leave
+        config = parse_config(
+            demo_config_text(), "demo.toml", overrides, sections=sims.device_configs()
+        )
+        stats = LineStats()
+        with pytest.raises(LineStopped) as stopped:
+            await asyncio.wait_for(Agent(config, stats=stats).run(), 60.0)
+        status = await sims.plc.agent_status()
+        stops = list(sims.plc.stops)
+    assert stopped.value.reason == "reject_confirm_missing"
+    assert StopCause.AGENT_REQUEST in [cause for _, cause in stops]
+    assert status["stop_reason"] == 13  # STOP_CODES["reject_confirm_missing"]
+    # The PLC reads where the agent stands: stopped (2), 3 confirms missing in a row.
+    assert status["agent_state"] == 2 and status["agent_missing_confirms"] >= 3
+    assert status["agent_units"] == stats.units
+
+
+@pytest.mark.slow
+async def test_killed_agent_stops_the_opcua_line(tmp_path: Path) -> None:
+    """A real `edge-agent run` process drives the line over OPC UA; SIGKILL it."""
+    overrides: dict[str, Any] = {
+        "agent": {"state_dir": str(tmp_path / "state")},
+        "batch": {"target_quantity": 100_000},
+        "simulators": {
+            "units_per_min": 1200,
+            "printer": {"port": 0},
+            "camera": {"port": 0, "defect_rate": 0.0},
+            "plc": {"port": 0, "type": "opcua", "heartbeat_timeout_s": 1.0},
+        },
+    }
+    base = parse_config(demo_config_text(), "demo.toml", overrides)
+    assert base.model.simulators is not None
+    async with SimulatorSet(base.model.simulators) as sims:
+        lines = [demo_config_text()]
+        for kind, section in sims.device_configs().items():
+            body = "".join(f"{k} = {json.dumps(v)}\n" for k, v in section.items())
+            lines.append(f"[{kind}]\n{body}")
+        text = "\n".join(lines)
+        for kind in ("printer", "camera", "plc"):  # drop the demo's own device sections
+            text = _without_section(text, kind)
+        text = text.replace('state_dir = "demo-state"', f'state_dir = "{tmp_path / "state"}"')
+        text = text.replace("target_quantity = 2000", "target_quantity = 100000")
+        config = tmp_path / "agent.toml"
+        config.write_text(text)
+        out = (tmp_path / "agent.out").open("wb")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config),
+            stdout=out, stderr=out,
+        )  # fmt: skip
+        try:
+            await until(
+                lambda: sims.line.trigger_count >= 10 or proc.returncode is not None,
+                within=30.0,
+                what="the agent process running the line",
+            )
+            assert proc.returncode is None, (tmp_path / "agent.out").read_text()
+            assert sims.plc.running() and not sims.plc.stops
+            killed_at = time.monotonic()
+            proc.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(proc.wait(), 10)
+            await until(lambda: bool(sims.plc.stops), within=4.0, what="the PLC stopping")
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            out.close()
+        stopped_at, cause = sims.plc.stops[0]
+        assert cause in (StopCause.LINK_DROPPED, StopCause.HEARTBEAT_LOST)
+        assert stopped_at - killed_at <= 1.0 + 0.5
+        await asyncio.sleep(0.2)
+        await sims.line.drain()
+        triggered = sims.line.trigger_count
+        await asyncio.sleep(0.3)
+        assert sims.line.trigger_count == triggered, "the line kept running"
+
+
+def _without_section(text: str, name: str) -> str:
+    """Drop the first ``[name]`` table of a TOML text (the demo's, before ours is appended)."""
+    start = text.index(f"\n[{name}]\n")
+    end = text.index("\n[", start + 1)
+    return text[:start] + text[end:]

@@ -221,6 +221,12 @@ class OpcUaPlcSim:
         for slot in self._slots:
             await self._set(slot, [0, 0], n.UInt32)
 
+    async def agent_status(self) -> dict[str, int]:
+        """The agent's line state and counters as it last wrote them (``Agent.*`` nodes), plus
+        its line-stop reason."""
+        fields = (*n.STATUS_FIELDS, "stop_reason")
+        return {field: int(self._get(self._ids[field])) for field in fields}
+
     def acknowledge(self) -> None:
         """The operator's reset: without auto_restart, allows the line to start once more."""
         self._start_allowed = True
