@@ -10,7 +10,7 @@ The acceptance cases of the PLC issue, and where each is shown:
   ``test_cut_rtu_cable_stops_the_agent`` here; a lost PLC heartbeat is a line stop too
   (``LineRuntime._heartbeat``).
 * verdict late → unit rejected: at the PLC (a verdict written after the unit reached the gate
-  cannot pass it) in ``test_verdict_after_the_gate_is_a_reject``; in the agent (a verdict not ready
+  cannot pass it) in ``test_verdict_after_the_gate_is_a_reject`` (also over OPC UA); in the agent (a verdict not ready
   within ``verdict_deadline_ms`` is written as a reject) in ``test_slow_decode_is_rejected_late``.
 * missing reject confirms → alarm, line stop after N in a row:
   ``test_missing_reject_confirms_stop_the_line``.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import signal
 import sys
 import time
@@ -236,7 +237,11 @@ async def test_cut_rtu_cable_stops_the_agent(agent_config_factory: Any) -> None:
 # --- late verdicts ------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=TRANSPORTS)
+# The PLC-side rule is transport-neutral: include OPC UA when its driver is present.
+GATE_TRANSPORTS = TRANSPORTS + (["opcua"] if importlib.util.find_spec("drivers.plc.opcua") else [])
+
+
+@pytest.fixture(params=GATE_TRANSPORTS)
 async def plc_pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[SimLine, Any, Any]]:
     line = SimLine(units_per_min=None)
     sim = simulator_class("plc", request.param)(line, gate_delay_s=0.05, heartbeat_timeout_s=5.0)
