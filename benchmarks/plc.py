@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent import logs
 from edge_agent.contracts import Verdict
 from edge_agent.registry import driver_class
 from simulators.line import SimLine
@@ -206,4 +207,5 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    logs.configure("console", "error", stream=sys.stderr)  # stdout carries the JSON only
     print(json.dumps(asyncio.run(main()), indent=2))
