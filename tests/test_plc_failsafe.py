@@ -10,8 +10,9 @@ The acceptance cases of the PLC issue, and where each is shown:
   ``test_cut_rtu_cable_stops_the_agent`` here; a lost PLC heartbeat is a line stop too
   (``LineRuntime._heartbeat``).
 * verdict late → unit rejected: at the PLC (a verdict written after the unit reached the gate
-  cannot pass it) in ``test_verdict_after_the_gate_is_a_reject`` (also over OPC UA); in the agent (a verdict not ready
-  within ``verdict_deadline_ms`` is written as a reject) in ``test_slow_decode_is_rejected_late``.
+  cannot pass it) in ``test_verdict_after_the_gate_is_a_reject`` (also over OPC UA); in the
+  agent (a verdict not ready within ``verdict_deadline_ms`` is written as a reject) in
+  ``test_slow_decode_is_rejected_late``.
 * missing reject confirms → alarm, line stop after N in a row:
   ``test_missing_reject_confirms_stop_the_line``.
 """
