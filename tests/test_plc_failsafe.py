@@ -42,8 +42,10 @@ from test_plc_modbus import send_unit, until
 
 from drivers.plc.modbus import registers as reg
 from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
-from edge_agent.contracts import Verdict
-from edge_agent.line.runtime import STOP_CODES
+from edge_agent.contracts import PlcState, Verdict
+from edge_agent.db import open_db
+from edge_agent.ledger import Ledger, SerialState, UnitOutcome
+from edge_agent.line.runtime import STOP_CODES, LineRuntime
 from edge_agent.line.stats import LineStats
 from edge_agent.reconcile import reconcile
 from edge_agent.registry import driver_class
@@ -55,6 +57,7 @@ pytestmark = pytest.mark.slow
 
 TRANSPORTS = ["modbus-tcp", "modbus-rtu"]
 HEARTBEAT_TIMEOUT_S = 1.0
+READ_POINT = "urn:epc:id:sgln:0950600.01340.T"
 
 
 def simulators(plc_type: str, *, defect_rate: float = 0.0, seed: int = 1, **line: Any) -> Any:
@@ -329,3 +332,60 @@ async def test_missing_reject_confirms_stop_the_line(
     assert status[0] == reg.AgentState.STOPPED and status[1] >= 3
     assert reg.join_u32(status[2], status[3]) == stats.units
     assert sims.line.trigger_count < 200
+
+
+# --- settling passes whose PLC write may be lost ------------------------------------------------
+
+
+class FrozenPlc:
+    """A PLC link that only answers the two questions settlement asks (no wire needed here)."""
+
+    def __init__(self, rejected: int, confirms: int, log: list[int]) -> None:
+        self.state = PlcState(0, False, 3, 3 - rejected, rejected, confirms)
+        self.log = log
+
+    async def read_state(self) -> PlcState:
+        return self.state
+
+    async def recent_rejects(self) -> list[int]:
+        return self.log
+
+
+@pytest.mark.parametrize(
+    ("rejected", "confirms", "still_unsettled"),
+    [(1, 1, []), (2, 1, [1, 3])],  # every reject confirmed / one reject not confirmed
+)
+async def test_passes_settle_only_on_a_complete_reject_log(
+    agent_config_factory: Any, rejected: int, confirms: int, still_unsettled: list[int]
+) -> None:
+    """Three committed passes whose writes may have been lost; the log shows trigger 2 rejected.
+    With every gate reject confirmed, 1 and 3 are known to have passed. With a reject still
+    unconfirmed, "not in the log" proves nothing: 1 and 3 stay unsettled, with an alarm."""
+    config = agent_config_factory({})
+    ledger = Ledger(
+        open_db(config.model.agent.state_dir), read_point=READ_POINT, company_prefix_length=7
+    )
+    try:
+        batch = ledger.open_batch("B1", "09506000134352", "LOT1", "281231", 10)
+        serials = []
+        for trigger in (1, 2, 3):
+            ledger.ensure_allocated(batch, 1, length=10, alphabet="0123456789ABCDEF")
+            taken = ledger.take_for_print(batch)
+            assert taken is not None
+            ledger.mark_printed(batch, taken[1])
+            ledger.commit_outcomes(batch, [UnitOutcome(trigger, True, "ok", taken[1])])
+            serials.append(taken[1])
+        stats = LineStats()
+        plc = FrozenPlc(rejected, confirms, [2])
+        runtime = LineRuntime(
+            config.model, ledger, printer=None, camera=None, plc=plc, reader=None, stats=stats
+        )  # type: ignore[arg-type]
+        runtime.batch = batch
+        await runtime._settle_unwritten_passes(ledger.unwritten_passes(batch))
+        assert [t for t, _ in ledger.unwritten_passes(batch)] == still_unsettled
+        assert ledger.state_of(batch.gtin, serials[1]) == SerialState.REJECTED
+        for serial in (serials[0], serials[2]):
+            assert ledger.state_of(batch.gtin, serial) == SerialState.COMMISSIONED
+        assert bool(still_unsettled) == any("passes_unverifiable" in a for a in stats.alarms)
+    finally:
+        ledger.conn.close()
