@@ -631,6 +631,7 @@ async def test_missing_reject_confirms_stop_the_line_over_opcua(tmp_path: Path) 
         stats = LineStats()
         with pytest.raises(LineStopped) as stopped:
             await asyncio.wait_for(Agent(config, stats=stats).run(), 60.0)
+        await until(lambda: bool(sims.plc.stops), what="the PLC acting on the stop request")
         status = await sims.plc.agent_status()
         stops = list(sims.plc.stops)
     assert stopped.value.reason == "reject_confirm_missing"
