@@ -383,22 +383,27 @@ async def test_drop_link_raises_then_reconnects(
 
 @module_loop
 async def test_server_gone_backs_off_between_reconnects() -> None:
-    line = SimLine(units_per_min=None)
-    sim = OpcUaPlcSim(line, gate_delay_s=GATE_DELAY_S)
-    # A bare asyncua server is the slow part; reuse the shared one's pattern but a private port.
-    await sim.start()
-    async with OpcUaPlc("plc", sim.driver_config(timeout_s=0.3, reconnect_max_s=2.0)) as plc:
+    # Its own simulator (not the shared one): it goes away for good halfway through.
+    sim = OpcUaPlcSim(SimLine(units_per_min=None), gate_delay_s=GATE_DELAY_S)
+    try:
+        await sim.start()
+        plc = OpcUaPlc(
+            "plc", sim.driver_config(timeout_s=0.3, reconnect_min_s=5.0, reconnect_max_s=10.0)
+        )
+        async with plc:
+            await sim.stop()
+            with pytest.raises(DeviceConnectionError):
+                for _ in range(50):  # the drop is seen by the next request or by the watchdog
+                    await plc.read_state()
+                    await asyncio.sleep(0.02)
+            with pytest.raises(DeviceConnectionError):
+                await plc.read_state()  # a reconnect attempt: refused
+            started = time.monotonic()
+            with pytest.raises(DeviceConnectionError, match="reconnect pending"):
+                await plc.read_state()  # within the backoff: fails fast, no attempt
+            assert time.monotonic() - started < 1.0
+    finally:
         await sim.stop()
-        with pytest.raises(DeviceConnectionError):
-            for _ in range(50):  # the drop is seen by the next request or by the watchdog
-                await plc.read_state()
-                await asyncio.sleep(0.02)
-        with pytest.raises(DeviceConnectionError):
-            await plc.read_state()  # a reconnect attempt: refused
-        started = time.monotonic()
-        with pytest.raises(DeviceConnectionError, match="reconnect pending"):
-            await plc.read_state()  # within the backoff: fails fast, no attempt
-        assert time.monotonic() - started < 0.05
 
 
 # --- the node set, read with a plain client ---------------------------------------------------

@@ -92,6 +92,9 @@ class OpcUaPlcConfig(SecuritySettings):
     ring_size: int = Field(
         32, ge=1, le=1024, description="Verdict ring size N; must equal the PLC's RingSize node"
     )
+    reconnect_min_s: float = Field(
+        0.2, gt=0.0, le=60.0, description="Wait after the first failed reconnect; doubles"
+    )
     reconnect_max_s: float = Field(
         5.0, gt=0.0, le=300.0, description="Cap of the backoff between reconnect attempts"
     )
@@ -232,7 +235,8 @@ class OpcUaPlc:
         return self._client
 
     def _schedule_retry(self) -> None:
-        self._backoff = min(max(self._backoff * 2, 0.1), self.config.reconnect_max_s)
+        cfg = self.config
+        self._backoff = min(max(self._backoff * 2, cfg.reconnect_min_s), cfg.reconnect_max_s)
         self._next_attempt = time.monotonic() + self._backoff * random.uniform(0.8, 1.0)
 
     # --- PlcLink ------------------------------------------------------------------------------
