@@ -37,6 +37,16 @@ async def plc_sim(sim_line: SimLine) -> AsyncIterator[Any]:
 
 
 @pytest_asyncio.fixture
+async def opcua_plc_sim(sim_line: SimLine) -> AsyncIterator[Any]:
+    """OPC UA PLC simulator (the contract's nodes, security None); ``.url`` is its endpoint and
+    ``driver_config()`` the agent's ``[plc]`` section for it. Starting it takes a few seconds."""
+    from simulators.plc.opcua import OpcUaPlcSim
+
+    async with OpcUaPlcSim(sim_line, gate_delay_s=0.3, heartbeat_timeout_s=1.0) as sim:
+        yield sim
+
+
+@pytest_asyncio.fixture
 async def camera_sim(sim_line: SimLine) -> AsyncIterator[Any]:
     """TCP frame camera simulator (no defects unless you set them); ``.port`` is its port."""
     from simulators.cameras.tcp import TcpCameraSim

@@ -711,3 +711,9 @@ def _without_section(text: str, name: str) -> str:
     start = text.index(f"\n[{name}]\n")
     end = text.index("\n[", start + 1)
     return text[:start] + text[end:]
+
+
+async def test_pytest_plugin_fixture(opcua_plc_sim: OpcUaPlcSim, sim_line: SimLine) -> None:
+    assert opcua_plc_sim.line is sim_line
+    async with OpcUaPlc("plc", opcua_plc_sim.driver_config()) as plc:
+        assert (await plc.read_state()).extra["ring_size"] == 32
