@@ -318,15 +318,22 @@ async def test_missing_reject_confirms_stop_the_line(
         stats = LineStats()
         stopped = await asyncio.wait_for(run_agent(config, stats), 60)
         await gates_settled(sims)
+        await until(  # the PLC acts on the stop request at its next scan
+            lambda: int(reg.StopCause.AGENT_REQUEST) in [cause for _, cause in sims.plc.stops],
+            what="the PLC stopping on the agent's request",
+        )
         stop_reason = await hr(sims, reg.HR_STOP_REASON)
         status = await sims.plc.agent_status()
         with state_db(config) as conn:
-            check_gate_matches_ledger(conn, sims)
+            commissioned = column(conn, "SELECT trigger FROM serials WHERE state = 'commissioned'")
+    # Nothing passed the gate without a commissioned serial. The converse needs the confirms this
+    # test withholds: a pass that reached the PLC too late (a loaded machine) is rejected at the
+    # gate, and only its confirm would tell the agent; the missing confirms stop the line instead.
+    assert set(sims.plc.passed_triggers) <= set(commissioned)
 
     assert stopped is not None and stopped.reason == "reject_confirm_missing"
     missing = [a for a in stats.alarms if a.startswith("reject_confirm_missing: trigger")]
     assert len(missing) >= 3, stats.alarms  # each missing confirm is an alarm of its own
-    assert int(reg.StopCause.AGENT_REQUEST) in [cause for _, cause in sims.plc.stops]
     assert stop_reason == [STOP_CODES["reject_confirm_missing"]] == [13]
     # The PLC can read why and where the agent stands: state STOPPED, 3 missing in a row.
     assert status[0] == reg.AgentState.STOPPED and status[1] >= 3
