@@ -116,7 +116,6 @@ class OpcUaPlc:
         self.config = _validated(name, config)
         self._client: Client | None = None
         self._open = False
-        self._drop_unreported = False
         self._heartbeat = 0
         self._next_attempt = 0.0
         self._backoff = 0.0
@@ -155,7 +154,6 @@ class OpcUaPlc:
                 self._raise_mapped(f"connect to {cfg.url}", exc, connecting=True)
             raise
         self._client = client
-        self._drop_unreported = False
         self._backoff = 0.0
         log.info("plc_link_up", device=self.name, url=cfg.url, policy=cfg.security_policy)
 
@@ -217,9 +215,9 @@ class OpcUaPlc:
             return client
         if not self._open:
             raise DeviceConnectionError(self.name, "not connected (use 'async with')")
-        if client is not None or self._drop_unreported:
+        if client is not None:
             # The first call after a drop reports it; the one after that reconnects at once.
-            self._drop_unreported = False
+            log.warning("plc_link_lost", device=self.name, url=self.config.url)
             await self._close_client()
             raise DeviceConnectionError(self.name, "OPC UA link to the PLC dropped")
         async with self._connect_lock:
@@ -374,10 +372,10 @@ class OpcUaPlc:
         raise ProtocolError(self.name, f"{what}: {exc!r}") from exc
 
     def _mark_down(self) -> None:
-        """This error is the report of the drop; the next call may reconnect (after backoff)."""
-        self._drop_unreported = False
+        """This error is the report of the drop; the next call reconnects."""
         client, self._client = self._client, None
         if client is not None:
+            log.warning("plc_link_lost", device=self.name, url=self.config.url)
             task = asyncio.get_running_loop().create_task(_quiet_disconnect(client))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
