@@ -124,6 +124,10 @@ class LineRuntime:
         ] = {}  # reject trigger → when its verdict was written
         self._missing_confirms = 0
         self._confirms_seen: int | None = None
+        # The newest trigger taken from the reject log. The gate confirms rejects in conveyor
+        # (= trigger) order, so entries above it are the unseen ones, however many confirms
+        # landed between reading the counter and reading the log.
+        self._last_confirmed = 0
         # Units the PLC rejected before the agent decided them (the verdict came too late).
         self._gated_before_decided: set[int] = set()
         self._last_trigger = 0
@@ -194,6 +198,17 @@ class LineRuntime:
         unwritten = self.ledger.unwritten_passes(batch)
         if unwritten:
             await self._settle_unwritten_passes(unwritten)
+        await self._apply_missed_confirms()
+
+    async def _apply_missed_confirms(self) -> None:
+        """Rejects the PLC confirmed while no agent watched (after a line stop on a lost link, or
+        a crash): a pass among them reached the gate too late and is decommissioned now."""
+        batch = self._batch
+        rejects = list(await self.plc.recent_rejects())
+        for trigger in rejects:
+            if self.ledger.confirm_rejected_at_gate(batch, trigger) == "decommissioned":
+                log.error("pass_rejected_at_gate", batch=batch.id, trigger=trigger, when="start")
+        self._last_confirmed = max(rejects, default=0)
 
     async def _settle_unwritten_passes(self, unwritten: list[tuple[int, str]]) -> None:
         """Passes committed before a crash whose PLC write may not have landed: the PLC's reject
@@ -515,8 +530,11 @@ class LineRuntime:
                 raise LineStopped(
                     "reject_log_overrun", f"{new} new rejects, log holds {len(log_ring)}"
                 )
-            for trigger in log_ring[-new:]:
+            fresh = [t for t in log_ring if t > self._last_confirmed]
+            for trigger in fresh:
                 self._on_reject_confirmed(batch, trigger)
+            if fresh:
+                self._last_confirmed = fresh[-1]
             self._confirms_seen = state.reject_confirms
         expired = [
             t
