@@ -396,3 +396,37 @@ async def test_passes_settle_only_on_a_complete_reject_log(
         assert bool(still_unsettled) == any("passes_unverifiable" in a for a in stats.alarms)
     finally:
         ledger.conn.close()
+
+
+async def test_a_confirm_landing_between_counter_and_log_is_not_skipped(
+    agent_config_factory: Any,
+) -> None:
+    """The counter says 2 new confirms; by the time the log is read a third has landed. All
+    three passes the gate rejected must be decommissioned, none skipped."""
+    config = agent_config_factory({})
+    ledger = Ledger(
+        open_db(config.model.agent.state_dir), read_point=READ_POINT, company_prefix_length=7
+    )
+    try:
+        batch = ledger.open_batch("B1", "09506000134352", "LOT1", "281231", 10)
+        serials = []
+        for trigger in (1, 2, 3):
+            ledger.ensure_allocated(batch, 1, length=10, alphabet="0123456789ABCDEF")
+            taken = ledger.take_for_print(batch)
+            assert taken is not None
+            ledger.mark_printed(batch, taken[1])
+            ledger.commit_outcomes(batch, [UnitOutcome(trigger, True, "ok", taken[1])])
+            ledger.mark_verdicts_written(batch, [trigger])
+            serials.append(taken[1])
+        plc = FrozenPlc(rejected=2, confirms=2, log=[1, 2, 3])
+        runtime = LineRuntime(config.model, ledger, printer=None, camera=None, plc=plc, reader=None)  # type: ignore[arg-type]
+        runtime.batch = batch
+        runtime._confirms_seen = 0
+        await runtime._poll_rejects()
+        for serial in serials:
+            assert ledger.state_of(batch.gtin, serial) == SerialState.REJECTED
+        plc.state = PlcState(0, False, 3, 0, 3, 3)  # the next poll sees the third: no repeat
+        await runtime._poll_rejects()
+        assert runtime.stats.by_reason["rejected_at_gate"] == 3
+    finally:
+        ledger.conn.close()
