@@ -226,6 +226,45 @@ class UpstreamSection(Strict):
     token: SecretRef | None = Field(None, description="Bearer token, by reference")
 
 
+class VisionSection(Strict):
+    """How frames are decoded (issue 3). Defaults keep the demo line fast and correct."""
+
+    backend: Literal["zxing", "dmtx"] = Field(
+        "zxing",
+        description="Decoder: zxing = zxing-cpp (fast, default); dmtx = libdmtx in a "
+        "subprocess pool (slower, reads some low-contrast codes zxing misses)",
+    )
+    roi: tuple[int, int, int, int] | None = Field(
+        None, description="Region of interest [x, y, width, height] in pixels; omit = whole frame"
+    )
+    frame_budget_ms: float = Field(
+        30.0,
+        gt=0,
+        le=10_000,
+        description="Time one frame may take across all strategies; fallbacks run only while "
+        "budget remains",
+    )
+    fallbacks: list[Literal["global-binarizer", "clahe", "upscale", "dmtx"]] = Field(
+        default_factory=lambda: ["global-binarizer", "clahe", "upscale"],
+        max_length=8,
+        description="Strategies tried in order after the fast pass found nothing",
+    )
+    locate_downscale: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Locate codes on a frame shrunk by this factor, then decode the crop at "
+        "full resolution (1 = decode the whole frame directly)",
+    )
+    dmtx_timeout_ms: float = Field(
+        50.0, gt=0, le=10_000, description="Hard time budget of one libdmtx search"
+    )
+    dmtx_workers: int = Field(1, ge=1, le=16, description="Subprocesses running libdmtx")
+    max_codes: int = Field(
+        1, ge=1, le=1000, description="Codes expected per frame (>1 = case / multi-code reading)"
+    )
+
+
 class AgentConfig(Strict):
     agent: AgentSection = Field(default_factory=lambda: AgentSection())
     line: LineSection = Field(default_factory=lambda: LineSection())
@@ -235,3 +274,4 @@ class AgentConfig(Strict):
     plc: dict[str, Any]
     simulators: SimulatorsSection | None = None
     upstream: UpstreamSection | None = None
+    vision: VisionSection = Field(default_factory=lambda: VisionSection())
