@@ -114,6 +114,9 @@ class CodeRead:
     corners: tuple[tuple[int, int], ...]  # four (x, y) corners, top-left first, clockwise
     contrast: float | None = None  # symbol contrast 0..1 measured from the image, if computed
     ms: float = 0.0  # time spent decoding
+    module_size: float | None = None  # pixels per module along the top edge, if known
+    strategy: str = ""  # the decode stage that read it, e.g. "zxing", "clahe", "dmtx"
+    timings: tuple[tuple[str, float], ...] = ()  # (stage, ms) of every stage the frame went through
 
 
 class CodeReader(Protocol):

@@ -226,6 +226,9 @@ class UpstreamSection(Strict):
     token: SecretRef | None = Field(None, description="Bearer token, by reference")
 
 
+Fallback = Literal["global-binarizer", "clahe", "upscale", "dmtx"]
+
+
 class VisionSection(Strict):
     """How frames are decoded (issue 3). Defaults keep the demo line fast and correct."""
 
@@ -244,8 +247,8 @@ class VisionSection(Strict):
         description="Time one frame may take across all strategies; fallbacks run only while "
         "budget remains",
     )
-    fallbacks: list[Literal["global-binarizer", "clahe", "upscale", "dmtx"]] = Field(
-        default_factory=lambda: ["global-binarizer", "clahe", "upscale"],
+    fallbacks: list[Fallback] = Field(
+        default_factory=lambda: list[Fallback](["global-binarizer", "clahe", "upscale"]),
         max_length=8,
         description="Strategies tried in order after the fast pass found nothing",
     )

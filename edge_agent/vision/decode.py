@@ -99,6 +99,47 @@ def _parts(
     return text, raw, symbology, corners
 
 
+def barcode_read(
+    barcode: zxingcpp.Barcode,
+    *,
+    scale: float = 1.0,
+    offset: tuple[int, int] = (0, 0),
+    strategy: str = "zxing",
+) -> CodeRead:
+    """A zxing result as a CodeRead in the coordinates of the full frame.
+
+    ``scale`` is how much the decoded image was enlarged, ``offset`` where it was cut from.
+    """
+    symbology = str(barcode.symbology_identifier)
+    raw = _element_string(bytes(barcode.bytes), symbology)
+    is_gs1 = barcode.content_type == zxingcpp.ContentType.GS1
+    pos = barcode.position
+    dx, dy = offset
+    corners = tuple(
+        (round(p.x / scale) + dx, round(p.y / scale) + dy)
+        for p in (pos.top_left, pos.top_right, pos.bottom_right, pos.bottom_left)
+    )
+    return CodeRead(
+        text=str(barcode.text) if is_gs1 else raw,
+        raw=raw,
+        symbology=symbology,
+        corners=corners,
+        module_size=_module_size(barcode, corners),
+        strategy=strategy,
+    )
+
+
+def _module_size(barcode: zxingcpp.Barcode, corners: Sequence[tuple[int, int]]) -> float | None:
+    """Top edge length over the symbol's column count ("Version": "ROWSxCOLS" in ``extra``)."""
+    try:
+        extra: dict[str, object] = dict(barcode.extra)  # type: ignore[call-overload]
+        columns = int(str(extra["Version"]).split("x")[1])
+    except (KeyError, IndexError, ValueError, TypeError):
+        return None
+    (x0, y0), (x1, y1) = corners[0], corners[1]
+    return float(np.hypot(x1 - x0, y1 - y0)) / columns if columns > 0 else None
+
+
 def _element_string(data: bytes, symbology: str) -> str:
     """Decoded bytes without symbology prefix or leading FNC1 (which some versions report as GS)."""
     raw = data.decode("latin-1")
