@@ -119,25 +119,34 @@ def barcode_read(
         (round(p.x / scale) + dx, round(p.y / scale) + dy)
         for p in (pos.top_left, pos.top_right, pos.bottom_right, pos.bottom_left)
     )
+    size, unused_ec = _extra(barcode)
+    (x0, y0), (x1, y1) = corners[0], corners[1]
     return CodeRead(
         text=str(barcode.text) if is_gs1 else raw,
         raw=raw,
         symbology=symbology,
         corners=corners,
-        module_size=_module_size(barcode, corners),
+        module_size=float(np.hypot(x1 - x0, y1 - y0)) / size[1] if size else None,
         strategy=strategy,
+        size=size,
+        unused_ec=unused_ec,
     )
 
 
-def _module_size(barcode: zxingcpp.Barcode, corners: Sequence[tuple[int, int]]) -> float | None:
-    """Top edge length over the symbol's column count ("Version": "ROWSxCOLS" in ``extra``)."""
+def _extra(barcode: zxingcpp.Barcode) -> tuple[tuple[int, int] | None, float | None]:
+    """Symbol size ("Version": "ROWSxCOLS") and unused error correction ("UEC") from ``extra``."""
     try:
         extra: dict[str, object] = dict(barcode.extra)  # type: ignore[call-overload]
-        columns = int(str(extra["Version"]).split("x")[1])
-    except (KeyError, IndexError, ValueError, TypeError):
-        return None
-    (x0, y0), (x1, y1) = corners[0], corners[1]
-    return float(np.hypot(x1 - x0, y1 - y0)) / columns if columns > 0 else None
+    except (TypeError, ValueError):
+        return None, None
+    size: tuple[int, int] | None = None
+    try:
+        rows, cols = (int(part) for part in str(extra["Version"]).split("x"))
+        size = (rows, cols) if rows > 0 and cols > 0 else None
+    except (KeyError, ValueError):
+        pass
+    uec = extra.get("UEC")
+    return size, float(uec) if isinstance(uec, (int, float)) else None
 
 
 def _element_string(data: bytes, symbology: str) -> str:

@@ -42,6 +42,7 @@ class DmtxHit:
     data: bytes
     corners: tuple[tuple[int, int], ...]  # TL, TR, BR, BL in image coordinates (y down)
     modules: int  # symbol columns
+    rows: int = 0
 
 
 def dmtx_search(
@@ -87,6 +88,7 @@ def dmtx_search(
                             bytes(string_at(msg.contents.output)),
                             tuple(corners),
                             int(region.contents.symbolCols),
+                            int(region.contents.symbolRows),
                         )
                     )
     return hits
@@ -122,6 +124,7 @@ def code_read(hit: DmtxHit, offset: tuple[int, int] = (0, 0), ms: float = 0.0) -
         ms=ms,
         module_size=side / hit.modules if hit.modules > 0 else None,
         strategy="dmtx",
+        size=(hit.rows, hit.modules) if hit.rows > 0 and hit.modules > 0 else None,
     )
 
 
