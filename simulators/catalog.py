@@ -2,6 +2,9 @@
 
 SIMULATOR_TYPES: dict[str, dict[str, str]] = {
     "printer": {"ascii": "simulators.printers.ascii:AsciiPrinterSim"},
-    "camera": {"tcp-frames": "simulators.cameras.tcp:TcpCameraSim"},
+    "camera": {
+        "tcp-frames": "simulators.cameras.tcp:TcpCameraSim",
+        "smart-reader": "simulators.cameras.smart_reader:SmartReaderSim",
+    },
     "plc": {"modbus-tcp": "simulators.plc.modbus:ModbusPlcSim"},
 }

@@ -312,6 +312,8 @@ class LineRuntime:
             await self._decode_q.put((frame, future))
 
     def _read(self, frame: Frame) -> list[CodeRead]:
+        if frame.reads is not None:  # a smart reader decoded it on the device
+            return list(frame.reads)
         return list(self.reader.read(frame.image))
 
     async def _decide(self) -> None:
