@@ -149,5 +149,5 @@ def _gray(image: object) -> GrayImage | None:
     if image.ndim != 2:
         return None
     if image.dtype == np.uint16:  # 16-bit sensors: keep the top 8 bits
-        image = (image >> 8).astype(np.uint8)
+        image = np.right_shift(np.asarray(image, dtype=np.uint16), 8).astype(np.uint8)
     return np.ascontiguousarray(image, dtype=np.uint8)
