@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from edge_agent import gs1
 from edge_agent.contracts import CodeRead
-from edge_agent.line.verify import REASONS, BatchIdentity, check_content, serial_regex
+from edge_agent.line.verify import (
+    REASONS,
+    BatchIdentity,
+    check_content,
+    serial_pattern_for,
+    serial_regex,
+)
 
 BATCH = BatchIdentity(gtin="09506000134352", lot="LOT42", expiry="281231")
 GOOD = {"01": BATCH.gtin, "17": BATCH.expiry, "10": BATCH.lot, "21": "ABC123XYZ789"}
@@ -132,3 +138,10 @@ def test_arbitrary_text_never_raises_and_always_has_a_reason(
     assert check.ok == (check.reason == "ok")
     if check.ok:
         assert check.serial is not None and re.fullmatch(SERIAL_FORMAT, check.serial)
+
+
+def test_serial_pattern_from_config() -> None:
+    assert serial_pattern_for(None, "generate", 12, "AB") is None
+    assert serial_pattern_for("[0-9]+", "list", 12, "AB") == "[0-9]+"
+    assert serial_pattern_for("generated", "generate", 3, "AB") == "[AB]{3}"
+    assert serial_pattern_for("generated", "list", 3, "AB") is None

@@ -266,6 +266,37 @@ class VisionSection(Strict):
     max_codes: int = Field(
         1, ge=1, le=1000, description="Codes expected per frame (>1 = case / multi-code reading)"
     )
+    min_grade: float | None = Field(
+        None,
+        ge=0.0,
+        le=4.0,
+        description="Reject ('print_quality') below this print-quality grade, 0-4 (ISO 15415 "
+        "scale, process control; pharma usually asks for 1.5 = C). Omit = not graded",
+    )
+    serial_pattern: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Regex the whole serial (AI 21) must match, else 'bad_serial'; 'generated' = "
+        "the alphabet and length of [batch.serials]. Omit = no format check (a serial the agent "
+        "did not print is rejected anyway, as serial_mismatch)",
+    )
+    archive_dir: Path | None = Field(
+        None, description="Keep frames of rejected units here (PNG + JSON verdict); omit = off"
+    )
+    archive_max_files: int = Field(
+        200, ge=1, le=100_000, description="Frames kept in archive_dir; the oldest go first"
+    )
+
+    @field_validator("serial_pattern")
+    @classmethod
+    def _serial_regex(cls, value: str | None) -> str | None:
+        if value is not None and value != "generated":
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
 
 
 class AgentConfig(Strict):

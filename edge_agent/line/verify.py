@@ -120,3 +120,11 @@ def check_content(
         detail = f"grade {shown} < {min_grade:.1f}"
         return ContentCheck(False, "print_quality", serial, read.text, detail)
     return ContentCheck(True, "ok", serial, read.text)
+
+
+def serial_pattern_for(pattern: str | None, source: str, length: int, alphabet: str) -> str | None:
+    """The configured serial regex; for 'generated', the format of generated serials (no check
+    when serials come from an L3 list: their format is L3's)."""
+    if pattern != "generated":
+        return pattern
+    return serial_regex(length, alphabet) if source == "generate" else None

@@ -29,12 +29,14 @@ Each parameter is graded 4..0 (A..F); the overall grade is the lowest.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+
+from edge_agent.contracts import CodeRead
 
 STANDARD = "ISO/IEC 15415 process-control grading (not a certified verifier)"
 LETTERS = "FDCBA"  # index = grade 0..4
@@ -404,3 +406,15 @@ def _track_deviation(profile: Floats, along: Floats, threshold: float, length: i
     # shift them, which is not a grid error.
     centres = (np.asarray(edges[:-1]) + np.asarray(edges[1:])) / 2
     return float(np.abs(centres - (np.arange(1, length - 1) + 0.5)).max(initial=0.0))
+
+
+def with_grades(image: npt.NDArray[np.uint8], reads: Sequence[CodeRead]) -> list[CodeRead]:
+    """``reads`` with ``grade`` filled in from ``image`` where the decoder left it empty."""
+    out = []
+    for read in reads:
+        if read.grade is None and len(read.corners) == 4:
+            rows, cols = read.size if read.size is not None else (None, None)
+            report = grade(image, read.corners, rows=rows, cols=cols, unused_ec=read.unused_ec)
+            read = replace(read, grade=float(report.overall))
+        out.append(read)
+    return out
