@@ -5,6 +5,7 @@ SIMULATOR_TYPES: dict[str, dict[str, str]] = {
     "camera": {
         "tcp-frames": "simulators.cameras.tcp:TcpCameraSim",
         "smart-reader": "simulators.cameras.smart_reader:SmartReaderSim",
+        "directory": "simulators.cameras.directory:DirectoryCameraSim",
     },
     "plc": {"modbus-tcp": "simulators.plc.modbus:ModbusPlcSim"},
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from pydantic import ValidationError
 from drivers.cameras.directory import DirectoryFrameSource
 from edge_agent.contracts import Frame, FrameSource
 from edge_agent.errors import DeviceConnectionError
+from edge_agent.vision.decode import ZxingReader
+from simulators.cameras.directory import DirectoryCameraSim
+from simulators.line import SimLine, SimUnit
 
 STEP = 5.0  # generous timeout so a broken test fails instead of hanging
 
@@ -268,3 +272,32 @@ async def test_undecodable_file_goes_to_bad(tmp_path: Path) -> None:
     assert _names(tmp_path / "bad") == ["4.png", "no_trigger.png"]
     assert _names(tmp_path, "*.png") == []
     assert len(got.frames) == 1
+
+
+# --- against the folder camera simulator on the simulated line ------------------------------
+
+
+@pytest.mark.parametrize("slow_writes", [False, True])
+async def test_driver_against_the_folder_camera_simulator(slow_writes: bool) -> None:
+    line = SimLine(units_per_min=None)
+    sim = DirectoryCameraSim(line, defect_rate=0.0, slow_writes=slow_writes)
+    units = [
+        SimUnit(f"SN{i:06d}", "09506000134352", "LOT1", "271231", time.monotonic())
+        for i in range(8)
+    ]
+    async with sim:
+        config = DirectoryFrameSource.Config(**sim.driver_config(bad_after_s=600))
+        async with DirectoryFrameSource("cam-dir", config) as source, Collector(source) as got:
+            for unit in units:
+                line.unit_printed(unit)
+            frames = await got.take(8)
+            await got.polls(3)
+        folder = sim.folder
+        assert folder is not None and _names(folder) == []  # read files are deleted
+    assert folder is not None and not folder.exists()  # the simulator's temporary folder
+    assert [f.trigger for f in frames] == list(range(1, 9))
+    assert source.malformed_count == 0 and len(got.frames) == 8
+    reader = ZxingReader()
+    for frame in frames:
+        (read,) = reader.read(frame.image)
+        assert read.text == units[frame.trigger - 1].hri()
