@@ -48,8 +48,8 @@ def strategies(dmtx: DmtxPool) -> dict[str, Callable[[], DecodePipeline]]:
     return {
         "zxing-single-pass": pipe(fallbacks=[]),
         "cascade": pipe(),
-        "cascade+dmtx": pipe(fallbacks=["global-binarizer", "clahe", "upscale", "dmtx"]),
-        "dmtx-backend": pipe(backend="dmtx", fallbacks=[], dmtx_timeout_ms=100.0),
+        "cascade+dmtx": pipe(fallbacks=["denoise", "global-binarizer", "clahe", "upscale", "dmtx"]),
+        "dmtx-backend": pipe(backend="dmtx", fallbacks=[], dmtx_timeout_ms=30.0),
     }
 
 

@@ -88,7 +88,10 @@ def test_libdmtx_backend_reads_the_siemens_set() -> None:
     pool = DmtxPool(1)
     try:
         reader = DecodePipeline(
-            VisionSection(backend="dmtx", fallbacks=[], dmtx_timeout_ms=2000.0), dmtx=pool
+            VisionSection(
+                backend="dmtx", fallbacks=[], dmtx_timeout_ms=2000.0, frame_budget_ms=2000.0
+            ),
+            dmtx=pool,
         )
         correct, wrong = _score(reader, samples)
     finally:

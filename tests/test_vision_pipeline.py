@@ -110,7 +110,7 @@ def test_budget_stops_the_cascade(monkeypatch: pytest.MonkeyPatch) -> None:
         time.sleep(0.05)
         return []
 
-    for name in ("zxing", "global-binarizer", "clahe", "upscale"):
+    for name in ("zxing", "denoise", "global-binarizer", "clahe", "upscale"):
         monkeypatch.setitem(pipeline_module._STAGES, name, slow_stage)
     reader = DecodePipeline(VisionSection(frame_budget_ms=20.0))
     assert reader.read(np.full((100, 100), 200, dtype=np.uint8)) == []

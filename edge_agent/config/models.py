@@ -226,7 +226,7 @@ class UpstreamSection(Strict):
     token: SecretRef | None = Field(None, description="Bearer token, by reference")
 
 
-Fallback = Literal["global-binarizer", "clahe", "upscale", "dmtx"]
+Fallback = Literal["denoise", "global-binarizer", "clahe", "upscale", "dmtx"]
 
 
 class VisionSection(Strict):
@@ -248,7 +248,7 @@ class VisionSection(Strict):
         "budget remains",
     )
     fallbacks: list[Fallback] = Field(
-        default_factory=lambda: list[Fallback](["global-binarizer", "clahe", "upscale"]),
+        default_factory=lambda: list[Fallback](["denoise", "global-binarizer", "clahe", "upscale"]),
         max_length=8,
         description="Strategies tried in order after the fast pass found nothing",
     )

@@ -37,7 +37,10 @@ log = structlog.get_logger("edge_agent.vision.pipeline")
 
 _DATAMATRIX = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.DataMatrix)
 LOCATE_ABOVE_PX = 640 * 480  # frames larger than VGA are localised first
-MAX_UPSCALE_PX = 1_000_000  # a larger target is not worth enlarging (and modules are not tiny)
+MAX_UPSCALE_PX = LOCATE_ABOVE_PX  # a larger target is not worth enlarging (modules not tiny)
+# Fallbacks try only the best candidates: on a frame without a code every candidate is printed
+# text, and trying them all is what would make such frames slow.
+FALLBACK_TARGETS = 2
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,8 @@ class DecodePipeline:
             if reads or (name != stages[0] and time.perf_counter() >= deadline):
                 break
             stage_started = time.perf_counter()
-            for target in targets:
+            tried = targets if name == stages[0] else targets[:FALLBACK_TARGETS]
+            for target in tried:
                 reads = _merge(reads, _STAGES[name](self, target, deadline))
                 if len(reads) >= self.section.max_codes or time.perf_counter() >= deadline:
                     break
@@ -144,6 +148,12 @@ class DecodePipeline:
     def _stage_zxing(self, target: _Target, deadline: float) -> list[CodeRead]:
         return self._zxing(target)
 
+    def _stage_denoise(self, target: _Target, deadline: float) -> list[CodeRead]:
+        # Sensor noise on low-contrast codes breaks the local binarizer's module edges; a 3x3
+        # Gaussian restores them and, at 3 px and more per module, keeps the modules apart.
+        smooth = np.asarray(cv2.GaussianBlur(target.image, (3, 3), 0), dtype=np.uint8)
+        return self._zxing(target, image=smooth, strategy="denoise")
+
     def _stage_global(self, target: _Target, deadline: float) -> list[CodeRead]:
         # The local binarizer now and then loses small blurred modules; the global one reads
         # most of those, and some low-contrast codes, for well under a ms.
@@ -170,10 +180,9 @@ class DecodePipeline:
     def _stage_dmtx(self, target: _Target, deadline: float) -> list[CodeRead]:
         if self.dmtx is None:
             return []
-        remaining_ms = (deadline - time.perf_counter()) * 1000.0
-        budget = min(self.section.dmtx_timeout_ms, remaining_ms)
-        if self.section.backend == "dmtx" and remaining_ms <= 1:
-            budget = self.section.dmtx_timeout_ms  # the primary stage always gets one try
+        budget = self.section.dmtx_timeout_ms
+        if self.section.backend != "dmtx":  # as a fallback: only what is left of the frame
+            budget = min(budget, (deadline - time.perf_counter()) * 1000.0)
         if budget <= 1:
             return []
         return self.dmtx.read(target.image, budget, self.section.max_codes, target.offset)
@@ -181,6 +190,7 @@ class DecodePipeline:
 
 _STAGES: dict[str, Stage] = {
     "zxing": DecodePipeline._stage_zxing,
+    "denoise": DecodePipeline._stage_denoise,
     "global-binarizer": DecodePipeline._stage_global,
     "clahe": DecodePipeline._stage_clahe,
     "upscale": DecodePipeline._stage_upscale,
