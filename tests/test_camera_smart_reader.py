@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -243,3 +245,47 @@ def test_config_is_strict_and_checks_the_format() -> None:
         SmartReaderSource.Config(type="smart-reader", port=23, format="{grade};{code}")
     with pytest.raises(ValidationError):
         SmartReaderSource.Config(type="smart-reader", port=23, colour=1)
+
+
+# --- on the line --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_line_with_a_smart_reader_rejects_exactly_the_defects(
+    agent_config_factory: Any, tmp_path: Path
+) -> None:
+    """Agent + smart reader + printer + PLC simulators: low grades reject with min_grade set."""
+    from edge_agent.app import Agent
+    from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
+    from edge_agent.db import open_reader
+    from simulators.runner import SimulatorSet
+
+    section = SimulatorsSection(
+        units_per_min=None,
+        printer=PrinterSim(port=0, buffer_size=16),
+        camera=CameraSim(type="smart-reader", port=0, defect_rate=0.1, seed=5),
+        plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
+    )
+    async with SimulatorSet(section) as sims:
+        sims.camera.defect_kinds = ("unreadable", "wrong_lot", "low_grade")
+        config = agent_config_factory(
+            sims.ports(),
+            batch={"target_quantity": 120},
+            plc={"ring_size": 512},
+            line={"verdict_deadline_ms": 500},
+            camera=sims.camera.driver_config(),
+            vision={"min_grade": 1.5, "archive_dir": str(tmp_path / "failed")},
+        )
+        assert config.camera.type_name == "smart-reader"
+        await Agent(config).run()
+        injected = dict(sims.camera.injected)
+    conn = open_reader(Path(config.model.agent.state_dir))
+    try:
+        rejects = dict(conn.execute("SELECT trigger, reason FROM units WHERE verdict = 'reject'"))
+    finally:
+        conn.close()
+    expected = {"unreadable": "no_read", "wrong_lot": "wrong_lot", "low_grade": "print_quality"}
+    assert set(injected.values()) == set(expected)
+    assert rejects == {t: expected[kind] for t, kind in injected.items()}
+    sidecars = sorted((tmp_path / "failed").glob("*.json"))
+    assert len(sidecars) == len(injected) and not list((tmp_path / "failed").glob("*.png"))
