@@ -238,6 +238,24 @@ def test_hri_of_element_strings() -> None:
     assert gs1_fields("0109506000134353") is None
 
 
+def test_roi_outside_the_frame_reads_nothing() -> None:
+    image = np.full((100, 100), 200, dtype=np.uint8)
+    assert DecodePipeline(VisionSection(roi=(500, 500, 50, 50))).read(image) == []
+
+
+def test_locate_off_decodes_the_whole_frame() -> None:
+    rng = np.random.default_rng(19)
+    synth = synth_frame(rng, size="1.3MP", hri=HRI, module_px=5, **_clean(rng))
+    (read,) = DecodePipeline(VisionSection(locate="off")).read(synth.image)
+    assert read.text == HRI and [n for n, _ in read.timings] == ["zxing"]
+
+
+@pytest.mark.parametrize("roi", [(-1, 0, 100, 100), (0, 0, 8, 100)])
+def test_bad_roi_is_a_config_error(roi: tuple[int, int, int, int]) -> None:
+    with pytest.raises(ValueError, match="roi"):
+        VisionSection(roi=roi)
+
+
 def test_build_reader_from_config() -> None:
     reader = build_reader(VisionSection(backend="zxing", fallbacks=[]))
     assert reader.dmtx is None

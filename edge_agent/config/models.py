@@ -240,6 +240,16 @@ class VisionSection(Strict):
     roi: tuple[int, int, int, int] | None = Field(
         None, description="Region of interest [x, y, width, height] in pixels; omit = whole frame"
     )
+
+    @field_validator("roi")
+    @classmethod
+    def _roi(cls, value: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        if value is not None:
+            x, y, width, height = value
+            if x < 0 or y < 0 or width < 16 or height < 16:
+                raise ValueError("roi is [x, y, width, height] with x, y >= 0 and sides >= 16 px")
+        return value
+
     frame_budget_ms: float = Field(
         30.0,
         gt=0,
@@ -252,12 +262,10 @@ class VisionSection(Strict):
         max_length=8,
         description="Strategies tried in order after the fast pass found nothing",
     )
-    locate_downscale: int = Field(
-        1,
-        ge=1,
-        le=8,
-        description="Locate codes on a frame shrunk by this factor, then decode the crop at "
-        "full resolution (1 = decode the whole frame directly)",
+    locate: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto = frames larger than VGA are searched on a copy shrunk to about 640 px "
+        "wide and each candidate decoded at full resolution; off = always decode the whole frame",
     )
     dmtx_timeout_ms: float = Field(
         50.0, gt=0, le=10_000, description="Hard time budget of one libdmtx search"

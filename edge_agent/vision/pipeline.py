@@ -109,7 +109,10 @@ class DecodePipeline:
 
     def _targets(self, frame: _Target, timings: list[tuple[str, float]]) -> list[_Target]:
         height, width = frame.image.shape[:2]
-        if self.section.max_codes > 1 or height * width <= LOCATE_ABOVE_PX:
+        if height == 0 or width == 0:  # an ROI outside this frame
+            return []
+        small = height * width <= LOCATE_ABOVE_PX
+        if self.section.max_codes > 1 or small or self.section.locate == "off":
             return [frame]
         started = time.perf_counter()
         regions = locate(frame.image, max_regions=max(4, self.section.max_codes + 3))
