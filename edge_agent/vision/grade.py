@@ -65,6 +65,7 @@ FPD_DAMAGE_LIMITS = (0.0, 0.09, 0.13, 0.17)  # share of a segment's modules in e
 _APERTURE = 0.8  # measuring aperture diameter, in modules
 _MIN_FIT = 0.8  # share of finder/timing modules that must fit for a size to be accepted
 _TRACK_STEPS = 8  # samples per module along a timing track
+_MIN_MODULE_PX = 1.2
 
 
 def letter(grade: float) -> str:
@@ -224,15 +225,22 @@ def _fit_symbol(
         candidates = [(rows, cols), (cols, rows)]
     else:
         candidates = [s for r, c in ECC_CODEWORDS for s in ((r, c), (c, r))]
+    side_px = float(np.linalg.norm(quad - np.roll(quad, 1, axis=0), axis=1).min())
+    threshold = _threshold(image, quad)
+    if threshold is None:
+        return None
     best: tuple[float, Floats, tuple[int, int]] | None = None
     for grows, gcols in dict.fromkeys(candidates):
+        if side_px / max(grows, gcols) < _MIN_MODULE_PX and not (rows and cols):
+            continue  # modules this small cannot have been decoded
         sampler = _Sampler(image, quad, grows, gcols)
-        ys, xs = np.mgrid[0:grows, 0:gcols].astype(np.float64) + 0.5
-        values = sampler.sample(xs, ys)
+        ring = _ring_mask(grows, gcols)
+        ys, xs = np.nonzero(ring)
+        values = sampler.sample(xs + 0.5, ys + 0.5)
         if np.isnan(values).any():
             return None
-        lo, hi = np.percentile(values, (5, 95))
-        dark = values < (lo + hi) / 2
+        dark = np.zeros((grows, gcols), dtype=bool)
+        dark[ys, xs] = values < threshold
         index = np.arange(grows * gcols).reshape(grows, gcols)
         for k, flip in _DIHEDRAL:
             seen = _transform(dark, k, flip)
@@ -252,6 +260,23 @@ def _fit_symbol(
     if best is None or best[0] < _MIN_FIT:
         return None
     return best[1], best[2]
+
+
+def _ring_mask(rows: int, cols: int) -> npt.NDArray[np.bool_]:
+    ring = np.zeros((rows, cols), dtype=bool)
+    ring[0, :] = ring[-1, :] = ring[:, 0] = ring[:, -1] = True
+    return ring
+
+
+def _threshold(image: npt.NDArray[np.float32], quad: Floats) -> float | None:
+    """Midway between dark and light, from a fine sampling of the whole symbol."""
+    sampler = _Sampler(image, quad, 1, 1)
+    ys, xs = np.mgrid[0:64, 0:64].astype(np.float64) / 64 + 1 / 128
+    values = sampler.sample(xs, ys)
+    if np.isnan(values).any():
+        return None
+    lo, hi = np.percentile(values, (5, 95))
+    return float(lo + hi) / 2
 
 
 # --- measurement ------------------------------------------------------------------------------
