@@ -236,7 +236,7 @@ def _fit_symbol(
         sampler = _Sampler(image, quad, grows, gcols)
         ring = _ring_mask(grows, gcols)
         ys, xs = np.nonzero(ring)
-        values = sampler.sample(xs + 0.5, ys + 0.5)
+        values = sampler.sample(xs.astype(np.float64) + 0.5, ys.astype(np.float64) + 0.5)
         if np.isnan(values).any():
             return None
         dark = np.zeros((grows, gcols), dtype=bool)
