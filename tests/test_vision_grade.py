@@ -8,7 +8,8 @@ import numpy.typing as npt
 import pytest
 import zxingcpp
 
-from edge_agent.vision.grade import grade, grade_symbol
+from edge_agent.contracts import CodeRead
+from edge_agent.vision.grade import grade, grade_symbol, with_grades
 from simulators.cameras.render import symbol_modules
 
 HRI = "(01)09506000134352(17)281231(10)LOT42(21)SERIAL0001"
@@ -144,3 +145,13 @@ def test_bad_input_gives_grade_zero_with_a_reason() -> None:
     assert grade_symbol(blank, [(0, 0)] * 3)["overall"] == 0.0
     outside = grade_symbol(blank, [(-50, -50), (500, -50), (500, 500), (-50, 500)])
     assert outside["overall"] == 0.0 and outside["error"]
+
+
+def test_with_grades_fills_in_missing_grades_only() -> None:
+    image = _symbol(dark=120, light=175)  # SC grade 1
+    corners = tuple((int(x), int(y)) for x, y in _corners(image))
+    ungraded = CodeRead("t", "r", "]d2", corners)
+    graded = CodeRead("t", "r", "]d2", corners, grade=3.5)
+    no_corners = CodeRead("t", "r", "]d2", ())
+    out = with_grades(image, [ungraded, graded, no_corners])
+    assert [read.grade for read in out] == [1.0, 3.5, None]
