@@ -301,3 +301,11 @@ async def test_driver_against_the_folder_camera_simulator(slow_writes: bool) -> 
     for frame in frames:
         (read,) = reader.read(frame.image)
         assert read.text == units[frame.trigger - 1].hri()
+
+
+async def test_plugin_fixture(directory_camera_sim: DirectoryCameraSim, sim_line: SimLine) -> None:
+    config = DirectoryFrameSource.Config(**directory_camera_sim.driver_config())
+    async with DirectoryFrameSource("d", config) as source, Collector(source) as got:
+        sim_line.unit_printed(SimUnit("S1", "09506000134352", "L", "271231", time.monotonic()))
+        (frame,) = await got.take(1)
+    assert frame.trigger == 1

@@ -289,3 +289,14 @@ async def test_line_with_a_smart_reader_rejects_exactly_the_defects(
     assert rejects == {t: expected[kind] for t, kind in injected.items()}
     sidecars = sorted((tmp_path / "failed").glob("*.json"))
     assert len(sidecars) == len(injected) and not list((tmp_path / "failed").glob("*.png"))
+
+
+async def test_plugin_fixture(smart_reader_sim: Any, sim_line: SimLine) -> None:
+    config = SmartReaderSource.Config(**smart_reader_sim.driver_config())
+    async with SmartReaderSource("r", config) as source:
+        await asyncio.wait_for(smart_reader_sim.wait_for_client(), STEP)
+        frames = source.frames()
+        sim_line.unit_printed(_unit(0))
+        (frame,) = await _take(frames, 1)
+        await frames.aclose()
+    assert frame.trigger == 1 and frame.reads is not None and len(frame.reads) == 1
