@@ -13,6 +13,7 @@ import pytest
 
 from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
 from edge_agent.contracts import Frame
+from edge_agent.errors import ConfigError
 from edge_agent.vision.archive import FailedFrameArchive
 from simulators.runner import SimulatorSet
 
@@ -114,3 +115,9 @@ async def test_line_archives_exactly_the_rejected_units(
         assert rejected[record["trigger"]] == record["reason"]
         assert record["batch"] == config.model.batch.id
     assert [r["trigger"] for r in records] == [t for t, _ in rows][-6:]
+
+
+def test_unusable_folder_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"vision\.archive_dir"):
+        FailedFrameArchive(tmp_path / "file" / "sub", 5)

@@ -26,6 +26,7 @@ import cv2
 import structlog
 
 from edge_agent.contracts import Frame
+from edge_agent.errors import ConfigError
 
 log = structlog.get_logger(__name__)
 
@@ -47,8 +48,14 @@ class FailedFrameArchive:
         self._pending = 0
         self._executor: ThreadPoolExecutor | None = None
         self._seq = 0
-        directory.mkdir(parents=True, exist_ok=True)
-        self._kept: deque[str] = deque(sorted(p.stem for p in directory.glob("*.json")))
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._kept: deque[str] = deque(sorted(p.stem for p in directory.glob("*.json")))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot use {directory} for failed frames: {exc}; give a writable folder",
+                key="vision.archive_dir",
+            ) from exc
 
     # --- called from the event loop ---------------------------------------------------------
 
