@@ -17,7 +17,9 @@ import numpy as np
 from edge_agent.contracts import GrayImage
 
 LOCATE_WIDTH = 640  # width of the copy the search runs on
-MIN_BLOB_PX = 8  # side, in downscaled pixels, below which a blob is noise or a glyph
+# The smallest symbol worth a look: 10x10 modules (the smallest DataMatrix) of 3 px, in full-frame
+# pixels; smaller blobs are noise or single glyphs of printed text.
+MIN_SYMBOL_PX = 30
 MAX_ASPECT = 3.0  # DataMatrix is square (or 1:2 rectangular); text lines are longer
 MIN_FILL = 0.35  # share of the blob's rotated rectangle that is edge-dense
 
@@ -54,23 +56,27 @@ def locate(image: GrayImage, *, max_regions: int = 8, margin: float = 0.35) -> l
     )
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
     gradient = np.asarray(cv2.morphologyEx(small, cv2.MORPH_GRADIENT, kernel), dtype=np.uint8)
-    # Relative threshold: low-contrast codes still stand out from flat background and noise.
-    level = max(10.0, 0.12 * _percentile(gradient, 99.5))
+    # Relative threshold: low-contrast codes still stand out from flat background, and sensor
+    # noise (the 90th percentile: most of a frame is background) does not turn into blobs.
+    level = max(10.0, 0.12 * _percentile(gradient, 99.5), 1.5 * _percentile(gradient, 90))
     _, mask = cv2.threshold(gradient, level, 255, cv2.THRESH_BINARY)
     close = cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5))
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, close)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    min_side = MIN_SYMBOL_PX / factor
     regions: list[Region] = []
     height, width = image.shape[:2]
     for contour in contours:
+        x, y, bw, bh = cv2.boundingRect(contour)
+        if max(bw, bh) < min_side:  # specks and glyphs: skip before the costlier tests
+            continue
         (_, _), (w, h), _ = cv2.minAreaRect(contour)
-        if min(w, h) < MIN_BLOB_PX or max(w, h) > MAX_ASPECT * min(w, h):
+        if min(w, h) < min_side or max(w, h) > MAX_ASPECT * min(w, h):
             continue
         fill = cv2.contourArea(contour) / max(w * h, 1.0)
         if fill < MIN_FILL:
             continue
-        x, y, bw, bh = cv2.boundingRect(contour)
         pad = margin * max(bw, bh) + 2
         x0 = max(0, int((x - pad) * factor))
         y0 = max(0, int((y - pad) * factor))

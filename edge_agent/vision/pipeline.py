@@ -39,8 +39,9 @@ _DATAMATRIX = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.DataMatrix)
 LOCATE_ABOVE_PX = 640 * 480  # frames larger than VGA are localised first
 MAX_UPSCALE_PX = LOCATE_ABOVE_PX  # a larger target is not worth enlarging (modules not tiny)
 # Fallbacks try only the best candidates: on a frame without a code every candidate is printed
-# text, and trying them all is what would make such frames slow.
-FALLBACK_TARGETS = 2
+# text, and trying them all is what would make such frames slow. The costly ones (CLAHE, 2x
+# upscale: a few ms per crop) only the very best.
+FALLBACK_TARGETS = {"denoise": 2, "global-binarizer": 2, "clahe": 1, "upscale": 1, "dmtx": 1}
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class _Target:
 
     image: GrayImage
     offset: tuple[int, int]
+    located: bool = False  # a candidate crop of a large frame (modules >= 3 px by design)
 
 
 Stage = Callable[["DecodePipeline", _Target, float], list[CodeRead]]
@@ -90,7 +92,7 @@ class DecodePipeline:
             if reads or (name != stages[0] and time.perf_counter() >= deadline):
                 break
             stage_started = time.perf_counter()
-            tried = targets if name == stages[0] else targets[:FALLBACK_TARGETS]
+            tried = targets if name == stages[0] else targets[: FALLBACK_TARGETS[name]]
             for target in tried:
                 reads = _merge(reads, _STAGES[name](self, target, deadline))
                 if len(reads) >= self.section.max_codes or time.perf_counter() >= deadline:
@@ -171,8 +173,10 @@ class DecodePipeline:
         return self._zxing(target, image=normalised, strategy="clahe")
 
     def _stage_upscale(self, target: _Target, deadline: float) -> list[CodeRead]:
+        # For tiny modules on a small frame: a large frame's crops are never that small, and
+        # enlarging a crop costs several ms on every frame without a code.
         height, width = target.image.shape[:2]
-        if height * width > MAX_UPSCALE_PX:
+        if target.located or height * width > MAX_UPSCALE_PX:
             return []
         big = np.asarray(
             cv2.resize(target.image, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR),
@@ -208,7 +212,9 @@ def _roi(image: GrayImage, roi: tuple[int, int, int, int]) -> _Target:
 
 def _crop(frame: _Target, region: Region) -> _Target:
     x, y = frame.offset
-    return _Target(np.ascontiguousarray(region.crop(frame.image)), (x + region.x, y + region.y))
+    return _Target(
+        np.ascontiguousarray(region.crop(frame.image)), (x + region.x, y + region.y), located=True
+    )
 
 
 def _merge(reads: list[CodeRead], new: list[CodeRead]) -> list[CodeRead]:
