@@ -33,6 +33,7 @@ log = structlog.get_logger("edge_agent.vision.dmtx")
 
 GS = "\x1d"
 KILL_MARGIN_S = 1.0  # a worker this far past its budget is stuck, not slow: kill the pool
+STARTUP_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -142,20 +143,30 @@ class DmtxPool:
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(
+                pool = ProcessPoolExecutor(
                     self.workers, mp_context=multiprocessing.get_context("spawn")
                 )
+                # Start the workers before any budget runs: a spawn and the imports take a
+                # second or more on a loaded machine, which a 50 ms search budget must not
+                # include (or every first search after a restart would overrun, be killed, and
+                # restart the pool again).
+                try:
+                    for future in [pool.submit(_warm) for _ in range(self.workers)]:
+                        future.result(timeout=STARTUP_TIMEOUT_S)
+                except (BrokenProcessPool, concurrent.futures.TimeoutError) as exc:
+                    _kill(pool)
+                    raise DmtxWorkerLost("libdmtx workers did not start") from exc
+                self._pool = pool
             return self._pool
 
     def start(self) -> None:
-        """Start the workers now (a spawn costs a second; not on the first unit's frame)."""
-        pool = self._executor()
-        for future in [pool.submit(_warm) for _ in range(self.workers)]:
-            future.result(timeout=60)
+        """Start the workers now rather than on the first frame that needs them."""
+        self._executor()
 
     def call(self, budget_s: float, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` in a worker. A crash or overrun raises ``DmtxWorkerLost`` after the
-        pool has been replaced, so the next call finds a working pool."""
+        pool has been replaced and the new workers started: this frame is lost anyway, so it
+        pays for the restart, and the next one finds warm workers."""
         pool = self._executor()
         try:
             future = pool.submit(fn, *args)
@@ -204,6 +215,10 @@ class DmtxPool:
                 self.restarts += 1
                 log.warning("dmtx_pool_restart", reason=why, restarts=self.restarts)
         _kill(broken)
+        try:
+            self._executor()
+        except DmtxWorkerLost as exc:  # tried again on the next call
+            log.error("dmtx_pool_start_failed", error=str(exc))
 
     def close(self) -> None:
         with self._lock:

@@ -82,7 +82,8 @@ class DecodePipeline:
         started = time.perf_counter()
         deadline = started + self.section.frame_budget_ms / 1000.0
         timings: list[tuple[str, float]] = []
-        frame = _Target(np.ascontiguousarray(image, dtype=np.uint8), (0, 0))
+        full = np.ascontiguousarray(image, dtype=np.uint8)
+        frame = _Target(full, (0, 0))
         if self.section.roi is not None:
             frame = _roi(frame.image, self.section.roi)
         targets = self._targets(frame, timings)
@@ -102,7 +103,7 @@ class DecodePipeline:
         return [
             replace(
                 read,
-                contrast=symbol_contrast(image, read.corners),
+                contrast=symbol_contrast(full, read.corners),
                 ms=ms,
                 timings=tuple(timings),
             )
