@@ -11,11 +11,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-import numpy as np
-
 from edge_agent.config.models import VisionSection
 from edge_agent.contracts import CodeRead, GrayImage
-from edge_agent.vision.pipeline import DecodePipeline
+from edge_agent.vision.pipeline import DecodePipeline, centre
 
 DEFAULT_MAX_CODES = 200
 
@@ -54,8 +52,7 @@ def read_case(
 
 
 def _center(read: CodeRead) -> tuple[float, float]:
-    x, y = np.mean(np.asarray(read.corners, dtype=np.float64), axis=0)
-    return float(x), float(y)
+    return centre(read.corners)
 
 
 def _reading_order(code: PlacedCode, row_tolerance: float) -> tuple[int, float]:

@@ -18,6 +18,7 @@ GIL), meant to be called from a thread pool off the event loop.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -219,22 +220,27 @@ def _crop(frame: _Target, region: Region) -> _Target:
 
 
 def _merge(reads: list[CodeRead], new: list[CodeRead]) -> list[CodeRead]:
-    """Add ``new`` reads, dropping ones of a symbol already read (overlapping crops)."""
+    """Add ``new`` reads, dropping ones of a symbol already read (overlapping crops). The same
+    content elsewhere in the frame is kept: a duplicated code is a finding, not noise."""
     merged = list(reads)
     for read in new:
-        centre = np.mean(read.corners, axis=0)
+        cx, cy = centre(read.corners)
         if not any(
             old.raw == read.raw
-            and float(np.hypot(*(np.mean(old.corners, axis=0) - centre))) < max(4.0, _side(old) / 2)
+            and math.dist(centre(old.corners), (cx, cy)) < max(4.0, _side(old) / 2)
             for old in merged
         ):
             merged.append(read)
     return merged
 
 
+def centre(corners: Sequence[tuple[int, int]]) -> tuple[float, float]:
+    """Mean of the corners (plain Python: numpy costs more than the arithmetic for 4 points)."""
+    return sum(x for x, _ in corners) / len(corners), sum(y for _, y in corners) / len(corners)
+
+
 def _side(read: CodeRead) -> float:
-    (x0, y0), (x1, y1) = read.corners[0], read.corners[1]
-    return float(np.hypot(x1 - x0, y1 - y0))
+    return math.dist(read.corners[0], read.corners[1])
 
 
 def build_reader(section: VisionSection) -> DecodePipeline:
