@@ -124,19 +124,33 @@ def test_fallback_runs_only_when_the_fast_pass_reads_nothing(
     assert [n for n, _ in read.timings] == ["zxing", "clahe"]
 
 
-def test_budget_stops_the_cascade(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_budget_stops_the_fallbacks_not_the_fast_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
 
-    def slow_stage(self: DecodePipeline, target: object, deadline: float) -> list[object]:
-        calls.append("stage")
-        time.sleep(0.05)
-        return []
+    def slow_stage(name: str) -> object:
+        def stage(self: DecodePipeline, target: object, deadline: float) -> list[object]:
+            calls.append(name)
+            time.sleep(0.03)
+            return []
+
+        return stage
 
     for name in ("zxing", "denoise", "global-binarizer", "clahe", "upscale"):
-        monkeypatch.setitem(pipeline_module._STAGES, name, slow_stage)
+        monkeypatch.setitem(pipeline_module._STAGES, name, slow_stage(name))
+    three = [pipeline_module._Target(np.zeros((50, 50), np.uint8), (0, 0))] * 3
+    monkeypatch.setattr(DecodePipeline, "_targets", lambda self, frame, timings: three)
     reader = DecodePipeline(VisionSection(frame_budget_ms=20.0))
     assert reader.read(np.full((100, 100), 200, dtype=np.uint8)) == []
-    assert calls == ["stage"]  # the fast pass always runs; no fallback after the budget
+    # Every candidate gets the fast pass although the budget ran out after the first;
+    # no fallback starts after the budget.
+    assert calls == ["zxing"] * 3
+    calls.clear()
+    reader = DecodePipeline(VisionSection(frame_budget_ms=5000.0))
+    assert reader.read(np.full((100, 100), 200, dtype=np.uint8)) == []
+    assert calls == ["zxing"] * 3 + ["denoise"] * 2 + ["global-binarizer"] * 2 + [
+        "clahe",
+        "upscale",
+    ]
 
 
 def test_roi_limits_the_search_and_corners_are_in_frame_coordinates() -> None:
