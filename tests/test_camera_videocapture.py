@@ -26,7 +26,7 @@ from drivers.cameras.mjpeg import (
 )
 from drivers.cameras.videocapture import VideoCaptureSource
 from edge_agent.contracts import Frame, FrameSource
-from edge_agent.errors import DeviceConnectionError
+from edge_agent.errors import DeviceConnectionError, ProtocolError
 from edge_agent.registry import driver_class
 from edge_agent.vision.decode import ZxingReader
 from simulators.cameras.render import render_frame
@@ -313,6 +313,21 @@ async def test_reconnect_keeps_the_numbering_then_a_dead_camera_is_reported() ->
         assert source.frames_received == 2
     finally:
         await sim.stop()
+
+
+async def test_a_camera_counter_going_back_stops_the_stream() -> None:
+    line = SimLine(units_per_min=None)
+    async with MjpegCameraSim(line, defect_rate=0.0) as sim, _streaming(sim) as (_, frames):
+        for i in range(2):
+            line.unit_printed(_unit(i))
+        assert [(await _next(frames)).trigger for _ in range(2)] == [1, 2]
+        await sim.drop_clients()  # the camera reboots ...
+        line.trigger_count = sim._last_queued = 0  # ... and counts from 1 again
+        waiting = asyncio.create_task(_next(frames))
+        await asyncio.wait_for(_reconnected(sim), STEP)
+        line.unit_printed(_unit(2))
+        with pytest.raises(ProtocolError, match="went back from 2 to 1"):
+            await waiting
 
 
 async def _reconnected(sim: MjpegCameraSim) -> None:

@@ -21,9 +21,10 @@ client (aiohttp + ``drivers.cameras.mjpeg``), not by OpenCV, for three reasons:
   (``keepalive_s``), not by a read timeout that would fire on every production stop.
 - OpenCV drops the part headers. Cameras put the trigger/frame counter there (``X-Trigger: n``
   with ``trigger_header``): the frame is filed under that number, so a lost, repeated or
-  keep-alive frame can never shift later frames onto the wrong units. Repeats (number not above
-  the last one) are discarded, gaps are logged and counted (``frames_missed``); the runtime
-  rejects a unit without a frame.
+  keep-alive frame can never shift later frames onto the wrong units. Repeats (the last number
+  again) are discarded, gaps are logged and counted (``frames_missed``; the runtime rejects a
+  unit without a frame), and a counter that goes back (camera restarted) raises ProtocolError,
+  which stops the line: from then on no frame can be trusted to belong to its unit.
 - Because the number travels with the frame, a dropped connection can be re-established
   (``reconnects`` attempts in a row, with back-off); units passing meanwhile get no frame and are
   rejected. Without ``trigger_header`` frames are counted from ``first_trigger``, as with OpenCV;
@@ -50,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drivers.cameras.mjpeg import Malformed, MultipartParser, Part, boundary_from_content_type
 from edge_agent.contracts import Frame, GrayImage
-from edge_agent.errors import DeviceConnectionError
+from edge_agent.errors import DeviceConnectionError, ProtocolError
 
 log = structlog.get_logger(__name__)
 
@@ -284,7 +285,14 @@ class VideoCaptureSource:
             self._malformed(f"missing or bad {header} header {value[:20]!r}", None)
             return None
         trigger, last = int(value), self._last_trigger
-        if last is not None and trigger <= last:
+        if last is not None and trigger < last:
+            # A restarted camera counts from 1 again: no frame can be matched to a unit any more.
+            raise ProtocolError(
+                self.name,
+                f"trigger counter went back from {last} to {trigger} (camera restarted?): "
+                "frames can no longer be matched to units",
+            )
+        if trigger == last:
             self.repeats_discarded += 1
             log.debug("repeated camera frame discarded", device=self.name, trigger=trigger)
             return None
