@@ -344,26 +344,32 @@ async def test_wrong_path_is_not_a_stream() -> None:
                 pass
 
 
-async def test_opencv_ffmpeg_reads_the_simulated_stream() -> None:
-    """The same URL through OpenCV, as a free-running camera would be read: frames are counted."""
+async def test_opencv_ffmpeg_reads_the_stream_and_shuts_down_while_blocked() -> None:
+    """The same URL through OpenCV, as a free-running camera would be read: frames are counted.
+    Then a read blocks in FFmpeg (no more units): leaving the source must not wait for it."""
     line = SimLine(units_per_min=None)
     async with MjpegCameraSim(line, defect_rate=0.0) as sim:
 
         async def feed() -> None:
             await asyncio.wait_for(sim.wait_for_client(), STEP)
-            for i in range(8):  # FFmpeg only finishes opening once frames flow
+            for i in range(4):  # FFmpeg only finishes opening once frames flow
                 line.unit_printed(_unit(i))
                 await asyncio.sleep(0.02)
 
         feeder = asyncio.create_task(feed())
         try:
-            async with _source(sim.url, backend="ffmpeg") as source:
+            async with _source(sim.url, backend="ffmpeg", open_timeout_s=STEP) as source:
                 frames = source.frames()
-                got = [await _next(frames) for _ in range(3)]
-                await frames.aclose()
+                got = [await _next(frames) for _ in range(4)]
+                blocked = asyncio.create_task(anext(frames))
+                await asyncio.sleep(0.3)
+                assert not blocked.done()
+                blocked.cancel()
+                started = time.monotonic()
         finally:
             await feeder
-    assert [f.trigger for f in got] == [1, 2, 3]
+        assert time.monotonic() - started < STEP
+    assert [f.trigger for f in got] == [1, 2, 3, 4]
     (read,) = ZxingReader().read(got[0].image)
     assert read.text == _unit(0).hri()
 

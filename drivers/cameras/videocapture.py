@@ -7,8 +7,13 @@ trigger count of a frame is ``first_trigger`` plus the number of frames grabbed 
 including ones that failed to decode, so one bad frame never shifts the units after it.
 ``first_trigger`` is the PLC's trigger count of the first unit after the camera starts.
 
-``VideoCapture.read`` blocks, so it runs in a worker thread; a lock keeps ``release`` from
-running while a read is still in progress (OpenCV does not allow that).
+``VideoCapture.open``/``read`` block (a triggered camera is silent between units, an RTSP read
+waits up to FFmpeg's timeout), so they run in daemon threads of their own, not in the asyncio
+executor: shutdown never waits for them (the executor's threads are joined at exit). A lock
+keeps ``release`` from running during a read (OpenCV does not allow that); if a read is still
+blocked at shutdown, the reading thread releases the capture when the read returns. For
+FFmpeg sources ``open_timeout_s``/``read_timeout_s`` bound the blocking; a read timeout ends an
+FFmpeg stream, so set it only for free-running cameras.
 
 MJPEG over HTTP (``backend = "mjpeg"``, source ``http(s)://...``): the stream of most IP and
 industrial cameras (``multipart/x-mixed-replace``, one JPEG per part) is read by the agent's own
@@ -40,8 +45,8 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
-from typing import Literal, Self
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal, Self, TypeVar
 
 import aiohttp
 import cv2
@@ -54,6 +59,9 @@ from edge_agent.contracts import Frame, GrayImage
 from edge_agent.errors import DeviceConnectionError, ProtocolError
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+_RELEASE_WAIT_S = 0.5
 
 BACKENDS = {
     "any": cv2.CAP_ANY,
@@ -83,6 +91,16 @@ class VideoCaptureConfig(BaseModel):
     width: int | None = Field(None, ge=16, le=16384, description="Ask the camera for this width.")
     height: int | None = Field(None, ge=16, le=16384, description="Ask for this height.")
     fps: float | None = Field(None, gt=0, le=1000, description="Ask the camera for this rate.")
+    open_timeout_s: float | None = Field(
+        None, gt=0, le=600, description="FFmpeg/GStreamer sources: give up opening after this."
+    )
+    read_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=3600,
+        description="FFmpeg/GStreamer sources: a read waiting this long fails (ends the stream): "
+        "only for free-running cameras, never for triggered ones that idle between units.",
+    )
     max_failed_reads: int = Field(
         3,
         ge=1,
@@ -145,7 +163,7 @@ class VideoCaptureSource:
                 raise
             self._http = http
         else:
-            self._capture = await asyncio.to_thread(self._open)
+            self._capture = await _in_daemon_thread(self._open, orphan=_release_orphan)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -154,11 +172,16 @@ class VideoCaptureSource:
             await http.close()
         capture, self._capture = self._capture, None
         if capture is not None:
-            await asyncio.to_thread(self._release, capture)
+            await _in_daemon_thread(self._release, capture)
 
     def _open(self) -> cv2.VideoCapture:
         cfg = self.config
-        capture = cv2.VideoCapture(cfg.source, BACKENDS[cfg.backend])
+        params: list[int] = []
+        if cfg.open_timeout_s is not None:
+            params += [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, round(cfg.open_timeout_s * 1000)]
+        if cfg.read_timeout_s is not None:
+            params += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, round(cfg.read_timeout_s * 1000)]
+        capture = cv2.VideoCapture(cfg.source, BACKENDS[cfg.backend], params)
         if not capture.isOpened():
             capture.release()
             raise DeviceConnectionError(
@@ -175,8 +198,13 @@ class VideoCaptureSource:
         return capture
 
     def _release(self, capture: cv2.VideoCapture) -> None:
-        with self._lock:
-            capture.release()
+        # A read still blocked after this long sees ``_capture`` is None when it returns and
+        # releases the capture itself (``_read``): shutdown does not wait for an idle camera.
+        if self._lock.acquire(timeout=_RELEASE_WAIT_S):
+            try:
+                capture.release()
+            finally:
+                self._lock.release()
 
     async def frames(self) -> AsyncIterator[Frame]:
         if self.config.backend == "mjpeg":
@@ -185,7 +213,7 @@ class VideoCaptureSource:
             return
         failed = 0
         while True:
-            ok, image = await asyncio.to_thread(self._read)
+            ok, image = await _in_daemon_thread(self._read)
             if not ok:
                 failed += 1
                 if failed >= self.config.max_failed_reads:
@@ -209,6 +237,9 @@ class VideoCaptureSource:
             if capture is None:
                 raise DeviceConnectionError(self.name, "not open (use 'async with')")
             ok, image = capture.read()
+            if self._capture is not capture:  # closed while this read was blocked
+                capture.release()
+                raise DeviceConnectionError(self.name, "closed")
         if not ok:
             return False, None
         self._grabbed += 1
@@ -370,6 +401,41 @@ class _MjpegHttp:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def _in_daemon_thread(
+    function: Callable[..., T], *args: Any, orphan: Callable[[T], None] | None = None
+) -> asyncio.Future[T]:
+    """Run a blocking call in a daemon thread; ``orphan`` cleans up a result nobody awaits."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # cancelled meanwhile
+            if error is None and orphan is not None:
+                orphan(result)  # type: ignore[arg-type]
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result, error = function(*args), None
+        except BaseException as exc:  # handed to the awaiting task
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is closed: nobody will ever look at the result
+            if error is None and orphan is not None:
+                orphan(result)  # type: ignore[arg-type]
+
+    threading.Thread(target=work, name=f"videocapture-{function.__name__}", daemon=True).start()
+    return future
+
+
+def _release_orphan(capture: cv2.VideoCapture) -> None:
+    capture.release()
 
 
 def _set_keepalive(response: aiohttp.ClientResponse, idle_s: float) -> None:
