@@ -251,6 +251,53 @@ async def test_injected_defects_are_rejected_by_the_agent(tmp_path: Path) -> Non
     assert rejects == {t: expected[kind] for t, kind in injected.items()}
 
 
+async def test_a_dropped_counted_stream_stops_the_line_balanced(tmp_path: Path) -> None:
+    from edge_agent.app import Agent
+    from edge_agent.config import parse_config
+    from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
+    from edge_agent.db import open_reader
+    from edge_agent.demo import demo_config_text
+    from edge_agent.errors import LineStopped
+    from edge_agent.line.stats import LineStats
+    from edge_agent.reconcile import reconcile
+    from simulators.runner import SimulatorSet
+
+    section = SimulatorsSection(
+        units_per_min=1200,
+        printer=PrinterSim(port=0, buffer_size=16),
+        camera=CameraSim(type="videocapture", port=0, defect_rate=0.0),
+        plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
+    )
+    stats = LineStats()
+    async with SimulatorSet(section) as sims:
+        sections = sims.device_configs()
+        sections["camera"] |= {"trigger_header": None}  # counted frames: no safe reconnect
+        overrides = {
+            "agent": {"state_dir": str(tmp_path / "state")},
+            "batch": {"target_quantity": 500},
+        }
+        config = parse_config(demo_config_text(), "demo.toml", overrides, sections=sections)
+
+        async def cut_when_running() -> None:
+            while stats.units < 10:  # noqa: ASYNC110 - polling a plain counter
+                await asyncio.sleep(0.02)
+            await sims.camera.drop_clients()
+
+        cutter = asyncio.create_task(cut_when_running())
+        try:
+            with pytest.raises(LineStopped, match="closed the stream"):
+                await asyncio.wait_for(Agent(config, stats=stats).run(), 60)
+        finally:
+            cutter.cancel()
+    conn = open_reader(Path(config.model.agent.state_dir))
+    try:
+        report = reconcile(conn)
+    finally:
+        conn.close()
+    assert report["balanced"], report["problems"]
+    assert 10 <= report["units"] < 500
+
+
 async def test_shutdown_while_the_camera_is_idle_does_not_hang() -> None:
     line = SimLine(units_per_min=None)
     async with MjpegCameraSim(line, defect_rate=0.0) as sim:
