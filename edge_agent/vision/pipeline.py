@@ -38,7 +38,7 @@ log = structlog.get_logger("edge_agent.vision.pipeline")
 
 _DATAMATRIX = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.DataMatrix)
 LOCATE_ABOVE_PX = 640 * 480  # frames larger than VGA are localised first
-MAX_UPSCALE_PX = LOCATE_ABOVE_PX  # a larger target is not worth enlarging (modules not tiny)
+MAX_UPSCALE_PX = LOCATE_ABOVE_PX  # a larger target is not worth enlarging
 # Fallbacks try only the best candidates: on a frame without a code every candidate is printed
 # text, and trying them all is what would make such frames slow. The costly ones (CLAHE, 2x
 # upscale: a few ms per crop) only the very best.
@@ -179,16 +179,26 @@ class DecodePipeline:
         return self._zxing(target, image=normalised, strategy="clahe")
 
     def _stage_upscale(self, target: _Target, deadline: float) -> list[CodeRead]:
-        # For tiny modules on a small frame: a large frame's crops are never that small, and
-        # enlarging a crop costs several ms on every frame without a code.
+        # Small modules and damaged ones (scratches eat into 3 px modules) sample better at 2x.
+        # Only the best candidate of a large frame (FALLBACK_TARGETS) and never a big target:
+        # enlarging costs a few ms on every frame without a code.
         height, width = target.image.shape[:2]
-        if target.located or height * width > MAX_UPSCALE_PX:
+        if height * width > MAX_UPSCALE_PX:
             return []
         big = np.asarray(
             cv2.resize(target.image, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR),
             dtype=np.uint8,
         )
-        return self._zxing(target, image=big, scale=2.0, strategy="upscale")
+        reads = self._zxing(target, image=big, scale=2.0, strategy="upscale")
+        if not reads and target.located and time.perf_counter() < deadline:
+            reads = self._zxing(
+                target,
+                image=big,
+                scale=2.0,
+                binarizer=zxingcpp.Binarizer.GlobalHistogram,
+                strategy="upscale",
+            )
+        return reads
 
     def _stage_dmtx(self, target: _Target, deadline: float) -> list[CodeRead]:
         if self.dmtx is None:
