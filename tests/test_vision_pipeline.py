@@ -9,7 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from edge_agent import gs1
 from edge_agent.config.models import VisionSection
 from edge_agent.contracts import CodeReader
 from edge_agent.vision import pipeline as pipeline_module
@@ -308,3 +311,21 @@ def test_build_reader_from_config() -> None:
     reader = build_reader(VisionSection(backend="zxing", fallbacks=[]))
     assert reader.dmtx is None
     reader.close()
+
+
+_ALNUM = st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZ0123456789-./", min_size=1, max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lot=_ALNUM, serial=_ALNUM, order=st.permutations(["17", "10", "21"]))
+def test_hri_of_any_valid_element_string(lot: str, serial: str, order: list[str]) -> None:
+    values = {"17": "271231", "10": lot, "21": serial}
+    built = gs1.build([("01", "09506000134352"), *((ai, values[ai]) for ai in order)])
+    assert hri_of(built.element_string) == built.hri
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("0123456789ABC()\x1d%"), max_size=60))
+def test_hri_of_never_raises(raw: str) -> None:
+    assert isinstance(hri_of(raw), str)
+    assert gs1_fields(raw) is None or isinstance(gs1_fields(raw), dict)
