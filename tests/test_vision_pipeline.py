@@ -245,6 +245,24 @@ def test_read_turns_a_crash_into_no_read() -> None:
         pool.close()
 
 
+def test_concurrent_crashes_leave_a_working_pool() -> None:
+    pool = DmtxPool(1)
+    blank = np.zeros((10, 10), dtype=np.uint8)
+    try:
+        pool.search_fn = abort_worker
+        with ThreadPoolExecutor(max_workers=2) as threads:
+            results = list(threads.map(lambda _: pool.read(blank, budget_ms=50.0), range(4)))
+        assert results == [[]] * 4
+        assert pool.restarts >= 1
+        pool.search_fn = dmtx_search
+        rng = np.random.default_rng(21)
+        image = synth_frame(rng, size="VGA", hri=HRI, module_px=5, **_clean(rng)).image
+        (read,) = pool.read(image, budget_ms=5000.0)
+        assert read.raw == RAW
+    finally:
+        pool.close()
+
+
 # --- multi-code ---------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ Two deviations from ``pylibdmtx.decode``:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import threading
 import time
@@ -170,6 +171,12 @@ class DmtxPool:
         pool = self._executor()
         try:
             future = pool.submit(fn, *args)
+        except BrokenProcessPool as exc:
+            self._replace(pool, "worker crashed")
+            raise DmtxWorkerLost("libdmtx worker crashed") from exc
+        except RuntimeError as exc:  # another thread replaced this pool a moment ago
+            raise DmtxWorkerLost("libdmtx pool was being replaced") from exc
+        try:
             return future.result(timeout=budget_s + KILL_MARGIN_S)
         except BrokenProcessPool as exc:
             self._replace(pool, "worker crashed")
@@ -210,10 +217,11 @@ class DmtxPool:
 
     def _replace(self, broken: ProcessPoolExecutor, why: str) -> None:
         with self._lock:
-            if self._pool is broken:
-                self._pool = None
-                self.restarts += 1
-                log.warning("dmtx_pool_restart", reason=why, restarts=self.restarts)
+            if self._pool is not broken:
+                return  # another thread saw the same failure and replaces it
+            self._pool = None
+            self.restarts += 1
+        log.warning("dmtx_pool_restart", reason=why, restarts=self.restarts)
         _kill(broken)
         try:
             self._executor()
@@ -238,4 +246,5 @@ def _kill(pool: ProcessPoolExecutor) -> None:
     for process in processes.values():
         if process.is_alive():
             process.kill()
-    pool.shutdown(wait=True, cancel_futures=True)
+    with contextlib.suppress(OSError):  # pipes already closed by the crash: nothing to release
+        pool.shutdown(wait=True, cancel_futures=True)
