@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -14,7 +15,7 @@ from edge_agent.ledger import BatchInfo, Ledger
 from edge_agent.line.runtime import LineRuntime
 from edge_agent.line.stats import LineStats
 from edge_agent.opcua_server import open_packml, run_batch
-from edge_agent.vision.decode import ZxingReader
+from edge_agent.vision.pipeline import build_reader
 
 log = structlog.get_logger("edge_agent.app")
 
@@ -46,6 +47,9 @@ class Agent:
                 printer = await stack.enter_async_context(self._device("printer"))
                 camera = await stack.enter_async_context(self._device("camera"))
                 plc = await stack.enter_async_context(self._device("plc"))
+                reader = build_reader(model.vision)
+                stack.callback(reader.close)
+                await asyncio.to_thread(reader.start)  # libdmtx workers, if configured
                 packml, plc = await open_packml(stack, model, self.stats, plc)
                 runtime = LineRuntime(
                     model,
@@ -53,7 +57,7 @@ class Agent:
                     printer=printer,
                     camera=camera,
                     plc=plc,
-                    reader=ZxingReader(),
+                    reader=reader,
                     stats=self.stats,
                     on_tick=self.on_tick,
                 )

@@ -90,6 +90,8 @@ class Frame:
     image: GrayImage
     received_at: float  # time.monotonic() when the agent had the whole frame
     source: str = ""
+    # Decoded on the device (smart reader): the runtime uses these and skips decoding.
+    reads: tuple[CodeRead, ...] | None = None
 
 
 @runtime_checkable
@@ -114,6 +116,12 @@ class CodeRead:
     corners: tuple[tuple[int, int], ...]  # four (x, y) corners, top-left first, clockwise
     contrast: float | None = None  # symbol contrast 0..1 measured from the image, if computed
     ms: float = 0.0  # time spent decoding
+    module_size: float | None = None  # pixels per module along the top edge, if known
+    strategy: str = ""  # the decode stage that read it, e.g. "zxing", "clahe", "dmtx"
+    timings: tuple[tuple[str, float], ...] = ()  # (stage, ms) of every stage the frame went through
+    size: tuple[int, int] | None = None  # symbol rows x columns, if the decoder reports it
+    unused_ec: float | None = None  # share of error correction left unused (0..1), if reported
+    grade: float | None = None  # overall print-quality grade 0..4 (ISO 15415 scale), if graded
 
 
 class CodeReader(Protocol):

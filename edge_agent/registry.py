@@ -19,6 +19,8 @@ BUILTIN: dict[DeviceKind, dict[str, str]] = {
     "camera": {
         "tcp-frames": "drivers.cameras.tcp.driver:TcpFrameSource",
         "directory": "drivers.cameras.directory:DirectoryFrameSource",
+        "smart-reader": "drivers.cameras.smart_reader.driver:SmartReaderSource",
+        "videocapture": "drivers.cameras.videocapture:VideoCaptureSource",
     },
     "plc": {
         "modbus-tcp": "drivers.plc.modbus.driver:ModbusTcpPlc",

@@ -2,7 +2,12 @@
 
 SIMULATOR_TYPES: dict[str, dict[str, str]] = {
     "printer": {"ascii": "simulators.printers.ascii:AsciiPrinterSim"},
-    "camera": {"tcp-frames": "simulators.cameras.tcp:TcpCameraSim"},
+    "camera": {
+        "tcp-frames": "simulators.cameras.tcp:TcpCameraSim",
+        "smart-reader": "simulators.cameras.smart_reader:SmartReaderSim",
+        "directory": "simulators.cameras.directory:DirectoryCameraSim",
+        "videocapture": "simulators.cameras.stream:MjpegCameraSim",
+    },
     "plc": {
         "modbus-tcp": "simulators.plc.modbus:ModbusPlcSim",
         "modbus-rtu": "simulators.plc.modbus:ModbusRtuPlcSim",

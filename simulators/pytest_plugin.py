@@ -56,6 +56,35 @@ async def camera_sim(sim_line: SimLine) -> AsyncIterator[Any]:
 
 
 @pytest_asyncio.fixture
+async def smart_reader_sim(sim_line: SimLine) -> AsyncIterator[Any]:
+    """Smart code reader simulator (result strings over TCP, no defects unless you set them);
+    ``.driver_config()`` is the agent's ``[camera]`` section for it."""
+    from simulators.cameras.smart_reader import SmartReaderSim
+
+    async with SmartReaderSim(sim_line, defect_rate=0.0) as sim:
+        yield sim
+
+
+@pytest_asyncio.fixture
+async def directory_camera_sim(sim_line: SimLine) -> AsyncIterator[Any]:
+    """Camera writing one PNG per unit into a temporary folder (``.folder``)."""
+    from simulators.cameras.directory import DirectoryCameraSim
+
+    async with DirectoryCameraSim(sim_line, defect_rate=0.0) as sim:
+        yield sim
+
+
+@pytest_asyncio.fixture
+async def mjpeg_camera_sim(sim_line: SimLine) -> AsyncIterator[Any]:
+    """Network camera streaming MJPEG over HTTP (``.url``, no defects unless you set them);
+    ``.driver_config()`` is the agent's ``[camera]`` section for it."""
+    from simulators.cameras.stream import MjpegCameraSim
+
+    async with MjpegCameraSim(sim_line, defect_rate=0.0) as sim:
+        yield sim
+
+
+@pytest_asyncio.fixture
 async def printer_sim(sim_line: SimLine) -> AsyncIterator[Any]:
     """ASCII printer simulator; ``.printed`` lists the serials it printed."""
     from simulators.printers.ascii import AsciiPrinterSim

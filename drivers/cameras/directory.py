@@ -1,9 +1,15 @@
 """FrameSource for cameras that write one image file per trigger into a folder.
 
 The camera may still be writing a file when a poll sees it, so a file is used only when it is
-provably complete: a PNG that ends with its IEND chunk, or any file whose size and mtime did not
-change between two polls. A complete file that still does not decode is given ``bad_after_s`` of
-quiet (a stalled writer may yet finish it) and then moved to ``<path>/bad/``.
+provably complete: a PNG that ends with its IEND chunk, a JPEG that ends with its EOI marker, a
+BMP as long as its header says, or any other file whose size and mtime did not change between two
+polls at least ``settle_s`` apart. A complete file that still does not decode is given
+``bad_after_s`` of quiet (a stalled writer may yet finish it) and then moved to ``<path>/bad/``.
+Hidden and temporary names (leading ``.`` or ``~``) are never touched: cameras and copy tools
+write under such a name and rename when done.
+
+Bounded: a burst is taken ``max_per_poll`` files at a time, lowest trigger first, and the
+``done/`` and ``bad/`` folders keep at most ``keep_files`` files each (oldest deleted first).
 
 All file system work and image decoding run in worker threads: folders are often network shares.
 """
@@ -11,10 +17,12 @@ All file system work and image decoding run in worker threads: folders are often
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import os
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +40,9 @@ log = structlog.get_logger(__name__)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_EOI = b"\xff\xd9"
+_TEMP_PREFIXES = (".", "~")
 DONE_DIR = "done"
 BAD_DIR = "bad"
 
@@ -66,6 +77,19 @@ class DirectoryFrameSourceConfig(BaseModel):
         ge=0,
         le=3600,
         description="A complete file that has not decoded for this long is moved to <path>/bad/.",
+    )
+    settle_s: float = Field(
+        0.0,
+        ge=0,
+        le=60,
+        description="A file of a format that cannot prove it is complete (not PNG, JPEG or BMP) "
+        "is read once unchanged for this long; raise it for slow writers and network shares.",
+    )
+    max_per_poll: int = Field(
+        64, ge=1, le=100_000, description="Files taken per look at the folder (burst bound)."
+    )
+    keep_files: int = Field(
+        1000, ge=1, le=1_000_000, description="Files kept in done/ and in bad/; oldest go first."
     )
 
     @field_validator("pattern")
@@ -117,6 +141,7 @@ class DirectoryFrameSource:
         self._trigger_re = re.compile(config.trigger_regex)
         self._seen: dict[str, _Seen] = {}
         self._finished: dict[str, Signature] = {}  # yielded or quarantined, still in the folder
+        self._kept: dict[Path, deque[str]] = {}  # done/ and bad/ contents, oldest first
 
     async def __aenter__(self) -> Self:
         if not await asyncio.to_thread(self.config.path.is_dir):
@@ -130,7 +155,9 @@ class DirectoryFrameSource:
         while True:
             listing = await asyncio.to_thread(self._scan)
             self.polls += 1
-            for file_name, trigger, settled in self._candidates(listing):
+            for file_name, trigger, settled in self._candidates(listing)[
+                : self.config.max_per_poll
+            ]:
                 frame = await self._take(file_name, trigger, settled)
                 if frame is not None:
                     yield frame
@@ -144,6 +171,8 @@ class DirectoryFrameSource:
         try:
             with os.scandir(self.config.path) as entries:
                 for entry in entries:
+                    if entry.name.startswith(_TEMP_PREFIXES):
+                        continue  # still being written under a temporary name
                     if not fnmatch.fnmatch(entry.name, self.config.pattern):
                         continue
                     try:
@@ -168,9 +197,12 @@ class DirectoryFrameSource:
             if self._finished.get(file_name) == signature:
                 continue
             seen = self._seen.get(file_name)
-            settled = seen is not None and seen.signature == signature
-            if not settled:
+            unchanged = seen is not None and seen.signature == signature
+            if not unchanged:
                 self._seen[file_name] = _Seen(signature, now)
+            settled = (
+                seen is not None and unchanged and now - seen.changed_at >= self.config.settle_s
+            )
             out.append((file_name, self._trigger_of(file_name), settled))
         out.sort(key=lambda c: (c[1], c[0]))
         return out
@@ -215,11 +247,10 @@ class DirectoryFrameSource:
             return _NOT_READY  # renamed or removed meanwhile; the next poll will tell
         except OSError as exc:
             raise DeviceConnectionError(self.name, f"cannot read {file_name}: {exc}") from exc
-        if data.startswith(_PNG_SIGNATURE):
-            # A PNG proves its own completeness; no need to wait for it to settle.
-            if not data.endswith(_PNG_TRAILER):
-                return _UNDECODABLE if settled else _NOT_READY
-        elif not settled:
+        complete = _complete(data)
+        if complete is False:
+            return _UNDECODABLE if settled else _NOT_READY
+        if complete is None and not settled:
             return _NOT_READY
         try:
             image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
@@ -260,5 +291,31 @@ class DirectoryFrameSource:
             else:
                 target_dir.mkdir(exist_ok=True)
                 os.replace(source, target_dir / file_name)
+                self._rotate(target_dir, file_name)
         except OSError as exc:
             log.warning("cannot dispose of image", device=self.name, file=file_name, error=str(exc))
+
+    def _rotate(self, folder: Path, added: str) -> None:
+        """Worker thread: keep at most ``keep_files`` in ``folder``, deleting the oldest."""
+        kept = self._kept.get(folder)
+        if kept is None:
+            entries = [p for p in folder.iterdir() if p.is_file() and p.name != added]
+            entries.sort(key=lambda p: p.stat().st_mtime_ns)
+            kept = self._kept[folder] = deque(p.name for p in entries)
+        with contextlib.suppress(ValueError):
+            kept.remove(added)  # the same name again: it is now the newest
+        kept.append(added)
+        while len(kept) > self.config.keep_files:
+            (folder / kept.popleft()).unlink(missing_ok=True)
+
+
+def _complete(data: bytes) -> bool | None:
+    """Whether an image file is whole, for formats that can tell; None for the others."""
+    if data.startswith(_PNG_SIGNATURE):
+        return data.endswith(_PNG_TRAILER)
+    if data.startswith(_JPEG_SOI):
+        # some encoders pad after the end marker
+        return data.rstrip(b"\x00").endswith(_JPEG_EOI)
+    if data.startswith(b"BM") and len(data) >= 6:
+        return int.from_bytes(data[2:6], "little") == len(data)
+    return None

@@ -235,6 +235,87 @@ class UpstreamSection(Strict):
     token: SecretRef | None = Field(None, description="Bearer token, by reference")
 
 
+Fallback = Literal["denoise", "global-binarizer", "clahe", "upscale", "dmtx"]
+
+
+class VisionSection(Strict):
+    """How frames are decoded (issue 3). Defaults keep the demo line fast and correct."""
+
+    backend: Literal["zxing", "dmtx"] = Field(
+        "zxing",
+        description="Decoder: zxing = zxing-cpp (fast, default); dmtx = libdmtx in a "
+        "subprocess pool (slower, reads some low-contrast codes zxing misses)",
+    )
+    roi: tuple[int, int, int, int] | None = Field(
+        None, description="Region of interest [x, y, width, height] in pixels; omit = whole frame"
+    )
+
+    @field_validator("roi")
+    @classmethod
+    def _roi(cls, value: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        if value is not None:
+            x, y, width, height = value
+            if x < 0 or y < 0 or width < 16 or height < 16:
+                raise ValueError("roi is [x, y, width, height] with x, y >= 0 and sides >= 16 px")
+        return value
+
+    frame_budget_ms: float = Field(
+        30.0,
+        gt=0,
+        le=10_000,
+        description="Time one frame may take across all strategies; fallbacks run only while "
+        "budget remains",
+    )
+    fallbacks: list[Fallback] = Field(
+        default_factory=lambda: list[Fallback](["denoise", "global-binarizer", "clahe", "upscale"]),
+        max_length=8,
+        description="Strategies tried in order after the fast pass found nothing",
+    )
+    locate: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto = frames larger than VGA are searched on a copy shrunk to about 640 px "
+        "wide and each candidate decoded at full resolution; off = always decode the whole frame",
+    )
+    dmtx_timeout_ms: float = Field(
+        50.0, gt=0, le=10_000, description="Hard time budget of one libdmtx search"
+    )
+    dmtx_workers: int = Field(1, ge=1, le=16, description="Subprocesses running libdmtx")
+    max_codes: int = Field(
+        1, ge=1, le=1000, description="Codes expected per frame (>1 = case / multi-code reading)"
+    )
+    min_grade: float | None = Field(
+        None,
+        ge=0.0,
+        le=4.0,
+        description="Reject ('print_quality') below this print-quality grade, 0-4 (ISO 15415 "
+        "scale, process control; pharma usually asks for 1.5 = C). Omit = not graded",
+    )
+    serial_pattern: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Regex the whole serial (AI 21) must match, else 'bad_serial'; 'generated' = "
+        "the alphabet and length of [batch.serials]. Omit = no format check (a serial the agent "
+        "did not print is rejected anyway, as serial_mismatch)",
+    )
+    archive_dir: Path | None = Field(
+        None, description="Keep frames of rejected units here (PNG + JSON verdict); omit = off"
+    )
+    archive_max_files: int = Field(
+        200, ge=1, le=100_000, description="Frames kept in archive_dir; the oldest go first"
+    )
+
+    @field_validator("serial_pattern")
+    @classmethod
+    def _serial_regex(cls, value: str | None) -> str | None:
+        if value is not None and value != "generated":
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
 class OpcUaSecurity(Strict):
     """OPC UA channel security (PLC link and the agent's own server). Never None by default."""
 
@@ -326,4 +407,5 @@ class AgentConfig(Strict):
     plc: dict[str, Any]
     simulators: SimulatorsSection | None = None
     upstream: UpstreamSection | None = None
+    vision: VisionSection = Field(default_factory=lambda: VisionSection())
     opcua_server: OpcUaServerSection | None = None

@@ -41,7 +41,9 @@ from edge_agent.errors import DeviceFault, DeviceTimeout, EdgeAgentError, LineSt
 from edge_agent.ledger import BatchInfo, Ledger, SerialState, UnitOutcome
 from edge_agent.line.stats import LineStats
 from edge_agent.line.tracking import Position, PrintedQueue
-from edge_agent.line.verify import BatchIdentity, check_content
+from edge_agent.line.verify import BatchIdentity, check_content, serial_pattern_for
+from edge_agent.vision.archive import FailedFrameArchive
+from edge_agent.vision.grade import with_grades
 
 log = structlog.get_logger("edge_agent.line")
 
@@ -131,6 +133,16 @@ class LineRuntime:
         # Units the PLC rejected before the agent decided them (the verdict came too late).
         self._gated_before_decided: set[int] = set()
         self._last_trigger = 0
+        vision, serials = config.vision, config.batch.serials
+        self._serial_pattern = serial_pattern_for(
+            vision.serial_pattern, serials.source, serials.length, serials.alphabet
+        )
+        self.archive = (
+            FailedFrameArchive(vision.archive_dir, vision.archive_max_files)
+            if vision.archive_dir is not None
+            else None
+        )
+        self._details: dict[int, str] = {}  # trigger -> what the content check found wrong
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -163,6 +175,8 @@ class LineRuntime:
             stop = group.exceptions[0]
         finally:
             executor.shutdown(wait=False, cancel_futures=True)
+            if self.archive is not None:
+                await asyncio.to_thread(self.archive.close)
         if stop is not None:
             await self._stop_line(stop)
         return self.batch
@@ -340,7 +354,12 @@ class LineRuntime:
             await self._decode_q.put((frame, future))
 
     def _read(self, frame: Frame) -> list[CodeRead]:
-        return list(self.reader.read(frame.image))
+        if frame.reads is not None:  # a smart reader decoded it on the device
+            return list(frame.reads)
+        reads = list(self.reader.read(frame.image))
+        if self.cfg.vision.min_grade is not None:
+            reads = with_grades(frame.image, reads)
+        return reads
 
     async def _decide(self) -> None:
         while True:
@@ -362,7 +381,12 @@ class LineRuntime:
             self._identity,
             require_symbology=line.require_symbology or None,
             min_contrast=line.min_symbol_contrast,
+            serial_pattern=self._serial_pattern,
+            grade=reads[0].grade if len(reads) == 1 else None,
+            min_grade=self.cfg.vision.min_grade,
         )
+        if not check.ok and self.archive is not None:
+            self._details[frame.trigger] = check.detail
         position, reason = await self._locate(check.serial)
         passed = check.ok and reason is None and position.serial == check.serial
         if check.ok and reason is None and position.serial != check.serial:
@@ -469,6 +493,15 @@ class LineRuntime:
             )
             for skipped in outcome.skipped_serials:
                 log.warning("no_frame", batch=batch.id, serial=skipped, verdict="reject")
+            if self.archive is not None and not outcome.passed:
+                self.archive.submit(
+                    item.frame,
+                    batch=batch.id,
+                    serial=outcome.serial,
+                    reason=outcome.reason,
+                    detail=self._details.pop(outcome.trigger, None),
+                    read=outcome.read_text,
+                )
         self.on_tick()
         if self.stats.consecutive_rejects >= line.max_consecutive_rejects:
             raise LineStopped(

@@ -99,6 +99,56 @@ def _parts(
     return text, raw, symbology, corners
 
 
+def barcode_read(
+    barcode: zxingcpp.Barcode,
+    *,
+    scale: float = 1.0,
+    offset: tuple[int, int] = (0, 0),
+    strategy: str = "zxing",
+) -> CodeRead:
+    """A zxing result as a CodeRead in the coordinates of the full frame.
+
+    ``scale`` is how much the decoded image was enlarged, ``offset`` where it was cut from.
+    """
+    symbology = str(barcode.symbology_identifier)
+    raw = _element_string(bytes(barcode.bytes), symbology)
+    is_gs1 = barcode.content_type == zxingcpp.ContentType.GS1
+    pos = barcode.position
+    dx, dy = offset
+    corners = tuple(
+        (round(p.x / scale) + dx, round(p.y / scale) + dy)
+        for p in (pos.top_left, pos.top_right, pos.bottom_right, pos.bottom_left)
+    )
+    size, unused_ec = _extra(barcode)
+    (x0, y0), (x1, y1) = corners[0], corners[1]
+    return CodeRead(
+        text=str(barcode.text) if is_gs1 else raw,
+        raw=raw,
+        symbology=symbology,
+        corners=corners,
+        module_size=float(np.hypot(x1 - x0, y1 - y0)) / size[1] if size else None,
+        strategy=strategy,
+        size=size,
+        unused_ec=unused_ec,
+    )
+
+
+def _extra(barcode: zxingcpp.Barcode) -> tuple[tuple[int, int] | None, float | None]:
+    """Symbol size ("Version": "ROWSxCOLS") and unused error correction ("UEC") from ``extra``."""
+    try:
+        extra: dict[str, object] = dict(barcode.extra)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None, None
+    size: tuple[int, int] | None = None
+    try:
+        rows, cols = (int(part) for part in str(extra["Version"]).split("x"))
+        size = (rows, cols) if rows > 0 and cols > 0 else None
+    except (KeyError, ValueError):
+        pass
+    uec = extra.get("UEC")
+    return size, float(uec) if isinstance(uec, (int, float)) else None
+
+
 def _element_string(data: bytes, symbology: str) -> str:
     """Decoded bytes without symbology prefix or leading FNC1 (which some versions report as GS)."""
     raw = data.decode("latin-1")

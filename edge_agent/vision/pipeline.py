@@ -1,0 +1,262 @@
+"""The decode pipeline the line runs: a fast pass, then fallbacks only while the budget lasts.
+
+Measured on this machine class: one zxing-cpp pass restricted to DataMatrix reads most frames in
+about a millisecond on a VGA frame or a crop, but a full 5 MP frame costs tens of ms and still
+misses low-contrast codes; the fallbacks (global binarizer, CLAHE, 2x upscale, libdmtx) are
+complementary but each costs time. So:
+
+1. the ROI from the config is cut out;
+2. a small frame is decoded whole; a large one is first searched on a downscaled copy
+   (``locate``) and each candidate region is decoded at full resolution;
+3. only if that found nothing (the rare reject path) do the fallbacks run, in the configured
+   order, each only while the per-frame budget remains.
+
+A frame without a code therefore costs the localisation and a few quick passes, a readable frame
+one pass. ``DecodePipeline`` is a ``CodeReader``: synchronous, thread-safe (zxing-cpp releases the
+GIL), meant to be called from a thread pool off the event loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+import structlog
+import zxingcpp
+
+from edge_agent.config.models import VisionSection
+from edge_agent.contracts import CodeRead, GrayImage
+from edge_agent.vision.decode import barcode_read, symbol_contrast
+from edge_agent.vision.dmtx_pool import DmtxPool
+from edge_agent.vision.locate import Region, locate
+
+log = structlog.get_logger("edge_agent.vision.pipeline")
+
+_DATAMATRIX = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.DataMatrix)
+LOCATE_ABOVE_PX = 640 * 480  # frames larger than VGA are localised first
+MAX_UPSCALE_PX = LOCATE_ABOVE_PX  # a larger target is not worth enlarging
+# Fallbacks try only the best candidates: on a frame without a code every candidate is printed
+# text, and trying them all is what would make such frames slow. The costly ones (CLAHE, 2x
+# upscale: a few ms per crop) only the very best.
+FALLBACK_TARGETS = {"denoise": 2, "global-binarizer": 2, "clahe": 1, "upscale": 1, "dmtx": 1}
+
+
+@dataclass(frozen=True)
+class _Target:
+    """An image to decode and where it sits in the full frame."""
+
+    image: GrayImage
+    offset: tuple[int, int]
+    located: bool = False  # a candidate crop of a large frame (modules >= 3 px by design)
+
+
+Stage = Callable[["DecodePipeline", _Target, float], list[CodeRead]]
+
+
+class DecodePipeline:
+    """Configured from ``[vision]``; see the module docstring for the cascade."""
+
+    def __init__(self, section: VisionSection | None = None, *, dmtx: DmtxPool | None = None):
+        self.section = section or VisionSection()
+        uses_dmtx = self.section.backend == "dmtx" or "dmtx" in self.section.fallbacks
+        self._owns_dmtx = dmtx is None and uses_dmtx
+        self.dmtx = (
+            dmtx
+            if dmtx is not None
+            else (DmtxPool(self.section.dmtx_workers) if uses_dmtx else None)
+        )
+
+    def start(self) -> None:
+        """Start the libdmtx workers now rather than on the first frame that needs them."""
+        if self.dmtx is not None:
+            self.dmtx.start()
+
+    def close(self) -> None:
+        if self.dmtx is not None and self._owns_dmtx:
+            self.dmtx.close()
+
+    def read(self, image: GrayImage) -> Sequence[CodeRead]:
+        started = time.perf_counter()
+        deadline = started + self.section.frame_budget_ms / 1000.0
+        timings: list[tuple[str, float]] = []
+        full = np.ascontiguousarray(image, dtype=np.uint8)
+        frame = _Target(full, (0, 0))
+        if self.section.roi is not None:
+            frame = _roi(frame.image, self.section.roi)
+        targets = self._targets(frame, timings)
+        stages = [self.section.backend, *self.section.fallbacks]
+        reads: list[CodeRead] = []
+        for name in dict.fromkeys(stages):  # a stage named twice runs once
+            if reads or (name != stages[0] and time.perf_counter() >= deadline):
+                break
+            stage_started = time.perf_counter()
+            fast = name == stages[0]
+            # The fast pass tries every candidate whatever the clock says (a late frame is
+            # rejected by the verdict deadline anyway); fallbacks stop when the budget is spent.
+            for target in targets if fast else targets[: FALLBACK_TARGETS[name]]:
+                reads = _merge(reads, _STAGES[name](self, target, deadline))
+                if len(reads) >= self.section.max_codes:
+                    break
+                if not fast and time.perf_counter() >= deadline:
+                    break
+            timings.append((name, (time.perf_counter() - stage_started) * 1000.0))
+        ms = (time.perf_counter() - started) * 1000.0
+        return [
+            replace(
+                read,
+                contrast=symbol_contrast(full, read.corners),
+                ms=ms,
+                timings=tuple(timings),
+            )
+            for read in reads
+        ]
+
+    def _targets(self, frame: _Target, timings: list[tuple[str, float]]) -> list[_Target]:
+        height, width = frame.image.shape[:2]
+        if height == 0 or width == 0:  # an ROI outside this frame
+            return []
+        small = height * width <= LOCATE_ABOVE_PX
+        if self.section.max_codes > 1 or small or self.section.locate == "off":
+            return [frame]
+        started = time.perf_counter()
+        regions = locate(frame.image, max_regions=max(4, self.section.max_codes + 3))
+        timings.append(("locate", (time.perf_counter() - started) * 1000.0))
+        return [_crop(frame, region) for region in regions]
+
+    # --- stages ---------------------------------------------------------------------------
+
+    def _zxing(
+        self,
+        target: _Target,
+        *,
+        binarizer: zxingcpp.Binarizer = zxingcpp.Binarizer.LocalAverage,
+        image: GrayImage | None = None,
+        scale: float = 1.0,
+        strategy: str = "zxing",
+    ) -> list[CodeRead]:
+        multi = self.section.max_codes > 1
+        barcodes = zxingcpp.read_barcodes(
+            target.image if image is None else image,
+            formats=_DATAMATRIX,
+            try_rotate=True,
+            # A case of many codes: every code is big enough at full size, and the downscaled
+            # search pyramid would double the cost of a 5 MP frame.
+            try_downscale=not multi,
+            try_invert=False,
+            text_mode=zxingcpp.TextMode.HRI,
+            binarizer=binarizer,
+        )
+        return [
+            barcode_read(b, scale=scale, offset=target.offset, strategy=strategy)
+            for b in barcodes
+            if b.valid
+        ]
+
+    def _stage_zxing(self, target: _Target, deadline: float) -> list[CodeRead]:
+        return self._zxing(target)
+
+    def _stage_denoise(self, target: _Target, deadline: float) -> list[CodeRead]:
+        # Sensor noise on low-contrast codes breaks the local binarizer's module edges; a 3x3
+        # Gaussian restores them and, at 3 px and more per module, keeps the modules apart.
+        smooth = np.asarray(cv2.GaussianBlur(target.image, (3, 3), 0), dtype=np.uint8)
+        return self._zxing(target, image=smooth, strategy="denoise")
+
+    def _stage_global(self, target: _Target, deadline: float) -> list[CodeRead]:
+        # The local binarizer now and then loses small blurred modules; the global one reads
+        # most of those, and some low-contrast codes, for well under a ms.
+        return self._zxing(
+            target, binarizer=zxingcpp.Binarizer.GlobalHistogram, strategy="global-binarizer"
+        )
+
+    def _stage_clahe(self, target: _Target, deadline: float) -> list[CodeRead]:
+        # Contrast normalisation: low contrast and uneven light flattened tile by tile.
+        clahe = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(8, 8))
+        normalised = np.asarray(clahe.apply(target.image), dtype=np.uint8)
+        return self._zxing(target, image=normalised, strategy="clahe")
+
+    def _stage_upscale(self, target: _Target, deadline: float) -> list[CodeRead]:
+        # Small modules and damaged ones (scratches eat into 3 px modules) sample better at 2x.
+        # Only the best candidate of a large frame (FALLBACK_TARGETS) and never a big target:
+        # enlarging costs a few ms on every frame without a code.
+        height, width = target.image.shape[:2]
+        if height * width > MAX_UPSCALE_PX:
+            return []
+        big = np.asarray(
+            cv2.resize(target.image, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR),
+            dtype=np.uint8,
+        )
+        reads = self._zxing(target, image=big, scale=2.0, strategy="upscale")
+        if not reads and target.located and time.perf_counter() < deadline:
+            reads = self._zxing(
+                target,
+                image=big,
+                scale=2.0,
+                binarizer=zxingcpp.Binarizer.GlobalHistogram,
+                strategy="upscale",
+            )
+        return reads
+
+    def _stage_dmtx(self, target: _Target, deadline: float) -> list[CodeRead]:
+        if self.dmtx is None:
+            return []
+        budget = self.section.dmtx_timeout_ms
+        if self.section.backend != "dmtx":  # as a fallback: only what is left of the frame
+            budget = min(budget, (deadline - time.perf_counter()) * 1000.0)
+        if budget <= 1:
+            return []
+        return self.dmtx.read(target.image, budget, self.section.max_codes, target.offset)
+
+
+_STAGES: dict[str, Stage] = {
+    "zxing": DecodePipeline._stage_zxing,
+    "denoise": DecodePipeline._stage_denoise,
+    "global-binarizer": DecodePipeline._stage_global,
+    "clahe": DecodePipeline._stage_clahe,
+    "upscale": DecodePipeline._stage_upscale,
+    "dmtx": DecodePipeline._stage_dmtx,
+}
+
+
+def _roi(image: GrayImage, roi: tuple[int, int, int, int]) -> _Target:
+    x, y, width, height = roi
+    return _Target(np.ascontiguousarray(image[y : y + height, x : x + width]), (x, y))
+
+
+def _crop(frame: _Target, region: Region) -> _Target:
+    x, y = frame.offset
+    return _Target(
+        np.ascontiguousarray(region.crop(frame.image)), (x + region.x, y + region.y), located=True
+    )
+
+
+def _merge(reads: list[CodeRead], new: list[CodeRead]) -> list[CodeRead]:
+    """Add ``new`` reads, dropping ones of a symbol already read (overlapping crops). The same
+    content elsewhere in the frame is kept: a duplicated code is a finding, not noise."""
+    merged = list(reads)
+    for read in new:
+        cx, cy = centre(read.corners)
+        if not any(
+            old.raw == read.raw
+            and math.dist(centre(old.corners), (cx, cy)) < max(4.0, _side(old) / 2)
+            for old in merged
+        ):
+            merged.append(read)
+    return merged
+
+
+def centre(corners: Sequence[tuple[int, int]]) -> tuple[float, float]:
+    """Mean of the corners (plain Python: numpy costs more than the arithmetic for 4 points)."""
+    return sum(x for x, _ in corners) / len(corners), sum(y for _, y in corners) / len(corners)
+
+
+def _side(read: CodeRead) -> float:
+    return math.dist(read.corners[0], read.corners[1])
+
+
+def build_reader(section: VisionSection) -> DecodePipeline:
+    """The line's reader for the ``[vision]`` section."""
+    return DecodePipeline(section)
