@@ -49,7 +49,7 @@ from edge_agent.line.runtime import STOP_CODES, LineRuntime
 from edge_agent.line.stats import LineStats
 from edge_agent.reconcile import reconcile
 from edge_agent.registry import driver_class
-from edge_agent.vision.decode import ZxingReader
+from edge_agent.vision.pipeline import DecodePipeline
 from simulators.line import SimLine
 from simulators.runner import SimulatorSet, simulator_class
 
@@ -271,16 +271,16 @@ async def test_slow_decode_is_rejected_late(
 ) -> None:
     """The decoder stalls on a few frames for longer than the gate delay: those units (and the
     ones queued behind them) are rejected, by the agent as late and physically at the gate."""
-    read = ZxingReader.read
+    read = DecodePipeline.read
     calls = [0]
 
-    def stalling_read(self: ZxingReader, image: Any) -> Any:
+    def stalling_read(self: DecodePipeline, image: Any) -> Any:
         calls[0] += 1
         if calls[0] in (30, 31):  # after warm-up, two units in the middle of the batch
             time.sleep(0.9)
         return read(self, image)
 
-    monkeypatch.setattr(ZxingReader, "read", stalling_read)
+    monkeypatch.setattr(DecodePipeline, "read", stalling_read)
     async with SimulatorSet(simulators("modbus-tcp")) as sims:
         config = make_config(agent_config_factory, sims, 80, max_consecutive_rejects=50)
         stats = LineStats()
