@@ -1,0 +1,216 @@
+"""The EPCIS 2.0 capture forwarder against the simulated capture server, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from drivers.upstream.http_capture import HttpCaptureForwarder
+from edge_agent import epcis
+from edge_agent.contracts import Delivery, Forwarder, OutboxEvent
+from edge_agent.errors import ConfigError, DeliveryError
+from simulators.upstream.capture_server import CaptureServerSim, check_document
+
+READ_POINT = "urn:epc:id:sgln:0950600.01340.LINE01"
+GTIN = "09506000134352"
+
+
+def make_events(n: int, batch: str = "B1", start: int = 1) -> list[OutboxEvent]:
+    events = []
+    for seq in range(start, start + n):
+        epc = epcis.sgtin_uri(GTIN, f"S{seq:06d}", 7)
+        if seq % 5 == 0:
+            body = epcis.decommissioning(epc, READ_POINT, "no-read")
+        else:
+            body = epcis.commissioning(epc, READ_POINT, "LOT1", "2027-01-31")
+        events.append(OutboxEvent(seq, body["eventID"], batch, body["type"], json.dumps(body)))
+    return events
+
+
+def forwarder(sim: CaptureServerSim, **overrides: Any) -> HttpCaptureForwarder:
+    settings = sim.driver_config(**{"poll_interval_s": 0.01, "request_timeout_s": 10, **overrides})
+    return HttpCaptureForwarder("l3", HttpCaptureForwarder.Config.model_validate(settings))
+
+
+def ids(events: list[OutboxEvent]) -> list[str]:
+    return [e.event_id for e in events]
+
+
+async def test_delivers_in_order_across_documents_with_payloads_intact(
+    capture_sim: CaptureServerSim,
+) -> None:
+    events = make_events(23)
+    async with forwarder(capture_sim, max_events_per_document=5) as fwd:
+        assert isinstance(fwd, Forwarder)
+        result = await fwd.deliver(events)
+    assert result == Delivery(delivered=ids(events))
+    assert len(capture_sim.documents) == 5  # 5+5+5+5+3
+    assert [e["eventID"] for e in capture_sim.captured] == ids(events)
+    assert [json.dumps(e) for e in capture_sim.captured] == [e.payload for e in events]
+    assert capture_sim.duplicates == 0
+
+
+async def test_delivered_only_after_the_job_succeeded(capture_sim: CaptureServerSim) -> None:
+    capture_sim.faults.running_polls = 3  # the job says "running" three times first
+    events = make_events(2)
+    async with forwarder(capture_sim) as fwd:
+        result = await fwd.deliver(events)
+    assert result.delivered == ids(events)
+    polls = [r for r in capture_sim.requests if r[0] == "GET"]
+    assert len(polls) == 4
+
+
+async def test_500s_raise_delivery_error_with_retry_after_then_recover(
+    capture_sim: CaptureServerSim,
+) -> None:
+    capture_sim.faults.fail_captures = 2
+    capture_sim.faults.retry_after_s = 7
+    events = make_events(3)
+    async with forwarder(capture_sim) as fwd:
+        for _ in range(2):
+            with pytest.raises(DeliveryError) as info:
+                await fwd.deliver(events)
+            assert info.value.retry_after_s == 7
+            assert "500" in str(info.value)
+        result = await fwd.deliver(events)
+    assert result.delivered == ids(events)
+    assert list(capture_sim.events) == ids(events)
+
+
+async def test_progress_is_kept_when_a_later_document_fails(
+    capture_sim: CaptureServerSim,
+) -> None:
+    events = make_events(6)
+    capture_sim.faults.fail_captures, capture_sim.faults.fail_after = 1, 1
+    async with forwarder(capture_sim, max_events_per_document=2) as fwd:
+        partial = await fwd.deliver(events)
+        assert partial == Delivery(delivered=ids(events[:2]))  # the rest stays pending
+        rest = await fwd.deliver(events[2:])
+    assert rest.delivered == ids(events[2:])
+    assert [e["eventID"] for e in capture_sim.captured] == ids(events)
+
+
+async def test_refused_document_is_split_and_only_the_bad_event_dead_lettered(
+    capture_sim: CaptureServerSim,
+) -> None:
+    events = make_events(7)
+    bad = events[4].event_id
+    capture_sim.faults.fail_event_ids = {bad}
+    async with forwarder(capture_sim) as fwd:
+        result = await fwd.deliver(events)
+    assert list(result.rejected) == [bad]
+    assert "capture job failed" in result.rejected[bad] and bad in result.rejected[bad]
+    assert result.delivered == [e for e in ids(events) if e != bad]
+    # the good ones arrived in their order, the bad one never
+    assert [e["eventID"] for e in capture_sim.captured] == result.delivered
+
+
+async def test_4xx_on_capture_rejects_with_the_server_reason(
+    capture_sim: CaptureServerSim,
+) -> None:
+    capture_sim.faults.refuse_captures = 1
+    events = make_events(1)
+    async with forwarder(capture_sim) as fwd:
+        result = await fwd.deliver(events)
+    assert result.delivered == []
+    reason = result.rejected[events[0].event_id]
+    assert "400" in reason and "simulated refusal" in reason
+
+
+async def test_job_failure_rejects(capture_sim: CaptureServerSim) -> None:
+    capture_sim.faults.fail_jobs = 1
+    events = make_events(1)
+    async with forwarder(capture_sim) as fwd:
+        result = await fwd.deliver(events)
+    assert result.rejected == {
+        events[0].event_id: "capture job failed: Capture failed; simulated job failure"
+    }
+    assert capture_sim.captured == []
+
+
+async def test_invalid_document_is_refused_by_the_simulator() -> None:
+    # The simulator's own gate: an event without eventID is a 400, which dead-letters it.
+    async with CaptureServerSim() as sim:
+        body = epcis.commissioning(epcis.sgtin_uri(GTIN, "X1", 7), READ_POINT, "L", "2027-01-31")
+        del body["eventTime"]
+        event = OutboxEvent(1, body["eventID"], "B1", "ObjectEvent", json.dumps(body))
+        async with forwarder(sim) as fwd:
+            result = await fwd.deliver([event])
+    assert "eventTime is missing" in result.rejected[event.event_id]
+
+
+async def test_token_is_sent_and_a_wrong_one_is_retried_not_dead_lettered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("L3_TOKEN", "s3cret")
+    events = make_events(2)
+    async with CaptureServerSim(token="s3cret") as sim:
+        async with forwarder(sim, token={"env": "L3_TOKEN"}) as fwd:
+            assert (await fwd.deliver(events)).delivered == ids(events)
+        assert set(sim.authorizations) == {"Bearer s3cret"}
+        monkeypatch.setenv("L3_TOKEN", "wrong")
+        async with forwarder(sim, token={"env": "L3_TOKEN"}) as fwd:
+            with pytest.raises(DeliveryError, match=r"401.*check the token"):
+                await fwd.deliver(make_events(1, start=10))
+
+
+async def test_missing_token_is_a_config_error(capture_sim: CaptureServerSim) -> None:
+    fwd = forwarder(capture_sim, token={"env": "EDGE_AGENT_TEST_UNSET_TOKEN"})
+    with pytest.raises(ConfigError, match="EDGE_AGENT_TEST_UNSET_TOKEN"):
+        async with fwd:
+            pass
+
+
+async def test_unreachable_server_and_timeouts_are_transient() -> None:
+    async with CaptureServerSim() as sim:
+        sim.faults.delay_s = 2.0
+        async with forwarder(sim, request_timeout_s=0.2) as fwd:
+            with pytest.raises(DeliveryError, match="Timeout"):
+                await fwd.deliver(make_events(1))
+        url = sim.url
+    config = HttpCaptureForwarder.Config(type="epcis-http", url=url)
+    async with HttpCaptureForwarder("gone", config) as fwd:
+        with pytest.raises(DeliveryError, match=r"gone: .*Connect"):
+            await fwd.deliver(make_events(1))
+
+
+async def test_transient_poll_failures_are_polled_through(capture_sim: CaptureServerSim) -> None:
+    capture_sim.faults.fail_polls = 2
+    events = make_events(3)
+    async with forwarder(capture_sim) as fwd:
+        assert (await fwd.deliver(events)).delivered == ids(events)
+
+
+async def test_job_still_running_at_the_timeout_is_transient(
+    capture_sim: CaptureServerSim,
+) -> None:
+    capture_sim.faults.running_polls = 10_000
+    async with forwarder(capture_sim, job_timeout_s=0.3) as fwd:
+        with pytest.raises(DeliveryError, match="still running"):
+            await fwd.deliver(make_events(1))
+    assert capture_sim.captured == []
+
+
+@pytest.mark.parametrize(
+    "document, problem",
+    [
+        ([], "not a JSON object"),
+        ({"type": "EPCISDocument"}, "'@context' is missing"),
+        (
+            {
+                "@context": [],
+                "type": "EPCISDocument",
+                "schemaVersion": "2.0",
+                "creationDate": "x",
+                "epcisBody": {"eventList": [{"type": "Nope"}]},
+            },
+            "is not an EPCIS event type",
+        ),
+    ],
+)
+def test_simulator_document_check(document: Any, problem: str) -> None:
+    found = check_document(document)
+    assert found is not None and problem in found
+    assert check_document(epcis.document([])) is None
