@@ -38,11 +38,14 @@ Action = Literal["ADD", "OBSERVE", "DELETE"]
 
 
 def event_time(when: datetime | None = None) -> tuple[str, str]:
-    """(eventTime, eventTimeZoneOffset) for ``when`` (default now) in the local time zone.
+    """(eventTime, eventTimeZoneOffset) for ``when`` (default: now, in the local time zone).
 
-    A naive ``when`` is taken as local time. Milliseconds: what EPCIS repositories keep.
+    An aware ``when`` keeps its own offset; a naive one is taken as local time. Milliseconds:
+    what EPCIS repositories keep.
     """
-    moment = (when or datetime.now()).astimezone()
+    moment = when or datetime.now()
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
     offset = moment.strftime("%z")
     return moment.isoformat(timespec="milliseconds"), f"{offset[:3]}:{offset[3:]}"
 

@@ -7,8 +7,8 @@ so every builder checks what it can (digits, lengths, check digit).
 
 from __future__ import annotations
 
-from edge_agent.gs1.check import mod10_check_digit
 from edge_agent.errors import Gs1Error
+from edge_agent.gs1.check import mod10_check_digit
 
 # Characters that must be %-escaped in the serial part of an EPC pure identity URI (TDS 2.x).
 _URI_ESCAPES = {'"': "%22", "%": "%25", "&": "%26", "/": "%2F", "<": "%3C", ">": "%3E", "?": "%3F"}

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,7 +66,7 @@ class CaptureServerSim:
         self.faults = CaptureFaults()
         self.documents: list[dict[str, Any]] = []  # every document accepted for a job
         self.captured: list[dict[str, Any]] = []  # events of successful jobs, duplicates kept
-        self.events: dict[str, dict[str, Any]] = {}  # eventID -> first captured copy
+        self.events: dict[str, dict[str, Any]] = {}  # event_key() -> first captured copy
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         self.authorizations: list[str | None] = []
         self._jobs: dict[str, _Job] = {}
@@ -185,7 +186,13 @@ class CaptureServerSim:
         if job.fail_reason is None:
             for event in job.events:
                 self.captured.append(event)
-                self.events.setdefault(str(event["eventID"]), event)
+                self.events.setdefault(event_key(event), event)
+
+
+def event_key(event: dict[str, Any]) -> str:
+    """What de-duplicates an event: its eventID (optional in EPCIS: else its whole content)."""
+    event_id = event.get("eventID")
+    return event_id if isinstance(event_id, str) else json.dumps(event, sort_keys=True)
 
 
 def check_document(document: Any) -> str | None:
@@ -207,7 +214,7 @@ def check_document(document: Any) -> str | None:
             return f"{where} is not an object"
         if event.get("type") not in _EVENT_TYPES:
             return f"{where}.type {event.get('type')!r} is not an EPCIS event type"
-        for key in ("eventID", "eventTime", "eventTimeZoneOffset"):
+        for key in ("eventTime", "eventTimeZoneOffset"):
             if not isinstance(event.get(key), str):
                 return f"{where}.{key} is missing"
         if event["type"] in ("ObjectEvent", "AggregationEvent") and "action" not in event:
