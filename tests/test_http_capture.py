@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
+import ipaddress
 import json
+import ssl
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from drivers.upstream.http_capture import HttpCaptureForwarder
+from drivers.upstream.http_capture import HttpCaptureForwarder, _retry_after
 from edge_agent import epcis
 from edge_agent.contracts import Delivery, Forwarder, OutboxEvent
 from edge_agent.errors import ConfigError, DeliveryError
 from simulators.upstream.capture_server import CaptureServerSim, check_document
 
+HOST = "127.0.0.1"
 READ_POINT = "urn:epc:id:sgln:0950600.01340.LINE01"
 GTIN = "09506000134352"
 
@@ -214,3 +221,170 @@ def test_simulator_document_check(document: Any, problem: str) -> None:
     found = check_document(document)
     assert found is not None and problem in found
     assert check_document(epcis.document([])) is None
+
+
+# --- TLS -----------------------------------------------------------------------------------
+
+
+def _pki(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(
+        name: str, key: Any, issuer: Any, issuer_key: Any, *, ca: bool, usage: Any = None
+    ) -> Any:
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer or subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(True, False, False, False, False, True, True, False, False), True
+            )
+        else:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            if usage == ExtendedKeyUsageOID.SERVER_AUTH:
+                san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))])
+                builder = builder.add_extension(san, critical=False)
+        return builder.sign(issuer_key or key, hashes.SHA256())
+
+    def write(name: str, key: Any, certificate: Any) -> tuple[Path, Path]:
+        key_path, cert_path = directory / f"{name}.key", directory / f"{name}.pem"
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        return key_path, cert_path
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = cert("test CA", ca_key, None, None, ca=True)
+    paths: dict[str, Path] = {}
+    _, paths["ca"] = write("ca", ca_key, ca_cert)
+    for name, usage in (
+        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
+        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        certificate = cert(name, key, ca_cert.subject, ca_key, ca=False, usage=usage)
+        paths[f"{name}_key"], paths[name] = write(name, key, certificate)
+    return paths
+
+
+async def test_mutual_tls(tmp_path: Path) -> None:
+    pki = _pki(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki["ca"]))
+    server_tls.load_cert_chain(pki["server"], pki["server_key"])
+    server_tls.verify_mode = ssl.CERT_REQUIRED
+    events = make_events(3)
+    async with CaptureServerSim(ssl_context=server_tls) as sim:
+        assert sim.url.startswith("https://")
+        tls = {"ca_file": pki["ca"], "client_cert": pki["client"], "client_key": pki["client_key"]}
+        async with forwarder(sim, **tls) as fwd:
+            assert (await fwd.deliver(events)).delivered == ids(events)
+        # without a client certificate the server refuses the handshake: transient, not rejected
+        async with forwarder(sim, ca_file=pki["ca"], request_timeout_s=5) as fwd:
+            with pytest.raises(DeliveryError):
+                await fwd.deliver(make_events(1, start=10))
+        # a server the CA does not vouch for is not talked to
+        async with forwarder(sim) as fwd:
+            with pytest.raises(DeliveryError, match="certificate"):
+                await fwd.deliver(make_events(1, start=20))
+    assert list(sim.events) == ids(events)
+
+
+def test_unreadable_tls_files_are_a_config_error(tmp_path: Path) -> None:
+    config = HttpCaptureForwarder.Config(
+        type="epcis-http", url="https://127.0.0.1:1", ca_file=tmp_path / "missing.pem"
+    )
+    with pytest.raises(ConfigError, match="ca_file"):
+        HttpCaptureForwarder("l3", config)._ssl_context()
+
+
+# --- official examples, config, helpers ----------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "conformance" / "epcis-hash"
+
+
+async def test_official_example_events_arrive_unchanged(capture_sim: CaptureServerSim) -> None:
+    path = EXAMPLES / "examples" / "epcisDocWithVariousEventTypes.jsonld"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    originals = json.loads(path.read_text())["epcisBody"]["eventList"]
+    events = [
+        OutboxEvent(i, e.get("eventID") or f"urn:uuid:{i}", None, e["type"], json.dumps(e))
+        for i, e in enumerate(originals)
+    ]
+    async with forwarder(capture_sim, max_events_per_document=4) as fwd:
+        result = await fwd.deliver(events)
+    assert result.delivered == ids(events)
+    assert capture_sim.captured == originals
+
+
+def test_config_is_strict() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="extra"):
+        HttpCaptureForwarder.Config.model_validate(
+            {"type": "epcis-http", "url": "http://x:1", "tokn": {"env": "T"}}
+        )
+    with pytest.raises(ValidationError, match="url"):
+        HttpCaptureForwarder.Config.model_validate({"type": "epcis-http", "url": "ftp://x"})
+    with pytest.raises(ValidationError, match="token"):
+        HttpCaptureForwarder.Config.model_validate(
+            {"type": "epcis-http", "url": "http://x:1", "token": "inline-secret"}
+        )
+
+
+def test_registry_selects_the_forwarder() -> None:
+    from edge_agent.registry import driver_class
+
+    assert driver_class("forwarder", "epcis-http") is HttpCaptureForwarder
+
+
+def test_retry_after_forms() -> None:
+    from email.utils import format_datetime
+
+    assert _retry_after("120") == 120.0
+    assert _retry_after(None) is None and _retry_after("soon") is None
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=60)
+    parsed = _retry_after(format_datetime(later, usegmt=True))
+    assert parsed is not None and 50 < parsed <= 60
+    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+async def test_standalone_simulator_serves_captures() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "simulators.upstream.capture_server",
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        url = line.split(" on ", 1)[1].strip().removesuffix("/capture")
+        config = HttpCaptureForwarder.Config(type="epcis-http", url=url, poll_interval_s=0.01)
+        events = make_events(2)
+        async with HttpCaptureForwarder("l3", config) as fwd:
+            assert (await fwd.deliver(events)).delivered == ids(events)
+    finally:
+        proc.terminate()
+        await proc.wait()

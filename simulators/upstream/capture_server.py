@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import json
 import os
+import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -61,8 +62,9 @@ class _Job:
 
 
 class CaptureServerSim:
-    def __init__(self, *, token: str | None = None) -> None:
+    def __init__(self, *, token: str | None = None, ssl_context: ssl.SSLContext | None = None):
         self.token = token
+        self.ssl_context = ssl_context  # serve HTTPS (set verify_mode to demand client certs)
         self.faults = CaptureFaults()
         self.documents: list[dict[str, Any]] = []  # every document accepted for a job
         self.captured: list[dict[str, Any]] = []  # events of successful jobs, duplicates kept
@@ -88,7 +90,8 @@ class CaptureServerSim:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def duplicates(self) -> int:
@@ -100,7 +103,7 @@ class CaptureServerSim:
         app.router.add_get("/capture/{job_id}", self._job)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context)
         await site.start()
         self.host, self.port = self._runner.addresses[0][:2]
 
