@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from drivers.upstream.http_capture import HttpCaptureForwarder, _retry_after
 from edge_agent import epcis
@@ -388,3 +390,47 @@ async def test_standalone_simulator_serves_captures() -> None:
     finally:
         proc.terminate()
         await proc.wait()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@given(document=JSON)
+def test_simulator_check_never_crashes(document: Any) -> None:
+    found = check_document(document)
+    assert found is None or isinstance(found, str)
+
+
+@given(
+    events=st.lists(
+        st.dictionaries(
+            st.sampled_from(["type", "eventTime", "action", "eventID", "eventTimeZoneOffset"]),
+            JSON,
+            max_size=5,
+        ),
+        max_size=3,
+    )
+)
+def test_simulator_check_never_crashes_on_event_lists(events: list[Any]) -> None:
+    document = {**epcis.document([]), "epcisBody": {"eventList": events}}
+    found = check_document(document)
+    assert found is None or isinstance(found, str)
+
+
+async def test_simulator_answers_garbage_with_400(capture_sim: CaptureServerSim) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        for body in (b"\xff\xfe not json", b"[1, 2", b"{}"):
+            async with session.post(f"{capture_sim.url}/capture", data=body) as response:
+                assert response.status == 400
+                assert (await response.json(content_type=None))["status"] == 400
+        async with session.get(f"{capture_sim.url}/capture/999") as response:
+            assert response.status == 404
+    assert capture_sim.documents == []

@@ -167,8 +167,8 @@ class CaptureServerSim:
         if self.faults.fail_jobs:
             self.faults.fail_jobs -= 1
             return "simulated job failure"
-        bad = [e.get("eventID") for e in events if e.get("eventID") in self.faults.fail_event_ids]
-        return f"events refused: {', '.join(map(str, bad))}" if bad else None
+        bad = [key for key in map(event_key, events) if key in self.faults.fail_event_ids]
+        return f"events refused: {', '.join(bad)}" if bad else None
 
     async def _job(self, request: web.Request) -> web.StreamResponse:
         if not self._authorised(request):
@@ -215,12 +215,13 @@ def check_document(document: Any) -> str | None:
         where = f"eventList[{index}]"
         if not isinstance(event, dict):
             return f"{where} is not an object"
-        if event.get("type") not in _EVENT_TYPES:
+        event_type = event.get("type")
+        if not isinstance(event_type, str) or event_type not in _EVENT_TYPES:
             return f"{where}.type {event.get('type')!r} is not an EPCIS event type"
         for key in ("eventTime", "eventTimeZoneOffset"):
             if not isinstance(event.get(key), str):
                 return f"{where}.{key} is missing"
-        if event["type"] in ("ObjectEvent", "AggregationEvent") and "action" not in event:
+        if event_type in ("ObjectEvent", "AggregationEvent") and "action" not in event:
             return f"{where}.action is missing"
     return None
 
