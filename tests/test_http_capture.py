@@ -192,10 +192,22 @@ async def test_transient_poll_failures_are_polled_through(capture_sim: CaptureSe
         assert (await fwd.deliver(events)).delivered == ids(events)
 
 
+async def test_unreadable_job_answer_is_transient(capture_sim: CaptureServerSim) -> None:
+    capture_sim.faults.garbage_polls = 1
+    events = make_events(2)
+    async with forwarder(capture_sim) as fwd:
+        with pytest.raises(DeliveryError, match="unreadable"):
+            await fwd.deliver(events)
+        assert (await fwd.deliver(events)).delivered == ids(events)
+        # the abandoned job still completed on the server: a duplicate, de-duplicated by eventID
+        await asyncio.sleep(capture_sim.faults.job_s or 0)
+    assert list(capture_sim.events) == ids(events) and capture_sim.duplicates == 2
+
+
 async def test_job_still_running_at_the_timeout_is_transient(
     capture_sim: CaptureServerSim,
 ) -> None:
-    capture_sim.faults.running_polls = 10_000
+    capture_sim.faults.running_polls, capture_sim.faults.job_s = 10_000, None
     async with forwarder(capture_sim, job_timeout_s=0.3) as fwd:
         with pytest.raises(DeliveryError, match="still running"):
             await fwd.deliver(make_events(1))

@@ -235,7 +235,7 @@ class HttpCaptureForwarder:
             if response.status == 200:
                 try:
                     job = await response.json(content_type=None)
-                except (ValueError, aiohttp.ContentTypeError) as exc:
+                except (ValueError, aiohttp.ClientError, TimeoutError) as exc:
                     raise self._error(f"capture job {job_url}: unreadable answer") from exc
                 if not isinstance(job, dict):
                     raise self._error(f"capture job {job_url}: answer is not a JSON object")

@@ -47,8 +47,10 @@ class CaptureFaults:
     fail_jobs: int = 0  # next N capture jobs finish with success=false
     fail_event_ids: set[str] = field(default_factory=set)  # jobs holding any of these fail
     fail_polls: int = 0  # next N GET /capture/{id} answer 503
+    garbage_polls: int = 0  # next N GET /capture/{id} answer 200 with a body that is not JSON
     delay_s: float = 0.0  # every answer waits this long (slow server, client timeouts)
-    running_polls: int = 1  # polls that see a job still running before it finishes
+    running_polls: int = 1  # polls that see a job still running before it finishes ...
+    job_s: float | None = 0.5  # ... or it finishes on its own after this (None: never)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class _Job:
     fail_reason: str | None
     polls: int = 0
     finished: str | None = None
+    timer: asyncio.TimerHandle | None = None
 
 
 class CaptureServerSim:
@@ -108,6 +111,9 @@ class CaptureServerSim:
         self.host, self.port = self._runner.addresses[0][:2]
 
     async def stop(self) -> None:
+        for job in self._jobs.values():
+            if job.timer is not None:
+                job.timer.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -159,6 +165,9 @@ class CaptureServerSim:
         events = document["epcisBody"]["eventList"]
         job = _Job(str(next(self._ids)), _now(), events, self._job_failure(events))
         self._jobs[job.id] = job
+        if faults.job_s is not None:
+            # A repository finishes a job whether or not anybody polls it.
+            job.timer = asyncio.get_running_loop().call_later(faults.job_s, self._finish, job)
         self.documents.append(document)
         response = web.Response(status=202, headers={"Location": f"/capture/{job.id}"})
         return await self._answer(request, response)
@@ -176,6 +185,9 @@ class CaptureServerSim:
         if self.faults.fail_polls:
             self.faults.fail_polls -= 1
             return await self._answer(request, _problem(503, "Service Unavailable", "simulated"))
+        if self.faults.garbage_polls:
+            self.faults.garbage_polls -= 1
+            return await self._answer(request, web.Response(text="<html>proxy error</html>"))
         job = self._jobs.get(request.match_info["job_id"])
         if job is None:
             return await self._answer(request, _problem(404, "NoSuchResourceException", "no job"))
@@ -185,6 +197,10 @@ class CaptureServerSim:
         return await self._answer(request, web.json_response(_job_resource(job)))
 
     def _finish(self, job: _Job) -> None:
+        if job.finished is not None:
+            return
+        if job.timer is not None:
+            job.timer.cancel()
         job.finished = _now()
         if job.fail_reason is None:
             for event in job.events:
