@@ -248,3 +248,55 @@ def test_sgtin_uri_recombines_to_the_gtin(body: str, prefix_length: int, serial:
     assert item_ref[0] + prefix + item_ref[1:] == gtin[:13]
     assert "/" not in escaped
     assert escaped.replace("%2F", "/").replace("%25", "%") == serial
+
+
+# --- EPCIS 1.2 XML -------------------------------------------------------------------------
+
+
+def test_epcis_1_2_xml_carries_every_field_in_xsd_order() -> None:
+    import xml.etree.ElementTree as ET
+
+    from edge_agent.epcis.xml12 import CBVMDA_NS, EPCIS_NS, document_xml
+
+    kinds = all_kinds()
+    events = [kinds["commissioning+bizLocation"], kinds["decommissioning"], kinds["packing"]]
+    root = ET.fromstring(document_xml(events))
+    assert root.tag == f"{{{EPCIS_NS}}}EPCISDocument" and root.get("schemaVersion") == "1.2"
+    converted = root.findall("./EPCISBody/EventList/*")
+    assert [e.tag for e in converted] == ["ObjectEvent", "ObjectEvent", "AggregationEvent"]
+    commissioning, decommissioning, packing = converted
+    assert [c.tag for c in commissioning] == [
+        "eventTime",
+        "eventTimeZoneOffset",
+        "baseExtension",
+        "epcList",
+        "action",
+        "bizStep",
+        "disposition",
+        "readPoint",
+        "bizLocation",
+        "extension",
+    ]
+    assert commissioning.findtext("baseExtension/eventID") == events[0]["eventID"]
+    assert commissioning.findtext("epcList/epc") == EPC
+    assert commissioning.findtext("bizStep") == "urn:epcglobal:cbv:bizstep:commissioning"
+    assert commissioning.findtext("disposition") == "urn:epcglobal:cbv:disp:active"
+    assert commissioning.findtext("bizLocation/id") == BIZ_LOCATION
+    assert commissioning.findtext(f"extension/ilmd/{{{CBVMDA_NS}}}lotNumber") == "LOT-1"
+    assert decommissioning.findtext(f"{{{epcis.EDGE_NS}}}reason") == "no-read"
+    assert decommissioning.findtext("disposition") == "urn:epcglobal:cbv:disp:inactive"
+    assert packing.findtext("parentID") == SSCC
+    assert [e.text for e in packing.findall("childEPCs/epc")] == events[2]["childEPCs"]
+    assert packing.findtext("eventTime") == events[2]["eventTime"]
+
+
+def test_epcis_1_2_xml_refuses_what_it_cannot_map() -> None:
+    from edge_agent.epcis.xml12 import Unsupported, document_xml
+
+    event = epcis.commissioning(EPC, READ_POINT, "L", "2027-01-31")
+    with pytest.raises(Unsupported, match="TransformationEvent"):
+        document_xml([{**event, "type": "TransformationEvent"}])
+    with pytest.raises(Unsupported, match="sensorElementList"):
+        document_xml([{**event, "sensorElementList": []}])
+    with pytest.raises(Unsupported, match="acme:x"):
+        document_xml([{**event, "acme:x": "1"}])

@@ -1,6 +1,7 @@
 """EPCIS 2.0: events for what the line does to serials, EPC URIs, and documents to send them in.
 
-See :mod:`edge_agent.epcis.events` for the event-ID choice (UUID URN, not the GS1 event hash).
+See :mod:`edge_agent.epcis.events` for the event-ID choice (UUID URN, not the GS1 event hash);
+:mod:`edge_agent.epcis.xml12` converts the events to EPCIS 1.2 XML for older level-3 systems.
 """
 
 from __future__ import annotations
