@@ -61,6 +61,12 @@ async def test_delivers_in_order_across_documents_with_payloads_intact(
     assert capture_sim.duplicates == 0
 
 
+async def test_nothing_to_deliver_sends_nothing(capture_sim: CaptureServerSim) -> None:
+    async with forwarder(capture_sim) as fwd:
+        assert await fwd.deliver([]) == Delivery()
+    assert capture_sim.requests == []
+
+
 async def test_delivered_only_after_the_job_succeeded(capture_sim: CaptureServerSim) -> None:
     capture_sim.faults.running_polls = 3  # the job says "running" three times first
     events = make_events(2)
@@ -114,6 +120,18 @@ async def test_refused_document_is_split_and_only_the_bad_event_dead_lettered(
     assert result.delivered == [e for e in ids(events) if e != bad]
     # the good ones arrived in their order, the bad one never
     assert [e["eventID"] for e in capture_sim.captured] == result.delivered
+
+
+async def test_capture_limit_is_learned_from_413(capture_sim: CaptureServerSim) -> None:
+    capture_sim.faults.capture_limit = 6
+    events = make_events(30)
+    async with forwarder(capture_sim, max_events_per_document=25) as fwd:
+        assert (await fwd.deliver(events[:20])).delivered == ids(events[:20])
+        refused = [r for r in capture_sim.requests if r[2] == 413]
+        assert len(refused) == 2  # 20 -> 10 -> 5: learned
+        assert (await fwd.deliver(events[20:])).delivered == ids(events[20:])
+    assert [r[2] for r in capture_sim.requests].count(413) == 2
+    assert [e["eventID"] for e in capture_sim.captured] == ids(events)
 
 
 async def test_4xx_on_capture_rejects_with_the_server_reason(

@@ -49,9 +49,10 @@ _MEDIA_TYPE = "application/ld+json"
 
 
 class _Refused(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, too_large: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.too_large = too_large
 
 
 class HttpCaptureForwarder:
@@ -105,6 +106,8 @@ class HttpCaptureForwarder:
         self.config = config
         self._base = URL(config.url.rstrip("/"))
         self._session: aiohttp.ClientSession | None = None
+        # Learned from 413 answers (the server's capture limit), kept while the object lives.
+        self._document_limit = config.max_events_per_document
         self._headers: dict[str, str] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -155,15 +158,14 @@ class HttpCaptureForwarder:
     # --- delivery ----------------------------------------------------------------------------
 
     async def deliver(self, events: Sequence[OutboxEvent]) -> Delivery:
-        """Capture ``events`` in order, one document per ``max_events_per_document``.
+        """Capture ``events`` in order, one document per ``max_events_per_document`` (or fewer
+        once a ``413`` taught us the server's capture limit).
 
         If a transient failure comes after some documents succeeded, the progress is returned
         (the rest stays pending); with no progress at all the failure is raised."""
         done = Delivery()
-        size = self.config.max_events_per_document
         try:
-            for start in range(0, len(events), size):
-                await self._capture_splitting(list(events[start : start + size]), done)
+            await self._capture_splitting(list(events), done)
         except DeliveryError:
             if done.delivered or done.rejected:
                 log.warning("upstream.partial", forwarder=self.name, delivered=len(done.delivered))
@@ -172,6 +174,12 @@ class HttpCaptureForwarder:
         return done
 
     async def _capture_splitting(self, events: list[OutboxEvent], done: Delivery) -> None:
+        if not events:
+            return
+        while len(events) > self._document_limit:  # the limit was learned meanwhile
+            size = self._document_limit
+            await self._capture_splitting(events[:size], done)
+            events = events[size:]
         try:
             await self._capture(events)
         except _Refused as refused:
@@ -188,6 +196,9 @@ class HttpCaptureForwarder:
                 return
             # Find the refused events: halves in order keep per-batch order for the rest.
             half = len(events) // 2
+            if refused.too_large and half < self._document_limit:
+                log.warning("upstream.capture_limit", forwarder=self.name, events=half)
+                self._document_limit = half
             await self._capture_splitting(events[:half], done)
             await self._capture_splitting(events[half:], done)
             return
@@ -254,7 +265,7 @@ class HttpCaptureForwarder:
         detail = await _problem(response)
         status = response.status
         if status in _REFUSED:
-            raise _Refused(f"{what} refused with {status}: {detail}")
+            raise _Refused(f"{what} refused with {status}: {detail}", too_large=status == 413)
         hint = {
             401: "check the token",
             403: "check the token's permissions",

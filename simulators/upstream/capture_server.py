@@ -49,6 +49,7 @@ class CaptureFaults:
     fail_polls: int = 0  # next N GET /capture/{id} answer 503
     garbage_polls: int = 0  # next N GET /capture/{id} answer 200 with a body that is not JSON
     delay_s: float = 0.0  # every answer waits this long (slow server, client timeouts)
+    capture_limit: int | None = None  # documents with more events answer 413
     running_polls: int = 1  # polls that see a job still running before it finishes ...
     job_s: float | None = 0.5  # ... or it finishes on its own after this (None: never)
 
@@ -157,6 +158,15 @@ class CaptureServerSim:
         except ValueError:
             return await self._answer(request, _problem(400, "ValidationException", "not JSON"))
         problem = check_document(document)
+        limit = faults.capture_limit
+        if (
+            problem is None
+            and limit is not None
+            and len(document["epcisBody"]["eventList"]) > limit
+        ):
+            detail = f"more than {limit} events"
+            response = _problem(413, "CaptureLimitExceededException", detail)
+            return await self._answer(request, response)
         if problem is None and faults.refuse_captures:
             faults.refuse_captures -= 1
             problem = "simulated refusal"
