@@ -183,6 +183,22 @@ async def test_token_is_sent_and_a_wrong_one_is_retried_not_dead_lettered(
                 await fwd.deliver(make_events(1, start=10))
 
 
+async def test_a_rotated_token_file_is_picked_up_after_a_401(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("old\n")
+    async with CaptureServerSim(token="new") as sim:
+        async with forwarder(sim, token={"file": str(token_file)}) as fwd:
+            with pytest.raises(DeliveryError, match="check the token"):
+                await fwd.deliver(make_events(1))
+            token_file.write_text("new\n")
+            with pytest.raises(DeliveryError, match="re-read"):
+                await fwd.deliver(make_events(1))
+            events = make_events(2)
+            assert (await fwd.deliver(events)).delivered == ids(events)
+        assert sim.authorizations[:2] == ["Bearer old", "Bearer old"]
+        assert set(sim.authorizations[2:]) == {"Bearer new"}
+
+
 async def test_missing_token_is_a_config_error(capture_sim: CaptureServerSim) -> None:
     fwd = forwarder(capture_sim, token={"env": "EDGE_AGENT_TEST_UNSET_TOKEN"})
     with pytest.raises(ConfigError, match="EDGE_AGENT_TEST_UNSET_TOKEN"):

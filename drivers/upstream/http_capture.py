@@ -120,16 +120,24 @@ class HttpCaptureForwarder:
             "GS1-CBV-Version": "2.0.0",
             "GS1-Capture-Error-Behaviour": "rollback",
         }
-        if self.config.token is not None:
-            try:
-                token = self.config.token.resolve().get_secret_value()
-            except (ValueError, OSError) as exc:
-                raise ConfigError(f"token: {exc}", key=f"forwarder {self.name}.token") from exc
-            self._headers["Authorization"] = f"Bearer {token}"
+        self._load_token()
         connector = aiohttp.TCPConnector(ssl=self._ssl_context(), limit=4)
         timeout = aiohttp.ClientTimeout(total=self.config.request_timeout_s)
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
         return self
+
+    def _load_token(self) -> bool:
+        """(Re)read the token; True when it changed (a rotated token file, a new variable)."""
+        if self.config.token is None:
+            return False
+        try:
+            token = self.config.token.resolve().get_secret_value()
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"token: {exc}", key=f"forwarder {self.name}.token") from exc
+        header = f"Bearer {token}"
+        changed = self._headers.get("Authorization") != header
+        self._headers["Authorization"] = header
+        return changed
 
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
@@ -272,9 +280,18 @@ class HttpCaptureForwarder:
             404: "check the url",
             405: "check the url",
         }.get(status, "")
+        if status == 401 and self._reload_token():
+            hint = "the token was re-read; retrying with the new one"
         retry_after = _retry_after(response.headers.get("Retry-After"))
         message = f"{what} answered {status}: {detail}" + (f" ({hint})" if hint else "")
         raise self._error(message, retry_after)
+
+    def _reload_token(self) -> bool:
+        try:
+            return self._load_token()
+        except ConfigError as exc:
+            log.error("upstream.token_unreadable", forwarder=self.name, error=str(exc))
+            return False
 
     def _error(self, message: str, retry_after_s: float | None = None) -> DeliveryError:
         return DeliveryError(message, upstream=self.name, retry_after_s=retry_after_s)
