@@ -232,10 +232,13 @@ async def test_unreadable_job_answer_is_transient(capture_sim: CaptureServerSim)
     async with forwarder(capture_sim) as fwd:
         with pytest.raises(DeliveryError, match="unreadable"):
             await fwd.deliver(events)
+        capture_sim.faults.odd_polls = 1  # a job answer of another shape is doubt, not failure
+        with pytest.raises(DeliveryError, match="neither running nor a success flag"):
+            await fwd.deliver(events)
         assert (await fwd.deliver(events)).delivered == ids(events)
         # the abandoned job still completed on the server: a duplicate, de-duplicated by eventID
         await asyncio.sleep(capture_sim.faults.job_s or 0)
-    assert list(capture_sim.events) == ids(events) and capture_sim.duplicates == 2
+    assert list(capture_sim.events) == ids(events) and capture_sim.duplicates == 4
 
 
 async def test_job_still_running_at_the_timeout_is_transient(

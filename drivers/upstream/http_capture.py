@@ -240,10 +240,14 @@ class HttpCaptureForwarder:
         while True:
             await asyncio.sleep(wait)
             job = await self._poll(job_url)
-            if job is not None and not job.get("running", False):
-                if job.get("success") is True:
+            if job is not None and job.get("running") is not True:
+                success = job.get("success")
+                if success is True:
                     return
-                raise _Refused(_job_errors(job))
+                if success is False:
+                    raise _Refused(_job_errors(job))
+                # Only a job that says it failed may dead-letter events; anything else is doubt.
+                raise self._error(f"capture job {job_url}: neither running nor a success flag")
             if time.monotonic() + wait > deadline:
                 raise self._error(f"capture job {job_url} still running after the job timeout")
             wait = min(wait * 2, 5.0)

@@ -48,6 +48,7 @@ class CaptureFaults:
     fail_event_ids: set[str] = field(default_factory=set)  # jobs holding any of these fail
     fail_polls: int = 0  # next N GET /capture/{id} answer 503
     garbage_polls: int = 0  # next N GET /capture/{id} answer 200 with a body that is not JSON
+    odd_polls: int = 0  # next N GET /capture/{id} answer a JSON object without running/success
     delay_s: float = 0.0  # every answer waits this long (slow server, client timeouts)
     capture_limit: int | None = None  # documents with more events answer 413
     running_polls: int = 1  # polls that see a job still running before it finishes ...
@@ -198,6 +199,9 @@ class CaptureServerSim:
         if self.faults.garbage_polls:
             self.faults.garbage_polls -= 1
             return await self._answer(request, web.Response(text="<html>proxy error</html>"))
+        if self.faults.odd_polls:
+            self.faults.odd_polls -= 1
+            return await self._answer(request, web.json_response({"status": "DONE"}))
         job = self._jobs.get(request.match_info["job_id"])
         if job is None:
             return await self._answer(request, _problem(404, "NoSuchResourceException", "no job"))
