@@ -472,6 +472,24 @@ def test_simulator_check_never_crashes_on_event_lists(events: list[Any]) -> None
     assert found is None or isinstance(found, str)
 
 
+async def test_simulator_lists_jobs_and_events(capture_sim: CaptureServerSim) -> None:
+    import aiohttp
+
+    events = make_events(3)
+    capture_sim.faults.fail_jobs = 1
+    async with forwarder(capture_sim) as fwd:
+        await fwd.deliver(events[:1])
+        await fwd.deliver(events)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{capture_sim.url}/capture") as response:
+            jobs = await response.json()
+        async with session.get(f"{capture_sim.url}/events") as response:
+            query = await response.json()
+    assert [job["success"] for job in jobs] == [False, True]
+    listed = query["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+    assert [e["eventID"] for e in listed] == ids(events)
+
+
 async def test_simulator_answers_garbage_with_400(capture_sim: CaptureServerSim) -> None:
     import aiohttp
 

@@ -2,7 +2,8 @@
 
 ``POST /capture`` takes an EPCISDocument, checks its structure and answers ``202 Accepted`` with
 the ``Location`` of a capture job; ``GET /capture/{id}`` reports the job (``running``, then
-``success`` and ``errors``). Events of successful jobs are recorded in arrival order
+``success`` and ``errors``), ``GET /capture`` lists the jobs, ``GET /events`` returns the captured
+events once each. Events of successful jobs are recorded in arrival order
 (``captured``, duplicates included) and de-duplicated by eventID (``events``): the view a level-3
 repository would keep. Faults are set on ``.faults`` while it runs (500s, refusals, failed jobs,
 slow answers). Standalone::
@@ -106,6 +107,8 @@ class CaptureServerSim:
         app = web.Application()
         app.router.add_post("/capture", self._capture)
         app.router.add_get("/capture/{job_id}", self._job)
+        app.router.add_get("/capture", self._jobs_list)
+        app.router.add_get("/events", self._events)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context)
@@ -209,6 +212,31 @@ class CaptureServerSim:
         if job.finished is None and job.polls > self.faults.running_polls:
             self._finish(job)
         return await self._answer(request, web.json_response(_job_resource(job)))
+
+    async def _jobs_list(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorised(request):
+            return await self._answer(request, _problem(401, "Unauthorized", "bad or no token"))
+        jobs = [_job_resource(job) for job in self._jobs.values()]
+        return await self._answer(request, web.json_response(jobs))
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        """Every captured event once (by eventID), in capture order: a minimal query interface
+        for integrators to look at what arrived (no query parameters, no paging)."""
+        if not self._authorised(request):
+            return await self._answer(request, _problem(401, "Unauthorized", "bad or no token"))
+        body = {
+            "@context": ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"],
+            "type": "EPCISQueryDocument",
+            "schemaVersion": "2.0",
+            "creationDate": _now(),
+            "epcisBody": {
+                "queryResults": {
+                    "queryName": "SimpleEventQuery",
+                    "resultsBody": {"eventList": list(self.events.values())},
+                }
+            },
+        }
+        return await self._answer(request, web.json_response(body))
 
     def _finish(self, job: _Job) -> None:
         if job.finished is not None:
