@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent import epcis
 from edge_agent.errors import Gs1Error
+from edge_agent.gs1 import CSET82
 from edge_agent.gs1.check import mod10_check_digit
 from simulators.upstream.capture_server import check_document
 
@@ -300,3 +301,23 @@ def test_epcis_1_2_xml_refuses_what_it_cannot_map() -> None:
         document_xml([{**event, "sensorElementList": []}])
     with pytest.raises(Unsupported, match="acme:x"):
         document_xml([{**event, "acme:x": "1"}])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    serials=st.lists(
+        st.text(alphabet=sorted(CSET82), min_size=1, max_size=20), min_size=1, max_size=4
+    ),
+    lot=st.text(alphabet=sorted(CSET82), min_size=1, max_size=20),
+    reason=st.text(max_size=40),
+)
+def test_any_gs1_serial_lot_and_reason_give_valid_documents(
+    validator: Any, serials: list[str], lot: str, reason: str
+) -> None:
+    """Every character GS1 allows in a serial (set 82) ends up as a valid URI in the EPC."""
+    epcs = [epcis.sgtin_uri(GTIN, serial, 7) for serial in serials]
+    events = [epcis.commissioning(epc, READ_POINT, lot, "2027-01-31") for epc in epcs]
+    events += [epcis.decommissioning(epcs[0], READ_POINT, reason)]
+    events += [epcis.aggregation(SSCC, epcs, READ_POINT)]
+    payloads = [json.dumps(event) for event in events]
+    assert errors(validator, epcis.document_from_payloads(payloads)) == []
