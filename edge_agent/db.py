@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edge_agent.errors import LedgerError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-forwarder delivery state of outbox events
 DB_NAME = "state.db"
 
 _SCHEMA = """
@@ -77,6 +77,19 @@ CREATE TABLE IF NOT EXISTS outbox (
     acked_at REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox (state, seq);
+CREATE INDEX IF NOT EXISTS outbox_by_created ON outbox (created_at);
+-- One row per (forwarder, event) that forwarder has finished with: delivered or dead letter.
+-- Absence means pending. The cursor says "every event up to seq is finished" for a forwarder,
+-- so finding the pending ones never scans the delivered history.
+CREATE TABLE IF NOT EXISTS outbox_delivery (
+    forwarder TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('delivered', 'dead')),
+    detail TEXT,
+    at REAL NOT NULL,
+    PRIMARY KEY (forwarder, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox_cursor (forwarder TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
 
 
@@ -140,6 +153,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
         if row is None:
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif int(row[0]) < SCHEMA_VERSION:
+            # Older files only lack tables the schema script above has just created.
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
         elif int(row[0]) > SCHEMA_VERSION:
             raise LedgerError(

@@ -12,7 +12,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
-DeviceKind = Literal["printer", "camera", "plc"]
+DeviceKind = Literal["printer", "camera", "plc", "forwarder"]
 
 BUILTIN: dict[DeviceKind, dict[str, str]] = {
     "printer": {"ascii": "drivers.printers.ascii.driver:AsciiPrinter"},
@@ -21,12 +21,17 @@ BUILTIN: dict[DeviceKind, dict[str, str]] = {
         "directory": "drivers.cameras.directory:DirectoryFrameSource",
     },
     "plc": {"modbus-tcp": "drivers.plc.modbus.driver:ModbusTcpPlc"},
+    "forwarder": {
+        "mqtt": "drivers.upstream.mqtt:MqttForwarder",
+        "epcis-http": "drivers.upstream.http_capture:HttpCaptureForwarder",
+    },
 }
 
 _GROUPS: dict[DeviceKind, str] = {
     "printer": "edge_agent.printers",
     "camera": "edge_agent.cameras",
     "plc": "edge_agent.plcs",
+    "forwarder": "edge_agent.forwarders",
 }
 
 

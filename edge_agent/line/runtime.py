@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import structlog
@@ -49,6 +50,7 @@ STOP_CODES = {
     "reject_confirm_missing": 13,
     "device_error": 14,
     "reject_log_overrun": 15,
+    "outbox_full": 16,
 }
 _COMMIT_GROUP = 64
 _ALLOCATE_BLOCK = 64
@@ -122,6 +124,9 @@ class LineRuntime:
         # Units the PLC rejected before the agent decided them (the verdict came too late).
         self._gated_before_decided: set[int] = set()
         self._last_trigger = 0
+        # Extra watchers run in the line's TaskGroup; a LineStopped from one stops the line
+        # (the outbox quota guard). Set by the Agent before run().
+        self.guards: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -146,6 +151,7 @@ class LineRuntime:
                     ("commit", self._commit),
                     ("reject-confirms", self._watch_rejects),
                     ("batch-end", self._finish),
+                    *self.guards,
                 ):
                     tg.create_task(job(), name=name)
         except* _BatchComplete:
