@@ -73,7 +73,23 @@ class Agent:
                 runtime.guards.append(("outbox-quota", quota.run))
                 store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
                 systemd.notify_ready(f"running batch {model.batch.id}")
-                return await self._with_forwarders(runtime.run(), store, upstream)
+                batch = await self._with_forwarders(runtime.run(), store, upstream)
+                assert batch is not None
+                return batch
+        finally:
+            conn.close()
+
+    async def drain_outbox(self, timeout_s: float) -> int:
+        """Run only the forwarders until every one has nothing pending (or ``timeout_s``
+        passes); returns how many (forwarder, event) deliveries are still pending."""
+        model = self.config.model
+        conn = open_db(model.agent.state_dir)
+        try:
+            store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
+            upstream = model.upstream or UpstreamSection()
+            upstream = upstream.model_copy(update={"drain_on_exit_s": timeout_s})
+            await self._with_forwarders(None, store, upstream)
+            return sum(s.pending for s in store.status())
         finally:
             conn.close()
 
@@ -84,8 +100,11 @@ class Agent:
         return spec.driver(spec.name, spec.config, **context)
 
     async def _with_forwarders(
-        self, line: Coroutine[Any, Any, BatchInfo], store: OutboxStore, upstream: UpstreamSection
-    ) -> BatchInfo:
+        self,
+        line: Coroutine[Any, Any, BatchInfo] | None,
+        store: OutboxStore,
+        upstream: UpstreamSection,
+    ) -> BatchInfo | None:
         """Run the line with the forwarder loops beside it in one TaskGroup. The loops never
         raise; when the line ends (or stops), they get ``drain_on_exit_s`` to empty the outbox."""
         loops = [
@@ -101,6 +120,7 @@ class Agent:
             for spec in self.config.forwarders
         ]
         failure: Exception | None = None
+        batch = None
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(loop.run(), name=f"forwarder:{loop.name}") for loop in loops]
             tasks.append(
@@ -109,7 +129,7 @@ class Agent:
                 )
             )
             try:
-                batch = await line
+                batch = None if line is None else await line
             except Exception as exc:  # re-raised once the forwarders had their chance to drain
                 failure = exc
             await _drain(loops, upstream.drain_on_exit_s)

@@ -237,3 +237,22 @@ def test_truncated_database_is_refused_and_kept(conn: Any, tmp_path: Path) -> No
     assert run.returncode == 1
     assert "restore" in run.stderr and "do not run the line" in run.stderr
     assert db.stat().st_size == size
+
+
+def test_the_chaos_oracle_has_teeth(conn: Any) -> None:
+    from types import SimpleNamespace
+
+    from outbox_helpers import check_oracle, ledger_events
+
+    add_events(conn, 3, "B1")
+    events = ledger_events(conn)
+    got = [SimpleNamespace(event_id=k, payload=v[1]) for k, v in events.items()]
+    check_oracle(conn, got + got[:1])  # duplicates are fine
+    with pytest.raises(AssertionError, match="never arrived"):
+        check_oracle(conn, got[1:])
+    with pytest.raises(AssertionError, match="out of order"):
+        check_oracle(conn, [got[1], got[0], got[2]])
+    with pytest.raises(AssertionError):
+        check_oracle(conn, [*got[:2], SimpleNamespace(event_id=got[2].event_id, payload="{}")])
+    with pytest.raises(AssertionError, match="never produced"):
+        check_oracle(conn, [*got, SimpleNamespace(event_id="urn:uuid:x", payload="{}")])

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal, Self
 
 import aiomqtt
 import structlog
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -233,8 +234,8 @@ class MqttForwarder:
             self._ack_arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ack_arrived.wait(), min(left, 0.5))
-            if self._client is None:  # the connection dropped: the loop reconnects
-                return
+            if self._client is None or self._client._disconnected.done():
+                return  # the connection dropped: the next deliver reconnects
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -252,7 +253,7 @@ class MqttForwarder:
             client = self._make_client(version)
             try:
                 await client.__aenter__()
-            except aiomqtt.MqttConnectError as exc:
+            except MqttConnectError as exc:
                 if exc.rc == _CONNACK_BAD_PROTOCOL and version != versions[-1]:
                     continue
                 raise DeliveryError(

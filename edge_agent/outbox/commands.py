@@ -44,6 +44,15 @@ def add_commands(sub: Any) -> None:
     replay.add_argument("--dead", action="store_true", help="re-queue dead letters too")
     replay.set_defaults(handler=_replay)
 
+    drain = actions.add_parser(
+        "drain", help="run only the forwarders until the outbox is empty (no line)"
+    )
+    drain.add_argument("--config", type=Path, required=True, help="the agent's config file")
+    drain.add_argument(
+        "--timeout", type=float, default=600.0, help="give up after this many seconds (600)"
+    )
+    drain.set_defaults(handler=_drain)
+
     export = actions.add_parser("export", help="write events as one EPCIS document")
     _where(export)
     export.add_argument("--format", choices=["epcis-json", "epcis-xml-1.2"], default="epcis-json")
@@ -149,6 +158,23 @@ def _replay(args: argparse.Namespace) -> int:
         count = _store(conn, names).replay(since, args.forwarder, dead=args.dead)
     print(f"re-queued {count} deliveries of events created since {time.ctime(since)}")
     return 0
+
+
+def _drain(args: argparse.Namespace) -> int:
+    """Exit 0 when every forwarder delivered everything, 1 when events are still pending."""
+    import asyncio
+
+    from edge_agent import logs
+    from edge_agent.app import Agent
+    from edge_agent.config import load_config
+
+    config = load_config(args.config)
+    logs.configure(config.model.agent.log_format, config.model.agent.log_level)
+    if not config.forwarders:
+        raise ConfigError("no [[upstream.forwarders]] configured", file=str(args.config))
+    left = asyncio.run(Agent(config).drain_outbox(args.timeout))
+    print(json.dumps({"pending": left}))
+    return 0 if left == 0 else 1
 
 
 def _export(args: argparse.Namespace) -> int:

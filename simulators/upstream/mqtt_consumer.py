@@ -112,10 +112,14 @@ class MqttConsumer:
         ) as client:
             await client.subscribe(self.topic, qos=1)
             self.connected.set()
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._acks(client))
+            acks = asyncio.create_task(self._acks(client))
+            try:
                 async for message in client.messages:
                     self._on_event(message)
+            finally:
+                acks.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await acks
 
     def _on_event(self, message: aiomqtt.Message) -> None:
         text = bytes(message.payload).decode()  # type: ignore[arg-type]
