@@ -46,6 +46,30 @@ _INVALID_PAYLOAD = {0x99: "payload format invalid"}
 _CONNACK_BAD_PROTOCOL = 0x84  # unsupported protocol version: the broker speaks only 3.1.1
 
 
+class _PackedOnce(Properties):
+    """Publish properties shared by every message, packed once: paho packs a Properties object
+    on every publish, which costs more than the publish itself at thousands per second."""
+
+    _packed: bytes | None = None
+
+    def pack(self) -> bytes:
+        if self._packed is None:
+            object.__setattr__(self, "_packed", super().pack())
+        assert self._packed is not None
+        return self._packed
+
+
+def _publish_properties() -> Properties:
+    props = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.PayloadFormatIndicator = 1  # UTF-8 text
+    props.ContentType = "application/ld+json"  # one EPCIS 2.0 event, eventID inside
+    props.pack()
+    return props
+
+
+_PUBLISH_PROPERTIES = _publish_properties()
+
+
 class MqttConfig(BaseModel):
     """``[[upstream.forwarders]]`` table for ``type = "mqtt"``."""
 
@@ -90,6 +114,13 @@ class MqttConfig(BaseModel):
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
     timeout_s: float = Field(
         10.0, gt=0, le=300, description="Connect timeout and longest wait for a batch's PUBACKs"
+    )
+    max_inflight: int = Field(
+        100,
+        ge=1,
+        le=65535,
+        description="QoS 1 publishes awaiting PUBACK at once (lowered to the broker's Receive "
+        "Maximum); a larger window helps on high-latency links",
     )
     username: str | None = Field(None, max_length=256, description="Broker user name")
     password: SecretRef | None = Field(None, description="Broker password, by reference")
@@ -172,13 +203,8 @@ class MqttForwarder:
         futures = []
         loop = asyncio.get_running_loop()
         paho = client._client
+        props = _PUBLISH_PROPERTIES if paho.protocol == aiomqtt.ProtocolVersion.V5.value else None
         for event in events:
-            props = None
-            if paho.protocol == aiomqtt.ProtocolVersion.V5.value:
-                props = Properties(PacketTypes.PUBLISH)
-                props.PayloadFormatIndicator = 1
-                props.ContentType = "application/ld+json"
-                props.UserProperty = [("eventID", event.event_id)]
             topic = self._topic(self.config.topic, event.batch_id)
             info = paho.publish(topic, event.payload.encode(), qos=1, properties=props)
             if info.rc != 0:
@@ -204,7 +230,9 @@ class MqttForwarder:
                 waiting | {dropped}, timeout=left, return_when="FIRST_COMPLETED"
             )
             waiting.discard(dropped)
-            if any(f is not dropped and not f.cancelled() and f.result() >= 0x80 for f in done):
+            if any(
+                f is not dropped and not f.cancelled() and (f.result() or 0) >= 0x80 for f in done
+            ):
                 break
         codes = [f.result() if f.done() and not f.cancelled() else None for f in acks]
         if None in codes:
@@ -278,10 +306,10 @@ class MqttForwarder:
         v5 = version == aiomqtt.ProtocolVersion.V5
         props = None
         if v5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = cfg.session_expiry_s
         password = cfg.password.resolve().get_secret_value() if cfg.password else None
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             cfg.host,
             cfg.port,
             identifier=self.client_id,
@@ -294,8 +322,10 @@ class MqttForwarder:
             username=cfg.username,
             password=password,
             tls_context=self._tls_context() if cfg.tls else None,
-            max_inflight_messages=1000,
+            max_inflight_messages=cfg.max_inflight,
         )
+        self._hook_connack(client)
+        return client
 
     def _tls_context(self) -> ssl.SSLContext:
         cfg = self.config
@@ -305,9 +335,24 @@ class MqttForwarder:
             context.load_cert_chain(str(cfg.cert_file), key)
         return context
 
+    def _hook_connack(self, client: aiomqtt.Client) -> None:
+        """Never keep more QoS 1 publishes in flight than the broker's Receive Maximum (MQTT 5
+        CONNACK property): paho does not honour it, and a broker may disconnect a client that
+        exceeds it."""
+        paho = client._client
+        inner: Any = paho.on_connect
+
+        def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
+            receive_max = getattr(props, "ReceiveMaximum", None)
+            if isinstance(receive_max, int) and 0 < receive_max < self.config.max_inflight:
+                paho.max_inflight_messages_set(receive_max)
+            inner(c, userdata, flags, reason, props)
+
+        paho.on_connect = on_connect
+
     def _hook_pubacks(self, client: aiomqtt.Client) -> None:
         paho = client._client
-        inner = paho.on_publish
+        inner: Any = paho.on_publish
 
         def on_publish(c: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
             future = self._pubacks.pop(mid, None)

@@ -132,13 +132,14 @@ class OutboxStore:
         if n == 0:
             return
         marks = ",".join("?" * n)
+        # Every lookup names the forwarders, so it is a primary-key probe, never a scan.
         self.conn.executemany(
             "UPDATE outbox SET acked_at = ?, state = CASE WHEN EXISTS (SELECT 1 FROM "
-            "outbox_delivery d WHERE d.seq = outbox.seq AND d.state = 'dead') "
-            "THEN 'dead' ELSE 'delivered' END "
+            f"outbox_delivery d WHERE d.forwarder IN ({marks}) AND d.seq = outbox.seq "
+            "AND d.state = 'dead') THEN 'dead' ELSE 'delivered' END "
             f"WHERE seq = ? AND state = 'pending' AND (SELECT count(*) FROM outbox_delivery d "
-            f"WHERE d.seq = outbox.seq AND d.forwarder IN ({marks})) = ?",
-            [(now, seq, *self.forwarders, n) for seq in seqs],
+            f"WHERE d.forwarder IN ({marks}) AND d.seq = outbox.seq) = ?",
+            [(now, *self.forwarders, seq, *self.forwarders, n) for seq in seqs],
         )
 
     def _advance(self, forwarder: str) -> None:
@@ -212,7 +213,12 @@ class OutboxStore:
                 if not seqs:
                     return total
                 marks = ",".join("?" * len(seqs))
-                self.conn.execute(f"DELETE FROM outbox_delivery WHERE seq IN ({marks})", seqs)
+                names = self._known_forwarders()
+                self.conn.execute(
+                    f"DELETE FROM outbox_delivery WHERE forwarder IN ({','.join('?' * len(names))})"
+                    f" AND seq IN ({marks})",
+                    [*names, *seqs],
+                )
                 self.conn.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", seqs)
             total += len(seqs)
 
