@@ -256,3 +256,34 @@ def test_the_chaos_oracle_has_teeth(conn: Any) -> None:
         check_oracle(conn, [*got[:2], SimpleNamespace(event_id=got[2].event_id, payload="{}")])
     with pytest.raises(AssertionError, match="never produced"):
         check_oracle(conn, [*got, SimpleNamespace(event_id="urn:uuid:x", payload="{}")])
+
+
+def _config_with(upstream: str) -> str:
+    return (ROOT / "config" / "demo.toml").read_text() + "\n" + upstream
+
+
+def test_forwarder_tables_are_validated_by_their_driver() -> None:
+    from edge_agent.config import parse_config
+    from edge_agent.config.loader import ConfigInvalid
+
+    ok = parse_config(
+        _config_with(
+            '[upstream]\n[[upstream.forwarders]]\nname = "a"\ntype = "mqtt"\nhost = "h"\n'
+            '[[upstream.forwarders]]\ntype = "mqtt"\nhost = "h2"\ndelivery = "end-to-end"\n'
+        ),
+        "line.toml",
+    )
+    assert [(f.name, f.type_name) for f in ok.forwarders] == [("a", "mqtt"), ("mqtt", "mqtt")]
+    with pytest.raises(ConfigInvalid) as bad:
+        parse_config(
+            _config_with(
+                '[upstream]\nquota_alarm_mb = 10\nquota_stop_mb = 5\n'
+                '[[upstream.forwarders]]\ntype = "mqtx"\n'
+                '[[upstream.forwarders]]\ntype = "mqtt"\nhost = "h"\ndelivry = "broker"\n'
+            ),
+            "line.toml",
+        )
+    text = str(bad.value)
+    assert "upstream.forwarders[0].type" in text and "did you mean 'mqtt'" in text
+    assert "upstream.forwarders[1].delivry" in text and "did you mean 'delivery'" in text
+    assert "quota_alarm_mb must be below quota_stop_mb" in text

@@ -180,11 +180,13 @@ class OutboxStore:
                     "UPDATE outbox_cursor SET seq = min(seq, ?) WHERE forwarder = ?",
                     (first - 1, name),
                 )
+            every = self._known_forwarders()
             self.conn.execute(
                 "UPDATE outbox SET state = 'pending', acked_at = NULL WHERE seq >= ? "
-                "AND NOT EXISTS (SELECT 1 FROM outbox_delivery d WHERE d.seq = outbox.seq "
-                "AND d.state = 'dead' AND ?)",
-                (first, 0 if dead else 1),
+                "AND NOT EXISTS (SELECT 1 FROM outbox_delivery d WHERE d.forwarder IN "
+                f"({','.join('?' * len(every))}) AND d.seq = outbox.seq AND d.state = 'dead' "
+                "AND ?)",
+                (first, *every, 0 if dead else 1),
             )
         return total
 
