@@ -277,7 +277,7 @@ def test_forwarder_tables_are_validated_by_their_driver() -> None:
     with pytest.raises(ConfigInvalid) as bad:
         parse_config(
             _config_with(
-                '[upstream]\nquota_alarm_mb = 10\nquota_stop_mb = 5\n'
+                "[upstream]\nquota_alarm_mb = 10\nquota_stop_mb = 5\n"
                 '[[upstream.forwarders]]\ntype = "mqtx"\n'
                 '[[upstream.forwarders]]\ntype = "mqtt"\nhost = "h"\ndelivry = "broker"\n'
             ),

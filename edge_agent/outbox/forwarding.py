@@ -170,7 +170,7 @@ class QuotaGuard:
             raise LineStopped(
                 "outbox_full",
                 f"state database {size / _MB:.1f} MB is at the stop level "
-                f"{self.stop_bytes / _MB:.0f} MB; restore the upstream link so the outbox drains "
+                f"{self.stop_bytes / _MB:g} MB; restore the upstream link so the outbox drains "
                 "(`edge-agent outbox status`), free disk or raise upstream.quota_stop_mb; "
                 "no event was dropped",
             )
@@ -178,7 +178,7 @@ class QuotaGuard:
             self._alarmed = True
             message = (
                 f"outbox: state database {size / _MB:.1f} MB passed the alarm level "
-                f"{self.alarm_bytes / _MB:.0f} MB"
+                f"{self.alarm_bytes / _MB:g} MB"
             )
             log.error("outbox_quota_alarm", size_mb=round(size / _MB, 1))
             self.on_alarm(message)
