@@ -42,6 +42,7 @@ class Agent:
         ledger = Ledger(
             conn,
             read_point=model.line.read_point,
+            biz_location=model.line.biz_location,
             company_prefix_length=model.line.company_prefix_length,
         )
         serials = model.batch.serials

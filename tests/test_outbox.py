@@ -287,3 +287,38 @@ def test_forwarder_tables_are_validated_by_their_driver() -> None:
     assert "upstream.forwarders[0].type" in text and "did you mean 'mqtt'" in text
     assert "upstream.forwarders[1].delivry" in text and "did you mean 'delivery'" in text
     assert "quota_alarm_mb must be below quota_stop_mb" in text
+
+
+def test_biz_location_from_config_is_in_every_event(tmp_path: Path) -> None:
+    import json
+
+    from edge_agent.config import parse_config
+    from edge_agent.ledger import Ledger, UnitOutcome
+
+    location = "urn:epc:id:sgln:0950600.01340.0"
+    config = parse_config(_config_with(""), "line.toml", {"line": {"biz_location": location}})
+    line = config.model.line
+    ledger = Ledger(
+        open_db(tmp_path),
+        read_point=line.read_point,
+        company_prefix_length=line.company_prefix_length,
+        biz_location=line.biz_location,
+    )
+    try:
+        batch = ledger.open_batch("B1", "09506000134352", "LOT1", "281200", 2)
+        ledger.ensure_allocated(batch, 2, length=10, alphabet="0123456789ABCDEF")
+        serials = [ledger.take_for_print(batch) for _ in range(2)]
+        for taken in serials:
+            assert taken is not None
+            ledger.mark_printed(batch, taken[1])
+        ledger.commit_outcomes(
+            batch,
+            [
+                UnitOutcome(1, True, "ok", serials[0][1]),
+                UnitOutcome(2, False, "no_read", serials[1][1]),
+            ],  # type: ignore[index]
+        )
+        payloads = [json.loads(p) for (p,) in ledger.conn.execute("SELECT payload FROM outbox")]
+    finally:
+        ledger.conn.close()
+    assert [p["bizLocation"] for p in payloads] == [{"id": location}] * 2

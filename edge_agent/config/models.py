@@ -77,6 +77,11 @@ class LineSection(Strict):
         pattern=r"^urn:epc:id:sgln:\d+\.\d*\.[!-~]+$",
         description="EPCIS readPoint of this line (SGLN URI)",
     )
+    biz_location: str | None = Field(
+        None,
+        pattern=r"^urn:epc:id:sgln:\d+\.\d*\.[!-~]+$",
+        description="EPCIS bizLocation of the line's events (SGLN URI); omit when L3 derives it",
+    )
     company_prefix_length: int = Field(
         7, ge=6, le=12, description="GS1 company prefix length, for EPC URIs (SGTIN)"
     )
