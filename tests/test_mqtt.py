@@ -54,15 +54,18 @@ def conn(tmp_path: Path) -> Any:
     c.close()
 
 
-@pytest.mark.parametrize("delivery", ["broker", "end-to-end"])
+@pytest.mark.parametrize(
+    ("delivery", "protocol"),
+    [("broker", "auto"), ("end-to-end", "auto"), ("end-to-end", "3.1.1")],
+)
 async def test_delivers_every_event_in_order(
-    conn: Any, mosquitto: Mosquitto, mqtt_consumer: MqttConsumer, delivery: str
+    conn: Any, mosquitto: Mosquitto, mqtt_consumer: MqttConsumer, delivery: str, protocol: str
 ) -> None:
     await asyncio.wait_for(mqtt_consumer.connected.wait(), 10)
     add_events(conn, 120, "B1")
     add_events(conn, 80, "B2")
     store = OutboxStore(conn, ["l3"])
-    fwd = forwarder(mosquitto.port, delivery=delivery)
+    fwd = forwarder(mosquitto.port, delivery=delivery, protocol=protocol)
     async with running(ForwarderLoop(store, fwd, "l3", batch_size=50)):
         assert await drained(store, "l3")
         assert await mqtt_consumer.wait_for(lambda: len(mqtt_consumer.unique()) == 200, 10)

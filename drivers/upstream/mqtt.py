@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal, Self
 import aiomqtt
 import structlog
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt import client as mqtt_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -41,9 +42,11 @@ from edge_agent.errors import ConfigError, DeliveryError
 
 log = structlog.get_logger("drivers.upstream.mqtt")
 
+_MAX_REMEMBERED = 200_000  # end-to-end confirmations kept for events not (yet) asked about
 # MQTT 5 PUBACK reason codes that say "this message is wrong", not "try later": dead letter.
 _INVALID_PAYLOAD = {0x99: "payload format invalid"}
-_CONNACK_BAD_PROTOCOL = 0x84  # unsupported protocol version: the broker speaks only 3.1.1
+# unsupported protocol version: 0x84 from an MQTT 5 broker, 1 from a 3.1.1-only broker
+_CONNACK_BAD_PROTOCOL = {0x84, 0x01}
 
 
 class _PackedOnce(Properties):
@@ -54,7 +57,7 @@ class _PackedOnce(Properties):
 
     def pack(self) -> bytes:
         if self._packed is None:
-            object.__setattr__(self, "_packed", super().pack())
+            object.__setattr__(self, "_packed", super().pack())  # type: ignore[no-untyped-call]
         assert self._packed is not None
         return self._packed
 
@@ -152,7 +155,7 @@ class MqttForwarder:
         self._listener: asyncio.Task[None] | None = None
         self._pubacks: dict[int, asyncio.Future[int]] = {}
         # end-to-end bookkeeping: confirmations may arrive before, during or after a deliver
-        self._confirmed: set[str] = set()
+        self._confirmed: dict[str, None] = {}  # insertion-ordered, so the oldest can go
         self._refused: dict[str, str] = {}
         self._sent_at: dict[str, float] = {}
         self._ack_arrived = asyncio.Event()
@@ -241,7 +244,7 @@ class MqttForwarder:
 
     def _settled(self, event_id: str, result: Delivery) -> bool:
         if event_id in self._confirmed:
-            self._confirmed.discard(event_id)
+            del self._confirmed[event_id]
             self._sent_at.pop(event_id, None)
             result.delivered.append(event_id)
             return True
@@ -282,7 +285,9 @@ class MqttForwarder:
             try:
                 await client.__aenter__()
             except MqttConnectError as exc:
-                if exc.rc == _CONNACK_BAD_PROTOCOL and version != versions[-1]:
+                rc: Any = exc.rc
+                code = int(getattr(rc, "value", rc) or 0)
+                if code in _CONNACK_BAD_PROTOCOL and version != versions[-1]:
                     continue
                 raise DeliveryError(
                     f"broker refused the connection: {exc}", upstream=self.name
@@ -315,7 +320,8 @@ class MqttForwarder:
             identifier=self.client_id,
             protocol=version,
             clean_session=None if v5 else False,
-            clean_start=False,
+            # paho refuses clean_start on 3.1.1: there clean_session=False is the same promise
+            clean_start=False if v5 else mqtt_client.MQTT_CLEAN_START_FIRST_ONLY,
             properties=props,
             keepalive=cfg.keepalive_s,
             timeout=cfg.timeout_s,
@@ -387,7 +393,11 @@ class MqttForwarder:
         except (ValueError, TypeError, AttributeError) as exc:
             log.warning("mqtt_bad_ack", forwarder=self.name, error=repr(exc))
             return
-        self._confirmed.update(acked)
+        self._confirmed.update(dict.fromkeys(acked))
+        if len(self._confirmed) > _MAX_REMEMBERED:
+            # confirmations of re-sent duplicates are never asked about again: forget the oldest
+            for event_id in list(self._confirmed)[: _MAX_REMEMBERED // 2]:
+                del self._confirmed[event_id]
         for event_id, why in refused.items():
             self._refused[event_id] = f"receiver: {why}"
         self._ack_arrived.set()
