@@ -154,6 +154,8 @@ class MqttForwarder:
         self._client: aiomqtt.Client | None = None
         self._listener: asyncio.Task[None] | None = None
         self._pubacks: dict[int, asyncio.Future[int]] = {}
+        self._batch_left = 0  # PUBACKs the current deliver still waits for
+        self._batch_done: asyncio.Future[None] | None = None
         # end-to-end bookkeeping: confirmations may arrive before, during or after a deliver
         self._confirmed: dict[str, None] = {}  # insertion-ordered, so the oldest can go
         self._refused: dict[str, str] = {}
@@ -223,20 +225,18 @@ class MqttForwarder:
         """Each publish's PUBACK reason code, or None where none came (link lost, timeout).
         Stops waiting at the first refusal: a broker may close the link right after one."""
         dropped = client._disconnected
-        deadline = time.monotonic() + self.config.timeout_s
-        waiting: set[asyncio.Future[Any]] = set(acks)
-        while waiting and not dropped.done():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            done, waiting = await asyncio.wait(
-                waiting | {dropped}, timeout=left, return_when="FIRST_COMPLETED"
-            )
-            waiting.discard(dropped)
-            if any(
-                f is not dropped and not f.cancelled() and (f.result() or 0) >= 0x80 for f in done
-            ):
-                break
+        if acks and not dropped.done():
+            # One wake-up for the whole batch (not one wait per PUBACK: that is quadratic)
+            self._batch_left = len(acks)
+            self._batch_done = batch_done = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait(
+                    (batch_done, dropped),
+                    timeout=self.config.timeout_s,
+                    return_when="FIRST_COMPLETED",
+                )
+            finally:
+                batch_done.cancel()
         codes = [f.result() if f.done() and not f.cancelled() else None for f in acks]
         if None in codes:
             await self._disconnect()  # the link is unusable: the next deliver reconnects
@@ -363,7 +363,12 @@ class MqttForwarder:
         def on_publish(c: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
             future = self._pubacks.pop(mid, None)
             if future is not None and not future.done():
-                future.set_result(int(getattr(reason, "value", reason)))
+                code = int(getattr(reason, "value", reason))
+                future.set_result(code)
+                self._batch_left -= 1
+                done = self._batch_done
+                if (self._batch_left <= 0 or code >= 0x80) and done and not done.done():
+                    done.set_result(None)
             if inner is not None:
                 inner(c, userdata, mid, reason, props)
 
