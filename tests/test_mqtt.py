@@ -85,13 +85,18 @@ async def test_end_to_end_keeps_events_pending_until_confirmed(
     store = OutboxStore(conn, ["l3"])
     async with forwarder(mosquitto.port, delivery="end-to-end", ack_timeout_s=0.5) as fwd:
         events = store.pending("l3", 10)
-        result = await fwd.deliver(events)
-        assert result.delivered == [] and result.rejected == {}
+        with pytest.raises(DeliveryError, match="confirmed nothing"):
+            await fwd.deliver(events)
         assert len(mqtt_consumer.unique()) == 5  # the broker took them; nobody confirmed
+        before = len(mqtt_consumer.received)
+        with pytest.raises(DeliveryError, match="confirmed nothing"):
+            await fwd.deliver(events)  # the receiver is still silent: one event as a probe
+        assert len(mqtt_consumer.received) == before + 1
         mqtt_consumer.ack = True
-        result = await fwd.deliver(events)  # re-sent after the ack timeout, now confirmed
-        assert sorted(result.delivered) == sorted(e.event_id for e in events)
-    assert len(mqtt_consumer.received) >= 10
+        result = await fwd.deliver(events)  # the probe is confirmed ...
+        assert result.delivered == [events[0].event_id]
+        result = await fwd.deliver(events[1:])  # ... and the rest go again, confirmed
+        assert result.delivered == [e.event_id for e in events[1:]]
 
 
 async def test_receiver_rejection_is_a_dead_letter(

@@ -14,6 +14,8 @@ Delivery levels (``delivery``):
 - ``end-to-end``: an event is done only when the receiver confirms its eventID on the ack topic
   (see ``simulators/upstream/mqtt_consumer.py``). Until then it stays pending and is re-sent
   after ``ack_timeout_s``. The receiver may also reject an event as invalid (dead letter).
+  When a whole batch goes unconfirmed, ``deliver`` raises ``DeliveryError`` (the loop backs off
+  and logs that upstream is away) and sends one event at a time until a confirmation arrives.
 """
 
 from __future__ import annotations
@@ -161,6 +163,7 @@ class MqttForwarder:
         self._refused: dict[str, str] = {}
         self._sent_at: dict[str, float] = {}
         self._ack_arrived = asyncio.Event()
+        self._probing = False  # end-to-end: the receiver is silent, send one event at a time
 
     async def __aenter__(self) -> Self:
         return self
@@ -182,6 +185,10 @@ class MqttForwarder:
             sent = self._sent_at.get(event.event_id)
             if sent is None or now - sent >= self.config.ack_timeout_s:
                 to_send.append(event)
+        if e2e and self._probing:
+            # The receiver confirmed nothing last time: send one event, not the whole batch
+            # again, so an outage of the receiver does not fill the broker with duplicates.
+            to_send = to_send[:1]
         acks = self._publish(client, to_send)
         crash_point("forward_published")
         codes = await self._await_pubacks(client, acks)
@@ -199,6 +206,9 @@ class MqttForwarder:
                 self._sent_at[event.event_id] = time.monotonic()
         if e2e and failure is None:
             await self._await_confirmations(events, result)
+            if to_send and not (result.delivered or result.rejected):
+                self._probing = True
+                failure = f"the receiver confirmed nothing within {self.config.ack_timeout_s}s"
         if failure is not None and not (result.delivered or result.rejected):
             raise DeliveryError(failure, upstream=self.name)
         # Partial success is reported (and recorded); the rest stays pending and is retried.
@@ -398,6 +408,7 @@ class MqttForwarder:
         except (ValueError, TypeError, AttributeError) as exc:
             log.warning("mqtt_bad_ack", forwarder=self.name, error=repr(exc))
             return
+        self._probing = False
         self._confirmed.update(dict.fromkeys(acked))
         if len(self._confirmed) > _MAX_REMEMBERED:
             # confirmations of re-sent duplicates are never asked about again: forget the oldest
