@@ -89,7 +89,9 @@ def mosquitto(tmp_path: Path) -> Any:
 
     if find_mosquitto() is None:
         if os.environ.get("EDGE_AGENT_CI") == "1":
-            pytest.fail("mosquitto is not installed but EDGE_AGENT_CI=1 (the CI image must have it)")
+            pytest.fail(
+                "mosquitto is not installed but EDGE_AGENT_CI=1 (the CI image must have it)"
+            )
         pytest.skip("mosquitto is not installed")
     with Mosquitto(tmp_path / "mosquitto") as broker:
         yield broker
