@@ -65,14 +65,15 @@ class Agent:
                     on_tick=self.on_tick,
                 )
                 upstream = model.upstream or UpstreamSection()
+                store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
                 quota = QuotaGuard(
-                    model.agent.state_dir,
+                    conn,
                     alarm_mb=upstream.quota_alarm_mb,
                     stop_mb=upstream.quota_stop_mb,
+                    store=store,
                     on_alarm=self.stats.alarms.append,
                 )
                 runtime.guards.append(("outbox-quota", quota.run))
-                store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
                 systemd.notify_ready(f"running batch {model.batch.id}")
                 batch = await self._with_forwarders(runtime.run(), store, upstream)
                 assert batch is not None

@@ -103,6 +103,8 @@ def open_db(state_dir: Path, *, check: bool = True) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
+        # After a checkpoint the WAL file is cut back to this: its size counts against the quota
+        conn.execute("PRAGMA journal_size_limit=16777216")
         if check:
             _quick_check(conn, path)
         _migrate(conn)

@@ -21,7 +21,7 @@ from edge_agent.contracts import Delivery, OutboxEvent
 from edge_agent.db import open_db
 from edge_agent.errors import DeliveryError, LedgerError, LineStopped
 from edge_agent.outbox.forwarding import ForwarderLoop, QuotaGuard
-from edge_agent.outbox.store import OutboxStore, database_bytes
+from edge_agent.outbox.store import OutboxStore, used_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,10 +181,12 @@ async def test_dead_letters_raise_an_alarm_and_do_not_block(conn: Any) -> None:
 
 
 def test_quota_alarm_then_stop_never_drops(conn: Any, tmp_path: Path) -> None:
-    state = tmp_path / "state"
     alarms: list[str] = []
-    size_mb = database_bytes(state) / 2**20
-    guard = QuotaGuard(state, alarm_mb=size_mb + 0.5, stop_mb=size_mb + 2, on_alarm=alarms.append)
+    size_mb = used_bytes(conn) / 2**20
+    store = OutboxStore(conn, ["a"])
+    guard = QuotaGuard(
+        conn, alarm_mb=size_mb + 0.5, stop_mb=size_mb + 2, store=store, on_alarm=alarms.append
+    )
     guard.check()
     assert alarms == []
     add_events(conn, 1500)  # ~0.7 MB of events
@@ -196,6 +198,11 @@ def test_quota_alarm_then_stop_never_drops(conn: Any, tmp_path: Path) -> None:
         guard.check()
     assert stop.value.reason == "outbox_full" and "no event was dropped" in str(stop.value)
     assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (5500,)
+    # delivering frees the space: delivered events are pruned early under quota pressure
+    for _ in range(6):
+        store.mark("a", (events := store.pending("a", 1000)), [e.event_id for e in events], {})
+    guard.check()
+    assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
 
 
 def test_schema_1_database_is_migrated(tmp_path: Path) -> None:

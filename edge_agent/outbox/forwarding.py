@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -22,7 +22,7 @@ import structlog
 from edge_agent.contracts import Delivery, Forwarder
 from edge_agent.crashpoints import crash_point
 from edge_agent.errors import DeliveryError, LineStopped
-from edge_agent.outbox.store import OutboxStore, database_bytes
+from edge_agent.outbox.store import OutboxStore, used_bytes
 
 log = structlog.get_logger("edge_agent.outbox")
 
@@ -144,20 +144,24 @@ class ForwarderLoop:
 class QuotaGuard:
     """Watches the state database's size: an alarm at one level, a line stop at the next.
 
-    Nothing is ever dropped to make room: at the stop level the line stops (LineStopped
-    'outbox_full') and delivered events leave only through retention.
+    Undelivered events are never dropped to make room. Delivered ones are kept only for
+    ``retention_days`` as a courtesy (replay, audit): from the alarm level on, they are pruned
+    early, oldest first. If the database still reaches the stop level (upstream away too long),
+    the line stops (LineStopped 'outbox_full') until deliveries free space again.
     """
 
     def __init__(
         self,
-        state_dir: Path,
+        conn: sqlite3.Connection,
         *,
         alarm_mb: float,
         stop_mb: float,
+        store: OutboxStore | None = None,
         on_alarm: Callable[[str], None] | None = None,
         interval_s: float = 1.0,
     ) -> None:
-        self.state_dir = state_dir
+        self.conn = conn
+        self.store = store
         self.alarm_bytes = alarm_mb * _MB
         self.stop_bytes = stop_mb * _MB
         self.on_alarm = on_alarm or (lambda _msg: None)
@@ -165,7 +169,13 @@ class QuotaGuard:
         self._alarmed = False
 
     def check(self) -> None:
-        size = database_bytes(self.state_dir)
+        size = used_bytes(self.conn)
+        if size >= self.alarm_bytes and self.store is not None:
+            pruned = self.store.prune(0)
+            if pruned:
+                log.warning("outbox_pruned_early", events=pruned, reason="quota alarm level")
+                self._shrink_wal()
+                size = used_bytes(self.conn)
         if size >= self.stop_bytes:
             raise LineStopped(
                 "outbox_full",
@@ -184,6 +194,17 @@ class QuotaGuard:
             self.on_alarm(message)
         elif size < self.alarm_bytes:
             self._alarmed = False
+
+    def _shrink_wal(self) -> None:
+        """Checkpoint and cut the WAL file, without waiting: with a reader active it is left
+        for the next check (a blocking wait here would stall the line's event loop)."""
+        self.conn.execute("PRAGMA busy_timeout=0")
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError:
+            pass
+        finally:
+            self.conn.execute("PRAGMA busy_timeout=5000")
 
     async def run(self) -> None:
         while True:
