@@ -77,7 +77,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     acked_at REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox (state, seq);
-CREATE INDEX IF NOT EXISTS outbox_by_created ON outbox (created_at);
 -- One row per (forwarder, event) that forwarder has finished with: delivered or dead letter.
 -- Absence means pending. The cursor says "every event up to seq is finished" for a forwarder,
 -- so finding the pending ones never scans the delivered history.

@@ -2,7 +2,8 @@
 
 Built-in drivers are listed by import path so that the core never imports a vendor module until a
 config asks for it. Third-party drivers register under the entry-point groups
-``edge_agent.printers``, ``edge_agent.cameras`` and ``edge_agent.plcs``.
+``edge_agent.printers``, ``edge_agent.cameras``, ``edge_agent.plcs`` and
+``edge_agent.forwarders``.
 """
 
 from __future__ import annotations

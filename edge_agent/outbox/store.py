@@ -225,6 +225,21 @@ class OutboxStore:
             total += len(seqs)
 
 
+def used_bytes(conn: sqlite3.Connection) -> int:
+    """Bytes the state database holds: pages in use (freed pages are reused, so pruning lowers
+    this even though the file does not shrink) plus the WAL file."""
+    page_size, pages, free = (
+        int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+        for name in ("page_size", "page_count", "freelist_count")
+    )
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    wal = 0
+    if path:
+        with contextlib.suppress(FileNotFoundError):
+            wal = os.stat(path + "-wal").st_size
+    return (pages - free) * page_size + wal
+
+
 def database_bytes(state_dir: Path) -> int:
     """Bytes the state database takes on disk, WAL included."""
     total = 0
