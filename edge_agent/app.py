@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import time
+from collections.abc import Coroutine
 from typing import Any
 
 import structlog
 
 from edge_agent import systemd
 from edge_agent.config import LoadedConfig
+from edge_agent.config.loader import DeviceSpec
+from edge_agent.config.models import UpstreamSection
 from edge_agent.db import open_db
 from edge_agent.ledger import BatchInfo, Ledger
 from edge_agent.line.runtime import LineRuntime
 from edge_agent.line.stats import LineStats
 from edge_agent.opcua_server import open_packml, run_batch
+from edge_agent.outbox.forwarding import ForwarderLoop, QuotaGuard, prune_periodically
+from edge_agent.outbox.store import OutboxStore
 from edge_agent.vision.pipeline import build_reader
 
 log = structlog.get_logger("edge_agent.app")
@@ -36,6 +43,7 @@ class Agent:
         ledger = Ledger(
             conn,
             read_point=model.line.read_point,
+            biz_location=model.line.biz_location,
             company_prefix_length=model.line.company_prefix_length,
         )
         serials = model.batch.serials
@@ -61,9 +69,97 @@ class Agent:
                     stats=self.stats,
                     on_tick=self.on_tick,
                 )
+                upstream = model.upstream or UpstreamSection()
+                store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
+                quota = QuotaGuard(
+                    conn,
+                    alarm_mb=upstream.quota_alarm_mb,
+                    stop_mb=upstream.quota_stop_mb,
+                    store=store,
+                    on_alarm=self.stats.alarms.append,
+                )
+                runtime.guards.append(("outbox-quota", quota.run))
                 systemd.notify_ready(f"running batch {model.batch.id}")
-                if packml is not None:
-                    return await run_batch(packml, runtime, model.batch.id)
-                return await runtime.run()
+                line_run = (
+                    run_batch(packml, runtime, model.batch.id)
+                    if packml is not None
+                    else runtime.run()
+                )
+                batch = await self._with_forwarders(line_run, store, upstream)
+                assert batch is not None
+                return batch
         finally:
             conn.close()
+
+    async def drain_outbox(self, timeout_s: float) -> int:
+        """Run only the forwarders until every one has nothing pending (or ``timeout_s``
+        passes); returns how many (forwarder, event) deliveries are still pending."""
+        model = self.config.model
+        conn = open_db(model.agent.state_dir)
+        try:
+            store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
+            upstream = model.upstream or UpstreamSection()
+            upstream = upstream.model_copy(update={"drain_on_exit_s": timeout_s})
+            await self._with_forwarders(None, store, upstream)
+            return sum(s.pending for s in store.status())
+        finally:
+            conn.close()
+
+    def _forwarder(self, spec: DeviceSpec) -> Any:
+        line = self.config.model.line
+        accepts = inspect.signature(spec.driver).parameters
+        context = {k: v for k, v in (("site", line.site), ("line", line.id)) if k in accepts}
+        return spec.driver(spec.name, spec.config, **context)
+
+    async def _with_forwarders(
+        self,
+        line: Coroutine[Any, Any, BatchInfo] | None,
+        store: OutboxStore,
+        upstream: UpstreamSection,
+    ) -> BatchInfo | None:
+        """Run the line with the forwarder loops beside it in one TaskGroup. The loops never
+        raise; when the line ends (or stops), they get ``drain_on_exit_s`` to empty the outbox."""
+        loops = [
+            ForwarderLoop(
+                store,
+                self._forwarder(spec),
+                spec.name,
+                batch_size=upstream.batch_size,
+                backoff_initial_s=upstream.backoff_initial_s,
+                backoff_max_s=upstream.backoff_max_s,
+                on_alarm=self.stats.alarms.append,
+            )
+            for spec in self.config.forwarders
+        ]
+        failure: Exception | None = None
+        batch = None
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(loop.run(), name=f"forwarder:{loop.name}") for loop in loops]
+            tasks.append(
+                tg.create_task(
+                    prune_periodically(store, upstream.retention_days), name="outbox-prune"
+                )
+            )
+            try:
+                batch = None if line is None else await line
+            except Exception as exc:  # re-raised once the forwarders had their chance to drain
+                failure = exc
+            await _drain(loops, upstream.drain_on_exit_s)
+            for loop in loops:
+                loop.stop()
+            for task in tasks:
+                task.cancel()
+        if failure is not None:
+            raise failure
+        return batch
+
+
+async def _drain(loops: list[ForwarderLoop], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while loops and time.monotonic() < deadline:
+        if all(loop.idle() for loop in loops):
+            return
+        await asyncio.sleep(0.1)
+    for loop in loops:
+        if not loop.idle():
+            log.warning("outbox_not_drained", forwarder=loop.name, detail="events stay pending")

@@ -10,7 +10,15 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("printer_buffer_full", "decoded", "outbox_commit")
+POINTS = (
+    "printer_buffer_full",
+    "decoded",
+    "outbox_commit",
+    # upstream path: published (PUBACKs not yet in), delivered (not yet recorded), recorded
+    "forward_published",
+    "forward_delivered",
+    "forward_marked",
+)
 
 
 def _target() -> tuple[str, int] | None:

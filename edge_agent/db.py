@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edge_agent.errors import LedgerError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-forwarder delivery state of outbox events
 DB_NAME = "state.db"
 
 _SCHEMA = """
@@ -77,6 +77,18 @@ CREATE TABLE IF NOT EXISTS outbox (
     acked_at REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox (state, seq);
+-- One row per (forwarder, event) that forwarder has finished with: delivered or dead letter.
+-- Absence means pending. The cursor says "every event up to seq is finished" for a forwarder,
+-- so finding the pending ones never scans the delivered history.
+CREATE TABLE IF NOT EXISTS outbox_delivery (
+    forwarder TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('delivered', 'dead')),
+    detail TEXT,
+    at REAL NOT NULL,
+    PRIMARY KEY (forwarder, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox_cursor (forwarder TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
 
 
@@ -90,6 +102,8 @@ def open_db(state_dir: Path, *, check: bool = True) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
+        # After a checkpoint the WAL file is cut back to this: its size counts against the quota
+        conn.execute("PRAGMA journal_size_limit=16777216")
         if check:
             _quick_check(conn, path)
         _migrate(conn)
@@ -140,6 +154,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
         if row is None:
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif int(row[0]) < SCHEMA_VERSION:
+            # Older files only lack tables the schema script above has just created.
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
         elif int(row[0]) > SCHEMA_VERSION:
             raise LedgerError(

@@ -78,9 +78,17 @@ class UnitOutcome:
 class Ledger:
     """Owns the single writer connection. Not thread-safe: call it from the event loop only."""
 
-    def __init__(self, conn: sqlite3.Connection, *, read_point: str, company_prefix_length: int):
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        read_point: str,
+        company_prefix_length: int,
+        biz_location: str | None = None,
+    ):
         self.conn = conn
         self.read_point = read_point
+        self.biz_location = biz_location
         self.company_prefix_length = company_prefix_length
 
     # --- batches ----------------------------------------------------------------------------
@@ -263,7 +271,9 @@ class Ledger:
             self._event(
                 batch,
                 "commissioning",
-                epcis.commissioning(epc, self.read_point, batch.lot, expiry),
+                epcis.commissioning(
+                    epc, self.read_point, batch.lot, expiry, biz_location=self.biz_location
+                ),
                 now,
             )
         else:
@@ -273,7 +283,9 @@ class Ledger:
         self, batch: BatchInfo, serial: str, reason: str, trigger: int | None, now: float
     ) -> None:
         self._move(batch.gtin, serial, SerialState.REJECTED, reason, trigger, now)
-        event = epcis.decommissioning(self._epc(batch, serial), self.read_point, reason)
+        event = epcis.decommissioning(
+            self._epc(batch, serial), self.read_point, reason, biz_location=self.biz_location
+        )
         self._event(batch, "decommissioning", event, now)
 
     def mark_verdicts_written(self, batch: BatchInfo, triggers: Iterable[int]) -> None:

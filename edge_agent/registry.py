@@ -2,7 +2,8 @@
 
 Built-in drivers are listed by import path so that the core never imports a vendor module until a
 config asks for it. Third-party drivers register under the entry-point groups
-``edge_agent.printers``, ``edge_agent.cameras`` and ``edge_agent.plcs``.
+``edge_agent.printers``, ``edge_agent.cameras``, ``edge_agent.plcs`` and
+``edge_agent.forwarders``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
-DeviceKind = Literal["printer", "camera", "plc"]
+DeviceKind = Literal["printer", "camera", "plc", "forwarder"]
 
 BUILTIN: dict[DeviceKind, dict[str, str]] = {
     "printer": {"ascii": "drivers.printers.ascii.driver:AsciiPrinter"},
@@ -27,12 +28,17 @@ BUILTIN: dict[DeviceKind, dict[str, str]] = {
         "modbus-rtu": "drivers.plc.modbus.rtu:ModbusRtuPlc",
         "opcua": "drivers.plc.opcua.driver:OpcUaPlc",
     },
+    "forwarder": {
+        "mqtt": "drivers.upstream.mqtt:MqttForwarder",
+        "epcis-http": "drivers.upstream.http_capture:HttpCaptureForwarder",
+    },
 }
 
 _GROUPS: dict[DeviceKind, str] = {
     "printer": "edge_agent.printers",
     "camera": "edge_agent.cameras",
     "plc": "edge_agent.plcs",
+    "forwarder": "edge_agent.forwarders",
 }
 
 

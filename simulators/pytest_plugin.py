@@ -93,6 +93,15 @@ async def printer_sim(sim_line: SimLine) -> AsyncIterator[Any]:
         yield sim
 
 
+@pytest_asyncio.fixture
+async def capture_sim() -> AsyncIterator[Any]:
+    """EPCIS 2.0 capture server simulator; ``.url``, ``.events`` (by eventID), ``.faults``."""
+    from simulators.upstream.capture_server import CaptureServerSim
+
+    async with CaptureServerSim() as sim:
+        yield sim
+
+
 @pytest.fixture
 def agent_config_factory(tmp_path: Path) -> Any:
     """Build a validated agent config pointing at simulator ports: ``factory(ports, **overrides)``."""
@@ -107,3 +116,30 @@ def agent_config_factory(tmp_path: Path) -> Any:
         return parse_config(demo_config_text(), "demo.toml", merged)
 
     return factory
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Any:
+    """A real Mosquitto broker on a free loopback port (``.port``; ``.stop()``/``.start()``
+    restart it with its persisted sessions). Skips without mosquitto, fails if EDGE_AGENT_CI=1."""
+    import os
+
+    from simulators.upstream.mosquitto import Mosquitto, find_mosquitto
+
+    if find_mosquitto() is None:
+        if os.environ.get("EDGE_AGENT_CI") == "1":
+            pytest.fail(
+                "mosquitto is not installed but EDGE_AGENT_CI=1 (the CI image must have it)"
+            )
+        pytest.skip("mosquitto is not installed")
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        yield broker
+
+
+@pytest_asyncio.fixture
+async def mqtt_consumer(mosquitto: Any) -> AsyncIterator[Any]:
+    """Simulated L3 consumer on ``mosquitto``, confirming events end to end (``.unique()``)."""
+    from simulators.upstream.mqtt_consumer import MqttConsumer
+
+    async with MqttConsumer("127.0.0.1", mosquitto.port) as consumer:
+        yield consumer

@@ -36,6 +36,7 @@ class DeviceSpec:
     kind: registry.DeviceKind
     driver: Any
     config: BaseModel
+    name: str = ""  # forwarders: the name their delivery state is kept under
 
     @property
     def type_name(self) -> str:
@@ -49,6 +50,7 @@ class LoadedConfig:
     printer: DeviceSpec
     camera: DeviceSpec
     plc: DeviceSpec
+    forwarders: tuple[DeviceSpec, ...] = ()  # [[upstream.forwarders]], validated by their drivers
 
 
 def load_config(path: str | Path) -> LoadedConfig:
@@ -95,9 +97,36 @@ def parse_config(
             devices[kind] = _device(kind, section, file, lines)
         except ConfigInvalid as exc:
             problems.extend(exc.problems)
+    forwarders = _forwarders(data, file, lines, problems)
     if problems or model is None:
         raise ConfigInvalid(problems)
-    return LoadedConfig(file, model, devices["printer"], devices["camera"], devices["plc"])
+    return LoadedConfig(
+        file, model, devices["printer"], devices["camera"], devices["plc"], forwarders
+    )
+
+
+def _forwarders(
+    data: dict[str, Any], file: str, lines: dict[str, int], problems: list[ConfigError]
+) -> tuple[DeviceSpec, ...]:
+    upstream = data.get("upstream")
+    tables = upstream.get("forwarders") if isinstance(upstream, dict) else None
+    if not isinstance(tables, list):
+        return ()  # absent, or reported by the model as the wrong type
+    specs = []
+    for index, table in enumerate(tables):
+        if not isinstance(table, dict):
+            continue
+        section = {k: v for k, v in table.items() if k != "name"}
+        try:
+            spec = _device("forwarder", section, file, lines)
+        except ConfigInvalid as exc:
+            for p in exc.problems:  # the driver names keys from its own table
+                key = f"upstream.forwarders[{index}]" + (p.key or "").removeprefix("forwarder")
+                problems.append(ConfigError(p.detail, file=p.file, key=key, line=p.line))
+            continue
+        name = str(table.get("name") or spec.type_name)
+        specs.append(DeviceSpec("forwarder", spec.driver, spec.config, name))
+    return tuple(specs)
 
 
 def _device(

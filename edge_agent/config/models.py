@@ -77,6 +77,11 @@ class LineSection(Strict):
         pattern=r"^urn:epc:id:sgln:\d+\.\d*\.[!-~]+$",
         description="EPCIS readPoint of this line (SGLN URI)",
     )
+    biz_location: str | None = Field(
+        None,
+        pattern=r"^urn:epc:id:sgln:\d+\.\d*\.[!-~]+$",
+        description="EPCIS bizLocation of the line's events (SGLN URI); omit when L3 derives it",
+    )
     company_prefix_length: int = Field(
         7, ge=6, le=12, description="GS1 company prefix length, for EPC URIs (SGTIN)"
     )
@@ -233,6 +238,51 @@ class SimulatorsSection(Strict):
 class UpstreamSection(Strict):
     url: str | None = Field(None, description="Level 3 endpoint (used by the forwarders)")
     token: SecretRef | None = Field(None, description="Bearer token, by reference")
+    # Each forwarder table is validated by the driver its `type` selects (registry kind
+    # "forwarder"); several may run at once, each with its own delivery state.
+    forwarders: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=8,
+        description="[[upstream.forwarders]] tables: name, type ('mqtt', 'epcis-http', ...) and "
+        "the driver's settings; every event goes to every forwarder",
+    )
+    batch_size: int = Field(
+        200, ge=1, le=10_000, description="Events handed to a forwarder per delivery call"
+    )
+    quota_alarm_mb: float = Field(
+        1024.0, gt=0, le=1_000_000, description="State database size that raises an alarm"
+    )
+    quota_stop_mb: float = Field(
+        2048.0,
+        gt=0,
+        le=1_000_000,
+        description="State database size that stops the line (nothing is dropped: the line "
+        "waits until upstream drains the outbox and retention frees space)",
+    )
+    retention_days: float = Field(
+        30.0, ge=0, le=3650, description="Keep delivered events this many days, then prune"
+    )
+    backoff_initial_s: float = Field(
+        0.5, gt=0, le=60, description="First retry delay after a failed delivery"
+    )
+    backoff_max_s: float = Field(
+        30.0, gt=0, le=3600, description="Longest retry delay (full jitter below it)"
+    )
+    drain_on_exit_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="After the batch ends, keep forwarding this long for the outbox to empty",
+    )
+
+    @model_validator(mode="after")
+    def _quota_order(self) -> UpstreamSection:
+        if self.quota_alarm_mb >= self.quota_stop_mb:
+            raise ValueError("quota_alarm_mb must be below quota_stop_mb")
+        names = [f.get("name", f.get("type")) for f in self.forwarders]
+        if len(set(names)) != len(names):
+            raise ValueError("forwarder names must be unique (give each a 'name')")
+        return self
 
 
 Fallback = Literal["denoise", "global-binarizer", "clahe", "upscale", "dmtx"]

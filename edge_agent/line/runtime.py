@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import structlog
@@ -55,6 +56,7 @@ STOP_CODES = {
     "device_error": 14,
     "reject_log_overrun": 15,
     "serials_exhausted": 16,
+    "outbox_full": 17,
 }
 OTHER_STOP_CODE = 99  # a stop reason without a code of its own
 _COMMIT_GROUP = 64
@@ -143,6 +145,9 @@ class LineRuntime:
             else None
         )
         self._details: dict[int, str] = {}  # trigger -> what the content check found wrong
+        # Extra watchers run in the line's TaskGroup; a LineStopped from one stops the line
+        # (the outbox quota guard). Set by the Agent before run().
+        self.guards: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -167,6 +172,7 @@ class LineRuntime:
                     ("commit", self._commit),
                     ("reject-confirms", self._watch_rejects),
                     ("batch-end", self._finish),
+                    *self.guards,
                 ):
                     tg.create_task(job(), name=name)
         except* _BatchComplete:

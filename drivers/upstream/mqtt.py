@@ -1,0 +1,449 @@
+"""MQTT forwarder (aiomqtt 2.x on paho-mqtt 2.x): one EPCIS event per QoS 1 message.
+
+Why it reaches below aiomqtt: ``aiomqtt.Client.publish`` waits for each PUBACK in turn and
+ignores its reason code, so a publish the broker refused (MQTT 5 reason code >= 0x80, e.g. 0x87
+"not authorized") would look delivered. This driver publishes through the underlying paho client
+(``client._client.publish``), keeps the whole batch in flight at once (paho sends in order and
+queues beyond the broker's receive maximum), and chains its own ``on_publish`` callback in front
+of aiomqtt's to read every PUBACK's reason code. aiomqtt still owns the socket and the connection.
+
+Delivery levels (``delivery``):
+
+- ``broker``: an event is done at a positive PUBACK. Fast, but a broker can still lose it
+  (a queue dropped when full, in-memory state lost on a crash between autosaves).
+- ``end-to-end``: an event is done only when the receiver confirms its eventID on the ack topic
+  (see ``simulators/upstream/mqtt_consumer.py``). Until then it stays pending and is re-sent
+  after ``ack_timeout_s``. The receiver may also reject an event as invalid (dead letter).
+  When a whole batch goes unconfirmed, ``deliver`` raises ``DeliveryError`` (the loop backs off
+  and logs that upstream is away) and sends one event at a time until a confirmation arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self
+
+import aiomqtt
+import structlog
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt import client as mqtt_client
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_agent.config.models import SecretRef
+from edge_agent.contracts import Delivery, OutboxEvent
+from edge_agent.crashpoints import crash_point
+from edge_agent.errors import ConfigError, DeliveryError
+
+log = structlog.get_logger("drivers.upstream.mqtt")
+
+_MAX_REMEMBERED = 200_000  # end-to-end confirmations kept for events not (yet) asked about
+# MQTT 5 PUBACK reason codes that say "this message is wrong", not "try later": dead letter.
+_INVALID_PAYLOAD = {0x99: "payload format invalid"}
+# unsupported protocol version: 0x84 from an MQTT 5 broker, 1 from a 3.1.1-only broker
+_CONNACK_BAD_PROTOCOL = {0x84, 0x01}
+
+
+class _PackedOnce(Properties):
+    """Publish properties shared by every message, packed once: paho packs a Properties object
+    on every publish, which costs more than the publish itself at thousands per second."""
+
+    _packed: bytes | None = None
+
+    def pack(self) -> bytes:
+        if self._packed is None:
+            object.__setattr__(self, "_packed", super().pack())  # type: ignore[no-untyped-call]
+        assert self._packed is not None
+        return self._packed
+
+
+def _publish_properties() -> Properties:
+    props = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.PayloadFormatIndicator = 1  # UTF-8 text
+    props.ContentType = "application/ld+json"  # one EPCIS 2.0 event, eventID inside
+    props.pack()
+    return props
+
+
+_PUBLISH_PROPERTIES = _publish_properties()
+
+
+class MqttConfig(BaseModel):
+    """``[[upstream.forwarders]]`` table for ``type = "mqtt"``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["mqtt"] = Field(description="Forwarder type: publish events to an MQTT broker")
+    host: str = Field(min_length=1, description="Broker host name or IP address")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS)")
+    topic: str = Field(
+        "serialization/{site}/{line}/events",
+        min_length=1,
+        description="Topic template; {site}, {line} and {batch} are filled in",
+    )
+    delivery: Literal["broker", "end-to-end"] = Field(
+        "broker",
+        description="broker = done at a positive PUBACK; end-to-end = done when the receiver "
+        "confirms the eventID on ack_topic",
+    )
+    ack_topic: str = Field(
+        "serialization/{site}/{line}/acks",
+        min_length=1,
+        description="end-to-end: topic the receiver publishes its confirmations on",
+    )
+    ack_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="end-to-end: re-send an event not confirmed this long"
+    )
+    client_id: str | None = Field(
+        None,
+        max_length=128,
+        description="MQTT client id; must be stable for the persistent session "
+        "(default edge-agent-<site>-<line>)",
+    )
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        "auto", description="MQTT version; auto = 5, falling back to 3.1.1 if the broker refuses"
+    )
+    session_expiry_s: int = Field(
+        7 * 86400,
+        ge=0,
+        le=4_294_967_295,
+        description="How long the broker keeps the session (subscriptions, queued acks) offline",
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
+    timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Connect timeout and longest wait for a batch's PUBACKs"
+    )
+    max_inflight: int = Field(
+        100,
+        ge=1,
+        le=65535,
+        description="QoS 1 publishes awaiting PUBACK at once (lowered to the broker's Receive "
+        "Maximum); a larger window helps on high-latency links",
+    )
+    username: str | None = Field(None, max_length=256, description="Broker user name")
+    password: SecretRef | None = Field(None, description="Broker password, by reference")
+    tls: bool = Field(False, description="Connect with TLS")
+    ca_file: Path | None = Field(None, description="CA bundle that signed the broker certificate")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS")
+    key_file: Path | None = Field(None, description="Private key (PEM) of the client certificate")
+
+
+class MqttForwarder:
+    """Forwarder over MQTT. ``async with`` does not connect: ``deliver`` connects on demand,
+    so a broker that is down at start never delays the line; the forwarder loop backs off."""
+
+    Config: ClassVar[type[MqttConfig]] = MqttConfig
+
+    def __init__(
+        self,
+        name: str,
+        config: MqttConfig | Mapping[str, Any],
+        *,
+        site: str = "SITE",
+        line: str = "LINE",
+    ) -> None:
+        self.name = name
+        self.config = _validated(name, config)
+        self.site, self.line = site, line
+        self.client_id = self.config.client_id or f"edge-agent-{site}-{line}"
+        self._client: aiomqtt.Client | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._pubacks: dict[int, asyncio.Future[int]] = {}
+        self._batch_left = 0  # PUBACKs the current deliver still waits for
+        self._batch_done: asyncio.Future[None] | None = None
+        # end-to-end bookkeeping: confirmations may arrive before, during or after a deliver
+        self._confirmed: dict[str, None] = {}  # insertion-ordered, so the oldest can go
+        self._refused: dict[str, str] = {}
+        self._sent_at: dict[str, float] = {}
+        self._ack_arrived = asyncio.Event()
+        self._probing = False  # end-to-end: the receiver is silent, send one event at a time
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._disconnect()
+
+    # --- delivery -----------------------------------------------------------------------------
+
+    async def deliver(self, events: Sequence[OutboxEvent]) -> Delivery:
+        client = await self._connected()
+        e2e = self.config.delivery == "end-to-end"
+        result = Delivery()
+        now = time.monotonic()
+        to_send = []
+        for event in events:
+            if e2e and self._settled(event.event_id, result):
+                continue
+            sent = self._sent_at.get(event.event_id)
+            if sent is None or now - sent >= self.config.ack_timeout_s:
+                to_send.append(event)
+        if e2e and self._probing:
+            # The receiver confirmed nothing last time: send one event, not the whole batch
+            # again, so an outage of the receiver does not fill the broker with duplicates.
+            to_send = to_send[:1]
+        acks = self._publish(client, to_send)
+        crash_point("forward_published")
+        codes = await self._await_pubacks(client, acks)
+        failure = None
+        for event, code in zip(to_send, codes, strict=True):
+            if code is None:
+                failure = failure or "no PUBACK (connection lost or timed out)"
+            elif code in _INVALID_PAYLOAD:
+                result.rejected[event.event_id] = f"broker: {_INVALID_PAYLOAD[code]}"
+            elif code >= 0x80:
+                failure = failure or f"broker refused {event.event_id} (reason code 0x{code:02X})"
+            elif not e2e:
+                result.delivered.append(event.event_id)
+            else:
+                self._sent_at[event.event_id] = time.monotonic()
+        if e2e and failure is None:
+            await self._await_confirmations(events, result)
+            if to_send and not (result.delivered or result.rejected):
+                self._probing = True
+                failure = f"the receiver confirmed nothing within {self.config.ack_timeout_s}s"
+        if failure is not None and not (result.delivered or result.rejected):
+            raise DeliveryError(failure, upstream=self.name)
+        # Partial success is reported (and recorded); the rest stays pending and is retried.
+        return result
+
+    def _publish(self, client: aiomqtt.Client, events: Sequence[OutboxEvent]) -> list[Any]:
+        futures = []
+        loop = asyncio.get_running_loop()
+        paho = client._client
+        props = _PUBLISH_PROPERTIES if paho.protocol == aiomqtt.ProtocolVersion.V5.value else None
+        for event in events:
+            topic = self._topic(self.config.topic, event.batch_id)
+            info = paho.publish(topic, event.payload.encode(), qos=1, properties=props)
+            if info.rc != 0:
+                raise DeliveryError(f"publish failed (paho rc {info.rc})", upstream=self.name)
+            future: asyncio.Future[int] = loop.create_future()
+            self._pubacks[info.mid] = future
+            futures.append(future)
+        return futures
+
+    async def _await_pubacks(
+        self, client: aiomqtt.Client, acks: list[asyncio.Future[int]]
+    ) -> list[int | None]:
+        """Each publish's PUBACK reason code, or None where none came (link lost, timeout).
+        Stops waiting at the first refusal: a broker may close the link right after one."""
+        dropped = client._disconnected
+        if acks and not dropped.done():
+            # One wake-up for the whole batch (not one wait per PUBACK: that is quadratic)
+            self._batch_left = len(acks)
+            self._batch_done = batch_done = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait(
+                    (batch_done, dropped),
+                    timeout=self.config.timeout_s,
+                    return_when="FIRST_COMPLETED",
+                )
+            finally:
+                batch_done.cancel()
+        codes = [f.result() if f.done() and not f.cancelled() else None for f in acks]
+        if None in codes:
+            await self._disconnect()  # the link is unusable: the next deliver reconnects
+        return codes
+
+    def _settled(self, event_id: str, result: Delivery) -> bool:
+        if event_id in self._confirmed:
+            del self._confirmed[event_id]
+            self._sent_at.pop(event_id, None)
+            result.delivered.append(event_id)
+            return True
+        if event_id in self._refused:
+            self._sent_at.pop(event_id, None)
+            result.rejected[event_id] = self._refused.pop(event_id)
+            return True
+        return False
+
+    async def _await_confirmations(self, events: Sequence[OutboxEvent], result: Delivery) -> None:
+        waiting = [e.event_id for e in events if e.event_id in self._sent_at]
+        deadline = time.monotonic() + self.config.ack_timeout_s
+        while waiting:
+            waiting = [i for i in waiting if not self._settled(i, result)]
+            left = deadline - time.monotonic()
+            if not waiting or left <= 0:
+                return
+            self._ack_arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ack_arrived.wait(), min(left, 0.5))
+            if self._client is None or self._client._disconnected.done():
+                return  # the connection dropped: the next deliver reconnects
+
+    # --- connection ---------------------------------------------------------------------------
+
+    async def _connected(self) -> aiomqtt.Client:
+        client = self._client
+        if client is not None and not client._disconnected.done():
+            return client
+        await self._disconnect()
+        versions = {
+            "5": [aiomqtt.ProtocolVersion.V5],
+            "3.1.1": [aiomqtt.ProtocolVersion.V311],
+            "auto": [aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311],
+        }[self.config.protocol]
+        for version in versions:
+            client = self._make_client(version)
+            try:
+                await client.__aenter__()
+            except MqttConnectError as exc:
+                rc: Any = exc.rc
+                code = int(getattr(rc, "value", rc) or 0)
+                if code in _CONNACK_BAD_PROTOCOL and version != versions[-1]:
+                    continue
+                raise DeliveryError(
+                    f"broker refused the connection: {exc}", upstream=self.name
+                ) from exc
+            except aiomqtt.MqttError as exc:
+                raise DeliveryError(
+                    f"cannot connect to {self.config.host}:{self.config.port}: {exc}",
+                    upstream=self.name,
+                ) from exc
+            break
+        assert client is not None
+        self._hook_pubacks(client)
+        self._client = client
+        if self.config.delivery == "end-to-end":
+            await self._subscribe_acks(client)
+        log.debug("mqtt_connected", forwarder=self.name, client_id=self.client_id)
+        return client
+
+    def _make_client(self, version: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
+        cfg = self.config
+        v5 = version == aiomqtt.ProtocolVersion.V5
+        props = None
+        if v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = cfg.session_expiry_s
+        password = cfg.password.resolve().get_secret_value() if cfg.password else None
+        client = aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            identifier=self.client_id,
+            protocol=version,
+            clean_session=None if v5 else False,
+            # paho refuses clean_start on 3.1.1: there clean_session=False is the same promise
+            clean_start=False if v5 else mqtt_client.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+            keepalive=cfg.keepalive_s,
+            timeout=cfg.timeout_s,
+            username=cfg.username,
+            password=password,
+            tls_context=self._tls_context() if cfg.tls else None,
+            max_inflight_messages=cfg.max_inflight,
+        )
+        self._hook_connack(client)
+        return client
+
+    def _tls_context(self) -> ssl.SSLContext:
+        cfg = self.config
+        context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+        if cfg.cert_file is not None:
+            key = str(cfg.key_file) if cfg.key_file else None
+            context.load_cert_chain(str(cfg.cert_file), key)
+        return context
+
+    def _hook_connack(self, client: aiomqtt.Client) -> None:
+        """Never keep more QoS 1 publishes in flight than the broker's Receive Maximum (MQTT 5
+        CONNACK property): paho does not honour it, and a broker may disconnect a client that
+        exceeds it."""
+        paho = client._client
+        inner: Any = paho.on_connect
+
+        def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
+            receive_max = getattr(props, "ReceiveMaximum", None)
+            if isinstance(receive_max, int) and 0 < receive_max < self.config.max_inflight:
+                paho.max_inflight_messages_set(receive_max)
+            inner(c, userdata, flags, reason, props)
+
+        paho.on_connect = on_connect
+
+    def _hook_pubacks(self, client: aiomqtt.Client) -> None:
+        paho = client._client
+        inner: Any = paho.on_publish
+
+        def on_publish(c: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+            future = self._pubacks.pop(mid, None)
+            if future is not None and not future.done():
+                code = int(getattr(reason, "value", reason))
+                future.set_result(code)
+                self._batch_left -= 1
+                done = self._batch_done
+                if (self._batch_left <= 0 or code >= 0x80) and done and not done.done():
+                    done.set_result(None)
+            if inner is not None:
+                inner(c, userdata, mid, reason, props)
+
+        paho.on_publish = on_publish
+
+    async def _subscribe_acks(self, client: aiomqtt.Client) -> None:
+        try:
+            await client.subscribe(self._topic(self.config.ack_topic, None), qos=1)
+        except aiomqtt.MqttError as exc:
+            await self._disconnect()
+            raise DeliveryError(
+                f"cannot subscribe to the ack topic: {exc}", upstream=self.name
+            ) from exc
+        self._listener = asyncio.create_task(self._listen(client), name=f"{self.name}-acks")
+
+    async def _listen(self, client: aiomqtt.Client) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):
+            async for message in client.messages:
+                self._on_ack(message.payload)
+
+    def _on_ack(self, payload: Any) -> None:
+        """``{"acked": [eventID, ...], "rejected": {eventID: reason}}`` from the receiver."""
+        try:
+            body = json.loads(bytes(payload))
+            acked = [str(i) for i in body.get("acked", [])]
+            refused = {str(k): str(v) for k, v in dict(body.get("rejected", {})).items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("mqtt_bad_ack", forwarder=self.name, error=repr(exc))
+            return
+        self._probing = False
+        self._confirmed.update(dict.fromkeys(acked))
+        if len(self._confirmed) > _MAX_REMEMBERED:
+            # confirmations of re-sent duplicates are never asked about again: forget the oldest
+            for event_id in list(self._confirmed)[: _MAX_REMEMBERED // 2]:
+                del self._confirmed[event_id]
+        for event_id, why in refused.items():
+            self._refused[event_id] = f"receiver: {why}"
+        self._ack_arrived.set()
+
+    async def _disconnect(self) -> None:
+        client, self._client = self._client, None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+        for future in self._pubacks.values():
+            future.cancel()
+        self._pubacks.clear()
+        self._sent_at.clear()  # not confirmed on this connection: send again on the next
+        if client is None:
+            return
+        with contextlib.suppress(aiomqtt.MqttError, OSError, asyncio.TimeoutError):
+            await client.__aexit__(None, None, None)
+        if client._disconnected.done() and not client._disconnected.cancelled():
+            client._disconnected.exception()  # retrieved: a dropped link is expected here
+
+    def _topic(self, template: str, batch: str | None) -> str:
+        return template.format(site=self.site, line=self.line, batch=batch or "none")
+
+
+def _validated(name: str, config: MqttConfig | Mapping[str, Any]) -> MqttConfig:
+    if isinstance(config, MqttConfig):
+        return config
+    try:
+        return MqttConfig.model_validate(dict(config))
+    except ValidationError as exc:
+        raise ConfigError(str(exc), key=name) from exc

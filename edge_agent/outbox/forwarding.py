@@ -1,0 +1,225 @@
+"""The forwarder loop: one per configured forwarder, beside the line, never in its way.
+
+Each loop reads its forwarder's oldest pending events (in outbox order, so per batch in order),
+hands them to ``deliver``, and durably records what was delivered or dead-lettered before it
+asks for more. A ``DeliveryError`` (upstream away, 5xx, timeout) backs off with full jitter,
+honouring the upstream's ``retry_after_s``; the loop logs once when upstream goes away and once
+when it comes back. Nothing here can stop the line: every failure is logged and retried. Only
+the quota guard stops the line, because a full disk would make the ledger itself fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from edge_agent.contracts import Delivery, Forwarder
+from edge_agent.crashpoints import crash_point
+from edge_agent.errors import DeliveryError, LineStopped
+from edge_agent.outbox.store import OutboxStore, used_bytes
+
+log = structlog.get_logger("edge_agent.outbox")
+
+_IDLE_POLL_S = 0.1  # how often an idle forwarder looks for new events
+_MB = 1024 * 1024
+
+
+class ForwarderLoop:
+    def __init__(
+        self,
+        store: OutboxStore,
+        forwarder: Forwarder,
+        name: str,
+        *,
+        batch_size: int = 200,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        on_alarm: Callable[[str], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.forwarder = forwarder
+        self.name = name
+        self.batch_size = batch_size
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.on_alarm = on_alarm or (lambda _msg: None)
+        self.rng = rng or random.Random()
+        self.failures = 0
+        self.down_since: float | None = None
+        self.delivered = 0
+        self.dead = 0
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Ask the loop to end; call before cancelling its task. Python 3.11's ``wait_for``
+        (inside aiomqtt and aiohttp) can swallow a cancellation (see line.runtime), and a
+        TaskGroup may already have uncancelled the task, so a flag is the reliable signal."""
+        self.stopping = True
+
+    def _raise_if_stopping(self) -> None:
+        task = asyncio.current_task()
+        if self.stopping or (task is not None and task.cancelling()):
+            raise asyncio.CancelledError
+
+    def idle(self) -> bool:
+        """No event is waiting for this forwarder."""
+        return not self.store.pending(self.name, 1)
+
+    async def run(self) -> None:
+        while True:
+            self._raise_if_stopping()
+            try:
+                async with self.forwarder:
+                    await self._forward()
+            except asyncio.CancelledError:
+                raise
+            except DeliveryError as exc:
+                await self._failed(exc)
+            except Exception as exc:  # a forwarder bug must never take the line down
+                log.exception("forwarder_failed", forwarder=self.name, error=repr(exc))
+                await self._failed(DeliveryError(repr(exc), upstream=self.name))
+
+    async def _forward(self) -> None:
+        while True:
+            self._raise_if_stopping()
+            events = self.store.pending(self.name, self.batch_size)
+            if not events:
+                await asyncio.sleep(_IDLE_POLL_S)
+                continue
+            try:
+                result = await self.forwarder.deliver(events)
+            except DeliveryError as exc:
+                await self._failed(exc)
+                continue
+            crash_point("forward_delivered")
+            self._record(events, result)
+            crash_point("forward_marked")
+
+    def _record(self, events: Any, result: Delivery) -> None:
+        done, dead = self.store.mark(self.name, events, result.delivered, result.rejected)
+        self.delivered += done
+        self.dead += dead
+        if done and self.down_since is not None:
+            log.info(
+                "upstream_recovered",
+                forwarder=self.name,
+                down_s=round(time.monotonic() - self.down_since, 1),
+            )
+            self.down_since = None
+        if done:
+            self.failures = 0
+        for event_id, why in result.rejected.items():
+            log.error("dead_letter", forwarder=self.name, event_id=event_id, reason=why)
+        if result.rejected:
+            self.on_alarm(
+                f"outbox: {len(result.rejected)} event(s) rejected by {self.name} as invalid; "
+                "see `edge-agent outbox status`"
+            )
+
+    async def _failed(self, exc: DeliveryError) -> None:
+        self.failures += 1
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("upstream_unavailable", forwarder=self.name, error=str(exc))
+        else:
+            log.debug("upstream_still_unavailable", forwarder=self.name, error=str(exc))
+        await asyncio.sleep(self.delay(exc.retry_after_s))
+
+    def delay(self, retry_after_s: float | None) -> float:
+        """Full jitter below a capped exponential; the upstream's Retry-After is a floor."""
+        cap = min(self.backoff_max_s, self.backoff_initial_s * 2 ** min(self.failures - 1, 30))
+        delay = self.rng.uniform(self.backoff_initial_s / 2, max(cap, self.backoff_initial_s))
+        if retry_after_s is not None:
+            delay = max(delay, min(retry_after_s, self.backoff_max_s * 4))
+        return delay
+
+
+class QuotaGuard:
+    """Watches the state database's size: an alarm at one level, a line stop at the next.
+
+    Undelivered events are never dropped to make room. Delivered ones are kept only for
+    ``retention_days`` as a courtesy (replay, audit): from the alarm level on, they are pruned
+    early, oldest first. If the database still reaches the stop level (upstream away too long),
+    the line stops (LineStopped 'outbox_full') until deliveries free space again.
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        alarm_mb: float,
+        stop_mb: float,
+        store: OutboxStore | None = None,
+        on_alarm: Callable[[str], None] | None = None,
+        interval_s: float = 1.0,
+    ) -> None:
+        self.conn = conn
+        self.store = store
+        self.alarm_bytes = alarm_mb * _MB
+        self.stop_bytes = stop_mb * _MB
+        self.on_alarm = on_alarm or (lambda _msg: None)
+        self.interval_s = interval_s
+        self._alarmed = False
+
+    def check(self) -> None:
+        size = used_bytes(self.conn)
+        if size >= self.alarm_bytes and self.store is not None:
+            pruned = self.store.prune(0)
+            if pruned:
+                log.warning("outbox_pruned_early", events=pruned, reason="quota alarm level")
+                self._shrink_wal()
+                size = used_bytes(self.conn)
+        if size >= self.stop_bytes:
+            raise LineStopped(
+                "outbox_full",
+                f"state database {size / _MB:.1f} MB is at the stop level "
+                f"{self.stop_bytes / _MB:g} MB; restore the upstream link so the outbox drains "
+                "(`edge-agent outbox status`), free disk or raise upstream.quota_stop_mb; "
+                "no event was dropped",
+            )
+        if size >= self.alarm_bytes and not self._alarmed:
+            self._alarmed = True
+            message = (
+                f"outbox: state database {size / _MB:.1f} MB passed the alarm level "
+                f"{self.alarm_bytes / _MB:g} MB"
+            )
+            log.error("outbox_quota_alarm", size_mb=round(size / _MB, 1))
+            self.on_alarm(message)
+        elif size < self.alarm_bytes:
+            self._alarmed = False
+
+    def _shrink_wal(self) -> None:
+        """Checkpoint and cut the WAL file, without waiting: with a reader active it is left
+        for the next check (a blocking wait here would stall the line's event loop)."""
+        self.conn.execute("PRAGMA busy_timeout=0")
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError:
+            pass
+        finally:
+            self.conn.execute("PRAGMA busy_timeout=5000")
+
+    async def run(self) -> None:
+        while True:
+            self.check()
+            await asyncio.sleep(self.interval_s)
+
+
+async def prune_periodically(
+    store: OutboxStore, retention_days: float, interval_s: float = 3600.0
+) -> None:
+    while True:
+        try:
+            pruned = store.prune(retention_days)
+            if pruned:
+                log.info("outbox_pruned", events=pruned, retention_days=retention_days)
+        except Exception as exc:  # a failed prune is retried next time; never a line stop
+            log.error("outbox_prune_failed", error=repr(exc))
+        await asyncio.sleep(interval_s)
