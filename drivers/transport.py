@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import os
 import tty
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import serial
 import serial_asyncio_fast
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edge_agent.errors import DeviceConnectionError, DeviceTimeout
 
@@ -28,7 +28,11 @@ _PARITY = {
     "mark": serial.PARITY_MARK,
     "space": serial.PARITY_SPACE,
 }
-_STOPBITS = {1: serial.STOPBITS_ONE, 1.5: serial.STOPBITS_ONE_POINT_FIVE, 2: serial.STOPBITS_TWO}
+_STOPBITS: dict[float, float] = {
+    1: serial.STOPBITS_ONE,
+    1.5: serial.STOPBITS_ONE_POINT_FIVE,
+    2: serial.STOPBITS_TWO,
+}
 
 
 class TcpTransport(BaseModel):
@@ -61,7 +65,7 @@ class SerialTransport(BaseModel):
     parity: Literal["none", "even", "odd", "mark", "space"] = Field(
         "none", description="Parity bit."
     )
-    stopbits: Literal[1, 1.5, 2] = Field(1, description="Stop bits.")
+    stopbits: float = Field(1, description="Stop bits: 1, 1.5 or 2.")
     rtscts: bool = Field(False, description="Hardware flow control (RTS/CTS).")
     xonxoff: bool = Field(
         False, description="Software flow control (XON/XOFF); only for text protocols."
@@ -70,10 +74,17 @@ class SerialTransport(BaseModel):
         3.0, gt=0, le=60, allow_inf_nan=False, description="Give up opening the port after this."
     )
 
+    @field_validator("stopbits")
+    @classmethod
+    def _stopbits(cls, value: float) -> float:
+        if value not in _STOPBITS:
+            raise ValueError("stop bits must be 1, 1.5 or 2")
+        return value
+
     def describe(self) -> str:
         return f"serial://{self.device}@{self.baudrate}"
 
-    def serial_kwargs(self) -> dict[str, object]:
+    def serial_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``serial.Serial`` for this configuration."""
         return {
             "url": self.device,

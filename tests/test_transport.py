@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
@@ -16,10 +17,8 @@ _ADAPTER: TypeAdapter[TcpTransport | SerialTransport] = TypeAdapter(TransportCon
 
 async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
-    try:
+    with contextlib.suppress(OSError):
         await writer.wait_closed()
-    except OSError:
-        pass
 
 
 def test_config_union_picks_by_kind_and_checks_bounds() -> None:
