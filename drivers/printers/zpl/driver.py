@@ -1,0 +1,365 @@
+"""Driver for Zebra label printers speaking ZPL II (see README.md next to this file).
+
+ZPL has no per-label acknowledgement, so print confirmation counts: the driver numbers every
+format it writes, and a poller asks ``~HS`` on the same stream. The answer reflects every byte
+written before the question (the printer reads its input in order), so
+
+    printed so far = formats written before this ~HS - (formats in buffer + labels remaining)
+
+and every record up to that number is confirmed, oldest first. A lost or late answer can only
+make the figure lag, never run ahead: answers are matched to the oldest open question, whose
+count is the smallest, and the printed figure never moves back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Literal, Self
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from drivers.transport import SerialTransport, TcpTransport, open_stream
+from edge_agent.contracts import PrintConfirmation, PrinterStatus, PrintJob, PrintRecord
+from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
+
+from . import codec
+
+log = structlog.get_logger(__name__)
+
+_READ_CHUNK = 65536
+_NOT_CONNECTED = "not connected"
+_CLOSED = "closed by the agent"
+
+
+class _LinkDown:
+    pass
+
+
+_Event = PrintConfirmation | DeviceFault | DeviceTimeout | _LinkDown
+
+
+class ZplPrinter:
+    """A Zebra (or ZPL-compatible) label printer; implements ``edge_agent.contracts.Printer``."""
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        type: Literal["zpl"] = Field(description='Driver selector; always "zpl".')
+        host: str = Field(
+            "127.0.0.1", min_length=1, max_length=253, description="Printer host name or address."
+        )
+        port: int = Field(9100, ge=1, le=65535, description="Raw ZPL TCP port (9100 on Zebras).")
+        serial: SerialTransport | None = Field(
+            None, description="Use this RS-232 link instead of TCP (device, baudrate, parity...)."
+        )
+        connect_timeout_s: float = Field(
+            3.0, gt=0, le=60, allow_inf_nan=False, description="Give up connecting after this."
+        )
+        status_timeout_s: float = Field(
+            1.0,
+            gt=0,
+            le=60,
+            allow_inf_nan=False,
+            description="A ~HS without answer after this is missed.",
+        )
+        max_missed_status: int = Field(
+            3, ge=1, le=100, description="Missed ~HS answers in a row that raise DeviceTimeout."
+        )
+        poll_interval_s: float = Field(
+            0.01,
+            ge=0.001,
+            le=5,
+            allow_inf_nan=False,
+            description="~HS polling period while labels are unconfirmed (confirmation latency).",
+        )
+        idle_poll_interval_s: float = Field(
+            0.25, ge=0.01, le=30, allow_inf_nan=False, description="~HS period with nothing queued."
+        )
+        buffer_depth: int = Field(
+            4, ge=1, le=64, description="How many sent-but-unprinted labels the agent keeps queued."
+        )
+        template: str = Field(
+            codec.DEFAULT_TEMPLATE,
+            min_length=8,
+            max_length=codec.MAX_FORMAT,
+            description="ZPL label format with {gtin} {lot} {expiry} {serial} placeholders.",
+        )
+
+        @field_validator("template")
+        @classmethod
+        def _template(cls, value: str) -> str:
+            try:
+                return codec.check_template(value)
+            except codec.TemplateError as exc:
+                raise ValueError(f"label template {exc}") from exc
+
+    def __init__(self, name: str, config: ZplPrinter.Config) -> None:
+        self.name = name
+        self.config = config
+        self.buffer_depth = config.buffer_depth
+        self.malformed_count = 0
+        self.fault_code: str | None = None
+        self.last_status: codec.HostStatus | None = None
+        self._job: PrintJob | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock = asyncio.Lock()
+        self._questions: deque[tuple[int, asyncio.Future[codec.HostStatus]]] = deque()
+        self._unconfirmed: deque[PrintRecord] = deque()
+        self._written = 0  # formats written on this connection
+        self._printed = 0  # of those, printed according to the printer's counts
+        self._events: asyncio.Queue[_Event] = asyncio.Queue()
+        self._down: str | None = _NOT_CONNECTED
+        self._self_paused = False
+        self._sent = asyncio.Event()
+
+    # --- connection ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        cfg = self.config
+        link = cfg.serial or TcpTransport(
+            host=cfg.host, port=cfg.port, connect_timeout_s=cfg.connect_timeout_s
+        )
+        reader, self._writer = await open_stream(self.name, link)
+        self._questions, self._unconfirmed = deque(), deque()
+        self._written = self._printed = 0
+        self._events = asyncio.Queue()
+        self._down = None
+        self._tasks = [
+            asyncio.create_task(self._read_loop(reader), name=f"{self.name}-rx"),
+            asyncio.create_task(self._poll_loop(), name=f"{self.name}-poll"),
+        ]
+        log.info("printer connected", device=self.name, link=link.describe())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        tasks, writer = self._tasks, self._writer
+        self._tasks, self._writer = [], None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self._link_down(_CLOSED)
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    def _link_down(self, why: str) -> None:
+        if self._down is not None:
+            return
+        self._down = why
+        while self._questions:
+            _, future = self._questions.popleft()
+            if not future.done():
+                future.set_exception(DeviceConnectionError(self.name, why))
+        self._events.put_nowait(_LinkDown())
+        if why != _CLOSED:
+            log.warning("printer link down", device=self.name, why=why)
+
+    # --- reading and polling ---------------------------------------------------------------
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        decoder = codec.StatusDecoder()
+        why = "connection closed by the printer"
+        try:
+            while data := await reader.read(_READ_CHUNK):
+                for item in decoder.feed(data):
+                    if isinstance(item, codec.Malformed):
+                        self.malformed_count += 1
+                        log.warning(
+                            "malformed input from printer",
+                            device=self.name,
+                            why=item.why,
+                            raw=item.raw[:80],
+                        )
+                    else:
+                        self._answer(item)
+        except OSError as exc:
+            why = f"connection lost: {exc!r}"
+        except Exception as exc:  # a driver bug must not leave callers waiting forever
+            log.exception("printer reader failed", device=self.name)
+            why = f"driver reader failed: {exc!r}"
+        self._link_down(why)
+
+    def _answer(self, status: codec.HostStatus) -> None:
+        if not self._questions:
+            self.malformed_count += 1
+            log.warning("~HS answer to no question", device=self.name)
+            return
+        written, future = self._questions.popleft()
+        self.last_status = status
+        self._count_printed(written - status.pending)
+        if not future.done():
+            future.set_result(status)
+
+    def _count_printed(self, printed: int) -> None:
+        while self._printed < printed and self._unconfirmed:
+            record = self._unconfirmed.popleft()
+            self._printed += 1
+            self._events.put_nowait(PrintConfirmation(record.seq, record.serial))
+
+    async def _ask(self) -> codec.HostStatus:
+        """One ~HS round trip; DeviceTimeout if the answer does not come in time."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[codec.HostStatus] = loop.create_future()
+        async with self._lock:
+            self._check_link()
+            self._questions.append((self._written, future))
+            await self._write(codec.HOST_STATUS)
+        timeout = self.config.status_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError as exc:
+            raise DeviceTimeout(self.name, f"no answer to ~HS within {timeout} s") from exc
+        finally:
+            future.cancel()  # stays queued as abandoned: a late answer still lines up
+
+    async def _poll_loop(self) -> None:
+        cfg, missed = self.config, 0
+        try:
+            while self._down is None:
+                try:
+                    status = await self._ask()
+                except DeviceTimeout as exc:
+                    missed += 1
+                    log.warning("printer status missed", device=self.name, in_a_row=missed)
+                    if missed >= cfg.max_missed_status:
+                        self._events.put_nowait(exc)
+                        return
+                    continue
+                missed = 0
+                self._check_faults(status)
+                await asyncio.sleep(cfg.poll_interval_s)
+                if not (self._unconfirmed or status.pending):
+                    # Idle: ask rarely, but at once when a label goes out
+                    self._sent.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(cfg.idle_poll_interval_s):
+                            await self._sent.wait()
+        except DeviceConnectionError:
+            return  # the reader reports the loss
+
+    def _check_faults(self, status: codec.HostStatus) -> None:
+        flags = status.flags(codec.STOPPING_FLAGS)
+        if self._self_paused and "pause" in flags:
+            flags.remove("pause")
+        code = ",".join(flags).upper() or None
+        if code != self.fault_code:
+            self.fault_code = code
+            if code is not None:
+                log.warning("printer fault", device=self.name, code=code)
+                self._events.put_nowait(DeviceFault(self.name, code, "reported by ~HS"))
+            else:
+                log.info("printer fault cleared", device=self.name)
+        for warning in status.flags(codec.WARNING_FLAGS):
+            log.warning("printer warning", device=self.name, flag=warning.upper())
+
+    # --- commands --------------------------------------------------------------------------
+
+    def _check_link(self) -> None:
+        if self._down is not None or self._writer is None:
+            raise DeviceConnectionError(self.name, self._down or _NOT_CONNECTED)
+
+    async def _write(self, data: bytes) -> None:
+        assert self._writer is not None
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except OSError as exc:
+            raise DeviceConnectionError(self.name, f"write failed: {exc!r}") from exc
+
+    async def select_job(self, job: PrintJob) -> None:
+        b = job
+        try:  # fail at job selection, not on the first unit, when a value cannot be printed
+            codec.render_label(
+                self.config.template, gtin=b.gtin, lot=b.lot, expiry=b.expiry, serial="0"
+            )
+        except codec.TemplateError as exc:
+            raise ProtocolError(self.name, f"cannot print batch data: {exc}") from exc
+        self._job = job
+        log.info("printer job selected", device=self.name, job=job.name)
+
+    async def send(self, record: PrintRecord) -> None:
+        job = self._job
+        if job is None:
+            raise ProtocolError(self.name, "send() before select_job()")
+        if self.fault_code is not None:
+            raise DeviceFault(self.name, self.fault_code, "printer reports a fault; not sent")
+        try:
+            data = codec.render_label(
+                self.config.template,
+                gtin=job.gtin,
+                lot=job.lot,
+                expiry=job.expiry,
+                serial=record.serial,
+            )
+        except codec.TemplateError as exc:
+            raise ProtocolError(self.name, f"cannot put on the wire: {exc}") from exc
+        async with self._lock:
+            self._check_link()
+            # Counted before the write: an answer to a later ~HS must see this format as sent
+            self._unconfirmed.append(record)
+            self._written += 1
+            await self._write(data)
+        self._sent.set()
+
+    async def status(self) -> PrinterStatus:
+        hs = await self._ask()
+        fault = ",".join(hs.flags(codec.STOPPING_FLAGS)).upper() or None
+        state = "fault" if fault else ("printing" if hs.pending else "ready")
+        return PrinterStatus(state, hs.pending, self._printed, fault)
+
+    async def clear(self) -> int:
+        """Pause, count what is queued, cancel it all (~JA), resume. Returns the count."""
+        self._self_paused = True
+        try:
+            async with self._lock:
+                self._check_link()
+                await self._write(codec.PAUSE)
+            queued = await self._settled_pending()
+            async with self._lock:
+                self._check_link()
+                await self._write(codec.CANCEL_ALL + codec.RESUME)
+                # The unconfirmed records beyond what was printed are the cancelled ones
+                self._written -= queued
+                # Open questions were asked before ~JA; their answers must not count the
+                # cancelled formats as printed, whichever answer ends up matched to them
+                self._questions = deque((w - queued, f) for w, f in self._questions)
+                for _ in range(min(queued, len(self._unconfirmed))):
+                    self._unconfirmed.pop()
+        finally:
+            self._self_paused = False
+        return queued
+
+    async def _settled_pending(self) -> int:
+        """Queued labels once the paused printer has finished the label under its head: two
+        answers in a row that agree, so a label completing right now is counted as printed."""
+        previous = (await self._ask()).pending
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+            current = (await self._ask()).pending
+            if current == previous:
+                return current
+            previous = current
+        raise DeviceTimeout(self.name, "queued label count did not settle after ~PP")
+
+    # --- notifications ---------------------------------------------------------------------
+
+    async def confirmations(self) -> AsyncIterator[PrintConfirmation]:
+        while True:
+            if self._down is not None and self._events.empty():
+                raise DeviceConnectionError(self.name, self._down)
+            event = await self._events.get()
+            match event:
+                case PrintConfirmation():
+                    yield event
+                case DeviceFault() | DeviceTimeout():
+                    raise event
+                case _LinkDown():
+                    raise DeviceConnectionError(self.name, self._down or _NOT_CONNECTED)
