@@ -160,7 +160,7 @@ class ZplPrinterSim:
             if self._client is writer:
                 self._client = None
             writer.close()
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, asyncio.CancelledError):
                 await writer.wait_closed()
 
     def _drop_client(self) -> None:

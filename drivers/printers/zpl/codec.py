@@ -167,11 +167,7 @@ class StatusDecoder:
                 continue
             if byte == ETX:
                 self._in_string = False
-                self._strings.append(bytes(self._buf))
-                if len(self._strings) == 3:
-                    s = self._strings
-                    out.append(parse_host_status((s[0], s[1], s[2])))
-                    self._strings = []
+                out.extend(self._string(bytes(self._buf)))
             elif byte == STX or len(self._buf) >= MAX_STRING:
                 out.append(Malformed(bytes(self._buf[:MAX_STRING]), "unterminated ~HS string"))
                 self._strings = []
@@ -179,11 +175,30 @@ class StatusDecoder:
                 self._buf = bytearray()
             else:
                 self._buf.append(byte)
-        if garbage:
+        if garbage and self._strings:
             # Garbage between answers also means any half-read answer is suspect
             self._strings = []
+            out.append(Malformed(bytes(garbage[:MAX_STRING]), "bytes inside a ~HS answer"))
+        elif garbage:
             out.append(Malformed(bytes(garbage[:MAX_STRING]), "bytes outside an STX..ETX string"))
         return out
+
+    def _string(self, string: bytes) -> list[HostStatus | Malformed]:
+        """Strings are told apart by field count (12, 11, 2), so a cut answer costs only itself:
+        a first string always starts a new answer."""
+        fields = string.count(b",") + 1
+        if fields == 12:
+            dropped = self._strings
+            self._strings = [string]
+            return [Malformed(b"|".join(dropped), "incomplete ~HS answer")] if dropped else []
+        if (len(self._strings), fields) in ((1, 11), (2, 2)):
+            self._strings.append(string)
+            if len(self._strings) < 3:
+                return []
+            s, self._strings = self._strings, []
+            return [parse_host_status((s[0], s[1], s[2]))]
+        self._strings = []
+        return [Malformed(string[:MAX_STRING], "~HS string out of order")]
 
 
 # --- label template ----------------------------------------------------------------------------

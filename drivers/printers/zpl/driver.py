@@ -232,6 +232,7 @@ class ZplPrinter:
                     if missed >= cfg.max_missed_status:
                         self._events.put_nowait(exc)
                         return
+                    await self._resync()
                     continue
                 missed = 0
                 self._check_faults(status)
@@ -244,6 +245,13 @@ class ZplPrinter:
                             await self._sent.wait()
         except DeviceConnectionError:
             return  # the reader reports the loss
+
+    async def _resync(self) -> None:
+        """After a missed answer: give late answers time to land on their own questions, then
+        forget the questions still open, so the next answer is matched to the next question.
+        (An answer later than that would be matched to a newer question; README: limits.)"""
+        await asyncio.sleep(self.config.status_timeout_s)
+        self._questions = deque((w, f) for w, f in self._questions if not f.done())
 
     def _check_faults(self, status: codec.HostStatus) -> None:
         flags = status.flags(codec.STOPPING_FLAGS)
@@ -333,6 +341,10 @@ class ZplPrinter:
                 self._questions = deque((w - queued, f) for w, f in self._questions)
                 for _ in range(min(queued, len(self._unconfirmed))):
                     self._unconfirmed.pop()
+            # Also lets every answer given while paused arrive before the pause stops being ours
+            left = (await self._ask()).pending
+            if left:
+                raise ProtocolError(self.name, f"{left} labels still queued after ~JA")
         finally:
             self._self_paused = False
         return queued
