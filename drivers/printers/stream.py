@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
@@ -20,7 +21,13 @@ import structlog
 
 from drivers.transport import SerialTransport, TcpTransport, open_stream
 from edge_agent.contracts import PrintConfirmation
-from edge_agent.errors import DeviceConnectionError, DeviceError, DeviceFault, DeviceTimeout
+from edge_agent.errors import (
+    DeviceConnectionError,
+    DeviceError,
+    DeviceFault,
+    DeviceTimeout,
+    ProtocolError,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +47,7 @@ class Pending:
     cmd: str
     fits: Callable[[Any], bool]  # does this reply answer this command?
     future: asyncio.Future[Any] = field(repr=False)
+    sent_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,11 @@ class StreamPrinter:
         self._link_down(why)
 
     def _on_reply(self, reply: Any) -> None:
+        # An abandoned command still unanswered long after its timeout was lost on the way (a
+        # serial line drops bytes): its reply is not coming, so it must not take this one
+        stale = time.monotonic() - 5 * self.reply_timeout_s
+        while self._pending and self._pending[0].future.done() and self._pending[0].sent_at < stale:
+            self._pending.popleft()
         index = next((i for i, p in enumerate(self._pending) if p.fits(reply)), None)
         if index is None:
             self.count_malformed("reply to no pending command", reply=repr(reply)[:120])
@@ -159,8 +172,6 @@ class StreamPrinter:
             skipped = self._pending.popleft()
             if not skipped.future.done():
                 msg = f"printer skipped the reply to {skipped.cmd} and answered {reply!r}"
-                from edge_agent.errors import ProtocolError
-
                 skipped.future.set_exception(ProtocolError(self.name, msg))
         entry = self._pending.popleft()
         if not entry.future.done():
@@ -213,6 +224,7 @@ class StreamPrinter:
         async with self._lock:
             if self._down is not None or self._writer is None:
                 raise DeviceConnectionError(self.name, self._down or NOT_CONNECTED)
+            entry.sent_at = time.monotonic()
             self._pending.append(entry)
             try:
                 self._writer.write(data)
@@ -222,7 +234,7 @@ class StreamPrinter:
 
     # --- notifications ---------------------------------------------------------------------
 
-    async def confirmations(self) -> AsyncIterator[PrintConfirmation]:
+    async def confirmations(self) -> AsyncGenerator[PrintConfirmation, None]:
         while True:
             if self._down is not None and self._events.empty():
                 raise DeviceConnectionError(self.name, self._down)
