@@ -353,6 +353,14 @@ class Ledger:
         ).fetchone()
         return int(n)
 
+    def unconfirmed_in_send_order(self, batch_id: str) -> list[str]:
+        """Serials sent to the printer and not confirmed printed, oldest record first."""
+        rows = self.conn.execute(
+            "SELECT serial FROM serials WHERE batch_id = ? AND state = 'sent' ORDER BY seq",
+            (batch_id,),
+        ).fetchall()
+        return [serial for (serial,) in rows]
+
     def serials_in(self, batch_id: str, state: SerialState) -> list[str]:
         return [r[1] for r in self._in_states(batch_id, (state,))]
 

@@ -36,6 +36,7 @@ from edge_agent.contracts import (
 from edge_agent.crashpoints import crash_point
 from edge_agent.errors import DeviceFault, DeviceTimeout, EdgeAgentError, LineStopped
 from edge_agent.ledger import BatchInfo, Ledger, SerialState, UnitOutcome
+from edge_agent.line.printer_reconcile import reconcile_printer_queue
 from edge_agent.line.stats import LineStats
 from edge_agent.line.tracking import Position, PrintedQueue
 from edge_agent.line.verify import BatchIdentity, check_content
@@ -171,11 +172,9 @@ class LineRuntime:
         )
 
     async def _prepare_printer(self) -> None:
-        # Records left in the printer from before a restart must never be printed now: their
-        # serials are settled by recovery as in-flight.
-        discarded = await self.printer.clear()
-        if discarded:
-            log.warning("printer_buffer_cleared", batch=self._batch.id, discarded=discarded)
+        # Records left in the printer from before a restart must never be printed now: the
+        # cancelled ones become unused, the rest are settled by recovery as in-flight.
+        await reconcile_printer_queue(self.printer, self.ledger, self._batch)
         b = self.cfg.batch
         await self.printer.select_job(PrintJob("SERIAL", b.gtin, b.lot, b.expiry))
 
