@@ -188,6 +188,11 @@ class PrinterSim(Strict):
     type: str = Field("ascii", description="Printer protocol to simulate (see simulators.runner)")
     port: int = Field(0, ge=0, le=65535, description="TCP port (0 = any free port)")
     buffer_size: int = Field(16, ge=1, le=1024, description="Records the printer buffers")
+    transport: Literal["tcp", "serial"] | None = Field(
+        None,
+        description='Link of simulators that offer both: "serial" serves a pty (the agent opens'
+        " its slave as the serial device); omit for the protocol's usual link",
+    )
 
 
 class CameraSim(Strict):
