@@ -338,3 +338,13 @@ def test_escape_bytes_are_stuffed_and_checksum_sums_to_zero() -> None:
     assert (sum(body) + codec.checksum(body)) % 256 == 0
     noise = codec.FrameDecoder().feed(b"\xaa" * 10_000)
     assert noise and all(isinstance(m, codec.Malformed) for m in noise)
+
+
+async def test_pytest_fixture_serves_a_pty(rci_printer_sim: Any) -> None:
+    cfg = config(rci_printer_sim)
+    assert cfg.link.kind == "serial" and cfg.link.device.startswith("/dev/")
+    async with RciPrinter("p", cfg) as printer:
+        await printer.select_job(JOB)
+        await printer.send(rec(1))
+        async with aclosing(printer.confirmations()) as it:
+            assert await take(it, 1) == confirmed(1)

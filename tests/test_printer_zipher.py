@@ -326,3 +326,19 @@ def test_garbage_between_lines_does_not_corrupt_decoder_state() -> None:
     assert all(isinstance(m, codec.Malformed) for m in out[:-2])
     with pytest.raises(codec.EncodeError):
         codec.encode_jdi(1, "bad|serial")
+
+
+async def test_pytest_fixture_and_simulator_section_pick_the_link(zipher_printer_sim: Any) -> None:
+    from edge_agent.config.models import PrinterSim
+
+    async with ZipherPrinter("p", config(zipher_printer_sim)) as printer:
+        await printer.select_job(JOB)
+        await printer.send(rec(1))
+        async with aclosing(printer.confirmations()) as it:
+            assert await take(it, 1) == confirmed(1)
+    section = PrinterSim(type="zipher", transport="serial")
+    serial_sim = ZipherPrinterSim.from_section(SimLine(None), section)
+    assert serial_sim.transport == "serial"
+    assert (
+        ZipherPrinterSim.from_section(SimLine(None), PrinterSim(type="zipher")).transport == "tcp"
+    )
