@@ -348,3 +348,14 @@ async def test_pytest_fixture_serves_a_pty(rci_printer_sim: Any) -> None:
         await printer.send(rec(1))
         async with aclosing(printer.confirmations()) as it:
             assert await take(it, 1) == confirmed(1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 255), st.binary(max_size=80))
+def test_frame_parsers_never_raise(cmd: int, payload: bytes) -> None:
+    frame = codec.Frame(cmd, payload)
+    message = codec.parse_frame(frame)
+    if isinstance(message, codec.Reply):
+        info = codec.parse_status(message)
+        assert info is None or info.state in codec.STATES
+    assert codec.parse_command(frame) is not None

@@ -342,3 +342,8 @@ async def test_pytest_fixture_and_simulator_section_pick_the_link(zipher_printer
     assert (
         ZipherPrinterSim.from_section(SimLine(None), PrinterSim(type="zipher")).transport == "tcp"
     )
+
+
+def test_err_text_with_a_stray_bar_is_still_an_err() -> None:
+    assert codec.parse_message("ERR|FAULT|ink|low|") == codec.Err("FAULT", "ink|low")
+    assert isinstance(codec.parse_message("ERR|FAULT|"), codec.Malformed)

@@ -226,8 +226,8 @@ def _parse_reply(head: str, f: list[str]) -> Message | None:
     match head, f:
         case "ACK", []:
             return Ack()
-        case "ERR", [code, text] if is_token(code):
-            return Err(code, text)
+        case "ERR", [code, *text] if is_token(code) and text:
+            return Err(code, SEP.join(text))  # a printer's text may hold a stray '|'
         case "STS", _:
             return _parse_state(f)
         case "QSZ", [queued, capacity] if _num(queued) and _num(capacity):
