@@ -359,3 +359,16 @@ def test_frame_parsers_never_raise(cmd: int, payload: bytes) -> None:
         info = codec.parse_status(message)
         assert info is None or info.state in codec.STATES
     assert codec.parse_command(frame) is not None
+
+
+async def test_a_stream_of_noise_raises_protocol_error_from_confirmations(
+    serial_sim: RciPrinterSim, printer: RciPrinter
+) -> None:
+    await printer.select_job(JOB)
+    bad = bytearray(codec.encode_print_end(1, "SN1"))
+    bad[-1] ^= 0x55  # checksum error, every time
+    serial_sim.faults.send_garbage(bytes(bad) * 40)
+    async with aclosing(printer.confirmations()) as it:
+        with pytest.raises(ProtocolError, match="malformed messages in a row"):
+            await take(it, 1)
+    assert printer.frame_errors >= 32

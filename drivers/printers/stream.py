@@ -34,6 +34,7 @@ log = structlog.get_logger(__name__)
 _READ_CHUNK = 65536
 NOT_CONNECTED = "not connected"
 CLOSED = "closed by the agent"
+MAX_MALFORMED_IN_A_ROW = 32
 
 
 class Decoder(Protocol):
@@ -58,6 +59,13 @@ class Fault:
     text: str
 
 
+@dataclass(frozen=True)
+class Garbled:
+    """So much malformed input in a row that the link is unusable."""
+
+    why: str
+
+
 class _LinkDown:
     """Queued after the last event of a connection, so consumers learn of the loss."""
 
@@ -76,12 +84,15 @@ class StreamPrinter:
     def __init__(self, name: str) -> None:
         self.name = name
         self.malformed_count = 0  # input from the printer that did not fit the protocol
+        self._malformed_run = 0  # malformed messages since the last good one
         self.fault_code: str | None = None  # the printer's fault as last reported, if any
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._pending: deque[Pending] = deque()
         self._lock = asyncio.Lock()
-        self._events: asyncio.Queue[PrintConfirmation | Fault | _LinkDown] = asyncio.Queue()
+        self._events: asyncio.Queue[PrintConfirmation | Fault | Garbled | _LinkDown] = (
+            asyncio.Queue()
+        )
         self._down: str | None = NOT_CONNECTED
 
     # --- subclass hooks --------------------------------------------------------------------
@@ -103,6 +114,7 @@ class StreamPrinter:
         self._pending = deque()
         self._events = asyncio.Queue()
         self._down = None
+        self._malformed_run = 0
         self._reader_task = asyncio.create_task(self._read_loop(reader), name=f"{self.name}-rx")
         log.info("printer connected", device=self.name, link=self.transport.describe())
         try:
@@ -149,7 +161,10 @@ class StreamPrinter:
         try:
             while data := await reader.read(_READ_CHUNK):
                 for message in decoder.feed(data):
+                    before = self.malformed_count
                     self._dispatch(message)
+                    if self.malformed_count == before:
+                        self._malformed_run = 0
         except OSError as exc:
             why = f"connection lost: {exc!r}"
         except Exception as exc:  # a driver bug must not leave callers waiting forever
@@ -179,7 +194,12 @@ class StreamPrinter:
 
     def count_malformed(self, why: str, **detail: object) -> None:
         self.malformed_count += 1
+        self._malformed_run += 1
         log.warning("malformed input from printer", device=self.name, why=why, **detail)
+        if self._malformed_run == MAX_MALFORMED_IN_A_ROW:
+            # Noise on the line, wrong baud rate or wrong protocol: nothing from this printer
+            # can be trusted, so the consumer of confirmations hears of it as an alarm
+            self._events.put_nowait(Garbled(f"{self._malformed_run} malformed messages in a row"))
 
     def _print_complete(self, seq: int, serial: str) -> None:
         self._events.put_nowait(PrintConfirmation(seq, serial))
@@ -243,5 +263,7 @@ class StreamPrinter:
                     yield confirmation
                 case Fault(code=code, text=text):
                     raise DeviceFault(self.name, code, text)
+                case Garbled(why=why):
+                    raise ProtocolError(self.name, why)
                 case _LinkDown():
                     raise DeviceConnectionError(self.name, self._down or NOT_CONNECTED)
