@@ -320,3 +320,23 @@ async def test_batch_values_zpl_cannot_carry_fail_at_job_selection(sim: ZplPrint
             await printer.select_job(PrintJob("b", JOB.gtin, "LOT_1", JOB.expiry))
         with pytest.raises(ProtocolError, match="select_job"):
             await printer.send(rec(1))
+
+
+async def test_clear_after_reconnect_cancels_the_old_queue_and_counts_anew(
+    line: SimLine, sim: ZplPrinterSim
+) -> None:
+    """Formats queued on an earlier connection are cancelled, and never count as ours."""
+    gate = Gate(line)
+    async with ZplPrinter("p", config(sim)) as first:
+        await first.select_job(JOB)
+        for i in range(3):
+            await first.send(rec(i))
+        await until(lambda: sim.buffered == 3)
+    async with ZplPrinter("p", config(sim)) as printer:
+        await printer.select_job(JOB)
+        assert await printer.clear() == 3
+        gate.open()
+        await printer.send(rec(7))
+        async with aclosing(printer.confirmations()) as it:
+            assert await take(it, 1) == confirmed(7)
+    assert sim.printed == [rec(7).serial]

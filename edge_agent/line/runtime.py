@@ -54,6 +54,7 @@ STOP_CODES = {
 _COMMIT_GROUP = 64
 _ALLOCATE_BLOCK = 64
 _CONFIRM_WAIT_S = 0.1  # how long a frame may wait for its print confirmation to arrive
+_MAX_UNACKNOWLEDGED = 3  # records in a row the printer did not acknowledge: it stopped answering
 
 
 class _BatchComplete(Exception):
@@ -123,6 +124,7 @@ class LineRuntime:
         # Units the PLC rejected before the agent decided them (the verdict came too late).
         self._gated_before_decided: set[int] = set()
         self._last_trigger = 0
+        self._unacknowledged = 0  # records in a row sent without the printer's acknowledgement
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -272,12 +274,16 @@ class LineRuntime:
         while True:
             try:
                 await self.printer.send(record)
+                self._unacknowledged = 0
                 return
             except DeviceFault as exc:
                 if exc.code != "BUFFER_FULL":
                     raise
                 await asyncio.sleep(0.01)  # refused, so not taken: the same record may go again
             except DeviceTimeout:
+                self._unacknowledged += 1
+                if self._unacknowledged >= _MAX_UNACKNOWLEDGED:
+                    raise  # repeated doubt: the alarm names the printer and its silence
                 # Unknown whether it was taken: never re-send; a confirmation or the camera settles it.
                 log.warning("record_unacknowledged", batch=self._batch.id, serial=record.serial)
                 return

@@ -97,6 +97,11 @@ class ZplPrinterSim:
     def connected(self) -> bool:
         return self._client is not None
 
+    @property
+    def buffered(self) -> int:
+        """Labels accepted and not printed yet."""
+        return len(self._queue) + (self._current[1] if self._current else 0)
+
     def status(self) -> codec.HostStatus:
         f = self.flags
         return codec.HostStatus(

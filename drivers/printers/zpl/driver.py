@@ -207,12 +207,12 @@ class ZplPrinter:
         """One ~HS round trip; DeviceTimeout if the answer does not come in time."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[codec.HostStatus] = loop.create_future()
-        async with self._lock:
-            self._check_link()
-            self._questions.append((self._written, future))
-            await self._write(codec.HOST_STATUS)
         timeout = self.config.status_timeout_s
         try:
+            async with self._lock:
+                self._check_link()
+                self._questions.append((self._written, future))
+                await self._write(codec.HOST_STATUS)
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError as exc:
@@ -334,12 +334,14 @@ class ZplPrinter:
             async with self._lock:
                 self._check_link()
                 await self._write(codec.CANCEL_ALL + codec.RESUME)
-                # The unconfirmed records beyond what was printed are the cancelled ones
-                self._written -= queued
+                # Paused and settled, our unconfirmed records are exactly our queued ones; the
+                # queue may also hold formats from before this connection, never counted as ours
+                ours = min(queued, len(self._unconfirmed))
+                self._written -= ours
                 # Open questions were asked before ~JA; their answers must not count the
                 # cancelled formats as printed, whichever answer ends up matched to them
-                self._questions = deque((w - queued, f) for w, f in self._questions)
-                for _ in range(min(queued, len(self._unconfirmed))):
+                self._questions = deque((w - ours, f) for w, f in self._questions)
+                for _ in range(ours):
                     self._unconfirmed.pop()
             # Also lets every answer given while paused arrive before the pause stops being ours
             left = (await self._ask()).pending
