@@ -70,7 +70,8 @@ async def take(it: AsyncIterator[PrintConfirmation], n: int) -> list[PrintConfir
 
 
 def config(sim: ZplPrinterSim, **overrides: Any) -> ZplPrinter.Config:
-    values: dict[str, Any] = {"type": "zpl", "port": sim.port, "status_timeout_s": 0.5}
+    link = {"kind": "tcp", "port": sim.port}
+    values: dict[str, Any] = {"type": "zpl", "link": link, "status_timeout_s": 0.5}
     return ZplPrinter.Config(**(values | overrides))
 
 
@@ -210,9 +211,18 @@ def test_bad_templates_are_config_errors(template: str, why: str) -> None:
 
 def test_config_defaults_bounds_and_descriptions() -> None:
     cfg = ZplPrinter.Config(type="zpl")
-    assert (cfg.port, cfg.buffer_depth) == (9100, 4)
+    assert (cfg.link.kind, cfg.link.describe(), cfg.buffer_depth) == (
+        "tcp",
+        "tcp://127.0.0.1:9100",
+        4,
+    )
     assert all(f.description for f in ZplPrinter.Config.model_fields.values())
-    for bad in ({"port": 0}, {"buffer_depth": 65}, {"colour": "red"}, {"poll_interval_s": 0}):
+    for bad in (
+        {"link": {"kind": "tcp", "port": 0}},
+        {"buffer_depth": 65},
+        {"colour": "red"},
+        {"poll_interval_s": 0},
+    ):
         with pytest.raises(ValidationError):
             ZplPrinter.Config(**({"type": "zpl"} | bad))
     assert isinstance(ZplPrinter("p", cfg), Printer)

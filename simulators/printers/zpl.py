@@ -89,9 +89,8 @@ class ZplPrinterSim:
 
     def driver_config(self, **overrides: Any) -> dict[str, Any]:
         depth = max(1, min(4, self.buffer_size))
-        return {"type": "zpl", "host": self.host, "port": self.port, "buffer_depth": depth} | (
-            overrides
-        )
+        link = {"kind": "tcp", "host": self.host, "port": self.port}
+        return {"type": "zpl", "link": link, "buffer_depth": depth} | overrides
 
     @property
     def connected(self) -> bool:

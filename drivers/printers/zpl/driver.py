@@ -22,9 +22,15 @@ from typing import Literal, Self
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from drivers.transport import SerialTransport, TcpTransport, open_stream
+from drivers.transport import TcpTransport, TransportConfig, open_stream
 from edge_agent.contracts import PrintConfirmation, PrinterStatus, PrintJob, PrintRecord
-from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
+from edge_agent.errors import (
+    DeviceConnectionError,
+    DeviceError,
+    DeviceFault,
+    DeviceTimeout,
+    ProtocolError,
+)
 
 from . import codec
 
@@ -49,15 +55,12 @@ class ZplPrinter:
         model_config = ConfigDict(extra="forbid")
 
         type: Literal["zpl"] = Field(description='Driver selector; always "zpl".')
-        host: str = Field(
-            "127.0.0.1", min_length=1, max_length=253, description="Printer host name or address."
+        link: TransportConfig = Field(
+            default_factory=lambda: TcpTransport(port=9100),
+            description="How to reach the printer: raw TCP (port 9100 on Zebras) or serial.",
         )
-        port: int = Field(9100, ge=1, le=65535, description="Raw ZPL TCP port (9100 on Zebras).")
-        serial: SerialTransport | None = Field(
-            None, description="Use this RS-232 link instead of TCP (device, baudrate, parity...)."
-        )
-        connect_timeout_s: float = Field(
-            3.0, gt=0, le=60, allow_inf_nan=False, description="Give up connecting after this."
+        connect_attempts: int = Field(
+            3, ge=1, le=100, description="Connection attempts (exponential backoff) per connect."
         )
         status_timeout_s: float = Field(
             1.0,
@@ -120,11 +123,8 @@ class ZplPrinter:
     # --- connection ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        cfg = self.config
-        link = cfg.serial or TcpTransport(
-            host=cfg.host, port=cfg.port, connect_timeout_s=cfg.connect_timeout_s
-        )
-        reader, self._writer = await open_stream(self.name, link)
+        link = self.config.link
+        reader, self._writer = await self._open()
         self._questions, self._unconfirmed = deque(), deque()
         self._written = self._printed = 0
         self._events = asyncio.Queue()
@@ -148,6 +148,23 @@ class ZplPrinter:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Open the link, retrying with exponential backoff (a printer rebooting, a cable
+        re-plugged) up to ``connect_attempts`` times."""
+        delay = 0.2
+        for attempt in range(1, self.config.connect_attempts + 1):
+            try:
+                return await open_stream(self.name, self.config.link)
+            except DeviceError as exc:
+                if attempt == self.config.connect_attempts:
+                    raise
+                log.warning(
+                    "printer connect failed", device=self.name, error=str(exc), retry_s=delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
 
     def _link_down(self, why: str) -> None:
         if self._down is not None:
