@@ -4,7 +4,9 @@ a pty serial link (the real pyserial path) and over TCP."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import struct
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
@@ -372,3 +374,27 @@ async def test_a_stream_of_noise_raises_protocol_error_from_confirmations(
         with pytest.raises(ProtocolError, match="malformed messages in a row"):
             await take(it, 1)
     assert printer.frame_errors >= 32
+
+
+async def test_standalone_simulator_serves_a_pty_and_stops_on_ctrl_c() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "simulators.printers.rci", "--units-per-min", "0"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(10):
+            banner = (await proc.stdout.readline()).decode()
+        device = banner.split("serial://")[1].split()[0]
+        link = {"kind": "serial", "device": device}
+        async with RciPrinter("p", RciPrinter.Config(type="rci", link=link)) as printer:
+            await printer.select_job(JOB)
+            assert (await printer.status()).state == "ready"
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(STEP_S):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
@@ -347,3 +349,27 @@ async def test_pytest_fixture_and_simulator_section_pick_the_link(zipher_printer
 def test_err_text_with_a_stray_bar_is_still_an_err() -> None:
     assert codec.parse_message("ERR|FAULT|ink|low|") == codec.Err("FAULT", "ink|low")
     assert isinstance(codec.parse_message("ERR|FAULT|"), codec.Malformed)
+
+
+async def test_standalone_simulator_serves_and_stops_on_ctrl_c() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "simulators.printers.zipher", "--port", "0", "--units-per-min", "0"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(10):
+            banner = (await proc.stdout.readline()).decode()
+        port = int(banner.split("tcp://127.0.0.1:")[1].split()[0])
+        link = {"kind": "tcp", "port": port}
+        async with ZipherPrinter("p", ZipherPrinter.Config(type="zipher", link=link)) as printer:
+            await printer.select_job(JOB)
+            assert (await printer.status()).state == "ready"
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(STEP_S):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
