@@ -59,9 +59,17 @@ class Kit:
     # Printer to camera. A polled printer confirms a missed poll late: the unit must still be
     # on its way to the camera then (a print-and-apply label printer sits well upstream).
     transit_s: float = 0.0
+    # A serial link cannot be dropped, only silenced (see test_printer_that_stops_answering):
+    # the lost-link scenario runs the printer over TCP
+    lost_link_transport: str | None = None
 
 
-def _stream_kit(codes: dict[str, str], garbage: bytes, silence_alarm: str) -> Kit:
+def _stream_kit(
+    codes: dict[str, str],
+    garbage: bytes,
+    silence_alarm: str,
+    lost_link_transport: str | None = None,
+) -> Kit:
     """ascii, zipher, rci: notification protocols with the same simulator faults API."""
 
     def silence(sim: Any) -> None:
@@ -80,6 +88,7 @@ def _stream_kit(codes: dict[str, str], garbage: bytes, silence_alarm: str) -> Ki
         garbage=garbage,
         lost_confirmations_rejected=True,
         overrides={"reply_timeout_s": 0.5},
+        lost_link_transport=lost_link_transport,
     )
 
 
@@ -101,6 +110,12 @@ KITS: dict[str, Kit] = {
         {"ink_out": "INK_OUT", "head_fault": "HEAD_FAULT", "buffer_underrun": "BUFFER_UNDERRUN"},
         b"\x00\xff\xfeGARBAGE|||\r\nACK|NOPE|\r\nPRC|x|\r\n",
         "within",
+    ),
+    "rci": _stream_kit(
+        {"ink_out": "INK_OUT", "head_fault": "HEAD_FAULT", "buffer_underrun": "BUFFER_UNDERRUN"},
+        b"\x00\xff\x1b\x02\x05garbage\x99\x1b\x03\xfe",  # noise, and a frame with a bad checksum
+        "within",
+        lost_link_transport="tcp",
     ),
     "zpl": Kit(
         # A label printer's equivalents: ribbon out, print head up (open), media (paper) out
@@ -128,11 +143,11 @@ def printer_types() -> list[Any]:
 # --- running a line ----------------------------------------------------------------------------
 
 
-def simulators(printer_type: str) -> SimulatorsSection:
+def simulators(printer_type: str, transport: str | None = None) -> SimulatorsSection:
     return SimulatorsSection(
         units_per_min=None,
         transit_s=KITS[printer_type].transit_s,
-        printer=PrinterSim(type=printer_type, port=0, buffer_size=16),
+        printer=PrinterSim(type=printer_type, port=0, buffer_size=16, transport=transport),
         camera=CameraSim(port=0, defect_rate=0.0, seed=1),
         plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
     )
@@ -160,7 +175,7 @@ async def until(condition: Callable[[], bool], what: str, within: float = 15.0) 
 
 async def run_agent(config: Any) -> LineStopped | None:
     try:
-        async with asyncio.timeout(60):
+        async with asyncio.timeout(30):
             await Agent(config).run()
     except LineStopped as exc:
         return exc
@@ -271,7 +286,8 @@ async def test_printer_reported_fault_stops_the_line_naming_its_code(
 async def test_lost_link_stops_then_restart_reconciles_the_queue(
     printer_type: str, tmp_path: Path
 ) -> None:
-    async with SimulatorSet(simulators(printer_type)) as sims:
+    transport = KITS[printer_type].lost_link_transport
+    async with SimulatorSet(simulators(printer_type, transport)) as sims:
         config = agent_config(sims, tmp_path, printer_type)
         printer, line = sims.printer, sims.line
         conveyor = Conveyor(line)
