@@ -19,6 +19,7 @@ from collections import deque
 from typing import Any, Self
 
 from drivers.printers.zpl import codec
+from drivers.transport import PtyPair
 from edge_agent import gs1
 from simulators.line import SimLine, SimUnit
 
@@ -33,6 +34,7 @@ class ZplFaults:
         self.reply_delay_s = 0.0  # wait this long before answering each ~HS
         self.lost_status = 0  # how many upcoming ~HS get no answer at all
         self.partial_status = 0  # how many upcoming ~HS answers are cut after the first string
+        self.deaf_s = 1.0  # how long a "dropped" serial link ignores input and stays silent
 
     def set_flag(self, flag: str, on: bool = True) -> None:
         """Raise or clear a ~HS condition: paper_out, ribbon_out, head_up, pause, over_temp..."""
@@ -56,6 +58,7 @@ class ZplFaults:
         self._sim._wake.set()
 
     def drop_connection(self) -> None:
+        """TCP: abort the socket. Serial (nothing to drop): deaf and mute for ``deaf_s``."""
         self._sim._drop_client()
 
     def send_garbage(self, data: bytes) -> None:
@@ -66,10 +69,16 @@ class ZplFaults:
 
 
 class ZplPrinterSim:
-    def __init__(self, line: SimLine, *, buffer_size: int = 16) -> None:
+    def __init__(self, line: SimLine, *, buffer_size: int = 16, transport: str = "tcp") -> None:
         self.line = line
         self.buffer_size = buffer_size
+        self.transport = transport
         self.host, self.port = "127.0.0.1", 0
+        self.device = ""  # pty slave path when transport == "serial"
+        self._pty: PtyPair | None = None
+        self._deaf_until = 0.0
+        self.odometer = 1000  # labels this printer has printed, ever
+        self._mute_next_counter = False
         self.printed: list[str] = []  # serials in print order
         self.labels: list[str] = []  # element strings printed, GS as separator
         self.bad_formats = 0
@@ -85,11 +94,13 @@ class ZplPrinterSim:
 
     @classmethod
     def from_section(cls, line: SimLine, section: Any) -> ZplPrinterSim:
-        return cls(line, buffer_size=section.buffer_size)
+        return cls(line, buffer_size=section.buffer_size, transport=section.transport or "tcp")
 
     def driver_config(self, **overrides: Any) -> dict[str, Any]:
         depth = max(1, min(4, self.buffer_size))
-        link = {"kind": "tcp", "host": self.host, "port": self.port}
+        link: dict[str, Any] = {"kind": "tcp", "host": self.host, "port": self.port}
+        if self.transport == "serial":
+            link = {"kind": "serial", "device": self.device, "baudrate": 115200}
         return {"type": "zpl", "link": link, "buffer_depth": depth} | overrides
 
     @property
@@ -120,8 +131,17 @@ class ZplPrinterSim:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port)
-        self.host, self.port = self._server.sockets[0].getsockname()[:2]
+        if self.transport == "serial":
+            self._pty = PtyPair()
+            self.device = self._pty.slave_path
+            reader, writer = await self._pty.open()
+            self._client = writer
+            task = asyncio.create_task(self._converse(reader, writer), name="zpl-sim-pty")
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+        else:
+            self._server = await asyncio.start_server(self._serve, host, port)
+            self.host, self.port = self._server.sockets[0].getsockname()[:2]
         self._print_task = asyncio.create_task(self._print_loop(), name="zpl-printer-sim")
 
     async def stop(self) -> None:
@@ -135,7 +155,9 @@ class ZplPrinterSim:
             await asyncio.wait(tasks)
         if self._server is not None:
             await self._server.wait_closed()
-        self._server, self._print_task = None, None
+        if self._pty is not None:
+            self._pty.close()
+        self._server, self._print_task, self._pty = None, None, None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -154,12 +176,7 @@ class ZplPrinterSim:
         self._drop_client()
         self._client = writer
         try:
-            splitter = codec.FormatSplitter()
-            while data := await reader.read(65536):
-                for item in splitter.feed(data):
-                    await self._execute(item, writer)
-        except (OSError, asyncio.CancelledError):
-            pass  # see simulators/printers/ascii.py: a handler must end normally
+            await self._converse(reader, writer)
         finally:
             if self._client is writer:
                 self._client = None
@@ -167,7 +184,21 @@ class ZplPrinterSim:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 await writer.wait_closed()
 
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            splitter = codec.FormatSplitter()
+            while data := await reader.read(65536):
+                if time.monotonic() < self._deaf_until:
+                    continue  # the cable is out: what was sent never arrives
+                for item in splitter.feed(data):
+                    await self._execute(item, writer)
+        except (OSError, asyncio.CancelledError):
+            pass  # see simulators/printers/ascii.py: a handler must end normally
+
     def _drop_client(self) -> None:
+        if self.transport == "serial":
+            self._deaf_until = time.monotonic() + self.faults.deaf_s
+            return
         if self._client is not None:
             self._client.transport.abort()
             self._client = None
@@ -178,7 +209,9 @@ class ZplPrinterSim:
             client.write(data)
 
     async def _execute(
-        self, item: codec.Format | codec.Tilde | codec.Malformed, writer: asyncio.StreamWriter
+        self,
+        item: codec.Format | codec.Tilde | codec.Sgd | codec.Malformed,
+        writer: asyncio.StreamWriter,
     ) -> None:
         match item:
             case codec.Format():
@@ -186,6 +219,11 @@ class ZplPrinterSim:
                 self._wake.set()
             case codec.Tilde(name="HS"):
                 await self._answer_status(writer)
+            case codec.Sgd(command='getvar "odometer.total_label_count"'):
+                if self._mute_next_counter:
+                    self._mute_next_counter = False
+                elif self._client is writer and time.monotonic() >= self._deaf_until:
+                    self._write(f'"{self.odometer}"'.encode("ascii"))
             case codec.Tilde(name="JA"):
                 self._queue.clear()
                 self._current = None
@@ -201,8 +239,11 @@ class ZplPrinterSim:
         faults = self.faults
         if faults.reply_delay_s > 0:
             await asyncio.sleep(faults.reply_delay_s)
+        if time.monotonic() < self._deaf_until:
+            return
         if faults.lost_status > 0:
             faults.lost_status -= 1
+            self._mute_next_counter = True  # the whole answer is lost
             return
         answer = codec.encode_host_status(self.status())
         if faults.partial_status > 0:
@@ -239,6 +280,7 @@ class ZplPrinterSim:
             self.bad_formats += 1
             unit = SimUnit("?", "00000000000000", "?", "000000", time.monotonic())
         self.labels.append(data or "")
+        self.odometer += 1
         self.printed.append(unit.serial)
         self.line.unit_printed(unit)
 

@@ -34,6 +34,9 @@ MAX_FORMAT: Final = 16384
 """Longest label format the simulator accepts between ``^XA`` and ``^XZ``."""
 
 HOST_STATUS: Final = b"~HS"
+ODOMETER: Final = b'! U1 getvar "odometer.total_label_count"\r\n'
+"""SGD query of the printer's label counter; the answer is the count in double quotes."""
+MAX_QUOTED: Final = 24
 CANCEL_ALL: Final = b"~JA"
 PAUSE: Final = b"~PP"
 RESUME: Final = b"~PS"
@@ -79,6 +82,13 @@ class HostStatus:
 
     def flags(self, names: tuple[str, ...]) -> list[str]:
         return [name for name in names if getattr(self, name)]
+
+
+@dataclass(frozen=True)
+class Odometer:
+    """The printer's own count of labels printed, ever (answer to ``ODOMETER``)."""
+
+    labels: int
 
 
 @dataclass(frozen=True)
@@ -146,22 +156,42 @@ def encode_host_status(status: HostStatus, *, label_length: int = 1218) -> bytes
 
 
 class StatusDecoder:
-    """Host side: bytes from the printer -> HostStatus answers and Malformed, never raising and
-    independent of how the stream is chunked. Bytes outside STX..ETX other than CR/LF are garbage;
-    an answer with a bad string is dropped whole (the next poll asks again)."""
+    """Host side: bytes from the printer -> HostStatus and Odometer answers and Malformed, never
+    raising and independent of how the stream is chunked. Bytes outside STX..ETX and "..." other
+    than CR/LF are garbage; an answer with a bad string is dropped whole (the next poll asks
+    again)."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._strings: list[bytes] = []
         self._in_string = False
+        self._quoted: bytearray | None = None
 
-    def feed(self, data: bytes) -> list[HostStatus | Malformed]:
-        out: list[HostStatus | Malformed] = []
+    def feed(self, data: bytes) -> list[HostStatus | Odometer | Malformed]:
+        out: list[HostStatus | Odometer | Malformed] = []
         garbage = bytearray()
         for byte in data:
+            if self._quoted is not None:
+                if byte == 0x22:
+                    value, self._quoted = bytes(self._quoted), None
+                    count = int(value) if re.fullmatch(rb"[0-9]{1,18}", value) else None
+                    out.append(
+                        Odometer(count) if count is not None else Malformed(value, "bad counter")
+                    )
+                elif byte == STX:  # an answer starts: the quoted value was cut
+                    out.append(Malformed(bytes(self._quoted), "unterminated quoted value"))
+                    self._quoted, self._in_string, self._buf = None, True, bytearray()
+                elif len(self._quoted) >= MAX_QUOTED:
+                    out.append(Malformed(bytes(self._quoted), "unterminated quoted value"))
+                    self._quoted = None
+                else:
+                    self._quoted.append(byte)
+                continue
             if not self._in_string:
                 if byte == STX:
                     self._in_string, self._buf = True, bytearray()
+                elif byte == 0x22:
+                    self._quoted = bytearray()
                 elif byte not in (0x0D, 0x0A):
                     garbage.append(byte)
                 continue
@@ -183,7 +213,7 @@ class StatusDecoder:
             out.append(Malformed(bytes(garbage[:MAX_STRING]), "bytes outside an STX..ETX string"))
         return out
 
-    def _string(self, string: bytes) -> list[HostStatus | Malformed]:
+    def _string(self, string: bytes) -> list[HostStatus | Odometer | Malformed]:
         """Strings are told apart by field count (12, 11, 2), so a cut answer costs only itself:
         a first string always starts a new answer."""
         fields = string.count(b",") + 1
@@ -273,6 +303,13 @@ class Format:
 
 
 @dataclass(frozen=True)
+class Sgd:
+    """A ``! U1`` Set-Get-Do command line, e.g. ``getvar "odometer.total_label_count"``."""
+
+    command: str
+
+
+@dataclass(frozen=True)
 class Tilde:
     """A ``~`` command, e.g. ``HS``, ``JA``, ``PP``, ``PS``."""
 
@@ -287,12 +324,24 @@ class FormatSplitter:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[Format | Tilde | Malformed]:
+    def feed(self, data: bytes) -> list[Format | Tilde | Sgd | Malformed]:
         self._buf += data
-        out: list[Format | Tilde | Malformed] = []
+        out: list[Format | Tilde | Sgd | Malformed] = []
         buf = self._buf
         while True:
-            tilde, start = buf.find(b"~"), buf.find(b"^XA")
+            tilde, start, sgd = buf.find(b"~"), buf.find(b"^XA"), buf.find(b"! U1 ")
+            if sgd >= 0 and all(x < 0 or sgd < x for x in (tilde, start)):
+                end = buf.find(b"\r\n", sgd)
+                if end < 0:
+                    if len(buf) - sgd > MAX_STRING:
+                        out.append(Malformed(bytes(buf[sgd : sgd + 64]), "SGD line too long"))
+                        del buf[: sgd + 5]
+                        continue
+                    break
+                line = bytes(buf[sgd + 5 : end]).decode("ascii", "replace")
+                out.append(Sgd(line))
+                del buf[: end + 2]
+                continue
             if tilde >= 0 and (start < 0 or tilde < start):
                 if len(buf) < tilde + 3:
                     break
@@ -301,7 +350,7 @@ class FormatSplitter:
                 del buf[: tilde + 3]
                 continue
             if start < 0:
-                del buf[: max(0, len(buf) - 2)]  # keep a possible "^X" split across chunks
+                del buf[: max(0, len(buf) - 4)]  # keep a possible "^X" or "! U1" split
                 break
             end = buf.find(b"^XZ", start)
             if end < 0:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Literal, Self
 
 import structlog
@@ -45,7 +46,19 @@ class _LinkDown:
     pass
 
 
-_Event = PrintConfirmation | DeviceFault | DeviceTimeout | _LinkDown
+@dataclass
+class _Question:
+    """One ~HS + counter query and the answers that came for it."""
+
+    written: int  # formats written before it
+    future: asyncio.Future[codec.HostStatus] = field(repr=False)
+    baseline: bool = False
+    hs: codec.HostStatus | None = None
+    odometer: int | None = None
+    tainted: bool = False
+
+
+_Event = PrintConfirmation | DeviceFault | DeviceTimeout | ProtocolError | _LinkDown
 
 
 class ZplPrinter:
@@ -111,13 +124,17 @@ class ZplPrinter:
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
-        self._questions: deque[tuple[int, asyncio.Future[codec.HostStatus]]] = deque()
+        self._questions: deque[_Question] = deque()
         self._unconfirmed: deque[PrintRecord] = deque()
         self._written = 0  # formats written on this connection
         self._printed = 0  # of those, printed according to the printer's counts
+        self._odometer_base = 0  # printer's label counter when our count was zero
+        self._foreign = 0  # labels queued before this connection, ahead of ours
         self._events: asyncio.Queue[_Event] = asyncio.Queue()
         self._down: str | None = _NOT_CONNECTED
         self._self_paused = False
+        self._clearing = False  # between ~JA and the new count base: counts are in flux
+        self.last_odometer = 0
         self._sent = asyncio.Event()
 
     # --- connection ------------------------------------------------------------------------
@@ -129,10 +146,16 @@ class ZplPrinter:
         self._written = self._printed = 0
         self._events = asyncio.Queue()
         self._down = None
-        self._tasks = [
-            asyncio.create_task(self._read_loop(reader), name=f"{self.name}-rx"),
-            asyncio.create_task(self._poll_loop(), name=f"{self.name}-poll"),
-        ]
+        self._baseline: _Question | None = None
+        self._tasks = [asyncio.create_task(self._read_loop(reader), name=f"{self.name}-rx")]
+        try:
+            # Before anything is sent: the counter to count from, and what is queued already
+            status = await self._ask(baseline=True)
+        except BaseException:
+            await self.__aexit__()
+            raise
+        log.info("printer status", device=self.name, queued=status.pending)
+        self._tasks.append(asyncio.create_task(self._poll_loop(), name=f"{self.name}-poll"))
         log.info("printer connected", device=self.name, link=link.describe())
         return self
 
@@ -171,7 +194,7 @@ class ZplPrinter:
             return
         self._down = why
         while self._questions:
-            _, future = self._questions.popleft()
+            future = self._questions.popleft().future
             if not future.done():
                 future.set_exception(DeviceConnectionError(self.name, why))
         self._events.put_nowait(_LinkDown())
@@ -187,6 +210,7 @@ class ZplPrinter:
             while data := await reader.read(_READ_CHUNK):
                 for item in decoder.feed(data):
                     if isinstance(item, codec.Malformed):
+                        self._taint()
                         self.malformed_count += 1
                         log.warning(
                             "malformed input from printer",
@@ -203,39 +227,75 @@ class ZplPrinter:
             why = f"driver reader failed: {exc!r}"
         self._link_down(why)
 
-    def _answer(self, status: codec.HostStatus) -> None:
-        if not self._questions:
+    def _answer(self, item: codec.HostStatus | codec.Odometer) -> None:
+        # Each question is answered twice (~HS, then the counter); an answer goes to the oldest
+        # question still lacking that part
+        hs = isinstance(item, codec.HostStatus)
+        question = next((q for q in self._questions if (q.hs if hs else q.odometer) is None), None)
+        if question is None:
             self.malformed_count += 1
-            log.warning("~HS answer to no question", device=self.name)
+            log.warning("answer to no question", device=self.name, answer=repr(item))
             return
-        written, future = self._questions.popleft()
-        self.last_status = status
-        self._count_printed(written - status.pending)
-        if not future.done():
-            future.set_result(status)
+        if isinstance(item, codec.HostStatus):
+            question.hs = item
+        else:
+            question.odometer = item.labels
+        if question.hs is None or question.odometer is None:
+            return
+        self._questions.remove(question)
+        self.last_status, self.last_odometer = question.hs, question.odometer
+        if question.baseline:
+            self._odometer_base, self._foreign = question.odometer, question.hs.pending
+        else:
+            self._count(question, question.hs, question.odometer)
+        if not question.future.done():
+            question.future.set_result(question.hs)
 
-    def _count_printed(self, printed: int) -> None:
+    def _count(self, question: _Question, hs: codec.HostStatus, odometer: int) -> None:
+        """Confirm what the printer's own counter says it printed; alarm if formats we wrote
+        never reached it (a lost format would otherwise shift every later confirmation)."""
+        total = odometer - self._odometer_base
+        foreign_printed = min(self._foreign, max(0, total))
+        printed = total - foreign_printed
+        if printed < self._printed or printed > question.written:
+            self.malformed_count += 1
+            log.warning(
+                "implausible printer counter", device=self.name, odometer=odometer, printed=printed
+            )
+            return
+        pending_ours = hs.pending - (self._foreign - foreign_printed)
+        lost = question.written - printed - pending_ours
+        if lost > 0 and not (question.tainted or self._clearing):
+            why = f"{lost} label format(s) sent never reached the printer"
+            log.error("printer lost formats", device=self.name, lost=lost)
+            self._events.put_nowait(ProtocolError(self.name, why))
+            return
         while self._printed < printed and self._unconfirmed:
             record = self._unconfirmed.popleft()
             self._printed += 1
             self._events.put_nowait(PrintConfirmation(record.seq, record.serial))
 
-    async def _ask(self) -> codec.HostStatus:
-        """One ~HS round trip; DeviceTimeout if the answer does not come in time."""
+    def _taint(self) -> None:
+        """Garbled input: the open questions may get parts of different answers."""
+        for question in self._questions:
+            question.tainted = True
+
+    async def _ask(self, *, baseline: bool = False) -> codec.HostStatus:
+        """One ~HS + counter round trip; DeviceTimeout if the answer does not come in time."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[codec.HostStatus] = loop.create_future()
+        question = _Question(self._written, loop.create_future(), baseline=baseline)
         timeout = self.config.status_timeout_s
         try:
             async with self._lock:
                 self._check_link()
-                self._questions.append((self._written, future))
-                await self._write(codec.HOST_STATUS)
+                self._questions.append(question)
+                await self._write(codec.HOST_STATUS + codec.ODOMETER)
             async with asyncio.timeout(timeout):
-                return await future
+                return await question.future
         except TimeoutError as exc:
             raise DeviceTimeout(self.name, f"no answer to ~HS within {timeout} s") from exc
         finally:
-            future.cancel()  # stays queued as abandoned: a late answer still lines up
+            question.future.cancel()  # stays queued as abandoned: a late answer still lines up
 
     async def _poll_loop(self) -> None:
         cfg, missed = self.config, 0
@@ -268,7 +328,7 @@ class ZplPrinter:
         forget the questions still open, so the next answer is matched to the next question.
         (An answer later than that would be matched to a newer question; README: limits.)"""
         await asyncio.sleep(self.config.status_timeout_s)
-        self._questions = deque((w, f) for w, f in self._questions if not f.done())
+        self._questions = deque(q for q in self._questions if not q.future.done())
 
     def _check_faults(self, status: codec.HostStatus) -> None:
         flags = status.flags(codec.STOPPING_FLAGS)
@@ -342,7 +402,7 @@ class ZplPrinter:
 
     async def clear(self) -> int:
         """Pause, count what is queued, cancel it all (~JA), resume. Returns the count."""
-        self._self_paused = True
+        self._self_paused = self._clearing = True
         try:
             async with self._lock:
                 self._check_link()
@@ -357,15 +417,18 @@ class ZplPrinter:
                 self._written -= ours
                 # Open questions were asked before ~JA; their answers must not count the
                 # cancelled formats as printed, whichever answer ends up matched to them
-                self._questions = deque((w - ours, f) for w, f in self._questions)
+                for question in self._questions:
+                    question.written -= ours
                 for _ in range(ours):
                     self._unconfirmed.pop()
             # Also lets every answer given while paused arrive before the pause stops being ours
             left = (await self._ask()).pending
             if left:
                 raise ProtocolError(self.name, f"{left} labels still queued after ~JA")
+            # Count on from here: the queue is empty, every label printed since is ours
+            self._odometer_base, self._foreign = self.last_odometer - self._printed, 0
         finally:
-            self._self_paused = False
+            self._self_paused = self._clearing = False
         return queued
 
     async def _settled_pending(self) -> int:
@@ -390,7 +453,7 @@ class ZplPrinter:
             match event:
                 case PrintConfirmation():
                     yield event
-                case DeviceFault() | DeviceTimeout():
+                case DeviceFault() | DeviceTimeout() | ProtocolError():
                     raise event
                 case _LinkDown():
                     raise DeviceConnectionError(self.name, self._down or _NOT_CONNECTED)
