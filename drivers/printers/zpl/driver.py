@@ -1,14 +1,9 @@
 """Driver for Zebra label printers speaking ZPL II (see README.md next to this file).
 
-ZPL has no per-label acknowledgement, so print confirmation counts: the driver numbers every
-format it writes, and a poller asks ``~HS`` on the same stream. The answer reflects every byte
-written before the question (the printer reads its input in order), so
-
-    printed so far = formats written before this ~HS - (formats in buffer + labels remaining)
-
-and every record up to that number is confirmed, oldest first. A lost or late answer can only
-make the figure lag, never run ahead: answers are matched to the oldest open question, whose
-count is the smallest, and the printed figure never moves back.
+ZPL has no per-label acknowledgement. A poller asks ``~HS`` and the printer's label counter on
+the same stream; the counter confirms records, oldest first, and ``~HS`` checks that every format
+written before the question is accounted for (printed or queued), so a format lost on the way is
+an alarm, never a confirmation shifted onto the wrong serial.
 """
 
 from __future__ import annotations
