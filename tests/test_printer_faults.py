@@ -311,7 +311,15 @@ async def test_lost_link_stops_then_restart_reconciles_the_queue(
 
         await operator_reset(sims)
         restart = asyncio.create_task(run_agent(config))
-        await until(lambda: printer.buffered == 0 or restart.done(), "the queue to be cancelled")
+
+        def reconciled() -> bool:
+            with contextlib.closing(open_reader(tmp_path)) as conn:
+                return bool(
+                    column(conn, "SELECT 1 FROM serials WHERE reason = 'cleared_from_printer'")
+                )
+
+        # The conveyor runs again only once the old queue is cancelled, so none of it can print
+        await until(lambda: restart.done() or reconciled(), "the queue to be cancelled")
         conveyor.run()
         assert await restart is None, "the restarted batch did not complete"
         await until(lambda: line.trigger_count == len(printer.printed), "units to clear")
