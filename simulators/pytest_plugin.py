@@ -72,6 +72,15 @@ async def rci_printer_sim(sim_line: SimLine) -> AsyncIterator[Any]:
         yield sim
 
 
+@pytest_asyncio.fixture
+async def zpl_printer_sim(sim_line: SimLine) -> AsyncIterator[Any]:
+    """Zebra ZPL label printer simulator on TCP; ``.driver_config()`` is the [printer] section."""
+    from simulators.printers.zpl import ZplPrinterSim
+
+    async with ZplPrinterSim(sim_line) as sim:
+        yield sim
+
+
 @pytest.fixture
 def agent_config_factory(tmp_path: Path) -> Any:
     """Build a validated agent config pointing at simulator ports: ``factory(ports, **overrides)``."""

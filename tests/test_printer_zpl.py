@@ -381,3 +381,13 @@ async def test_over_a_serial_link(line: SimLine) -> None:
     # The printer's counter moved for record 5; a pure count would have confirmed record 4
     assert got == []
     assert sim.printed == [rec(i).serial for i in (1, 2, 3, 5)]
+
+
+async def test_pytest_fixture_and_simulator_section(zpl_printer_sim: ZplPrinterSim) -> None:
+    section = zpl_printer_sim.driver_config()
+    assert section["type"] == "zpl" and section["link"]["port"] == zpl_printer_sim.port
+    async with ZplPrinter("p", ZplPrinter.Config(**section)) as printer:
+        await printer.select_job(JOB)
+        await printer.send(rec(1))
+        async with aclosing(printer.confirmations()) as it:
+            assert await take(it, 1) == confirmed(1)
