@@ -391,3 +391,21 @@ async def test_pytest_fixture_and_simulator_section(zpl_printer_sim: ZplPrinterS
         await printer.send(rec(1))
         async with aclosing(printer.confirmations()) as it:
             assert await take(it, 1) == confirmed(1)
+
+
+async def test_a_stray_counter_value_confirms_nothing(
+    line: SimLine, sim: ZplPrinterSim, printer: ZplPrinter
+) -> None:
+    gate = Gate(line)
+    for i in range(1, 4):
+        await printer.send(rec(i))
+    await until(lambda: sim.buffered == 3)
+    forged = f'"{sim.odometer + 3}"'.encode()  # as if all three were printed
+    for _ in range(3):
+        sim.faults.send_garbage(forged)
+        await asyncio.sleep(0.03)
+    assert printer._events.empty(), "a counter that is not an answer confirmed labels"
+    assert printer.malformed_count >= 3
+    gate.open()
+    async with aclosing(printer.confirmations()) as it:
+        assert await take(it, 3) == confirmed(1, 2, 3)

@@ -48,9 +48,6 @@ class _Question:
     written: int  # formats written before it
     future: asyncio.Future[codec.HostStatus] = field(repr=False)
     baseline: bool = False
-    hs: codec.HostStatus | None = None
-    odometer: int | None = None
-    tainted: bool = False
 
 
 _Event = PrintConfirmation | DeviceFault | DeviceTimeout | ProtocolError | _LinkDown
@@ -201,20 +198,25 @@ class ZplPrinter:
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         decoder = codec.StatusDecoder()
         why = "connection closed by the printer"
+        # The printer answers ~HS and the counter back to back: only that pair is an answer, so
+        # a cut answer is lost whole and a stray quoted number is never taken for a counter
+        status: codec.HostStatus | None = None
         try:
             while data := await reader.read(_READ_CHUNK):
                 for item in decoder.feed(data):
-                    if isinstance(item, codec.Malformed):
-                        self._taint()
-                        self.malformed_count += 1
-                        log.warning(
-                            "malformed input from printer",
-                            device=self.name,
-                            why=item.why,
-                            raw=item.raw[:80],
-                        )
-                    else:
-                        self._answer(item)
+                    match item:
+                        case codec.HostStatus():
+                            if status is not None:
+                                self._malformed("~HS answer without its counter", status)
+                            status = item
+                        case codec.Odometer() if status is not None:
+                            self._answer(status, item.labels)
+                            status = None
+                        case codec.Odometer():
+                            self._malformed("counter without its ~HS answer", item)
+                        case codec.Malformed(raw=raw, why=what):
+                            status = None
+                            self._malformed(what, raw[:80])
         except OSError as exc:
             why = f"connection lost: {exc!r}"
         except Exception as exc:  # a driver bug must not leave callers waiting forever
@@ -222,58 +224,46 @@ class ZplPrinter:
             why = f"driver reader failed: {exc!r}"
         self._link_down(why)
 
-    def _answer(self, item: codec.HostStatus | codec.Odometer) -> None:
-        # Each question is answered twice (~HS, then the counter); an answer goes to the oldest
-        # question still lacking that part
-        hs = isinstance(item, codec.HostStatus)
-        question = next((q for q in self._questions if (q.hs if hs else q.odometer) is None), None)
-        if question is None:
-            self.malformed_count += 1
-            log.warning("answer to no question", device=self.name, answer=repr(item))
+    def _malformed(self, why: str, detail: object) -> None:
+        self.malformed_count += 1
+        log.warning("malformed input from printer", device=self.name, why=why, detail=repr(detail))
+
+    def _answer(self, hs: codec.HostStatus, odometer: int) -> None:
+        if not self._questions:
+            self._malformed("answer to no question", hs)
             return
-        if isinstance(item, codec.HostStatus):
-            question.hs = item
-        else:
-            question.odometer = item.labels
-        if question.hs is None or question.odometer is None:
-            return
-        self._questions.remove(question)
-        self.last_status, self.last_odometer = question.hs, question.odometer
+        question = self._questions.popleft()  # answers come in question order
+        self.last_status, self.last_odometer = hs, odometer
         if question.baseline:
-            self._odometer_base, self._foreign = question.odometer, question.hs.pending
+            self._odometer_base, self._foreign = odometer, hs.pending
         else:
-            self._count(question, question.hs, question.odometer)
+            self._count(question, hs, odometer)
         if not question.future.done():
-            question.future.set_result(question.hs)
+            question.future.set_result(hs)
 
     def _count(self, question: _Question, hs: codec.HostStatus, odometer: int) -> None:
-        """Confirm what the printer's own counter says it printed; alarm if formats we wrote
-        never reached it (a lost format would otherwise shift every later confirmation)."""
+        """Confirm what the printer's own counter says it printed, once ~HS agrees that every
+        format written before the question is accounted for; alarm if some never reached it
+        (a lost format would otherwise shift every later confirmation onto the wrong serial)."""
         total = odometer - self._odometer_base
         foreign_printed = min(self._foreign, max(0, total))
         printed = total - foreign_printed
-        if printed < self._printed or printed > question.written:
-            self.malformed_count += 1
-            log.warning(
-                "implausible printer counter", device=self.name, odometer=odometer, printed=printed
-            )
-            return
         pending_ours = hs.pending - (self._foreign - foreign_printed)
         lost = question.written - printed - pending_ours
-        if lost > 0 and not (question.tainted or self._clearing):
+        if lost > 0 and not self._clearing:
             why = f"{lost} label format(s) sent never reached the printer"
             log.error("printer lost formats", device=self.name, lost=lost)
             self._events.put_nowait(ProtocolError(self.name, why))
+            return
+        if lost < 0 or printed < self._printed:
+            # More accounted for than written, or a counter going back: an answer matched to
+            # the wrong question (after a lost one) or not the printer's. Confirm nothing on it.
+            self._malformed("answer inconsistent with what was sent", (odometer, hs.pending))
             return
         while self._printed < printed and self._unconfirmed:
             record = self._unconfirmed.popleft()
             self._printed += 1
             self._events.put_nowait(PrintConfirmation(record.seq, record.serial))
-
-    def _taint(self) -> None:
-        """Garbled input: the open questions may get parts of different answers."""
-        for question in self._questions:
-            question.tainted = True
 
     async def _ask(self, *, baseline: bool = False) -> codec.HostStatus:
         """One ~HS + counter round trip; DeviceTimeout if the answer does not come in time."""
