@@ -409,3 +409,37 @@ async def test_a_stray_counter_value_confirms_nothing(
     gate.open()
     async with aclosing(printer.confirmations()) as it:
         assert await take(it, 3) == confirmed(1, 2, 3)
+
+
+_SAFE = st.text(
+    alphabet=st.sampled_from(
+        "!\"%&'()*+,-./0123456789:;<=?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(lot=_SAFE, serial=_SAFE, cuts=st.lists(st.integers(1, 40), max_size=10))
+def test_what_the_label_encodes_is_what_the_printer_reads(
+    lot: str, serial: str, cuts: list[int]
+) -> None:
+    """Any GS1 set-82 value without ZPL escapes survives template -> wire -> DataMatrix data,
+    however the stream is cut."""
+    wire = codec.render_label(
+        codec.DEFAULT_TEMPLATE, gtin=JOB.gtin, lot=lot, expiry=JOB.expiry, serial=serial
+    )
+    splitter, items, pos = codec.FormatSplitter(), [], 0
+    for size in [*cuts, len(wire)]:
+        items += splitter.feed(wire[pos : pos + size])
+        pos += size
+    [fmt] = items
+    assert isinstance(fmt, codec.Format)
+    parsed = gs1.parse(codec.label_data(fmt) or "", check_requisites=False)
+    assert (parsed.get("01"), parsed.get("10"), parsed.get("17"), parsed.get("21")) == (
+        JOB.gtin,
+        lot,
+        JOB.expiry,
+        serial,
+    )

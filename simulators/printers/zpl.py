@@ -303,9 +303,10 @@ def _unit(data: str | None) -> SimUnit | None:
 
 async def _run(args: argparse.Namespace) -> None:
     line = SimLine(units_per_min=args.units_per_min or None)
-    sim = ZplPrinterSim(line, buffer_size=args.buffer_size)
+    sim = ZplPrinterSim(line, buffer_size=args.buffer_size, transport=args.transport)
     await sim.start(args.host, args.port)
-    print(f"zpl printer simulator listening on tcp://{sim.host}:{sim.port} (Ctrl-C stops)")
+    where = f"serial {sim.device}" if args.transport == "serial" else f"tcp://{sim.host}:{sim.port}"
+    print(f"zpl printer simulator on {where} (Ctrl-C stops)", flush=True)
     try:
         await asyncio.Event().wait()
     finally:
@@ -319,6 +320,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--buffer-size", type=int, default=16)
+    parser.add_argument(
+        "--transport", choices=("tcp", "serial"), default="tcp", help="serial: serve a pty"
+    )
     parser.add_argument("--units-per-min", type=float, default=300.0, help="0 prints unpaced")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
