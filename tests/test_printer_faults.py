@@ -109,12 +109,12 @@ KITS: dict[str, Kit] = {
     "zipher": _stream_kit(
         {"ink_out": "INK_OUT", "head_fault": "HEAD_FAULT", "buffer_underrun": "BUFFER_UNDERRUN"},
         b"\x00\xff\xfeGARBAGE|||\r\nACK|NOPE|\r\nPRC|x|\r\n",
-        "within",
+        "no reply to",
     ),
     "rci": _stream_kit(
         {"ink_out": "INK_OUT", "head_fault": "HEAD_FAULT", "buffer_underrun": "BUFFER_UNDERRUN"},
         b"\x00\xff\x1b\x02\x05garbage\x99\x1b\x03\xfe",  # noise, and a frame with a bad checksum
-        "within",
+        "no reply to",
         lost_link_transport="tcp",
     ),
     "zpl": Kit(
