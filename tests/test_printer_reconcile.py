@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge_agent.contracts import PrintConfirmation
 from edge_agent.db import open_db
 from edge_agent.ledger import BatchInfo, Ledger, SerialState
 from edge_agent.line.printer_reconcile import reconcile_printer_queue
+from edge_agent.line.runtime import LineRuntime
 
 GTIN = "09506000134352"
 
@@ -101,3 +105,54 @@ async def test_a_printed_serial_is_never_settled_unused(data: st.DataObject) -> 
         result = await reconcile_printer_queue(QueuePrinter(len(queue)), ledger, batch)  # type: ignore[arg-type]
     assert not {serials[i] for i in printed} & set(result.unused)
     assert len(result.unused) == len(queue)
+
+
+class ConfirmingPrinter:
+    """Delivers the confirmations a test hands it, when it hands them."""
+
+    name = "printer"
+    buffer_depth = 4
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[PrintConfirmation] = asyncio.Queue()
+
+    async def confirmations(self) -> AsyncIterator[PrintConfirmation]:
+        while True:
+            yield await self.queue.get()
+
+
+async def test_a_confirmation_after_the_unit_was_judged_unconfirmed_is_not_queued(
+    tmp_path: Path, agent_config_factory: Any
+) -> None:
+    """A polled printer can confirm a label just after its frame was judged print_unconfirmed.
+    Queued then, the serial would be settled twice: rejected for its own frame, and again as
+    skipped (no_frame) when the next unit is matched -- a storage error that stops the line."""
+    config = agent_config_factory({"printer": 1, "camera": 2, "plc": 3}).model
+    with ledger_with_sent(tmp_path / "db", 2) as (ledger, batch, serials):
+        printer = ConfirmingPrinter()
+        runtime = LineRuntime(
+            config,
+            ledger,
+            printer=printer,
+            camera=None,
+            plc=None,
+            reader=None,  # type: ignore[arg-type]
+        )
+        runtime.batch = batch
+        runtime._unprinted = 2
+        position, reason = await runtime._locate(serials[0])  # no confirmation within the wait
+        assert (position.serial, reason) == (serials[0], "print_unconfirmed")
+        task = asyncio.create_task(runtime._confirmations())
+        try:
+            await printer.queue.put(PrintConfirmation(1, serials[0]))  # late
+            await printer.queue.put(PrintConfirmation(2, serials[1]))
+            async with asyncio.timeout(5):
+                while serials[1] not in runtime.printed:  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert runtime.printed.snapshot() == [serials[1]]
+        assert ledger.state_of(GTIN, serials[0]) == SerialState.SENT  # its reject settles it
+        assert runtime._unprinted == 0  # each label released its printer slot once

@@ -125,6 +125,8 @@ class LineRuntime:
         self._gated_before_decided: set[int] = set()
         self._last_trigger = 0
         self._unacknowledged = 0  # records in a row sent without the printer's acknowledgement
+        # Serials whose frame was judged print_unconfirmed before the confirmation came
+        self._judged_unconfirmed: set[str] = set()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -292,6 +294,12 @@ class LineRuntime:
         batch = self._batch
         async for confirmation in self.printer.confirmations():
             self._last_activity = time.monotonic()
+            if confirmation.serial in self._judged_unconfirmed:
+                # Too late: its unit is already rejected and its slot released. Queued, it
+                # would be settled a second time as a unit the camera never saw.
+                self._judged_unconfirmed.discard(confirmation.serial)
+                log.warning("late_print_confirmation", batch=batch.id, serial=confirmation.serial)
+                continue
             if self.ledger.mark_printed(batch, confirmation.serial):
                 await self.printed.push(confirmation.serial)
             else:
@@ -359,6 +367,7 @@ class LineRuntime:
                 state = self.ledger.state_of(self._batch.gtin, serial)
             if state == SerialState.SENT:
                 # Printed but never confirmed by the printer: never commissioned on faith.
+                self._judged_unconfirmed.add(serial)
                 await self._release(unprinted=1)
                 return Position(serial), "print_unconfirmed"
             if state in (SerialState.COMMISSIONED, SerialState.REJECTED, SerialState.UNUSED):
