@@ -345,6 +345,18 @@ class Ledger:
                     batch.gtin, serial, SerialState.UNUSED, "cleared_from_printer", None, now
                 )
 
+    def reject_sent(self, batch: BatchInfo, serials: Sequence[str], reason: str) -> list[str]:
+        """Reject those of ``serials`` still sent and unconfirmed (a lost printer link); returns
+        them. Any other state was settled meanwhile and stays as it is."""
+        now = time.time()
+        rejected = []
+        with write(self.conn):
+            for serial in serials:
+                if self._state(batch.gtin, serial, batch.id) == SerialState.SENT:
+                    self._reject(batch, serial, reason, None, now)
+                    rejected.append(serial)
+        return rejected
+
     # --- queries ----------------------------------------------------------------------------
 
     def sent_count(self, batch_id: str) -> int:

@@ -8,8 +8,9 @@ fault injected while units flow, and the outcome must keep the ledger's promises
 * the gate let through exactly the units of commissioned serials;
 * a fault that stops printing stops the line, and the alarm names it with the printer's own code.
 
-A lost link additionally restarts the agent: the printer's queue is reconciled with the ledger
-(``edge_agent/line/printer_reconcile.py``) and the batch completes, nothing re-sent.
+A lost link with ``printer_reconnect = "stop"`` additionally restarts the agent: the printer's
+queue is reconciled with the ledger (``edge_agent/line/printer_reconcile.py``) and the batch
+completes, nothing re-sent (in-process reconnect: ``tests/test_printer_reconnect.py``).
 """
 
 from __future__ import annotations
@@ -153,13 +154,13 @@ def simulators(printer_type: str, transport: str | None = None) -> SimulatorsSec
     )
 
 
-def agent_config(sims: SimulatorSet, state: Path, printer_type: str) -> Any:
+def agent_config(sims: SimulatorSet, state: Path, printer_type: str, **line: Any) -> Any:
     sections = sims.device_configs()
     sections["printer"] = sections["printer"] | KITS[printer_type].overrides
     overrides = {
         "agent": {"state_dir": str(state)},
         "batch": {"target_quantity": UNITS},
-        "line": {"verdict_deadline_ms": 500},
+        "line": {"verdict_deadline_ms": 500, **line},
         "plc": {"ring_size": 512},
     }
     return parse_config(demo_config_text(), "demo.toml", overrides, sections=sections)
@@ -288,7 +289,8 @@ async def test_lost_link_stops_then_restart_reconciles_the_queue(
 ) -> None:
     transport = KITS[printer_type].lost_link_transport
     async with SimulatorSet(simulators(printer_type, transport)) as sims:
-        config = agent_config(sims, tmp_path, printer_type)
+        # "stop": no in-process reconnect (tests/test_printer_reconnect.py has that)
+        config = agent_config(sims, tmp_path, printer_type, printer_reconnect="stop")
         printer, line = sims.printer, sims.line
         conveyor = Conveyor(line)
 

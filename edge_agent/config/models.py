@@ -126,6 +126,18 @@ class LineSection(Strict):
         "and camera. Bounds the line (and verdict latency) when it runs faster than the agent",
     )
     decode_threads: int = Field(2, ge=1, le=32, description="Threads decoding frames in parallel")
+    printer_reconnect: Literal["auto", "stop"] = Field(
+        "auto",
+        description="On a lost printer link: auto = halt the line (PLC stop), reconnect, settle "
+        "the printer's queue, resume; stop = the line stops until the agent is restarted",
+    )
+    printer_max_outage_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="auto: a printer link down longer than this stops the line for good",
+    )
 
 
 class SerialSource(Strict):

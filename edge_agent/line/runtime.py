@@ -36,6 +36,7 @@ from edge_agent.contracts import (
 from edge_agent.crashpoints import crash_point
 from edge_agent.errors import DeviceFault, DeviceTimeout, EdgeAgentError, LineStopped
 from edge_agent.ledger import BatchInfo, Ledger, SerialState, UnitOutcome
+from edge_agent.line.printer_link import PrinterLink
 from edge_agent.line.printer_reconcile import reconcile_printer_queue
 from edge_agent.line.stats import LineStats
 from edge_agent.line.tracking import Position, PrintedQueue
@@ -50,6 +51,7 @@ STOP_CODES = {
     "reject_confirm_missing": 13,
     "device_error": 14,
     "reject_log_overrun": 15,
+    "printer_link_lost": 16,
 }
 _COMMIT_GROUP = 64
 _ALLOCATE_BLOCK = 64
@@ -127,6 +129,19 @@ class LineRuntime:
         self._unacknowledged = 0  # records in a row sent without the printer's acknowledgement
         # Serials whose frame was judged print_unconfirmed before the confirmation came
         self._judged_unconfirmed: set[str] = set()
+        self._link = PrinterLink(
+            printer,
+            ledger,
+            plc,
+            batch=lambda: self._batch,
+            job=self._print_job,
+            mode=config.line.printer_reconnect,
+            max_outage_s=config.line.printer_max_outage_s,
+            stop_code=STOP_CODES["printer_link_lost"],
+            judged=lambda: self._judged_unconfirmed,
+            on_settled=self._after_printer_reconnect,
+            alarm=self.stats.alarms.append,
+        )
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -275,7 +290,7 @@ class LineRuntime:
     async def _send(self, record: PrintRecord) -> None:
         while True:
             try:
-                await self.printer.send(record)
+                await self._link.send(record)
                 self._unacknowledged = 0
                 return
             except DeviceFault as exc:
@@ -292,7 +307,7 @@ class LineRuntime:
 
     async def _confirmations(self) -> None:
         batch = self._batch
-        async for confirmation in self.printer.confirmations():
+        async for confirmation in self._link.confirmations():
             self._last_activity = time.monotonic()
             if confirmation.serial in self._judged_unconfirmed:
                 # Too late: its unit is already rejected and its slot released. Queued, it
@@ -308,6 +323,15 @@ class LineRuntime:
                 )
                 continue
             await self._release(unprinted=1)
+
+    def _print_job(self) -> PrintJob:
+        b = self.cfg.batch
+        return PrintJob("SERIAL", b.gtin, b.lot, b.expiry)
+
+    async def _after_printer_reconnect(self, settled: int) -> None:
+        # The serials the reconcile settled will never be confirmed nor decided by the camera
+        self._last_activity = time.monotonic()
+        await self._release(unprinted=settled, undecided=settled)
 
     async def _release(self, *, unprinted: int = 0, undecided: int = 0) -> None:
         async with self._flow:
@@ -534,7 +558,8 @@ class LineRuntime:
         await self._feed_done.wait()
         idle_limit = self.cfg.line.no_frame_timeout_s
         while self._undecided or not self._decode_q.empty() or not self._commit_q.empty():
-            if time.monotonic() - self._last_activity > idle_limit:
+            idle = time.monotonic() - self._last_activity > idle_limit
+            if idle and not self._link.recovering:  # a recovery settles them itself
                 await self._settle_leftovers()
                 break
             await asyncio.sleep(0.02)
