@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from drivers.plc.modbus.registers import StopCause
 from edge_agent.app import Agent
 from edge_agent.db import open_reader
 from edge_agent.errors import LineStopped
@@ -94,7 +95,8 @@ async def test_lost_link_reconnects_and_the_batch_completes_in_the_same_run(
     assert len(printer.printed) > len(at_drop["printed"]), "nothing printed after the reconnect"
     alarms = [a for a in stats.alarms if "printer_link_lost" in a]
     assert len(alarms) == 1 and len(stats.alarms) == 1, stats.alarms
-    assert sims.plc.stops, "the PLC was not asked to halt the line during the outage"
+    causes = [cause for _, cause in sims.plc.stops]
+    assert StopCause.AGENT_REQUEST in causes, "the PLC was not asked to halt the line"
 
 
 @pytest.mark.parametrize("printer_type", ["ascii", "zipher"])
