@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import pytest
@@ -70,11 +71,21 @@ class FlakyPrinter:
 
 
 class FakePlc:
+    """Stops the line on the second look after a stop request."""
+
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
+        self.running, self.looks = True, 0
 
     async def request_line_stop(self, reason_code: int) -> None:
         self.calls.append(("stop", reason_code))
+
+    async def read_state(self) -> Any:
+        self.looks += 1
+        if self.calls and self.looks >= 2 and self.running:
+            self.running = False
+            self.calls.append(("halted",))
+        return SimpleNamespace(running=self.running)
 
     async def clear_line_stop(self) -> None:
         self.calls.append(("clear",))
@@ -132,7 +143,7 @@ async def test_one_recovery_however_many_tasks_notice_the_loss(tmp_path: Path) -
         with contextlib.suppress(asyncio.CancelledError):
             await listener
         states = {s: ledger.state_of(GTIN, s) for s in serials}
-    assert plc.calls == [("stop", STOP_CODE), ("clear",)]
+    assert plc.calls == [("stop", STOP_CODE), ("halted",), ("clear",)]
     assert len(alarms) == 1 and "printer_link_lost" in alarms[0]
     assert printer.opens == 2 and len(printer.jobs) == 1  # one refused, one reconnect
     assert printer.sent == [], "a record of the lost link was sent again"
@@ -177,7 +188,7 @@ async def test_an_outage_past_the_maximum_stops_the_line_for_every_caller(
         states = {ledger.state_of(GTIN, s) for s in serials}
     assert stopped.value.reason == "printer_link_lost"
     assert "no link for 0.5 s" in str(stopped.value) and "refused" in str(stopped.value)
-    assert plc.calls == [("stop", STOP_CODE)], "the line stop must stay requested"
+    assert plc.calls == [("stop", STOP_CODE), ("halted",)], "the stop must stay requested"
     assert printer.opens >= 2 and settled == []
     assert states == {SerialState.SENT}  # left for the restart's reconcile and recovery
 

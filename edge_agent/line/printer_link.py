@@ -4,9 +4,9 @@ With ``[line] printer_reconnect = "auto"``, a ``DeviceConnectionError`` from the
 pulled, printer rebooted, switch port flapping) no longer ends the run. The runtime's ``send`` and
 ``confirmations`` go through a ``PrinterLink``, and the first of them to hit the loss recovers:
 
-1. one alarm (``printer_link_lost``) and a PLC line stop with that reason: the conveyor halts, so
-   units in flight wait, and are then decided as always from camera evidence (a serial the
-   printer never confirmed is rejected, ``print_unconfirmed``);
+1. one alarm (``printer_link_lost``) and a PLC line stop with that reason; the agent waits (a
+   little) for the PLC to report the line stopped: units in flight wait, and are then decided as
+   always from camera evidence (a serial the printer never confirmed is rejected);
 2. reconnect with capped, jittered exponential backoff, for at most ``printer_max_outage_s``; past
    that the line stops for good (``LineStopped("printer_link_lost")``), as it did before;
 3. the printer's queue is cancelled and settled exactly as at a restart
@@ -32,7 +32,13 @@ from typing import Literal
 import structlog
 
 from edge_agent.contracts import PlcLink, PrintConfirmation, Printer, PrintJob, PrintRecord
-from edge_agent.errors import DeviceConnectionError, DeviceError, DeviceTimeout, LineStopped
+from edge_agent.errors import (
+    DeviceConnectionError,
+    DeviceError,
+    DeviceTimeout,
+    EdgeAgentError,
+    LineStopped,
+)
 from edge_agent.ledger import BatchInfo, Ledger, SerialState
 from edge_agent.line.printer_reconcile import reconcile_printer_queue
 
@@ -41,6 +47,7 @@ log = structlog.get_logger("edge_agent.line")
 REASON = "printer_link_lost"
 FIRST_DELAY_S = 0.2  # as the drivers' own connect retries
 MAX_DELAY_S = 5.0
+HALT_WAIT_S = 2.0  # how long the PLC may take to report the line stopped
 
 
 def next_delay(attempt: int, rng: random.Random, first: float = FIRST_DELAY_S) -> float:
@@ -81,7 +88,7 @@ class PrinterLink:
         self._alarm = alarm
         self._lock = asyncio.Lock()  # held for a whole recovery
         self._generation = 0  # connections recovered so far
-        self._failed: LineStopped | None = None
+        self._failed: EdgeAgentError | None = None  # the recovery that ended the run
         self._rng = random.Random()
         self.recoveries = 0
 
@@ -130,7 +137,7 @@ class PrinterLink:
                 return  # another task recovered it already
             try:
                 await self._recover(cause)
-            except LineStopped as exc:
+            except EdgeAgentError as exc:  # the line stops: no other task may try again
                 self._failed = exc
                 raise
             self._generation += 1
@@ -141,7 +148,8 @@ class PrinterLink:
         self._alarm(f"{REASON}: {cause}")
         await self.plc.request_line_stop(self._stop_code)  # units in flight wait meanwhile
         deadline = started + self.max_outage_s
-        attempt, last = 0, str(cause)
+        await self._await_halt(batch, min(HALT_WAIT_S, self.max_outage_s))
+        attempt, last, settled = 0, str(cause), 0
         while True:
             await self._close()
             remaining = deadline - time.monotonic()
@@ -153,7 +161,8 @@ class PrinterLink:
             try:
                 async with asyncio.timeout(remaining):
                     await self.printer.__aenter__()
-                    settled = await self._reconcile(batch)
+                    # Kept across attempts: a later one finds these settled already
+                    settled += await self._reconcile(batch)
                     await self.printer.select_job(self._job())
                 break
             except (DeviceConnectionError, DeviceTimeout, TimeoutError) as exc:
@@ -174,6 +183,17 @@ class PrinterLink:
             outage_s=round(time.monotonic() - started, 2),
             attempts=attempt + 1,
         )
+
+    async def _await_halt(self, batch: BatchInfo, within_s: float) -> None:
+        """Wait until the PLC reports the line stopped: the settling then happens while nothing
+        moves, and the stop is cleared only once the PLC has acted on it. A PLC that does not
+        report it in time is logged; the settling is right either way (printer_reconcile.py)."""
+        until = time.monotonic() + within_s
+        while (await self.plc.read_state()).running:
+            if time.monotonic() > until:
+                log.warning("line_not_halted", batch=batch.id, waited_s=within_s)
+                return
+            await asyncio.sleep(0.02)
 
     async def _close(self) -> None:
         try:
