@@ -357,6 +357,18 @@ class Ledger:
                     batch.gtin, serial, SerialState.UNUSED, "cleared_from_printer", None, now
                 )
 
+    def reject_sent(self, batch: BatchInfo, serials: Sequence[str], reason: str) -> list[str]:
+        """Reject those of ``serials`` still sent and unconfirmed (a lost printer link); returns
+        them. Any other state was settled meanwhile and stays as it is."""
+        now = time.time()
+        rejected = []
+        with write(self.conn):
+            for serial in serials:
+                if self._state(batch.gtin, serial, batch.id) == SerialState.SENT:
+                    self._reject(batch, serial, reason, None, now)
+                    rejected.append(serial)
+        return rejected
+
     # --- queries ----------------------------------------------------------------------------
 
     def sent_count(self, batch_id: str) -> int:
@@ -364,6 +376,14 @@ class Ledger:
             "SELECT count(*) FROM serials WHERE batch_id = ? AND seq IS NOT NULL", (batch_id,)
         ).fetchone()
         return int(n)
+
+    def unconfirmed_in_send_order(self, batch_id: str) -> list[str]:
+        """Serials sent to the printer and not confirmed printed, oldest record first."""
+        rows = self.conn.execute(
+            "SELECT serial FROM serials WHERE batch_id = ? AND state = 'sent' ORDER BY seq",
+            (batch_id,),
+        ).fetchall()
+        return [serial for (serial,) in rows]
 
     def serials_in(self, batch_id: str, state: SerialState) -> list[str]:
         return [r[1] for r in self._in_states(batch_id, (state,))]

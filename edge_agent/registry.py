@@ -16,7 +16,12 @@ from typing import Any, Literal
 DeviceKind = Literal["printer", "camera", "plc", "forwarder"]
 
 BUILTIN: dict[DeviceKind, dict[str, str]] = {
-    "printer": {"ascii": "drivers.printers.ascii.driver:AsciiPrinter"},
+    "printer": {
+        "ascii": "drivers.printers.ascii.driver:AsciiPrinter",
+        "zipher": "drivers.printers.zipher.driver:ZipherPrinter",
+        "rci": "drivers.printers.rci.driver:RciPrinter",
+        "zpl": "drivers.printers.zpl.driver:ZplPrinter",
+    },
     "camera": {
         "tcp-frames": "drivers.cameras.tcp.driver:TcpFrameSource",
         "directory": "drivers.cameras.directory:DirectoryFrameSource",

@@ -1,7 +1,12 @@
 """Simulator ``type`` names → classes, by import path (kept import-free: the CLI reads it)."""
 
 SIMULATOR_TYPES: dict[str, dict[str, str]] = {
-    "printer": {"ascii": "simulators.printers.ascii:AsciiPrinterSim"},
+    "printer": {
+        "ascii": "simulators.printers.ascii:AsciiPrinterSim",
+        "zipher": "simulators.printers.zipher:ZipherPrinterSim",
+        "rci": "simulators.printers.rci:RciPrinterSim",
+        "zpl": "simulators.printers.zpl:ZplPrinterSim",
+    },
     "camera": {
         "tcp-frames": "simulators.cameras.tcp:TcpCameraSim",
         "smart-reader": "simulators.cameras.smart_reader:SmartReaderSim",

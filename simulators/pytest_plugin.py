@@ -102,6 +102,33 @@ async def capture_sim() -> AsyncIterator[Any]:
         yield sim
 
 
+@pytest_asyncio.fixture
+async def zipher_printer_sim(sim_line: SimLine) -> AsyncIterator[Any]:
+    """Zipher-style text printer simulator on TCP; ``.driver_config()`` is the [printer] section."""
+    from simulators.printers.zipher import ZipherPrinterSim
+
+    async with ZipherPrinterSim(sim_line) as sim:
+        yield sim
+
+
+@pytest_asyncio.fixture
+async def rci_printer_sim(sim_line: SimLine) -> AsyncIterator[Any]:
+    """Binary "rci" printer simulator on a pty; ``.device`` is the serial port to open."""
+    from simulators.printers.rci import RciPrinterSim
+
+    async with RciPrinterSim(sim_line) as sim:
+        yield sim
+
+
+@pytest_asyncio.fixture
+async def zpl_printer_sim(sim_line: SimLine) -> AsyncIterator[Any]:
+    """Zebra ZPL label printer simulator on TCP; ``.driver_config()`` is the [printer] section."""
+    from simulators.printers.zpl import ZplPrinterSim
+
+    async with ZplPrinterSim(sim_line) as sim:
+        yield sim
+
+
 @pytest.fixture
 def agent_config_factory(tmp_path: Path) -> Any:
     """Build a validated agent config pointing at simulator ports: ``factory(ports, **overrides)``."""

@@ -131,6 +131,18 @@ class LineSection(Strict):
         "and camera. Bounds the line (and verdict latency) when it runs faster than the agent",
     )
     decode_threads: int = Field(2, ge=1, le=32, description="Threads decoding frames in parallel")
+    printer_reconnect: Literal["auto", "stop"] = Field(
+        "auto",
+        description="On a lost printer link: auto = halt the line (PLC stop), reconnect, settle "
+        "the printer's queue, resume; stop = the line stops until the agent is restarted",
+    )
+    printer_max_outage_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="auto: a printer link down longer than this stops the line for good",
+    )
 
 
 class SerialSource(Strict):
@@ -193,6 +205,11 @@ class PrinterSim(Strict):
     type: str = Field("ascii", description="Printer protocol to simulate (see simulators.runner)")
     port: int = Field(0, ge=0, le=65535, description="TCP port (0 = any free port)")
     buffer_size: int = Field(16, ge=1, le=1024, description="Records the printer buffers")
+    transport: Literal["tcp", "serial"] | None = Field(
+        None,
+        description='Link of simulators that offer both: "serial" serves a pty (the agent opens'
+        " its slave as the serial device); omit for the protocol's usual link",
+    )
 
 
 class CameraSim(Strict):

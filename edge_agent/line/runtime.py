@@ -40,6 +40,8 @@ from edge_agent.contracts import (
 from edge_agent.crashpoints import crash_point
 from edge_agent.errors import DeviceFault, DeviceTimeout, EdgeAgentError, LineStopped
 from edge_agent.ledger import BatchInfo, Ledger, SerialState, UnitOutcome
+from edge_agent.line.printer_link import PrinterLink
+from edge_agent.line.printer_reconcile import reconcile_printer_queue
 from edge_agent.line.stats import LineStats
 from edge_agent.line.tracking import Position, PrintedQueue
 from edge_agent.line.verify import BatchIdentity, check_content, serial_pattern_for
@@ -57,11 +59,13 @@ STOP_CODES = {
     "reject_log_overrun": 15,
     "serials_exhausted": 16,
     "outbox_full": 17,
+    "printer_link_lost": 18,
 }
 OTHER_STOP_CODE = 99  # a stop reason without a code of its own
 _COMMIT_GROUP = 64
 _ALLOCATE_BLOCK = 64
 _CONFIRM_WAIT_S = 0.1  # how long a frame may wait for its print confirmation to arrive
+_MAX_UNACKNOWLEDGED = 3  # records in a row the printer did not acknowledge: it stopped answering
 
 
 class _BatchComplete(Exception):
@@ -148,6 +152,22 @@ class LineRuntime:
         # Extra watchers run in the line's TaskGroup; a LineStopped from one stops the line
         # (the outbox quota guard). Set by the Agent before run().
         self.guards: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
+        self._unacknowledged = 0  # records in a row sent without the printer's acknowledgement
+        # Serials whose frame was judged print_unconfirmed before the confirmation came
+        self._judged_unconfirmed: set[str] = set()
+        self._link = PrinterLink(
+            printer,
+            ledger,
+            plc,
+            batch=lambda: self._batch,
+            job=self._print_job,
+            mode=config.line.printer_reconnect,
+            max_outage_s=config.line.printer_max_outage_s,
+            stop_code=STOP_CODES["printer_link_lost"],
+            judged=lambda: self._judged_unconfirmed,
+            on_settled=self._after_printer_reconnect,
+            alarm=self.stats.alarms.append,
+        )
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -200,11 +220,9 @@ class LineRuntime:
         )
 
     async def _prepare_printer(self) -> None:
-        # Records left in the printer from before a restart must never be printed now: their
-        # serials are settled by recovery as in-flight.
-        discarded = await self.printer.clear()
-        if discarded:
-            log.warning("printer_buffer_cleared", batch=self._batch.id, discarded=discarded)
+        # Records left in the printer from before a restart must never be printed now: the
+        # cancelled ones become unused, the rest are settled by recovery as in-flight.
+        await reconcile_printer_queue(self.printer, self.ledger, self._batch)
         b = self.cfg.batch
         await self.printer.select_job(PrintJob("SERIAL", b.gtin, b.lot, b.expiry))
 
@@ -320,21 +338,31 @@ class LineRuntime:
     async def _send(self, record: PrintRecord) -> None:
         while True:
             try:
-                await self.printer.send(record)
+                await self._link.send(record)
+                self._unacknowledged = 0
                 return
             except DeviceFault as exc:
                 if exc.code != "BUFFER_FULL":
                     raise
                 await asyncio.sleep(0.01)  # refused, so not taken: the same record may go again
             except DeviceTimeout:
+                self._unacknowledged += 1
+                if self._unacknowledged >= _MAX_UNACKNOWLEDGED:
+                    raise  # repeated doubt: the alarm names the printer and its silence
                 # Unknown whether it was taken: never re-send; a confirmation or the camera settles it.
                 log.warning("record_unacknowledged", batch=self._batch.id, serial=record.serial)
                 return
 
     async def _confirmations(self) -> None:
         batch = self._batch
-        async for confirmation in self.printer.confirmations():
+        async for confirmation in self._link.confirmations():
             self._last_activity = time.monotonic()
+            if confirmation.serial in self._judged_unconfirmed:
+                # Too late: its unit is already rejected and its slot released. Queued, it
+                # would be settled a second time as a unit the camera never saw.
+                self._judged_unconfirmed.discard(confirmation.serial)
+                log.warning("late_print_confirmation", batch=batch.id, serial=confirmation.serial)
+                continue
             if self.ledger.mark_printed(batch, confirmation.serial):
                 await self.printed.push(confirmation.serial)
             else:
@@ -343,6 +371,15 @@ class LineRuntime:
                 )
                 continue
             await self._release(unprinted=1)
+
+    def _print_job(self) -> PrintJob:
+        b = self.cfg.batch
+        return PrintJob("SERIAL", b.gtin, b.lot, b.expiry)
+
+    async def _after_printer_reconnect(self, settled: int) -> None:
+        # The serials the reconcile settled will never be confirmed nor decided by the camera
+        self._last_activity = time.monotonic()
+        await self._release(unprinted=settled, undecided=settled)
 
     async def _release(self, *, unprinted: int = 0, undecided: int = 0) -> None:
         async with self._flow:
@@ -412,6 +449,7 @@ class LineRuntime:
                 state = self.ledger.state_of(self._batch.gtin, serial)
             if state == SerialState.SENT:
                 # Printed but never confirmed by the printer: never commissioned on faith.
+                self._judged_unconfirmed.add(serial)
                 await self._release(unprinted=1)
                 return Position(serial), "print_unconfirmed"
             if state in (SerialState.COMMISSIONED, SerialState.REJECTED, SerialState.UNUSED):
@@ -611,7 +649,8 @@ class LineRuntime:
         await self._feed_done.wait()
         idle_limit = self.cfg.line.no_frame_timeout_s
         while self._undecided or not self._decode_q.empty() or not self._commit_q.empty():
-            if time.monotonic() - self._last_activity > idle_limit:
+            idle = time.monotonic() - self._last_activity > idle_limit
+            if idle and not self._link.recovering:  # a recovery settles them itself
                 await self._settle_leftovers()
                 break
             await asyncio.sleep(0.02)

@@ -1,0 +1,182 @@
+"""Driver for printers on the Zipher-style text protocol (see README.md next to this file).
+
+Records go in with JDI (job data with allocation: the printer queues them); print-complete (PRC)
+and error-status (ERS) notifications are enabled with SNO on every connect. Replies arrive in
+command order; notifications are told apart by their name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from drivers.printers.stream import StreamPrinter
+from drivers.transport import SerialTransport, TcpTransport, TransportConfig
+from edge_agent.contracts import PrinterStatus, PrintJob, PrintRecord
+from edge_agent.errors import DeviceFault, ProtocolError
+
+from . import codec
+
+log = structlog.get_logger(__name__)
+
+# ERR codes that describe the printer's condition rather than a bad request from the agent
+_QUEUE_FULL = "QUEUE_FULL"
+
+
+def _is(*types: type) -> Callable[[Any], bool]:
+    return lambda reply: isinstance(reply, (codec.Err, *types))
+
+
+class ZipherPrinter(StreamPrinter):
+    """A printer on the Zipher-style text protocol; implements ``edge_agent.contracts.Printer``."""
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        type: Literal["zipher"] = Field(description='Driver selector; always "zipher".')
+        link: TransportConfig = Field(description="How to reach the printer: TCP or serial.")
+        reply_timeout_s: float = Field(
+            2.0, gt=0, le=60, allow_inf_nan=False, description="Reply wait before DeviceTimeout."
+        )
+        connect_attempts: int = Field(
+            3, ge=1, le=100, description="Connection attempts (exponential backoff) per connect."
+        )
+        buffer_depth: int = Field(
+            8, ge=1, le=64, description="Sent-but-unprinted records the agent keeps queued."
+        )
+        job_name: str = Field(
+            "SERIAL",
+            pattern=r"^[!-{}~]{1,64}$",
+            description="Job (message) selected on the printer; its fields are named below.",
+        )
+        gtin_field: str = Field(
+            "GTIN", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$", description="Job field of the GTIN."
+        )
+        lot_field: str = Field(
+            "LOT", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$", description="Job field of the lot."
+        )
+        expiry_field: str = Field(
+            "EXP", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$", description="Job field of the expiry."
+        )
+
+    def __init__(self, name: str, config: ZipherPrinter.Config) -> None:
+        super().__init__(name)
+        self.config = config
+        self.transport: TcpTransport | SerialTransport = config.link
+        self.reply_timeout_s = config.reply_timeout_s
+        self.connect_attempts = config.connect_attempts
+        self.buffer_depth = config.buffer_depth
+
+    def _decoder(self) -> codec.ReplyDecoder:
+        return codec.ReplyDecoder()
+
+    async def _on_connect(self) -> None:
+        for notification in ("PRC", "ERS"):
+            await self._command(codec.encode_sno(notification, True), "SNO", _is(codec.Ack))
+
+    def _dispatch(self, message: codec.Message) -> None:
+        match message:
+            case codec.PrintComplete(seq=seq, serial=serial):
+                self._print_complete(seq, serial)
+            case codec.PrintStart():
+                pass  # the record left the queue; only PRC proves it is on the unit
+            case codec.ErrorStatus(error=codec.FAULTED, code=code, text=text):
+                self._fault(code, text)
+            case codec.ErrorStatus(error=codec.NO_ERROR):
+                log.info("printer fault cleared", device=self.name, code=self.fault_code)
+                self.fault_code = None
+            case codec.ErrorStatus(code=code, text=text):
+                log.warning("printer warning", device=self.name, code=code, text=text)
+            case codec.Malformed(raw=raw, why=why):
+                self.count_malformed(why, raw=raw[:120])
+            case _:
+                self._on_reply(message)
+
+    # --- commands --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _encoding(self) -> Iterator[None]:
+        try:
+            yield
+        except codec.EncodeError as exc:
+            raise ProtocolError(self.name, f"cannot put on the wire: {exc}") from exc
+
+    async def _command(self, data: bytes, cmd: str, fits: Callable[[Any], bool]) -> Any:
+        reply = await self.request(data, cmd, fits)
+        if isinstance(reply, codec.Err):
+            raise self._refusal(cmd, reply)
+        return reply
+
+    def _refusal(self, cmd: str, err: codec.Err) -> DeviceFault | ProtocolError:
+        if err.code == _QUEUE_FULL:
+            # The feed retries on BUFFER_FULL: the record was refused, so it may go again
+            return DeviceFault(self.name, "BUFFER_FULL", f"{err.code}: {err.text}")
+        if err.code == "FAULT":
+            return DeviceFault(self.name, self.fault_code or err.code, err.text)
+        return ProtocolError(self.name, f"printer refused {cmd}: {err.code} {err.text}")
+
+    async def select_job(self, job: PrintJob) -> None:
+        cfg = self.config
+        values = {cfg.gtin_field: job.gtin, cfg.lot_field: job.lot, cfg.expiry_field: job.expiry}
+        with self._encoding():
+            data = codec.encode_sla(self.config.job_name, values)
+        await self._command(data, "SLA", _is(codec.Ack))
+        log.info("printer job selected", device=self.name, template=self.config.job_name)
+
+    async def update_fields(self, values: dict[str, str]) -> None:
+        """JDA: change named fields of the selected job."""
+        with self._encoding():
+            data = codec.encode_jda(values)
+        await self._command(data, "JDA", _is(codec.Ack))
+
+    async def send(self, record: PrintRecord) -> None:
+        with self._encoding():
+            data = codec.encode_jdi(record.seq, record.serial)
+        await self._command(data, "JDI", _is(codec.Ack))
+
+    async def queue_size(self) -> codec.QueueSize:
+        reply: codec.QueueSize = await self._command(
+            codec.encode_simple("QSZ"), "QSZ", _is(codec.QueueSize)
+        )
+        return reply
+
+    async def faults(self) -> list[tuple[str, str]]:
+        """GFT: the printer's current faults as (code, text)."""
+        reply = await self._command(codec.encode_simple("GFT"), "GFT", _is(codec.Faults))
+        return list(reply.items)
+
+    async def warnings(self) -> list[tuple[str, str]]:
+        reply = await self._command(codec.encode_simple("GWN"), "GWN", _is(codec.Faults))
+        return list(reply.items)
+
+    async def clear_faults(self) -> None:
+        """CAF: clear all faults (those whose cause is gone)."""
+        await self._command(codec.encode_simple("CAF"), "CAF", _is(codec.Ack))
+
+    async def set_state(self, state: int) -> None:
+        """SST: e.g. ``codec.RUNNING`` or ``codec.OFFLINE``."""
+        await self._command(codec.encode_sst(state), "SST", _is(codec.Ack))
+
+    async def status(self) -> PrinterStatus:
+        st: codec.State = await self._command(codec.encode_simple("GST"), "GST", _is(codec.State))
+        queue = await self.queue_size()
+        fault: str | None = None
+        if st.error == codec.FAULTED:
+            current = await self.faults()
+            fault = current[0][0] if current else "FAULT"
+        self.fault_code = fault  # also learns a fault whose ERS we never saw
+        if fault is not None:
+            state = "fault"
+        elif st.state != codec.RUNNING or not st.job:
+            state = "idle"
+        else:
+            state = "printing" if queue.queued else "ready"
+        return PrinterStatus(state, queue.queued, st.total_count, fault)
+
+    async def clear(self) -> int:
+        reply = await self._command(codec.encode_cqi_all(), "CQI", _is(codec.QueueCleared))
+        return int(reply.discarded)

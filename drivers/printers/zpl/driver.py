@@ -1,0 +1,444 @@
+"""Driver for Zebra label printers speaking ZPL II (see README.md next to this file).
+
+ZPL has no per-label acknowledgement. A poller asks ``~HS`` and the printer's label counter on
+the same stream; the counter confirms records, oldest first, and ``~HS`` checks that every format
+written before the question is accounted for (printed or queued), so a format lost on the way is
+an alarm, never a confirmation shifted onto the wrong serial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Self
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from drivers.transport import TcpTransport, TransportConfig, open_stream
+from edge_agent.contracts import PrintConfirmation, PrinterStatus, PrintJob, PrintRecord
+from edge_agent.errors import (
+    DeviceConnectionError,
+    DeviceError,
+    DeviceFault,
+    DeviceTimeout,
+    ProtocolError,
+)
+
+from . import codec
+
+log = structlog.get_logger(__name__)
+
+_READ_CHUNK = 65536
+_NOT_CONNECTED = "not connected"
+_CLOSED = "closed by the agent"
+
+
+class _LinkDown:
+    pass
+
+
+@dataclass
+class _Question:
+    """One ~HS + counter query and the answers that came for it."""
+
+    written: int  # formats written before it
+    future: asyncio.Future[codec.HostStatus] = field(repr=False)
+    baseline: bool = False
+
+
+_Event = PrintConfirmation | DeviceFault | DeviceTimeout | ProtocolError | _LinkDown
+
+
+class ZplPrinter:
+    """A Zebra (or ZPL-compatible) label printer; implements ``edge_agent.contracts.Printer``."""
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        type: Literal["zpl"] = Field(description='Driver selector; always "zpl".')
+        link: TransportConfig = Field(
+            default_factory=lambda: TcpTransport(port=9100),
+            description="How to reach the printer: raw TCP (port 9100 on Zebras) or serial.",
+        )
+        connect_attempts: int = Field(
+            3, ge=1, le=100, description="Connection attempts (exponential backoff) per connect."
+        )
+        status_timeout_s: float = Field(
+            1.0,
+            gt=0,
+            le=60,
+            allow_inf_nan=False,
+            description="A ~HS without answer after this is missed.",
+        )
+        max_missed_status: int = Field(
+            3, ge=1, le=100, description="Missed ~HS answers in a row that raise DeviceTimeout."
+        )
+        poll_interval_s: float = Field(
+            0.01,
+            ge=0.001,
+            le=5,
+            allow_inf_nan=False,
+            description="~HS polling period while labels are unconfirmed (confirmation latency).",
+        )
+        idle_poll_interval_s: float = Field(
+            0.25, ge=0.01, le=30, allow_inf_nan=False, description="~HS period with nothing queued."
+        )
+        buffer_depth: int = Field(
+            4, ge=1, le=64, description="How many sent-but-unprinted labels the agent keeps queued."
+        )
+        template: str = Field(
+            codec.DEFAULT_TEMPLATE,
+            min_length=8,
+            max_length=codec.MAX_FORMAT,
+            description="ZPL label format with {gtin} {lot} {expiry} {serial} placeholders.",
+        )
+
+        @field_validator("template")
+        @classmethod
+        def _template(cls, value: str) -> str:
+            try:
+                return codec.check_template(value)
+            except codec.TemplateError as exc:
+                raise ValueError(f"label template {exc}") from exc
+
+    def __init__(self, name: str, config: ZplPrinter.Config) -> None:
+        self.name = name
+        self.config = config
+        self.buffer_depth = config.buffer_depth
+        self.malformed_count = 0
+        self.fault_code: str | None = None
+        self.last_status: codec.HostStatus | None = None
+        self._job: PrintJob | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock = asyncio.Lock()
+        self._questions: deque[_Question] = deque()
+        self._unconfirmed: deque[PrintRecord] = deque()
+        self._written = 0  # formats written on this connection
+        self._printed = 0  # of those, printed according to the printer's counts
+        self._odometer_base = 0  # printer's label counter when our count was zero
+        self._foreign = 0  # labels queued before this connection, ahead of ours
+        self._events: asyncio.Queue[_Event] = asyncio.Queue()
+        self._down: str | None = _NOT_CONNECTED
+        self._self_paused = False
+        self._clearing = False  # between ~JA and the new count base: counts are in flux
+        self.last_odometer = 0
+        self._sent = asyncio.Event()
+
+    # --- connection ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        link = self.config.link
+        reader, self._writer = await self._open()
+        self._questions, self._unconfirmed = deque(), deque()
+        self._written = self._printed = 0
+        self._events = asyncio.Queue()
+        self._down = None
+        self._baseline: _Question | None = None
+        self._tasks = [asyncio.create_task(self._read_loop(reader), name=f"{self.name}-rx")]
+        try:
+            # Before anything is sent: the counter to count from, and what is queued already
+            status = await self._ask(baseline=True)
+        except BaseException:
+            await self.__aexit__()
+            raise
+        log.info("printer status", device=self.name, queued=status.pending)
+        self._tasks.append(asyncio.create_task(self._poll_loop(), name=f"{self.name}-poll"))
+        log.info("printer connected", device=self.name, link=link.describe())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        tasks, writer = self._tasks, self._writer
+        self._tasks, self._writer = [], None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self._link_down(_CLOSED)
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Open the link, retrying with exponential backoff (a printer rebooting, a cable
+        re-plugged) up to ``connect_attempts`` times."""
+        delay = 0.2
+        for attempt in range(1, self.config.connect_attempts + 1):
+            try:
+                return await open_stream(self.name, self.config.link)
+            except DeviceError as exc:
+                if attempt == self.config.connect_attempts:
+                    raise
+                log.warning(
+                    "printer connect failed", device=self.name, error=str(exc), retry_s=delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    def _link_down(self, why: str) -> None:
+        if self._down is not None:
+            return
+        self._down = why
+        while self._questions:
+            future = self._questions.popleft().future
+            if not future.done():
+                future.set_exception(DeviceConnectionError(self.name, why))
+        self._events.put_nowait(_LinkDown())
+        if why != _CLOSED:
+            log.warning("printer link down", device=self.name, why=why)
+
+    # --- reading and polling ---------------------------------------------------------------
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        decoder = codec.StatusDecoder()
+        why = "connection closed by the printer"
+        # The printer answers ~HS and the counter back to back: only that pair is an answer, so
+        # a cut answer is lost whole and a stray quoted number is never taken for a counter
+        status: codec.HostStatus | None = None
+        try:
+            while data := await reader.read(_READ_CHUNK):
+                for item in decoder.feed(data):
+                    match item:
+                        case codec.HostStatus():
+                            if status is not None:
+                                self._malformed("~HS answer without its counter", status)
+                            status = item
+                        case codec.Odometer() if status is not None:
+                            self._answer(status, item.labels)
+                            status = None
+                        case codec.Odometer():
+                            self._malformed("counter without its ~HS answer", item)
+                        case codec.Malformed(raw=raw, why=what):
+                            status = None
+                            self._malformed(what, raw[:80])
+        except OSError as exc:
+            why = f"connection lost: {exc!r}"
+        except Exception as exc:  # a driver bug must not leave callers waiting forever
+            log.exception("printer reader failed", device=self.name)
+            why = f"driver reader failed: {exc!r}"
+        self._link_down(why)
+
+    def _malformed(self, why: str, detail: object) -> None:
+        self.malformed_count += 1
+        log.warning("malformed input from printer", device=self.name, why=why, detail=repr(detail))
+
+    def _answer(self, hs: codec.HostStatus, odometer: int) -> None:
+        if not self._questions:
+            self._malformed("answer to no question", hs)
+            return
+        question = self._questions.popleft()  # answers come in question order
+        self.last_status, self.last_odometer = hs, odometer
+        if question.baseline:
+            self._odometer_base, self._foreign = odometer, hs.pending
+        else:
+            self._count(question, hs, odometer)
+        if not question.future.done():
+            question.future.set_result(hs)
+
+    def _count(self, question: _Question, hs: codec.HostStatus, odometer: int) -> None:
+        """Confirm what the printer's own counter says it printed, once ~HS agrees that every
+        format written before the question is accounted for; alarm if some never reached it
+        (a lost format would otherwise shift every later confirmation onto the wrong serial)."""
+        total = odometer - self._odometer_base
+        foreign_printed = min(self._foreign, max(0, total))
+        printed = total - foreign_printed
+        pending_ours = hs.pending - (self._foreign - foreign_printed)
+        lost = question.written - printed - pending_ours
+        if lost > 0 and not self._clearing:
+            why = f"{lost} label format(s) sent never reached the printer"
+            log.error("printer lost formats", device=self.name, lost=lost)
+            self._events.put_nowait(ProtocolError(self.name, why))
+            return
+        if lost < 0 or printed < self._printed:
+            # More accounted for than written, or a counter going back: an answer matched to
+            # the wrong question (after a lost one) or not the printer's. Confirm nothing on it.
+            self._malformed("answer inconsistent with what was sent", (odometer, hs.pending))
+            return
+        while self._printed < printed and self._unconfirmed:
+            record = self._unconfirmed.popleft()
+            self._printed += 1
+            self._events.put_nowait(PrintConfirmation(record.seq, record.serial))
+
+    async def _ask(self, *, baseline: bool = False) -> codec.HostStatus:
+        """One ~HS + counter round trip; DeviceTimeout if the answer does not come in time."""
+        loop = asyncio.get_running_loop()
+        question = _Question(self._written, loop.create_future(), baseline=baseline)
+        timeout = self.config.status_timeout_s
+        try:
+            async with self._lock:
+                self._check_link()
+                self._questions.append(question)
+                await self._write(codec.HOST_STATUS + codec.ODOMETER)
+            async with asyncio.timeout(timeout):
+                return await question.future
+        except TimeoutError as exc:
+            raise DeviceTimeout(self.name, f"no answer to ~HS within {timeout} s") from exc
+        finally:
+            question.future.cancel()  # stays queued as abandoned: a late answer still lines up
+
+    async def _poll_loop(self) -> None:
+        cfg, missed = self.config, 0
+        try:
+            while self._down is None:
+                try:
+                    status = await self._ask()
+                except DeviceTimeout as exc:
+                    missed += 1
+                    log.warning("printer status missed", device=self.name, in_a_row=missed)
+                    if missed >= cfg.max_missed_status:
+                        self._events.put_nowait(exc)
+                        return
+                    await self._resync()
+                    continue
+                missed = 0
+                self._check_faults(status)
+                await asyncio.sleep(cfg.poll_interval_s)
+                if not (self._unconfirmed or status.pending):
+                    # Idle: ask rarely, but at once when a label goes out
+                    self._sent.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(cfg.idle_poll_interval_s):
+                            await self._sent.wait()
+        except DeviceConnectionError:
+            return  # the reader reports the loss
+
+    async def _resync(self) -> None:
+        """After a missed answer: give late answers time to land on their own questions, then
+        forget the questions still open, so the next answer is matched to the next question.
+        (An answer later than that would be matched to a newer question; README: limits.)"""
+        await asyncio.sleep(self.config.status_timeout_s)
+        self._questions = deque(q for q in self._questions if not q.future.done())
+
+    def _check_faults(self, status: codec.HostStatus) -> None:
+        flags = status.flags(codec.STOPPING_FLAGS)
+        if self._self_paused and "pause" in flags:
+            flags.remove("pause")
+        code = ",".join(flags).upper() or None
+        if code != self.fault_code:
+            self.fault_code = code
+            if code is not None:
+                log.warning("printer fault", device=self.name, code=code)
+                self._events.put_nowait(DeviceFault(self.name, code, "reported by ~HS"))
+            else:
+                log.info("printer fault cleared", device=self.name)
+        for warning in status.flags(codec.WARNING_FLAGS):
+            log.warning("printer warning", device=self.name, flag=warning.upper())
+
+    # --- commands --------------------------------------------------------------------------
+
+    def _check_link(self) -> None:
+        if self._down is not None or self._writer is None:
+            raise DeviceConnectionError(self.name, self._down or _NOT_CONNECTED)
+
+    async def _write(self, data: bytes) -> None:
+        assert self._writer is not None
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except OSError as exc:
+            raise DeviceConnectionError(self.name, f"write failed: {exc!r}") from exc
+
+    async def select_job(self, job: PrintJob) -> None:
+        b = job
+        try:  # fail at job selection, not on the first unit, when a value cannot be printed
+            codec.render_label(
+                self.config.template, gtin=b.gtin, lot=b.lot, expiry=b.expiry, serial="0"
+            )
+        except codec.TemplateError as exc:
+            raise ProtocolError(self.name, f"cannot print batch data: {exc}") from exc
+        self._job = job
+        log.info("printer job selected", device=self.name, job=job.name)
+
+    async def send(self, record: PrintRecord) -> None:
+        job = self._job
+        if job is None:
+            raise ProtocolError(self.name, "send() before select_job()")
+        if self.fault_code is not None:
+            raise DeviceFault(self.name, self.fault_code, "printer reports a fault; not sent")
+        try:
+            data = codec.render_label(
+                self.config.template,
+                gtin=job.gtin,
+                lot=job.lot,
+                expiry=job.expiry,
+                serial=record.serial,
+            )
+        except codec.TemplateError as exc:
+            raise ProtocolError(self.name, f"cannot put on the wire: {exc}") from exc
+        async with self._lock:
+            self._check_link()
+            # Counted before the write: an answer to a later ~HS must see this format as sent
+            self._unconfirmed.append(record)
+            self._written += 1
+            await self._write(data)
+        self._sent.set()
+
+    async def status(self) -> PrinterStatus:
+        hs = await self._ask()
+        fault = ",".join(hs.flags(codec.STOPPING_FLAGS)).upper() or None
+        state = "fault" if fault else ("printing" if hs.pending else "ready")
+        return PrinterStatus(state, hs.pending, self._printed, fault)
+
+    async def clear(self) -> int:
+        """Pause, count what is queued, cancel it all (~JA), resume. Returns the count."""
+        self._self_paused = self._clearing = True
+        try:
+            async with self._lock:
+                self._check_link()
+                await self._write(codec.PAUSE)
+            queued = await self._settled_pending()
+            async with self._lock:
+                self._check_link()
+                await self._write(codec.CANCEL_ALL + codec.RESUME)
+                # Paused and settled, our unconfirmed records are exactly our queued ones; the
+                # queue may also hold formats from before this connection, never counted as ours
+                ours = min(queued, len(self._unconfirmed))
+                self._written -= ours
+                # Open questions were asked before ~JA; their answers must not count the
+                # cancelled formats as printed, whichever answer ends up matched to them
+                for question in self._questions:
+                    question.written -= ours
+                for _ in range(ours):
+                    self._unconfirmed.pop()
+            # Also lets every answer given while paused arrive before the pause stops being ours
+            left = (await self._ask()).pending
+            if left:
+                raise ProtocolError(self.name, f"{left} labels still queued after ~JA")
+            # Count on from here: the queue is empty, every label printed since is ours
+            self._odometer_base, self._foreign = self.last_odometer - self._printed, 0
+        finally:
+            self._self_paused = self._clearing = False
+        return queued
+
+    async def _settled_pending(self) -> int:
+        """Queued labels once the paused printer has finished the label under its head: two
+        answers in a row that agree, so a label completing right now is counted as printed."""
+        previous = (await self._ask()).pending
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+            current = (await self._ask()).pending
+            if current == previous:
+                return current
+            previous = current
+        raise DeviceTimeout(self.name, "queued label count did not settle after ~PP")
+
+    # --- notifications ---------------------------------------------------------------------
+
+    async def confirmations(self) -> AsyncIterator[PrintConfirmation]:
+        while True:
+            if self._down is not None and self._events.empty():
+                raise DeviceConnectionError(self.name, self._down)
+            event = await self._events.get()
+            match event:
+                case PrintConfirmation():
+                    yield event
+                case DeviceFault() | DeviceTimeout() | ProtocolError():
+                    raise event
+                case _LinkDown():
+                    raise DeviceConnectionError(self.name, self._down or _NOT_CONNECTED)
