@@ -216,6 +216,7 @@ def _check_config(args: argparse.Namespace) -> int:
         f"{args.file}: OK — line {m.line.id}, batch {m.batch.id} ({m.batch.target_quantity} units), "
         f"printer {config.printer.type_name}, camera {config.camera.type_name}, "
         f"plc {config.plc.type_name}"
+        + "".join(f", forwarder {f.name} ({f.type_name})" for f in config.forwarders)
     )
     return EXIT_OK
 

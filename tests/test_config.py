@@ -108,11 +108,21 @@ def test_serial_list_needs_a_file(tmp_path: Path) -> None:
 
 
 def test_inline_secret_is_refused(tmp_path: Path) -> None:
-    text = DEMO + '\n[upstream]\nurl = "https://l3.invalid"\ntoken = "s3cret"\n'
+    text = DEMO + (
+        '\n[[upstream.forwarders]]\ntype = "epcis-http"\nurl = "https://l3.invalid"\n'
+        'token = "s3cret"\n'
+    )
     [problem] = problems_of(tmp_path, text)
-    assert problem.key == "upstream.token"
+    assert problem.key == "upstream.forwarders[0].token"
     assert "s3cret" not in str(problem)
     assert 'never written inline; use { env = "NAME" }' in str(problem)
+
+
+def test_an_endpoint_outside_a_forwarder_is_refused_with_the_fix(tmp_path: Path) -> None:
+    text = DEMO + '\n[upstream]\nurl = "https://l3.invalid"\n'
+    [problem] = problems_of(tmp_path, text)
+    assert problem.key == "upstream"
+    assert "[[upstream.forwarders]]" in str(problem) and "epcis-http" in str(problem)
 
 
 def test_several_problems_are_all_reported(tmp_path: Path) -> None:

@@ -253,8 +253,20 @@ class SimulatorsSection(Strict):
 
 
 class UpstreamSection(Strict):
-    url: str | None = Field(None, description="Level 3 endpoint (used by the forwarders)")
-    token: SecretRef | None = Field(None, description="Bearer token, by reference")
+    @model_validator(mode="before")
+    @classmethod
+    def _endpoint_belongs_to_a_forwarder(cls, data: Any) -> Any:
+        # An endpoint here would configure nothing; say where it goes instead of ignoring it.
+        if isinstance(data, dict):
+            misplaced = [key for key in ("url", "token", "host") if key in data]
+            if misplaced:
+                raise ValueError(
+                    f"{', '.join(misplaced)} belong to a forwarder: declare one as "
+                    '[[upstream.forwarders]] with type = "epcis-http" (url, token) or '
+                    'type = "mqtt" (host, port, topic); see config/line-example.toml'
+                )
+        return data
+
     # Each forwarder table is validated by the driver its `type` selects (registry kind
     # "forwarder"); several may run at once, each with its own delivery state.
     forwarders: list[dict[str, Any]] = Field(
