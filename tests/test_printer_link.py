@@ -99,6 +99,7 @@ def make_link(
     judged: set[str] | None = None,
     mode: Literal["auto", "stop"] = "auto",
     max_outage_s: float = 10.0,
+    max_recoveries_per_hour: int = 6,
 ) -> tuple[PrinterLink, FakePlc, list[int], list[str]]:
     plc, settled, alarms = FakePlc(), [], []
 
@@ -113,6 +114,7 @@ def make_link(
         job=lambda: PrintJob("SERIAL", GTIN, "LOT1", "281200"),
         mode=mode,
         max_outage_s=max_outage_s,
+        max_recoveries_per_hour=max_recoveries_per_hour,
         stop_code=STOP_CODE,
         judged=lambda: judged or set(),
         on_settled=on_settled,
@@ -191,6 +193,22 @@ async def test_an_outage_past_the_maximum_stops_the_line_for_every_caller(
     assert plc.calls == [("stop", STOP_CODE), ("halted",)], "the stop must stay requested"
     assert printer.opens >= 2 and settled == []
     assert states == {SerialState.SENT}  # left for the restart's reconcile and recovery
+
+
+async def test_a_flapping_link_stops_the_line_for_good(tmp_path: Path) -> None:
+    with ledger_with_sent(tmp_path, 3) as (ledger, batch, serials):
+        printer = FlakyPrinter(queued=0)
+        link, plc, _, alarms = make_link(printer, ledger, batch, max_recoveries_per_hour=1)
+        printer.drop()
+        await link.send(PrintRecord(3, serials[2]))  # the first loss is recovered
+        assert link.recoveries == 1 and plc.calls[-1] == ("clear",)
+        printer.drop()
+        with pytest.raises(LineStopped) as stopped:
+            await link.send(PrintRecord(4, serials[2]))
+    assert stopped.value.reason == "printer_link_lost"
+    assert "link lost 2 times within an hour" in str(stopped.value)
+    assert plc.calls[-1] == ("stop", STOP_CODE), "the second stop must stay requested"
+    assert len(alarms) == 2 and printer.opens == 1  # one reconnect, none after the limit
 
 
 async def test_stop_mode_lets_the_loss_through(tmp_path: Path) -> None:

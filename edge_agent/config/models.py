@@ -143,6 +143,13 @@ class LineSection(Strict):
         allow_inf_nan=False,
         description="auto: a printer link down longer than this stops the line for good",
     )
+    printer_max_reconnects_per_hour: int = Field(
+        6,
+        ge=0,
+        le=1000,
+        description="auto: one more lost printer link within an hour stops the line for good "
+        "(a flapping link needs a person); 0 = never reconnect in-process",
+    )
 
 
 class SerialSource(Strict):

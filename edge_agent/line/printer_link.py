@@ -70,6 +70,7 @@ class PrinterLink:
         job: Callable[[], PrintJob],
         mode: Literal["auto", "stop"],
         max_outage_s: float,
+        max_recoveries_per_hour: int = 6,
         stop_code: int,
         judged: Callable[[], Collection[str]],
         on_settled: Callable[[int], Awaitable[None]],
@@ -82,6 +83,8 @@ class PrinterLink:
         self._job = job
         self.mode = mode
         self.max_outage_s = max_outage_s
+        self.max_recoveries_per_hour = max_recoveries_per_hour
+        self._recovered_at: list[float] = []  # monotonic times of recent recoveries
         self._stop_code = stop_code
         self._judged = judged  # serials the camera judged print_unconfirmed, maybe not committed
         self._on_settled = on_settled
@@ -147,6 +150,14 @@ class PrinterLink:
         log.error(REASON, batch=batch.id, device=self.printer.name, detail=str(cause))
         self._alarm(f"{REASON}: {cause}")
         await self.plc.request_line_stop(self._stop_code)  # units in flight wait meanwhile
+        # A link that keeps dropping would halt and resume the line forever: a person must look.
+        self._recovered_at = [t for t in self._recovered_at if started - t < 3600]
+        if len(self._recovered_at) >= self.max_recoveries_per_hour:
+            raise LineStopped(
+                REASON,
+                f"printer {self.printer.name}: link lost {len(self._recovered_at) + 1} times "
+                f"within an hour ({cause}); check its cable or network, then restart the line",
+            )
         deadline = started + self.max_outage_s
         await self._await_halt(batch, min(HALT_WAIT_S, self.max_outage_s))
         attempt, last, settled = 0, str(cause), 0
@@ -176,6 +187,7 @@ class PrinterLink:
         await self._on_settled(settled)
         await self.plc.clear_line_stop()
         self.recoveries += 1
+        self._recovered_at.append(time.monotonic())
         log.warning(
             "printer_link_restored",
             batch=batch.id,

@@ -163,6 +163,7 @@ class LineRuntime:
             job=self._print_job,
             mode=config.line.printer_reconnect,
             max_outage_s=config.line.printer_max_outage_s,
+            max_recoveries_per_hour=config.line.printer_max_reconnects_per_hour,
             stop_code=STOP_CODES["printer_link_lost"],
             judged=lambda: self._judged_unconfirmed,
             on_settled=self._after_printer_reconnect,
