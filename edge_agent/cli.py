@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
             choices=names,
             help=f"{kind} protocol to simulate and drive (default {DEMO_DEFAULTS[kind]})",
         )
+    demo.add_argument(
+        "--upstream",
+        choices=["epcis-http"],
+        help="also forward every event to an in-process EPCIS 2.0 capture server simulator",
+    )
     demo.set_defaults(handler=_demo)
 
     run = sub.add_parser("run", help="run the line from a config file (the service)")
@@ -129,6 +134,7 @@ def _demo(args: argparse.Namespace) -> int:
             defect_rate=args.defect_rate,
             console=Console(stderr=False),
             devices={k: getattr(args, k) for k in DEMO_DEFAULTS if getattr(args, k)},
+            upstream=args.upstream,
         )
     )
 

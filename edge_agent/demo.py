@@ -38,6 +38,7 @@ async def run_demo(
     defect_rate: float,
     console: Console,
     devices: dict[str, str] | None = None,
+    upstream: str | None = None,
 ) -> int:
     """Run one batch on simulators; ``devices`` picks simulator/driver types, e.g. plc=opcua."""
     state_dir = state_dir or Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
@@ -60,25 +61,37 @@ async def run_demo(
     log_file = (state_dir / "agent.log").open("a", encoding="utf-8")
     logs.configure("json", "info", stream=log_file)
     try:
-        async with SimulatorSet(section) as sims:
-            config = parse_config(
-                demo_config_text(), "demo.toml", overrides, sections=sims.device_configs()
-            )
+        async with SimulatorSet(section) as sims, contextlib.AsyncExitStack() as stack:
+            sections = sims.device_configs()
+            capture = None
+            if upstream == "epcis-http":
+                from simulators.upstream.capture_server import CaptureServerSim
+
+                capture = await stack.enter_async_context(CaptureServerSim())
+                forwarder = capture.driver_config(name="l3-capture")
+                sections["upstream"] = {"forwarders": [forwarder], "drain_on_exit_s": 60}
+            config = parse_config(demo_config_text(), "demo.toml", overrides, sections=sections)
             stopped = await _run_with_progress(config, units, console)
             await asyncio.sleep(0)  # let the last gate decisions land
             truth = sims.ground_truth()
+            if capture is not None:
+                truth["upstream_received"] = len(capture.events)
     finally:
         logs.configure("auto", "warning")  # nothing may keep logging into the closed file
         log_file.close()
     with contextlib.closing(open_reader(state_dir)) as conn:
         ledger_report = reconcile(conn)
     report = demo_report(ledger_report, truth, stopped)
+    if "upstream_received" in truth:
+        report["events_received_upstream"] = truth["upstream_received"]
     report["state_dir"] = str(state_dir)
     print_report(report, console)
     if report_json is not None:
         text = json.dumps(report, indent=2) + "\n"
         await asyncio.to_thread(report_json.write_text, text, encoding="utf-8")
     ok = report["balanced"] and report["defects_rejected"] == report["injected_defects"]
+    if upstream is not None:  # every event must have reached the capture server
+        ok = ok and report["events_pending_delivery"] == 0
     return 0 if ok else (3 if stopped else 4)
 
 
@@ -194,6 +207,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         ("duplicates", report["duplicates"]),
         ("events waiting for upstream", report["events_pending_delivery"]),
     ]
+    if "events_received_upstream" in report:
+        rows.append(("events received upstream", report["events_received_upstream"]))
     for name, value in rows:
         table.add_row(name, str(value))
     balanced = "[bold green]yes" if report["balanced"] else "[bold red]NO"

@@ -75,6 +75,20 @@ def test_demo_fast_balances_and_writes_the_report(
         assert ledger[key] == report[key]
 
 
+def test_demo_forwards_every_event_to_the_capture_simulator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report_file = tmp_path / "r.json"
+    args = ["demo", "--units", "80", "--fast", "--upstream", "epcis-http", "--seed", "3"]
+    code = main([*args, "--report-json", str(report_file), "--state-dir", str(tmp_path / "s")])
+    assert code == 0, capsys.readouterr().out
+    report = json.loads(report_file.read_text())
+    events = report["events_commissioning"] + report["events_decommissioning"]
+    assert report["balanced"] and events >= 80
+    assert report["events_pending_delivery"] == 0
+    assert report["events_received_upstream"] == events
+
+
 def test_batch_report_without_state_says_what_to_do(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
