@@ -224,8 +224,7 @@ class LineRuntime:
         # Records left in the printer from before a restart must never be printed now: the
         # cancelled ones become unused, the rest are settled by recovery as in-flight.
         await reconcile_printer_queue(self.printer, self.ledger, self._batch)
-        b = self.cfg.batch
-        await self.printer.select_job(PrintJob("SERIAL", b.gtin, b.lot, b.expiry))
+        await self.printer.select_job(self._print_job())
 
     async def _recover(self) -> None:
         batch = self._batch
