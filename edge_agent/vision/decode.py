@@ -16,9 +16,9 @@ import numpy as np
 import zxingcpp
 
 from edge_agent.contracts import CodeRead, GrayImage
+from edge_agent.gs1 import GS
 
-GS = "\x1d"
-_DATAMATRIX = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.DataMatrix)
+DATAMATRIX = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.DataMatrix)
 _MIN_CONTRAST_PIXELS = 16  # fewer pixels than this inside the polygon: no meaningful percentile
 
 
@@ -74,7 +74,7 @@ class ZxingReader:
     def _decode(self, image: GrayImage, binarizer: zxingcpp.Binarizer) -> list[zxingcpp.Barcode]:
         return zxingcpp.read_barcodes(
             image,
-            formats=_DATAMATRIX,
+            formats=DATAMATRIX,
             try_rotate=self.try_rotate,
             try_downscale=self.try_downscale,
             try_invert=self.try_invert,
@@ -86,11 +86,7 @@ class ZxingReader:
 def _parts(
     barcode: zxingcpp.Barcode, scale: int
 ) -> tuple[str, str, str, tuple[tuple[int, int], ...]]:
-    symbology = str(barcode.symbology_identifier)
-    raw = _element_string(bytes(barcode.bytes), symbology)
-    # HRI text mode renders control characters of non-GS1 data as "<GS>"; keep those verbatim.
-    is_gs1 = barcode.content_type == zxingcpp.ContentType.GS1
-    text = str(barcode.text) if is_gs1 else raw
+    text, raw, symbology = _content(barcode)
     pos = barcode.position
     corners = tuple(
         (int(p.x) // scale, int(p.y) // scale)
@@ -110,9 +106,7 @@ def barcode_read(
 
     ``scale`` is how much the decoded image was enlarged, ``offset`` where it was cut from.
     """
-    symbology = str(barcode.symbology_identifier)
-    raw = _element_string(bytes(barcode.bytes), symbology)
-    is_gs1 = barcode.content_type == zxingcpp.ContentType.GS1
+    text, raw, symbology = _content(barcode)
     pos = barcode.position
     dx, dy = offset
     corners = tuple(
@@ -122,7 +116,7 @@ def barcode_read(
     size, unused_ec = _extra(barcode)
     (x0, y0), (x1, y1) = corners[0], corners[1]
     return CodeRead(
-        text=str(barcode.text) if is_gs1 else raw,
+        text=text,
         raw=raw,
         symbology=symbology,
         corners=corners,
@@ -131,6 +125,15 @@ def barcode_read(
         size=size,
         unused_ec=unused_ec,
     )
+
+
+def _content(barcode: zxingcpp.Barcode) -> tuple[str, str, str]:
+    """Text, element string and symbology identifier of a zxing result."""
+    symbology = str(barcode.symbology_identifier)
+    raw = _element_string(bytes(barcode.bytes), symbology)
+    # HRI text mode renders control characters of non-GS1 data as "<GS>"; keep those verbatim.
+    is_gs1 = barcode.content_type == zxingcpp.ContentType.GS1
+    return (str(barcode.text) if is_gs1 else raw), raw, symbology
 
 
 def _extra(barcode: zxingcpp.Barcode) -> tuple[tuple[int, int] | None, float | None]:

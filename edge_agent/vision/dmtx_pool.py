@@ -28,11 +28,11 @@ import numpy as np
 import structlog
 
 from edge_agent.contracts import CodeRead, GrayImage
+from edge_agent.gs1 import GS
 from edge_agent.vision.gs1text import hri_of
 
 log = structlog.get_logger("edge_agent.vision.dmtx")
 
-GS = "\x1d"
 KILL_MARGIN_S = 1.0  # a worker this far past its budget is stuck, not slow: kill the pool
 STARTUP_TIMEOUT_S = 60.0
 

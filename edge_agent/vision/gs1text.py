@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from edge_agent import gs1
+from edge_agent.gs1 import GS
 from edge_agent.gs1.ais import lookup_prefix
-
-GS = "\x1d"
 
 
 def hri_of(raw: str) -> str:

@@ -30,13 +30,12 @@ import zxingcpp
 
 from edge_agent.config.models import VisionSection
 from edge_agent.contracts import CodeRead, GrayImage
-from edge_agent.vision.decode import barcode_read, symbol_contrast
+from edge_agent.vision.decode import DATAMATRIX, barcode_read, symbol_contrast
 from edge_agent.vision.dmtx_pool import DmtxPool
 from edge_agent.vision.locate import Region, locate
 
 log = structlog.get_logger("edge_agent.vision.pipeline")
 
-_DATAMATRIX = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.DataMatrix)
 LOCATE_ABOVE_PX = 640 * 480  # frames larger than VGA are localised first
 MAX_UPSCALE_PX = LOCATE_ABOVE_PX  # a larger target is not worth enlarging
 # Fallbacks try only the best candidates: on a frame without a code every candidate is printed
@@ -141,7 +140,7 @@ class DecodePipeline:
         multi = self.section.max_codes > 1
         barcodes = zxingcpp.read_barcodes(
             target.image if image is None else image,
-            formats=_DATAMATRIX,
+            formats=DATAMATRIX,
             try_rotate=True,
             # A case of many codes: every code is big enough at full size, and the downscaled
             # search pyramid would double the cost of a 5 MP frame.
