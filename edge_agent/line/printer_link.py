@@ -93,9 +93,13 @@ class PrinterLink:
         self._generation = 0  # connections recovered so far
         self._failed: EdgeAgentError | None = None  # the recovery that ended the run
         self._rng = random.Random()
-        self.recoveries = 0
 
     # --- what the runtime calls --------------------------------------------------------------
+
+    @property
+    def recoveries(self) -> int:
+        """Losses recovered so far."""
+        return self._generation
 
     @property
     def recovering(self) -> bool:
@@ -186,7 +190,6 @@ class PrinterLink:
                 await asyncio.sleep(delay)
         await self._on_settled(settled)
         await self.plc.clear_line_stop()
-        self.recoveries += 1
         self._recovered_at.append(time.monotonic())
         log.warning(
             "printer_link_restored",
