@@ -29,8 +29,9 @@ from drivers.cameras.tcp import (
 from drivers.cameras.tcp.codec import HEADER, MAGIC
 from edge_agent.contracts import Frame, FrameSource
 from edge_agent.errors import DeviceConnectionError, DeviceTimeout, ProtocolError
+from edge_agent.gs1 import gtin_check_digit
 from edge_agent.vision.decode import ZxingReader
-from simulators.cameras.tcp import ALL_DEFECTS, TcpCameraSim, gtin_check_digit
+from simulators.cameras.tcp import ALL_DEFECTS, TcpCameraSim
 from simulators.line import SimLine, SimUnit
 
 GTIN = "09506000134352"
@@ -381,7 +382,7 @@ async def test_each_defect_kind_reads_as_expected(kind: str) -> None:
             assert changed == {"s"} and serial == good_serial
         elif kind == "wrong_gtin":
             assert changed == {"g"} and len(gtin) == 14
-            assert gtin_check_digit(gtin[:13]) == gtin[13]
+            assert str(gtin_check_digit(gtin[:13])) == gtin[13]
         elif kind == "wrong_lot":
             assert changed == {"l"}
         elif kind == "wrong_expiry":

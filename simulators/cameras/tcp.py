@@ -27,6 +27,7 @@ import numpy as np
 import structlog
 
 from drivers.cameras.tcp.codec import ENCODING_RAW, encode_frame
+from edge_agent.gs1 import gtin_check_digit
 from simulators.cameras.render import render_frame
 from simulators.line import SimLine, SimUnit
 
@@ -307,12 +308,6 @@ class TcpCameraSim:
 # --- content mutations ---------------------------------------------------------------------
 
 
-def gtin_check_digit(body: str) -> str:
-    """GS1 mod-10 check digit for the digits before it."""
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
-    return str((10 - total % 10) % 10)
-
-
 def other_gtin(gtin: str, rng: random.Random) -> str:
     """A different GTIN-14 with a correct check digit."""
     if len(gtin) != 14 or not gtin.isdigit():
@@ -321,7 +316,7 @@ def other_gtin(gtin: str, rng: random.Random) -> str:
     pos = rng.randrange(1, 13)  # keep the indicator digit
     body[pos] = rng.choice([d for d in string.digits if d != body[pos]])
     new_body = "".join(body)
-    return new_body + gtin_check_digit(new_body)
+    return new_body + str(gtin_check_digit(new_body))
 
 
 def other_expiry(expiry: str, rng: random.Random) -> str:
@@ -354,7 +349,7 @@ def _low_contrast_levels(rng: random.Random) -> dict[str, Any]:
 async def _free_run(line: SimLine, rng: random.Random) -> None:
     """Stand-in for printer + PLC: puts units with random serials on the line."""
     gtin_body = "0950600013435"
-    gtin = gtin_body + gtin_check_digit(gtin_body)
+    gtin = gtin_body + str(gtin_check_digit(gtin_body))
     while True:
         await line.next_slot()
         serial = "".join(rng.choice(_ALNUM) for _ in range(12))
