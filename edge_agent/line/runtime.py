@@ -393,12 +393,14 @@ class LineRuntime:
         loop = asyncio.get_running_loop()
         async for frame in self.camera.frames():
             self._last_activity = time.monotonic()
-            future = loop.run_in_executor(executor, self._read, frame)
+            if frame.reads is not None:  # a smart reader decoded it on the device: no thread hop
+                future: asyncio.Future[list[CodeRead]] = loop.create_future()
+                future.set_result(list(frame.reads))
+            else:
+                future = loop.run_in_executor(executor, self._read, frame)
             await self._decode_q.put((frame, future))
 
     def _read(self, frame: Frame) -> list[CodeRead]:
-        if frame.reads is not None:  # a smart reader decoded it on the device
-            return list(frame.reads)
         reads = list(self.reader.read(frame.image))
         if self.cfg.vision.min_grade is not None:
             reads = with_grades(frame.image, reads)
