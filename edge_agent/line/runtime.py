@@ -433,12 +433,13 @@ class LineRuntime:
         if not check.ok and self.archive is not None:
             self._details[frame.trigger] = check.detail
         position, reason = await self._locate(check.serial)
-        passed = check.ok and reason is None and position.serial == check.serial
-        if check.ok and reason is None and position.serial != check.serial:
+        if not check.ok:
+            reason = check.reason
+        elif reason is None and position.serial != check.serial:
             reason = "serial_mismatch"
-        final_reason = "ok" if passed else (check.reason if not check.ok else reason or "doubt")
+        passed = reason is None
         return UnitOutcome(
-            frame.trigger, passed, final_reason, position.serial, check.text, position.skipped
+            frame.trigger, passed, reason or "ok", position.serial, check.text, position.skipped
         )
 
     async def _locate(self, serial: str | None) -> tuple[Position, str | None]:
