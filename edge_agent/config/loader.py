@@ -189,26 +189,25 @@ def _describe(err: Any, model: type[BaseModel], loc: tuple[str, ...]) -> str:
     return f"found {err['input']!r}; expected: {message}"
 
 
-def _field_info(model: type[BaseModel], loc: tuple[str, ...]) -> Any:
-    current: Any = model
-    info = None
-    for part in loc:
-        fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
-            return None
-        info = fields[part]
-        current = _model_type(info.annotation)
-    return info
-
-
-def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
+def _model_at(model: type[BaseModel], loc: tuple[str, ...]) -> Any:
+    """The model the key path ``loc`` leads to, or None if it leaves the models."""
     current: Any = model
     for part in loc:
         fields = getattr(current, "model_fields", {})
         if part not in fields:
-            return []
+            return None
         current = _model_type(fields[part].annotation)
-    return list(getattr(current, "model_fields", {}))
+    return current
+
+
+def _field_info(model: type[BaseModel], loc: tuple[str, ...]) -> Any:
+    if not loc:
+        return None
+    return getattr(_model_at(model, loc[:-1]), "model_fields", {}).get(loc[-1])
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
+    return list(getattr(_model_at(model, loc), "model_fields", {}))
 
 
 def _model_type(annotation: Any) -> Any:
