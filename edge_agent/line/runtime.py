@@ -127,9 +127,8 @@ class LineRuntime:
         self._commit_q: asyncio.Queue[_Pending] = asyncio.Queue(256)
         self._feed_done = asyncio.Event()
         self._last_activity = time.monotonic()
-        self._awaiting_confirm: dict[
-            int, float
-        ] = {}  # reject trigger → when its verdict was written
+        # reject trigger → when its verdict was written
+        self._awaiting_confirm: dict[int, float] = {}
         self._missing_confirms = 0
         self._confirms_seen: int | None = None
         # The newest trigger taken from the reject log. The gate confirms rejects in conveyor
@@ -521,10 +520,8 @@ class LineRuntime:
             written = time.monotonic()
             latency_ms = (written - item.frame.received_at) * 1000.0
             self._last_trigger = max(self._last_trigger, outcome.trigger)
-            if outcome.trigger in self._gated_before_decided:
-                self._gated_before_decided.discard(
-                    outcome.trigger
-                )  # rejected and confirmed already
+            if outcome.trigger in self._gated_before_decided:  # rejected and confirmed already
+                self._gated_before_decided.discard(outcome.trigger)
             elif not outcome.passed:
                 self._awaiting_confirm[outcome.trigger] = written
             self.stats.record(outcome.passed, outcome.reason, latency_ms)
@@ -616,11 +613,8 @@ class LineRuntime:
             if fresh:
                 self._last_confirmed = fresh[-1]
             self._confirms_seen = state.reject_confirms
-        expired = [
-            t
-            for t, at in self._awaiting_confirm.items()
-            if time.monotonic() - at > line.reject_confirm_timeout_ms / 1000.0
-        ]
+        now, timeout_s = time.monotonic(), line.reject_confirm_timeout_ms / 1000.0
+        expired = [t for t, at in self._awaiting_confirm.items() if now - at > timeout_s]
         for trigger in expired:
             del self._awaiting_confirm[trigger]
             self._missing_confirms += 1
