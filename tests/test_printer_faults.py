@@ -134,11 +134,9 @@ KITS: dict[str, Kit] = {
 }
 
 
-def printer_types() -> list[Any]:
-    return [
-        pytest.param(name, marks=[] if name in KITS else pytest.mark.skip(f"no kit for {name}"))
-        for name in sorted(SIMULATOR_TYPES["printer"])
-    ]
+def printer_types() -> list[str]:
+    # Every catalog printer must have a kit: test_every_catalog_printer_has_a_fault_kit
+    return sorted(KITS)
 
 
 # --- running a line ----------------------------------------------------------------------------
@@ -263,8 +261,16 @@ def check_invariants(state: Path, sims: SimulatorSet) -> dict[str, Any]:
 
 # --- the matrix --------------------------------------------------------------------------------
 
-pytestmark = [pytest.mark.slow, pytest.mark.parametrize("printer_type", printer_types())]
+pytestmark = pytest.mark.slow
+each_printer = pytest.mark.parametrize("printer_type", printer_types())
 
+
+def test_every_catalog_printer_has_a_fault_kit() -> None:
+    missing = sorted(set(SIMULATOR_TYPES["printer"]) - set(KITS))
+    assert not missing, f"printer types without fault tests (add a Kit to KITS): {missing}"
+
+
+@each_printer
 
 @pytest.mark.parametrize("kind", ["ink_out", "head_fault", "buffer_underrun"])
 async def test_printer_reported_fault_stops_the_line_naming_its_code(
@@ -284,6 +290,7 @@ async def test_printer_reported_fault_stops_the_line_naming_its_code(
     assert report["batch_state"] == "open"
 
 
+@each_printer
 async def test_lost_link_stops_then_restart_reconciles_the_queue(
     printer_type: str, tmp_path: Path
 ) -> None:
@@ -339,6 +346,7 @@ async def test_lost_link_stops_then_restart_reconciles_the_queue(
     assert len(printer.printed) > len(printed_before)
 
 
+@each_printer
 async def test_printer_that_stops_answering_stops_the_line(
     printer_type: str, tmp_path: Path
 ) -> None:
@@ -354,6 +362,7 @@ async def test_printer_that_stops_answering_stops_the_line(
     assert report["batch_state"] == "open"
 
 
+@each_printer
 async def test_slow_replies_garbage_and_lost_confirmations_keep_the_ledger_right(
     printer_type: str, tmp_path: Path
 ) -> None:
