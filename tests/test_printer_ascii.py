@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -17,47 +16,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers.printers.ascii import AsciiPrinter, codec
-from edge_agent.contracts import PrintConfirmation, Printer, PrinterStatus, PrintJob, PrintRecord
+from edge_agent.contracts import PrintConfirmation, Printer, PrinterStatus, PrintRecord
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.ascii import AsciiPrinterSim
-
-JOB = PrintJob(name="batch-1", gtin="09506000134352", lot="LOT42", expiry="271231")
-STEP_S = 2.0  # upper bound for anything that should happen "now"; only reached when broken
-
-
-def rec(seq: int) -> PrintRecord:
-    return PrintRecord(seq, f"SN{seq:05d}")
-
-
-def confirmed(*seqs: int) -> list[PrintConfirmation]:
-    return [PrintConfirmation(seq, rec(seq).serial) for seq in seqs]
-
-
-class Gate:
-    """A run permit on the SimLine: records stay buffered in the printer while it is shut."""
-
-    def __init__(self, line: SimLine) -> None:
-        self._line = line
-        self.is_open = False
-        line.add_run_permit(lambda: self.is_open)
-
-    def open(self) -> None:
-        self.is_open = True
-        self._line.notify_run_state()
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Synchronise with the simulator; fails the test if the condition never comes."""
-    async with asyncio.timeout(STEP_S):
-        # Polling: the simulator has no change hooks, and tests should not need any
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.002)
-
-
-async def take(it: AsyncIterator[PrintConfirmation], n: int) -> list[PrintConfirmation]:
-    async with asyncio.timeout(STEP_S):
-        return [await anext(it) for _ in range(n)]
+from tests.printer_helpers import JOB, STEP_S, Gate, chunked, confirmed, rec, take, until
 
 
 def config(sim: AsciiPrinterSim, **overrides: Any) -> AsciiPrinter.Config:
@@ -454,11 +417,6 @@ def encode(message: codec.Message) -> bytes:
         case codec.Ack(cmd=cmd, args=args):
             return codec.encode_ack(cmd, *args)
     raise AssertionError(message)
-
-
-def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
-    bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 # Random bytes rarely hold a line over the limit, so long runs and terminators are mixed in

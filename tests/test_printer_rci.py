@@ -7,7 +7,7 @@ import asyncio
 import signal
 import struct
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -17,43 +17,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers.printers.rci import RciPrinter, codec
-from edge_agent.contracts import PrintConfirmation, Printer, PrinterStatus, PrintJob, PrintRecord
+from edge_agent.contracts import PrintConfirmation, Printer, PrinterStatus
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.rci import RciPrinterSim
-
-JOB = PrintJob(name="batch-1", gtin="09506000134352", lot="LOT42", expiry="271231")
-STEP_S = 3.0
-
-
-def rec(seq: int) -> PrintRecord:
-    return PrintRecord(seq, f"SN{seq:05d}")
-
-
-def confirmed(*seqs: int) -> list[PrintConfirmation]:
-    return [PrintConfirmation(seq, rec(seq).serial) for seq in seqs]
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    async with asyncio.timeout(STEP_S):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.002)
-
-
-async def take(it: AsyncIterator[PrintConfirmation], n: int) -> list[PrintConfirmation]:
-    async with asyncio.timeout(STEP_S):
-        return [await anext(it) for _ in range(n)]
-
-
-def hold(line: SimLine) -> Callable[[], None]:
-    state = {"open": False}
-    line.add_run_permit(lambda: state["open"])
-
-    def release() -> None:
-        state["open"] = True
-        line.notify_run_state()
-
-    return release
+from tests.printer_helpers import JOB, STEP_S, Gate, chunked, confirmed, rec, take, until
 
 
 def config(sim: RciPrinterSim, **overrides: Any) -> RciPrinter.Config:
@@ -104,7 +72,7 @@ def test_config_bounds_and_descriptions() -> None:
 async def test_feed_ahead_and_print_end_in_order_over_serial_and_tcp(
     line: SimLine, sim: RciPrinterSim
 ) -> None:
-    start = hold(line)
+    start = Gate(line).open
     async with RciPrinter("p", config(sim)) as printer:
         assert (await printer.status()).state == "idle"
         await printer.select_job(JOB)
@@ -122,7 +90,7 @@ async def test_feed_ahead_and_print_end_in_order_over_serial_and_tcp(
 async def test_buffers_full_then_clear_and_stop_clears(
     line: SimLine, serial_sim: RciPrinterSim, printer: RciPrinter
 ) -> None:
-    start = hold(line)
+    start = Gate(line).open
     await printer.select_job(JOB)
     for i in range(16):
         await printer.send(rec(i))
@@ -279,13 +247,7 @@ def test_decoders_never_raise_and_ignore_chunking(data: bytes, cuts: list[int]) 
     for make in (codec.MessageDecoder, codec.CommandDecoder):
         whole = make().feed(data)
         decoder = make()
-        chunked: list[Any] = []
-        last = 0
-        for cut in sorted(set(cuts)):
-            chunked += decoder.feed(data[last:cut])
-            last = max(last, cut)
-        chunked += decoder.feed(data[last:])
-        assert chunked == whole
+        assert [m for chunk in chunked(data, cuts) for m in decoder.feed(chunk)] == whole
 
 
 @settings(max_examples=300, deadline=None)

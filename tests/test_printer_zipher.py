@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -15,44 +15,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers.printers.zipher import ZipherPrinter, codec
-from edge_agent.contracts import PrintConfirmation, Printer, PrinterStatus, PrintJob, PrintRecord
+from edge_agent.contracts import Printer, PrinterStatus
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.zipher import ZipherPrinterSim
-
-JOB = PrintJob(name="batch-1", gtin="09506000134352", lot="LOT42", expiry="271231")
-STEP_S = 3.0
-
-
-def rec(seq: int) -> PrintRecord:
-    return PrintRecord(seq, f"SN{seq:05d}")
-
-
-def confirmed(*seqs: int) -> list[PrintConfirmation]:
-    return [PrintConfirmation(seq, rec(seq).serial) for seq in seqs]
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    async with asyncio.timeout(STEP_S):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.002)
-
-
-async def take(it: AsyncIterator[PrintConfirmation], n: int) -> list[PrintConfirmation]:
-    async with asyncio.timeout(STEP_S):
-        return [await anext(it) for _ in range(n)]
-
-
-def hold(line: SimLine) -> Callable[[], None]:
-    """Stop the line so records stay queued; returns a function that starts it."""
-    state = {"open": False}
-    line.add_run_permit(lambda: state["open"])
-
-    def release() -> None:
-        state["open"] = True
-        line.notify_run_state()
-
-    return release
+from tests.printer_helpers import JOB, STEP_S, Gate, chunked, confirmed, rec, take, until
 
 
 def config(sim: ZipherPrinterSim, **overrides: Any) -> ZipherPrinter.Config:
@@ -117,7 +84,7 @@ async def test_job_select_fields_and_notifications(
 async def test_feed_ahead_queue_and_confirmations_in_order(
     line: SimLine, sim: ZipherPrinterSim, printer: ZipherPrinter
 ) -> None:
-    start = hold(line)
+    start = Gate(line).open
     await printer.select_job(JOB)
     for i in range(1, 5):
         await printer.send(rec(i))
@@ -133,7 +100,7 @@ async def test_feed_ahead_queue_and_confirmations_in_order(
 async def test_full_queue_is_buffer_full_and_clear_reports_discarded(
     line: SimLine, sim: ZipherPrinterSim, printer: ZipherPrinter
 ) -> None:
-    start = hold(line)
+    start = Gate(line).open
     await printer.select_job(JOB)
     await asyncio.gather(*(printer.send(rec(i)) for i in range(16)))
     with pytest.raises(DeviceFault) as full:
@@ -290,14 +257,8 @@ async def test_simulator_answers_bad_commands_with_err(
 def test_decoders_never_raise_and_ignore_chunking(data: bytes, cuts: list[int]) -> None:
     for make in (codec.ReplyDecoder, codec.CommandDecoder):
         whole = make().feed(data)
-        chunked: list[Any] = []
         decoder = make()
-        last = 0
-        for cut in sorted(set(cuts)):
-            chunked += decoder.feed(data[last:cut])
-            last = max(last, cut)
-        chunked += decoder.feed(data[last:])
-        assert chunked == whole
+        assert [m for chunk in chunked(data, cuts) for m in decoder.feed(chunk)] == whole
 
 
 @settings(max_examples=300, deadline=None)

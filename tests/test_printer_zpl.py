@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -14,13 +14,11 @@ from pydantic import ValidationError
 
 from drivers.printers.zpl import ZplPrinter, codec
 from edge_agent import gs1
-from edge_agent.contracts import PrintConfirmation, Printer, PrintJob, PrintRecord
+from edge_agent.contracts import PrintConfirmation, Printer, PrintJob
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.zpl import ZplPrinterSim
-
-JOB = PrintJob(name="batch-1", gtin="09506000134352", lot="LOT42", expiry="271231")
-STEP_S = 3.0  # upper bound for anything that should happen "now"; only reached when broken
+from tests.printer_helpers import JOB, STEP_S, Gate, confirmed, rec, take, until
 
 STATUS = codec.HostStatus(
     paper_out=False,
@@ -35,38 +33,6 @@ STATUS = codec.HostStatus(
     ribbon_out=True,
     labels_remaining=1,
 )
-
-
-def rec(seq: int) -> PrintRecord:
-    return PrintRecord(seq, f"SN{seq:05d}")
-
-
-def confirmed(*seqs: int) -> list[PrintConfirmation]:
-    return [PrintConfirmation(seq, rec(seq).serial) for seq in seqs]
-
-
-class Gate:
-    """A run permit on the SimLine: labels stay queued in the printer while it is shut."""
-
-    def __init__(self, line: SimLine) -> None:
-        self._line = line
-        self.is_open = False
-        line.add_run_permit(lambda: self.is_open)
-
-    def open(self) -> None:
-        self.is_open = True
-        self._line.notify_run_state()
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    async with asyncio.timeout(STEP_S):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.002)
-
-
-async def take(it: AsyncIterator[PrintConfirmation], n: int) -> list[PrintConfirmation]:
-    async with asyncio.timeout(STEP_S):
-        return [await anext(it) for _ in range(n)]
 
 
 def config(sim: ZplPrinterSim, **overrides: Any) -> ZplPrinter.Config:
