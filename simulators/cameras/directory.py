@@ -21,7 +21,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from simulators.cameras.render import render_frame
 from simulators.cameras.tcp import TcpCameraSim, _Look
 from simulators.line import SimLine
 
@@ -80,12 +79,7 @@ class DirectoryCameraSim(TcpCameraSim):
 
     def _produce(self, trigger: int, look: _Look, rng: np.random.Generator) -> bytes:
         """Worker thread: the PNG of one unit, prefixed with its trigger for ``_deliver``."""
-        try:
-            image = render_frame(
-                look.hri(), width=self.width, height=self.height, rng=rng, **look.render
-            )
-        except ValueError:
-            image = np.full((self.height, self.width), 220, dtype=np.uint8)
+        image = self._render(trigger, look, rng)
         ok, png = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         assert ok
         return trigger.to_bytes(_TRIGGER_BYTES, "big") + png.tobytes()

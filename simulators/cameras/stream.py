@@ -30,7 +30,6 @@ import numpy as np
 import structlog
 
 from drivers.cameras.mjpeg import encode_part
-from simulators.cameras.render import render_frame
 from simulators.cameras.tcp import TcpCameraSim, _free_run, _Look
 from simulators.line import SimLine
 
@@ -99,12 +98,7 @@ class MjpegCameraSim(TcpCameraSim):
 
     def _produce(self, trigger: int, look: _Look, rng: np.random.Generator) -> bytes:
         """Worker thread: one multipart part (headers + JPEG) of one unit."""
-        try:
-            image = render_frame(
-                look.hri(), width=self.width, height=self.height, rng=rng, **look.render
-            )
-        except ValueError:
-            image = np.full((self.height, self.width), 220, dtype=np.uint8)
+        image = self._render(trigger, look, rng)
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
         assert ok
         headers = {"X-Trigger": str(trigger), "X-Timestamp": f"{time.time():.6f}"}

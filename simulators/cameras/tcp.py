@@ -27,6 +27,7 @@ import numpy as np
 import structlog
 
 from drivers.cameras.tcp.codec import ENCODING_RAW, encode_frame
+from edge_agent.contracts import GrayImage
 from edge_agent.gs1 import gtin_check_digit
 from simulators.cameras.render import render_frame
 from simulators.line import SimLine, SimUnit
@@ -193,15 +194,18 @@ class TcpCameraSim:
 
     def _produce(self, trigger: int, look: _Look, rng: np.random.Generator) -> bytes:
         """Worker thread: render and encode one frame."""
+        return encode_frame(trigger, self._render(trigger, look, rng), self.encoding)
+
+    def _render(self, trigger: int, look: _Look, rng: np.random.Generator) -> GrayImage:
+        """Worker thread: the frame of one unit (subclasses encode it their way)."""
         try:
-            image = render_frame(
+            return render_frame(
                 look.hri(), width=self.width, height=self.height, rng=rng, **look.render
             )
         except ValueError as exc:
             # zxing refused the content: the camera still sees a unit, just no code on it.
             log.warning("cannot render code, sending empty frame", trigger=trigger, error=str(exc))
-            image = np.full((self.height, self.width), 220, dtype=np.uint8)
-        return encode_frame(trigger, image, self.encoding)
+            return np.full((self.height, self.width), 220, dtype=np.uint8)
 
     def _pick_defect(self) -> str | None:
         if not self.defect_kinds or self._rng.random() >= self.defect_rate:
