@@ -1,12 +1,9 @@
 """A PLC that speaks the agent's Modbus contract: TCP on a real pymodbus TCP server, RTU on a pty.
 
-It plays the reject gate and the line permit of a ``SimLine``: every unit reaching the camera is
-recorded and reaches the gate ``gate_delay_s`` later, where it passes only if its verdict slot holds
-exactly its trigger with verdict 1. The line runs only while the agent heartbeat (HR 0) moves, the
-agent does not request a stop (coil 0), and a client is connected.
-
-Simplification: gates fire on time even while the line is stopped (units already past the camera
-are judged as if the conveyor coasted), which keeps tests deterministic.
+It plays the reject gate and the line permit of a ``SimLine`` (``simulators.plc.gate``): every unit
+reaching the camera reaches the gate ``gate_delay_s`` later, where it passes only if its verdict
+slot holds exactly its trigger with verdict 1. The line runs only while the agent heartbeat (HR 0)
+moves, the agent does not request a stop (coil 0), and a client is connected.
 
 ``ModbusRtuPlcSim`` is the same PLC on a serial line: a pymodbus RTU server on one pty, joined
 in-process to a second pty (a null-modem cable, see ``NullModem``) whose path the agent opens. A
@@ -24,7 +21,6 @@ import contextlib
 import os
 import time
 import tty
-from collections import deque
 from typing import Any, Self
 
 from pymodbus.pdu import ModbusPDU
@@ -34,9 +30,8 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.plc.modbus import registers as reg
 from drivers.plc.modbus.registers import StopCause
-from simulators.line import SimLine, SimUnit
-
-TICK_S = 0.01
+from simulators.line import SimLine
+from simulators.plc.gate import GatePlcSim, feed_units
 
 # Function codes used to address the datastore directly (same tables the wire requests hit).
 _FC_COILS, _FC_DI, _FC_HR, _FC_IR = 1, 2, 3, 4
@@ -70,7 +65,7 @@ def build_device(
     return SimDevice(device_id, simdata=([_bits(16)], [_bits(16)], holding, inputs))
 
 
-class ModbusPlcSim:
+class ModbusPlcSim(GatePlcSim[ModbusBaseServer]):
     def __init__(
         self,
         line: SimLine,
@@ -81,36 +76,15 @@ class ModbusPlcSim:
         auto_restart: bool = True,
         reject_log_size: int = reg.REJECT_LOG_SIZE,
     ) -> None:
-        reg.check_ring_size(ring_size)
-        reg.check_reject_log_size(reject_log_size)
-        self.reject_log_size = reject_log_size
+        super().__init__(
+            line,
+            gate_delay_s=gate_delay_s,
+            heartbeat_timeout_s=heartbeat_timeout_s,
+            ring_size=ring_size,
+            reject_log_size=reject_log_size,
+            auto_restart=auto_restart,
+        )
         self.device_id = 0
-        self.line = line
-        self.gate_delay_s = gate_delay_s
-        self.heartbeat_timeout_s = heartbeat_timeout_s
-        self.ring_size = ring_size
-        self.auto_restart = auto_restart
-        # Ground truth for tests.
-        self.passed_triggers: list[int] = []
-        self.rejected_triggers: list[int] = []
-        self.stops: list[tuple[float, int]] = []
-        self.withhold_confirms = False
-        self.host = "127.0.0.1"
-        self.port = 0
-        self._server: ModbusBaseServer | None = None
-        self._tick_task: asyncio.Task[None] | None = None
-        self._gates: deque[tuple[float, int]] = deque()
-        self._running = False
-        self._start_allowed = True  # cleared by a stop without auto_restart
-        self._stopped_at = 0.0
-        self._agent_hb = 0  # HR 0 powers up as 0; only a change counts as a beat
-        self._agent_hb_changed_at = float("-inf")
-        self._plc_hb = 0
-        self._passed = 0
-        self._rejected = 0
-        self._confirms = 0
-        line.on_trigger(self.on_unit)
-        line.add_run_permit(self.running)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -154,28 +128,10 @@ class ModbusPlcSim:
         self._server = await self._serve(host, port)
         await self._set_ir(reg.IR_RING_SIZE, [self.ring_size])
         await self._set_ir(reg.IR_REJECT_LOG_SIZE, [self.reject_log_size])
-        self._tick_task = asyncio.create_task(self._tick_loop(), name="modbus-plc-sim")
+        self._start_scan("modbus-plc-sim")
 
-    async def stop(self) -> None:
-        task, self._tick_task = self._tick_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        server, self._server = self._server, None
-        if server is not None:
-            await server.shutdown()  # type: ignore[no-untyped-call]
-        self._gates.clear()
-        if self._running:
-            self._running = False
-            self.line.notify_run_state()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    async def _close(self, server: ModbusBaseServer) -> None:
+        await server.shutdown()  # type: ignore[no-untyped-call]
 
     def drop_link(self) -> None:
         """Close every client connection now, as a pulled cable or a PLC comms reset would."""
@@ -195,115 +151,42 @@ class ModbusPlcSim:
         """HR 10..19 as the agent last wrote them (the agent's line state and counters)."""
         return [int(v) for v in await self._get(_FC_HR, reg.HR_STATUS_BASE, reg.HR_STATUS_COUNT)]
 
-    def acknowledge(self) -> None:
-        """The operator's reset: without auto_restart, allows the line to start once more."""
-        self._start_allowed = True
+    # --- the gate's registers -----------------------------------------------------------------
 
-    # --- line side ----------------------------------------------------------------------------
-
-    def running(self) -> bool:
-        return self._running
-
-    async def on_unit(self, trigger: int, unit: SimUnit) -> None:
-        if self._server is None:
-            return
-        trigger &= reg.U32_MAX  # the PLC's counter is u32 and wraps
+    async def _write_trigger(self, trigger: int) -> None:
         await self._set_ir(reg.IR_TRIGGER_COUNT, list(reg.split_u32(trigger)))
-        self._gates.append((time.monotonic() + self.gate_delay_s, trigger))
 
-    # --- scan cycle ---------------------------------------------------------------------------
+    async def _write_plc_heartbeat(self, value: int) -> None:
+        await self._set_ir(reg.IR_PLC_HEARTBEAT, [value])
 
-    async def _tick_loop(self) -> None:
-        while True:
-            await self._tick(time.monotonic())
-            await asyncio.sleep(TICK_S)
+    async def _read_agent_heartbeat(self) -> int:
+        return int((await self._get(_FC_HR, reg.HR_AGENT_HEARTBEAT, 1))[0])
 
-    async def _tick(self, now: float) -> None:
-        self._plc_hb = reg.next_heartbeat(self._plc_hb)
-        await self._set_ir(reg.IR_PLC_HEARTBEAT, [self._plc_hb])
-        await self._run_due_gates(now)
-        hb_ok = await self._watch_agent_heartbeat(now)
-        stop_requested = (await self._get(_FC_COILS, reg.COIL_LINE_STOP, 1))[0]
-        await self._update_run_state(now, hb_ok=hb_ok, stop_requested=bool(stop_requested))
-        await self._set(_FC_DI, reg.DI_LINE_RUNNING, [self._running, hb_ok])
+    async def _read_stop_request(self) -> bool:
+        return bool((await self._get(_FC_COILS, reg.COIL_LINE_STOP, 1))[0])
 
-    async def _watch_agent_heartbeat(self, now: float) -> bool:
-        value = (await self._get(_FC_HR, reg.HR_AGENT_HEARTBEAT, 1))[0]
-        if value != self._agent_hb:
-            self._agent_hb = value
-            self._agent_hb_changed_at = now
-        return now - self._agent_hb_changed_at < self.heartbeat_timeout_s
+    async def _write_watchdog(self, *, running: bool, hb_ok: bool) -> None:
+        await self._set(_FC_DI, reg.DI_LINE_RUNNING, [running, hb_ok])
 
-    async def _update_run_state(self, now: float, *, hb_ok: bool, stop_requested: bool) -> None:
-        connected = self.link_up()
-        if self._running:
-            cause = self._stop_cause(
-                hb_ok=hb_ok, stop_requested=stop_requested, connected=connected
-            )
-            if cause is not StopCause.NONE:
-                await self._stop_line(now, cause)
-        elif self._may_start(hb_ok=hb_ok, stop_requested=stop_requested, connected=connected):
-            await self._start_line()
-
-    @staticmethod
-    def _stop_cause(*, hb_ok: bool, stop_requested: bool, connected: bool) -> StopCause:
-        if stop_requested:
-            return StopCause.AGENT_REQUEST
-        if not connected:
-            return StopCause.LINK_DROPPED
-        if not hb_ok:
-            return StopCause.HEARTBEAT_LOST
-        return StopCause.NONE
-
-    def _may_start(self, *, hb_ok: bool, stop_requested: bool, connected: bool) -> bool:
-        # A restart needs a beat after the stop: proof the agent is alive now, not before.
-        beat_since_stop = self._agent_hb_changed_at > self._stopped_at
-        return (
-            hb_ok and beat_since_stop and connected and not stop_requested and self._start_allowed
-        )
-
-    async def _stop_line(self, now: float, cause: StopCause) -> None:
-        self._running = False
-        self._stopped_at = now
-        self.stops.append((now, int(cause)))
-        if not self.auto_restart:
-            self._start_allowed = False
-        await self._publish_run_state(cause)
-
-    async def _start_line(self) -> None:
-        self._running = True
-        await self._publish_run_state(StopCause.NONE)
-
-    async def _publish_run_state(self, cause: StopCause) -> None:
-        await self._set_ir(reg.IR_LINE_STATE, [int(self._running)])
+    async def _write_run_state(self, *, running: bool, cause: StopCause) -> None:
+        await self._set_ir(reg.IR_LINE_STATE, [int(running)])
         await self._set_ir(reg.IR_STOP_CAUSE, [int(cause)])
-        self.line.notify_run_state()
 
-    async def _run_due_gates(self, now: float) -> None:
-        while self._gates and self._gates[0][0] <= now:
-            _, trigger = self._gates.popleft()
-            await self._gate(trigger)
-
-    async def _gate(self, trigger: int) -> None:
+    async def _slot_passes(self, trigger: int) -> bool:
         slot_at = reg.verdict_slot_address(trigger, self.ring_size)
         slot = await self._get(_FC_HR, slot_at, reg.VERDICT_SLOT_WIDTH)
-        if reg.gate_passes(slot, trigger):
-            self.passed_triggers.append(trigger)
-            self._passed = (self._passed + 1) & reg.U32_MAX
-            await self._set_ir(reg.IR_PASSED, list(reg.split_u32(self._passed)))
-            return
-        self.rejected_triggers.append(trigger)
-        self._rejected = (self._rejected + 1) & reg.U32_MAX
-        await self._set_ir(reg.IR_REJECTED, list(reg.split_u32(self._rejected)))
-        if not self.withhold_confirms:
-            await self._confirm_reject(trigger)
+        return reg.gate_passes(slot, trigger)
 
-    async def _confirm_reject(self, trigger: int) -> None:
-        self._confirms = (self._confirms + 1) & reg.U32_MAX
-        # Log entry before the counter, so a reader that sees the count also sees the entry.
-        at = reg.reject_log_address(self._confirms, self.reject_log_size)
+    async def _write_passed(self, count: int) -> None:
+        await self._set_ir(reg.IR_PASSED, list(reg.split_u32(count)))
+
+    async def _write_rejected(self, count: int) -> None:
+        await self._set_ir(reg.IR_REJECTED, list(reg.split_u32(count)))
+
+    async def _write_confirm(self, confirm_number: int, trigger: int) -> None:
+        at = reg.reject_log_address(confirm_number, self.reject_log_size)
         await self._set_ir(at, list(reg.split_u32(trigger)))
-        await self._set_ir(reg.IR_REJECT_CONFIRMS, list(reg.split_u32(self._confirms)))
+        await self._set_ir(reg.IR_REJECT_CONFIRMS, list(reg.split_u32(confirm_number)))
 
     # --- datastore ----------------------------------------------------------------------------
 
@@ -493,17 +376,6 @@ class ModbusRtuPlcSim(ModbusPlcSim):
 # --- standalone ---------------------------------------------------------------------------------
 
 
-async def _feed(line: SimLine) -> None:
-    """Print units forever, as a printer would, at the line's pace (waits while it is stopped)."""
-    serial = 0
-    while True:
-        await line.next_slot()
-        serial += 1
-        line.unit_printed(
-            SimUnit(f"{serial:012d}", "09506000134352", "SIMLOT", "301231", time.monotonic())
-        )
-
-
 async def _report(sim: ModbusPlcSim) -> None:
     while True:
         await asyncio.sleep(1.0)
@@ -529,7 +401,7 @@ async def _serve(args: argparse.Namespace) -> None:
         print(f"Modbus PLC simulator on {sim.url} (ring size {sim.ring_size})", flush=True)
         if args.rtu:
             print(f"agent [plc] section: {sim.driver_config()}", flush=True)
-        await asyncio.gather(_feed(line), _report(sim))
+        await asyncio.gather(feed_units(line), _report(sim))
     finally:
         await sim.stop()
 

@@ -1,6 +1,6 @@
 """A PLC that speaks the agent's OPC UA contract, on a real asyncua server.
 
-Same behaviour as the Modbus PLC simulator (``simulators.plc.modbus``): every unit reaching the
+Same behaviour as the Modbus PLC simulator (``simulators.plc.gate``): every unit reaching the
 camera reaches the reject gate ``gate_delay_s`` later and passes only if its verdict slot holds
 exactly ``[trigger, 1]``; no verdict = reject. Rejects are confirmed into the reject log unless
 ``withhold_confirms`` is set. The line runs only while the agent heartbeat moves, no stop is
@@ -15,19 +15,17 @@ import argparse
 import asyncio
 import contextlib
 import socket
-import time
-from collections import deque
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any
 
 from asyncua import Server, ua
 
 from drivers.plc.modbus.registers import StopCause
 from drivers.plc.opcua import nodes as n
 from drivers.plc.opcua.security import SecuritySettings, new_server, warn_if_insecure
-from simulators.line import SimLine, SimUnit
+from simulators.line import SimLine
+from simulators.plc.gate import GatePlcSim, feed_units
 
-TICK_S = 0.01
 ENDPOINT_PATH = "/edge-agent/plc"
 
 
@@ -38,7 +36,7 @@ def _free_port(host: str) -> int:
     return port
 
 
-class OpcUaPlcSim:
+class OpcUaPlcSim(GatePlcSim[Server]):
     def __init__(
         self,
         line: SimLine,
@@ -53,42 +51,21 @@ class OpcUaPlcSim:
         namespace_uri: str = n.DEFAULT_NAMESPACE_URI,
         node_ids: n.NodeIds | None = None,
     ) -> None:
-        if not 1 <= ring_size <= 1024:
-            raise ValueError(f"ring size {ring_size} outside 1..1024")
-        self.line = line
-        self.gate_delay_s = gate_delay_s
-        self.heartbeat_timeout_s = heartbeat_timeout_s
-        self.ring_size = ring_size
-        self.reject_log_size = reject_log_size
-        self.auto_restart = auto_restart
+        super().__init__(
+            line,
+            gate_delay_s=gate_delay_s,
+            heartbeat_timeout_s=heartbeat_timeout_s,
+            ring_size=ring_size,
+            reject_log_size=reject_log_size,
+            auto_restart=auto_restart,
+        )
         self.security = security or SecuritySettings(security_policy="None")
         self.users = dict(users or {})
         self.namespace_uri = namespace_uri
         self.node_ids = node_ids or n.NodeIds()
-        # Ground truth for tests.
-        self.passed_triggers: list[int] = []
-        self.rejected_triggers: list[int] = []
-        self.stops: list[tuple[float, int]] = []
-        self.withhold_confirms = False
-        self.host = "127.0.0.1"
-        self.port = 0
-        self._server: Server | None = None
         self._ids: dict[str, ua.NodeId] = {}
         self._slots: list[ua.NodeId] = []
-        self._tick_task: asyncio.Task[None] | None = None
-        self._gates: deque[tuple[float, int]] = deque()
-        self._running = False
-        self._start_allowed = True
-        self._stopped_at = 0.0
-        self._agent_hb = 0
-        self._agent_hb_changed_at = float("-inf")
-        self._plc_hb = 0
-        self._passed = 0
-        self._rejected = 0
-        self._confirms = 0
         self._log = [0] * reject_log_size
-        line.on_trigger(self.on_unit)
-        line.add_run_permit(self.running)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -137,7 +114,7 @@ class OpcUaPlcSim:
             raise
         self._server = server
         await self._set(self._ids["ring_size"], self.ring_size, n.UInt16)
-        self._tick_task = asyncio.create_task(self._tick_loop(), name="opcua-plc-sim")
+        self._start_scan("opcua-plc-sim")
 
     async def _build_nodes(self, server: Server) -> None:
         ns = await server.register_namespace(self.namespace_uri)
@@ -167,27 +144,6 @@ class OpcUaPlcSim:
                 else:
                     self._ids[field] = node_id
 
-    async def stop(self) -> None:
-        task, self._tick_task = self._tick_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        server, self._server = self._server, None
-        if server is not None:
-            await server.stop()
-        self._gates.clear()
-        if self._running:
-            self._running = False
-            self.line.notify_run_state()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
     def drop_link(self) -> None:
         """Close every client connection now, as a pulled cable would."""
         bserver = self._server.bserver if self._server is not None else None
@@ -200,17 +156,9 @@ class OpcUaPlcSim:
     async def reset(self) -> None:
         """Back to power-up without restarting the server: counters, log, slots, ground truth
         and the line state; the verdict slots are cleared. Lets tests share one server."""
-        self._gates.clear()
-        self.passed_triggers.clear()
-        self.rejected_triggers.clear()
-        self.stops.clear()
-        self.withhold_confirms = False
-        self._passed = self._rejected = self._confirms = 0
         self._log = [0] * self.reject_log_size
-        self._running, self._start_allowed = False, True
-        self._stopped_at = time.monotonic()  # a restart needs a fresh beat
         self.line.trigger_count = 0
-        self.line.notify_run_state()
+        self._reset_gate()
         for field, (vtype, length) in n.TYPES.items():
             if field in ("verdict_slot", "ring_size", "agent_heartbeat"):
                 continue
@@ -227,104 +175,51 @@ class OpcUaPlcSim:
         fields = (*n.STATUS_FIELDS, "stop_reason")
         return {field: int(self._get(self._ids[field])) for field in fields}
 
-    def acknowledge(self) -> None:
-        """The operator's reset: without auto_restart, allows the line to start once more."""
-        self._start_allowed = True
-
-    def connected(self) -> bool:
+    def link_up(self) -> bool:
+        """What the PLC can tell about its link to the agent: a client is connected."""
         bserver = self._server.bserver if self._server is not None else None
         return bool(bserver and bserver.clients)
 
-    # --- line side ----------------------------------------------------------------------------
+    async def _close(self, server: Server) -> None:
+        await server.stop()
 
-    def running(self) -> bool:
-        return self._running
+    # --- the gate's nodes ---------------------------------------------------------------------
 
-    async def on_unit(self, trigger: int, unit: SimUnit) -> None:
-        if self._server is None:
-            return
-        trigger &= n.U32_MAX
+    async def _write_trigger(self, trigger: int) -> None:
         await self._set(self._ids["trigger_count"], trigger, n.UInt32)
-        self._gates.append((time.monotonic() + self.gate_delay_s, trigger))
 
-    # --- scan cycle ---------------------------------------------------------------------------
+    async def _write_plc_heartbeat(self, value: int) -> None:
+        await self._set(self._ids["plc_heartbeat"], value, n.UInt16)
 
-    async def _tick_loop(self) -> None:
-        while True:
-            await self._tick(time.monotonic())
-            await asyncio.sleep(TICK_S)
+    async def _read_agent_heartbeat(self) -> int:
+        return int(self._get(self._ids["agent_heartbeat"]))
 
-    async def _tick(self, now: float) -> None:
-        self._plc_hb = (self._plc_hb + 1) & n.U16_MAX
-        await self._set(self._ids["plc_heartbeat"], self._plc_hb, n.UInt16)
-        await self._run_due_gates(now)
-        value = self._get(self._ids["agent_heartbeat"])
-        if value != self._agent_hb:
-            self._agent_hb, self._agent_hb_changed_at = value, now
-        hb_ok = now - self._agent_hb_changed_at < self.heartbeat_timeout_s
-        stop_requested = bool(self._get(self._ids["line_stop_request"]))
-        connected = self.connected()
-        if self._running:
-            cause = self._stop_cause(
-                hb_ok=hb_ok, stop_requested=stop_requested, connected=connected
-            )
-            if cause is not StopCause.NONE:
-                await self._stop_line(now, cause)
-        elif (
-            hb_ok
-            and self._agent_hb_changed_at > self._stopped_at
-            and connected
-            and not stop_requested
-            and self._start_allowed
-        ):
-            self._running = True
-            await self._publish_run_state(StopCause.NONE)
+    async def _read_stop_request(self) -> bool:
+        return bool(self._get(self._ids["line_stop_request"]))
+
+    async def _write_watchdog(self, *, running: bool, hb_ok: bool) -> None:
         await self._set(self._ids["agent_heartbeat_ok"], hb_ok, n.Boolean)
 
-    @staticmethod
-    def _stop_cause(*, hb_ok: bool, stop_requested: bool, connected: bool) -> StopCause:
-        if stop_requested:
-            return StopCause.AGENT_REQUEST
-        if not connected:
-            return StopCause.LINK_DROPPED
-        if not hb_ok:
-            return StopCause.HEARTBEAT_LOST
-        return StopCause.NONE
-
-    async def _stop_line(self, now: float, cause: StopCause) -> None:
-        self._running = False
-        self._stopped_at = now
-        self.stops.append((now, int(cause)))
-        if not self.auto_restart:
-            self._start_allowed = False
-        await self._publish_run_state(cause)
-
-    async def _publish_run_state(self, cause: StopCause) -> None:
-        await self._set(self._ids["line_state"], int(self._running), n.UInt16)
+    async def _write_run_state(self, *, running: bool, cause: StopCause) -> None:
+        await self._set(self._ids["line_state"], int(running), n.UInt16)
         await self._set(self._ids["stop_cause"], int(cause), n.UInt16)
-        self.line.notify_run_state()
 
-    async def _run_due_gates(self, now: float) -> None:
-        while self._gates and self._gates[0][0] <= now:
-            _, trigger = self._gates.popleft()
-            await self._gate(trigger)
+    async def _slot_passes(self, trigger: int) -> bool:
+        return n.gate_passes(
+            self._get(self._slots[n.verdict_slot(trigger, self.ring_size)]), trigger
+        )
 
-    async def _gate(self, trigger: int) -> None:
-        slot = self._get(self._slots[n.verdict_slot(trigger, self.ring_size)])
-        if n.gate_passes(slot, trigger):
-            self.passed_triggers.append(trigger)
-            self._passed = (self._passed + 1) & n.U32_MAX
-            await self._set(self._ids["passed"], self._passed, n.UInt32)
-            return
-        self.rejected_triggers.append(trigger)
-        self._rejected = (self._rejected + 1) & n.U32_MAX
-        await self._set(self._ids["rejected"], self._rejected, n.UInt32)
-        if not self.withhold_confirms:
-            self._confirms = (self._confirms + 1) & n.U32_MAX
-            self._log[n.reject_log_index(self._confirms, self.reject_log_size)] = trigger
-            # Log before counter, in the same scan: a reader of both sees them agree.
-            await self._set(self._ids["reject_log"], list(self._log), n.UInt32)
-            await self._set(self._ids["reject_confirms"], self._confirms, n.UInt32)
+    async def _write_passed(self, count: int) -> None:
+        await self._set(self._ids["passed"], count, n.UInt32)
+
+    async def _write_rejected(self, count: int) -> None:
+        await self._set(self._ids["rejected"], count, n.UInt32)
+
+    async def _write_confirm(self, confirm_number: int, trigger: int) -> None:
+        self._log[n.reject_log_index(confirm_number, self.reject_log_size)] = trigger
+        # Log before counter, in the same scan: a reader of both sees them agree.
+        await self._set(self._ids["reject_log"], list(self._log), n.UInt32)
+        await self._set(self._ids["reject_confirms"], confirm_number, n.UInt32)
 
     # --- address space ------------------------------------------------------------------------
 
@@ -340,23 +235,13 @@ class OpcUaPlcSim:
 # --- standalone ---------------------------------------------------------------------------------
 
 
-async def _feed(line: SimLine) -> None:
-    serial = 0
-    while True:
-        await line.next_slot()
-        serial += 1
-        line.unit_printed(
-            SimUnit(f"{serial:012d}", "09506000134352", "SIMLOT", "301231", time.monotonic())
-        )
-
-
 async def _serve(args: argparse.Namespace) -> None:
     line = SimLine(units_per_min=args.units_per_min)
     sim = OpcUaPlcSim(line, gate_delay_s=args.gate_delay, ring_size=args.ring_size)
     await sim.start(args.host, args.port)
     try:
         print(f"OPC UA PLC simulator on {sim.url} (ring size {sim.ring_size})", flush=True)
-        await _feed(line)
+        await feed_units(line)
     finally:
         await sim.stop()
 
