@@ -214,7 +214,16 @@ class Ledger:
                 "UPDATE batches SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1",
                 (batch.id,),
             ).fetchone()
-            self._move(batch.gtin, row[0], SerialState.SENT, "sent_to_printer", None, now, seq=seq)
+            self._move(
+                batch.gtin,
+                row[0],
+                SerialState.SENT,
+                "sent_to_printer",
+                None,
+                now,
+                seq=seq,
+                known=SerialState.ALLOCATED,
+            )
         return seq, row[0]
 
     # --- line events ------------------------------------------------------------------------
@@ -226,7 +235,13 @@ class Ledger:
             if state != SerialState.SENT:
                 return False
             self._move(
-                batch.gtin, serial, SerialState.PRINTED, "print_confirmed", None, time.time()
+                batch.gtin,
+                serial,
+                SerialState.PRINTED,
+                "print_confirmed",
+                None,
+                time.time(),
+                known=state,
             )
         return True
 
@@ -429,8 +444,11 @@ class Ledger:
         now: float,
         *,
         seq: int | None = None,
+        known: SerialState | None = None,
     ) -> None:
-        current = self.state_of(gtin, serial)
+        """``known``: the serial's state as the caller read it in this transaction (hot path:
+        take_for_print, mark_printed), so it is not read a second time."""
+        current = known if known is not None else self.state_of(gtin, serial)
         if current not in ALLOWED_FROM[to]:
             raise LedgerError(
                 f"serial {serial} cannot move from {current or 'unknown'} to {to} ({reason}); "
