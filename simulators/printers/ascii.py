@@ -15,43 +15,11 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Self
 
 from drivers.printers.ascii import codec
 from simulators.line import SimLine, SimUnit
-
-TranscriptHook = Callable[[str, str], None]
-
-
-class PrinterFaults:
-    """Fault injection for ``AsciiPrinterSim``."""
-
-    def __init__(self, sim: AsciiPrinterSim) -> None:
-        self._sim = sim
-        self.reply_delay_s = 0.0  # the printer waits this long before answering each command
-        self.lost_confirmations = 0  # how many upcoming !PRC are printed but never sent
-
-    def raise_fault(self, code: str, text: str) -> None:
-        """Stop printing and report ``!FLT|code|text``; REC is refused until cleared."""
-        self._sim._set_fault((code, text))
-
-    def ink_out(self) -> None:
-        self.raise_fault("INK_OUT", "ink out")
-
-    def clear_fault(self) -> None:
-        self._sim._set_fault(None)
-
-    def drop_connection(self) -> None:
-        """Abort the client socket (RST), as a pulled cable or a printer reboot would."""
-        self._sim._drop_client()
-
-    def send_garbage(self, data: bytes) -> None:
-        """Write raw bytes to the client, between whole lines."""
-        self._sim._write(data)
-
-    def lose_next_confirmations(self, n: int) -> None:
-        self.lost_confirmations += n
+from simulators.printers.stream_sim import PrinterFaults, TranscriptHook
 
 
 class AsciiPrinterSim:

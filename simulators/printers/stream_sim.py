@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from drivers.transport import PtyPair
 from simulators.line import SimLine, SimUnit
@@ -24,16 +24,23 @@ from simulators.line import SimLine, SimUnit
 TranscriptHook = Callable[[str, str], None]
 
 
-class PrinterFaults:
-    """Fault injection, the same API as the ascii simulator's."""
+class _FaultableSim(Protocol):
+    def _set_fault(self, fault: tuple[str, str] | None) -> None: ...
+    def _drop_client(self) -> None: ...
+    def _write(self, data: bytes) -> None: ...
 
-    def __init__(self, sim: StreamPrinterSim) -> None:
+
+class PrinterFaults:
+    """Fault injection, one API for the stream simulators and the ascii one."""
+
+    def __init__(self, sim: _FaultableSim) -> None:
         self._sim = sim
-        self.reply_delay_s = 0.0
-        self.lost_confirmations = 0
+        self.reply_delay_s = 0.0  # the printer waits this long before answering each command
+        self.lost_confirmations = 0  # how many upcoming print notices are printed but never sent
         self.deaf_s = 1.0  # how long a dropped serial link stays silent
 
     def raise_fault(self, code: str, text: str) -> None:
+        """Stop printing and report the fault; records are refused until it is cleared."""
         self._sim._set_fault((code, text))
 
     def ink_out(self) -> None:
@@ -43,9 +50,11 @@ class PrinterFaults:
         self._sim._set_fault(None)
 
     def drop_connection(self) -> None:
+        """Abort the client socket (RST), as a pulled cable or a reboot would; a pty goes deaf."""
         self._sim._drop_client()
 
     def send_garbage(self, data: bytes) -> None:
+        """Write raw bytes to the client, between whole messages."""
         self._sim._write(data)
 
     def lose_next_confirmations(self, n: int) -> None:
