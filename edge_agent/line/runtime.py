@@ -215,7 +215,7 @@ class LineRuntime:
         await asyncio.gather(
             *(
                 loop.run_in_executor(executor, self.reader.read, blank)
-                for _ in range(executor._max_workers)
+                for _ in range(self.cfg.line.decode_threads)
             )
         )
 
