@@ -23,14 +23,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn, Self, TypeVa
 import structlog
 from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 
+from drivers.plc.modbus import registers as reg
+from drivers.plc.modbus.driver import validated
 from drivers.plc.opcua import nodes as n
 from drivers.plc.opcua.security import SecuritySettings, configure_client, warn_if_insecure
 from edge_agent.config.models import SecretRef
 from edge_agent.contracts import PlcState, Verdict
 from edge_agent.errors import (
-    ConfigError,
     DeviceConnectionError,
     DeviceTimeout,
     EdgeAgentError,
@@ -113,7 +114,7 @@ class OpcUaPlc:
 
     def __init__(self, name: str, config: OpcUaPlcConfig | Mapping[str, Any]) -> None:
         self.name = name
-        self.config = _validated(name, config)
+        self.config = validated(OpcUaPlcConfig, name, config)
         self._client: Client | None = None
         self._open = False
         self._heartbeat = 0
@@ -249,7 +250,7 @@ class OpcUaPlc:
 
     async def beat(self) -> None:
         # Advance before writing: after a lost answer the PLC may hold the new value already.
-        self._heartbeat = (self._heartbeat + 1) & n.U16_MAX
+        self._heartbeat = reg.next_heartbeat(self._heartbeat)
         await self._write(
             "write heartbeat",
             lambda: self._nodes("agent_heartbeat"),
@@ -392,12 +393,3 @@ async def _quiet_disconnect(client: Client) -> None:
         client.disconnect_socket()
     finally:
         logger.setLevel(level)
-
-
-def _validated(name: str, config: OpcUaPlcConfig | Mapping[str, Any]) -> OpcUaPlcConfig:
-    if isinstance(config, OpcUaPlcConfig):
-        return config
-    try:
-        return OpcUaPlcConfig.model_validate(dict(config))
-    except ValidationError as exc:
-        raise ConfigError(str(exc), key=name) from exc

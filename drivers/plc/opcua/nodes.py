@@ -169,11 +169,7 @@ def gate_passes(slot: Sequence[int] | None, trigger: int) -> bool:
 
 def reject_log_index(confirm_number: int, size: int = REJECT_LOG_SIZE) -> int:
     """Slot j = (n - 1) mod size of the n-th confirmed reject (n counts from 1)."""
-    if confirm_number < 1:
-        raise ValueError(f"confirm numbers start at 1, got {confirm_number}")
-    if not 1 <= size <= 1024:
-        raise ValueError(f"reject log size {size} outside 1..1024")
-    return (confirm_number - 1) % size
+    return reg.reject_log_index(confirm_number, size)
 
 
 def decode_reject_log(ring: Sequence[int], confirms: int) -> list[int]:
