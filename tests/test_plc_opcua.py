@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
+import functools
 import json
 import signal
-import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +25,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from structlog.testing import capture_logs
+from test_plc_modbus import free_port, send_unit
+from test_plc_modbus import until as _until
 
 from drivers.plc.modbus.registers import StopCause
 from drivers.plc.opcua import OpcUaPlc, OpcUaPlcConfig
@@ -39,7 +40,7 @@ from edge_agent.errors import ConfigError, DeviceConnectionError, LineStopped, P
 from edge_agent.line.stats import LineStats
 from edge_agent.reconcile import reconcile
 from edge_agent.registry import driver_class
-from simulators.line import SimLine, SimUnit
+from simulators.line import SimLine
 from simulators.plc.opcua import OpcUaPlcSim
 from simulators.runner import SimulatorSet
 
@@ -50,29 +51,10 @@ GATE_DELAY_S = 0.05
 HEARTBEAT_TIMEOUT_S = 0.3
 BEAT_PERIOD_S = 0.03
 
+until = functools.partial(_until, within=3.0)
+
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-async def until(
-    condition: Callable[[], bool | Awaitable[bool]], within: float = 3.0, what: str = ""
-) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what or condition}")
-        await asyncio.sleep(0.01)
-
-
-async def send_unit(line: SimLine) -> int:
-    line.unit_printed(SimUnit("SN", "09506000134352", "LOT", "301231", time.monotonic()))
-    await line.drain()
-    return line.trigger_count
 
 
 @contextlib.asynccontextmanager
@@ -101,13 +83,6 @@ async def raw_client(sim: OpcUaPlcSim) -> AsyncIterator[tuple[Client, int]]:
     client = Client(sim.url, timeout=2)
     async with client:
         yield client, await client.get_namespace_index(n.DEFAULT_NAMESPACE_URI)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # --- fixtures ---------------------------------------------------------------------------------
