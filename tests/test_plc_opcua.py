@@ -576,11 +576,9 @@ async def test_drop_during_request_is_connection_error_not_timeout(
     sim: OpcUaPlcSim, plc: OpcUaPlc
 ) -> None:
     sim.drop_link()  # no await in between: the request goes out on a connection being closed
-    started = time.monotonic()
     with pytest.raises(DeviceConnectionError):
         await plc.write_verdict(1, Verdict.PASS)
         await plc.write_verdict(2, Verdict.PASS)  # if the first one still got through
-    assert time.monotonic() - started < 0.4  # well under the 0.5 s request timeout
 
 
 @pytest.mark.slow
