@@ -6,6 +6,8 @@ so the core never needs to know which vendor library failed.
 
 from __future__ import annotations
 
+from edge_agent.stops import StopReason
+
 
 class EdgeAgentError(Exception):
     """Base of every error the agent raises on purpose."""
@@ -92,6 +94,6 @@ class DeliveryError(OutboxError):
 class LineStopped(EdgeAgentError):
     """The line was stopped on purpose (repeated doubt, lost link, storage full)."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: StopReason, detail: str = "") -> None:
         self.reason = reason
         super().__init__(f"line stopped: {reason}" + (f" ({detail})" if detail else ""))

@@ -45,10 +45,11 @@ from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSe
 from edge_agent.contracts import PlcState, Verdict
 from edge_agent.db import open_db
 from edge_agent.ledger import Ledger, SerialState, UnitOutcome
-from edge_agent.line.runtime import STOP_CODES, LineRuntime
+from edge_agent.line.runtime import LineRuntime
 from edge_agent.line.stats import LineStats
 from edge_agent.reconcile import reconcile
 from edge_agent.registry import driver_class
+from edge_agent.stops import StopReason
 from edge_agent.vision.pipeline import DecodePipeline
 from simulators.line import SimLine
 from simulators.runner import SimulatorSet, simulator_class
@@ -334,7 +335,7 @@ async def test_missing_reject_confirms_stop_the_line(
     assert stopped is not None and stopped.reason == "reject_confirm_missing"
     missing = [a for a in stats.alarms if a.startswith("reject_confirm_missing: trigger")]
     assert len(missing) >= 3, stats.alarms  # each missing confirm is an alarm of its own
-    assert stop_reason == [STOP_CODES["reject_confirm_missing"]] == [13]
+    assert stop_reason == [StopReason.REJECT_CONFIRM_MISSING.code] == [13]
     # The PLC can read why and where the agent stands: state STOPPED, 3 missing in a row.
     assert status[0] == reg.AgentState.STOPPED and status[1] >= 3
     assert reg.join_u32(status[2], status[3]) == stats.units

@@ -614,7 +614,7 @@ async def test_missing_reject_confirms_stop_the_line_over_opcua(tmp_path: Path) 
         stops = list(sims.plc.stops)
     assert stopped.value.reason == "reject_confirm_missing"
     assert StopCause.AGENT_REQUEST in [cause for _, cause in stops]
-    assert status["stop_reason"] == 13  # STOP_CODES["reject_confirm_missing"]
+    assert status["stop_reason"] == 13  # StopReason.REJECT_CONFIRM_MISSING
     # The PLC reads where the agent stands: stopped (2), 3 confirms missing in a row.
     assert status["agent_state"] == 2 and status["agent_missing_confirms"] >= 3
     assert status["agent_units"] == stats.units

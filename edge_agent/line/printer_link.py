@@ -41,10 +41,11 @@ from edge_agent.errors import (
 )
 from edge_agent.ledger import BatchInfo, Ledger, SerialState
 from edge_agent.line.printer_reconcile import reconcile_printer_queue
+from edge_agent.stops import StopReason
 
 log = structlog.get_logger("edge_agent.line")
 
-REASON = "printer_link_lost"
+REASON = StopReason.PRINTER_LINK_LOST
 FIRST_DELAY_S = 0.2  # as the drivers' own connect retries
 MAX_DELAY_S = 5.0
 HALT_WAIT_S = 2.0  # how long the PLC may take to report the line stopped

@@ -45,23 +45,12 @@ from edge_agent.line.printer_reconcile import reconcile_printer_queue
 from edge_agent.line.stats import LineStats
 from edge_agent.line.tracking import Position, PrintedQueue
 from edge_agent.line.verify import BatchIdentity, check_content, serial_pattern_for
+from edge_agent.stops import StopReason
 from edge_agent.vision.archive import FailedFrameArchive
 from edge_agent.vision.grade import with_grades
 
 log = structlog.get_logger("edge_agent.line")
 
-STOP_CODES = {
-    "repeated_rejects": 10,
-    "storage_error": 11,
-    "plc_heartbeat_lost": 12,
-    "reject_confirm_missing": 13,
-    "device_error": 14,
-    "reject_log_overrun": 15,
-    "serials_exhausted": 16,
-    "outbox_full": 17,
-    "printer_link_lost": 18,
-}
-OTHER_STOP_CODE = 99  # a stop reason without a code of its own
 _COMMIT_GROUP = 64
 _ALLOCATE_BLOCK = 64
 _CONFIRM_WAIT_S = 0.1  # how long a frame may wait for its print confirmation to arrive
@@ -163,7 +152,7 @@ class LineRuntime:
             mode=config.line.printer_reconnect,
             max_outage_s=config.line.printer_max_outage_s,
             max_recoveries_per_hour=config.line.printer_max_reconnects_per_hour,
-            stop_code=STOP_CODES["printer_link_lost"],
+            stop_code=StopReason.PRINTER_LINK_LOST.code,
             judged=lambda: self._judged_unconfirmed,
             on_settled=self._after_printer_reconnect,
             alarm=self.stats.alarms.append,
@@ -273,11 +262,11 @@ class LineRuntime:
         self.ledger.mark_verdicts_written(batch, [t for t, _ in unwritten if t not in rejected])
 
     async def _stop_line(self, cause: BaseException) -> None:
-        reason = cause.reason if isinstance(cause, LineStopped) else "device_error"
+        reason = cause.reason if isinstance(cause, LineStopped) else StopReason.DEVICE_ERROR
         log.error("line_stop", batch=self._batch.id, reason=reason, detail=str(cause))
         self.stats.alarms.append(f"{reason}: {cause}")
         try:
-            await self.plc.request_line_stop(STOP_CODES.get(reason, OTHER_STOP_CODE))
+            await self.plc.request_line_stop(reason.code)
             await self._publish_status(AgentLineState.STOPPED)
             # The stop may have cancelled a commit group between its ledger commit and its PLC
             # writes: those passes are committed but may never have reached the PLC.
@@ -332,7 +321,9 @@ class LineRuntime:
                 batch, block, length=serials.length, alphabet=serials.alphabet
             )
         elif self.ledger.allocate_from_pool(batch, block) == 0:
-            raise LineStopped("serials_exhausted", "the L3 serial list has no unused serial left")
+            raise LineStopped(
+                StopReason.SERIALS_EXHAUSTED, "the L3 serial list has no unused serial left"
+            )
 
     async def _send(self, record: PrintRecord) -> None:
         while True:
@@ -495,7 +486,7 @@ class LineRuntime:
             # Rejecting the group can reach max_consecutive_rejects: the cause is still storage.
             with contextlib.suppress(LineStopped):
                 await self._write_verdicts(group)
-            raise LineStopped("storage_error", repr(exc)) from exc
+            raise LineStopped(StopReason.STORAGE_ERROR, repr(exc)) from exc
         # Committed passes must reach the PLC: a line stop (cancellation) waits for this group's
         # writes instead of cutting them off between the commit and the write.
         writes = asyncio.ensure_future(self._write_verdicts(group))
@@ -549,7 +540,7 @@ class LineRuntime:
         self.on_tick()
         if self.stats.consecutive_rejects >= line.max_consecutive_rejects:
             raise LineStopped(
-                "repeated_rejects", f"{self.stats.consecutive_rejects} rejects in a row"
+                StopReason.REPEATED_REJECTS, f"{self.stats.consecutive_rejects} rejects in a row"
             )
 
     # --- PLC supervision --------------------------------------------------------------------
@@ -570,7 +561,8 @@ class LineRuntime:
                 last_value, last_change = state.heartbeat, now
             elif now - last_change > timeout:
                 raise LineStopped(
-                    "plc_heartbeat_lost", f"PLC heartbeat still {last_value} after {timeout:.1f}s"
+                    StopReason.PLC_HEARTBEAT_LOST,
+                    f"PLC heartbeat still {last_value} after {timeout:.1f}s",
                 )
             systemd.notify_watchdog(
                 f"batch {self._batch.id}: {self.stats.units} units, {self.stats.passed} passed, "
@@ -605,7 +597,7 @@ class LineRuntime:
                 # Rejects we cannot see any more may include units we passed: the ledger could
                 # then hold commissioned serials of rejected units. That is a stop, not a guess.
                 raise LineStopped(
-                    "reject_log_overrun", f"{new} new rejects, log holds {len(log_ring)}"
+                    StopReason.REJECT_LOG_OVERRUN, f"{new} new rejects, log holds {len(log_ring)}"
                 )
             fresh = [t for t in log_ring if t > self._last_confirmed]
             for trigger in fresh:
@@ -626,7 +618,9 @@ class LineRuntime:
             )
             self.stats.alarms.append(f"reject_confirm_missing: trigger {trigger}")
             if self._missing_confirms >= line.max_missing_confirms:
-                raise LineStopped("reject_confirm_missing", f"{self._missing_confirms} in a row")
+                raise LineStopped(
+                    StopReason.REJECT_CONFIRM_MISSING, f"{self._missing_confirms} in a row"
+                )
 
     def _on_reject_confirmed(self, batch: BatchInfo, trigger: int) -> None:
         self._awaiting_confirm.pop(trigger, None)

@@ -14,11 +14,9 @@ from typing import Any, Self
 
 from edge_agent.contracts import PlcLink, PlcState, Verdict
 from edge_agent.errors import LineStopped
+from edge_agent.stops import StopReason
 
-HOLD_CODE = 20  # line-stop reason codes sent to the PLC for operator commands
-STOP_CODE = 21
-ABORT_CODE = 22
-_GENERIC_CODE = 99  # what the runtime sends for a reason it has no code for
+HOLD_CODE = StopReason.OPERATOR_HOLD.code  # line-stop reason codes sent for operator commands
 
 
 class OperatorPlc:
@@ -26,7 +24,7 @@ class OperatorPlc:
         self._plc = plc
         self.name = plc.name
         self.held = False
-        self._stop: tuple[str, int] | None = None
+        self._stop: StopReason | None = None
 
     def __getattr__(self, attr: str) -> Any:
         # Optional extensions of the link (e.g. write_status) stay visible to the runtime.
@@ -45,7 +43,7 @@ class OperatorPlc:
 
     async def beat(self) -> None:
         if self._stop is not None:
-            raise LineStopped(self._stop[0], "operator command over OPC UA")
+            raise LineStopped(self._stop, "operator command over OPC UA")
         await self._plc.beat()
 
     async def read_state(self) -> PlcState:
@@ -55,8 +53,8 @@ class OperatorPlc:
         return await self._plc.recent_rejects()
 
     async def request_line_stop(self, reason_code: int) -> None:
-        if self._stop is not None and reason_code == _GENERIC_CODE:
-            reason_code = self._stop[1]
+        if self._stop is not None and reason_code == StopReason.OTHER.code:
+            reason_code = self._stop.code
         await self._plc.request_line_stop(reason_code)
 
     async def clear_line_stop(self) -> None:
@@ -73,8 +71,10 @@ class OperatorPlc:
         self.held = False
 
     async def stop(self) -> None:
-        self._stop = ("operator_stop", STOP_CODE)
+        self._stop = StopReason.OPERATOR_STOP
 
     async def abort(self) -> None:
-        self._stop = ("operator_abort", ABORT_CODE)
-        await self._plc.request_line_stop(ABORT_CODE)  # at once: abort does not wait for a beat
+        self._stop = StopReason.OPERATOR_ABORT
+        await self._plc.request_line_stop(
+            self._stop.code
+        )  # at once: abort does not wait for a beat

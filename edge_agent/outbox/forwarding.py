@@ -23,6 +23,7 @@ from edge_agent.contracts import Delivery, Forwarder
 from edge_agent.crashpoints import crash_point
 from edge_agent.errors import DeliveryError, LineStopped
 from edge_agent.outbox.store import OutboxStore, used_bytes
+from edge_agent.stops import StopReason
 
 log = structlog.get_logger("edge_agent.outbox")
 
@@ -178,7 +179,7 @@ class QuotaGuard:
                 size = used_bytes(self.conn)
         if size >= self.stop_bytes:
             raise LineStopped(
-                "outbox_full",
+                StopReason.OUTBOX_FULL,
                 f"state database {size / _MB:.1f} MB is at the stop level "
                 f"{self.stop_bytes / _MB:g} MB; restore the upstream link so the outbox drains "
                 "(`edge-agent outbox status`), free disk or raise upstream.quota_stop_mb; "
