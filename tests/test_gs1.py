@@ -163,14 +163,14 @@ def test_expiry_date_rejects_impossible_dates() -> None:
         ("02", "CONTENT", "N", (14, 14), True, False, True),
         ("10", "BATCH/LOT", "X", (1, 20), False, False, False),
         ("11", "PROD DATE", "N", (6, 6), False, True, True),
-        ("17", "USE BY OR EXPIRY", "N", (6, 6), False, True, True),
+        ("17", "USE BY or EXPIRY", "N", (6, 6), False, True, True),
         ("21", "SERIAL", "X", (1, 20), False, False, False),
         ("22", "CPV", "X", (1, 20), False, False, False),
         ("240", "ADDITIONAL ID", "X", (1, 30), False, False, False),
         ("30", "VAR. COUNT", "N", (1, 8), False, False, False),
         ("37", "COUNT", "N", (1, 8), False, False, False),
         ("400", "ORDER NUMBER", "X", (1, 30), False, False, False),
-        ("414", "LOC NO.", "N", (13, 13), True, False, True),
+        ("414", "LOC No.", "N", (13, 13), True, False, True),
         ("710", "NHRN PZN", "X", (1, 20), False, False, False),
         ("715", "NHRN NDC", "X", (1, 20), False, False, False),
         ("7003", "EXPIRY TIME", "N", (10, 10), False, True, False),
@@ -263,7 +263,7 @@ def test_element_string_hri_and_json() -> None:
     assert parsed.to_json() == {
         "ais": [
             {"ai": "01", "title": "GTIN", "value": GTIN},
-            {"ai": "17", "title": "USE BY OR EXPIRY", "value": "201225"},
+            {"ai": "17", "title": "USE BY or EXPIRY", "value": "201225"},
             {"ai": "10", "title": "BATCH/LOT", "value": "ABC123"},
             {"ai": "21", "title": "SERIAL", "value": "XYZ"},
         ],
@@ -343,14 +343,14 @@ def test_expiry_time() -> None:
         (
             f"01{GTIN}17251301",
             Gs1DateError,
-            "AI (17) USE BY OR EXPIRY: month '13' at position 20 is not 01-12",
+            "AI (17) USE BY or EXPIRY: month '13' at position 20 is not 01-12",
             "17",
             20,
         ),
         (
             f"01{GTIN}17240230",
             Gs1DateError,
-            "AI (17) USE BY OR EXPIRY: day '30' at position 22 does not exist in month 02 "
+            "AI (17) USE BY or EXPIRY: day '30' at position 22 does not exist in month 02 "
             "(expected 01-29 or 00)",
             "17",
             22,

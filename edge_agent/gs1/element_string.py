@@ -96,7 +96,7 @@ class _Field:
 
     @property
     def label(self) -> str:
-        return f"AI ({self.spec.ai}) {self.spec.title}"
+        return self.spec.label
 
 
 # --- reading the caller's text -------------------------------------------------------------
@@ -164,7 +164,7 @@ def build(
         if spec is None:
             raise Gs1SyntaxError(f"unknown AI {ai!r} at position {position}", position=position)
         if not isinstance(value, str):
-            raise Gs1Error(f"AI ({ai}) {spec.title}: value {value!r} is not a string", ai=ai)
+            raise Gs1Error(f"{spec.label}: value {value!r} is not a string", ai=ai)
         start = position + len(ai)
         _validate_value(spec, value, _shifted(start))
         fields.append(_Field(spec, value, position))
@@ -305,7 +305,7 @@ def _validate_value(spec: AiSpec, value: str, locate: Locate) -> None:
         if problem is not None:
             position = locate(offset + problem.offset)
             raise problem.kind(
-                f"AI ({spec.ai}) {spec.title}: {problem.describe(position)}",
+                f"{spec.label}: {problem.describe(position)}",
                 ai=spec.ai,
                 position=position,
             )
@@ -315,7 +315,7 @@ def _validate_value(spec: AiSpec, value: str, locate: Locate) -> None:
 def _check_length(spec: AiSpec, value: str, locate: Locate) -> None:
     if len(value) in spec.lengths:
         return
-    label = f"AI ({spec.ai}) {spec.title}"
+    label = spec.label
     expected = f"expected {spec.length_text} character" + ("" if spec.max_length == 1 else "s")
     if not value:
         raise Gs1LengthError(
