@@ -11,6 +11,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from asyncua.ua.ua_binary import struct_from_binary
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from drivers.plc.opcua import OpcUaPlc
+from drivers.plc.opcua import OpcUaPlc, refusals
 from drivers.plc.opcua import nodes as n
 from drivers.plc.opcua.certs import BenchPki, make_test_pki
 from drivers.plc.opcua.security import certificate_uri
@@ -296,3 +297,22 @@ def test_opcua_cert_command_writes_a_usable_identity(
     assert 'certificate = "' in capsys.readouterr().out
     assert cli.main(argv) == 1  # never overwrites a key by accident
     assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_no_answer_is_not_taken_for_a_refusal() -> None:
+    config = SimpleNamespace(
+        security_policy="Basic256Sha256",
+        certificate="agent.der",
+        trust_dir="trusted",
+        user_certificate=None,
+        username=None,
+    )
+    for silence in (TimeoutError(), ConnectionResetError("closed")):
+        assert refusals.explain(silence, refusals.OPEN_SECURE_CHANNEL, config) is None
+    fault = refusals.explain(AssertionError(), refusals.OPEN_SECURE_CHANNEL, config)
+    assert fault is not None and fault.startswith("the PLC refused the agent's certificate")
+    denied = ua.UaStatusCodeError(ua.StatusCodes.BadUserAccessDenied)
+    assert refusals.explain(denied, refusals.ACTIVATE_SESSION, config) == (
+        "the PLC refused anonymous access (BadUserAccessDenied): check the user settings on "
+        "the PLC and in [plc]"
+    )

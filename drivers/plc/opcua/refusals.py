@@ -110,8 +110,9 @@ def explain(exc: BaseException, step: str, config: Any) -> str | None:
         return _agent_refused(refused, config)
     code = _status_code(exc)
     secure = config.security_policy != "None"
-    if step == OPEN_SECURE_CHANNEL and code is None:
-        # asyncua turns a ServiceFault answer to OpenSecureChannel into a bare AssertionError.
+    if step == OPEN_SECURE_CHANNEL and code is None and _find(exc, AssertionError):
+        # asyncua turns a ServiceFault answer to OpenSecureChannel into a bare AssertionError
+        # (a timeout or a closed connection is no answer, and not taken for a refusal).
         if not secure:
             return "the PLC refused to open a channel with security_policy 'None' (ServiceFault)"
         return _plc_refused(
