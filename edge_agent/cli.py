@@ -97,9 +97,16 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("gs1", help="GS1 element strings").add_subparsers(metavar="ACTION")
     parse = g.add_parser(
-        "parse", help="parse an element string or (AI) text; <GS> = group separator"
+        "parse",
+        help="parse an element string or (AI) text typed on the command line",
+        description="Parse and validate GS1 data typed on the command line: an element string "
+        "(optionally with a ]d2 prefix) or bracketed (01)...(21)... text. As a typing "
+        "convenience the text <GS> stands for the group separator (ASCII 29) when TEXT holds "
+        "no real one; in data decoded from a symbol only the byte 0x1D separates, and <GS> is "
+        "data (the characters < G S > are in GS1 character set 82). Write a literal ( in "
+        "bracketed text as \\(.",
     )
-    parse.add_argument("text")
+    parse.add_argument("text", help="the data; <GS> = group separator (typed input only)")
     parse.set_defaults(handler=_gs1_parse)
     build = g.add_parser("build", help="build an element string")
     build.add_argument("--gtin", required=True)
@@ -231,7 +238,7 @@ def _gs1_parse(args: argparse.Namespace) -> int:
     from edge_agent import gs1
 
     try:
-        element = gs1.parse(args.text)
+        element = gs1.parse(args.text, gs_text=True)  # typed: <GS> may stand for GS
     except gs1.Gs1Error as exc:
         print(
             json.dumps({"error": str(exc), "ai": exc.ai, "position": exc.position}), file=sys.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import string
 from datetime import date
 
@@ -27,6 +28,7 @@ from edge_agent.gs1 import (
     gtin_check_digit,
     is_valid_gtin,
     parse,
+    parse_scanned,
     validate_gtin,
     validate_serial,
 )
@@ -163,14 +165,14 @@ def test_expiry_date_rejects_impossible_dates() -> None:
         ("02", "CONTENT", "N", (14, 14), True, False, True),
         ("10", "BATCH/LOT", "X", (1, 20), False, False, False),
         ("11", "PROD DATE", "N", (6, 6), False, True, True),
-        ("17", "USE BY OR EXPIRY", "N", (6, 6), False, True, True),
+        ("17", "USE BY or EXPIRY", "N", (6, 6), False, True, True),
         ("21", "SERIAL", "X", (1, 20), False, False, False),
         ("22", "CPV", "X", (1, 20), False, False, False),
         ("240", "ADDITIONAL ID", "X", (1, 30), False, False, False),
         ("30", "VAR. COUNT", "N", (1, 8), False, False, False),
         ("37", "COUNT", "N", (1, 8), False, False, False),
         ("400", "ORDER NUMBER", "X", (1, 30), False, False, False),
-        ("414", "LOC NO.", "N", (13, 13), True, False, True),
+        ("414", "LOC No.", "N", (13, 13), True, False, True),
         ("710", "NHRN PZN", "X", (1, 20), False, False, False),
         ("715", "NHRN NDC", "X", (1, 20), False, False, False),
         ("7003", "EXPIRY TIME", "N", (10, 10), False, True, False),
@@ -243,7 +245,6 @@ EXPECTED_AIS = (("01", GTIN), ("17", "201225"), ("10", "ABC123"), ("21", "XYZ"))
         ("]J1" + RAW, "]J1"),
         (GS + RAW, None),  # FNC1 in first position rendered as GS
         ("]d2" + GS + RAW, "]d2"),
-        (RAW.replace(GS, "<GS>"), None),
         (HRI, None),
     ],
 )
@@ -263,7 +264,7 @@ def test_element_string_hri_and_json() -> None:
     assert parsed.to_json() == {
         "ais": [
             {"ai": "01", "title": "GTIN", "value": GTIN},
-            {"ai": "17", "title": "USE BY OR EXPIRY", "value": "201225"},
+            {"ai": "17", "title": "USE BY or EXPIRY", "value": "201225"},
             {"ai": "10", "title": "BATCH/LOT", "value": "ABC123"},
             {"ai": "21", "title": "SERIAL", "value": "XYZ"},
         ],
@@ -288,7 +289,39 @@ def test_bracketed_value_may_escape_a_bracket() -> None:
 
 
 def test_gs_text_is_data_when_real_separators_are_present() -> None:
-    assert parse(f"01{GTIN}10A<GS>B{GS}21XYZ").get("10") == "A<GS>B"
+    assert parse(f"01{GTIN}10A<GS>B{GS}21XYZ", gs_text=True).get("10") == "A<GS>B"
+
+
+def test_gs_text_stands_for_gs_only_in_typed_input() -> None:
+    typed = RAW.replace(GS, "<GS>")
+    assert parse(typed, gs_text=True).ais == EXPECTED_AIS
+    # Without gs_text (and always in symbol data) "<GS>" is four characters of the lot.
+    lot = "ABC123<GS>21XYZ"
+    assert parse(typed, check_requisites=False).get("10") == lot
+    assert parse_scanned(typed).ais == (("01", GTIN), ("17", "201225"), ("10", lot))
+
+
+def test_scanned_data_takes_only_the_byte_0x1d_as_separator() -> None:
+    # A lot "A<GS>21FAKE" must not turn into lot "A" and serial "FAKE".
+    data = f"01{GTIN}21S1{GS}10A<GS>21FAKE"
+    scanned = parse_scanned("]d2" + data)
+    assert scanned.get("10") == "A<GS>21FAKE" and scanned.get("21") == "S1"
+    assert scanned.symbology == "]d2"
+    assert parse_scanned(f"01{GTIN}10A(B{GS}21S(").ais == (
+        ("01", GTIN),
+        ("10", "A(B"),
+        ("21", "S("),
+    )
+    # Bracketed text in a symbol is not GS1 element-string data.
+    with pytest.raises(Gs1SyntaxError, match="unknown AI at position 3"):
+        parse_scanned("]d2" + HRI)
+
+
+def test_bracketed_form_escapes_brackets_and_parses_back() -> None:
+    built = build([("01", GTIN), ("10", "A(B)("), ("21", "(<GS>")])
+    assert built.bracketed == f"(01){GTIN}(10)A\\(B)\\((21)\\(<GS>"
+    assert parse(built.bracketed).ais == built.ais
+    assert built.hri == f"(01){GTIN}(10)A(B)((21)(<GS>"  # for people: ambiguous by nature
 
 
 def test_identical_repeated_ai_is_fine() -> None:
@@ -343,14 +376,14 @@ def test_expiry_time() -> None:
         (
             f"01{GTIN}17251301",
             Gs1DateError,
-            "AI (17) USE BY OR EXPIRY: month '13' at position 20 is not 01-12",
+            "AI (17) USE BY or EXPIRY: month '13' at position 20 is not 01-12",
             "17",
             20,
         ),
         (
             f"01{GTIN}17240230",
             Gs1DateError,
-            "AI (17) USE BY OR EXPIRY: day '30' at position 22 does not exist in month 02 "
+            "AI (17) USE BY or EXPIRY: day '30' at position 22 does not exist in month 02 "
             "(expected 01-29 or 00)",
             "17",
             22,
@@ -454,7 +487,7 @@ def test_parse_errors_are_precise(
 
 
 def test_positions_count_the_gs_text_as_written() -> None:
-    error = error_of(f"01{GTIN}10A<GS>21AB#")  # 16 + len("10A<GS>21AB")
+    error = error_of(f"01{GTIN}10A<GS>21AB#", gs_text=True)  # 16 + len("10A<GS>21AB")
     assert error.position == 27
     assert "character '#' at position 27" in str(error)
 
@@ -568,7 +601,9 @@ def test_build_then_parse_round_trips(
     parsed = parse(symbology + built.element_string)
     assert parsed.ais == built.ais
     assert parsed.element_string == built.element_string
-    if "(" not in lot + serial and "<GS>" not in lot + serial:
+    assert parse_scanned(symbology + built.element_string).ais == built.ais
+    assert parse(built.bracketed).ais == built.ais
+    if "(" not in lot + serial:
         assert parse(built.hri).ais == built.ais
     assert expiry_date(parsed.get("17") or "") >= date(2000, 1, 1)
 
@@ -581,12 +616,13 @@ _noisy_alphabet = st.sampled_from(
 @given(st.one_of(st.text(), st.lists(_noisy_alphabet, max_size=40).map("".join)))
 def test_parse_raises_nothing_but_gs1_errors(text: str) -> None:
     for requisites in (True, False):
-        try:
-            parsed = parse(text, check_requisites=requisites)
-        except Gs1Error:
-            continue
-        if "<GS>" not in parsed.element_string:  # documented ambiguity of the "<GS>" shorthand
-            assert parse(parsed.element_string, check_requisites=False).ais == parsed.ais
+        for reader in (parse, parse_scanned, functools.partial(parse, gs_text=True)):
+            try:
+                parsed = reader(text, check_requisites=requisites)
+            except Gs1Error:
+                continue
+            assert parse_scanned(parsed.element_string, check_requisites=False).ais == parsed.ais
+            assert parse(parsed.bracketed, check_requisites=False).ais == parsed.ais
 
 
 @given(st.lists(st.tuples(st.sampled_from(sorted(AI_TABLE)), st.text(max_size=30)), max_size=4))
@@ -595,5 +631,5 @@ def test_build_raises_nothing_but_gs1_errors(pairs: list[tuple[str, str]]) -> No
         built = build(pairs, check_requisites=False)
     except Gs1Error:
         return
-    if "<GS>" not in built.element_string:
-        assert parse(built.element_string, check_requisites=False).ais == built.ais
+    assert parse_scanned(built.element_string, check_requisites=False).ais == built.ais
+    assert parse(built.bracketed, check_requisites=False).ais == built.ais

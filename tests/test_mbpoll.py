@@ -155,3 +155,26 @@ async def test_mbpoll_beats_and_the_plc_lets_the_line_run(
     # Outside the map: ILLEGAL DATA ADDRESS, so an off-by-one shows.
     status, text = await mb.run("-0", "-t", "4", "-r", "99")
     assert status != 0 and "Illegal data address" in text, text
+
+
+async def test_mbpoll_gets_exception_2_for_every_bit_outside_the_map(
+    setup: tuple[SimLine, ModbusPlcSim, Any, Mbpoll],
+) -> None:
+    # README: coil 0 and DI 0..1 only; pymodbus alone answered 0 for coils 1-15 and DI 2-15.
+    _, _, plc, mb = setup
+    await plc.__aexit__(None, None, None)  # the bus is mbpoll's alone
+    for options in (
+        ("-t", "0", "-r", "1"),  # coil 1
+        ("-t", "0", "-r", "15"),  # coil 15
+        ("-t", "0", "-r", "0", "-c", "2"),  # coils 0..1
+        ("-t", "1", "-r", "2"),  # DI 2
+        ("-t", "1", "-r", "15"),  # DI 15
+        ("-t", "1", "-r", "0", "-c", "3"),  # DI 0..2
+        ("-t", "4", "-r", "2"),  # HR 2
+        ("-t", "3", "-r", "13"),  # IR 13
+    ):
+        status, text = await mb.run("-0", *options)
+        assert status != 0 and "Illegal data address" in text, (options, text)
+    status, text = await mb.run("-0", "-t", "0", "-r", "1", values=(1,))  # write coil 1
+    assert status != 0 and "Illegal data address" in text, text
+    assert await mb.read("coil", 0) == [0] and await mb.read("discrete", 0, 2) == [0, 0]

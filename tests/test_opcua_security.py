@@ -7,18 +7,22 @@ site-specific node ids in its own namespace, as a real PLC project would.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from asyncua import ua
+from asyncua.server.uaprocessor import UaProcessor
+from asyncua.ua.ua_binary import struct_from_binary
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from drivers.plc.opcua import OpcUaPlc
+from drivers.plc.opcua import OpcUaPlc, refusals
 from drivers.plc.opcua import nodes as n
 from drivers.plc.opcua.certs import BenchPki, make_test_pki
 from drivers.plc.opcua.security import certificate_uri
@@ -106,17 +110,26 @@ async def test_sign_and_encrypt_end_to_end_with_user_and_password(
         assert state.trigger_count == trigger and state.extra["ring_size"] == 32
 
 
+def sha1_thumbprint(cert_file: Path) -> str:
+    return hashlib.sha1(cert_file.read_bytes()).hexdigest()
+
+
 @module_loop
-async def test_untrusted_client_certificate_is_refused(
+async def test_plc_refusing_the_agent_certificate_says_so(
     secure_sim: OpcUaPlcSim, pki: BenchPki, password_env: dict[str, str]
 ) -> None:
+    # asyncua's server checks the client certificate at CreateSession: BadCertificateUntrusted.
     rogue = {**site_config(secure_sim, pki), **pki.client_overrides(rogue=True)}
     rogue.update(nodes=SITE_NODES.model_dump(), username="operator", password=password_env)
-    assert "BadCertificateUntrusted" in await refused(rogue)
+    message = await refused(rogue)
+    assert f"the PLC refused the agent's certificate {pki.rogue_cert} " in message
+    assert "BadCertificateUntrusted" in message
+    assert f"add {pki.rogue_cert} to the PLC's trusted certificates" in message
+    assert "agent refused" not in message
 
 
 @module_loop
-async def test_client_refuses_a_server_it_does_not_trust(
+async def test_agent_refusing_the_plc_certificate_says_so(
     secure_sim: OpcUaPlcSim, pki: BenchPki, password_env: dict[str, str], tmp_path: Path
 ) -> None:
     other_trust = tmp_path / "trust"
@@ -125,12 +138,62 @@ async def test_client_refuses_a_server_it_does_not_trust(
     config = site_config(
         secure_sim, pki, username="operator", password=password_env, trust_dir=str(other_trust)
     )
-    assert "BadCertificateUntrusted" in await refused(config)
+    message = await refused(config)
+    assert "the agent refused the PLC's certificate (CN=plc, " in message
+    assert f"thumbprint {sha1_thumbprint(pki.server_cert)}" in message
+    assert "BadCertificateUntrusted, the agent does not trust it" in message
+    assert f"in the agent's trust_dir {other_trust}" in message
+    assert "PLC refused" not in message
     # An empty trust list trusts nobody: a config error before any connection is made.
     (other_trust / "someone.der").unlink()
     with pytest.raises(ConfigError, match=r"trust_dir.*holds no certificates"):
         async with OpcUaPlc("plc", config):
             pass
+
+
+def _refuse_untrusted_at_open_secure_channel(
+    trusted: set[bytes],
+) -> Callable[[Any, Any, Any, Any], None]:
+    """UaProcessor.open_secure_channel as node-opcua, open62541 and S7-1500 servers behave:
+    they check the client certificate when the channel opens (asyncua's own server waits for
+    CreateSession) and answer an untrusted one with a ServiceFault, BadSecurityChecksFailed."""
+    original = UaProcessor.open_secure_channel
+
+    def open_secure_channel(self: Any, algohdr: Any, seqhdr: Any, body: Any) -> None:
+        sender = algohdr.SenderCertificate
+        if self._connection.is_open() or not sender or sender in trusted:
+            return original(self, algohdr, seqhdr, body)
+        request = struct_from_binary(ua.OpenSecureChannelRequest, body.copy())
+        mode = request.Parameters.SecurityMode
+        self._connection.select_policy(algohdr.SecurityPolicyURI, sender, mode)
+        fault = ua.ServiceFault()
+        fault.ResponseHeader.ServiceResult = ua.StatusCode(ua.StatusCodes.BadSecurityChecksFailed)
+        self.send_response(
+            request.RequestHeader.RequestHandle, seqhdr, fault, ua.MessageType.SecureOpen
+        )
+        return None
+
+    return open_secure_channel
+
+
+@module_loop
+async def test_plc_refusing_the_agent_certificate_at_open_secure_channel_says_so(
+    pki: BenchPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: "ProtocolError: connect to ...: AssertionError()" (asyncua's client asserts that
+    # the answer to OpenSecureChannel is a channel, not a fault).
+    trusted = {pki.client_cert.read_bytes()}  # DER, as SenderCertificate carries it
+    monkeypatch.setattr(
+        UaProcessor, "open_secure_channel", _refuse_untrusted_at_open_secure_channel(trusted)
+    )
+    async with OpcUaPlcSim(SimLine(units_per_min=None), security=pki.server_settings()) as sim:
+        async with OpcUaPlc("plc", sim.driver_config(**pki.client_overrides())) as plc:
+            await plc.beat()  # the trusted agent certificate still opens a channel
+        message = await refused(sim.driver_config(**pki.client_overrides(rogue=True)))
+    assert f"the PLC refused the agent's certificate {pki.rogue_cert} " in message
+    assert "answered OpenSecureChannel with a ServiceFault" in message
+    assert "BadSecurityChecksFailed" in message
+    assert "AssertionError" not in message
 
 
 @module_loop
@@ -234,3 +297,22 @@ def test_opcua_cert_command_writes_a_usable_identity(
     assert 'certificate = "' in capsys.readouterr().out
     assert cli.main(argv) == 1  # never overwrites a key by accident
     assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_no_answer_is_not_taken_for_a_refusal() -> None:
+    config = SimpleNamespace(
+        security_policy="Basic256Sha256",
+        certificate="agent.der",
+        trust_dir="trusted",
+        user_certificate=None,
+        username=None,
+    )
+    for silence in (TimeoutError(), ConnectionResetError("closed")):
+        assert refusals.explain(silence, refusals.OPEN_SECURE_CHANNEL, config) is None
+    fault = refusals.explain(AssertionError(), refusals.OPEN_SECURE_CHANNEL, config)
+    assert fault is not None and fault.startswith("the PLC refused the agent's certificate")
+    denied = ua.UaStatusCodeError(ua.StatusCodes.BadUserAccessDenied)
+    assert refusals.explain(denied, refusals.ACTIVATE_SESSION, config) == (
+        "the PLC refused anonymous access (BadUserAccessDenied): check the user settings on "
+        "the PLC and in [plc]"
+    )

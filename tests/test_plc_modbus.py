@@ -8,6 +8,7 @@ import inspect
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -494,6 +495,80 @@ async def test_register_addresses_match_the_readme(
             assert await ir(11) == [0]
             bits = (await raw.read_discrete_inputs(0, count=2)).bits[:2]
             assert bits == [True, True]  # DI 0 running, DI 1 agent heartbeat OK
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+_TABLES = {"holding": "hr", "coil": "coil", "input": "ir", "discrete": "di"}
+
+
+def readme_register_map(ring_size: int, log_size: int) -> dict[str, set[int]]:
+    """Every address the README's register map lists, per table, for ring N and log M."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("### Register map (Modbus TCP and RTU)", 1)[1].split("\n### ", 1)[0]
+    addresses: dict[str, set[int]] = {table: set() for table in _TABLES.values()}
+    for row in section.splitlines():
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        if len(cells) != 5 or cells[0].split(" ")[0] not in _TABLES:
+            continue
+        table = _TABLES[cells[0].split(" ")[0]]
+        for part in cells[1].split(","):
+            addresses[table] |= _expand_address(part.strip(), ring_size, log_size)
+    return addresses
+
+
+def _expand_address(text: str, ring_size: int, log_size: int) -> set[int]:
+    """ "0", "12–13", "100 + 3·k … 102 + 3·k" (every slot k < N), "201 + 2·j" (j < M)."""
+
+    def value(expr: str, k: int) -> int:
+        base, _, step = expr.partition("+")
+        factor = step.strip().split("·")[0] if step else "0"
+        return int(base) + int(factor) * k
+
+    variable = "k" if "k" in text else "j" if "j" in text else ""
+    count = {"k": ring_size, "j": log_size, "": 1}[variable]
+    first, _, last = text.replace("…", "–").partition("–")
+    found: set[int] = set()
+    for k in range(count):
+        found |= set(range(value(first, k), value(last or first, k) + 1))
+    return found
+
+
+@pytest.mark.parametrize(("ring_size", "log_size"), [(32, 32), (5, 3)])
+async def test_every_address_answers_as_the_readme_register_map_says(
+    line: SimLine, ring_size: int, log_size: int
+) -> None:
+    """A plain pymodbus client probes every address of every table up to past the end of the
+    map: addresses the README lists answer, all others answer exception 2 (as a PLC configured
+    with this map does; pymodbus alone answered 0 for coils 1-15 and DI 2-15)."""
+    expected = readme_register_map(ring_size, log_size)
+    assert expected["coil"] == {0} and expected["di"] == {0, 1}
+    assert max(expected["hr"]) == 102 + 3 * (ring_size - 1)
+    assert max(expected["ir"]) == 201 + 2 * (log_size - 1)
+    sim = ModbusPlcSim(line, ring_size=ring_size, reject_log_size=log_size)
+    async with sim, raw_client(sim) as raw:
+        read = {
+            "hr": raw.read_holding_registers,
+            "ir": raw.read_input_registers,
+            "coil": raw.read_coils,
+            "di": raw.read_discrete_inputs,
+        }
+        for table, addresses in expected.items():
+            answered = set()
+            for address in range(max(addresses) + 40):
+                response = await read[table](address, count=1)
+                if response.isError():
+                    assert response.exception_code == 2, (table, address, response)
+                else:
+                    answered.add(address)
+            assert answered == addresses, table
+        # A request running past the end of a table is refused whole, writes too.
+        assert (await raw.read_coils(0, count=2)).exception_code == 2
+        assert (await raw.read_discrete_inputs(1, count=2)).exception_code == 2
+        assert (await raw.write_coil(1, True)).exception_code == 2
+        assert (await raw.write_coils(0, [False, True])).exception_code == 2
+        assert (await raw.write_register(2, 1)).exception_code == 2
+        assert not (await raw.write_coil(0, True)).isError()
+        assert (await raw.read_coils(0, count=1)).bits[0] is True
 
 
 async def _changed(read: Awaitable[list[int]], before: int) -> bool:

@@ -134,6 +134,30 @@ async def test_ring_size_mismatch_is_refused_at_connect(sim: OpcUaPlcSim) -> Non
 
 
 @module_loop
+async def test_reject_log_size_mismatch_is_refused_at_connect(sim: OpcUaPlcSim) -> None:
+    # The PLC's RejectLog holds 32 values; an agent set for 16 would read confirms into the
+    # wrong slots, so it refuses to connect, as over Modbus (IR 12).
+    with pytest.raises(ProtocolError, match=r"reject log size mismatch.*holds 32.*is 16"):
+        async with OpcUaPlc("plc", sim.driver_config(reject_log_size=16)):
+            pass
+
+
+@module_loop
+async def test_reject_log_of_another_size_works_when_both_sides_agree() -> None:
+    line = SimLine(units_per_min=None)
+    async with OpcUaPlcSim(line, gate_delay_s=GATE_DELAY_S, reject_log_size=8) as small:
+        assert small.driver_config()["reject_log_size"] == 8
+        with pytest.raises(ProtocolError, match=r"reject log size mismatch.*holds 8.*is 32"):
+            async with OpcUaPlc("plc", {**small.driver_config(), "reject_log_size": 32}):
+                pass
+        async with OpcUaPlc("plc", small.driver_config()) as plc:
+            for _ in range(10):
+                await send_unit(line)
+            await until(lambda: len(small.rejected_triggers) == 10)
+            assert list(await plc.recent_rejects()) == list(range(3, 11))
+
+
+@module_loop
 async def test_unknown_namespace_is_refused_at_connect(sim: OpcUaPlcSim) -> None:
     with pytest.raises(ProtocolError, match="namespace 'urn:nope' not on the PLC"):
         async with OpcUaPlc("plc", sim.driver_config(namespace_uri="urn:nope")):

@@ -2,7 +2,7 @@
 
 The public API other parts of the agent rely on::
 
-    from edge_agent.gs1 import GS, ElementString, parse, build, AI_TABLE, CSET82
+    from edge_agent.gs1 import GS, ElementString, parse, parse_scanned, build, AI_TABLE, CSET82
     from edge_agent.gs1 import gtin_check_digit, is_valid_gtin, validate_gtin
     from edge_agent.gs1 import validate_serial, expiry_date
 
@@ -26,7 +26,15 @@ from edge_agent.gs1.check import (
     is_valid_gtin,
     validate_gtin,
 )
-from edge_agent.gs1.element_string import GS, ElementString, build, parse, validate_serial
+from edge_agent.gs1.element_string import (
+    GS,
+    ElementString,
+    bracketed,
+    build,
+    parse,
+    parse_scanned,
+    validate_serial,
+)
 
 __all__ = [
     "AI_TABLE",
@@ -43,11 +51,13 @@ __all__ = [
     "Gs1LengthError",
     "Gs1SyntaxError",
     "Gs1ValueError",
+    "bracketed",
     "build",
     "expiry_date",
     "gtin_check_digit",
     "is_valid_gtin",
     "parse",
+    "parse_scanned",
     "validate_gtin",
     "validate_serial",
 ]

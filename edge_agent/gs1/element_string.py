@@ -1,18 +1,17 @@
 """Parse and build GS1 element strings.
 
-Accepted input (``parse``):
+Accepted input:
 
-* a raw element string as a scanner delivers it: AIs and values with GS (ASCII 29) after every
-  variable-length value that is not the last, optionally prefixed by a GS1 symbology identifier
-  (``]d2`` Data Matrix, ``]C1`` GS1-128, ``]Q3`` QR, ``]e0`` DataBar, ``]J1`` DotCode) and
-  optionally starting with a GS (how some scanners render FNC1 in first position);
-* the bracketed human-readable form ``(01)09506000134352(17)201225(10)ABC123``; a literal ``(``
-  inside a value is written ``\\(``;
-* in either form, the text ``<GS>`` stands for ASCII 29 (convenient on a command line), but
-  only when the input holds no real GS: the characters < G S > are all legal in AI values, and
-  scanner output that has real separators must keep such a value intact. (A scanned string whose
-  only variable-length value is last has no GS and is read with ``<GS>`` as a separator; GS1
-  values containing that text are not expected on pharmaceutical packs.)
+* ``parse_scanned``: data decoded from a symbol, as a scanner or camera delivers it: AIs and
+  values with GS (ASCII 29) after every variable-length value that is not the last, optionally
+  prefixed by a GS1 symbology identifier (``]d2`` Data Matrix, ``]C1`` GS1-128, ``]Q3`` QR,
+  ``]e0`` DataBar, ``]J1`` DotCode) and optionally starting with a GS (how some scanners render
+  FNC1 in first position). Only the byte 0x1D separates: ``(`` and the text ``<GS>`` are data
+  (both are in GS1 character set 82), and bracketed text is not symbol data.
+* ``parse``: that, or the bracketed human-readable form ``(01)09506000134352(17)201225(10)ABC``
+  (a literal ``(`` inside a value is written ``\\(``, as GS1's own tools and zint write it).
+  With ``gs_text=True`` (for text a person typed, e.g. ``edge-agent gs1 parse``) the text
+  ``<GS>`` stands for ASCII 29 too, but only when the input holds no real GS.
 
 Every value is validated against the AI table (length, character set, check digits, dates, code
 lists), then the AIs against each other (GS1 General Specifications): repeated AIs must carry
@@ -67,8 +66,16 @@ class ElementString:
 
     @property
     def hri(self) -> str:
-        """Human-readable interpretation: ``(01)09506000134352(21)XYZ``."""
+        """Human-readable interpretation: ``(01)09506000134352(21)XYZ``, for people to read.
+
+        A value holding ``(`` makes this ambiguous; ``bracketed`` is the form to parse or
+        encode."""
         return "".join(f"({ai}){value}" for ai, value in self.ais)
+
+    @property
+    def bracketed(self) -> str:
+        """The bracketed form that ``parse`` reads back exactly: ``(`` in a value as ``\\(``."""
+        return bracketed(self.ais)
 
     def get(self, ai: str) -> str | None:
         """The value of the first occurrence of ``ai``, or None."""
@@ -96,7 +103,7 @@ class _Field:
 
     @property
     def label(self) -> str:
-        return f"AI ({self.spec.ai}) {self.spec.title}"
+        return self.spec.label
 
 
 # --- reading the caller's text -------------------------------------------------------------
@@ -110,8 +117,8 @@ class _Text:
     origin: tuple[int, ...]  # origin[i]: offset in the caller's text; one extra entry for the end
 
     @classmethod
-    def of(cls, text: str) -> _Text:
-        if GS in text:  # real separators: "<GS>" can only be data
+    def of(cls, text: str, *, gs_text: bool = False) -> _Text:
+        if not gs_text or GS in text:  # with real separators "<GS>" can only be data
             return cls(text, tuple(range(len(text) + 1)))
         chars: list[str] = []
         origin: list[int] = []
@@ -128,22 +135,36 @@ class _Text:
         return self.origin[index]
 
 
-def parse(text: str, *, check_requisites: bool = True) -> ElementString:
-    """Parse and validate scanned or typed GS1 data (see the module docstring for the forms)."""
-    source = _Text.of(text)
-    symbology, start = _symbology(source)
-    if source.chars[start : start + 1] == GS:  # FNC1 in first position, rendered as GS
-        start += 1
-    if start == len(source.chars):
-        raise Gs1SyntaxError(
-            f"no AI data at position {source.at(start)}", position=source.at(start)
-        )
+def parse(text: str, *, check_requisites: bool = True, gs_text: bool = False) -> ElementString:
+    """Parse and validate GS1 data: an element string or bracketed text (module docstring).
+
+    ``gs_text=True`` reads the text ``<GS>`` as the separator, a convenience for typed input
+    only: never pass it for data decoded from a symbol (use ``parse_scanned``).
+    """
+    source = _Text.of(text, gs_text=gs_text)
+    symbology, start = _data_start(source)
     if source.chars[start] == "(":
         fields = _split_bracketed(source, start)
     else:
         fields = _split_element_string(source, start)
     _check_associations(fields, check_requisites=check_requisites)
     return ElementString(tuple((f.spec.ai, f.value) for f in fields), symbology)
+
+
+def parse_scanned(data: str, *, check_requisites: bool = True) -> ElementString:
+    """Parse and validate data decoded from a symbol: an element string, where only the byte
+    0x1D separates; ``(`` and ``<GS>`` are data, and bracketed text is refused."""
+    source = _Text.of(data)
+    symbology, start = _data_start(source)
+    fields = _split_element_string(source, start)
+    _check_associations(fields, check_requisites=check_requisites)
+    return ElementString(tuple((f.spec.ai, f.value) for f in fields), symbology)
+
+
+def bracketed(ais: Iterable[tuple[str, str]]) -> str:
+    """``(ai)value...`` with every ``(`` in a value escaped as ``\\(``: the bracketed form that
+    ``parse`` and GS1 encoders (zint, zxing-cpp's writer) read without ambiguity."""
+    return "".join(f"({ai})" + value.replace("(", "\\(") for ai, value in ais)
 
 
 def build(
@@ -164,7 +185,7 @@ def build(
         if spec is None:
             raise Gs1SyntaxError(f"unknown AI {ai!r} at position {position}", position=position)
         if not isinstance(value, str):
-            raise Gs1Error(f"AI ({ai}) {spec.title}: value {value!r} is not a string", ai=ai)
+            raise Gs1Error(f"{spec.label}: value {value!r} is not a string", ai=ai)
         start = position + len(ai)
         _validate_value(spec, value, _shifted(start))
         fields.append(_Field(spec, value, position))
@@ -192,6 +213,18 @@ def _shifted(start: int, source: _Text | None = None) -> Locate:
 def _unescaped(indexes: list[int], end: int, source: _Text) -> Locate:
     """Positions in a bracketed value, where ``\\(`` stood for one character."""
     return lambda offset: source.at(indexes[offset] if offset < len(indexes) else end)
+
+
+def _data_start(source: _Text) -> tuple[str | None, int]:
+    """The symbology identifier, if any, and where the AI data starts after it."""
+    symbology, start = _symbology(source)
+    if source.chars[start : start + 1] == GS:  # FNC1 in first position, rendered as GS
+        start += 1
+    if start == len(source.chars):
+        raise Gs1SyntaxError(
+            f"no AI data at position {source.at(start)}", position=source.at(start)
+        )
+    return symbology, start
 
 
 def _symbology(source: _Text) -> tuple[str | None, int]:
@@ -305,7 +338,7 @@ def _validate_value(spec: AiSpec, value: str, locate: Locate) -> None:
         if problem is not None:
             position = locate(offset + problem.offset)
             raise problem.kind(
-                f"AI ({spec.ai}) {spec.title}: {problem.describe(position)}",
+                f"{spec.label}: {problem.describe(position)}",
                 ai=spec.ai,
                 position=position,
             )
@@ -315,7 +348,7 @@ def _validate_value(spec: AiSpec, value: str, locate: Locate) -> None:
 def _check_length(spec: AiSpec, value: str, locate: Locate) -> None:
     if len(value) in spec.lengths:
         return
-    label = f"AI ({spec.ai}) {spec.title}"
+    label = spec.label
     expected = f"expected {spec.length_text} character" + ("" if spec.max_length == 1 else "s")
     if not value:
         raise Gs1LengthError(

@@ -325,8 +325,8 @@ LINTERS: Final[Mapping[str, Linter]] = MappingProxyType(
     {
         "csum": check_digit_problem,
         "csumalpha": check_pair_problem,
-        "key": _company_prefix,
-        "keyoff1": _company_prefix_after_first,
+        "gcppos1": _company_prefix,
+        "gcppos2": _company_prefix_after_first,
         "yymmdd": _date(day_zero_allowed=False),
         "yymmd0": _date(day_zero_allowed=True),
         "yyyymmdd": _date(day_zero_allowed=False, century_known=True),

@@ -88,7 +88,7 @@ def check_content(
         detail = f"symbology {read.symbology!r}, need {require_symbology!r}"
         return ContentCheck(False, "not_gs1_datamatrix", None, read.text, detail)
     try:
-        content = gs1.parse(read.raw)
+        content = gs1.parse_scanned(read.raw)  # symbol data: only 0x1D separates
     except gs1.Gs1Error as exc:
         return ContentCheck(False, "bad_gs1", None, read.text, str(exc))
     except Exception as exc:  # a parser defect must still end in a reject, never a crash

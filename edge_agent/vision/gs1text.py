@@ -8,22 +8,23 @@ from edge_agent.gs1.ais import lookup_prefix
 
 
 def hri_of(raw: str) -> str:
-    """``(01)...(21)...`` for an element string (GS after variable-length fields).
+    """``(01)...(21)...`` for decoded symbol data (GS, byte 0x1D, after variable-length fields).
 
     Validated parsing first; if the content is not valid GS1 (wrong check digit, unknown AI) the
     fields are still split by the AI table so that the operator sees what was printed, and the
     content check downstream rejects it.
     """
     try:
-        return gs1.parse(raw, check_requisites=False).hri
+        return gs1.parse_scanned(raw, check_requisites=False).hri
     except gs1.Gs1Error:
         return _split(raw)
 
 
 def gs1_fields(raw: str) -> dict[str, str] | None:
-    """AI → value of a valid element string (first occurrence wins), None if it does not parse."""
+    """AI → value of valid decoded symbol data (first occurrence wins), None if it does not
+    parse. Only the byte 0x1D separates: ``(`` and ``<GS>`` are data."""
     try:
-        parsed = gs1.parse(raw, check_requisites=False)
+        parsed = gs1.parse_scanned(raw, check_requisites=False)
     except gs1.Gs1Error:
         return None
     fields: dict[str, str] = {}

@@ -9,6 +9,7 @@ normals for every pixel would cost more than everything else together).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -17,8 +18,14 @@ import numpy as np
 import numpy.typing as npt
 import zxingcpp
 
+from edge_agent.gs1 import bracketed
+
 GrayImage = npt.NDArray[np.uint8]
 Corners = tuple[tuple[float, float], ...]
+Content = str | Sequence[tuple[str, str]]
+"""What to encode: (AI, value) pairs, or bracketed text with ``(`` in values escaped as
+``\\(`` (``ElementString.bracketed``). An HRI with a bare ``(`` in a value is not content: the
+encoder cannot tell where that value ends."""
 
 QUIET_ZONE_MODULES = 2  # the standard asks for 1; real print layouts leave more
 _NOISE_BANK_SIZE = 1 << 21
@@ -30,15 +37,24 @@ class Rendered:
     corners: Corners  # symbol without quiet zone: top-left, top-right, bottom-right, bottom-left
 
 
-@lru_cache(maxsize=2048)
-def symbol_modules(hri: str) -> npt.NDArray[np.bool_]:
-    """Dark-module matrix of the GS1 DataMatrix for ``hri``, without quiet zone (read-only).
+def encoder_text(content: Content) -> str:
+    """The bracketed text zxing-cpp's GS1 writer reads (it unescapes ``\\(`` as GS1's tools do)."""
+    return content if isinstance(content, str) else bracketed(content)
 
-    Raises ValueError for content zxing-cpp refuses. Only the documented kwargs are passed: some
-    writer options make zxing-cpp abort the whole process instead of raising.
-    """
+
+def symbol_modules(content: Content) -> npt.NDArray[np.bool_]:
+    """Dark-module matrix of the GS1 DataMatrix for ``content``, without quiet zone (read-only).
+
+    Raises ValueError for content zxing-cpp refuses."""
+    return _modules(encoder_text(content))
+
+
+@lru_cache(maxsize=2048)
+def _modules(text: str) -> npt.NDArray[np.bool_]:
+    # Only the documented kwargs are passed: some writer options make zxing-cpp abort the whole
+    # process instead of raising.
     barcode = zxingcpp.create_barcode(
-        hri, zxingcpp.BarcodeFormat.DataMatrix, gs1=True, force_square=True
+        text, zxingcpp.BarcodeFormat.DataMatrix, gs1=True, force_square=True
     )
     dark = np.array(barcode.to_image(scale=1)) < 128
     rows = np.flatnonzero(dark.any(axis=1))
@@ -49,7 +65,7 @@ def symbol_modules(hri: str) -> npt.NDArray[np.bool_]:
 
 
 def render_frame(
-    hri: str,
+    content: Content,
     *,
     width: int = 480,
     height: int = 360,
@@ -62,13 +78,13 @@ def render_frame(
     smear: bool = False,
     rng: np.random.Generator | None = None,
 ) -> GrayImage:
-    """A grayscale frame showing the GS1 DataMatrix of ``hri``.
+    """A grayscale frame showing the GS1 DataMatrix of ``content``.
 
     ``None`` parameters are drawn from ``rng``: module size 3-6 px, rotation within ±15°, blur
     0 or 1 (1 = 3x3 Gaussian). ``smear`` wipes the symbol out so that no decoder can read it.
     """
     return render(
-        hri,
+        content,
         width=width,
         height=height,
         module_px=module_px,
@@ -83,7 +99,7 @@ def render_frame(
 
 
 def render(
-    hri: str,
+    content: Content,
     *,
     width: int = 480,
     height: int = 360,
@@ -102,7 +118,7 @@ def render(
     angle = float(rng.uniform(-15.0, 15.0)) if rotation_deg is None else rotation_deg
     blur = int(rng.integers(0, 2)) if blur is None else blur
 
-    modules = symbol_modules(hri)
+    modules = symbol_modules(content)
     px = _fit_module_px(modules.shape[0], px, angle, width, height)
     symbol = _symbol_image(modules, px, dark, light)
     if smear:

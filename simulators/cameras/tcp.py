@@ -59,8 +59,13 @@ class _Look:
     serial: str
     render: dict[str, Any] = field(default_factory=dict)
 
+    def ais(self) -> tuple[tuple[str, str], ...]:
+        """The content to encode, as (AI, value) pairs: values may hold any character."""
+        return (("01", self.gtin), ("17", self.expiry), ("10", self.lot), ("21", self.serial))
+
     def hri(self) -> str:
-        return f"(01){self.gtin}(17){self.expiry}(10){self.lot}(21){self.serial}"
+        """For people and logs only: a ``(`` in a value makes it ambiguous."""
+        return "".join(f"({ai}){value}" for ai, value in self.ais())
 
 
 class TcpCameraSim:
@@ -200,7 +205,7 @@ class TcpCameraSim:
         """Worker thread: the frame of one unit (subclasses encode it their way)."""
         try:
             return render_frame(
-                look.hri(), width=self.width, height=self.height, rng=rng, **look.render
+                look.ais(), width=self.width, height=self.height, rng=rng, **look.render
             )
         except ValueError as exc:
             # zxing refused the content: the camera still sees a unit, just no code on it.

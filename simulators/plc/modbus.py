@@ -23,10 +23,12 @@ import time
 import tty
 from typing import Any, Self
 
+from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.base import ModbusBaseServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator.simcore import SimCore
 
 from drivers.plc.modbus import registers as reg
 from drivers.plc.modbus.registers import StopCause
@@ -35,6 +37,10 @@ from simulators.plc.gate import GatePlcSim, feed_units
 
 # Function codes used to address the datastore directly (same tables the wire requests hit).
 _FC_COILS, _FC_DI, _FC_HR, _FC_IR = 1, 2, 3, 4
+COIL_COUNT = reg.COIL_LINE_STOP + 1  # coil 0
+DISCRETE_INPUT_COUNT = reg.DI_AGENT_HEARTBEAT_OK + 1  # DI 0..1
+# Function code -> how many bits its table holds (coils: FC1 read, FC5/FC15 write; DI: FC2).
+_BIT_TABLES = {1: COIL_COUNT, 5: COIL_COUNT, 15: COIL_COUNT, 2: DISCRETE_INPUT_COUNT}
 
 
 def _registers(address: int, count: int) -> SimData:
@@ -45,13 +51,42 @@ def _bits(count: int) -> SimData:
     return SimData(0, count=count, values=False, datatype=DataType.BITS)
 
 
+class PlcMemory(SimCore):
+    """The datastore of one PLC, answering ILLEGAL DATA ADDRESS (exception 2) outside the map.
+
+    pymodbus marks registers valid or not one by one, which is right for the register tables, but
+    keeps coils and discrete inputs 16 to a register: coils 1..15 and DI 2..15 would answer 0. A
+    PLC configured with this map refuses them, so the bit tables are bounded here, bit by bit.
+    """
+
+    async def async_getValues(
+        self, device_id: int, func_code: int, address: int, count: int = 1
+    ) -> list[int] | list[bool] | ExcCodes:
+        if _outside_bits(func_code, address, count):
+            return ExcCodes.ILLEGAL_ADDRESS
+        return await super().async_getValues(device_id, func_code, address, count)
+
+    async def async_setValues(
+        self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
+    ) -> ExcCodes | None:
+        if _outside_bits(func_code, address, len(values)):
+            return ExcCodes.ILLEGAL_ADDRESS
+        return await super().async_setValues(device_id, func_code, address, values)
+
+
+def _outside_bits(func_code: int, address: int, count: int) -> bool:
+    size = _BIT_TABLES.get(func_code)
+    return size is not None and (address < 0 or count < 1 or address + count > size)
+
+
 def build_device(
     ring_size: int, reject_log_size: int = reg.REJECT_LOG_SIZE, device_id: int = 0
 ) -> SimDevice:
     """The PLC's memory: four separate tables, every address 0-based exactly as on the wire.
 
-    Addresses outside the map answer ILLEGAL ADDRESS, as a strict PLC would. Device id 0 answers
-    every unit id, as most Modbus TCP PLCs do; an RTU slave answers its own address only.
+    Registers outside the map answer ILLEGAL ADDRESS, as a strict PLC would (the bit tables are
+    bounded by ``PlcMemory``). Device id 0 answers every unit id, as most Modbus TCP PLCs do; an
+    RTU slave answers its own address only.
     """
     holding = [
         _registers(reg.HR_AGENT_HEARTBEAT, 2),
@@ -62,7 +97,8 @@ def build_device(
         _registers(0, reg.IR_STATE_COUNT),
         _registers(reg.IR_REJECT_LOG_BASE, reject_log_size * reg.REJECT_LOG_SLOT_WIDTH),
     ]
-    return SimDevice(device_id, simdata=([_bits(16)], [_bits(16)], holding, inputs))
+    coils, discrete = [_bits(16)], [_bits(16)]  # pymodbus's smallest bit block
+    return SimDevice(device_id, simdata=(coils, discrete, holding, inputs))
 
 
 class ModbusPlcSim(GatePlcSim[ModbusBaseServer]):
@@ -116,8 +152,13 @@ class ModbusPlcSim(GatePlcSim[ModbusBaseServer]):
     def _device(self) -> SimDevice:
         return build_device(self.ring_size, self.reject_log_size, self.device_id)
 
+    def _bounded(self, server: ModbusBaseServer) -> ModbusBaseServer:
+        """The server with its datastore bounded to the map bit by bit (``PlcMemory``)."""
+        server.context = PlcMemory(self._device())
+        return server
+
     async def _serve(self, host: str, port: int) -> ModbusBaseServer:
-        server = ModbusTcpServer(self._device(), address=(host, port))
+        server = self._bounded(ModbusTcpServer(self._device(), address=(host, port)))
         await server.serve_forever(background=True)
         self.host = host
         # With port 0 the OS picks; pymodbus keeps the asyncio.Server as its transport.
@@ -319,14 +360,16 @@ class ModbusRtuPlcSim(ModbusPlcSim):
         try:
             plc_end, self.device = modem.paths
             modem.start()
-            server = ModbusSerialServer(
-                self._device(),
-                port=plc_end,
-                baudrate=self.baudrate,
-                parity=self.parity,
-                stopbits=self.stopbits,
-                trace_packet=self._on_packet,
-                trace_pdu=self._on_pdu,
+            server = self._bounded(
+                ModbusSerialServer(
+                    self._device(),
+                    port=plc_end,
+                    baudrate=self.baudrate,
+                    parity=self.parity,
+                    stopbits=self.stopbits,
+                    trace_packet=self._on_packet,
+                    trace_pdu=self._on_pdu,
+                )
             )
             await server.serve_forever(background=True)
         except BaseException:

@@ -89,6 +89,7 @@ class OpcUaPlcSim(GatePlcSim[Server]):
             "type": "opcua",
             "url": self.url,
             "ring_size": self.ring_size,
+            "reject_log_size": self.reject_log_size,
             "namespace_uri": self.namespace_uri,
         }
         if not self.security.secure:

@@ -180,7 +180,7 @@ def to_code_read(result: ReaderResult, default_symbology: str = "") -> CodeRead:
     assert result.code is not None
     symbology = result.symbology or default_symbology
     try:
-        text = gs1.parse(result.code).hri
+        text = gs1.parse_scanned(result.code).hri
     except Exception:  # not GS1 (or not valid): the content check will say why
         text = result.code
     return CodeRead(text, result.code, symbology, (), grade=result.grade)

@@ -28,6 +28,7 @@ from pydantic import ConfigDict, Field
 from drivers.plc.modbus import registers as reg
 from drivers.plc.modbus.driver import validated
 from drivers.plc.opcua import nodes as n
+from drivers.plc.opcua.refusals import PlcClient, agent_validator, explain
 from drivers.plc.opcua.security import SecuritySettings, configure_client, warn_if_insecure
 from edge_agent.config.models import SecretRef
 from edge_agent.contracts import PlcState, Verdict
@@ -93,6 +94,13 @@ class OpcUaPlcConfig(SecuritySettings):
     ring_size: int = Field(
         32, ge=1, le=1024, description="Verdict ring size N; must equal the PLC's RingSize node"
     )
+    reject_log_size: int = Field(
+        n.REJECT_LOG_SIZE,
+        ge=1,
+        le=1024,
+        description="Reject log slots; must equal the length of the PLC's RejectLog array, "
+        "checked at connect. Must exceed the rejects confirmed between two polls",
+    )
     reconnect_min_s: float = Field(
         0.2, gt=0.0, le=60.0, description="Wait after the first failed reconnect; doubles"
     )
@@ -142,7 +150,7 @@ class OpcUaPlc:
     async def _connect(self) -> None:
         await self._close_client()
         cfg = self.config
-        client = Client(cfg.url, timeout=cfg.timeout_s, watchdog_intervall=cfg.timeout_s)
+        client = PlcClient(cfg.url, timeout=cfg.timeout_s, watchdog_intervall=cfg.timeout_s)
         client.name = client.description = f"edge-agent plc link {self.name}"
         client.session_timeout = 60_000  # ms; most servers cap it, asyncua warns when they do
         try:
@@ -152,6 +160,11 @@ class OpcUaPlc:
             if isinstance(exc, EdgeAgentError | asyncio.CancelledError):
                 raise
             if isinstance(exc, Exception):
+                refusal = explain(exc, client.step, cfg)
+                if refusal is not None:
+                    raise DeviceConnectionError(
+                        self.name, f"connect to {cfg.url}: {refusal}"
+                    ) from exc
                 self._raise_mapped(f"connect to {cfg.url}", exc, connecting=True)
             raise
         self._client = client
@@ -161,6 +174,8 @@ class OpcUaPlc:
     async def _open_session(self, client: Client) -> None:
         cfg = self.config
         await configure_client(client, cfg)
+        if client.certificate_validator is not None:  # its refusals are the agent's own
+            client.certificate_validator = agent_validator(client.certificate_validator)
         if cfg.username is not None:
             client.set_user(cfg.username)
             if cfg.password is not None:
@@ -178,8 +193,11 @@ class OpcUaPlc:
                 "set namespace_uri or give node ids with ns=/nsu=",
             )
         self._resolve_nodes(namespaces.index(cfg.namespace_uri), namespaces)
-        plc_ring, hb = await client.read_values(
-            [client.get_node(self._ids["ring_size"]), client.get_node(self._ids["agent_heartbeat"])]
+        plc_ring, hb, log_ring = await client.read_values(
+            [
+                client.get_node(self._ids[field])
+                for field in ("ring_size", "agent_heartbeat", "reject_log")
+            ]
         )
         if plc_ring != cfg.ring_size:
             raise ProtocolError(
@@ -187,8 +205,20 @@ class OpcUaPlc:
                 f"verdict ring size mismatch: PLC RingSize says {plc_ring}, config ring_size is "
                 f"{cfg.ring_size}; set them equal or verdicts land in the wrong slots",
             )
+        self._check_log_size(log_ring)
         # Start from the PLC's value so the first beat is always a change.
         self._heartbeat = int(hb or 0)
+
+    def _check_log_size(self, log_ring: Any) -> None:
+        size = len(log_ring) if isinstance(log_ring, list | tuple) else None
+        if size != self.config.reject_log_size:
+            node = self.config.nodes.reject_log
+            raise ProtocolError(
+                self.name,
+                f"reject log size mismatch: the PLC's {node} holds {size} values, config "
+                f"reject_log_size is {self.config.reject_log_size}; set them equal or rejects "
+                "land in the wrong slots",
+            )
 
     def _resolve_nodes(self, ns: int, namespaces: Sequence[str]) -> None:
         ids = self.config.nodes
@@ -266,6 +296,7 @@ class OpcUaPlc:
         confirms, ring = await self._read(
             "read reject log", lambda: self._nodes("reject_confirms", "reject_log")
         )
+        self._check_log_size(ring)  # a PLC program download may have changed it
         return self._decode("reject log", lambda: n.decode_reject_log(list(ring), int(confirms)))
 
     async def write_status(self, status: LineStatus) -> None:
