@@ -77,6 +77,6 @@ async def run_batch(packml: PackML, runtime: LineRuntime, batch_id: str) -> Batc
         await asyncio.sleep(packml.linger_s)
         raise
     line.ended()
-    controller.production_complete()
+    await controller.production_complete()
     await asyncio.sleep(packml.linger_s)
     return result

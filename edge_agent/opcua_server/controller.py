@@ -146,11 +146,12 @@ class PackMLController:
             self.machine.command(command)
             return self.state
 
-    def production_complete(self) -> None:
+    async def production_complete(self) -> None:
         """The line finished its order: Execute's SC now, or as soon as Execute is back."""
-        self._complete_pending = True
-        if self.state is S.EXECUTE:
-            self.machine.complete()
+        async with self._lock:
+            self._complete_pending = True
+            if self.state is S.EXECUTE:
+                self.machine.complete()
 
     async def fault(self, detail: str) -> None:
         """The line stopped on its own: abort (nothing to do if already aborting/aborted)."""
