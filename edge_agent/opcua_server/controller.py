@@ -20,7 +20,6 @@ nothing of OPC UA: the server, and any other command source, call ``command()``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -211,5 +210,4 @@ class PackMLController:
         task, self._action, self._action_state = self._action, None, None
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task})  # (a cancellation of our own still reaches us)
