@@ -5,6 +5,7 @@ Address space (namespace ``namespace_uri``, string node ids)::
     Objects/Line                    s=Line
       Status/StateCurrent   Int32   PackML state number (6 = Execute, 11 = Held, 2 = Stopped ...)
       Status/StateName      String  the state's name
+      Status/LastCommand    String  the latest command and what became of it (why it was refused)
       Status/BatchId        String
       Status/UnitsPerMin    Double
       Admin/Printed         UInt32  units printed and decided
@@ -13,18 +14,19 @@ Address space (namespace ``namespace_uri``, string node ids)::
       Admin/RejectedByReason/<reason>  UInt32, one variable per reason seen
       Alarms/Active         Boolean
       Alarms/Messages       String[] latest alarms, oldest first
-      Start() Stop() Hold() Unhold() Reset() Abort() Clear()   methods on Line
+      Start() Stop() Hold() Unhold() Suspend() Unsuspend() Reset() Abort() Clear()   methods on Line
 
-Commands not allowed in the current state answer ``BadInvalidState``. What a command does to the
-line is the ``LineControl`` given by the agent (hold = PLC line-stop request, stop = end the
-batch through the line-stop path); the server only keeps the state machine and the nodes.
+The methods hand their command to the ``PackMLController``: a command it refuses answers
+``BadInvalidState`` (OPC 30050's result code for it) and changes nothing; an accepted one answers
+Good once its acting state is entered, and the state moves on when the line has done the work.
+The server only publishes the controller's state and the counters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 import structlog
 from asyncua import ua
@@ -34,7 +36,8 @@ from asyncua.ua.status_codes import StatusCodes
 
 from edge_agent.config.models import OpcUaServerSection
 from edge_agent.line.stats import LineStats
-from edge_agent.opcua_server.packml import Command, InvalidTransition, State, StateMachine
+from edge_agent.opcua_server.controller import PackMLController
+from edge_agent.opcua_server.packml import Command, CommandRefused
 from edge_agent.opcua_server.security import new_server, warn_if_insecure
 
 log = structlog.get_logger("edge_agent.opcua_server")
@@ -43,23 +46,19 @@ ENDPOINT_PATH = "/edge-agent"
 MAX_ALARMS = 20
 
 
-class LineControl(Protocol):
-    """What operator commands do to the line; the agent provides it."""
-
-    async def hold(self) -> None: ...
-    async def unhold(self) -> None: ...
-    async def stop(self) -> None: ...
-    async def abort(self) -> None: ...
-
-
 class PackMLServer:
-    def __init__(self, section: OpcUaServerSection, stats: LineStats, *, line_id: str = "") -> None:
+    def __init__(
+        self,
+        section: OpcUaServerSection,
+        stats: LineStats,
+        controller: PackMLController | None = None,
+        *,
+        line_id: str = "",
+    ) -> None:
         self.section = section
         self.stats = stats
+        self.controller = controller if controller is not None else PackMLController()
         self.line_id = line_id
-        self.machine = StateMachine(State.IDLE)
-        self.control: LineControl | None = None
-        self.batch_id = ""
         self.port = section.port
         self._server: Server | None = None
         self._ns = 0
@@ -67,8 +66,9 @@ class PackMLServer:
         self._reasons: dict[str, Node] = {}
         self._reasons_folder: Node | None = None
         self._task: asyncio.Task[None] | None = None
-        self._start_requested = asyncio.Event()
-        self.machine.on_change(self._log_change)
+        self._changed = asyncio.Event()
+        self._refreshing = asyncio.Lock()  # one refresh at a time: each may add reason nodes
+        self.controller.on_change(self._changed.set)
 
     @property
     def url(self) -> str:
@@ -114,75 +114,6 @@ class PackMLServer:
         if server is not None:
             await server.stop()
 
-    # --- what the agent reports -----------------------------------------------------------------
-
-    async def wait_for_start(self) -> None:
-        """Wait for a Start command (MES-started batches)."""
-        await self._start_requested.wait()
-
-    async def batch_started(self, batch_id: str) -> None:
-        self.batch_id = batch_id
-        if self.machine.state is State.IDLE:
-            self.machine.command(Command.START)
-        self.machine.complete()  # Starting → Execute: the runtime is running
-        await self.refresh()
-
-    async def batch_finished(self) -> None:
-        self.machine.force(State.COMPLETING)
-        self.machine.complete()
-        await self.refresh()
-
-    async def line_stopped(self, reason: str, detail: str = "") -> None:
-        """The line stopped: by an operator Stop (→ Stopped) or on its own (→ Aborted + alarm)."""
-        if self.machine.state is State.STOPPING:
-            self.machine.complete()
-        else:
-            self.alarm(f"{reason}: {detail}" if detail else reason)
-            self.machine.force(State.ABORTING)
-            self.machine.complete()
-        await self.refresh()
-
-    def alarm(self, text: str) -> None:
-        self.stats.alarms.append(text)
-
-    # --- commands ---------------------------------------------------------------------------
-
-    async def command(self, command: Command) -> State:
-        """Apply an operator command (also what the OPC UA methods call)."""
-        machine = self.machine
-        if not machine.allowed(command):
-            raise InvalidTransition(machine.state, command)
-        machine.command(command)
-        try:
-            await self._act(command)
-        except Exception as exc:
-            log.error("opcua_command_failed", command=command.name, detail=str(exc))
-            self.alarm(f"command {command.name.title()} failed: {exc}")
-            machine.force(State.ABORTED if command is Command.ABORT else machine.state)
-            await self.refresh()
-            raise
-        await self.refresh()
-        return machine.state
-
-    async def _act(self, command: Command) -> None:
-        control, machine = self.control, self.machine
-        if command is Command.START:
-            self._start_requested.set()  # Execute follows once the batch runs
-        elif command in (Command.RESET, Command.CLEAR):
-            machine.complete()
-        elif command is Command.HOLD and control is not None:
-            await control.hold()
-            machine.complete()
-        elif command is Command.UNHOLD and control is not None:
-            await control.unhold()
-            machine.complete()
-        elif command is Command.STOP and control is not None:
-            await control.stop()  # Stopped follows when the line has stopped
-        elif command is Command.ABORT and control is not None:
-            await control.abort()
-        elif control is None:
-            machine.complete()  # no line attached (between batches): nothing to wait for
-
     # --- address space ------------------------------------------------------------------------
 
     async def _build(self, server: Server) -> None:
@@ -197,6 +128,7 @@ class PackMLServer:
         specs: list[tuple[Node, str, Any, ua.VariantType]] = [
             (status, "StateCurrent", 0, ua.VariantType.Int32),
             (status, "StateName", "", ua.VariantType.String),
+            (status, "LastCommand", "", ua.VariantType.String),
             (status, "BatchId", "", ua.VariantType.String),
             (status, "UnitsPerMin", 0.0, ua.VariantType.Double),
             (admin, "Printed", 0, ua.VariantType.UInt32),
@@ -211,22 +143,22 @@ class PackMLServer:
                 self._id(f"Line.{path}"), self._qn(name), ua.Variant(value, vtype)
             )
             self._vars[path] = node
-        for command in (Command.START, Command.STOP, Command.HOLD, Command.UNHOLD):
-            await self._add_method(line, command)
-        for command in (Command.RESET, Command.ABORT, Command.CLEAR):
+        for command in Command:
             await self._add_method(line, command)
 
     async def _add_method(self, line: Node, command: Command) -> None:
-        name = command.name.title()
+        name = command.title
 
         async def call(parent: ua.NodeId) -> ua.StatusCode | list[ua.Variant]:
             try:
-                await self.command(command)
-            except InvalidTransition as exc:
-                log.warning("opcua_command_refused", command=name, state=exc.state.title)
+                await self.controller.command(command, by="opcua")
+            except CommandRefused:
                 return _status(StatusCodes.BadInvalidState)
-            except Exception:
+            except Exception as exc:
+                log.exception("opcua_command_failed", command=name, detail=str(exc))
                 return _status(StatusCodes.BadInternalError)
+            finally:
+                await self.refresh()  # the client reads the state it caused right after
             return []
 
         await line.add_method(self._id(f"Line.{name}"), self._qn(name), call, [], [])
@@ -239,13 +171,18 @@ class PackMLServer:
 
     async def refresh(self) -> None:
         """Copy the state and counters into the nodes."""
-        if self._server is None:
-            return
-        stats, state = self.stats, self.machine.state
+        async with self._refreshing:
+            if self._server is not None:
+                await self._copy_values()
+
+    async def _copy_values(self) -> None:
+        stats, controller = self.stats, self.controller
+        state = controller.state
         values: list[tuple[str, Any, ua.VariantType]] = [
             ("Status.StateCurrent", int(state), ua.VariantType.Int32),
             ("Status.StateName", state.title, ua.VariantType.String),
-            ("Status.BatchId", self.batch_id, ua.VariantType.String),
+            ("Status.LastCommand", controller.last_command, ua.VariantType.String),
+            ("Status.BatchId", controller.order_id, ua.VariantType.String),
             ("Status.UnitsPerMin", round(stats.units_per_min(), 1), ua.VariantType.Double),
             ("Admin.Printed", stats.units, ua.VariantType.UInt32),
             ("Admin.Passed", max(stats.passed, 0), ua.VariantType.UInt32),
@@ -276,19 +213,13 @@ class PackMLServer:
         )
 
     async def _update_loop(self) -> None:
+        # Every interval for the counters, at once on a change of state.
         interval = self.section.update_interval_ms / 1000.0
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), interval)
+            self._changed.clear()
             await self.refresh()
-
-    def _log_change(self, before: State, after: State) -> None:
-        log.info(
-            "packml_state",
-            line=self.line_id,
-            batch=self.batch_id,
-            was=before.title,
-            state=after.title,
-        )
 
 
 def _status(code: int) -> ua.StatusCode:
