@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers.printers.ascii import AsciiPrinter, codec
-from edge_agent.contracts import PrintConfirmation, Printer, PrinterStatus, PrintRecord
+from edge_agent.contracts import (
+    ClearResult,
+    PrintConfirmation,
+    Printer,
+    PrinterStatus,
+    PrintRecord,
+)
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.ascii import AsciiPrinterSim
@@ -131,7 +137,8 @@ async def test_clear_discards_buffered_records(
     await printer.select_job(JOB)
     for i in range(5):
         await printer.send(rec(i))
-    assert await printer.clear() == 5
+    # Named by identity, oldest first, as the ledger needs them
+    assert await printer.clear() == ClearResult(tuple(rec(i) for i in range(5)))
     assert await printer.status() == PrinterStatus("ready", 0, 0, None)
     gate.open()
     await printer.send(rec(99))

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers.printers.rci import RciPrinter, codec
-from edge_agent.contracts import PrintConfirmation, Printer, PrinterStatus
+from edge_agent.contracts import ClearResult, PrintConfirmation, Printer, PrinterStatus
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.rci import RciPrinterSim
@@ -97,9 +97,10 @@ async def test_buffers_full_then_clear_and_stop_clears(
     with pytest.raises(DeviceFault) as full:
         await printer.send(rec(16))
     assert full.value.code == "BUFFER_FULL"
-    assert await printer.clear() == 16
+    assert await printer.clear() == ClearResult(tuple(rec(i) for i in range(16)))
     await printer.send(rec(50))
-    assert await printer.stop_printing() == 1  # stop clears the remote-field buffers
+    # Stop clears the remote-field buffers, and names them too
+    assert await printer.stop_printing() == ClearResult((rec(50),))
     assert not serial_sim.printing
     await printer.select_job(JOB)
     start()

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers.printers.zipher import ZipherPrinter, codec
-from edge_agent.contracts import Printer, PrinterStatus
+from edge_agent.contracts import ClearResult, Printer, PrinterStatus, PrintRecord
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.zipher import ZipherPrinterSim
@@ -106,7 +106,9 @@ async def test_full_queue_is_buffer_full_and_clear_reports_discarded(
     with pytest.raises(DeviceFault) as full:
         await printer.send(rec(16))
     assert full.value.code == "BUFFER_FULL"
-    assert await printer.clear() == 16
+    queued = tuple(PrintRecord(seq, serial) for seq, serial in sim._buffer)
+    assert len(queued) == 16
+    assert await printer.clear() == ClearResult(queued)  # named, in queue order
     start()
     await printer.send(rec(99))
     async with aclosing(printer.confirmations()) as it:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from drivers.printers.zpl import ZplPrinter, codec
 from edge_agent import gs1
-from edge_agent.contracts import PrintConfirmation, Printer, PrintJob
+from edge_agent.contracts import ClearResult, PrintConfirmation, Printer, PrintJob
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.zpl import ZplPrinterSim
@@ -225,7 +225,8 @@ async def test_clear_cancels_queued_labels_and_they_never_print(
     for i in range(4):
         await printer.send(rec(i))
     await until(lambda: sim.status().pending == 4)
-    assert await printer.clear() == 4
+    # Its own records of this connection, placed by the counts: named
+    assert await printer.clear() == ClearResult(tuple(rec(i) for i in range(4)))
     await until(lambda: sim.status().pending == 0 and not sim.flags["pause"])
     gate.open()
     await printer.send(rec(99))
@@ -304,7 +305,8 @@ async def test_batch_values_zpl_cannot_carry_fail_at_job_selection(sim: ZplPrint
 async def test_clear_after_reconnect_cancels_the_old_queue_and_counts_anew(
     line: SimLine, sim: ZplPrinterSim
 ) -> None:
-    """Formats queued on an earlier connection are cancelled, and never count as ours."""
+    """Formats queued by an earlier driver (an agent restart) are cancelled, never count as
+    ours, and cannot be named: ZPL only counts them."""
     gate = Gate(line)
     async with ZplPrinter("p", config(sim)) as first:
         await first.select_job(JOB)
@@ -313,7 +315,7 @@ async def test_clear_after_reconnect_cancels_the_old_queue_and_counts_anew(
         await until(lambda: sim.buffered == 3)
     async with ZplPrinter("p", config(sim)) as printer:
         await printer.select_job(JOB)
-        assert await printer.clear() == 3
+        assert await printer.clear() == ClearResult(unnamed=3)
         gate.open()
         await printer.send(rec(7))
         async with aclosing(printer.confirmations()) as it:
