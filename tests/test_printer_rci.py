@@ -294,6 +294,38 @@ def test_records_and_print_end_round_trip(seq: int, serial: str) -> None:
     ]
 
 
+_RECORDS = st.lists(
+    st.tuples(
+        st.integers(0, 2**64 - 1),
+        st.from_regex(r"[A-Za-z0-9%&()*+,\-./:;<=>?_]{1,20}", fullmatch=True),
+    ),
+    max_size=32,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_RECORDS, st.sampled_from([codec.CLEAR_BUFFERS, codec.STOP_PRINT]))
+def test_a_clear_reply_names_every_record_it_discarded(
+    records: list[tuple[int, str]], cmd: int
+) -> None:
+    """32 buffers of 20-character serials fit one frame; a count-only reply (an older
+    printer) names nothing."""
+    [reply] = codec.MessageDecoder().feed(codec.encode_cleared(cmd, records))
+    assert isinstance(reply, codec.Reply)
+    assert codec.parse_cleared(reply) == codec.Cleared(len(records), tuple(records))
+    count_only = codec.Reply(cmd, codec.OK, bytes([len(records)]))
+    expected = codec.Cleared(len(records), None if records else ())
+    assert codec.parse_cleared(count_only) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120))
+def test_clear_reply_parser_never_raises_and_never_names_more_than_it_counts(data: bytes) -> None:
+    cleared = codec.parse_cleared(codec.Reply(codec.CLEAR_BUFFERS, codec.OK, data))
+    if cleared is not None and cleared.records is not None:
+        assert len(cleared.records) == cleared.discarded
+
+
 def test_escape_bytes_are_stuffed_and_checksum_sums_to_zero() -> None:
     payload = b"\x1b\x02\x1b\x03\x1b"
     wire = codec.encode_frame(0x1B, payload)

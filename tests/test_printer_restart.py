@@ -26,6 +26,8 @@ from edge_agent.ledger import Ledger
 from edge_agent.registry import driver_class
 from simulators.runner import SimulatorSet
 from tests.test_printer_faults import (
+    KITS,
+    SETTLED,
     agent_config,
     check_invariants,
     printer_types,
@@ -35,8 +37,6 @@ from tests.test_printer_faults import (
 )
 
 pytestmark = pytest.mark.slow
-
-NAMES_ITS_QUEUE = {"ascii": True, "zipher": True, "rci": True, "zpl": False}
 
 
 class PrintQuota:
@@ -117,12 +117,7 @@ async def restart_and_finish(sims: SimulatorSet, config: Any, quota: PrintQuota)
 
     def settled() -> bool:
         with contextlib.closing(open_reader(state_dir)) as conn:
-            return bool(
-                conn.execute(
-                    "SELECT 1 FROM serials WHERE reason IN ('cleared_from_printer', "
-                    "'not_received_by_printer', 'in_flight_at_restart')"
-                ).fetchall()
-            )
+            return bool(conn.execute(f"SELECT 1 FROM serials WHERE reason IN {SETTLED}").fetchall())
 
     restart = asyncio.create_task(run_agent(config))
     await until(lambda: restart.done() or settled(), "the old queue to be settled")
@@ -163,7 +158,7 @@ async def test_restart_settles_the_queue_by_what_the_printer_names(
     assert not set(serials[2:]) & set(sims.printer.printed), "a settled record was printed"
     rejected = ("rejected", "in_flight_at_restart")
     assert found[serials[0]] == found[serials[1]] == rejected  # on units nobody verified
-    if NAMES_ITS_QUEUE[printer_type]:
+    if KITS[printer_type].names_queue_after_restart:
         for serial in serials[2:5]:
             assert found[serial] == ("unused", "cleared_from_printer"), (serial, found)
         assert found[serials[5]] == ("unused", "not_received_by_printer"), found

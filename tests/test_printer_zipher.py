@@ -116,6 +116,18 @@ async def test_full_queue_is_buffer_full_and_clear_reports_discarded(
     assert sim.printed == [rec(99).serial]
 
 
+async def test_a_clear_that_does_not_name_every_record_names_none(
+    line: SimLine, sim: ZipherPrinterSim, printer: ZipherPrinter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A printer that only counts (no CQD lines): none is named, so none is settled unused."""
+    Gate(line)
+    await printer.select_job(JOB)
+    for i in range(3):
+        await printer.send(rec(i))
+    monkeypatch.setattr(codec, "encode_cqd", lambda seq, serial: b"")  # the simulator's side
+    assert await printer.clear() == ClearResult(unnamed=3)
+
+
 async def test_ink_out_fault_with_printer_code_gft_and_caf(
     sim: ZipherPrinterSim, printer: ZipherPrinter
 ) -> None:
@@ -281,6 +293,10 @@ def test_records_and_notifications_round_trip(seq: int, serial: str) -> None:
     ]
     assert codec.ReplyDecoder().feed(codec.encode_prc(seq, serial)) == [
         codec.PrintComplete(seq, serial)
+    ]
+    assert codec.ReplyDecoder().feed(codec.encode_cqd(seq, serial) + codec.encode_cqi_reply(1)) == [
+        codec.Discarded(seq, serial),
+        codec.QueueCleared(1),
     ]
 
 

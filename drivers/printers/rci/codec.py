@@ -359,8 +359,8 @@ def parse_cleared(reply: Reply) -> Cleared | None:
     d = reply.data
     if reply.status != OK or not d:
         return None
-    if len(d) == 1:
-        return Cleared(d[0], None)
+    if len(d) == 1:  # a count alone names nothing, unless there was nothing to name
+        return Cleared(d[0], () if d[0] == 0 else None)
     records: list[tuple[int, str]] = []
     at = 1
     while at < len(d):
