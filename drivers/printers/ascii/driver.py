@@ -285,7 +285,8 @@ class AsciiPrinter:
         """CLR: the printer names each record it discards (``!DIS``) before its ACK, which
         counts them. A printer that only counts, or a notice lost to noise, leaves the records
         unnamed: the reconcile then marks none of them unused on a guess."""
-        self._discards = named = []
+        named: list[PrintRecord] = []
+        self._discards = named
         try:
             ack = await self._request(codec.encode_clr(), "CLR")
         finally:

@@ -186,7 +186,8 @@ class ZipherPrinter(StreamPrinter):
         """CQI|ALL|: the printer names each record it discards (``CQD``) before the reply,
         which counts them. A printer that only counts, or a line lost to noise, leaves the
         records unnamed: the reconcile then marks none of them unused on a guess."""
-        self._discards = named = []
+        named: list[PrintRecord] = []
+        self._discards = named
         try:
             reply = await self._command(codec.encode_cqi_all(), "CQI", _is(codec.QueueCleared))
         finally:
