@@ -49,6 +49,25 @@ class PrintConfirmation:
 
 
 @dataclass(frozen=True)
+class ClearResult:
+    """What ``Printer.clear()`` discarded, by identity as far as the printer can tell.
+
+    ``named`` are discarded records the printer identified (record seq and serial, as sent), in
+    its queue order; ``unnamed`` counts discarded records it could not identify (a protocol that
+    only counts, or records queued before the driver knew the printer). Unnamed records are always
+    ahead of the named ones in the queue, so the named ones are the newest records discarded. A
+    driver never guesses: a record it cannot prove it discarded is not named.
+    """
+
+    named: tuple[PrintRecord, ...] = ()
+    unnamed: int = 0
+
+    @property
+    def discarded(self) -> int:
+        return len(self.named) + self.unnamed
+
+
+@dataclass(frozen=True)
 class PrinterStatus:
     state: str  # e.g. "ready", "printing", "fault"
     buffered: int  # records waiting in the printer's buffer
@@ -75,8 +94,8 @@ class Printer(Protocol):
 
     async def status(self) -> PrinterStatus: ...
 
-    async def clear(self) -> int:
-        """Discard every buffered, unprinted record; returns how many were discarded."""
+    async def clear(self) -> ClearResult:
+        """Discard every buffered, unprinted record; returns which ones (see ``ClearResult``)."""
 
 
 # --- camera --------------------------------------------------------------------------------

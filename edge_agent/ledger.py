@@ -363,13 +363,20 @@ class Ledger:
                 self._reject(batch, serial, why, None, now)
         return [serial for _, serial, _ in rows]
 
-    def unuse_cleared(self, batch: BatchInfo, serials: Sequence[str]) -> None:
-        """The printer discarded these unprinted records: they were never applied to a unit."""
+    def unuse_cleared(
+        self, batch: BatchInfo, serials: Sequence[str], *, not_received: Sequence[str] = ()
+    ) -> None:
+        """The printer discarded these unprinted records (``serials``), and these others never
+        reached it (``not_received``): none was applied to a unit. One transaction."""
         now = time.time()
         with write(self.conn):
             for serial in serials:
                 self._move(
                     batch.gtin, serial, SerialState.UNUSED, "cleared_from_printer", None, now
+                )
+            for serial in not_received:
+                self._move(
+                    batch.gtin, serial, SerialState.UNUSED, "not_received_by_printer", None, now
                 )
 
     def reject_sent(self, batch: BatchInfo, serials: Sequence[str], reason: str) -> list[str]:
@@ -392,13 +399,14 @@ class Ledger:
         ).fetchone()
         return int(n)
 
-    def unconfirmed_in_send_order(self, batch_id: str) -> list[str]:
-        """Serials sent to the printer and not confirmed printed, oldest record first."""
+    def unconfirmed_in_send_order(self, batch_id: str) -> list[tuple[int, str]]:
+        """(record seq, serial) of the serials sent to the printer and not confirmed printed,
+        oldest record first."""
         rows = self.conn.execute(
-            "SELECT serial FROM serials WHERE batch_id = ? AND state = 'sent' ORDER BY seq",
+            "SELECT seq, serial FROM serials WHERE batch_id = ? AND state = 'sent' ORDER BY seq",
             (batch_id,),
         ).fetchall()
-        return [serial for (serial,) in rows]
+        return [(int(seq), serial) for seq, serial in rows]
 
     def serials_in(self, batch_id: str, state: SerialState) -> list[str]:
         return [r[1] for r in self._in_states(batch_id, (state,))]

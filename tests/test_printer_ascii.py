@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers.printers.ascii import AsciiPrinter, codec
-from edge_agent.contracts import PrintConfirmation, Printer, PrinterStatus, PrintRecord
+from edge_agent.contracts import (
+    ClearResult,
+    PrintConfirmation,
+    Printer,
+    PrinterStatus,
+    PrintRecord,
+)
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.ascii import AsciiPrinterSim
@@ -124,6 +130,25 @@ async def test_concurrent_sends_are_matched_to_their_replies(
     assert printer.malformed_count == 0
 
 
+async def test_a_clear_that_does_not_name_every_record_names_none(
+    line: SimLine, sim: AsciiPrinterSim, printer: AsciiPrinter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One !DIS lost to noise (here: garbled): the records are only counted, so the reconcile
+    settles none of them unused on a guess."""
+    Gate(line)
+    await printer.select_job(JOB)
+    for i in range(3):
+        await printer.send(rec(i))
+    real = codec.encode_discarded
+
+    def noisy(seq: int, serial: str) -> bytes:
+        return b"!DIS|\xff\r\n" if seq == 1 else real(seq, serial)
+
+    monkeypatch.setattr(codec, "encode_discarded", noisy)  # the simulator's side of the wire
+    assert await printer.clear() == ClearResult(unnamed=3)
+    assert printer.malformed_count == 1
+
+
 async def test_clear_discards_buffered_records(
     line: SimLine, sim: AsciiPrinterSim, printer: AsciiPrinter
 ) -> None:
@@ -131,7 +156,8 @@ async def test_clear_discards_buffered_records(
     await printer.select_job(JOB)
     for i in range(5):
         await printer.send(rec(i))
-    assert await printer.clear() == 5
+    # Named by identity, oldest first, as the ledger needs them
+    assert await printer.clear() == ClearResult(tuple(rec(i) for i in range(5)))
     assert await printer.status() == PrinterStatus("ready", 0, 0, None)
     gate.open()
     await printer.send(rec(99))
@@ -389,6 +415,7 @@ texts = st.text(alphabet=PRINTABLE.replace("|", ""), max_size=200)
 numbers = st.integers(0, 10**19 - 1)
 messages = st.one_of(
     st.builds(codec.PrintComplete, numbers, serials),
+    st.builds(codec.Discarded, numbers, serials),
     st.builds(codec.FaultNotice, tokens, texts),
     st.builds(codec.FaultCleared, tokens),
     st.builds(codec.Nak, tokens, tokens, texts),
@@ -408,6 +435,8 @@ def encode(message: codec.Message) -> bytes:
     match message:
         case codec.PrintComplete(seq=seq, serial=serial):
             return codec.encode_print_complete(seq, serial)
+        case codec.Discarded(seq=seq, serial=serial):
+            return codec.encode_discarded(seq, serial)
         case codec.FaultNotice(code=code, text=text):
             return codec.encode_fault(code, text)
         case codec.FaultCleared(code=code):

@@ -39,6 +39,8 @@ from simulators.runner import SimulatorSet
 
 UNITS = 30
 FAULT_AFTER = 8  # printed units before the fault is injected
+# Reasons the reconcile at a restart settles serials with: seen, the old queue is cancelled
+SETTLED = "('cleared_from_printer', 'not_received_by_printer', 'in_flight_at_restart')"
 
 
 # --- how to break each printer ---------------------------------------------------------------
@@ -63,6 +65,9 @@ class Kit:
     # A serial link cannot be dropped, only silenced (see test_printer_that_stops_answering):
     # the lost-link scenario runs the printer over TCP
     lost_link_transport: str | None = None
+    # Whether a restarted agent learns which records the printer's queue held (its clear names
+    # them); ZPL only counts its queue, so the restart rejects them instead (never a guess)
+    names_queue_after_restart: bool = True
 
 
 def _stream_kit(
@@ -130,6 +135,7 @@ KITS: dict[str, Kit] = {
         lost_confirmations_rejected=False,
         overrides={"status_timeout_s": 0.3, "max_missed_status": 3},
         transit_s=1.0,
+        names_queue_after_restart=False,
     ),
 }
 
@@ -271,7 +277,6 @@ def test_every_catalog_printer_has_a_fault_kit() -> None:
 
 
 @each_printer
-
 @pytest.mark.parametrize("kind", ["ink_out", "head_fault", "buffer_underrun"])
 async def test_printer_reported_fault_stops_the_line_naming_its_code(
     printer_type: str, kind: str, tmp_path: Path
@@ -310,8 +315,8 @@ async def test_lost_link_stops_then_restart_reconciles_the_queue(
             stopped = await run_agent(config)
         assert stopped is not None and stopped.reason == "device_error"
         assert "printer" in str(stopped)
-        queued = printer.buffered
-        assert queued > 0, "nothing was queued in the printer when the link dropped"
+        queued = list(printer.queued)
+        assert queued, "nothing was queued in the printer when the link dropped"
         # The operator clears the conveyor between printer and camera, then resets the stop
         await until(lambda: line.trigger_count == len(printer.printed), "units to clear")
         await line.drain()
@@ -323,9 +328,7 @@ async def test_lost_link_stops_then_restart_reconciles_the_queue(
 
         def reconciled() -> bool:
             with contextlib.closing(open_reader(tmp_path)) as conn:
-                return bool(
-                    column(conn, "SELECT 1 FROM serials WHERE reason = 'cleared_from_printer'")
-                )
+                return bool(column(conn, f"SELECT 1 FROM serials WHERE reason IN {SETTLED}"))
 
         # The conveyor runs again only once the old queue is cancelled, so none of it can print
         await until(lambda: restart.done() or reconciled(), "the queue to be cancelled")
@@ -338,10 +341,16 @@ async def test_lost_link_stops_then_restart_reconciles_the_queue(
             cleared = column(
                 conn, "SELECT serial FROM serials WHERE reason = 'cleared_from_printer'"
             )
+            rejected = column(
+                conn, "SELECT serial FROM serials WHERE reason = 'in_flight_at_restart'"
+            )
     assert report["balanced"], report["problems"]
     assert report["batch_state"] == "closed"
-    assert len(cleared) == queued, "the cancelled records are not the ones settled unused"
-    assert not set(cleared) & set(printer.printed), "a cancelled record was printed"
+    if KITS[printer_type].names_queue_after_restart:
+        assert sorted(cleared) == sorted(queued), "the cancelled records are not the ones unused"
+    else:  # cannot tell which serials the queue held: each may be on a unit, so rejected
+        assert cleared == [] and set(queued) <= set(rejected), (cleared, queued, rejected)
+    assert not set(queued) & set(printer.printed), "a cancelled record was printed"
     assert printer.printed[: len(printed_before)] == printed_before
     assert len(printer.printed) > len(printed_before)
 

@@ -12,22 +12,23 @@ from typing import Any, Literal
 
 import pytest
 
-from edge_agent.contracts import PrintConfirmation, PrintJob, PrintRecord
+from edge_agent.contracts import ClearResult, PrintConfirmation, PrintJob, PrintRecord
 from edge_agent.errors import DeviceConnectionError, LineStopped
 from edge_agent.ledger import SerialState
 from edge_agent.line.printer_link import PrinterLink
-from tests.test_printer_reconcile import GTIN, ledger_with_sent
+from tests.test_printer_reconcile import GTIN, ledger_with_sent, record
 
 STOP_CODE = 16
 
 
 class FlakyPrinter:
-    """A printer whose link can be dropped, and which refuses the next ``refuse`` connects."""
+    """A printer whose link can be dropped, and which refuses the next ``refuse`` connects;
+    it holds the ``queued`` records and names them when it clears them."""
 
     name = "printer"
 
-    def __init__(self, queued: int, refuse: int = 0) -> None:
-        self.queued, self.refuse = queued, refuse
+    def __init__(self, queued: list[PrintRecord], refuse: int = 0) -> None:
+        self.queued, self.refuse = list(queued), refuse
         self.up = True
         self.opens = 0
         self.sent: list[str] = []
@@ -53,7 +54,7 @@ class FlakyPrinter:
         if not self.up:
             raise DeviceConnectionError(self.name, "connection reset")
         self.sent.append(record.serial)
-        self.queued += 1
+        self.queued.append(record)
 
     async def confirmations(self) -> AsyncIterator[PrintConfirmation]:
         while True:
@@ -62,9 +63,9 @@ class FlakyPrinter:
                 raise DeviceConnectionError(self.name, "connection reset")
             yield event
 
-    async def clear(self) -> int:
-        discarded, self.queued = self.queued, 0
-        return discarded
+    async def clear(self) -> ClearResult:
+        discarded, self.queued = tuple(self.queued), []
+        return ClearResult(discarded)
 
     async def select_job(self, job: PrintJob) -> None:
         self.jobs.append(job)
@@ -132,7 +133,7 @@ async def test_one_recovery_however_many_tasks_notice_the_loss(tmp_path: Path) -
     with ledger_with_sent(tmp_path, 7) as (ledger, batch, serials):
         # s0 was judged print_unconfirmed by the camera (its commit is on the way); s6 is the
         # record being sent when the link drops; the printer still queues s4 and s5.
-        printer = FlakyPrinter(queued=2, refuse=1)
+        printer = FlakyPrinter(queued=[record(serials, 4), record(serials, 5)], refuse=1)
         link, plc, settled, alarms = make_link(printer, ledger, batch, judged={serials[0]})
         confirmed: list[str] = []
         listener = asyncio.create_task(consume(link, confirmed))
@@ -150,10 +151,10 @@ async def test_one_recovery_however_many_tasks_notice_the_loss(tmp_path: Path) -
     assert printer.opens == 2 and len(printer.jobs) == 1  # one refused, one reconnect
     assert printer.sent == [], "a record of the lost link was sent again"
     assert confirmed == ["NEW"]
-    # What the printer discarded (2) is the tail of the unconfirmed ones: unused
-    assert [s for s in serials if states[s] == SerialState.UNUSED] == serials[5:]
+    # What the printer discarded (s4, s5) and what never reached it (s6): unused
+    assert [s for s in serials if states[s] == SerialState.UNUSED] == serials[4:]
     assert states[serials[0]] == SerialState.SENT  # the camera's judgment settles it
-    assert all(states[s] == SerialState.REJECTED for s in serials[1:5])
+    assert all(states[s] == SerialState.REJECTED for s in serials[1:4])
     assert settled == [6]
 
 
@@ -161,13 +162,14 @@ async def test_a_record_taken_during_the_recovery_is_not_sent_once_settled(
     tmp_path: Path,
 ) -> None:
     with ledger_with_sent(tmp_path, 4) as (ledger, batch, serials):
-        printer = FlakyPrinter(queued=1, refuse=2)  # the recovery takes a few backoff steps
+        # s1 queued, s2 being sent when the link drops; the recovery takes a few backoff steps
+        printer = FlakyPrinter(queued=[record(serials, 1)], refuse=2)
         link, plc, _, _ = make_link(printer, ledger, batch)
         printer.drop()
         recovery = asyncio.create_task(link.send(PrintRecord(3, serials[2])))
         await asyncio.sleep(0.05)
         assert link.recovering
-        # Taken for print before the reconcile ran: the reconcile counts it unused
+        # Taken for print before the reconcile ran: it never reached the printer, so unused
         await link.send(PrintRecord(4, serials[3]))
         await recovery
         state = ledger.state_of(GTIN, serials[3])
@@ -180,7 +182,7 @@ async def test_an_outage_past_the_maximum_stops_the_line_for_every_caller(
     tmp_path: Path,
 ) -> None:
     with ledger_with_sent(tmp_path, 3) as (ledger, batch, serials):
-        printer = FlakyPrinter(queued=0, refuse=10**6)
+        printer = FlakyPrinter(queued=[], refuse=10**6)
         link, plc, settled, _ = make_link(printer, ledger, batch, max_outage_s=0.5)
         printer.drop()
         with pytest.raises(LineStopped) as stopped:
@@ -197,7 +199,7 @@ async def test_an_outage_past_the_maximum_stops_the_line_for_every_caller(
 
 async def test_a_flapping_link_stops_the_line_for_good(tmp_path: Path) -> None:
     with ledger_with_sent(tmp_path, 3) as (ledger, batch, serials):
-        printer = FlakyPrinter(queued=0)
+        printer = FlakyPrinter(queued=[])
         link, plc, _, alarms = make_link(printer, ledger, batch, max_recoveries_per_hour=1)
         printer.drop()
         await link.send(PrintRecord(3, serials[2]))  # the first loss is recovered
@@ -213,7 +215,7 @@ async def test_a_flapping_link_stops_the_line_for_good(tmp_path: Path) -> None:
 
 async def test_stop_mode_lets_the_loss_through(tmp_path: Path) -> None:
     with ledger_with_sent(tmp_path, 1) as (ledger, batch, serials):
-        printer = FlakyPrinter(queued=0)
+        printer = FlakyPrinter(queued=[])
         link, plc, _, _ = make_link(printer, ledger, batch, mode="stop")
         printer.drop()
         with pytest.raises(DeviceConnectionError):

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers.printers.rci import RciPrinter, codec
-from edge_agent.contracts import PrintConfirmation, Printer, PrinterStatus
+from edge_agent.contracts import ClearResult, PrintConfirmation, Printer, PrinterStatus
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.rci import RciPrinterSim
@@ -97,9 +97,10 @@ async def test_buffers_full_then_clear_and_stop_clears(
     with pytest.raises(DeviceFault) as full:
         await printer.send(rec(16))
     assert full.value.code == "BUFFER_FULL"
-    assert await printer.clear() == 16
+    assert await printer.clear() == ClearResult(tuple(rec(i) for i in range(16)))
     await printer.send(rec(50))
-    assert await printer.stop_printing() == 1  # stop clears the remote-field buffers
+    # Stop clears the remote-field buffers, and names them too
+    assert await printer.stop_printing() == ClearResult((rec(50),))
     assert not serial_sim.printing
     await printer.select_job(JOB)
     start()
@@ -291,6 +292,38 @@ def test_records_and_print_end_round_trip(seq: int, serial: str) -> None:
     assert codec.MessageDecoder().feed(codec.encode_print_end(seq, serial)) == [
         codec.PrintEnd(seq, serial)
     ]
+
+
+_RECORDS = st.lists(
+    st.tuples(
+        st.integers(0, 2**64 - 1),
+        st.from_regex(r"[A-Za-z0-9%&()*+,\-./:;<=>?_]{1,20}", fullmatch=True),
+    ),
+    max_size=32,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_RECORDS, st.sampled_from([codec.CLEAR_BUFFERS, codec.STOP_PRINT]))
+def test_a_clear_reply_names_every_record_it_discarded(
+    records: list[tuple[int, str]], cmd: int
+) -> None:
+    """32 buffers of 20-character serials fit one frame; a count-only reply (an older
+    printer) names nothing."""
+    [reply] = codec.MessageDecoder().feed(codec.encode_cleared(cmd, records))
+    assert isinstance(reply, codec.Reply)
+    assert codec.parse_cleared(reply) == codec.Cleared(len(records), tuple(records))
+    count_only = codec.Reply(cmd, codec.OK, bytes([len(records)]))
+    expected = codec.Cleared(len(records), None if records else ())
+    assert codec.parse_cleared(count_only) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120))
+def test_clear_reply_parser_never_raises_and_never_names_more_than_it_counts(data: bytes) -> None:
+    cleared = codec.parse_cleared(codec.Reply(codec.CLEAR_BUFFERS, codec.OK, data))
+    if cleared is not None and cleared.records is not None:
+        assert len(cleared.records) == cleared.discarded
 
 
 def test_escape_bytes_are_stuffed_and_checksum_sums_to_zero() -> None:

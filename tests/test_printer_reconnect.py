@@ -74,7 +74,7 @@ async def test_lost_link_reconnects_and_the_batch_completes_in_the_same_run(
             conveyor.halt()  # records stay queued in the printer across the outage
             await until(lambda: printer.buffered > 0, "records queued in the printer")
             printer.faults.drop_connection()
-            at_drop.update(queued=printer.buffered, printed=list(printer.printed))
+            at_drop.update(queued=list(printer.queued), printed=list(printer.printed))
             # The conveyor runs again only once the queue is settled, so none of it can print
             await until(lambda: bool(reasons(tmp_path, "cleared_from_printer")), "the reconcile")
             conveyor.run()
@@ -88,8 +88,9 @@ async def test_lost_link_reconnects_and_the_batch_completes_in_the_same_run(
     assert stopped is None, f"the line stopped: {stopped}"
     assert report["balanced"], report["problems"]
     assert report["batch_state"] == "closed"
-    assert at_drop["queued"] > 0, "nothing was queued in the printer when the link dropped"
-    assert len(cleared) == at_drop["queued"], "the cancelled records are not the ones unused"
+    assert at_drop["queued"], "nothing was queued in the printer when the link dropped"
+    # By identity: the driver knows what it wrote, so even ZPL (which only counts) names them
+    assert sorted(cleared) == sorted(at_drop["queued"]), "the cancelled records are not unused"
     assert not set(cleared) & set(printer.printed), "a cancelled record was printed"
     assert printer.printed[: len(at_drop["printed"])] == at_drop["printed"]
     assert len(printer.printed) > len(at_drop["printed"]), "nothing printed after the reconnect"

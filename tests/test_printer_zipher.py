@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers.printers.zipher import ZipherPrinter, codec
-from edge_agent.contracts import Printer, PrinterStatus
+from edge_agent.contracts import ClearResult, Printer, PrinterStatus, PrintRecord
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.zipher import ZipherPrinterSim
@@ -106,12 +106,26 @@ async def test_full_queue_is_buffer_full_and_clear_reports_discarded(
     with pytest.raises(DeviceFault) as full:
         await printer.send(rec(16))
     assert full.value.code == "BUFFER_FULL"
-    assert await printer.clear() == 16
+    queued = tuple(PrintRecord(seq, serial) for seq, serial in sim._buffer)
+    assert len(queued) == 16
+    assert await printer.clear() == ClearResult(queued)  # named, in queue order
     start()
     await printer.send(rec(99))
     async with aclosing(printer.confirmations()) as it:
         assert await take(it, 1) == confirmed(99)
     assert sim.printed == [rec(99).serial]
+
+
+async def test_a_clear_that_does_not_name_every_record_names_none(
+    line: SimLine, sim: ZipherPrinterSim, printer: ZipherPrinter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A printer that only counts (no CQD lines): none is named, so none is settled unused."""
+    Gate(line)
+    await printer.select_job(JOB)
+    for i in range(3):
+        await printer.send(rec(i))
+    monkeypatch.setattr(codec, "encode_cqd", lambda seq, serial: b"")  # the simulator's side
+    assert await printer.clear() == ClearResult(unnamed=3)
 
 
 async def test_ink_out_fault_with_printer_code_gft_and_caf(
@@ -279,6 +293,10 @@ def test_records_and_notifications_round_trip(seq: int, serial: str) -> None:
     ]
     assert codec.ReplyDecoder().feed(codec.encode_prc(seq, serial)) == [
         codec.PrintComplete(seq, serial)
+    ]
+    assert codec.ReplyDecoder().feed(codec.encode_cqd(seq, serial) + codec.encode_cqi_reply(1)) == [
+        codec.Discarded(seq, serial),
+        codec.QueueCleared(1),
     ]
 
 

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers.printers.zpl import ZplPrinter, codec
+from drivers.printers.zpl.driver import account
 from edge_agent import gs1
-from edge_agent.contracts import PrintConfirmation, Printer, PrintJob
+from edge_agent.contracts import ClearResult, PrintConfirmation, Printer, PrintJob
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.zpl import ZplPrinterSim
@@ -225,7 +226,8 @@ async def test_clear_cancels_queued_labels_and_they_never_print(
     for i in range(4):
         await printer.send(rec(i))
     await until(lambda: sim.status().pending == 4)
-    assert await printer.clear() == 4
+    # Its own records of this connection, placed by the counts: named
+    assert await printer.clear() == ClearResult(tuple(rec(i) for i in range(4)))
     await until(lambda: sim.status().pending == 0 and not sim.flags["pause"])
     gate.open()
     await printer.send(rec(99))
@@ -304,7 +306,8 @@ async def test_batch_values_zpl_cannot_carry_fail_at_job_selection(sim: ZplPrint
 async def test_clear_after_reconnect_cancels_the_old_queue_and_counts_anew(
     line: SimLine, sim: ZplPrinterSim
 ) -> None:
-    """Formats queued on an earlier connection are cancelled, and never count as ours."""
+    """Formats queued by an earlier driver (an agent restart) are cancelled, never count as
+    ours, and cannot be named: ZPL only counts them."""
     gate = Gate(line)
     async with ZplPrinter("p", config(sim)) as first:
         await first.select_job(JOB)
@@ -313,12 +316,86 @@ async def test_clear_after_reconnect_cancels_the_old_queue_and_counts_anew(
         await until(lambda: sim.buffered == 3)
     async with ZplPrinter("p", config(sim)) as printer:
         await printer.select_job(JOB)
-        assert await printer.clear() == 3
+        assert await printer.clear() == ClearResult(unnamed=3)
         gate.open()
         await printer.send(rec(7))
         async with aclosing(printer.confirmations()) as it:
             assert await take(it, 1) == confirmed(7)
     assert sim.printed == [rec(7).serial]
+
+
+class Quota:
+    """A run permit on the SimLine: the printer prints up to ``allowed`` units, ever."""
+
+    def __init__(self, line: SimLine, sim: ZplPrinterSim) -> None:
+        self.allowed, self._line = 0, line
+        line.add_run_permit(lambda: len(sim.printed) < self.allowed)
+
+    def allow(self, units: int) -> None:
+        self.allowed = units
+        self._line.notify_run_state()
+
+
+async def test_a_reconnected_driver_names_the_records_it_wrote_before(
+    line: SimLine, sim: ZplPrinterSim
+) -> None:
+    """The link drops with four labels queued; one prints while nobody listens. The counts
+    place the other three, so the same driver (as the line's PrinterLink reconnects it) names
+    them when it cancels them."""
+    quota = Quota(line, sim)
+    printer = ZplPrinter("p", config(sim))
+    async with printer:
+        await printer.select_job(JOB)
+        for i in range(1, 5):
+            await printer.send(rec(i))
+        await until(lambda: sim.buffered == 4)
+        sim.faults.drop_connection()
+        async with aclosing(printer.confirmations()) as it:
+            with pytest.raises(DeviceConnectionError):
+                await take(it, 1)
+    quota.allow(1)
+    await until(lambda: len(sim.printed) == 1)
+    async with printer:
+        assert await printer.clear() == ClearResult((rec(2), rec(3), rec(4)))
+        quota.allow(10)
+        await printer.send(rec(9))
+        async with aclosing(printer.confirmations()) as it:
+            assert await take(it, 1) == confirmed(9)  # counting goes on from the new base
+    assert sim.printed == [rec(1).serial, rec(9).serial]
+
+
+async def test_over_a_serial_link_a_reconnect_cannot_place_the_old_queue(line: SimLine) -> None:
+    """A serial line may have dropped bytes anywhere: counts cannot say which formats arrived."""
+    Gate(line)
+    async with ZplPrinterSim(line, transport="serial") as sim:
+        cfg = ZplPrinter.Config(**(sim.driver_config() | {"status_timeout_s": 0.5}))
+        printer = ZplPrinter("p", cfg)
+        async with printer:
+            await printer.select_job(JOB)
+            for i in range(1, 4):
+                await printer.send(rec(i))
+            await until(lambda: sim.buffered == 3)
+        async with printer:
+            assert await printer.clear() == ClearResult(unnamed=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_account_places_every_format_written(data: st.DataObject) -> None:
+    """However many foreign labels were queued ahead, printed, lost at the end of the stream:
+    the counts say how many of ours printed, are queued and were lost."""
+    foreign, written = data.draw(st.integers(0, 5)), data.draw(st.integers(0, 12))
+    lost = data.draw(st.integers(0, written))
+    arrived = written - lost
+    printed_total = data.draw(st.integers(0, foreign + arrived))  # in order: foreign first
+    base = data.draw(st.integers(0, 10**6))
+    ours_printed = max(0, printed_total - foreign)
+    pending = foreign + arrived - printed_total
+    assert account(base, foreign, base + printed_total, pending, written) == (
+        ours_printed,
+        arrived - ours_printed,
+        lost,
+    )
 
 
 async def test_over_a_serial_link(line: SimLine) -> None:

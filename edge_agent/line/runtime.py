@@ -655,10 +655,7 @@ class LineRuntime:
 
     async def _settle_leftovers(self) -> None:
         batch = self._batch
-        discarded = await self.printer.clear()
-        unconfirmed = self.ledger.serials_in(batch.id, SerialState.SENT)
-        if unconfirmed and discarded == len(unconfirmed):
-            self.ledger.unuse_cleared(batch, unconfirmed)
+        await reconcile_printer_queue(self.printer, self.ledger, batch)
         leftovers = self.ledger.reject_unconfirmed_prints(batch, "print_unconfirmed")
         self.printed.drain()
         await self._release(unprinted=self._unprinted, undecided=self._undecided)

@@ -65,6 +65,11 @@ class AsciiPrinterSim:
         return len(self._buffer)
 
     @property
+    def queued(self) -> list[str]:
+        """Serials queued and not printed yet, in print order."""
+        return [record.serial for record in self._buffer]
+
+    @property
     def state(self) -> str:
         if self.fault is not None:
             return "fault"
@@ -143,11 +148,15 @@ class AsciiPrinterSim:
     def _write(self, data: bytes) -> None:
         """Send to the current client; a notice without a client is lost, as on a real printer."""
         client = self._client
-        if client is None or client.is_closing():
-            self._record("lost", _show(data))
-            return
-        client.write(data)
-        self._record("tx", _show(data))
+        lost = client is None or client.is_closing()
+        if client is not None and not lost:
+            client.write(data)
+        # One transcript entry per line; raw bytes (injected garbage) as they are
+        lines = (
+            data.removesuffix(codec.EOL).split(codec.EOL) if data.endswith(codec.EOL) else [data]
+        )
+        for line in lines:
+            self._record("lost" if lost else "tx", line.decode("ascii", "backslashreplace"))
 
     def _record(self, direction: str, line: str) -> None:
         self.transcript.append((direction, line))
@@ -169,9 +178,11 @@ class AsciiPrinterSim:
                 counts = (str(len(self._buffer)), str(len(self.printed)))
                 return codec.encode_ack("STS", self.state, *counts, fault)
             case codec.ClrCommand():
+                # Names every record it discards, oldest first, then counts them in the ACK
+                notices = b"".join(codec.encode_discarded(r.seq, r.serial) for r in self._buffer)
                 discarded = len(self._buffer)
                 self._buffer.clear()
-                return codec.encode_ack("CLR", str(discarded))
+                return notices + codec.encode_ack("CLR", str(discarded))
             case codec.Malformed(raw=raw, why=why):
                 return codec.encode_nak(codec.command_of(raw), "BAD_COMMAND", why)
         raise AssertionError(f"unhandled command {command!r}")

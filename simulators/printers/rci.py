@@ -83,7 +83,7 @@ class RciPrinterSim(StreamPrinterSim):
                 counts = (len(self._buffer), self.buffer_size, len(self.printed))
                 return codec.encode_status_reply(self.state, *counts, fault)
             case codec.SimpleCommand(cmd=codec.CLEAR_BUFFERS):
-                return codec.encode_ok(codec.CLEAR_BUFFERS, bytes([self._clear_queue()]))
+                return codec.encode_cleared(codec.CLEAR_BUFFERS, self._take_queue())
             case codec.SimpleCommand(cmd=codec.START_PRINT):
                 if self.job is None:
                     return codec.encode_refusal(codec.START_PRINT, "NO_JOB", "no job selected")
@@ -92,8 +92,14 @@ class RciPrinterSim(StreamPrinterSim):
                 return codec.encode_ok(codec.START_PRINT)
             case codec.SimpleCommand(cmd=codec.STOP_PRINT):
                 self.printing = False
-                return codec.encode_ok(codec.STOP_PRINT, bytes([self._clear_queue()]))
+                return codec.encode_cleared(codec.STOP_PRINT, self._take_queue())
         raise AssertionError(f"unhandled command {command!r}")
+
+    def _take_queue(self) -> list[tuple[int, str]]:
+        """Empty the buffers; what they held, oldest first."""
+        records = list(self._buffer)
+        self._clear_queue()
+        return records
 
     def _load(self, record: codec.RecordCommand) -> bytes:
         cmd = codec.LOAD_RECORD

@@ -113,6 +113,11 @@ class StreamPrinterSim:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def queued(self) -> list[str]:
+        """Serials queued and not printed yet, in print order."""
+        return [serial for _, serial in self._buffer]
+
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:

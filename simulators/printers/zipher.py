@@ -65,8 +65,14 @@ class ZipherPrinterSim(StreamPrinterSim):
         return codec.encode_ers(codec.NO_ERROR) if "ERS" in self.notifications else b""
 
     def _write(self, data: bytes) -> None:
-        if data:  # a disabled notification is simply not sent
-            super()._write(data)
+        # A disabled notification is empty and simply not sent; whole lines are written (and
+        # transcribed) one by one, raw bytes (injected garbage) as they are
+        if not data.endswith(codec.EOL):
+            if data:
+                super()._write(data)
+            return
+        for line in data.removesuffix(codec.EOL).split(codec.EOL):
+            super()._write(line + codec.EOL)
 
     def _on_print_start(self, seq: int) -> None:
         if "PRS" in self.notifications:
@@ -152,7 +158,9 @@ class ZipherPrinterSim(StreamPrinterSim):
     def _cqi(self, c: codec.Command) -> bytes:
         if list(c.fields) != ["ALL"]:
             return codec.encode_err("BAD_FIELD", "this printer only clears the whole queue")
-        return codec.encode_cqi_reply(self._clear_queue())
+        # Names every record it discards, oldest first, then counts them in the reply
+        notices = b"".join(codec.encode_cqd(seq, serial) for seq, serial in self._buffer)
+        return notices + codec.encode_cqi_reply(self._clear_queue())
 
 
 _HANDLERS = {

@@ -112,6 +112,13 @@ class ZplPrinterSim:
         """Labels accepted and not printed yet."""
         return len(self._queue) + (self._current[1] if self._current else 0)
 
+    @property
+    def queued(self) -> list[str]:
+        """Serials of the labels accepted and not printed yet, in print order."""
+        formats = [self._current[0]] * self._current[1] if self._current else []
+        units = [_unit(codec.label_data(fmt)) for fmt in [*formats, *self._queue]]
+        return [unit.serial if unit else "?" for unit in units]
+
     def status(self) -> codec.HostStatus:
         f = self.flags
         return codec.HostStatus(

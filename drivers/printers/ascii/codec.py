@@ -66,6 +66,14 @@ class PrintComplete:
 
 
 @dataclass(frozen=True)
+class Discarded:
+    """``!DIS|<seq>|<serial>``: ``CLR`` discarded this record unprinted (sent before the ACK)."""
+
+    seq: int
+    serial: str
+
+
+@dataclass(frozen=True)
 class FaultNotice:
     """``!FLT|<code>|<text>``: the printer stopped on a fault."""
 
@@ -88,7 +96,7 @@ class Malformed:
     why: str
 
 
-Message = Ack | Nak | PrintComplete | FaultNotice | FaultCleared | Malformed
+Message = Ack | Nak | PrintComplete | Discarded | FaultNotice | FaultCleared | Malformed
 
 
 @dataclass(frozen=True)
@@ -203,6 +211,10 @@ def encode_print_complete(seq: int, serial: str) -> bytes:
     return _line("!PRC", str(seq), serial)
 
 
+def encode_discarded(seq: int, serial: str) -> bytes:
+    return _line("!DIS", str(seq), serial)
+
+
 def encode_fault(code: str, text: str) -> bytes:
     return _line("!FLT", code, _text(text))
 
@@ -297,11 +309,23 @@ def _parse_nak(rest: str, raw: bytes) -> Message:
     return Nak(parts[0], parts[1], parts[2])
 
 
-def _parse_prc(rest: str, raw: bytes) -> Message:
+def _record(rest: str) -> tuple[int, str] | None:
     parts = rest.split(SEP)
     if len(parts) != 2 or not _NUMBER.fullmatch(parts[0]) or not is_serial(parts[1]):
-        return Malformed(raw, "expected !PRC|<seq>|<serial>")
-    return PrintComplete(int(parts[0]), parts[1])
+        return None
+    return int(parts[0]), parts[1]
+
+
+def _parse_prc(rest: str, raw: bytes) -> Message:
+    record = _record(rest)
+    return (
+        Malformed(raw, "expected !PRC|<seq>|<serial>") if record is None else PrintComplete(*record)
+    )
+
+
+def _parse_dis(rest: str, raw: bytes) -> Message:
+    record = _record(rest)
+    return Malformed(raw, "expected !DIS|<seq>|<serial>") if record is None else Discarded(*record)
 
 
 def _parse_flt(rest: str, raw: bytes) -> Message:
@@ -321,6 +345,7 @@ _MESSAGE_PARSERS = {
     "ACK": _parse_ack,
     "NAK": _parse_nak,
     "!PRC": _parse_prc,
+    "!DIS": _parse_dis,
     "!FLT": _parse_flt,
     "!CLR": _parse_clr,
 }

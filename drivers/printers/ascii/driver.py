@@ -17,7 +17,13 @@ from typing import Literal, Self
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge_agent.contracts import PrintConfirmation, PrinterStatus, PrintJob, PrintRecord
+from edge_agent.contracts import (
+    ClearResult,
+    PrintConfirmation,
+    PrinterStatus,
+    PrintJob,
+    PrintRecord,
+)
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 
 from . import codec
@@ -104,6 +110,7 @@ class AsciiPrinter:
         self._lock = asyncio.Lock()
         self._events: asyncio.Queue[_Event] = asyncio.Queue()
         self._down: str | None = _NOT_CONNECTED  # why the link is unusable; None while it is up
+        self._discards: list[PrintRecord] | None = None  # !DIS notices while a CLR is pending
 
     # --- connection ------------------------------------------------------------------------
 
@@ -163,6 +170,10 @@ class AsciiPrinter:
                 self._on_reply(message)
             case codec.PrintComplete():
                 self._events.put_nowait(message)
+            case codec.Discarded(seq=seq, serial=serial) if self._discards is not None:
+                self._discards.append(PrintRecord(seq, serial))
+            case codec.Discarded():
+                self._count_malformed("discard notice without a CLR", seq=message.seq)
             case codec.FaultNotice(code=code, text=text):
                 self.fault_code = code
                 log.warning("printer fault", device=self.name, code=code, text=text)
@@ -270,9 +281,26 @@ class AsciiPrinter:
         self.fault_code = fault or None  # also learns a fault whose !FLT we never saw
         return PrinterStatus(state, int(buffered), int(printed), fault or None)
 
-    async def clear(self) -> int:
-        ack = await self._request(codec.encode_clr(), "CLR")
-        return int(ack.args[0])
+    async def clear(self) -> ClearResult:
+        """CLR: the printer names each record it discards (``!DIS``) before its ACK, which
+        counts them. A printer that only counts, or a notice lost to noise, leaves the records
+        unnamed: the reconcile then marks none of them unused on a guess."""
+        named: list[PrintRecord] = []
+        self._discards = named
+        try:
+            ack = await self._request(codec.encode_clr(), "CLR")
+        finally:
+            self._discards = None
+        discarded = int(ack.args[0])
+        if len(named) == discarded:
+            return ClearResult(tuple(named))
+        log.warning(
+            "printer did not name what it cleared",
+            device=self.name,
+            discarded=discarded,
+            named=len(named),
+        )
+        return ClearResult(unnamed=discarded)
 
     # --- notifications ---------------------------------------------------------------------
 

@@ -241,6 +241,19 @@ def encode_refusal(cmd: int, status: str, text: str) -> bytes:
     return encode_frame(cmd, bytes([STATUS_CODES[status]]) + _text(text))
 
 
+def encode_cleared(cmd: int, records: list[tuple[int, str]]) -> bytes:
+    """OK reply to CLEAR_BUFFERS / STOP_PRINT: ``discarded:u8``, then each discarded record,
+    oldest first, as ``seq:u64 len:u8 serial``. 32 buffers of 20-character serials fit the
+    payload with room to spare."""
+    if len(records) > 0xFF:
+        raise EncodeError(f"{len(records)} records do not fit a count byte")
+    data = bytes([len(records)])
+    for seq, serial in records:
+        text = _ascii(serial, _CSET82, "serial")
+        data += struct.pack(">QB", seq, len(text)) + text
+    return encode_ok(cmd, data)
+
+
 def encode_status_reply(
     state: str, buffered: int, capacity: int, printed: int, fault: str
 ) -> bytes:
@@ -288,6 +301,15 @@ class FaultCleared:
     code: str
 
 
+@dataclass(frozen=True)
+class Cleared:
+    """What a CLEAR_BUFFERS / STOP_PRINT reply says was discarded. ``records`` (seq, serial),
+    oldest first, or None from a printer that only counts."""
+
+    discarded: int
+    records: tuple[tuple[int, str], ...] | None
+
+
 Message = Reply | PrintEnd | FaultNotice | FaultCleared | Malformed
 
 
@@ -330,6 +352,29 @@ def parse_status(reply: Reply) -> StatusInfo | None:
     if fault is None or (fault and _TOKEN.fullmatch(d[7:]) is None):
         return None
     return StatusInfo(STATES[state], buffered, capacity, printed, fault)
+
+
+def parse_cleared(reply: Reply) -> Cleared | None:
+    """The data of an OK CLEAR_BUFFERS / STOP_PRINT reply, or None if it does not fit."""
+    d = reply.data
+    if reply.status != OK or not d:
+        return None
+    if len(d) == 1:  # a count alone names nothing, unless there was nothing to name
+        return Cleared(d[0], () if d[0] == 0 else None)
+    records: list[tuple[int, str]] = []
+    at = 1
+    while at < len(d):
+        if len(d) < at + 9:
+            return None
+        seq, size = struct.unpack(">QB", d[at : at + 9])
+        serial = d[at + 9 : at + 9 + size]
+        if len(serial) != size or _CSET82.fullmatch(serial) is None:
+            return None
+        records.append((seq, serial.decode("ascii")))
+        at += 9 + size
+    if len(records) != d[0]:
+        return None
+    return Cleared(d[0], tuple(records))
 
 
 class MessageDecoder:

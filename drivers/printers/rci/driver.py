@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.printers.stream import StreamPrinter
 from drivers.transport import SerialTransport, TcpTransport, TransportConfig
-from edge_agent.contracts import PrinterStatus, PrintJob, PrintRecord
+from edge_agent.contracts import ClearResult, PrinterStatus, PrintJob, PrintRecord
 from edge_agent.errors import DeviceFault, ProtocolError
 
 from . import codec
@@ -140,13 +140,20 @@ class RciPrinter(StreamPrinter):
         self.fault_code = info.fault or None  # also learns a fault whose frame we never saw
         return PrinterStatus(info.state, info.buffered, info.printed, info.fault or None)
 
-    async def clear(self) -> int:
-        reply = await self._command(codec.encode_frame(codec.CLEAR_BUFFERS), codec.CLEAR_BUFFERS)
-        if len(reply.data) != 1:
-            raise ProtocolError(self.name, f"bad CLEAR_BUFFERS reply {reply.data.hex()}")
-        return reply.data[0]
+    async def clear(self) -> ClearResult:
+        """CLEAR_BUFFERS: the reply names every record discarded. A printer whose reply only
+        counts them leaves them unnamed: the reconcile then marks none of them unused."""
+        return await self._clearing(codec.CLEAR_BUFFERS)
 
-    async def stop_printing(self) -> int:
-        """STOP_PRINT: the printer stops and clears its buffers; returns how many it discarded."""
-        reply = await self._command(codec.encode_frame(codec.STOP_PRINT), codec.STOP_PRINT)
-        return reply.data[0] if reply.data else 0
+    async def stop_printing(self) -> ClearResult:
+        """STOP_PRINT: the printer stops and clears its buffers; returns what it discarded."""
+        return await self._clearing(codec.STOP_PRINT)
+
+    async def _clearing(self, cmd: int) -> ClearResult:
+        reply = await self._command(codec.encode_frame(cmd), cmd)
+        cleared = codec.parse_cleared(reply)
+        if cleared is None:
+            raise ProtocolError(self.name, f"bad 0x{cmd:02x} reply {reply.data.hex()}")
+        if cleared.records is None:
+            return ClearResult(unnamed=cleared.discarded)
+        return ClearResult(tuple(PrintRecord(seq, serial) for seq, serial in cleared.records))

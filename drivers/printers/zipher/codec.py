@@ -134,6 +134,14 @@ class QueueCleared:
 
 
 @dataclass(frozen=True)
+class Discarded:
+    """``CQD|<seq>|<serial>|``: ``CQI|ALL|`` discarded this record unprinted (before the reply)."""
+
+    seq: int
+    serial: str
+
+
+@dataclass(frozen=True)
 class PrintStart:
     seq: int
 
@@ -160,6 +168,7 @@ Message = (
     | QueueSize
     | Faults
     | QueueCleared
+    | Discarded
     | PrintStart
     | PrintComplete
     | ErrorStatus
@@ -191,6 +200,10 @@ def encode_faults(kind: str, items: list[tuple[str, str]]) -> bytes:
 
 def encode_cqi_reply(discarded: int) -> bytes:
     return line("CQI", str(discarded))
+
+
+def encode_cqd(seq: int, serial: str) -> bytes:
+    return line("CQD", str(seq), serial)
 
 
 def encode_prs(seq: int) -> bytes:
@@ -240,6 +253,8 @@ def _parse_reply(head: str, f: list[str]) -> Message | None:
             return PrintStart(int(seq))
         case "PRC", [seq, serial] if _num(seq) and is_serial(serial):
             return PrintComplete(int(seq), serial)
+        case "CQD", [seq, serial] if _num(seq) and is_serial(serial):
+            return Discarded(int(seq), serial)
         case "ERS", ["0"]:
             return ErrorStatus(NO_ERROR, "", "")
         case "ERS", [err, code, text] if err in ("1", "2") and is_token(code):

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.printers.stream import StreamPrinter
 from drivers.transport import SerialTransport, TcpTransport, TransportConfig
-from edge_agent.contracts import PrinterStatus, PrintJob, PrintRecord
+from edge_agent.contracts import ClearResult, PrinterStatus, PrintJob, PrintRecord
 from edge_agent.errors import DeviceFault, ProtocolError
 
 from . import codec
@@ -70,6 +70,7 @@ class ZipherPrinter(StreamPrinter):
         self.reply_timeout_s = config.reply_timeout_s
         self.connect_attempts = config.connect_attempts
         self.buffer_depth = config.buffer_depth
+        self._discards: list[PrintRecord] | None = None  # CQD lines while a CQI is pending
 
     def _decoder(self) -> codec.ReplyDecoder:
         return codec.ReplyDecoder()
@@ -84,6 +85,10 @@ class ZipherPrinter(StreamPrinter):
                 self._print_complete(seq, serial)
             case codec.PrintStart():
                 pass  # the record left the queue; only PRC proves it is on the unit
+            case codec.Discarded(seq=seq, serial=serial) if self._discards is not None:
+                self._discards.append(PrintRecord(seq, serial))
+            case codec.Discarded():
+                self.count_malformed("CQD without a CQI", seq=message.seq)
             case codec.ErrorStatus(error=codec.FAULTED, code=code, text=text):
                 self._fault(code, text)
             case codec.ErrorStatus(error=codec.NO_ERROR):
@@ -177,6 +182,22 @@ class ZipherPrinter(StreamPrinter):
             state = "printing" if queue.queued else "ready"
         return PrinterStatus(state, queue.queued, st.total_count, fault)
 
-    async def clear(self) -> int:
-        reply = await self._command(codec.encode_cqi_all(), "CQI", _is(codec.QueueCleared))
-        return int(reply.discarded)
+    async def clear(self) -> ClearResult:
+        """CQI|ALL|: the printer names each record it discards (``CQD``) before the reply,
+        which counts them. A printer that only counts, or a line lost to noise, leaves the
+        records unnamed: the reconcile then marks none of them unused on a guess."""
+        named: list[PrintRecord] = []
+        self._discards = named
+        try:
+            reply = await self._command(codec.encode_cqi_all(), "CQI", _is(codec.QueueCleared))
+        finally:
+            self._discards = None
+        if len(named) == reply.discarded:
+            return ClearResult(tuple(named))
+        log.warning(
+            "printer did not name what it cleared",
+            device=self.name,
+            discarded=reply.discarded,
+            named=len(named),
+        )
+        return ClearResult(unnamed=reply.discarded)

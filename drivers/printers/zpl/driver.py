@@ -4,6 +4,12 @@ ZPL has no per-label acknowledgement. A poller asks ``~HS`` and the printer's la
 the same stream; the counter confirms records, oldest first, and ``~HS`` checks that every format
 written before the question is accounted for (printed or queued), so a format lost on the way is
 an alarm, never a confirmation shifted onto the wrong serial.
+
+ZPL cannot list or name the formats a printer queues: ``~HS`` counts them, the label counter
+counts what printed. So ``clear()`` names only records this driver object wrote and can place
+from those counts (on this connection, or carried over a reconnect); formats queued before it
+knew the printer (after an agent restart) are cancelled unnamed, and the reconcile then settles
+none of the unconfirmed serials unused (they are rejected: safe, never a guess).
 """
 
 from __future__ import annotations
@@ -19,7 +25,13 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from drivers.transport import TcpTransport, TransportConfig, open_stream
-from edge_agent.contracts import PrintConfirmation, PrinterStatus, PrintJob, PrintRecord
+from edge_agent.contracts import (
+    ClearResult,
+    PrintConfirmation,
+    PrinterStatus,
+    PrintJob,
+    PrintRecord,
+)
 from edge_agent.errors import (
     DeviceConnectionError,
     DeviceError,
@@ -48,6 +60,30 @@ class _Question:
     written: int  # formats written before it
     future: asyncio.Future[codec.HostStatus] = field(repr=False)
     baseline: bool = False
+
+
+@dataclass(frozen=True)
+class _Carried:
+    """Records still unconfirmed when a connection ended, with the counts that place them."""
+
+    records: tuple[PrintRecord, ...]
+    odometer_base: int
+    foreign: int
+    written: int
+    printed: int
+
+
+def account(
+    base: int, foreign: int, odometer: int, pending: int, written: int
+) -> tuple[int, int, int]:
+    """Pure: where the formats written since the counter stood at ``base`` are, ``foreign``
+    labels having been queued ahead of them then: (printed, still queued, lost on the way).
+    The printer prints in order, so foreign labels print first."""
+    total = odometer - base
+    foreign_printed = min(foreign, max(0, total))
+    printed = total - foreign_printed
+    queued = pending - (foreign - foreign_printed)
+    return printed, queued, written - printed - queued
 
 
 _Event = PrintConfirmation | DeviceFault | DeviceTimeout | ProtocolError | _LinkDown
@@ -128,17 +164,19 @@ class ZplPrinter:
         self._clearing = False  # between ~JA and the new count base: counts are in flux
         self.last_odometer = 0
         self._sent = asyncio.Event()
+        self._based = False  # this connection's baseline answer came
+        self._carried: _Carried | None = None  # from the last connection, placed at the baseline
 
     # --- connection ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         link = self.config.link
         reader, self._writer = await self._open()
+        self._carried, self._based = self._carry(), False
         self._questions, self._unconfirmed = deque(), deque()
         self._written = self._printed = 0
         self._events = asyncio.Queue()
         self._down = None
-        self._baseline: _Question | None = None
         self._tasks = [asyncio.create_task(self._read_loop(reader), name=f"{self.name}-rx")]
         try:
             # Before anything is sent: the counter to count from, and what is queued already
@@ -180,6 +218,20 @@ class ZplPrinter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
+
+    def _carry(self) -> _Carried | None:
+        """What the last connection leaves to place on the next one."""
+        if not self._based:  # it never counted: what it carried is still to place
+            return self._carried
+        if not self._unconfirmed:
+            return None
+        return _Carried(
+            tuple(self._unconfirmed),
+            self._odometer_base,
+            self._foreign,
+            self._written,
+            self._printed,
+        )
 
     def _link_down(self, why: str) -> None:
         if self._down is not None:
@@ -235,21 +287,62 @@ class ZplPrinter:
         question = self._questions.popleft()  # answers come in question order
         self.last_status, self.last_odometer = hs, odometer
         if question.baseline:
-            self._odometer_base, self._foreign = odometer, hs.pending
+            self._baseline(hs, odometer)
         else:
             self._count(question, hs, odometer)
         if not question.future.done():
             question.future.set_result(hs)
 
+    def _baseline(self, hs: codec.HostStatus, odometer: int) -> None:
+        """Count from here. Records of the last connection that the printer still queues stay
+        ours (so ``clear()`` can name them), if the counts place them beyond doubt."""
+        carried, self._carried, self._based = self._carried, None, True
+        self._odometer_base, self._foreign = odometer, hs.pending
+        if carried is None:
+            return
+        queued = self._place(carried, hs, odometer)
+        if queued is None:
+            log.warning(
+                "printer queue from before the reconnect cannot be identified",
+                device=self.name,
+                records=len(carried.records),
+                queued=hs.pending,
+            )
+            return
+        self._unconfirmed = deque(queued)
+        self._written, self._foreign = len(queued), hs.pending - len(queued)
+
+    def _place(
+        self, carried: _Carried, hs: codec.HostStatus, odometer: int
+    ) -> list[PrintRecord] | None:
+        """Which carried records the printer still queues, or None when the counts cannot
+        tell. Over TCP the printer received a prefix of what was written (a stream delivers
+        in order; only its end can be lost with the connection), and it prints in order: the
+        carried records are printed ones, then queued ones, then lost ones. A serial line can
+        drop bytes anywhere, and a half-received format (``~HS`` partial format) is neither."""
+        if not isinstance(self.config.link, TcpTransport) or hs.partial_format:
+            return None
+        c = carried
+        printed, queued, lost = account(c.odometer_base, c.foreign, odometer, hs.pending, c.written)
+        printed_meanwhile = printed - c.printed
+        if min(printed_meanwhile, queued, lost) < 0 or c.written - c.printed != len(c.records):
+            return None
+        if printed_meanwhile or lost:
+            log.warning(
+                "printer worked on records while the link was down",
+                device=self.name,
+                printed=printed_meanwhile,
+                lost=lost,
+            )
+        return list(c.records[printed_meanwhile : printed_meanwhile + queued])
+
     def _count(self, question: _Question, hs: codec.HostStatus, odometer: int) -> None:
         """Confirm what the printer's own counter says it printed, once ~HS agrees that every
         format written before the question is accounted for; alarm if some never reached it
         (a lost format would otherwise shift every later confirmation onto the wrong serial)."""
-        total = odometer - self._odometer_base
-        foreign_printed = min(self._foreign, max(0, total))
-        printed = total - foreign_printed
-        pending_ours = hs.pending - (self._foreign - foreign_printed)
-        lost = question.written - printed - pending_ours
+        printed, _, lost = account(
+            self._odometer_base, self._foreign, odometer, hs.pending, question.written
+        )
         if lost > 0 and not self._clearing:
             why = f"{lost} label format(s) sent never reached the printer"
             log.error("printer lost formats", device=self.name, lost=lost)
@@ -385,27 +478,35 @@ class ZplPrinter:
         state = "fault" if fault else ("printing" if hs.pending else "ready")
         return PrinterStatus(state, hs.pending, self._printed, fault)
 
-    async def clear(self) -> int:
-        """Pause, count what is queued, cancel it all (~JA), resume. Returns the count."""
+    async def clear(self) -> ClearResult:
+        """Pause, count what is queued, cancel it all (~JA), resume. Names the records of ours
+        it cancelled when the counts account for every one of them; formats queued before
+        this driver knew the printer are cancelled unnamed (ZPL cannot name them)."""
         self._self_paused = self._clearing = True
         try:
             async with self._lock:
                 self._check_link()
                 await self._write(codec.PAUSE)
             queued = await self._settled_pending()
+            _, ours, lost = account(
+                self._odometer_base, self._foreign, self.last_odometer, queued, self._written
+            )
             async with self._lock:
                 self._check_link()
                 await self._write(codec.CANCEL_ALL + codec.RESUME)
-                # Paused and settled, our unconfirmed records are exactly our queued ones; the
-                # queue may also hold formats from before this connection, never counted as ours
-                ours = min(queued, len(self._unconfirmed))
-                self._written -= ours
+                # Paused and settled, our unconfirmed records are our queued ones (behind any
+                # formats from before this connection), unless one got lost on the way: then
+                # which ones are queued is not known, and none is named
+                whole = lost == 0 and ours == len(self._unconfirmed) <= queued
+                named = tuple(self._unconfirmed) if whole else ()
+                # Cancelled or lost, none of them will print now
+                gone = len(self._unconfirmed)
+                self._written -= gone
                 # Open questions were asked before ~JA; their answers must not count the
                 # cancelled formats as printed, whichever answer ends up matched to them
                 for question in self._questions:
-                    question.written -= ours
-                for _ in range(ours):
-                    self._unconfirmed.pop()
+                    question.written -= gone
+                self._unconfirmed.clear()
             # Also lets every answer given while paused arrive before the pause stops being ours
             left = (await self._ask()).pending
             if left:
@@ -414,7 +515,9 @@ class ZplPrinter:
             self._odometer_base, self._foreign = self.last_odometer - self._printed, 0
         finally:
             self._self_paused = self._clearing = False
-        return queued
+        if not whole:
+            log.warning("printer queue cancelled unidentified", device=self.name, lost=lost)
+        return ClearResult(named, queued - len(named))
 
     async def _settled_pending(self) -> int:
         """Queued labels once the paused printer has finished the label under its head: two
