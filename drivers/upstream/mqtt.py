@@ -208,7 +208,10 @@ class MqttForwarder:
         self._ack_topic = self._topic(self.config.ack_topic, None)
         self._properties = _publish_properties(self._ack_topic)
         self._log_filter = _OncePerEpisode()
-        self._client_log = logging.getLogger(f"{__name__}.client.{name}")
+        # a logger of this forwarder's own (outside the logging registry, so a forwarder made
+        # again under the same name starts a fresh episode), under drivers.upstream.mqtt.client
+        self._client_log = logging.Logger(f"{__name__}.client.{name}")
+        self._client_log.parent = logging.getLogger(f"{__name__}.client")
         self._client_log.addFilter(self._log_filter)
         # end-to-end bookkeeping: confirmations may arrive before, during or after a deliver
         self._confirmed: dict[str, None] = {}  # insertion-ordered, so the oldest can go
