@@ -1,8 +1,8 @@
 """The serial ledger: every serial's one current state, moving only forward.
 
-    allocated ─► sent ─► printed ─► commissioned ─► rejected (decommissioned)
-        │          │         └────► rejected
-        └──────────┴──────────────► unused / rejected
+    allocated ─► sent ─► printed ─► commissioned ─► rejected (decommissioning event)
+        │          │         └────► rejected (destroying event: never commissioned)
+        └──────────┴──────────────► unused (no event) / rejected (destroying event)
 
 ``sent`` is written (committed) before a record goes to the printer, so a serial is never sent
 twice, even across a crash. A unit passes only after its ``commissioned`` transition and its
@@ -297,11 +297,15 @@ class Ledger:
     def _reject(
         self, batch: BatchInfo, serial: str, reason: str, trigger: int | None, now: float
     ) -> None:
-        self._move(batch.gtin, serial, SerialState.REJECTED, reason, trigger, now)
-        event = epcis.decommissioning(
-            self._epc(batch, serial), self.read_point, reason, biz_location=self.biz_location
-        )
-        self._event(batch, "decommissioning", event, now)
+        """Reject the serial with the event CBV has for where it was: a commissioned serial is
+        decommissioned; one never commissioned (nothing to DELETE) is destroyed with its pack."""
+        was = self._move(batch.gtin, serial, SerialState.REJECTED, reason, trigger, now)
+        epc, where = self._epc(batch, serial), self.biz_location
+        if was == SerialState.COMMISSIONED:
+            event = epcis.decommissioning(epc, self.read_point, reason, biz_location=where)
+        else:
+            event = epcis.destroying(epc, self.read_point, reason, biz_location=where)
+        self._event(batch, event["bizStep"], event, now)
 
     def mark_verdicts_written(self, batch: BatchInfo, triggers: Iterable[int]) -> None:
         with write(self.conn):
@@ -453,9 +457,9 @@ class Ledger:
         *,
         seq: int | None = None,
         known: SerialState | None = None,
-    ) -> None:
-        """``known``: the serial's state as the caller read it in this transaction (hot path:
-        take_for_print, mark_printed), so it is not read a second time."""
+    ) -> SerialState | None:
+        """Returns the state moved from. ``known``: the serial's state as the caller read it in
+        this transaction (hot path: take_for_print, mark_printed), so it is not read twice."""
         current = known if known is not None else self.state_of(gtin, serial)
         if current not in ALLOWED_FROM[to]:
             raise LedgerError(
@@ -468,6 +472,7 @@ class Ledger:
             (to, reason, now, trigger, seq, gtin, serial),
         )
         self._record(gtin, serial, current, to, reason, trigger, now)
+        return current
 
     def _record(
         self,

@@ -2,7 +2,9 @@
 
 Balanced means: every allocated serial is in exactly one state and, for a closed batch, none is
 still in flight; every unit has one verdict; units passed equal serials commissioned; no serial
-was commissioned twice; and every commissioning has its event in the outbox.
+was commissioned twice; every commissioning has its event in the outbox; and every rejected
+serial has the one event CBV has for it: decommissioning if it had been commissioned, destroying
+if it never was (never a decommissioning of an EPC that was not commissioned).
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ def _reconcile(conn: sqlite3.Connection, batch_id: str) -> dict[str, Any]:
         "WHERE s.batch_id = ? AND t.to_state = 'commissioned'",
         (batch_id,),
     ).fetchone()
+    (decommissioned,) = conn.execute(
+        "SELECT count(*) FROM transitions t JOIN serials s ON s.gtin = t.gtin AND s.serial = t.serial "
+        "WHERE s.batch_id = ? AND t.from_state = 'commissioned' AND t.to_state = 'rejected'",
+        (batch_id,),
+    ).fetchone()
     events = dict(
         conn.execute(
             "SELECT kind, count(*) FROM outbox WHERE batch_id = ? GROUP BY kind", (batch_id,)
@@ -94,12 +101,15 @@ def _reconcile(conn: sqlite3.Connection, batch_id: str) -> dict[str, Any]:
         "serials_commissioned": states.get("commissioned", 0),
         "serials_rejected": states.get("rejected", 0),
         "serials_rejected_by_reason": serial_reasons,
+        "serials_decommissioned": decommissioned,
+        "serials_rejected_before_commissioning": states.get("rejected", 0) - decommissioned,
         "serials_unused": states.get("unused", 0),
         "serials_allocated_unsent": states.get("allocated", 0),
         "serials_in_flight": in_flight,
         "duplicates": duplicates,
         "events_commissioning": events.get("commissioning", 0),
         "events_decommissioning": events.get("decommissioning", 0),
+        "events_destroying": events.get("destroying", 0),
         "events_pending_delivery": pending,
     }
     problems = _problems(report, ever_commissioned)
@@ -123,4 +133,14 @@ def _problems(r: dict[str, Any], ever_commissioned: int) -> list[str]:
         problems.append(f"{r['duplicates']} serials commissioned more than once")
     if r["events_commissioning"] != ever_commissioned:
         problems.append("commissioning events do not match commissioned serials")
+    if r["events_decommissioning"] != r["serials_decommissioned"]:
+        problems.append(
+            f"{r['events_decommissioning']} decommissioning events but "
+            f"{r['serials_decommissioned']} serials rejected after commissioning"
+        )
+    if r["events_destroying"] != r["serials_rejected_before_commissioning"]:
+        problems.append(
+            f"{r['events_destroying']} destroying events but "
+            f"{r['serials_rejected_before_commissioning']} serials rejected before commissioning"
+        )
     return problems

@@ -145,10 +145,7 @@ def agent_config_factory(tmp_path: Path) -> Any:
     return factory
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Any:
-    """A real Mosquitto broker on a free loopback port (``.port``; ``.stop()``/``.start()``
-    restart it with its persisted sessions). Skips without mosquitto, fails if EDGE_AGENT_CI=1."""
+def _mosquitto(workdir: Path, *, tuned: bool) -> Any:
     import os
 
     from simulators.upstream.mosquitto import Mosquitto, find_mosquitto
@@ -159,7 +156,23 @@ def mosquitto(tmp_path: Path) -> Any:
                 "mosquitto is not installed but EDGE_AGENT_CI=1 (the CI image must have it)"
             )
         pytest.skip("mosquitto is not installed")
-    with Mosquitto(tmp_path / "mosquitto") as broker:
+    return Mosquitto(workdir, tuned=tuned)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Any:
+    """A real Mosquitto broker on a free loopback port with mosquitto's stock limits (Receive
+    Maximum 20, 1,000 queued messages per client): ``.port``; ``.stop()``/``.start()`` restart
+    it with its persisted sessions. Skips without mosquitto, fails if EDGE_AGENT_CI=1."""
+    with _mosquitto(tmp_path / "mosquitto", tuned=False) as broker:
+        yield broker
+
+
+@pytest.fixture
+def mosquitto_tuned(tmp_path: Path) -> Any:
+    """Like ``mosquitto``, with the limits lifted (no in-flight or queue limit, autosave every
+    second): for a test that needs that and says why; ``mosquitto`` is what users run."""
+    with _mosquitto(tmp_path / "mosquitto-tuned", tuned=True) as broker:
         yield broker
 
 

@@ -83,7 +83,7 @@ def test_demo_forwards_every_event_to_the_capture_simulator(
     code = main([*args, "--report-json", str(report_file), "--state-dir", str(tmp_path / "s")])
     assert code == 0, capsys.readouterr().out
     report = json.loads(report_file.read_text())
-    events = report["events_commissioning"] + report["events_decommissioning"]
+    events = sum(report[f"events_{k}"] for k in ("commissioning", "decommissioning", "destroying"))
     assert report["balanced"] and events >= 80
     assert report["events_pending_delivery"] == 0
     assert report["events_received_upstream"] == events

@@ -156,7 +156,7 @@ def test_cbv_pairs() -> None:
     assert got == {
         "commissioning": ("ADD", "commissioning", "active"),
         "decommissioning": ("DELETE", "decommissioning", "inactive"),
-        "destroying": ("DELETE", "destroying", "destroyed"),
+        "destroying": ("OBSERVE", "destroying", "destroyed"),  # never commissioned: no DELETE
         "packing": ("ADD", "packing", "in_progress"),
     }
     assert kinds["commissioning"]["ilmd"] == {
@@ -178,11 +178,26 @@ def test_every_prefix_used_is_declared_in_the_context() -> None:
     else:
         declared |= {"cbvmda"}
     for event in all_kinds().values():
-        assert event["@context"] == [epcis.EPCIS_CONTEXT, {"edge": epcis.EDGE_NS}]
+        assert event["@context"] == epcis.CONTEXT
         keys = set(event) | set(event.get("ilmd", {}))
         prefixes = {k.split(":")[0] for k in keys if ":" in k}
         assert prefixes <= declared
+        # declared in the context's own table too: processors that do not load the EPCIS
+        # context (the GS1 reference event-hash generator) find them there
+        assert prefixes <= set(epcis.CONTEXT[1])
     assert all_kinds()["decommissioning"]["edge:reason"] == "no-read"
+
+
+def test_events_inside_a_document_carry_no_context_of_their_own(validator: Any) -> None:
+    """EPCIS 2.0 documents declare their context once, at the top (as GS1's examples do): the
+    events' own contexts are lifted into it, even for events stored before this rule."""
+    events = list(all_kinds().values())
+    legacy = {**events[0], "@context": [epcis.EPCIS_CONTEXT, {"edge": epcis.EDGE_NS}]}
+    doc = epcis.document_from_payloads([json.dumps(e) for e in [legacy, *events[1:]]])
+    assert doc["@context"] == epcis.CONTEXT
+    assert all("@context" not in event for event in doc["epcisBody"]["eventList"])
+    assert doc["epcisBody"]["eventList"][0] == {k: v for k, v in legacy.items() if k != "@context"}
+    assert errors(validator, doc) == []
 
 
 def test_event_ids_are_uuid_urns_and_unique() -> None:

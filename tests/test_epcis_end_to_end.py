@@ -10,6 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from epcis_helpers import cbv_history_problems, history_by_epc
+
+from edge_agent import epcis
 from edge_agent.app import Agent
 from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
 from edge_agent.db import open_reader
@@ -64,14 +67,35 @@ async def test_line_events_reach_the_capture_server_as_valid_documents(
                 "SELECT event_id, payload FROM outbox ORDER BY seq"
             )
         ]
-    assert len(ledger) >= units  # a commissioning or a decommissioning per unit at least
+        handed_out = conn.execute(
+            "SELECT s.serial, s.state, EXISTS (SELECT 1 FROM transitions t WHERE t.gtin = s.gtin "
+            "AND t.serial = s.serial AND t.to_state = 'commissioned') FROM serials s "
+            "WHERE s.seq IS NOT NULL"
+        ).fetchall()
+        gtin, prefix_length = config.model.batch.gtin, config.model.line.company_prefix_length
+    assert len(ledger) >= units  # one event per unit at least
     assert [r[2] for r in capture_sim.requests].count(500) == 3  # the outage did happen
     # every event exactly as the ledger wrote it, first arrivals in ledger order
     first_seen: dict[str, Any] = {}
     for event in capture_sim.captured:
         first_seen.setdefault(event["eventID"], event)
     assert list(first_seen) == [event_id for event_id, _ in ledger]
-    assert [first_seen[event_id] for event_id, _ in ledger] == [body for _, body in ledger]
+    # ... inside documents, so without the standalone event's @context
+    stored = [{k: v for k, v in body.items() if k != "@context"} for _, body in ledger]
+    assert [first_seen[event_id] for event_id, _ in ledger] == stored
+    # L3 can tell what became of every serial handed out, and no event contradicts CBV
+    assert cbv_history_problems(capture_sim.captured) == []
+    history = history_by_epc(capture_sim.captured)
+    expected = {
+        ("commissioned", True): ["commissioning"],
+        ("rejected", True): ["commissioning", "decommissioning"],
+        ("rejected", False): ["destroying"],
+        ("unused", False): [],
+    }
+    assert any(state == "rejected" for _, state, _ in handed_out)
+    for serial, state, was_commissioned in handed_out:
+        epc = epcis.sgtin_uri(gtin, serial, prefix_length)
+        assert history.get(epc, []) == expected[state, bool(was_commissioned)], (serial, state)
     if SCHEMA_FILE.is_file():
         from jsonschema import Draft7Validator, FormatChecker
 

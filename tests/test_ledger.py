@@ -189,7 +189,9 @@ def test_reconciliation_of_a_closed_batch(tmp_path: Path) -> None:
     assert (report["units"], report["passed"], report["rejected"]) == (3, 2, 1)
     assert report["rejected_by_reason"] == {"no_read": 1}
     assert (report["serials_allocated"], report["serials_unused"]) == (4, 1)
-    assert report["events_commissioning"] == 2 and report["events_decommissioning"] == 1
+    # the no_read serial was never commissioned: destroyed with its pack, not decommissioned
+    assert report["events_commissioning"] == 2 and report["events_decommissioning"] == 0
+    assert report["events_destroying"] == report["serials_rejected_before_commissioning"] == 1
 
 
 class LedgerMachine(RuleBasedStateMachine):

@@ -3,9 +3,19 @@
 Why it reaches below aiomqtt: ``aiomqtt.Client.publish`` waits for each PUBACK in turn and
 ignores its reason code, so a publish the broker refused (MQTT 5 reason code >= 0x80, e.g. 0x87
 "not authorized") would look delivered. This driver publishes through the underlying paho client
-(``client._client.publish``), keeps the whole batch in flight at once (paho sends in order and
-queues beyond the broker's receive maximum), and chains its own ``on_publish`` callback in front
-of aiomqtt's to read every PUBACK's reason code. aiomqtt still owns the socket and the connection.
+(``client._client.publish``) and chains its own ``on_publish`` callback in front of aiomqtt's to
+read every PUBACK's reason code. aiomqtt still owns the socket and the connection.
+
+In-flight window: QoS 1 publishes awaiting their PUBACK are bounded here, by the smaller of
+``max_inflight`` and the Receive Maximum the broker announced in its CONNACK (MQTT 5; mosquitto's
+default is 20, absent means 65,535). The window is only known after the CONNACK, and paho cannot
+change its own limit on an open connection (it raises), so paho runs unlimited
+(``max_inflight_messages=0``) and the driver publishes the next event as each PUBACK frees a slot,
+in outbox order.
+
+Client logs: paho reports connection trouble through the client's logger, and a fault repeats
+the same line at every attempt. Each distinct warning or error is logged once per episode (until
+a delivery succeeds again); the forwarder loop logs the outage itself (``upstream_unavailable``).
 
 Delivery levels (``delivery``):
 
@@ -16,6 +26,9 @@ Delivery levels (``delivery``):
   after ``ack_timeout_s``. The receiver may also reject an event as invalid (dead letter).
   When a whole batch goes unconfirmed, ``deliver`` raises ``DeliveryError`` (the loop backs off
   and logs that upstream is away) and sends one event at a time until a confirmation arrives.
+  Where confirmations go: ``ack_topic``. On MQTT 5 every event message names it in its Response
+  Topic property, so a receiver answers where the message says; on 3.1.1 the receiver is
+  configured with the same topic.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import ssl
 import time
 from collections.abc import Mapping, Sequence
@@ -49,6 +63,7 @@ _MAX_REMEMBERED = 200_000  # end-to-end confirmations kept for events not (yet) 
 _INVALID_PAYLOAD = {0x99: "payload format invalid"}
 # unsupported protocol version: 0x84 from an MQTT 5 broker, 1 from a 3.1.1-only broker
 _CONNACK_BAD_PROTOCOL = {0x84, 0x01}
+_RECEIVE_MAXIMUM_ABSENT = 65_535  # MQTT 5 §3.2.2.3.3: no Receive Maximum in the CONNACK
 
 
 class _PackedOnce(Properties):
@@ -64,15 +79,41 @@ class _PackedOnce(Properties):
         return self._packed
 
 
-def _publish_properties() -> Properties:
+def _publish_properties(response_topic: str) -> Properties:
     props = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.PayloadFormatIndicator = 1  # UTF-8 text
     props.ContentType = "application/ld+json"  # one EPCIS 2.0 event, eventID inside
+    props.ResponseTopic = response_topic  # where the receiver confirms it (end-to-end)
     props.pack()
     return props
 
 
-_PUBLISH_PROPERTIES = _publish_properties()
+class _OncePerEpisode(logging.Filter):
+    """Lets each distinct client warning or error through once until :meth:`reset` (a delivery
+    succeeded): a broker or network fault repeats the same line at every attempt."""
+
+    _MAX_DISTINCT = 100
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        text = f"{record.levelno}:{record.getMessage()}"
+        if text in self.seen or len(self.seen) >= self._MAX_DISTINCT:
+            self.suppressed += 1
+            return False
+        self.seen.add(text)
+        return True
+
+    def reset(self) -> int:
+        """End the episode; returns how many repeats were held back in it."""
+        suppressed, self.suppressed = self.suppressed, 0
+        self.seen.clear()
+        return suppressed
 
 
 class MqttConfig(BaseModel):
@@ -96,7 +137,8 @@ class MqttConfig(BaseModel):
     ack_topic: str = Field(
         "serialization/{site}/{line}/acks",
         min_length=1,
-        description="end-to-end: topic the receiver publishes its confirmations on",
+        description="end-to-end: topic the receiver publishes its confirmations on ({site}, "
+        "{line} filled in); sent as the Response Topic of every event message (MQTT 5)",
     )
     ack_timeout_s: float = Field(
         10.0, gt=0, le=3600, description="end-to-end: re-send an event not confirmed this long"
@@ -118,14 +160,18 @@ class MqttConfig(BaseModel):
     )
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
     timeout_s: float = Field(
-        10.0, gt=0, le=300, description="Connect timeout and longest wait for a batch's PUBACKs"
+        10.0,
+        gt=0,
+        le=300,
+        description="Connect timeout, and longest wait for the next PUBACK while publishes are "
+        "in flight",
     )
     max_inflight: int = Field(
         100,
         ge=1,
         le=65535,
-        description="QoS 1 publishes awaiting PUBACK at once (lowered to the broker's Receive "
-        "Maximum); a larger window helps on high-latency links",
+        description="QoS 1 publishes awaiting PUBACK at once, lowered to the Receive Maximum "
+        "the broker announces on connect; a larger window helps on high-latency links",
     )
     username: str | None = Field(None, max_length=256, description="Broker user name")
     password: SecretRef | None = Field(None, description="Broker password, by reference")
@@ -155,9 +201,18 @@ class MqttForwarder:
         self.client_id = self.config.client_id or f"edge-agent-{site}-{line}"
         self._client: aiomqtt.Client | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._pubacks: dict[int, asyncio.Future[int]] = {}
-        self._batch_left = 0  # PUBACKs the current deliver still waits for
-        self._batch_done: asyncio.Future[None] | None = None
+        self._pubacks: dict[int, asyncio.Future[int]] = {}  # mid -> its PUBACK reason code
+        self._window = self.config.max_inflight  # set from the broker's CONNACK on connect
+        self._puback_seen: asyncio.Future[None] | None = None  # woken by the next PUBACK
+        self._broker_refused = False  # a PUBACK >= 0x80 came: stop publishing this batch
+        self._ack_topic = self._topic(self.config.ack_topic, None)
+        self._properties = _publish_properties(self._ack_topic)
+        self._log_filter = _OncePerEpisode()
+        # a logger of this forwarder's own (outside the logging registry, so a forwarder made
+        # again under the same name starts a fresh episode), under drivers.upstream.mqtt.client
+        self._client_log = logging.Logger(f"{__name__}.client.{name}")
+        self._client_log.parent = logging.getLogger(f"{__name__}.client")
+        self._client_log.addFilter(self._log_filter)
         # end-to-end bookkeeping: confirmations may arrive before, during or after a deliver
         self._confirmed: dict[str, None] = {}  # insertion-ordered, so the oldest can go
         self._refused: dict[str, str] = {}
@@ -189,9 +244,7 @@ class MqttForwarder:
             # The receiver confirmed nothing last time: send one event, not the whole batch
             # again, so an outage of the receiver does not fill the broker with duplicates.
             to_send = to_send[:1]
-        acks = self._publish(client, to_send)
-        crash_point("forward_published")
-        codes = await self._await_pubacks(client, acks)
+        codes = await self._exchange(client, to_send)
         failure = None
         for event, code in zip(to_send, codes, strict=True):
             if code is None:
@@ -211,46 +264,63 @@ class MqttForwarder:
                 failure = f"the receiver confirmed nothing within {self.config.ack_timeout_s}s"
         if failure is not None and not (result.delivered or result.rejected):
             raise DeliveryError(failure, upstream=self.name)
+        self._episode_over()
         # Partial success is reported (and recorded); the rest stays pending and is retried.
         return result
 
-    def _publish(self, client: aiomqtt.Client, events: Sequence[OutboxEvent]) -> list[Any]:
-        futures = []
-        loop = asyncio.get_running_loop()
+    async def _exchange(
+        self, client: aiomqtt.Client, events: Sequence[OutboxEvent]
+    ) -> list[int | None]:
+        """Publish ``events`` in order, never more than the window awaiting PUBACK, and return
+        each one's PUBACK reason code, or None where none came: the link dropped, no PUBACK for
+        ``timeout_s``, or the broker refused an earlier one (it may close the link right after,
+        so the rest of the batch is not published)."""
         paho = client._client
-        props = _PUBLISH_PROPERTIES if paho.protocol == aiomqtt.ProtocolVersion.V5.value else None
+        props = self._properties if paho.protocol == aiomqtt.ProtocolVersion.V5.value else None
+        dropped = client._disconnected
+        self._broker_refused = False
+        acks: list[asyncio.Future[int]] = []
+        alive = not dropped.done()
         for event in events:
+            while alive and len(self._pubacks) >= self._window:
+                alive = await self._next_puback(dropped)
+            if not alive or self._broker_refused:
+                break
             topic = self._topic(self.config.topic, event.batch_id)
             info = paho.publish(topic, event.payload.encode(), qos=1, properties=props)
             if info.rc != 0:
+                await self._disconnect()
                 raise DeliveryError(f"publish failed (paho rc {info.rc})", upstream=self.name)
-            future: asyncio.Future[int] = loop.create_future()
-            self._pubacks[info.mid] = future
-            futures.append(future)
-        return futures
-
-    async def _await_pubacks(
-        self, client: aiomqtt.Client, acks: list[asyncio.Future[int]]
-    ) -> list[int | None]:
-        """Each publish's PUBACK reason code, or None where none came (link lost, timeout).
-        Stops waiting at the first refusal: a broker may close the link right after one."""
-        dropped = client._disconnected
-        if acks and not dropped.done():
-            # One wake-up for the whole batch (not one wait per PUBACK: that is quadratic)
-            self._batch_left = len(acks)
-            self._batch_done = batch_done = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait(
-                    (batch_done, dropped),
-                    timeout=self.config.timeout_s,
-                    return_when="FIRST_COMPLETED",
-                )
-            finally:
-                batch_done.cancel()
-        codes = [f.result() if f.done() and not f.cancelled() else None for f in acks]
+            acks.append(
+                self._pubacks.setdefault(info.mid, asyncio.get_running_loop().create_future())
+            )
+        crash_point("forward_published")
+        while alive and self._pubacks and not self._broker_refused:
+            alive = await self._next_puback(dropped)
+        codes: list[int | None] = [
+            f.result() if f.done() and not f.cancelled() else None for f in acks
+        ]
+        codes += [None] * (len(events) - len(acks))
         if None in codes:
             await self._disconnect()  # the link is unusable: the next deliver reconnects
         return codes
+
+    async def _next_puback(self, dropped: asyncio.Future[None]) -> bool:
+        """Wait for the next PUBACK; False when the link dropped or none came in ``timeout_s``."""
+        seen = self._puback_seen = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait(
+                (seen, dropped), timeout=self.config.timeout_s, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            self._puback_seen = None
+        return seen.done() and not dropped.done()
+
+    def _episode_over(self) -> None:
+        """A delivery succeeded: repeated client log lines may be logged again."""
+        suppressed = self._log_filter.reset()
+        if suppressed:
+            log.info("mqtt_client_log_repeats_suppressed", forwarder=self.name, count=suppressed)
 
     def _settled(self, event_id: str, result: Delivery) -> bool:
         if event_id in self._confirmed:
@@ -293,7 +363,7 @@ class MqttForwarder:
         for version in versions:
             client = self._make_client(version)
             try:
-                await client.__aenter__()
+                await self._open(client)
             except MqttConnectError as exc:
                 rc: Any = exc.rc
                 code = int(getattr(rc, "value", rc) or 0)
@@ -338,7 +408,9 @@ class MqttForwarder:
             username=cfg.username,
             password=password,
             tls_context=self._tls_context() if cfg.tls else None,
-            max_inflight_messages=cfg.max_inflight,
+            # unlimited in paho: the window is applied in _exchange, once the CONNACK is known
+            max_inflight_messages=0,
+            logger=self._client_log,
         )
         self._hook_connack(client)
         return client
@@ -351,17 +423,28 @@ class MqttForwarder:
             context.load_cert_chain(str(cfg.cert_file), key)
         return context
 
+    @staticmethod
+    async def _open(client: aiomqtt.Client) -> None:
+        """Connect; a failed attempt is released, or its socket stays open and polled: every
+        retry would leak three descriptors, and a half-handled packet makes paho's reader spin."""
+        try:
+            await client.__aenter__()
+        except BaseException:
+            _release(client)
+            raise
+
     def _hook_connack(self, client: aiomqtt.Client) -> None:
-        """Never keep more QoS 1 publishes in flight than the broker's Receive Maximum (MQTT 5
-        CONNACK property): paho does not honour it, and a broker may disconnect a client that
-        exceeds it."""
+        """Size the in-flight window from the CONNACK: ``max_inflight``, lowered to the broker's
+        Receive Maximum (MQTT 5). A broker may disconnect a client that exceeds it. Nothing
+        here may raise: an exception inside a paho callback leaves the packet unhandled."""
         paho = client._client
         inner: Any = paho.on_connect
 
         def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
             receive_max = getattr(props, "ReceiveMaximum", None)
-            if isinstance(receive_max, int) and 0 < receive_max < self.config.max_inflight:
-                paho.max_inflight_messages_set(receive_max)
+            if not isinstance(receive_max, int) or receive_max <= 0:
+                receive_max = _RECEIVE_MAXIMUM_ABSENT
+            self._window = min(self.config.max_inflight, receive_max)
             inner(c, userdata, flags, reason, props)
 
         paho.on_connect = on_connect
@@ -375,10 +458,11 @@ class MqttForwarder:
             if future is not None and not future.done():
                 code = int(getattr(reason, "value", reason))
                 future.set_result(code)
-                self._batch_left -= 1
-                done = self._batch_done
-                if (self._batch_left <= 0 or code >= 0x80) and done and not done.done():
-                    done.set_result(None)
+                if code >= 0x80:
+                    self._broker_refused = True
+                seen = self._puback_seen
+                if seen is not None and not seen.done():
+                    seen.set_result(None)
             if inner is not None:
                 inner(c, userdata, mid, reason, props)
 
@@ -386,7 +470,7 @@ class MqttForwarder:
 
     async def _subscribe_acks(self, client: aiomqtt.Client) -> None:
         try:
-            await client.subscribe(self._topic(self.config.ack_topic, None), qos=1)
+            await client.subscribe(self._ack_topic, qos=1)
         except aiomqtt.MqttError as exc:
             await self._disconnect()
             raise DeliveryError(
@@ -433,11 +517,20 @@ class MqttForwarder:
             return
         with contextlib.suppress(aiomqtt.MqttError, OSError, asyncio.TimeoutError):
             await client.__aexit__(None, None, None)
-        if client._disconnected.done() and not client._disconnected.cancelled():
-            client._disconnected.exception()  # retrieved: a dropped link is expected here
+        _release(client)
 
     def _topic(self, template: str, batch: str | None) -> str:
         return template.format(site=self.site, line=self.line, batch=batch or "none")
+
+
+def _release(client: aiomqtt.Client) -> None:
+    """Close what paho holds open for a connection that is over (its socket, which aiomqtt polls,
+    and its wake-up socket pair), and retrieve the dropped-link error: a lost link is expected."""
+    with contextlib.suppress(Exception):
+        client._client._reset_sockets()
+    dropped = client._disconnected
+    if dropped.done() and not dropped.cancelled():
+        dropped.exception()
 
 
 def _validated(name: str, config: MqttConfig | Mapping[str, Any]) -> MqttConfig:

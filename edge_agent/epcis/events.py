@@ -1,5 +1,23 @@
 """EPCIS 2.0 JSON-LD events and documents for what a packaging line does to serials.
 
+What becomes of a serial, upstream (CBV 2.0 business steps; each serial printed gets exactly one
+of these, and no event contradicts the EPCIS/CBV state model):
+
+- **verified unit**: ObjectEvent ``ADD``, bizStep ``commissioning``, disposition ``active``, lot
+  and expiry as ILMD (``cbvmda:lotNumber``, ``cbvmda:itemExpirationDate``);
+- **commissioned, then rejected** (the PLC's gate rejected a unit we had passed): ObjectEvent
+  ``DELETE``, bizStep ``decommissioning``, disposition ``inactive``; it follows its
+  commissioning in the same batch's order;
+- **rejected before commissioning** (no read, wrong content, no print confirmation, in flight at
+  a restart ...): the serial was, or may have been, printed on a pack that went to the reject
+  bin, but it was never commissioned, so there is nothing to ``DELETE`` (a repository that
+  checks an EPC's history refuses decommissioning an EPC it never saw added). ObjectEvent
+  ``OBSERVE``, bizStep ``destroying``, disposition ``destroyed``: the CBV pattern for an object
+  terminated at this point; the serial is retired for good;
+- **never printed** (left unsent at batch close, or discarded unprinted from the printer's
+  buffer): no event; the batch reconciliation reports it unused, to go back to level 3.
+Rejections carry their reason in ``edge:reason``.
+
 Event IDs: every event gets a UUID URN (``urn:uuid:...``) when it is created, and the outbox stores
 it with the event, so a re-send after a crash or an outage carries the same ID and the upstream
 de-duplicates on it. We do not use the GS1 event-hash ID (``ni:///sha-256;...?ver=CBV2.0``):
@@ -7,15 +25,19 @@ de-duplicates on it. We do not use the GS1 event-hash ID (``ni:///sha-256;...?ve
 - its stability comes from recomputing a canonical form of the whole event, and the reference
   implementation's canonicalisation has changed between versions (normaliser fixes), so two
   parties can compute different hashes for the same event; our ID never has to be recomputed;
-- two distinct events with identical content (same serial, same millisecond, same step — e.g. a
-  decommissioning sent again by an operator correction) would get the same hash and the second
-  would be silently de-duplicated away upstream; a random ID keeps them apart;
+- two distinct events with identical content (same serial, same millisecond, same step) would get
+  the same hash and the second would be silently de-duplicated away upstream; a random ID keeps
+  them apart;
 - it needs JSON-LD expansion per event on the hot ingest path; a UUID costs nothing.
-Receivers that want the hash can compute it from the event; it is a property of the content.
+Receivers that want the hash can compute it from the event; it is a property of the content, and
+the tests check that the GS1 reference generator computes it the same way from every document we
+send.
 
-Extension fields of ours use the ``edge:`` prefix, declared in every event's and document's
-``@context`` as :data:`EDGE_NS`, so JSON-LD processors (and EPCIS 1.2 XML converters) expand them
-to a proper namespace instead of dropping an undefined term.
+Context: a standalone event (one MQTT message) carries :data:`CONTEXT`; an event inside an
+EPCISDocument carries none. :func:`document` lifts the events' contexts into the document's, so
+every prefix used (``cbvmda:``, and ``edge:`` = :data:`EDGE_NS` for our extension fields) is
+declared once, at the top: the form GS1's examples use, and the only place the reference
+event-hash generator reads prefixes from.
 """
 
 from __future__ import annotations
@@ -31,7 +53,12 @@ EDGE_NS = "urn:serialization-edge-agent:epcis:"
 """Namespace of the agent's user extension fields (``edge:reason`` ...). A URN: it names, it
 does not pretend to be a resolvable web address."""
 
-CONTEXT: list[Any] = [EPCIS_CONTEXT, {"edge": EDGE_NS}]
+CBVMDA_IRI = "urn:epcglobal:cbv:mda:"
+"""CBV master data attributes (``cbvmda:lotNumber`` ...). The EPCIS 2.0 context defines the
+prefix too; it is declared again (identically) so that processors that do not load the context,
+such as the GS1 reference event-hash generator, expand it as well."""
+
+CONTEXT: list[Any] = [EPCIS_CONTEXT, {"cbvmda": CBVMDA_IRI, "edge": EDGE_NS}]
 SCHEMA_VERSION = "2.0"
 
 Action = Literal["ADD", "OBSERVE", "DELETE"]
@@ -123,8 +150,8 @@ def decommissioning(
     biz_location: str | None = None,
     when: datetime | None = None,
 ) -> dict[str, Any]:
-    """A serial that will never be in use: rejected at the line or taken back after commissioning.
-    CBV: bizStep decommissioning goes with disposition inactive."""
+    """A commissioned serial taken out of use (e.g. the gate rejected a unit we had passed):
+    DELETE, bizStep decommissioning, disposition inactive. Only for an EPC that was commissioned."""
     return object_event(
         epcs=[epc],
         action="DELETE",
@@ -145,11 +172,12 @@ def destroying(
     biz_location: str | None = None,
     when: datetime | None = None,
 ) -> dict[str, Any]:
-    """The unit was physically destroyed (e.g. a rejected pack sent to waste). CBV: bizStep
-    destroying goes with disposition destroyed."""
+    """A serial that was never commissioned and is retired with its pack (rejected before
+    verification): OBSERVE, bizStep destroying, disposition destroyed. OBSERVE, not DELETE: the
+    EPC was never added, so nothing can be removed."""
     return object_event(
         epcs=[epc],
-        action="DELETE",
+        action="OBSERVE",
         biz_step="destroying",
         disposition="destroyed",
         read_point=read_point,
@@ -195,10 +223,19 @@ def document(
     receiver: str | None = None,
     when: datetime | None = None,
 ) -> dict[str, Any]:
-    """An EPCISDocument carrying ``events`` in order, unchanged (each keeps its own ``@context``
-    and ``eventID``: the payload the outbox stored is the payload delivered)."""
+    """An EPCISDocument carrying ``events`` in order, with their ``eventID`` and content as
+    stored. An event's own ``@context`` (a stored event stands alone, for MQTT) is lifted into
+    the document's: inside a document an event carries none, and each prefix is declared once
+    at the top. A prefix declared differently by two events is refused (ValueError)."""
+    urls: list[str] = [EPCIS_CONTEXT]
+    terms: dict[str, str] = dict(CONTEXT[1])
+    body = []
+    for event in events:
+        inner = dict(event)
+        _merge_context(inner.pop("@context", None), urls, terms)
+        body.append(inner)
     doc: dict[str, Any] = {
-        "@context": list(CONTEXT),
+        "@context": [*urls, terms],
         "type": "EPCISDocument",
         "schemaVersion": SCHEMA_VERSION,
         "creationDate": event_time(when)[0],
@@ -207,8 +244,23 @@ def document(
         doc["sender"] = sender
     if receiver:
         doc["receiver"] = receiver
-    doc["epcisBody"] = {"eventList": [dict(event) for event in events]}
+    doc["epcisBody"] = {"eventList": body}
     return doc
+
+
+def _merge_context(context: Any, urls: list[str], terms: dict[str, str]) -> None:
+    entries = context if isinstance(context, list) else [] if context is None else [context]
+    for entry in entries:
+        if isinstance(entry, str):
+            if entry not in urls:
+                urls.append(entry)
+            continue
+        for term, iri in dict(entry).items():
+            if terms.setdefault(term, iri) != iri:
+                raise ValueError(
+                    f"prefix {term!r} is declared as {terms[term]!r} and as {iri!r}: "
+                    "events of one document must agree"
+                )
 
 
 def document_from_payloads(payloads: Iterable[str], **kwargs: Any) -> dict[str, Any]:

@@ -2,8 +2,14 @@
 
 The broker runs as a subprocess with its own config and persistence directory, so it can be
 stopped and restarted (``stop()`` / ``start()``) and keeps its sessions and queued messages
-across the restart, like a production broker with persistence on. Limits that would silently
-drop messages (per-client queue of 1,000 by default) are lifted.
+across the restart (persistence on, saved at SIGTERM, as in Debian's packaged config).
+
+By default it runs with mosquitto's **stock limits**, the ones users have: Receive Maximum 20
+(``max_inflight_messages``), 1,000 queued messages per client, autosave every 30 minutes. The
+config holds only what a temporary broker needs (loopback listener, anonymous clients as in
+mosquitto's local-only mode, a temporary persistence directory and log file). ``tuned=True``
+adds :data:`TUNED_CONFIG` (no in-flight or queue limit, autosave every second) for benchmarks
+and tests that say why they need it; it exists beside the stock broker, never instead of it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Self
+
+TUNED_CONFIG = "autosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 0\n"
+"""Limits lifted: nothing queued is dropped, every message is on disk within a second, and the
+broker's Receive Maximum is unlimited (65,535)."""
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -38,14 +48,21 @@ class Mosquitto:
     """``with Mosquitto(tmp_dir) as broker:`` → ``broker.port``; ``stop()``/``start()`` restart
     it on the same port with its persisted state."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        extra_config: str = "",
+        tuned: bool = False,
+    ) -> None:
         exe = find_mosquitto()
         if exe is None:
             raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
         self.exe = exe
         self.workdir = workdir
         self.port = port or free_port()
-        self.extra_config = extra_config
+        self.extra_config = (TUNED_CONFIG if tuned else "") + extra_config
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_file = workdir / "mosquitto.conf"
@@ -60,9 +77,6 @@ class Mosquitto:
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
-            "autosave_interval 1\n"
-            "max_queued_messages 0\n"
-            "max_inflight_messages 0\n"
             f"log_dest file {self.log_file}\n"
             "log_type error\nlog_type warning\n" + self.extra_config
         )

@@ -6,10 +6,11 @@ This is the receiving half integrators copy. The contract (``delivery = "end-to-
    expiry), so events published while you are away are queued for you.
 2. For each event (one EPCIS 2.0 event per message, JSON): store it durably, de-duplicating on
    ``eventID`` (the agent delivers at least once; a re-sent event carries the same ID).
-3. Only then confirm it: publish ``{"acked": ["<eventID>", ...]}`` with QoS 1 on the ack topic
-   (the events topic with its last level ``events`` replaced by ``acks``). Confirm a duplicate
-   again: the agent re-sends exactly because a confirmation was lost. Batching several IDs in
-   one confirmation is fine.
+3. Only then confirm it: publish ``{"acked": ["<eventID>", ...]}`` with QoS 1 on the ack topic:
+   the message's MQTT 5 Response Topic property (the agent's ``ack_topic``, always set by an
+   MQTT 5 agent); for an agent on MQTT 3.1.1, which cannot send properties, the ``ack_topic``
+   configured here (the same as the agent's). Confirm a duplicate again: the agent re-sends
+   exactly because a confirmation was lost. Batching several IDs in one confirmation is fine.
 4. An event you can never accept (invalid): ``{"rejected": {"<eventID>": "why"}}``. The agent
    dead-letters it and raises an alarm instead of re-sending it forever.
 """
@@ -39,6 +40,7 @@ class MqttConsumer:
     port: int
     topic: str = "serialization/+/+/events"
     client_id: str = "l3-consumer"
+    ack_topic: str | None = None  # for MQTT 3.1.1 agents (no Response Topic): the agent's ack_topic
     ack: bool = True  # False: behave like a receiver that never confirms
     reject: Callable[[dict[str, Any]], str | None] = lambda _event: None
     ack_interval_s: float = 0.05
@@ -127,14 +129,16 @@ class MqttConsumer:
         event_id = str(event["eventID"])
         # (a real L3 system commits the event to its own store here, before confirming)
         self.received.append(Received(str(message.topic), event_id, text))
-        ack_topic = str(message.topic).rsplit("/", 1)[0] + "/acks"
+        ack_topic = getattr(message.properties, "ResponseTopic", None) or self.ack_topic
+        self._changed.set()
+        if ack_topic is None:
+            return  # nowhere to confirm it (a 3.1.1 agent and no ack_topic here): it is re-sent
         pending = self._pending_acks.setdefault(ack_topic, {"acked": [], "rejected": {}})
         why = self.reject(event)
         if why is None:
             pending["acked"].append(event_id)
         else:
             pending["rejected"][event_id] = why
-        self._changed.set()
 
     async def _acks(self, client: aiomqtt.Client) -> None:
         while True:
