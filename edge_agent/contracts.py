@@ -256,3 +256,57 @@ class Forwarder(Protocol):
     async def deliver(self, events: Sequence[OutboxEvent]) -> Delivery:
         """Send ``events`` in order and report which are done; raise ``DeliveryError`` when the
         upstream cannot be reached or answers with a transient failure (the caller backs off)."""
+
+
+# --- Level 3 (site server) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SerialPage:
+    """Serials L3 handed out for an order in answer to one request."""
+
+    request_id: str  # the agent's request token: asking again with it yields this same page
+    order_id: str
+    gtin: str
+    serials: tuple[str, ...]
+    exhausted: bool = False  # L3 has no more serials for this order
+
+
+@dataclass(frozen=True)
+class L3Message:
+    """Something the line owes L3, with a stable id L3 de-duplicates on."""
+
+    id: str  # "<order>:return", "<order>:report", "<order>:refused"
+    kind: str  # "serial_return" | "close_report" | "order_refused"
+    order_id: str
+    payload: dict[str, Any]
+    created_at: float
+    attempts: int = 0
+    delivered_at: float | None = None
+
+
+@runtime_checkable
+class L3Link(Protocol):
+    """The site server: sends work orders, hands out serial pages, takes back unused serials and
+    close reports. Implementations: HTTP, MQTT 5 request/response, a folder (air-gapped)."""
+
+    name: str
+
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    def orders(self) -> AsyncIterator[dict[str, Any]]:
+        """Order documents as L3 sends them (pushed or polled), unvalidated: the core validates
+        each one and tells L3 when it refuses one. Ends only when the link closes."""
+        ...
+
+    async def request_serials(
+        self, order_id: str, gtin: str, count: int, request_id: str
+    ) -> SerialPage:
+        """Ask for up to ``count`` new serials. The same ``request_id`` always yields the same
+        page, so a request retried after a crash or a lost answer never gets a second one.
+        Raises ``DeliveryError`` when L3 cannot answer now (the caller retries, same id)."""
+
+    async def deliver(self, message: L3Message) -> None:
+        """Hand over a return, a close report or a refusal; returns once L3 acknowledged it.
+        Raises ``DeliveryError`` to be retried later with the same message id."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edge_agent.errors import LedgerError
 
-SCHEMA_VERSION = 2  # 2: per-forwarder delivery state of outbox events
+SCHEMA_VERSION = 3  # 2: per-forwarder delivery state of outbox events; 3: work orders, audit
 DB_NAME = "state.db"
 
 _SCHEMA = """
@@ -89,6 +89,71 @@ CREATE TABLE IF NOT EXISTS outbox_delivery (
     PRIMARY KEY (forwarder, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox_cursor (forwarder TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+-- Work orders and their holds (edge_agent/orders/store.py).
+CREATE TABLE IF NOT EXISTS orders (
+    queue INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    source TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    started_at REAL, completed_at REAL, ended_at REAL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_by_state ON orders (state, queue);
+CREATE TABLE IF NOT EXISTS order_holds (
+    id INTEGER PRIMARY KEY,
+    order_id TEXT NOT NULL REFERENCES orders(id),
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    held_at REAL NOT NULL,
+    resumed_at REAL,
+    resumed_by TEXT
+);
+CREATE INDEX IF NOT EXISTS order_holds_by_order ON order_holds (order_id, id);
+-- Alarms, with raised / cleared / acknowledged times (edge_agent/alarms.py).
+CREATE TABLE IF NOT EXISTS alarms (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    order_id TEXT,
+    raised_at REAL NOT NULL,
+    count INTEGER NOT NULL DEFAULT 1,
+    cleared_at REAL,
+    acknowledged_at REAL,
+    acknowledged_by TEXT
+);
+CREATE INDEX IF NOT EXISTS alarms_active ON alarms (cleared_at, kind);
+-- Messages owed to L3: serial returns, close reports (edge_agent/l3/messages.py).
+CREATE TABLE IF NOT EXISTS l3_messages (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    delivered_at REAL
+);
+-- The audit trail: append-only, hash-chained (edge_agent/orders/audit.py).
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    source TEXT NOT NULL,
+    action TEXT NOT NULL,
+    order_id TEXT,
+    reason TEXT,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 """
 
 
@@ -127,7 +192,20 @@ def open_reader(state_dir: Path) -> sqlite3.Connection:
 
 @contextmanager
 def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction, durable when the block exits without an exception."""
+    """One write transaction, durable when the block exits without an exception.
+
+    Nested inside another ``write`` it is a savepoint of the outer transaction: changes made by
+    several owners (an order and its ledger batch) then commit together or not at all."""
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT nested")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK TO nested")
+            conn.execute("RELEASE nested")
+            raise
+        conn.execute("RELEASE nested")
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn

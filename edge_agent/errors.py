@@ -97,3 +97,28 @@ class LineStopped(EdgeAgentError):
     def __init__(self, reason: StopReason, detail: str = "") -> None:
         self.reason = reason
         super().__init__(f"line stopped: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class OrderError(EdgeAgentError):
+    """A work order or an order command was refused; the message says why and what to do."""
+
+
+class OrderInvalid(OrderError):
+    """An order failed validation; ``problems`` holds (key path, message) pairs, all of them."""
+
+    def __init__(self, order_id: str | None, source: str, problems: list[tuple[str, str]]) -> None:
+        self.order_id = order_id
+        self.source = source
+        self.problems = problems
+        who = f"order {order_id}" if order_id else "order"
+        lines = [f"{who} from {source}: {key}: {message}" for key, message in problems]
+        super().__init__("\n".join(lines))
+
+
+class CommandRefused(OrderError):
+    """A command is not allowed now (wrong state, missing reason, recovery checks failed)."""
+
+    def __init__(self, message: str, *, order_id: str | None = None, state: str | None = None):
+        self.order_id = order_id
+        self.state = state
+        super().__init__(message)

@@ -2,7 +2,8 @@
 
     allocated ─► sent ─► printed ─► commissioned ─► rejected (decommissioning event)
         │          │         └────► rejected (destroying event: never commissioned)
-        └──────────┴──────────────► unused (no event) / rejected (destroying event)
+        └──────────┴──────────────► unused (no event) ─► returned (to L3, acknowledged)
+                                    / rejected (destroying event)
 
 ``sent`` is written (committed) before a record goes to the printer, so a serial is never sent
 twice, even across a crash. A unit passes only after its ``commissioned`` transition and its
@@ -34,9 +35,10 @@ class SerialState(enum.StrEnum):
     COMMISSIONED = "commissioned"
     REJECTED = "rejected"
     UNUSED = "unused"
+    RETURNED = "returned"  # unused, and given back to L3, which acknowledged it
 
 
-TERMINAL = frozenset({SerialState.REJECTED, SerialState.UNUSED})
+TERMINAL = frozenset({SerialState.REJECTED, SerialState.UNUSED, SerialState.RETURNED})
 IN_FLIGHT = (SerialState.ALLOCATED, SerialState.SENT, SerialState.PRINTED)
 
 # to-state → states it may be reached from
@@ -50,6 +52,7 @@ ALLOWED_FROM: dict[SerialState, tuple[SerialState, ...]] = {
         SerialState.COMMISSIONED,
     ),
     SerialState.UNUSED: (SerialState.ALLOCATED, SerialState.SENT),
+    SerialState.RETURNED: (SerialState.UNUSED,),
 }
 
 
@@ -155,6 +158,27 @@ class Ledger:
                 )
                 added += 1
         return added
+
+    def allocate(self, batch: BatchInfo, serials: Sequence[str], how: str) -> int:
+        """Allocate these serials (an order's own list, an L3 page) to the batch, persisted
+        before use. A serial known already, here or in any earlier batch, is refused: the
+        whole call changes nothing then."""
+        now = time.time()
+        with write(self.conn):
+            for serial in serials:
+                try:
+                    self.conn.execute(
+                        "INSERT INTO serials (gtin, serial, batch_id, state, updated_at) "
+                        "VALUES (?, ?, ?, 'allocated', ?)",
+                        (batch.gtin, serial, batch.id, now),
+                    )
+                except sqlite3.IntegrityError as exc:
+                    raise LedgerError(
+                        f"serial {serial} of GTIN {batch.gtin} was handed out before; "
+                        "a serial is never used twice"
+                    ) from exc
+                self._record(batch.gtin, serial, None, SerialState.ALLOCATED, how, None, now)
+        return len(serials)
 
     def import_serial_list(self, gtin: str, path: Path) -> int:
         """Load an L3 serial list into the pool; serials already known are skipped."""

@@ -15,7 +15,7 @@ class StopReason(enum.StrEnum):
 
     code: int
 
-    def __new__(cls, value: str, code: int) -> StopReason:
+    def __new__(cls, value: str, code: int = 99) -> StopReason:
         member = str.__new__(cls, value)
         member._value_ = value
         member.code = code

@@ -1,0 +1,70 @@
+"""Settling an order's serial account at its end (close, abort, cancel).
+
+Idempotent, so a crash part-way is finished by the next attempt: the ledger batch is closed
+(serials never sent become unused), the unused serials are queued as one return to L3 when they
+came from L3, and the close report is written under ``<state_dir>/reports`` and queued for L3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from edge_agent.l3 import messages
+from edge_agent.ledger import Ledger, SerialState
+from edge_agent.orders import audit
+from edge_agent.orders.model import OrderState
+from edge_agent.orders.report import close_report
+from edge_agent.orders.store import OrderRecord
+from edge_agent.reconcile import reconcile
+
+
+class OrderSettlement:
+    def __init__(
+        self, conn: sqlite3.Connection, ledger: Ledger, reports_dir: Path, *, l3_link: bool
+    ) -> None:
+        self.conn = conn
+        self.ledger = ledger
+        self.reports_dir = reports_dir
+        self.l3_link = l3_link
+
+    def reconcile(self, order_id: str) -> dict[str, Any]:
+        return reconcile(self.conn, order_id)
+
+    async def settle(
+        self, record: OrderRecord, final: OrderState, actor: audit.Actor, reason: str | None
+    ) -> dict[str, Any]:
+        order = record.order
+        self.ledger.close_batch(order.id, reason=f"order_{final}")
+        returned = 0
+        if self.l3_link and order.serials.source in ("l3", "list"):
+            unused = self.ledger.serials_in(order.id, SerialState.UNUSED)
+            returned = len(unused)
+            messages.queue(
+                self.conn,
+                "serial_return",
+                order.id,
+                {"order_id": order.id, "gtin": order.product.gtin, "serials": unused},
+            )
+        report = close_report(self.conn, record, final, actor, reason)
+        report["serials_returned"] = returned
+        self._write(order.id, report)
+        if self.l3_link:
+            messages.queue(self.conn, "close_report", order.id, report)
+        return report
+
+    def report_path(self, order_id: str) -> Path:
+        return self.reports_dir / f"{order_id}.json"
+
+    def _write(self, order_id: str, report: dict[str, Any]) -> None:
+        self.reports_dir.mkdir(parents=True, exist_ok=True)
+        path = self.report_path(order_id)
+        tmp = path.with_suffix(".json.tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
