@@ -11,6 +11,7 @@ Fixtures are function-scoped and need pytest-asyncio (``asyncio_mode = "auto"`` 
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,38 @@ import pytest
 import pytest_asyncio
 
 from simulators.line import SimLine
+from simulators.system_tools import TOOLS, find_tool
+
+CI_ENV = "EDGE_AGENT_CI"  # set to 1 where every tool must be present (.ci/run): fail, never skip
+
+
+def require_tool(name: str) -> str:
+    """The installed system tool ``name`` (see ``simulators.system_tools.TOOLS``); when it is
+    missing, the test is skipped with the Debian package to install, or fails if EDGE_AGENT_CI=1.
+    Tests can also say ``@pytest.mark.requires_tool("mosquitto")``."""
+    found = find_tool(name)
+    if found is not None:
+        return found
+    tool = TOOLS[name]
+    what = f"{name} ({tool.purpose}) is not installed: {tool.install}"
+    if os.environ.get(CI_ENV) == "1":
+        pytest.fail(f"{what}; {CI_ENV}=1 requires it", pytrace=False)
+    pytest.skip(what)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "requires_tool(*names): the test needs these system tools (mosquitto, mbpoll, libdmtx);"
+        " skipped with the package name when one is missing, failed if EDGE_AGENT_CI=1",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before fixtures are set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("requires_tool"):
+        for name in marker.args:
+            require_tool(name)
 
 
 @pytest.fixture
@@ -149,16 +182,9 @@ def agent_config_factory(tmp_path: Path) -> Any:
 def mosquitto(tmp_path: Path) -> Any:
     """A real Mosquitto broker on a free loopback port (``.port``; ``.stop()``/``.start()``
     restart it with its persisted sessions). Skips without mosquitto, fails if EDGE_AGENT_CI=1."""
-    import os
+    from simulators.upstream.mosquitto import Mosquitto
 
-    from simulators.upstream.mosquitto import Mosquitto, find_mosquitto
-
-    if find_mosquitto() is None:
-        if os.environ.get("EDGE_AGENT_CI") == "1":
-            pytest.fail(
-                "mosquitto is not installed but EDGE_AGENT_CI=1 (the CI image must have it)"
-            )
-        pytest.skip("mosquitto is not installed")
+    require_tool("mosquitto")
     with Mosquitto(tmp_path / "mosquitto") as broker:
         yield broker
 
