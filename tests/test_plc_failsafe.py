@@ -313,7 +313,7 @@ async def test_missing_reject_confirms_stop_the_line(
             sims,
             200,
             max_missing_confirms=3,
-            reject_confirm_timeout_ms=400,
+            reject_confirm_timeout_ms=800,  # above the 0.6 s gate delay
             max_consecutive_rejects=50,
         )
         stats = LineStats()

@@ -589,7 +589,7 @@ async def test_missing_reject_confirms_stop_the_line_over_opcua(tmp_path: Path) 
         "line": {
             "verdict_deadline_ms": 500,
             "max_missing_confirms": 3,
-            "reject_confirm_timeout_ms": 400,
+            "reject_confirm_timeout_ms": 800,  # above the 0.6 s gate delay
             "max_consecutive_rejects": 50,
         },
         "simulators": {

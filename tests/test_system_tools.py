@@ -32,7 +32,7 @@ NEEDING = {
     "tests/test_vision_pipeline.py::test_dmtx_keeps_fnc1_as_gs": "libdmtx0b",
     "tests/test_vision_pipeline.py::test_read_turns_a_crash_into_no_read": "libdmtx0b",
 }
-HIDE_TOOLS = '''
+HIDE_TOOLS = """
 import ctypes.util, shutil
 import simulators.upstream.mosquitto as mosquitto
 
@@ -40,7 +40,7 @@ _which, _find_library = shutil.which, ctypes.util.find_library
 shutil.which = lambda name, *a, **k: None if name in ("mosquitto", "mbpoll") else _which(name, *a, **k)
 ctypes.util.find_library = lambda name: None if name == "dmtx" else _find_library(name)
 mosquitto.MOSQUITTO_PATHS = ()
-'''
+"""
 
 
 def _run_without_tools(tmp_path: Path, ci: bool) -> dict[str, list[tuple[str, str]]]:
@@ -48,9 +48,9 @@ def _run_without_tools(tmp_path: Path, ci: bool) -> dict[str, list[tuple[str, st
     (tmp_path / "hide_tools.py").write_text(HIDE_TOOLS)
     report = tmp_path / ("ci.xml" if ci else "local.xml")
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "EDGE_AGENT_CI": "1" if ci else "0"}
+    plugins = ["-p", "hide_tools", "-p", "no:randomly", "-p", "no:cacheprovider"]
     subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "hide_tools", "-p", "no:randomly", "-q"]
-        + ["-p", "no:cacheprovider", f"--junitxml={report}", *NEEDING],
+        [sys.executable, "-m", "pytest", "-q", *plugins, f"--junitxml={report}", *NEEDING],
         cwd=ROOT,
         env=env,
         capture_output=True,
