@@ -689,4 +689,4 @@ def _without_section(text: str, name: str) -> str:
 async def test_pytest_plugin_fixture(opcua_plc_sim: OpcUaPlcSim, sim_line: SimLine) -> None:
     assert opcua_plc_sim.line is sim_line
     async with OpcUaPlc("plc", opcua_plc_sim.driver_config()) as plc:
-        assert (await plc.read_state()).extra["ring_size"] == 32
+        assert (await plc.read_state()).extra["ring_size"] == opcua_plc_sim.ring_size == 512
