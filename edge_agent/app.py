@@ -39,6 +39,8 @@ class Agent:
 
     async def run(self) -> BatchInfo:
         model = self.config.model
+        for warning in self.config.warnings:
+            log.warning("config_warning", batch=model.batch.id, detail=warning)
         conn = open_db(model.agent.state_dir)
         ledger = Ledger(
             conn,

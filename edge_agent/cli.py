@@ -183,6 +183,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from edge_agent import logs
     from edge_agent.config import load_config
     from simulators.runner import SimulatorSet
+    from simulators.standalone import run_until_signal
 
     config = load_config(args.config)
     logs.configure("console" if sys.stderr.isatty() else "json")
@@ -206,8 +207,7 @@ def _simulate(args: argparse.Namespace) -> int:
                     args.report_json.write_text(json.dumps(truth, indent=2) + "\n")
         return truth
 
-    _run_until_signal(serve())
-    return EXIT_OK
+    return run_until_signal(serve())
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -224,6 +224,8 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     m = config.model
     print(
         f"{args.file}: OK — line {m.line.id}, batch {m.batch.id} ({m.batch.target_quantity} units), "

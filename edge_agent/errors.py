@@ -6,6 +6,7 @@ so the core never needs to know which vendor library failed.
 
 from __future__ import annotations
 
+from edge_agent.redaction import redact_url
 from edge_agent.stops import StopReason
 
 
@@ -50,7 +51,8 @@ class DeviceError(EdgeAgentError):
 
     def __init__(self, device: str, message: str) -> None:
         self.device = device
-        super().__init__(f"{device}: {message}")
+        # Device messages often quote an address; a URL may carry a password (rtsp://u:p@cam).
+        super().__init__(f"{device}: {redact_url(message)}")
 
 
 class DeviceConnectionError(DeviceError):

@@ -8,6 +8,8 @@ from typing import Literal, TextIO
 
 import structlog
 
+from edge_agent.redaction import REDACTED, is_secret_key, redact_url
+
 
 def configure(
     fmt: Literal["auto", "json", "console"] = "auto",
@@ -32,9 +34,23 @@ def configure(
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=False),
             structlog.processors.format_exc_info,
+            redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+
+
+def redact_secrets(
+    logger: object, method: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """No log line shows a secret: values of secret-named fields are masked, and so are URL
+    passwords in every text (exception tracebacks included)."""
+    for key, value in event_dict.items():
+        if key != "event" and is_secret_key(key):
+            event_dict[key] = REDACTED
+        elif isinstance(value, str):
+            event_dict[key] = redact_url(value)
+    return event_dict

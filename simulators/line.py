@@ -3,8 +3,8 @@
 A real line moves physical units from the printer past the camera to the reject gate. In the
 simulation the printer simulator puts a ``SimUnit`` on the ``SimLine`` when it prints; after the
 transit time the unit reaches the camera photo-eye, which assigns the next trigger count. Trigger
-listeners run in registration order: the PLC simulator first (it schedules the reject gate), then
-the camera simulator (it renders and sends the frame).
+listeners that count units (the PLC simulator: it schedules the reject gate) run before the others
+(the camera simulator: it renders and sends the frame), whichever was created first.
 
 The line runs only while every registered ``run_permit`` says so (the PLC simulator stops it on
 heartbeat loss or a line-stop request). Pacing: ``units_per_min`` limits the print rate; ``None``
@@ -43,15 +43,27 @@ class SimLine:
         self.transit_s = transit_s
         self.trigger_count = 0
         self._listeners: list[TriggerListener] = []
+        self._counters = 0  # listeners at the front of _listeners registered with counts=True
         self._permits: list[Callable[[], bool]] = []
+        self._settlers: list[Callable[[], Awaitable[None]]] = []
         self._next_slot_at = 0.0
         self._running_changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- wiring -----------------------------------------------------------------------------
 
-    def on_trigger(self, listener: TriggerListener) -> None:
-        self._listeners.append(listener)
+    def on_trigger(self, listener: TriggerListener, *, counts: bool = False) -> None:
+        """Call ``listener`` for every unit reaching the photo-eye; ``counts``: it counts the
+        trigger (a PLC) and must see it before any camera does."""
+        if counts:
+            self._listeners.insert(self._counters, listener)
+            self._counters += 1
+        else:
+            self._listeners.append(listener)
+
+    def on_settle(self, settler: Callable[[], Awaitable[None]]) -> None:
+        """``settled()`` also waits for ``settler`` (e.g. a PLC's units still before the gate)."""
+        self._settlers.append(settler)
 
     def add_run_permit(self, permit: Callable[[], bool]) -> None:
         self._permits.append(permit)
@@ -103,3 +115,10 @@ class SimLine:
         """Wait until every unit on the conveyor has reached the camera."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def settled(self) -> None:
+        """Wait until every unit has reached the camera and every device is done with it (the
+        PLC simulators: decided at the gate)."""
+        await self.drain()
+        for settler in self._settlers:
+            await settler()

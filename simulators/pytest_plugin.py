@@ -1,24 +1,76 @@
-"""pytest fixtures for integrators: real device simulators on loopback.
+"""pytest fixtures for integrators: real device simulators on loopback, and the agent itself.
 
 Installed with the package and registered under the ``pytest11`` entry point, so any test suite
 in an environment with the agent installed can use them::
 
-    async def test_my_plc_code(plc_sim, sim_line): ...
+    async def test_my_line(printer_sim, camera_sim, plc_sim, agent_config_factory, agent_runner):
+        config = agent_config_factory(printer=printer_sim, camera=camera_sim, plc=plc_sim)
+        run = await agent_runner(config)
+        assert run.report["balanced"]
 
 Fixtures are function-scoped and need pytest-asyncio (``asyncio_mode = "auto"`` or the
-``@pytest.mark.asyncio`` marker).
+``@pytest.mark.asyncio`` marker). The device simulators of one test share ``sim_line``, one
+simulated conveyor, and their defaults agree with each other and with ``agent_config_factory``
+(the PLC's verdict ring and gate delay, the printer's buffer).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
 
 from simulators.line import SimLine
+from simulators.system_tools import TOOLS, find_tool
+
+if TYPE_CHECKING:
+    from edge_agent.config import LoadedConfig
+    from edge_agent.errors import LineStopped
+    from edge_agent.line.stats import LineStats
+
+# The PLC simulators' defaults, the demo's: a gate delay (camera to reject gate) that leaves the
+# agent's verdict deadline (300 ms) its margin, and a verdict ring larger than the units an
+# unpaced line puts between camera and gate in that time (a slot reused early rejects its unit).
+PLC_GATE_DELAY_S = 0.6
+PLC_HEARTBEAT_TIMEOUT_S = 1.0
+PLC_RING_SIZE = 512
+
+CI_ENV = "EDGE_AGENT_CI"  # set to 1 where every tool must be present (.ci/run): fail, never skip
+
+
+def require_tool(name: str) -> str:
+    """The installed system tool ``name`` (see ``simulators.system_tools.TOOLS``); when it is
+    missing, the test is skipped with the Debian package to install, or fails if EDGE_AGENT_CI=1.
+    Tests can also say ``@pytest.mark.requires_tool("mosquitto")``."""
+    found = find_tool(name)
+    if found is not None:
+        return found
+    tool = TOOLS[name]
+    what = f"{name} ({tool.purpose}) is not installed: {tool.install}"
+    if os.environ.get(CI_ENV) == "1":
+        pytest.fail(f"{what}; {CI_ENV}=1 requires it", pytrace=False)
+    pytest.skip(what)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "requires_tool(*names): the test needs these system tools (mosquitto, mbpoll, libdmtx);"
+        " skipped with the package name when one is missing, failed if EDGE_AGENT_CI=1",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before fixtures are set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("requires_tool"):
+        for name in marker.args:
+            require_tool(name)
 
 
 @pytest.fixture
@@ -29,10 +81,17 @@ def sim_line() -> SimLine:
 
 @pytest_asyncio.fixture
 async def plc_sim(sim_line: SimLine) -> AsyncIterator[Any]:
-    """Modbus TCP PLC simulator (the PLC contract of the README); ``.port`` is its port."""
+    """Modbus TCP PLC simulator (the PLC contract of the README): ``.port``, ``.driver_config()``
+    (the agent's ``[plc]`` section), ``.passed_triggers`` / ``.rejected_triggers`` (the gate's
+    decisions) and ``await .gates_settled()``. Gate delay 0.6 s, verdict ring of 512 slots."""
     from simulators.plc.modbus import ModbusPlcSim
 
-    async with ModbusPlcSim(sim_line, gate_delay_s=0.3, heartbeat_timeout_s=1.0) as sim:
+    async with ModbusPlcSim(
+        sim_line,
+        gate_delay_s=PLC_GATE_DELAY_S,
+        heartbeat_timeout_s=PLC_HEARTBEAT_TIMEOUT_S,
+        ring_size=PLC_RING_SIZE,
+    ) as sim:
         yield sim
 
 
@@ -42,13 +101,19 @@ async def opcua_plc_sim(sim_line: SimLine) -> AsyncIterator[Any]:
     ``driver_config()`` the agent's ``[plc]`` section for it. Starting it takes a few seconds."""
     from simulators.plc.opcua import OpcUaPlcSim
 
-    async with OpcUaPlcSim(sim_line, gate_delay_s=0.3, heartbeat_timeout_s=1.0) as sim:
+    async with OpcUaPlcSim(
+        sim_line,
+        gate_delay_s=PLC_GATE_DELAY_S,
+        heartbeat_timeout_s=PLC_HEARTBEAT_TIMEOUT_S,
+        ring_size=PLC_RING_SIZE,
+    ) as sim:
         yield sim
 
 
 @pytest_asyncio.fixture
 async def camera_sim(sim_line: SimLine) -> AsyncIterator[Any]:
-    """TCP frame camera simulator (no defects unless you set them); ``.port`` is its port."""
+    """TCP frame camera simulator (no defects unless you set ``.defect_rate``); ``.port``,
+    ``.driver_config()``, ``.injected`` (trigger -> defect kind)."""
     from simulators.cameras.tcp import TcpCameraSim
 
     async with TcpCameraSim(sim_line, defect_rate=0.0) as sim:
@@ -129,33 +194,112 @@ async def zpl_printer_sim(sim_line: SimLine) -> AsyncIterator[Any]:
         yield sim
 
 
+Device = Any  # a simulator (anything with driver_config()) or a device section as a dict
+
+
+def _section(device: Device) -> dict[str, Any]:
+    return dict(device) if isinstance(device, Mapping) else dict(device.driver_config())
+
+
 @pytest.fixture
-def agent_config_factory(tmp_path: Path) -> Any:
-    """Build a validated agent config pointing at simulator ports: ``factory(ports, **overrides)``."""
+def agent_config_factory(tmp_path: Path) -> Callable[..., LoadedConfig]:
+    """Build a validated agent config (``edge_agent.config.LoadedConfig``) for these simulators::
+
+        agent_config_factory(printer=printer_sim, camera=camera_sim, plc=plc_sim,
+                             batch={"target_quantity": 50}, line={...}, upstream={...})
+
+    ``printer``, ``camera``, ``plc``: a simulator (its ``driver_config()`` becomes the device
+    section) or a section as a dict, e.g. ``plc_sim.driver_config(timeout_s=0.3)``; a device
+    left out keeps the demo config's section. ``simulators``: a ``SimulatorSet`` instead of the
+    three. ``forwarders``: simulators or tables for ``[[upstream.forwarders]]``. Any other
+    keyword merges into that section of the demo config (``edge_agent/resources/demo.toml``);
+    the state directory is a fresh one under the test's ``tmp_path``.
+    """
     from edge_agent.config import parse_config
     from edge_agent.demo import demo_config_text
+    from edge_agent.errors import ConfigError
 
-    def factory(ports: dict[str, int], **overrides: Any) -> Any:
+    def factory(
+        *,
+        printer: Device = None,
+        camera: Device = None,
+        plc: Device = None,
+        simulators: Any = None,
+        forwarders: Iterable[Device] = (),
+        **sections: dict[str, Any],
+    ) -> LoadedConfig:
+        if simulators is not None:
+            printer = printer or simulators.printer
+            camera = camera or simulators.camera
+            plc = plc or simulators.plc
+        devices = {"printer": printer, "camera": camera, "plc": plc}
+        replaced = {kind: _section(d) for kind, d in devices.items() if d is not None}
         merged: dict[str, Any] = {"agent": {"state_dir": str(tmp_path / "state")}}
-        merged.update({kind: {"port": port} for kind, port in ports.items()})
-        for key, value in overrides.items():
+        for key, value in sections.items():
             merged[key] = {**merged.get(key, {}), **value}
-        return parse_config(demo_config_text(), "demo.toml", merged)
+        tables = [_section(f) for f in forwarders]
+        if tables:
+            upstream = merged.setdefault("upstream", {})
+            upstream["forwarders"] = [*upstream.get("forwarders", []), *tables]
+        config = parse_config(demo_config_text(), "demo.toml", merged, sections=replaced)
+        gate_delay_s = getattr(plc, "gate_delay_s", None)
+        deadline_ms = config.model.line.verdict_deadline_ms
+        if gate_delay_s is not None and deadline_ms >= gate_delay_s * 1000:
+            raise ConfigError(
+                f"verdict_deadline_ms ({deadline_ms:g}) must be shorter than the PLC "
+                f"simulator's gate delay ({gate_delay_s * 1000:g} ms), or the gate rejects units "
+                "whose pass is still on its way",
+                key="line.verdict_deadline_ms",
+            )
+        return config
 
     return factory
 
 
+@dataclass
+class AgentRun:
+    """What one run of the agent did (``agent_runner``)."""
+
+    config: LoadedConfig
+    stats: LineStats  # the line's counters and alarms, as the agent kept them
+    stopped: LineStopped | None  # the stop the run ended with (``.reason``); None: batch done
+    report: dict[str, Any]  # the reconciliation, as ``edge-agent batch report --json`` prints
+
+
+@pytest.fixture
+def agent_runner(sim_line: SimLine) -> Callable[..., Awaitable[AgentRun]]:
+    """Run the agent (``edge_agent.app.Agent``) on a config until its batch ends or the line
+    stops: ``run = await agent_runner(config)``. It returns once the simulated PLC of the test
+    has decided every unit at its gate, with the reconciliation read from the state database."""
+    from edge_agent.app import Agent
+    from edge_agent.db import open_reader
+    from edge_agent.errors import LineStopped
+    from edge_agent.line.stats import LineStats
+    from edge_agent.reconcile import reconcile
+
+    async def run(config: LoadedConfig, *, timeout_s: float = 300.0) -> AgentRun:
+        stats = LineStats()
+        stopped: LineStopped | None = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                await Agent(config, stats=stats).run()
+        except LineStopped as exc:
+            stopped = exc
+        await sim_line.settled()  # every unit at the camera and decided at the PLC's gate
+        conn = open_reader(Path(config.model.agent.state_dir))
+        try:
+            report = reconcile(conn, config.model.batch.id)
+        finally:
+            conn.close()
+        return AgentRun(config, stats, stopped, report)
+
+    return run
+
+
 def _mosquitto(workdir: Path, *, tuned: bool) -> Any:
-    import os
+    from simulators.upstream.mosquitto import Mosquitto
 
-    from simulators.upstream.mosquitto import Mosquitto, find_mosquitto
-
-    if find_mosquitto() is None:
-        if os.environ.get("EDGE_AGENT_CI") == "1":
-            pytest.fail(
-                "mosquitto is not installed but EDGE_AGENT_CI=1 (the CI image must have it)"
-            )
-        pytest.skip("mosquitto is not installed")
+    require_tool("mosquitto")
     return Mosquitto(workdir, tuned=tuned)
 
 

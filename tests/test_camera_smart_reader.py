@@ -269,11 +269,9 @@ async def test_line_with_a_smart_reader_rejects_exactly_the_defects(
     async with SimulatorSet(section) as sims:
         sims.camera.defect_kinds = ("unreadable", "wrong_lot", "low_grade")
         config = agent_config_factory(
-            sims.ports(),
+            simulators=sims,
             batch={"target_quantity": 120},
-            plc={"ring_size": 512},
             line={"verdict_deadline_ms": 500},
-            camera=sims.camera.driver_config(),
             vision={"min_grade": 1.5, "archive_dir": str(tmp_path / "failed")},
         )
         assert config.camera.type_name == "smart-reader"

@@ -89,6 +89,7 @@ def test_grade_uses_the_grading_module_or_null(
     assert code["grade"] is None
 
 
+@pytest.mark.requires_tool("libdmtx")
 def test_dmtx_backend_keeps_gs(code_png: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["decode", "--json", "--backend", "dmtx", str(code_png)]) == 0
     ((code,),) = [line["codes"] for line in _lines(capsys)]  # type: ignore[misc]

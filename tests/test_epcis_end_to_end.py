@@ -48,9 +48,8 @@ async def test_line_events_reach_the_capture_server_as_valid_documents(
     )
     async with SimulatorSet(line_simulators()) as sims:
         config = agent_config_factory(
-            sims.ports(),
+            simulators=sims,
             batch={"target_quantity": units},
-            plc={"ring_size": 512},
             line={"verdict_deadline_ms": 500},
             upstream={
                 "forwarders": [forwarder],

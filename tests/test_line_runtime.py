@@ -63,9 +63,7 @@ def make_config(factory: Any, sims: SimulatorSet, units: int, **line: Any) -> An
     # A verdict deadline just under the gate delay (the demo's 300 ms leaves less margin): a slow
     # test machine must not turn good units into late_verdict rejects.
     line = {"verdict_deadline_ms": 500, **line}
-    return factory(
-        sims.ports(), batch={"target_quantity": units}, plc={"ring_size": 512}, line=line
-    )
+    return factory(simulators=sims, batch={"target_quantity": units}, line=line)
 
 
 async def until(condition: Callable[[], bool], what: str, within: float = 10.0) -> None:

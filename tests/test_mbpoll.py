@@ -9,9 +9,7 @@ the simulator's pty. Addresses in mbpoll calls are 0-based (``-0``) unless a tes
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,18 +20,12 @@ from drivers.plc.modbus import ModbusRtuPlc, ModbusTcpPlc
 from edge_agent.contracts import AgentLineState, LineStatus, Verdict
 from simulators.line import SimLine
 from simulators.plc.modbus import ModbusPlcSim, ModbusRtuPlcSim
+from simulators.pytest_plugin import require_tool
 
-MBPOLL = shutil.which("mbpoll")
+pytestmark = pytest.mark.requires_tool("mbpoll")
+
 TABLE = {"coil": "0", "discrete": "1", "input": "3", "holding": "4"}
 _VALUE = re.compile(r"^\[(\d+)\]:\s+(-?\d+)", re.MULTILINE)
-
-
-@pytest.fixture(autouse=True)
-def _need_mbpoll() -> None:
-    if MBPOLL is None:
-        if os.environ.get("EDGE_AGENT_CI") == "1":
-            pytest.fail("mbpoll is not installed (apt-get install mbpoll); required in CI")
-        pytest.skip("mbpoll not installed (apt-get install mbpoll)")
 
 
 class Mbpoll:
@@ -51,9 +43,8 @@ class Mbpoll:
 
     async def run(self, *options: str, values: tuple[int, ...] = ()) -> tuple[int, str]:
         """mbpoll OPTIONS TARGET [VALUES...]; returns (exit status, output)."""
-        assert MBPOLL is not None
         proc = await asyncio.create_subprocess_exec(
-            MBPOLL,
+            require_tool("mbpoll"),
             *options,
             "-1",  # one poll, then exit
             "-o", "2",  # answer timeout, seconds

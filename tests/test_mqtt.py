@@ -132,6 +132,7 @@ async def test_receiver_rejection_is_a_dead_letter(
     assert store.status()[0].dead_letters == 1 and store.status()[0].pending == 0
 
 
+@pytest.mark.requires_tool("mosquitto")
 async def test_negative_puback_is_a_failure_not_a_success(conn: Any, tmp_path: Path) -> None:
     """Mosquitto answers a publish its ACL forbids with PUBACK reason 0x87 (MQTT 5); aiomqtt
     alone would report that publish as successful. (Mosquitto 2.0 then drops the connection, so
@@ -151,6 +152,7 @@ async def test_negative_puback_is_a_failure_not_a_success(conn: Any, tmp_path: P
     assert store.status()[0].pending == 3
 
 
+@pytest.mark.requires_tool("mosquitto")
 async def test_broker_down_at_start_then_up(conn: Any, tmp_path: Path) -> None:
     broker = Mosquitto(tmp_path / "mq")
     add_events(conn, 10)

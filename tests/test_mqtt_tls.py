@@ -5,7 +5,6 @@ delivered."""
 from __future__ import annotations
 
 import datetime
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ from drivers.upstream.mqtt import MqttForwarder
 from edge_agent.db import open_db
 from edge_agent.errors import DeliveryError
 from edge_agent.outbox.store import OutboxStore
-from simulators.upstream.mosquitto import Mosquitto, find_mosquitto, free_port
+from simulators.pytest_plugin import require_tool
+from simulators.upstream.mosquitto import Mosquitto, free_port
 
 
 def _name(cn: str) -> x509.Name:
@@ -83,10 +83,7 @@ def pki(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tls_broker(tmp_path: Path, pki: Path) -> Any:
-    if find_mosquitto() is None:
-        if os.environ.get("EDGE_AGENT_CI") == "1":
-            pytest.fail("mosquitto is not installed but EDGE_AGENT_CI=1")
-        pytest.skip("mosquitto is not installed")
+    require_tool("mosquitto")
     port = free_port()
     tls = (
         f"cafile {pki / 'ca.pem'}\ncertfile {pki / 'broker.pem'}\nkeyfile {pki / 'broker.key'}\n"

@@ -34,9 +34,8 @@ async def test_quota_stop_level_stops_the_line_and_loses_nothing(
         # 0.3 MB: above the empty database, reached after a few hundred units
         upstream = {"quota_alarm_mb": 0.15, "quota_stop_mb": 0.3}
         config = agent_config_factory(
-            sims.ports(),
+            simulators=sims,
             batch={"target_quantity": units},
-            plc={"ring_size": 512},
             line={"verdict_deadline_ms": 500},
             upstream=upstream,
         )

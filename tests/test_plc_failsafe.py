@@ -82,7 +82,7 @@ def make_config(factory: Any, sims: SimulatorSet, units: int, **line: Any) -> An
     from edge_agent.demo import demo_config_text
 
     line = {"verdict_deadline_ms": 500, **line}
-    state_dir = factory({}).model.agent.state_dir  # the fixture's temporary state directory
+    state_dir = factory().model.agent.state_dir  # the fixture's temporary state directory
     sections = sims.device_configs()
     sections["plc"] = sims.plc.driver_config(timeout_s=0.3)
     overrides = {
@@ -313,7 +313,7 @@ async def test_missing_reject_confirms_stop_the_line(
             sims,
             200,
             max_missing_confirms=3,
-            reject_confirm_timeout_ms=400,
+            reject_confirm_timeout_ms=800,  # above the 0.6 s gate delay
             max_consecutive_rejects=50,
         )
         stats = LineStats()
@@ -369,7 +369,7 @@ async def test_passes_settle_only_on_a_complete_reject_log(
     """Three committed passes whose writes may have been lost; the log shows trigger 2 rejected.
     With every gate reject confirmed, 1 and 3 are known to have passed. With a reject still
     unconfirmed, "not in the log" proves nothing: 1 and 3 stay unsettled, with an alarm."""
-    config = agent_config_factory({})
+    config = agent_config_factory()
     ledger = Ledger(
         open_db(config.model.agent.state_dir), read_point=READ_POINT, company_prefix_length=7
     )
@@ -404,7 +404,7 @@ async def test_a_confirm_landing_between_counter_and_log_is_not_skipped(
 ) -> None:
     """The counter says 2 new confirms; by the time the log is read a third has landed. All
     three passes the gate rejected must be decommissioned, none skipped."""
-    config = agent_config_factory({})
+    config = agent_config_factory()
     ledger = Ledger(
         open_db(config.model.agent.state_dir), read_point=READ_POINT, company_prefix_length=7
     )

@@ -613,7 +613,7 @@ async def test_missing_reject_confirms_stop_the_line_over_opcua(tmp_path: Path) 
         "line": {
             "verdict_deadline_ms": 500,
             "max_missing_confirms": 3,
-            "reject_confirm_timeout_ms": 400,
+            "reject_confirm_timeout_ms": 800,  # above the 0.6 s gate delay
             "max_consecutive_rejects": 50,
         },
         "simulators": {
@@ -713,4 +713,4 @@ def _without_section(text: str, name: str) -> str:
 async def test_pytest_plugin_fixture(opcua_plc_sim: OpcUaPlcSim, sim_line: SimLine) -> None:
     assert opcua_plc_sim.line is sim_line
     async with OpcUaPlc("plc", opcua_plc_sim.driver_config()) as plc:
-        assert (await plc.read_state()).extra["ring_size"] == 32
+        assert (await plc.read_state()).extra["ring_size"] == opcua_plc_sim.ring_size == 512

@@ -187,7 +187,7 @@ async def test_a_confirmation_after_the_unit_was_judged_unconfirmed_is_not_queue
     """A polled printer can confirm a label just after its frame was judged print_unconfirmed.
     Queued then, the serial would be settled twice: rejected for its own frame, and again as
     skipped (no_frame) when the next unit is matched -- a storage error that stops the line."""
-    config = agent_config_factory({"printer": 1, "camera": 2, "plc": 3}).model
+    config = agent_config_factory().model
     with ledger_with_sent(tmp_path / "db", 2) as (ledger, batch, serials):
         printer = ConfirmingPrinter()
         runtime = LineRuntime(

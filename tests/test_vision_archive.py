@@ -93,9 +93,8 @@ async def test_line_archives_exactly_the_rejected_units(
     )
     async with SimulatorSet(section) as sims:
         config = agent_config_factory(
-            sims.ports(),
+            simulators=sims,
             batch={"target_quantity": 80},
-            plc={"ring_size": 512},
             line={"verdict_deadline_ms": 500},
             vision={"archive_dir": str(folder), "archive_max_files": 6},
         )

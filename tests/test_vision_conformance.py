@@ -82,6 +82,7 @@ def test_zxing_pipeline_reads_the_public_samples() -> None:
     assert correct / len(samples) >= 0.97, f"{correct}/{len(samples)}"
 
 
+@pytest.mark.requires_tool("libdmtx")
 def test_libdmtx_backend_reads_the_siemens_set() -> None:
     samples = list(_libdmtx_samples(_corpus()))
     assert len(samples) >= 70

@@ -21,6 +21,7 @@ from edge_agent.vision.gs1text import gs1_fields, hri_of
 from edge_agent.vision.multi import read_case
 from edge_agent.vision.pipeline import DecodePipeline, build_reader
 from simulators.cameras.synth import synth_case, synth_frame
+from simulators.pytest_plugin import require_tool
 
 GS = "\x1d"
 HRI = "(01)09506000134352(17)271231(10)LOT42(21)SER123456"
@@ -29,6 +30,7 @@ RAW = "01095060001343521727123110LOT42" + GS + "21SER123456"
 
 @pytest.fixture(scope="module")
 def dmtx() -> Iterator[DmtxPool]:
+    require_tool("libdmtx")
     pool = DmtxPool(1)
     pool.start()
     yield pool
@@ -214,6 +216,7 @@ def test_dmtx_fallback_reads_what_zxing_missed(
     assert (read.strategy, read.raw) == ("dmtx", RAW)
 
 
+@pytest.mark.requires_tool("libdmtx")
 def test_crashing_worker_does_not_kill_the_caller_and_the_pool_recovers() -> None:
     pool = DmtxPool(1)
     try:
@@ -232,6 +235,7 @@ def test_crashing_worker_does_not_kill_the_caller_and_the_pool_recovers() -> Non
         pool.close()
 
 
+@pytest.mark.requires_tool("libdmtx")
 def test_read_turns_a_crash_into_no_read() -> None:
     pool = DmtxPool(1)
     try:
@@ -245,6 +249,7 @@ def test_read_turns_a_crash_into_no_read() -> None:
         pool.close()
 
 
+@pytest.mark.requires_tool("libdmtx")
 def test_concurrent_crashes_leave_a_working_pool() -> None:
     pool = DmtxPool(1)
     blank = np.zeros((10, 10), dtype=np.uint8)

@@ -57,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from drivers.cameras.mjpeg import Malformed, MultipartParser, Part, boundary_from_content_type
 from edge_agent.contracts import Frame, GrayImage
 from edge_agent.errors import DeviceConnectionError, ProtocolError
+from edge_agent.redaction import redact_url
 
 log = structlog.get_logger(__name__)
 
@@ -194,7 +195,7 @@ class VideoCaptureSource:
         ):
             if value is not None and not capture.set(prop, float(value)):
                 log.warning("camera ignored a setting", device=self.name, prop=prop, value=value)
-        log.info("video source opened", device=self.name, source=str(cfg.source))
+        log.info("video source opened", device=self.name, source=redact_url(str(cfg.source)))
         return capture
 
     def _release(self, capture: cv2.VideoCapture) -> None:
@@ -378,7 +379,7 @@ class _MjpegHttp:
             )
         self._response, self.boundary = response, boundary
         _set_keepalive(response, cfg.keepalive_s)
-        log.info("camera stream opened", device=self.name, url=self.url)
+        log.info("camera stream opened", device=self.name, url=redact_url(self.url))
 
     async def chunks(self) -> AsyncIterator[bytes]:
         response = self._response

@@ -49,12 +49,13 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt import client as mqtt_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from edge_agent.config.loader import validate_table
 from edge_agent.config.models import SecretRef
 from edge_agent.contracts import Delivery, OutboxEvent
 from edge_agent.crashpoints import crash_point
-from edge_agent.errors import ConfigError, DeliveryError
+from edge_agent.errors import DeliveryError
 
 log = structlog.get_logger("drivers.upstream.mqtt")
 
@@ -536,7 +537,5 @@ def _release(client: aiomqtt.Client) -> None:
 def _validated(name: str, config: MqttConfig | Mapping[str, Any]) -> MqttConfig:
     if isinstance(config, MqttConfig):
         return config
-    try:
-        return MqttConfig.model_validate(dict(config))
-    except ValidationError as exc:
-        raise ConfigError(str(exc), key=name) from exc
+    # As the config loader validates: strict, and errors that never show a secret's value.
+    return validate_table(MqttConfig, config, key=name)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
+import json
 import re
 import tomllib
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
-from edge_agent import registry
+from edge_agent import redaction, registry
 from edge_agent.config.models import AgentConfig, SecretRef
 from edge_agent.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
 
 _TABLE = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_\-.\"']+)\s*=")
@@ -51,9 +58,10 @@ class LoadedConfig:
     camera: DeviceSpec
     plc: DeviceSpec
     forwarders: tuple[DeviceSpec, ...] = ()  # [[upstream.forwarders]], validated by their drivers
+    warnings: tuple[str, ...] = ()  # valid, but a person should look (file:line: key: why)
 
 
-def load_config(path: str | Path) -> LoadedConfig:
+def load_config(path: str | PurePath) -> LoadedConfig:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -71,21 +79,27 @@ def parse_config(
     *,
     sections: dict[str, Any] | None = None,
 ) -> LoadedConfig:
-    """Validate config text; ``overrides`` merge into it, ``sections`` replace whole sections."""
+    """Validate config text; ``overrides`` merge into it, ``sections`` replace whole sections.
+
+    Values are checked strictly, with the types TOML has: a number is never taken from a string
+    (``port = "29100"``), a boolean never from ``"yes"``; a path or an array may be given where a
+    path or a fixed-size list is expected. No message ever shows a secret (``edge_agent.redaction``).
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line = _toml_error_line(str(exc))
-        raise ConfigError(f"not valid TOML: {exc}", file=file, line=line) from exc
+        raise ConfigError(f"not valid TOML: {exc}", file=file, line=line) from None
     if overrides:
         data = _merge(data, overrides)
     if sections:
         data |= sections
     lines = _key_lines(text)
-    problems: list[ConfigError] = []
+    problems = [*_inline_secrets(data, file, lines), *_toml_datetimes(data, file, lines)]
+    data = _plain(data)
     model = None
     try:
-        model = AgentConfig.model_validate(data)
+        model = _strict(AgentConfig, data)
     except ValidationError as exc:
         problems.extend(_problems(exc, AgentConfig, (), file, lines))
     devices: dict[str, DeviceSpec] = {}
@@ -99,10 +113,92 @@ def parse_config(
             problems.extend(exc.problems)
     forwarders = _forwarders(data, file, lines, problems)
     if problems or model is None:
-        raise ConfigInvalid(problems)
+        raise _invalid(problems, redaction.secret_values(data))
+    warnings = tuple(str(w) for w in _warnings(model, file, lines))
     return LoadedConfig(
-        file, model, devices["printer"], devices["camera"], devices["plc"], forwarders
+        file, model, devices["printer"], devices["camera"], devices["plc"], forwarders, warnings
     )
+
+
+def validate_table(model: type[M], table: Mapping[str, Any], *, key: str = "") -> M:
+    """Validate one config table (a driver's section given in code) exactly as the loader does:
+    strict types, and errors (``ConfigInvalid``) that name the key and never show a secret."""
+    raw = dict(table)
+    problems = [*_inline_secrets(raw, "<config>", {}, key), *_toml_datetimes(raw, "", {}, key)]
+    data = _plain(raw)
+    try:
+        config = _strict(model, data)
+    except ValidationError as exc:
+        prefix = tuple(key.split(".")) if key else ()
+        problems.extend(_problems(exc, model, prefix, "<config>", {}))
+    if problems:
+        raise _invalid(problems, redaction.secret_values(data))
+    return config
+
+
+def _strict(model: type[M], data: Any) -> M:
+    # Strict validation of JSON-shaped data: TOML's own types are exactly JSON's (plus dates,
+    # refused before), so a path or tuple is taken from a string or array and nothing else is
+    # coerced. Python-mode strict would refuse a path given as a string.
+    return model.model_validate_json(json.dumps(data, allow_nan=True), strict=True)
+
+
+def _invalid(problems: list[ConfigError], secret_values: set[str]) -> ConfigInvalid:
+    """One problem per key (the first found), every message scrubbed of known secret values."""
+    seen: set[str | None] = set()
+    kept = []
+    for p in problems:
+        if p.key in seen and p.key is not None:
+            continue
+        seen.add(p.key)
+        detail = redaction.scrub(p.detail, secret_values)
+        kept.append(ConfigError(detail, file=p.file, key=p.key, line=p.line))
+    return ConfigInvalid(kept)
+
+
+def _inline_secrets(
+    data: dict[str, Any], file: str, lines: dict[str, int], prefix: str = ""
+) -> list[ConfigError]:
+    found = redaction.inline_secrets(data, prefix)
+    return [_error_at(file, lines, where, redaction.INLINE_SECRET) for where in found]
+
+
+def _toml_datetimes(
+    data: Any, file: str, lines: dict[str, int], where: str = ""
+) -> list[ConfigError]:
+    """TOML dates and times: no key takes one (dates are strings in GS1 form, e.g. YYMMDD)."""
+    if isinstance(data, dict):
+        return [
+            p
+            for k, v in data.items()
+            for p in _toml_datetimes(v, file, lines, f"{where}.{k}" if where else str(k))
+        ]
+    if isinstance(data, list):
+        return [
+            p for i, v in enumerate(data) for p in _toml_datetimes(v, file, lines, f"{where}[{i}]")
+        ]
+    if isinstance(data, dt.date | dt.time):
+        message = (
+            f"found the TOML date/time {data.isoformat()}; no key takes one: write the value as "
+            'a quoted string in the form the key expects (an expiry is "YYMMDD")'
+        )
+        return [_error_at(file, lines, where, message)]
+    return []
+
+
+def _plain(value: Any) -> Any:
+    """TOML or Python config values as plain JSON types (paths as strings, tuples as arrays)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_unset=True)
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()  # refused by _toml_datetimes, with its key
+    return value
 
 
 def _forwarders(
@@ -150,9 +246,10 @@ def _device(
     except registry.UnknownDriver as exc:
         raise ConfigInvalid([_error(file, lines, (kind, "type"), str(exc))]) from None
     try:
-        config = driver.Config.model_validate(section)
+        config = _strict(driver.Config, section)
     except ValidationError as exc:
-        raise ConfigInvalid(_problems(exc, driver.Config, (kind,), file, lines)) from exc
+        # from None: the ValidationError's own text shows the input, secrets included
+        raise ConfigInvalid(_problems(exc, driver.Config, (kind,), file, lines)) from None
     return DeviceSpec(kind, driver, config)
 
 
@@ -171,6 +268,7 @@ def _problems(
 
 
 def _describe(err: Any, model: type[BaseModel], loc: tuple[str, ...]) -> str:
+    """What was wrong at ``loc``: never the value of a secret, never a whole table."""
     kind = err["type"]
     if kind == "extra_forbidden":
         known = _fields_at(model, loc[:-1])
@@ -181,40 +279,114 @@ def _describe(err: Any, model: type[BaseModel], loc: tuple[str, ...]) -> str:
         field = _field_info(model, loc)
         what = f": {field.description}" if field is not None and field.description else ""
         return f"required key is missing{what}"
-    field = _field_info(model, loc)
-    if field is not None and _model_type(field.annotation) is SecretRef:
-        # Never echo what was written there: it may be the secret itself.
-        return 'a secret is never written inline; use { env = "NAME" } or { file = "/path" }'
-    message = err["msg"].removeprefix("Value error, ")
-    return f"found {err['input']!r}; expected: {message}"
+    found, message = err["input"], str(err["msg"]).removeprefix("Value error, ")
+    typed_secret = any(_is_secret_type(a) for a in _annotations_along(model, loc))
+    if typed_secret or any(redaction.is_secret_key(part) for part in loc):
+        if not isinstance(found, dict) and (
+            typed_secret or redaction.holds_inline_secret(loc[-1], found)
+        ):  # a value where a { env | file } reference belongs
+            return redaction.INLINE_SECRET
+        return f"expected: {message} (what is written there is not shown: it may be a secret)"
+    if isinstance(found, dict) and kind in ("value_error", "assertion_error"):
+        return message  # a rule about the table as a whole: its message says what to change
+    return f"found {_shown(found)}; expected: {message}"
 
 
-def _model_at(model: type[BaseModel], loc: tuple[str, ...]) -> Any:
-    """The model the key path ``loc`` leads to, or None if it leaves the models."""
-    current: Any = model
+def _shown(value: Any) -> str:
+    """A value for a message: scalars as written (URL passwords masked), tables by their keys."""
+    if isinstance(value, dict):
+        return f"a table (keys: {', '.join(map(str, value))})" if value else "an empty table"
+    if isinstance(value, list):
+        return f"an array of {len(value)}"
+    if isinstance(value, str):
+        return repr(redaction.redact_url(value))
+    return repr(value)
+
+
+def _is_secret_type(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, SecretRef | SecretStr):
+        return True
+    return any(_is_secret_type(arg) for arg in typing.get_args(annotation))
+
+
+def _annotations_along(model: type[BaseModel], loc: tuple[str, ...]) -> list[Any]:
+    """The annotations the key path passes through: model fields, table values, array items.
+
+    A part that matches nothing is a union member's tag in pydantic's error location (e.g.
+    ``link.tcp.port``) and is stepped over.
+    """
+    along: list[Any] = []
+    current: list[Any] = [model]
     for part in loc:
-        fields = getattr(current, "model_fields", {})
-        if part not in fields:
-            return None
-        current = _model_type(fields[part].annotation)
-    return current
+        following = [a for c in current for a in _step(c, part)]
+        if following:
+            along.extend(following)
+            current = following
+    return along
+
+
+def _step(annotation: Any, part: str) -> list[Any]:
+    results: list[Any] = []
+    for member in _members(annotation):
+        origin, args = typing.get_origin(member), typing.get_args(member)
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            field = member.model_fields.get(part)
+            if field is not None:
+                results.append(field.annotation)
+        elif origin in (dict, Mapping) and len(args) == 2:
+            results.append(args[1])
+        elif origin in (list, tuple, set, frozenset) and part.isdigit():
+            results.extend(a for a in args if a is not Ellipsis)
+    return results
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The alternatives of a union (``X | None``, ``Annotated[A | B, ...]``), else itself."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _members(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _members(arg)]
+    return [annotation]
+
+
+def _models_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[type[BaseModel]]:
+    """The models the key path ``loc`` leads to (several for a union of tables)."""
+    current: list[Any] = [model]
+    for part in loc:
+        following = [a for c in current for a in _step(c, part)]
+        if following:
+            current = following
+    return [
+        m for c in current for m in _members(c) if isinstance(m, type) and issubclass(m, BaseModel)
+    ]
 
 
 def _field_info(model: type[BaseModel], loc: tuple[str, ...]) -> Any:
     if not loc:
         return None
-    return getattr(_model_at(model, loc[:-1]), "model_fields", {}).get(loc[-1])
+    for parent in _models_at(model, loc[:-1]):
+        if loc[-1] in parent.model_fields:
+            return parent.model_fields[loc[-1]]
+    return None
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
-    return list(getattr(_model_at(model, loc), "model_fields", {}))
+    return list(dict.fromkeys(f for m in _models_at(model, loc) for f in m.model_fields))
 
 
-def _model_type(annotation: Any) -> Any:
-    for candidate in (annotation, *getattr(annotation, "__args__", ())):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
+def _warnings(model: AgentConfig, file: str, lines: dict[str, int]) -> list[ConfigError]:
+    """Valid settings a person should look at before the line runs."""
+    found = []
+    if (expiry := model.batch.expiry_warning()) is not None:
+        found.append(_error(file, lines, ("batch", "expiry"), expiry))
+    return found
+
+
+def _error_at(file: str, lines: dict[str, int], where: str, message: str) -> ConfigError:
+    """A problem at a key path written ``a.b[0].c`` (array items by index)."""
+    plain = tuple(re.sub(r"\[\d+\]", "", where).split("."))
+    error = _error(file, lines, plain, message)
+    return ConfigError(message, file=file, key=where, line=error.line)
 
 
 def _error(file: str, lines: dict[str, int], loc: tuple[str, ...], message: str) -> ConfigError:

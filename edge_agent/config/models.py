@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from edge_agent import gs1
+from edge_agent.gs1.expiry import DEFAULT_WARN_DAYS, check_expiry
 
 DEFAULT_ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 
@@ -151,6 +152,29 @@ class LineSection(Strict):
         "(a flapping link needs a person); 0 = never reconnect in-process",
     )
 
+    @model_validator(mode="after")
+    def _timings_fit_together(self) -> LineSection:
+        # The agent samples the PLC heartbeat once per heartbeat interval: a timeout under two
+        # intervals sees a healthy PLC's heartbeat "stand still" between two samples.
+        if self.plc_heartbeat_timeout_ms < 2 * self.heartbeat_interval_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms:g}) must be at most half of "
+                f"plc_heartbeat_timeout_ms ({self.plc_heartbeat_timeout_ms:g}): the PLC heartbeat "
+                "is read once per interval, so a shorter timeout stops the line on a healthy PLC; "
+                f"lower heartbeat_interval_ms to {self.plc_heartbeat_timeout_ms / 2:g} or less, "
+                f"or raise plc_heartbeat_timeout_ms to {2 * self.heartbeat_interval_ms:g} or more"
+            )
+        # A reject is confirmed when its unit reaches the gate, and the gate comes after the
+        # verdict deadline (the PLC's gate delay must exceed it): a shorter wait always alarms.
+        if self.reject_confirm_timeout_ms <= self.verdict_deadline_ms:
+            raise ValueError(
+                f"reject_confirm_timeout_ms ({self.reject_confirm_timeout_ms:g}) must be longer "
+                f"than verdict_deadline_ms ({self.verdict_deadline_ms:g}): the PLC confirms a "
+                "reject only when the unit reaches the gate, after the verdict deadline; raise "
+                "reject_confirm_timeout_ms above the PLC's gate delay"
+            )
+        return self
+
 
 class SerialSource(Strict):
     source: Literal["generate", "list"] = Field(
@@ -183,7 +207,17 @@ class BatchSection(Strict):
     id: str = Field(..., min_length=1, max_length=40, description="Batch (work order) identifier")
     gtin: str = Field(..., description="GTIN-14 of the product")
     lot: str = Field(..., min_length=1, max_length=20, description="Lot / batch number, AI 10")
-    expiry: str = Field(..., description="Expiry date YYMMDD, AI 17 (DD = 00 allowed)")
+    expiry: str = Field(
+        ...,
+        description="Expiry date YYMMDD, AI 17 (DD = 00 allowed); a date in the past is refused",
+    )
+    expiry_warn_days: int = Field(
+        DEFAULT_WARN_DAYS,
+        ge=0,
+        le=3650,
+        description="Warn (check-config, and the log at start) when the expiry is closer than "
+        "this many days",
+    )
     target_quantity: int = Field(..., ge=1, le=10_000_000, description="Units to print")
     serials: SerialSource = Field(default_factory=lambda: SerialSource())
 
@@ -205,7 +239,12 @@ class BatchSection(Strict):
     @classmethod
     def _expiry(cls, value: str) -> str:
         _gs1_check(lambda: gs1.build([("17", value)]))
+        _gs1_check(lambda: check_expiry(value))
         return value
+
+    def expiry_warning(self) -> str | None:
+        """Why a person should look at the expiry before packing (it is near), or None."""
+        return check_expiry(self.expiry, warn_days=self.expiry_warn_days).warning()
 
 
 class PrinterSim(Strict):
@@ -315,6 +354,11 @@ class UpstreamSection(Strict):
     def _quota_order(self) -> UpstreamSection:
         if self.quota_alarm_mb >= self.quota_stop_mb:
             raise ValueError("quota_alarm_mb must be below quota_stop_mb")
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ValueError(
+                f"backoff_initial_s ({self.backoff_initial_s:g}) must not exceed backoff_max_s "
+                f"({self.backoff_max_s:g}): the retry delay grows from the first to the longest"
+            )
         names = [f.get("name", f.get("type")) for f in self.forwarders]
         if len(set(names)) != len(names):
             raise ValueError("forwarder names must be unique (give each a 'name')")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +26,7 @@ from drivers.cameras.smart_reader.codec import ReaderResult, ResultFormat, encod
 from edge_agent import gs1
 from simulators.cameras.tcp import ALL_DEFECTS, TcpCameraSim, _free_run, _Look
 from simulators.line import SimLine, SimUnit
+from simulators.standalone import run_until_signal
 
 READER_DEFECTS: tuple[str, ...] = (*(k for k in ALL_DEFECTS if k != "low_contrast"), "low_grade")
 DEFAULT_DEFECTS: tuple[str, ...] = tuple(k for k in READER_DEFECTS if k != "low_grade")
@@ -109,8 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--defect-rate", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main(args))
+    run_until_signal(_main(args))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import structlog
 from drivers.cameras.mjpeg import encode_part
 from simulators.cameras.tcp import TcpCameraSim, _free_run, _Look
 from simulators.line import SimLine
+from simulators.standalone import run_until_signal
 
 log = structlog.get_logger(__name__)
 
@@ -188,8 +189,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--defect-rate", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main(args))
+    run_until_signal(_main(args))
 
 
 if __name__ == "__main__":

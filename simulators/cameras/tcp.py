@@ -31,6 +31,7 @@ from edge_agent.contracts import GrayImage
 from edge_agent.gs1 import gtin_check_digit
 from simulators.cameras.render import render_frame
 from simulators.line import SimLine, SimUnit
+from simulators.standalone import run_until_signal
 
 log = structlog.get_logger(__name__)
 
@@ -386,8 +387,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--defect-rate", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main(args))
+    run_until_signal(_main(args))
 
 
 if __name__ == "__main__":

@@ -68,8 +68,9 @@ class GatePlcSim(ABC, Generic[ServerT]):
         self._passed = 0
         self._rejected = 0
         self._confirms = 0
-        line.on_trigger(self.on_unit)
+        line.on_trigger(self.on_unit, counts=True)
         line.add_run_permit(self.running)
+        line.on_settle(self.gates_settled)
 
     # --- transport ----------------------------------------------------------------------------
 
@@ -143,6 +144,12 @@ class GatePlcSim(ABC, Generic[ServerT]):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def gates_settled(self) -> None:
+        """Wait until every unit that reached the camera has been decided at the gate."""
+        # The scan cycle decides gates on time; waiting one scan at a time is what a PLC does.
+        while self._gates and self._tick_task is not None:  # noqa: ASYNC110
+            await asyncio.sleep(TICK_S)
 
     def acknowledge(self) -> None:
         """The operator's reset: without auto_restart, allows the line to start once more."""

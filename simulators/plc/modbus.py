@@ -34,6 +34,7 @@ from drivers.plc.modbus import registers as reg
 from drivers.plc.modbus.registers import StopCause
 from simulators.line import SimLine
 from simulators.plc.gate import GatePlcSim, feed_units
+from simulators.standalone import run_until_signal
 
 # Function codes used to address the datastore directly (same tables the wire requests hit).
 _FC_COILS, _FC_DI, _FC_HR, _FC_IR = 1, 2, 3, 4
@@ -459,8 +460,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--units-per-min", type=float, default=300.0)
     parser.add_argument("--rtu", action="store_true", help="Modbus RTU on a pty instead of TCP")
     args = parser.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
+    run_until_signal(_serve(args))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Run standalone: ``python -m simulators.plc.opcua --port 4841`` (security None, f
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import socket
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from drivers.plc.opcua import nodes as n
 from drivers.plc.opcua.security import SecuritySettings, new_server, warn_if_insecure
 from simulators.line import SimLine
 from simulators.plc.gate import GatePlcSim, feed_units
+from simulators.standalone import run_until_signal
 
 ENDPOINT_PATH = "/edge-agent/plc"
 
@@ -255,8 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gate-delay", type=float, default=0.4)
     parser.add_argument("--units-per-min", type=float, default=300.0)
     args = parser.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
+    run_until_signal(_serve(args))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any, Self
 from drivers.printers.ascii import codec
 from simulators.line import SimLine, SimUnit
 from simulators.printers.stream_sim import PrinterFaults, TranscriptHook
+from simulators.standalone import run_until_signal
 
 
 class AsciiPrinterSim:
@@ -272,8 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every line")
     args = parser.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(args))
+    run_until_signal(_run(args))
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 from typing import Any
 
 from drivers.printers.rci import codec
 from simulators.line import SimLine
 from simulators.printers.stream_sim import StreamPrinterSim
+from simulators.standalone import run_until_signal
 
 
 class RciPrinterSim(StreamPrinterSim):
@@ -142,8 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--units-per-min", type=float, default=300.0, help="0 prints unpaced")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every frame")
     args = parser.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(args))
+    run_until_signal(_run(args))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from drivers.printers.zpl import codec
 from drivers.transport import PtyPair
 from edge_agent import gs1
 from simulators.line import SimLine, SimUnit
+from simulators.standalone import run_until_signal
 
 FLAGS = ("paper_out", "ribbon_out", "head_up", "pause", "over_temp", "corrupt_ram")
 
@@ -332,8 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--units-per-min", type=float, default=300.0, help="0 prints unpaced")
     args = parser.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(args))
+    run_until_signal(_run(args))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -25,6 +24,8 @@ from datetime import UTC, datetime
 from typing import Any, Self
 
 from aiohttp import web
+
+from simulators.standalone import run_until_signal
 
 _EVENT_TYPES = frozenset(
     {
@@ -343,8 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fail-captures", type=int, default=0, help="answer the first N with 500")
     parser.add_argument("--fail-jobs", type=int, default=0, help="fail the first N capture jobs")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before every answer")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(parser.parse_args(argv)))
+    run_until_signal(_run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -19,16 +19,16 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, NoReturn, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.client.base import ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
 from drivers.plc.modbus import registers as reg
+from edge_agent.config.loader import validate_table
 from edge_agent.contracts import LineStatus, PlcState, Verdict
 from edge_agent.errors import (
-    ConfigError,
     DeviceConnectionError,
     DeviceError,
     DeviceTimeout,
@@ -408,7 +408,5 @@ class ModbusTcpPlc(ModbusPlcBase):
 def validated(model: type[C], name: str, config: C | Mapping[str, Any]) -> C:
     if isinstance(config, model):
         return config
-    try:
-        return model.model_validate(dict(config))
-    except ValidationError as exc:
-        raise ConfigError(str(exc), key=name) from exc
+    # As the config loader validates: strict, and errors that never show a secret's value.
+    return validate_table(model, config, key=name)

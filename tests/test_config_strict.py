@@ -1,0 +1,196 @@
+"""Strict config types, the expiry rule and timing relations (issue 10, item 13)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent import registry
+from edge_agent.cli import main
+from edge_agent.config.loader import ConfigInvalid, parse_config
+from edge_agent.gs1.expiry import Gs1ExpiredError, check_expiry
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = (ROOT / "config" / "demo.toml").read_text()
+EXPIRY = 'expiry = "281231"'
+
+
+def problems(text: str, **kwargs: Any) -> dict[str, str]:
+    with pytest.raises(ConfigInvalid) as info:
+        parse_config(text, "line.toml", **kwargs)
+    return {str(p.key): p.detail for p in info.value.problems}
+
+
+def yymmdd(day: date) -> str:
+    return day.strftime("%y%m%d")
+
+
+# --- strict types -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "expected"),
+    [
+        ("port = 19100\nbuffer_depth", 'port = "19100"\nbuffer_depth', "printer.port", "integer"),
+        ("port = 15020\nring_size", 'port = "15020"\nring_size', "plc.port", "integer"),
+        ("[simulators.plc]\nport = 15020", '[simulators.plc]\nport = "15020"', None, "integer"),
+        ("max_consecutive_rejects = 5", 'max_consecutive_rejects = "5"', None, "integer"),
+        ("max_consecutive_rejects = 5", "max_consecutive_rejects = 5.0", None, "integer"),
+        ("verdict_deadline_ms = 300", 'verdict_deadline_ms = "300"', None, "number"),
+        (
+            "ring_size = 512                # verdict",
+            "ring_size = true  # verdict",
+            None,
+            "integer",
+        ),
+        ("target_quantity = 2000", "target_quantity = 2000.5", None, "integer"),
+        ('lot = "DEMO24A"', "lot = 24", "batch.lot", "string"),
+    ],
+)
+def test_values_are_never_coerced_from_another_type(
+    old: str, new: str, key: str | None, expected: str
+) -> None:
+    assert old in DEMO
+    found = problems(DEMO.replace(old, new, 1))
+    [(where, detail)] = found.items()
+    assert key is None or where == key
+    assert f"Input should be a valid {expected}" in detail, detail
+    assert detail.startswith("found "), detail
+
+
+def test_booleans_are_not_taken_from_words() -> None:
+    text = DEMO + '\n[opcua_server]\nenabled = "yes"\nsecurity_policy = "None"\n'
+    assert "valid boolean" in problems(text)["opcua_server.enabled"]
+
+
+def test_paths_and_fixed_size_arrays_are_still_written_as_toml_has_them(tmp_path: Path) -> None:
+    text = DEMO.replace('state_dir = "demo-state"', f'state_dir = "{tmp_path}"')
+    text += "\n[vision]\nroi = [0, 0, 64, 64]\nframe_budget_ms = 30\n"
+    config = parse_config(text, "line.toml")
+    assert config.model.agent.state_dir == tmp_path
+    assert config.model.vision.roi == (0, 0, 64, 64)
+    assert config.model.vision.frame_budget_ms == 30.0  # an integer is a fine number
+
+
+def _typed_fields(model: Any, wanted: type) -> list[str]:
+    return [
+        name
+        for name, field in model.model_fields.items()
+        if field.annotation is wanted or field.annotation == (wanted | None)
+    ]
+
+
+WRONG = {int: ("7", "integer"), float: ("0.5", "number"), bool: ("yes", "boolean")}
+DRIVER_FIELDS = [
+    (kind, type_name, name, python_type)
+    for kind, types in registry.BUILTIN.items()
+    for type_name in types
+    for python_type in WRONG
+    for name in _typed_fields(registry.driver_class(kind, type_name).Config, python_type)
+]
+
+
+@pytest.mark.parametrize(("kind", "type_name", "name", "python_type"), DRIVER_FIELDS)
+def test_every_driver_section_is_strict(
+    kind: str, type_name: str, name: str, python_type: type
+) -> None:
+    value, expected = WRONG[python_type]
+    table = {"type": type_name, name: value}
+    if kind == "forwarder":
+        sections: dict[str, Any] = {"upstream": {"forwarders": [table]}}
+        key = f"upstream.forwarders[0].{name}"
+    else:
+        sections, key = {kind: table}, f"{kind}.{name}"
+    found = problems(DEMO, sections=sections)
+    assert f"Input should be a valid {expected}" in found[key], found[key]
+
+
+def test_every_builtin_driver_has_strict_fields_checked() -> None:
+    checked = {(kind, type_name) for kind, type_name, _, _ in DRIVER_FIELDS}
+    assert checked == {(k, t) for k, types in registry.BUILTIN.items() for t in types}
+
+
+def test_a_toml_date_is_refused_with_the_form_to_write() -> None:
+    found = problems(DEMO.replace(EXPIRY, "expiry = 2028-12-31"))
+    assert "TOML date/time 2028-12-31" in found["batch.expiry"]
+    assert '"YYMMDD"' in found["batch.expiry"]
+
+
+# --- expiry -------------------------------------------------------------------------------------
+
+
+def test_an_expiry_in_the_past_is_refused() -> None:
+    yesterday = yymmdd(date.today() - timedelta(days=1))
+    detail = problems(DEMO.replace(EXPIRY, f'expiry = "{yesterday}"'))["batch.expiry"]
+    assert "is in the past" in detail and "must not be packed" in detail
+
+
+def test_run_refuses_an_expired_batch_before_any_device(tmp_path: Path) -> None:
+    config = tmp_path / "line.toml"
+    state = tmp_path / "state"
+    config.write_text(
+        DEMO.replace(EXPIRY, 'expiry = "200131"').replace(
+            'state_dir = "demo-state"', f'state_dir = "{state}"'
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "batch.expiry" in done.stderr and "in the past" in done.stderr
+    assert not state.exists()  # no ledger opened, no serial allocated
+
+
+def test_a_near_expiry_is_valid_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    soon = yymmdd(date.today() + timedelta(days=10))
+    path = tmp_path / "line.toml"
+    path.write_text(DEMO.replace(EXPIRY, f'expiry = "{soon}"'))
+    assert main(["check-config", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {path}:" in err and "batch.expiry: the batch expires in 10 day(s)" in err
+    quiet = DEMO.replace(EXPIRY, f'expiry = "{soon}"\nexpiry_warn_days = 7')
+    assert parse_config(quiet, "line.toml").warnings == ()
+
+
+def test_expiry_rule_is_one_reusable_function() -> None:
+    today = date(2026, 12, 1)
+    assert check_expiry("261201", today=today).days_left == 0  # the expiry day is still a day
+    assert check_expiry("261200", today=today).expires == date(2026, 12, 31)  # DD = 00
+    assert check_expiry("261230", today=today, warn_days=30).near  # 29 days: closer than 30
+    assert not check_expiry("261231", today=today, warn_days=30).near
+    assert not check_expiry("270101", today=today, warn_days=30).near
+    with pytest.raises(Gs1ExpiredError, match="in the past"):
+        check_expiry("261130", today=today)
+
+
+# --- timing relations ---------------------------------------------------------------------------
+
+
+def test_heartbeat_interval_must_sit_well_below_the_plc_heartbeat_timeout() -> None:
+    text = DEMO.replace("heartbeat_interval_ms = 100", "heartbeat_interval_ms = 1500")
+    detail = problems(text)["line"]
+    assert "heartbeat_interval_ms (1500) must be at most half of plc_heartbeat_timeout_ms" in detail
+    assert "to 1000 or less" in detail and "to 3000 or more" in detail
+
+
+def test_reject_confirm_timeout_must_exceed_the_verdict_deadline() -> None:
+    text = DEMO.replace(
+        "verdict_deadline_ms = 300", "verdict_deadline_ms = 300\nreject_confirm_timeout_ms = 250"
+    )
+    detail = problems(text)["line"]
+    assert "reject_confirm_timeout_ms (250) must be longer than verdict_deadline_ms (300)" in detail
+
+
+def test_upstream_backoff_must_grow() -> None:
+    text = DEMO + "\n[upstream]\nbackoff_initial_s = 60\nbackoff_max_s = 30\n"
+    assert "backoff_initial_s (60) must not exceed backoff_max_s (30)" in problems(text)["upstream"]
