@@ -167,6 +167,7 @@ class LineRuntime:
         log.info("batch_open", batch=b.id, gtin=b.gtin, lot=b.lot, target=b.target_quantity)
         await self._prepare_printer()
         await self._recover()
+        await self._release_line()
         executor = ThreadPoolExecutor(self.cfg.line.decode_threads, thread_name_prefix="decode")
         await self._warm_up(executor)
         stop: BaseException | None = None
@@ -225,6 +226,15 @@ class LineRuntime:
         if unwritten:
             await self._settle_unwritten_passes(unwritten)
         await self._apply_missed_confirms()
+
+    async def _release_line(self) -> None:
+        """Withdraw the line-stop request an earlier run left set (every line stop ends the agent
+        with it set): with it, no PLC reset could ever start the line again. Only after recovery,
+        so everything in flight was settled while nothing moved; a PLC that wants the operator's
+        reset after a stop still waits for it."""
+        await self.plc.clear_line_stop()
+        await self._publish_status(AgentLineState.RUNNING)
+        log.info("line_released", batch=self._batch.id)
 
     async def _apply_missed_confirms(self) -> None:
         """Rejects the PLC confirmed while no agent watched (after a line stop on a lost link, or
