@@ -47,7 +47,11 @@ def write_agent_config(
     """An agent config on these simulators; ``sections`` add to (or override) its tables."""
     base: dict[str, dict[str, Any]] = {
         "agent": {"state_dir": str(state_dir), "log_format": "json"},
-        "line": {"verdict_deadline_ms": 500, "heartbeat_interval_ms": 100, "read_point": READ_POINT},
+        "line": {
+            "verdict_deadline_ms": 500,
+            "heartbeat_interval_ms": 100,
+            "read_point": READ_POINT,
+        },
         "batch": {
             "id": batch_id,
             "gtin": "09506000134352",

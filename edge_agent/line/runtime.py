@@ -43,7 +43,7 @@ from edge_agent.ledger import BatchInfo, Ledger, SerialState, UnitOutcome
 from edge_agent.line.printer_link import PrinterLink
 from edge_agent.line.printer_reconcile import reconcile_printer_queue
 from edge_agent.line.stats import LineStats
-from edge_agent.line.tracking import Position, PrintedQueue
+from edge_agent.line.tracking import Position, PrintedQueue, SeenTriggers
 from edge_agent.line.verify import BatchIdentity, check_content, serial_pattern_for
 from edge_agent.stops import StopReason
 from edge_agent.vision.archive import FailedFrameArchive
@@ -127,6 +127,7 @@ class LineRuntime:
         # Units the PLC rejected before the agent decided them (the verdict came too late).
         self._gated_before_decided: set[int] = set()
         self._last_trigger = 0
+        self._seen = SeenTriggers()  # triggers whose frame was taken for a decision
         vision, serials = config.vision, config.batch.serials
         self._serial_pattern = serial_pattern_for(
             vision.serial_pattern, serials.source, serials.length, serials.alphabet
@@ -226,6 +227,16 @@ class LineRuntime:
         if unwritten:
             await self._settle_unwritten_passes(unwritten)
         await self._apply_missed_confirms()
+        await self._remember_decided_triggers()
+
+    async def _remember_decided_triggers(self) -> None:
+        """Units decided before this start keep their one verdict: a camera re-sending such a
+        frame after the restart is a repeat too. Only counts the PLC has reached are taken, and
+        within the window, so a PLC whose counter was reset meanwhile is not second-guessed."""
+        newest = (await self.plc.read_state()).trigger_count
+        for trigger in self.ledger.recent_triggers(self._batch, self._seen.size):
+            if newest - self._seen.size < trigger <= newest:
+                self._seen.add(trigger)
 
     async def _release_line(self) -> None:
         """Withdraw the line-stop request an earlier run left set (every line stop ends the agent
@@ -392,6 +403,9 @@ class LineRuntime:
     async def _frames(self, executor: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
         async for frame in self.camera.frames():
+            if not self._seen.add(frame.trigger):
+                self._repeated_frame(frame)
+                continue
             self._last_activity = time.monotonic()
             if frame.reads is not None:  # a smart reader decoded it on the device: no thread hop
                 future: asyncio.Future[list[CodeRead]] = loop.create_future()
@@ -399,6 +413,27 @@ class LineRuntime:
             else:
                 future = loop.run_in_executor(executor, self._read, frame)
             await self._decode_q.put((frame, future))
+
+    def _repeated_frame(self, frame: Frame) -> None:
+        """A second frame for a trigger already decided or in decision. Its unit has exactly one
+        verdict, written once to its slot; this frame changes nothing, in the ledger or the PLC."""
+        self.stats.repeated_frames += 1
+        log.warning(
+            "repeated_frame",
+            batch=self._batch.id,
+            trigger=frame.trigger,
+            source=frame.source,
+            repeated_frames=self.stats.repeated_frames,
+        )
+        if self.archive is not None:
+            self.archive.submit(
+                frame,
+                batch=self._batch.id,
+                serial=None,
+                reason="repeated_frame",
+                detail="a second frame for this trigger; its unit was decided on the first",
+                read=None,
+            )
 
     def _read(self, frame: Frame) -> list[CodeRead]:
         reads = list(self.reader.read(frame.image))
