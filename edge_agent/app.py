@@ -16,6 +16,7 @@ from edge_agent.config import LoadedConfig
 from edge_agent.config.loader import DeviceSpec
 from edge_agent.config.models import UpstreamSection
 from edge_agent.db import open_db
+from edge_agent.errors import LineStopped
 from edge_agent.ledger import BatchInfo, Ledger
 from edge_agent.line.runtime import LineRuntime
 from edge_agent.line.stats import LineStats
@@ -32,6 +33,13 @@ class Agent:
         self.config = config
         self.stats = stats or LineStats()
         self.on_tick = on_tick
+        self._runtime: LineRuntime | None = None
+
+    def request_stop(self, stop: LineStopped) -> bool:
+        """Stop the running line cleanly (see LineRuntime.request_stop). False when no line is
+        running yet (start-up, waiting for an operator's Start) or any more (draining the outbox):
+        then there is nothing in flight to settle, and the caller may simply cancel the run."""
+        return self._runtime is not None and self._runtime.request_stop(stop)
 
     def _device(self, kind: str) -> Any:
         spec = getattr(self.config, kind)
@@ -69,6 +77,7 @@ class Agent:
                     stats=self.stats,
                     on_tick=self.on_tick,
                 )
+                self._runtime = runtime
                 upstream = model.upstream or UpstreamSection()
                 store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
                 quota = QuotaGuard(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,11 @@ class AgentProcess:
         self.env = {**os.environ, **(env or {})}
         self.env.pop("EDGE_AGENT_CRASH_AT", None)
         self.proc: asyncio.subprocess.Process | None = None
+        self.ignore_sigint = False  # start it as a shell does for a background job
+
+    def _prepare_child(self) -> None:
+        if self.ignore_sigint:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     async def start(self) -> AgentProcess:
         with self.log.open("ab") as out:
@@ -89,6 +95,7 @@ class AgentProcess:
                 stdout=out,
                 stderr=out,
                 env=self.env,
+                preexec_fn=self._prepare_child,
             )
         return self
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from edge_agent import systemd
 from edge_agent.config.models import AgentConfig
 from edge_agent.contracts import (
     AgentLineState,
@@ -142,6 +143,11 @@ class LineRuntime:
         # (the outbox quota guard). Set by the Agent before run().
         self.guards: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self._unacknowledged = 0  # records in a row sent without the printer's acknowledgement
+        # A line stop asked for from outside the line's tasks (a signal, a forwarder); see
+        # request_stop. The first one wins.
+        self._stop_request: LineStopped | None = None
+        self._stop_requested = asyncio.Event()
+        self._active = False  # run() has started and not yet ended
         # Serials whose frame was judged print_unconfirmed before the confirmation came
         self._judged_unconfirmed: set[str] = set()
         self._link = PrinterLink(
@@ -161,8 +167,29 @@ class LineRuntime:
 
     # --- lifecycle --------------------------------------------------------------------------
 
+    def request_stop(self, stop: LineStopped) -> bool:
+        """Stop the line as any line stop does (units in flight settled, the PLC told why),
+        from outside the line's own tasks: a signal, a forwarder that cannot record. The first
+        request wins. False when no run is under way that could stop."""
+        if self._stop_request is None:
+            self._stop_request = stop
+            self._stop_requested.set()
+        return self._active
+
+    async def _stop_when_requested(self) -> None:
+        await self._stop_requested.wait()
+        assert self._stop_request is not None
+        raise self._stop_request
+
     async def run(self) -> BatchInfo:
         """Run (or resume) the configured batch to its end. Raises LineStopped on a line stop."""
+        self._active = True
+        try:
+            return await self._run()
+        finally:
+            self._active = False
+
+    async def _run(self) -> BatchInfo:
         b = self.cfg.batch
         self.batch = self.ledger.open_batch(b.id, b.gtin, b.lot, b.expiry, b.target_quantity)
         log.info("batch_open", batch=b.id, gtin=b.gtin, lot=b.lot, target=b.target_quantity)
@@ -174,7 +201,11 @@ class LineRuntime:
         stop: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as tg:
+                # Stop requests and guards first: a stop already due acts before any record is
+                # sent (a task's first step runs in creation order).
                 for name, job in (
+                    ("stop-requests", self._stop_when_requested),
+                    *self.guards,
                     ("heartbeat", self._heartbeat),
                     ("feed", self._feed),
                     ("print-confirmations", self._confirmations),
@@ -183,7 +214,6 @@ class LineRuntime:
                     ("commit", self._commit),
                     ("reject-confirms", self._watch_rejects),
                     ("batch-end", self._finish),
-                    *self.guards,
                 ):
                     tg.create_task(job(), name=name)
         except* _BatchComplete:
@@ -284,8 +314,11 @@ class LineRuntime:
 
     async def _stop_line(self, cause: BaseException) -> None:
         reason = cause.reason if isinstance(cause, LineStopped) else StopReason.DEVICE_ERROR
-        log.error("line_stop", batch=self._batch.id, reason=reason, detail=str(cause))
+        level = log.warning if reason is StopReason.SHUTDOWN else log.error
+        level("line_stop", batch=self._batch.id, reason=reason, detail=str(cause))
         self.stats.alarms.append(f"{reason}: {cause}")
+        # The agent ends after a line stop: systemd hears it now, not after the settling below
+        systemd.notify_stopping(f"line stopped: {reason}")
         try:
             await self.plc.request_line_stop(reason.code)
             await self._publish_status(AgentLineState.STOPPED)
@@ -591,8 +624,6 @@ class LineRuntime:
     # --- PLC supervision --------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        from edge_agent import systemd
-
         interval = self.cfg.line.heartbeat_interval_ms / 1000.0
         timeout = self.cfg.line.plc_heartbeat_timeout_ms / 1000.0
         last_value, last_change = None, time.monotonic()
