@@ -271,6 +271,7 @@ def test_every_catalog_printer_has_a_fault_kit() -> None:
 
 
 @each_printer
+
 @pytest.mark.parametrize("kind", ["ink_out", "head_fault", "buffer_underrun"])
 async def test_printer_reported_fault_stops_the_line_naming_its_code(
     printer_type: str, kind: str, tmp_path: Path
