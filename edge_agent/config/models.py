@@ -67,6 +67,27 @@ class AgentSection(Strict):
         "auto", description="auto = readable on a terminal, JSON otherwise (service mode)"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    disk_free_alarm_mb: float = Field(
+        512.0,
+        ge=0,
+        le=1_000_000,
+        description="Free space on the state directory's filesystem below which an alarm is "
+        "raised (0 = no alarm)",
+    )
+    disk_free_stop_mb: float = Field(
+        128.0,
+        ge=0,
+        le=1_000_000,
+        description="Free space on the state directory's filesystem below which the line stops "
+        "(storage_error) before the database fails; 0 = no stop level (a failed write still "
+        "stops the line)",
+    )
+
+    @model_validator(mode="after")
+    def _disk_levels_in_order(self) -> AgentSection:
+        if self.disk_free_alarm_mb and self.disk_free_alarm_mb <= self.disk_free_stop_mb:
+            raise ValueError("disk_free_alarm_mb must be above disk_free_stop_mb (or 0 = off)")
+        return self
 
 
 class LineSection(Strict):

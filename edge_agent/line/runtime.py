@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import structlog
@@ -47,6 +48,7 @@ from edge_agent.line.stats import LineStats
 from edge_agent.line.tracking import Position, PrintedQueue, SeenTriggers
 from edge_agent.line.verify import BatchIdentity, check_content, serial_pattern_for
 from edge_agent.stops import StopReason
+from edge_agent.storage import storage_stop
 from edge_agent.vision.archive import FailedFrameArchive
 from edge_agent.vision.grade import with_grades
 
@@ -190,12 +192,10 @@ class LineRuntime:
             self._active = False
 
     async def _run(self) -> BatchInfo:
-        b = self.cfg.batch
-        self.batch = self.ledger.open_batch(b.id, b.gtin, b.lot, b.expiry, b.target_quantity)
-        log.info("batch_open", batch=b.id, gtin=b.gtin, lot=b.lot, target=b.target_quantity)
-        await self._prepare_printer()
-        await self._recover()
-        await self._release_line()
+        try:
+            await self._start()
+        except sqlite3.Error as exc:
+            await self._stop_line(storage_stop(exc, self.cfg.agent.state_dir))
         executor = ThreadPoolExecutor(self.cfg.line.decode_threads, thread_name_prefix="decode")
         await self._warm_up(executor)
         stop: BaseException | None = None
@@ -218,15 +218,25 @@ class LineRuntime:
                     tg.create_task(job(), name=name)
         except* _BatchComplete:
             pass
+        except* sqlite3.Error as group:  # any storage failure of any task: a storage stop
+            stop = storage_stop(group.exceptions[0], self.cfg.agent.state_dir)
         except* EdgeAgentError as group:
-            stop = group.exceptions[0]
+            stop = stop or group.exceptions[0]
         finally:
             executor.shutdown(wait=False, cancel_futures=True)
             if self.archive is not None:
                 await asyncio.to_thread(self.archive.close)
         if stop is not None:
             await self._stop_line(stop)
-        return self.batch
+        return self._batch
+
+    async def _start(self) -> None:
+        b = self.cfg.batch
+        self.batch = self.ledger.open_batch(b.id, b.gtin, b.lot, b.expiry, b.target_quantity)
+        log.info("batch_open", batch=b.id, gtin=b.gtin, lot=b.lot, target=b.target_quantity)
+        await self._prepare_printer()
+        await self._recover()
+        await self._release_line()
 
     async def _warm_up(self, executor: ThreadPoolExecutor) -> None:
         """Decode a blank frame on every thread first: the first call into the decoder is slow,
@@ -312,28 +322,33 @@ class LineRuntime:
             return
         self.ledger.mark_verdicts_written(batch, [t for t, _ in unwritten if t not in rejected])
 
-    async def _stop_line(self, cause: BaseException) -> None:
+    async def _stop_line(self, cause: BaseException) -> NoReturn:
         reason = cause.reason if isinstance(cause, LineStopped) else StopReason.DEVICE_ERROR
         level = log.warning if reason is StopReason.SHUTDOWN else log.error
-        level("line_stop", batch=self._batch.id, reason=reason, detail=str(cause))
+        level("line_stop", batch=self.cfg.batch.id, reason=reason, detail=str(cause))
         self.stats.alarms.append(f"{reason}: {cause}")
         # The agent ends after a line stop: systemd hears it now, not after the settling below
         systemd.notify_stopping(f"line stopped: {reason}")
         try:
             await self.plc.request_line_stop(reason.code)
             await self._publish_status(AgentLineState.STOPPED)
-            # The stop may have cancelled a commit group between its ledger commit and its PLC
-            # writes: those passes are committed but may never have reached the PLC.
-            unwritten = self.ledger.unwritten_passes(self._batch)
-            if unwritten:
-                await self._settle_unwritten_passes(unwritten)
-            # Units already given a verdict still reach the gate: learn what it did with them.
-            await asyncio.wait_for(self._await_gate(), timeout=5.0)
-        except (EdgeAgentError, TimeoutError) as exc:
+            if self.batch is not None:  # else it stopped before the batch was open
+                await self._settle_at_stop()
+        except (EdgeAgentError, TimeoutError, sqlite3.Error) as exc:
+            # Left to the next start (reject log, unwritten passes), when storage works again
             log.error("line_stop_settle_failed", detail=str(exc))
         if isinstance(cause, LineStopped):
             raise cause
         raise LineStopped(reason, str(cause)) from cause
+
+    async def _settle_at_stop(self) -> None:
+        # The stop may have cancelled a commit group between its ledger commit and its PLC
+        # writes: those passes are committed but may never have reached the PLC.
+        unwritten = self.ledger.unwritten_passes(self._batch)
+        if unwritten:
+            await self._settle_unwritten_passes(unwritten)
+        # Units already given a verdict still reach the gate: learn what it did with them.
+        await asyncio.wait_for(self._await_gate(), timeout=5.0)
 
     @property
     def _batch(self) -> BatchInfo:
@@ -564,7 +579,7 @@ class LineRuntime:
             # Rejecting the group can reach max_consecutive_rejects: the cause is still storage.
             with contextlib.suppress(LineStopped):
                 await self._write_verdicts(group)
-            raise LineStopped(StopReason.STORAGE_ERROR, repr(exc)) from exc
+            raise storage_stop(exc, self.cfg.agent.state_dir) from exc
         # Committed passes must reach the PLC: a line stop (cancellation) waits for this group's
         # writes instead of cutting them off between the commit and the write.
         writes = asyncio.ensure_future(self._write_verdicts(group))
