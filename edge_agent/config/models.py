@@ -141,8 +141,17 @@ class LineSection(Strict):
         5.0,
         gt=0,
         le=600,
-        description="At batch end, printed units not seen by the camera this "
-        "long after the last frame are rejected",
+        description="Printed units not seen by the camera this long after the last frame: "
+        "at batch end they are rejected; while the line runs, an alarm at half of it and a line "
+        "stop naming the camera at it. Must exceed the printer-to-camera travel time",
+    )
+    print_confirm_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Records waiting in the printer and no print confirmation this long while "
+        "the line runs: an alarm at half of it, a line stop naming the printer at it. Must "
+        "exceed the longest gap between two units on a running line",
     )
     max_units_in_flight: int = Field(
         16,

@@ -44,6 +44,7 @@ from edge_agent.errors import DeviceFault, DeviceTimeout, EdgeAgentError, LineSt
 from edge_agent.ledger import BatchInfo, Ledger, SerialState, UnitOutcome
 from edge_agent.line.printer_link import PrinterLink
 from edge_agent.line.printer_reconcile import reconcile_printer_queue
+from edge_agent.line.silence import DeviceSilence
 from edge_agent.line.stats import LineStats
 from edge_agent.line.tracking import Position, PrintedQueue, SeenTriggers
 from edge_agent.line.verify import BatchIdentity, check_content, serial_pattern_for
@@ -131,6 +132,10 @@ class LineRuntime:
         self._gated_before_decided: set[int] = set()
         self._last_trigger = 0
         self._seen = SeenTriggers()  # triggers whose frame was taken for a decision
+        # Bounded waits on the devices (silence.py); running = the PLC's last word on the line
+        self._line_running = False
+        self._printer_silence: DeviceSilence  # set at start, when the devices are known good
+        self._camera_silence: DeviceSilence
         vision, serials = config.vision, config.batch.serials
         self._serial_pattern = serial_pattern_for(
             vision.serial_pattern, serials.source, serials.length, serials.alphabet
@@ -213,6 +218,7 @@ class LineRuntime:
                     ("decide", self._decide),
                     ("commit", self._commit),
                     ("reject-confirms", self._watch_rejects),
+                    ("device-silence", self._watch_silence),
                     ("batch-end", self._finish),
                 ):
                     tg.create_task(job(), name=name)
@@ -231,7 +237,13 @@ class LineRuntime:
         return self._batch
 
     async def _start(self) -> None:
-        b = self.cfg.batch
+        b, line, now = self.cfg.batch, self.cfg.line, time.monotonic()
+        self._printer_silence = DeviceSilence(
+            self.printer.name, line.print_confirm_timeout_s, "print confirmations", now
+        )
+        self._camera_silence = DeviceSilence(
+            self.camera.name, line.no_frame_timeout_s, "frames for printed units", now
+        )
         self.batch = self.ledger.open_batch(b.id, b.gtin, b.lot, b.expiry, b.target_quantity)
         log.info("batch_open", batch=b.id, gtin=b.gtin, lot=b.lot, target=b.target_quantity)
         await self._prepare_printer()
@@ -415,7 +427,8 @@ class LineRuntime:
     async def _confirmations(self) -> None:
         batch = self._batch
         async for confirmation in self._link.confirmations():
-            self._last_activity = time.monotonic()
+            self._last_activity = now = time.monotonic()
+            self._printer_silence.heard(now)
             if confirmation.serial in self._judged_unconfirmed:
                 # Too late: its unit is already rejected and its slot released. Queued, it
                 # would be settled a second time as a unit the camera never saw.
@@ -454,7 +467,8 @@ class LineRuntime:
             if not self._seen.add(frame.trigger):
                 self._repeated_frame(frame)
                 continue
-            self._last_activity = time.monotonic()
+            self._last_activity = now = time.monotonic()
+            self._camera_silence.heard(now)
             if frame.reads is not None:  # a smart reader decoded it on the device: no thread hop
                 future: asyncio.Future[list[CodeRead]] = loop.create_future()
                 future.set_result(list(frame.reads))
@@ -647,6 +661,7 @@ class LineRuntime:
             await self.plc.beat()
             await self._publish_status(AgentLineState.RUNNING)
             state = await self.plc.read_state()
+            self._line_running = state.running
             now = time.monotonic()
             if state.heartbeat != last_value:
                 last_value, last_change = state.heartbeat, now
@@ -660,6 +675,26 @@ class LineRuntime:
                 f"{self.stats.rejected} rejected"
             )
             await asyncio.sleep(interval)
+
+    async def _watch_silence(self) -> None:
+        """Bound every wait on a device (silence.py): while the line runs mid-batch, records in
+        the printer must be printed and printed units must reach the camera."""
+        line = self.cfg.line
+        interval = min(0.5, line.print_confirm_timeout_s / 4, line.no_frame_timeout_s / 4)
+        alarm = self.stats.alarms.append
+        while True:
+            _raise_if_cancel_lost()
+            await asyncio.sleep(interval)
+            # A stopped line, a printer being recovered and the batch end (its own bound, see
+            # _finish) expect nothing of the devices.
+            working = (
+                self._line_running and not self._link.recovering and not self._feed_done.is_set()
+            )
+            now = time.monotonic()
+            self._printer_silence.check(now, expecting=working and self._unprinted > 0, alarm=alarm)
+            self._camera_silence.check(
+                now, expecting=working and len(self.printed) > 0, alarm=alarm
+            )
 
     async def _publish_status(self, state: AgentLineState) -> None:
         """The agent's line state and counters, for the PLC and its HMI (when the link has room)."""

@@ -93,6 +93,7 @@ class TcpCameraSim:
         self.repeat_every = 0
         self.repeat_after_s = 0.05
         self.repeated: list[int] = []
+        self.mute = False  # fault: connected, frames produced, none sent (counted as dropped)
         self._repeats: set[asyncio.Task[None]] = set()
         self._rng = random.Random(seed)
         self._good_serials: deque[str] = deque(maxlen=_GOOD_SERIALS_KEPT)
@@ -253,6 +254,9 @@ class TcpCameraSim:
                 data = await future
             except Exception:
                 log.exception("frame production failed", trigger=trigger)
+                self.frames_dropped += 1
+                continue
+            if self.mute:
                 self.frames_dropped += 1
                 continue
             await self._deliver(data)
