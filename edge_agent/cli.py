@@ -151,8 +151,8 @@ def _run(args: argparse.Namespace) -> int:
     batch, signum = _run_agent(Agent(config))
     if signum is not None:
         print(
-            f"edge-agent: stopped on {signal.Signals(signum).name}; the batch stays open, "
-            "run the same config again to resume it",
+            f"edge-agent: stopped on {signal.Signals(signum).name} (units in flight settled); "
+            "an open batch resumes when the agent runs again with the same config",
             file=sys.stderr,
         )
         return 128 + signum
