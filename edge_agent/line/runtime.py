@@ -134,8 +134,13 @@ class LineRuntime:
         self._seen = SeenTriggers()  # triggers whose frame was taken for a decision
         # Bounded waits on the devices (silence.py); running = the PLC's last word on the line
         self._line_running = False
-        self._printer_silence: DeviceSilence  # set at start, when the devices are known good
-        self._camera_silence: DeviceSilence
+        line, now = config.line, time.monotonic()
+        self._printer_silence = DeviceSilence(
+            line.print_confirm_timeout_s, "print confirmations", now
+        )
+        self._camera_silence = DeviceSilence(
+            line.no_frame_timeout_s, "frames for printed units", now
+        )
         vision, serials = config.vision, config.batch.serials
         self._serial_pattern = serial_pattern_for(
             vision.serial_pattern, serials.source, serials.length, serials.alphabet
@@ -237,13 +242,7 @@ class LineRuntime:
         return self._batch
 
     async def _start(self) -> None:
-        b, line, now = self.cfg.batch, self.cfg.line, time.monotonic()
-        self._printer_silence = DeviceSilence(
-            self.printer.name, line.print_confirm_timeout_s, "print confirmations", now
-        )
-        self._camera_silence = DeviceSilence(
-            self.camera.name, line.no_frame_timeout_s, "frames for printed units", now
-        )
+        b = self.cfg.batch
         self.batch = self.ledger.open_batch(b.id, b.gtin, b.lot, b.expiry, b.target_quantity)
         log.info("batch_open", batch=b.id, gtin=b.gtin, lot=b.lot, target=b.target_quantity)
         await self._prepare_printer()
@@ -691,9 +690,17 @@ class LineRuntime:
                 self._line_running and not self._link.recovering and not self._feed_done.is_set()
             )
             now = time.monotonic()
-            self._printer_silence.check(now, expecting=working and self._unprinted > 0, alarm=alarm)
+            self._printer_silence.check(
+                now,
+                device=self.printer.name,
+                expecting=working and self._unprinted > 0,
+                alarm=alarm,
+            )
             self._camera_silence.check(
-                now, expecting=working and len(self.printed) > 0, alarm=alarm
+                now,
+                device=self.camera.name,
+                expecting=working and len(self.printed) > 0,
+                alarm=alarm,
             )
 
     async def _publish_status(self, state: AgentLineState) -> None:

@@ -23,8 +23,8 @@ log = structlog.get_logger("edge_agent.line")
 class DeviceSilence:
     """How long one device has been silent while work was waiting for it."""
 
-    def __init__(self, device: str, limit_s: float, waiting_for: str, now: float) -> None:
-        self.device = device
+    def __init__(self, limit_s: float, waiting_for: str, now: float) -> None:
+        self.device = ""  # as the last check named it
         self.limit_s = limit_s
         self.waiting_for = waiting_for  # what it should have sent, e.g. "print confirmations"
         self.since = now
@@ -37,7 +37,10 @@ class DeviceSilence:
             self.alarmed = False
             log.warning("device_heard_again", device=self.device)
 
-    def check(self, now: float, *, expecting: bool, alarm: Callable[[str], None]) -> None:
+    def check(
+        self, now: float, *, device: str, expecting: bool, alarm: Callable[[str], None]
+    ) -> None:
+        self.device = device
         if not expecting:
             self.since = now
             return
