@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import sqlite3
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -16,12 +17,14 @@ from edge_agent.config import LoadedConfig
 from edge_agent.config.loader import DeviceSpec
 from edge_agent.config.models import UpstreamSection
 from edge_agent.db import open_db
+from edge_agent.errors import LineStopped
 from edge_agent.ledger import BatchInfo, Ledger
 from edge_agent.line.runtime import LineRuntime
 from edge_agent.line.stats import LineStats
 from edge_agent.opcua_server import open_packml, run_batch
 from edge_agent.outbox.forwarding import ForwarderLoop, QuotaGuard, prune_periodically
 from edge_agent.outbox.store import OutboxStore
+from edge_agent.storage import DiskGuard, storage_stop
 from edge_agent.vision.pipeline import build_reader
 
 log = structlog.get_logger("edge_agent.app")
@@ -32,15 +35,40 @@ class Agent:
         self.config = config
         self.stats = stats or LineStats()
         self.on_tick = on_tick
+        self._runtime: LineRuntime | None = None
+
+    def request_stop(self, stop: LineStopped) -> bool:
+        """Stop the running line cleanly (see LineRuntime.request_stop). False when no line is
+        running yet (start-up, waiting for an operator's Start) or any more (draining the outbox):
+        then there is nothing in flight to settle, and the caller may simply cancel the run."""
+        return self._runtime is not None and self._runtime.request_stop(stop)
 
     def _device(self, kind: str) -> Any:
         spec = getattr(self.config, kind)
         return spec.driver(kind, spec.config)
 
+    def _storage_failed(self, exc: Exception) -> None:
+        """A storage failure outside the line's own tasks (forwarders, pruning) stops the line."""
+        if self._runtime is not None:
+            self._runtime.request_stop(storage_stop(exc, self.config.model.agent.state_dir))
+
     async def run(self) -> BatchInfo:
         model = self.config.model
         for warning in self.config.warnings:
             log.warning("config_warning", batch=model.batch.id, detail=warning)
+        disk = DiskGuard(
+            model.agent.state_dir,
+            alarm_mb=model.agent.disk_free_alarm_mb,
+            stop_mb=model.agent.disk_free_stop_mb,
+            on_alarm=self.stats.alarms.append,
+        )
+        if disk.enabled:
+            # Before the database is opened: on a full disk it fails in ways that look like damage
+            try:
+                disk.check()
+            except LineStopped as exc:
+                log.error("line_stop", batch=model.batch.id, reason=exc.reason, detail=str(exc))
+                raise
         conn = open_db(model.agent.state_dir)
         ledger = Ledger(
             conn,
@@ -49,10 +77,13 @@ class Agent:
             company_prefix_length=model.line.company_prefix_length,
         )
         serials = model.batch.serials
-        if serials.source == "list" and serials.file is not None:
-            added = ledger.import_serial_list(model.batch.gtin, serials.file)
-            log.info("serial_list_imported", file=str(serials.file), new=added)
         try:
+            if serials.source == "list" and serials.file is not None:
+                try:
+                    added = ledger.import_serial_list(model.batch.gtin, serials.file)
+                except sqlite3.Error as exc:
+                    raise storage_stop(exc, model.agent.state_dir) from exc
+                log.info("serial_list_imported", file=str(serials.file), new=added)
             async with contextlib.AsyncExitStack() as stack:
                 printer = await stack.enter_async_context(self._device("printer"))
                 camera = await stack.enter_async_context(self._device("camera"))
@@ -71,6 +102,7 @@ class Agent:
                     stats=self.stats,
                     on_tick=self.on_tick,
                 )
+                self._runtime = runtime
                 upstream = model.upstream or UpstreamSection()
                 store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
                 quota = QuotaGuard(
@@ -81,6 +113,8 @@ class Agent:
                     on_alarm=self.stats.alarms.append,
                 )
                 runtime.guards.append(("outbox-quota", quota.run))
+                if disk.enabled:
+                    runtime.guards.append(("disk-space", disk.run))
                 systemd.notify_ready(f"running batch {model.batch.id}")
                 line_run = (
                     run_batch(packml, runtime, model.batch.id)
@@ -130,6 +164,7 @@ class Agent:
                 backoff_initial_s=upstream.backoff_initial_s,
                 backoff_max_s=upstream.backoff_max_s,
                 on_alarm=self.stats.alarms.append,
+                on_storage_error=self._storage_failed,
             )
             for spec in self.config.forwarders
         ]
@@ -139,7 +174,10 @@ class Agent:
             tasks = [tg.create_task(loop.run(), name=f"forwarder:{loop.name}") for loop in loops]
             tasks.append(
                 tg.create_task(
-                    prune_periodically(store, upstream.retention_days), name="outbox-prune"
+                    prune_periodically(
+                        store, upstream.retention_days, on_storage_error=self._storage_failed
+                    ),
+                    name="outbox-prune",
                 )
             )
             try:

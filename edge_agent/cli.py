@@ -155,13 +155,65 @@ def _run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     logs.configure(config.model.agent.log_format, config.model.agent.log_level)
-    batch = _run_until_signal(Agent(config).run())
-    if batch is None:
-        return EXIT_OK
+    batch, signum = _run_agent(Agent(config))
+    if signum is not None:
+        print(
+            f"edge-agent: stopped on {signal.Signals(signum).name} (units in flight settled); "
+            "an open batch resumes when the agent runs again with the same config",
+            file=sys.stderr,
+        )
+        return 128 + signum
     with contextlib.closing(open_reader(config.model.agent.state_dir)) as conn:
         report = reconcile(conn, batch.id)
     print(json.dumps(report, indent=2))
     return EXIT_OK if report["balanced"] else EXIT_UNBALANCED
+
+
+def _run_agent(agent: Any) -> tuple[Any, int | None]:
+    """Run the agent; returns (the finished batch, None) or (None, the signal that stopped it).
+
+    The first SIGTERM or SIGINT stops the line as a line stop does (units in flight settled, the
+    PLC told, reason ``shutdown``); before the line runs or once it has ended there is nothing to
+    settle and the run is cancelled. A second signal cancels at once. The handlers are the
+    program's own, so they work even when it was started with SIGINT ignored.
+    """
+    import structlog
+
+    from edge_agent import systemd
+    from edge_agent.stops import StopReason
+
+    log = structlog.get_logger("edge_agent.cli")
+
+    async def runner() -> tuple[Any, int | None]:
+        task = asyncio.ensure_future(agent.run())
+        received: list[signal.Signals] = []
+
+        def on_signal(sig: signal.Signals) -> None:
+            if received:
+                log.warning("shutdown_forced", signal=sig.name)
+                task.cancel()
+                return
+            received.append(sig)
+            log.warning("shutdown_requested", signal=sig.name)
+            systemd.notify_stopping(f"stopping on {sig.name}")
+            if not agent.request_stop(LineStopped(StopReason.SHUTDOWN, f"{sig.name} received")):
+                task.cancel()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            return await task, None
+        except asyncio.CancelledError:
+            if not received:
+                raise
+        except LineStopped as exc:
+            if not received or exc.reason is not StopReason.SHUTDOWN:
+                raise
+        return None, int(received[0])
+
+    result: tuple[Any, int | None] = asyncio.run(runner())
+    return result
 
 
 def _run_until_signal(coro: Any) -> Any:

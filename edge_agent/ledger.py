@@ -381,6 +381,14 @@ class Ledger:
             (batch.id,),
         ).fetchall()
 
+    def recent_triggers(self, batch: BatchInfo, limit: int) -> list[int]:
+        """Trigger counts of the newest ``limit`` units decided in this batch, oldest first."""
+        rows = self.conn.execute(
+            "SELECT trigger FROM units WHERE batch_id = ? ORDER BY id DESC LIMIT ?",
+            (batch.id, limit),
+        ).fetchall()
+        return [trigger for (trigger,) in reversed(rows)]
+
     def reject_unconfirmed_prints(self, batch: BatchInfo, reason: str) -> list[str]:
         """Sent but never confirmed, or printed but never seen: they can never pass."""
         now = time.time()

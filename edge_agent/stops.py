@@ -30,6 +30,7 @@ class StopReason(enum.StrEnum):
     SERIALS_EXHAUSTED = "serials_exhausted", 16
     OUTBOX_FULL = "outbox_full", 17
     PRINTER_LINK_LOST = "printer_link_lost", 18
+    SHUTDOWN = "shutdown", 19
     OPERATOR_HOLD = "operator_hold", 20
     OPERATOR_STOP = "operator_stop", 21
     OPERATOR_ABORT = "operator_abort", 22
@@ -57,6 +58,7 @@ _DESCRIPTIONS = {
     StopReason.SERIALS_EXHAUSTED: "no serial left for the batch",
     StopReason.OUTBOX_FULL: "the outbox reached its stop level (undelivered events are kept)",
     StopReason.PRINTER_LINK_LOST: "printer link lost (in-process reconnect under way, or failed)",
+    StopReason.SHUTDOWN: "the agent was told to stop (SIGTERM from the service manager, Ctrl-C)",
     StopReason.OPERATOR_HOLD: "operator hold",
     StopReason.OPERATOR_STOP: "operator stop",
     StopReason.OPERATOR_ABORT: "operator abort",

@@ -2,7 +2,8 @@
 
 A no-op when NOTIFY_SOCKET is unset (terminal, tests, demo). The watchdog is fed by the line's
 heartbeat loop, which only runs while the event loop and the PLC link work, so a hung agent is
-restarted by systemd instead of being kept alive by a timer beside it.
+restarted by systemd instead of being kept alive by a timer beside it. STOPPING=1 is sent when
+the line stops (the process ends after a line stop) or a signal asks the agent to stop.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ def notify(message: str) -> bool:
     if address.startswith("@"):  # abstract namespace socket
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        # Never wait: this runs on the event loop that drives the PLC heartbeat, and a notify
+        # socket whose reader is behind (its queue holds net.unix.max_dgram_qlen datagrams,
+        # often 10) would block it. A message systemd cannot take now is dropped.
+        sock.setblocking(False)
         try:
             sock.sendto(message.encode(), address)
         except OSError:

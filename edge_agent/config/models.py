@@ -68,6 +68,27 @@ class AgentSection(Strict):
         "auto", description="auto = readable on a terminal, JSON otherwise (service mode)"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    disk_free_alarm_mb: float = Field(
+        512.0,
+        ge=0,
+        le=1_000_000,
+        description="Free space on the state directory's filesystem below which an alarm is "
+        "raised (0 = no alarm)",
+    )
+    disk_free_stop_mb: float = Field(
+        128.0,
+        ge=0,
+        le=1_000_000,
+        description="Free space on the state directory's filesystem below which the line stops "
+        "(storage_error) before the database fails; 0 = no stop level (a failed write still "
+        "stops the line)",
+    )
+
+    @model_validator(mode="after")
+    def _disk_levels_in_order(self) -> AgentSection:
+        if self.disk_free_alarm_mb and self.disk_free_alarm_mb <= self.disk_free_stop_mb:
+            raise ValueError("disk_free_alarm_mb must be above disk_free_stop_mb (or 0 = off)")
+        return self
 
 
 class LineSection(Strict):
@@ -121,8 +142,17 @@ class LineSection(Strict):
         5.0,
         gt=0,
         le=600,
-        description="At batch end, printed units not seen by the camera this "
-        "long after the last frame are rejected",
+        description="Printed units not seen by the camera this long after the last frame: "
+        "at batch end they are rejected; while the line runs, an alarm at half of it and a line "
+        "stop naming the camera at it. Must exceed the printer-to-camera travel time",
+    )
+    print_confirm_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Records waiting in the printer and no print confirmation this long while "
+        "the line runs: an alarm at half of it, a line stop naming the printer at it. Must "
+        "exceed the longest gap between two units on a running line",
     )
     max_units_in_flight: int = Field(
         16,

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import structlog
 
+from edge_agent import systemd
 from edge_agent.config.models import AgentConfig
 from edge_agent.contracts import (
     AgentLineState,
@@ -42,10 +44,12 @@ from edge_agent.errors import DeviceFault, DeviceTimeout, EdgeAgentError, LineSt
 from edge_agent.ledger import BatchInfo, Ledger, SerialState, UnitOutcome
 from edge_agent.line.printer_link import PrinterLink
 from edge_agent.line.printer_reconcile import reconcile_printer_queue
+from edge_agent.line.silence import DeviceSilence
 from edge_agent.line.stats import LineStats
-from edge_agent.line.tracking import Position, PrintedQueue
+from edge_agent.line.tracking import Position, PrintedQueue, SeenTriggers
 from edge_agent.line.verify import BatchIdentity, check_content, serial_pattern_for
 from edge_agent.stops import StopReason
+from edge_agent.storage import storage_stop
 from edge_agent.vision.archive import FailedFrameArchive
 from edge_agent.vision.grade import with_grades
 
@@ -127,6 +131,16 @@ class LineRuntime:
         # Units the PLC rejected before the agent decided them (the verdict came too late).
         self._gated_before_decided: set[int] = set()
         self._last_trigger = 0
+        self._seen = SeenTriggers()  # triggers whose frame was taken for a decision
+        # Bounded waits on the devices (silence.py); running = the PLC's last word on the line
+        self._line_running = False
+        line, now = config.line, time.monotonic()
+        self._printer_silence = DeviceSilence(
+            line.print_confirm_timeout_s, "print confirmations", now
+        )
+        self._camera_silence = DeviceSilence(
+            line.no_frame_timeout_s, "frames for printed units", now
+        )
         vision, serials = config.vision, config.batch.serials
         self._serial_pattern = serial_pattern_for(
             vision.serial_pattern, serials.source, serials.length, serials.alphabet
@@ -141,6 +155,11 @@ class LineRuntime:
         # (the outbox quota guard). Set by the Agent before run().
         self.guards: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self._unacknowledged = 0  # records in a row sent without the printer's acknowledgement
+        # A line stop asked for from outside the line's tasks (a signal, a forwarder); see
+        # request_stop. The first one wins.
+        self._stop_request: LineStopped | None = None
+        self._stop_requested = asyncio.Event()
+        self._active = False  # run() has started and not yet ended
         # Serials whose frame was judged print_unconfirmed before the confirmation came
         self._judged_unconfirmed: set[str] = set()
         self._link = PrinterLink(
@@ -160,19 +179,43 @@ class LineRuntime:
 
     # --- lifecycle --------------------------------------------------------------------------
 
+    def request_stop(self, stop: LineStopped) -> bool:
+        """Stop the line as any line stop does (units in flight settled, the PLC told why),
+        from outside the line's own tasks: a signal, a forwarder that cannot record. The first
+        request wins. False when no run is under way that could stop."""
+        if self._stop_request is None:
+            self._stop_request = stop
+            self._stop_requested.set()
+        return self._active
+
+    async def _stop_when_requested(self) -> None:
+        await self._stop_requested.wait()
+        assert self._stop_request is not None
+        raise self._stop_request
+
     async def run(self) -> BatchInfo:
         """Run (or resume) the configured batch to its end. Raises LineStopped on a line stop."""
-        b = self.cfg.batch
-        self.batch = self.ledger.open_batch(b.id, b.gtin, b.lot, b.expiry, b.target_quantity)
-        log.info("batch_open", batch=b.id, gtin=b.gtin, lot=b.lot, target=b.target_quantity)
-        await self._prepare_printer()
-        await self._recover()
+        self._active = True
+        try:
+            return await self._run()
+        finally:
+            self._active = False
+
+    async def _run(self) -> BatchInfo:
+        try:
+            await self._start()
+        except sqlite3.Error as exc:
+            await self._stop_line(storage_stop(exc, self.cfg.agent.state_dir))
         executor = ThreadPoolExecutor(self.cfg.line.decode_threads, thread_name_prefix="decode")
         await self._warm_up(executor)
         stop: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as tg:
+                # Stop requests and guards first: a stop already due acts before any record is
+                # sent (a task's first step runs in creation order).
                 for name, job in (
+                    ("stop-requests", self._stop_when_requested),
+                    *self.guards,
                     ("heartbeat", self._heartbeat),
                     ("feed", self._feed),
                     ("print-confirmations", self._confirmations),
@@ -180,21 +223,31 @@ class LineRuntime:
                     ("decide", self._decide),
                     ("commit", self._commit),
                     ("reject-confirms", self._watch_rejects),
+                    ("device-silence", self._watch_silence),
                     ("batch-end", self._finish),
-                    *self.guards,
                 ):
                     tg.create_task(job(), name=name)
         except* _BatchComplete:
             pass
+        except* sqlite3.Error as group:  # any storage failure of any task: a storage stop
+            stop = storage_stop(group.exceptions[0], self.cfg.agent.state_dir)
         except* EdgeAgentError as group:
-            stop = group.exceptions[0]
+            stop = stop or group.exceptions[0]
         finally:
             executor.shutdown(wait=False, cancel_futures=True)
             if self.archive is not None:
                 await asyncio.to_thread(self.archive.close)
         if stop is not None:
             await self._stop_line(stop)
-        return self.batch
+        return self._batch
+
+    async def _start(self) -> None:
+        b = self.cfg.batch
+        self.batch = self.ledger.open_batch(b.id, b.gtin, b.lot, b.expiry, b.target_quantity)
+        log.info("batch_open", batch=b.id, gtin=b.gtin, lot=b.lot, target=b.target_quantity)
+        await self._prepare_printer()
+        await self._recover()
+        await self._release_line()
 
     async def _warm_up(self, executor: ThreadPoolExecutor) -> None:
         """Decode a blank frame on every thread first: the first call into the decoder is slow,
@@ -225,6 +278,25 @@ class LineRuntime:
         if unwritten:
             await self._settle_unwritten_passes(unwritten)
         await self._apply_missed_confirms()
+        await self._remember_decided_triggers()
+
+    async def _remember_decided_triggers(self) -> None:
+        """Units decided before this start keep their one verdict: a camera re-sending such a
+        frame after the restart is a repeat too. Only counts the PLC has reached are taken, and
+        within the window, so a PLC whose counter was reset meanwhile is not second-guessed."""
+        newest = (await self.plc.read_state()).trigger_count
+        for trigger in self.ledger.recent_triggers(self._batch, self._seen.size):
+            if newest - self._seen.size < trigger <= newest:
+                self._seen.add(trigger)
+
+    async def _release_line(self) -> None:
+        """Withdraw the line-stop request an earlier run left set (every line stop ends the agent
+        with it set): with it, no PLC reset could ever start the line again. Only after recovery,
+        so everything in flight was settled while nothing moved; a PLC that wants the operator's
+        reset after a stop still waits for it."""
+        await self.plc.clear_line_stop()
+        await self._publish_status(AgentLineState.RUNNING)
+        log.info("line_released", batch=self._batch.id)
 
     async def _apply_missed_confirms(self) -> None:
         """Rejects the PLC confirmed while no agent watched (after a line stop on a lost link, or
@@ -261,25 +333,33 @@ class LineRuntime:
             return
         self.ledger.mark_verdicts_written(batch, [t for t, _ in unwritten if t not in rejected])
 
-    async def _stop_line(self, cause: BaseException) -> None:
+    async def _stop_line(self, cause: BaseException) -> NoReturn:
         reason = cause.reason if isinstance(cause, LineStopped) else StopReason.DEVICE_ERROR
-        log.error("line_stop", batch=self._batch.id, reason=reason, detail=str(cause))
+        level = log.warning if reason is StopReason.SHUTDOWN else log.error
+        level("line_stop", batch=self.cfg.batch.id, reason=reason, detail=str(cause))
         self.stats.alarms.append(f"{reason}: {cause}")
+        # The agent ends after a line stop: systemd hears it now, not after the settling below
+        systemd.notify_stopping(f"line stopped: {reason}")
         try:
             await self.plc.request_line_stop(reason.code)
             await self._publish_status(AgentLineState.STOPPED)
-            # The stop may have cancelled a commit group between its ledger commit and its PLC
-            # writes: those passes are committed but may never have reached the PLC.
-            unwritten = self.ledger.unwritten_passes(self._batch)
-            if unwritten:
-                await self._settle_unwritten_passes(unwritten)
-            # Units already given a verdict still reach the gate: learn what it did with them.
-            await asyncio.wait_for(self._await_gate(), timeout=5.0)
-        except (EdgeAgentError, TimeoutError) as exc:
+            if self.batch is not None:  # else it stopped before the batch was open
+                await self._settle_at_stop()
+        except (EdgeAgentError, TimeoutError, sqlite3.Error) as exc:
+            # Left to the next start (reject log, unwritten passes), when storage works again
             log.error("line_stop_settle_failed", detail=str(exc))
         if isinstance(cause, LineStopped):
             raise cause
         raise LineStopped(reason, str(cause)) from cause
+
+    async def _settle_at_stop(self) -> None:
+        # The stop may have cancelled a commit group between its ledger commit and its PLC
+        # writes: those passes are committed but may never have reached the PLC.
+        unwritten = self.ledger.unwritten_passes(self._batch)
+        if unwritten:
+            await self._settle_unwritten_passes(unwritten)
+        # Units already given a verdict still reach the gate: learn what it did with them.
+        await asyncio.wait_for(self._await_gate(), timeout=5.0)
 
     @property
     def _batch(self) -> BatchInfo:
@@ -346,7 +426,8 @@ class LineRuntime:
     async def _confirmations(self) -> None:
         batch = self._batch
         async for confirmation in self._link.confirmations():
-            self._last_activity = time.monotonic()
+            self._last_activity = now = time.monotonic()
+            self._printer_silence.heard(now)
             if confirmation.serial in self._judged_unconfirmed:
                 # Too late: its unit is already rejected and its slot released. Queued, it
                 # would be settled a second time as a unit the camera never saw.
@@ -382,13 +463,38 @@ class LineRuntime:
     async def _frames(self, executor: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
         async for frame in self.camera.frames():
-            self._last_activity = time.monotonic()
+            if not self._seen.add(frame.trigger):
+                self._repeated_frame(frame)
+                continue
+            self._last_activity = now = time.monotonic()
+            self._camera_silence.heard(now)
             if frame.reads is not None:  # a smart reader decoded it on the device: no thread hop
                 future: asyncio.Future[list[CodeRead]] = loop.create_future()
                 future.set_result(list(frame.reads))
             else:
                 future = loop.run_in_executor(executor, self._read, frame)
             await self._decode_q.put((frame, future))
+
+    def _repeated_frame(self, frame: Frame) -> None:
+        """A second frame for a trigger already decided or in decision. Its unit has exactly one
+        verdict, written once to its slot; this frame changes nothing, in the ledger or the PLC."""
+        self.stats.repeated_frames += 1
+        log.warning(
+            "repeated_frame",
+            batch=self._batch.id,
+            trigger=frame.trigger,
+            source=frame.source,
+            repeated_frames=self.stats.repeated_frames,
+        )
+        if self.archive is not None:
+            self.archive.submit(
+                frame,
+                batch=self._batch.id,
+                serial=None,
+                reason="repeated_frame",
+                detail="a second frame for this trigger; its unit was decided on the first",
+                read=None,
+            )
 
     def _read(self, frame: Frame) -> list[CodeRead]:
         reads = list(self.reader.read(frame.image))
@@ -486,7 +592,7 @@ class LineRuntime:
             # Rejecting the group can reach max_consecutive_rejects: the cause is still storage.
             with contextlib.suppress(LineStopped):
                 await self._write_verdicts(group)
-            raise LineStopped(StopReason.STORAGE_ERROR, repr(exc)) from exc
+            raise storage_stop(exc, self.cfg.agent.state_dir) from exc
         # Committed passes must reach the PLC: a line stop (cancellation) waits for this group's
         # writes instead of cutting them off between the commit and the write.
         writes = asyncio.ensure_future(self._write_verdicts(group))
@@ -546,8 +652,6 @@ class LineRuntime:
     # --- PLC supervision --------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        from edge_agent import systemd
-
         interval = self.cfg.line.heartbeat_interval_ms / 1000.0
         timeout = self.cfg.line.plc_heartbeat_timeout_ms / 1000.0
         last_value, last_change = None, time.monotonic()
@@ -556,6 +660,7 @@ class LineRuntime:
             await self.plc.beat()
             await self._publish_status(AgentLineState.RUNNING)
             state = await self.plc.read_state()
+            self._line_running = state.running
             now = time.monotonic()
             if state.heartbeat != last_value:
                 last_value, last_change = state.heartbeat, now
@@ -569,6 +674,34 @@ class LineRuntime:
                 f"{self.stats.rejected} rejected"
             )
             await asyncio.sleep(interval)
+
+    async def _watch_silence(self) -> None:
+        """Bound every wait on a device (silence.py): while the line runs mid-batch, records in
+        the printer must be printed and printed units must reach the camera."""
+        line = self.cfg.line
+        interval = min(0.5, line.print_confirm_timeout_s / 4, line.no_frame_timeout_s / 4)
+        alarm = self.stats.alarms.append
+        while True:
+            _raise_if_cancel_lost()
+            await asyncio.sleep(interval)
+            # A stopped line, a printer being recovered and the batch end (its own bound, see
+            # _finish) expect nothing of the devices.
+            working = (
+                self._line_running and not self._link.recovering and not self._feed_done.is_set()
+            )
+            now = time.monotonic()
+            self._printer_silence.check(
+                now,
+                device=self.printer.name,
+                expecting=working and self._unprinted > 0,
+                alarm=alarm,
+            )
+            self._camera_silence.check(
+                now,
+                device=self.camera.name,
+                expecting=working and len(self.printed) > 0,
+                alarm=alarm,
+            )
 
     async def _publish_status(self, state: AgentLineState) -> None:
         """The agent's line state and counters, for the PLC and its HMI (when the link has room)."""

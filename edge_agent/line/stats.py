@@ -16,6 +16,7 @@ class LineStats:
     by_reason: Counter[str] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)  # frame received → verdict written
     consecutive_rejects: int = 0
+    repeated_frames: int = 0  # second frames for a trigger already decided: ignored, logged
     alarms: list[str] = field(default_factory=list)
     first_verdict_at: float | None = None
     last_verdict_at: float | None = None

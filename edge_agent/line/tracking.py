@@ -12,6 +12,10 @@ frame is matched against that FIFO by what it reads:
 * no read / unknown content    → the head's unit with a bad print: the head is consumed.
 
 Repeated mismatches reject unit after unit, which stops the line (repeated doubt).
+
+A frame is taken for a decision only once per trigger count (``SeenTriggers``): a second frame
+with the same count (a camera re-sending its image) belongs to a unit that has, or is getting,
+its one verdict.
 """
 
 from __future__ import annotations
@@ -74,3 +78,31 @@ class PrintedQueue:
         serials = list(self._serials)
         self._serials.clear()
         return serials
+
+
+class SeenTriggers:
+    """The newest ``size`` trigger counts whose frame was taken for a decision.
+
+    Bounded, and by count rather than by value, so a wrapping u32 counter needs no special case.
+    The window is far wider than any PLC's verdict ring: a repeat older than that is stale anyway.
+    """
+
+    SIZE = 4096
+
+    def __init__(self, size: int = SIZE) -> None:
+        self.size = size
+        self._seen: set[int] = set()
+        self._order: deque[int] = deque()
+
+    def __contains__(self, trigger: object) -> bool:
+        return trigger in self._seen
+
+    def add(self, trigger: int) -> bool:
+        """Remember ``trigger``; False when it was there already (a repeated frame)."""
+        if trigger in self._seen:
+            return False
+        self._seen.add(trigger)
+        self._order.append(trigger)
+        if len(self._order) > self.size:
+            self._seen.discard(self._order.popleft())
+        return True

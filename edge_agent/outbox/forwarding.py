@@ -4,8 +4,11 @@ Each loop reads its forwarder's oldest pending events (in outbox order, so per b
 hands them to ``deliver``, and durably records what was delivered or dead-lettered before it
 asks for more. A ``DeliveryError`` (upstream away, 5xx, timeout) backs off with full jitter,
 honouring the upstream's ``retry_after_s``; the loop logs once when upstream goes away and once
-when it comes back. Nothing here can stop the line: every failure is logged and retried. Only
-the quota guard stops the line, because a full disk would make the ledger itself fail.
+when it comes back. An upstream failure never stops the line: it is logged and retried. A
+storage failure does (the state database cannot record what was delivered, or cannot prune):
+the loop reports it once through ``on_storage_error``, which stops the line with
+``storage_error``, and keeps retrying with back-off (a re-sent event keeps its eventID). The
+quota guard stops the line before the database grows too big for the disk.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class ForwarderLoop:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         on_alarm: Callable[[str], None] | None = None,
+        on_storage_error: Callable[[Exception], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
@@ -51,6 +55,8 @@ class ForwarderLoop:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.on_alarm = on_alarm or (lambda _msg: None)
+        self.on_storage_error = on_storage_error or (lambda _exc: None)
+        self.storage_failed = False  # reported once until a delivery is recorded again
         self.rng = rng or random.Random()
         self.failures = 0
         self.down_since: float | None = None
@@ -70,8 +76,12 @@ class ForwarderLoop:
             raise asyncio.CancelledError
 
     def idle(self) -> bool:
-        """No event is waiting for this forwarder."""
-        return not self.store.pending(self.name, 1)
+        """No event is waiting for this forwarder (or none can be read: nothing to wait for)."""
+        try:
+            return not self.store.pending(self.name, 1)
+        except sqlite3.Error as exc:
+            self._report_storage(exc)
+            return True
 
     async def run(self) -> None:
         while True:
@@ -83,6 +93,10 @@ class ForwarderLoop:
                 raise
             except DeliveryError as exc:
                 await self._failed(exc)
+            except sqlite3.Error as exc:  # the outbox itself failed: a storage stop
+                self._report_storage(exc)
+                self.failures += 1
+                await asyncio.sleep(self.delay(None))
             except Exception as exc:  # a forwarder bug must never take the line down
                 log.exception("forwarder_failed", forwarder=self.name, error=repr(exc))
                 await self._failed(DeliveryError(repr(exc), upstream=self.name))
@@ -105,6 +119,7 @@ class ForwarderLoop:
 
     def _record(self, events: Any, result: Delivery) -> None:
         done, dead = self.store.mark(self.name, events, result.delivered, result.rejected)
+        self.storage_failed = False
         self.delivered += done
         self.dead += dead
         if done and self.down_since is not None:
@@ -123,6 +138,13 @@ class ForwarderLoop:
                 f"outbox: {len(result.rejected)} event(s) rejected by {self.name} as invalid; "
                 "see `edge-agent outbox status`"
             )
+
+    def _report_storage(self, exc: sqlite3.Error) -> None:
+        if self.storage_failed:
+            return
+        self.storage_failed = True
+        log.error("outbox_storage_failed", forwarder=self.name, error=str(exc))
+        self.on_storage_error(exc)
 
     async def _failed(self, exc: DeliveryError) -> None:
         self.failures += 1
@@ -214,13 +236,20 @@ class QuotaGuard:
 
 
 async def prune_periodically(
-    store: OutboxStore, retention_days: float, interval_s: float = 3600.0
+    store: OutboxStore,
+    retention_days: float,
+    interval_s: float = 3600.0,
+    on_storage_error: Callable[[Exception], None] | None = None,
 ) -> None:
     while True:
         try:
             pruned = store.prune(retention_days)
             if pruned:
                 log.info("outbox_pruned", events=pruned, retention_days=retention_days)
-        except Exception as exc:  # a failed prune is retried next time; never a line stop
+        except sqlite3.Error as exc:  # the database cannot write: a storage stop
+            log.error("outbox_prune_failed", error=str(exc))
+            if on_storage_error is not None:
+                on_storage_error(exc)
+        except Exception as exc:  # a prune bug is retried next time; never a line stop
             log.error("outbox_prune_failed", error=repr(exc))
         await asyncio.sleep(interval_s)

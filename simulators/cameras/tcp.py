@@ -94,6 +94,13 @@ class TcpCameraSim:
         self.defect_hri: dict[int, str] = {}  # trigger -> content actually rendered for a defect
         self.frames_sent = 0
         self.frames_dropped = 0
+        # Fault: every ``repeat_every``-th frame is sent once more ``repeat_after_s`` later, with
+        # the same trigger count (a camera re-sending its last image); ``repeated`` lists them.
+        self.repeat_every = 0
+        self.repeat_after_s = 0.05
+        self.repeated: list[int] = []
+        self.mute = False  # fault: connected, frames produced, none sent (counted as dropped)
+        self._repeats: set[asyncio.Task[None]] = set()
         self._rng = random.Random(seed)
         self._good_serials: deque[str] = deque(maxlen=_GOOD_SERIALS_KEPT)
         self._pending: dict[int, asyncio.Future[bytes]] = {}
@@ -149,6 +156,8 @@ class TcpCameraSim:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
             self._sender = None
+        for task in list(self._repeats):
+            task.cancel()
         for future in self._pending.values():
             future.cancel()
         self.frames_dropped += len(self._pending)
@@ -253,7 +262,22 @@ class TcpCameraSim:
                 log.exception("frame production failed", trigger=trigger)
                 self.frames_dropped += 1
                 continue
+            if self.mute:
+                self.frames_dropped += 1
+                continue
             await self._deliver(data)
+            if self.repeat_every and trigger % self.repeat_every == 0:
+                self._repeat_later(trigger, data)
+
+    def _repeat_later(self, trigger: int, data: bytes) -> None:
+        async def again() -> None:
+            await asyncio.sleep(self.repeat_after_s)
+            self.repeated.append(trigger)
+            await self._deliver(data)
+
+        task = asyncio.get_running_loop().create_task(again())
+        self._repeats.add(task)
+        task.add_done_callback(self._repeats.discard)
 
     async def _next_trigger(self) -> int:
         """The next trigger in order; after a gap of ``_GAP_WAIT_S`` the lowest one queued."""

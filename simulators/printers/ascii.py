@@ -214,7 +214,8 @@ class AsciiPrinterSim:
     # --- print head ------------------------------------------------------------------------
 
     def _can_print(self) -> bool:
-        return self.job is not None and self.fault is None and bool(self._buffer)
+        ready = self.job is not None and self.fault is None and not self.faults.print_stalled
+        return ready and bool(self._buffer)
 
     async def _print_loop(self) -> None:
         while True:

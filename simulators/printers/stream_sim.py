@@ -25,6 +25,8 @@ TranscriptHook = Callable[[str, str], None]
 
 
 class _FaultableSim(Protocol):
+    _wake: asyncio.Event
+
     def _set_fault(self, fault: tuple[str, str] | None) -> None: ...
     def _drop_client(self) -> None: ...
     def _write(self, data: bytes) -> None: ...
@@ -38,6 +40,7 @@ class PrinterFaults:
         self.reply_delay_s = 0.0  # the printer waits this long before answering each command
         self.lost_confirmations = 0  # how many upcoming print notices are printed but never sent
         self.deaf_s = 1.0  # how long a dropped serial link stays silent
+        self.print_stalled = False  # records are acknowledged and queued, never printed
 
     def raise_fault(self, code: str, text: str) -> None:
         """Stop printing and report the fault; records are refused until it is cleared."""
@@ -59,6 +62,14 @@ class PrinterFaults:
 
     def lose_next_confirmations(self, n: int) -> None:
         self.lost_confirmations += n
+
+    def stall_printing(self) -> None:
+        """Keep acknowledging records, and never print them (a jammed head, no product sensor)."""
+        self.print_stalled = True
+
+    def resume_printing(self) -> None:
+        self.print_stalled = False
+        self._sim._wake.set()
 
 
 class StreamPrinterSim:
@@ -277,7 +288,8 @@ class StreamPrinterSim:
             self._wake.set()
 
     def _can_print(self) -> bool:
-        return self.job is not None and self.fault is None and bool(self._buffer)
+        ready = self.job is not None and self.fault is None and not self.faults.print_stalled
+        return ready and bool(self._buffer)
 
     async def _print_loop(self) -> None:
         while True:

@@ -36,6 +36,7 @@ class ZplFaults:
         self.lost_status = 0  # how many upcoming ~HS get no answer at all
         self.partial_status = 0  # how many upcoming ~HS answers are cut after the first string
         self.deaf_s = 1.0  # how long a "dropped" serial link ignores input and stays silent
+        self.print_stalled = False  # labels are taken and queued, never printed; ~HS looks fine
 
     def set_flag(self, flag: str, on: bool = True) -> None:
         """Raise or clear a ~HS condition: paper_out, ribbon_out, head_up, pause, over_temp..."""
@@ -67,6 +68,14 @@ class ZplFaults:
 
     def lose_status_answers(self, n: int) -> None:
         self.lost_status += n
+
+    def stall_printing(self) -> None:
+        """Keep taking labels, and never print them (a printer waiting for a sensor forever)."""
+        self.print_stalled = True
+
+    def resume_printing(self) -> None:
+        self.print_stalled = False
+        self._sim._wake.set()
 
 
 class ZplPrinterSim:
@@ -263,7 +272,8 @@ class ZplPrinterSim:
     # --- print head ------------------------------------------------------------------------
 
     def _can_print(self) -> bool:
-        return not any(self.flags.values()) and (self._current is not None or bool(self._queue))
+        ready = not any(self.flags.values()) and not self.faults.print_stalled
+        return ready and (self._current is not None or bool(self._queue))
 
     async def _print_loop(self) -> None:
         while True:
