@@ -257,6 +257,9 @@ class SimulatorsSection(Strict):
     printer: PrinterSim | None = None
     camera: CameraSim | None = None
     plc: PlcSim | None = None
+    l3: dict[str, Any] | None = Field(
+        None, description="L3 site-server simulator, validated by simulators.l3.L3SimConfig"
+    )
 
 
 class UpstreamSection(Strict):
