@@ -74,6 +74,10 @@ class Agent:
         )
         return [r[0] for r in rows]
 
+    def state(self, order_id: str) -> str | None:
+        record = self.commands.store.find(order_id)
+        return None if record is None else record.state
+
     def alarms_of(self, kind: str) -> list[Any]:
         rows = self.conn.execute("SELECT id FROM alarms WHERE kind = ? ORDER BY id", (kind,))
         return [self.alarms.get(r[0]) for r in rows]

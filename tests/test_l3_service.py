@@ -29,11 +29,6 @@ def agent(tmp_path: Path) -> Agent:
     return make_agent(tmp_path / "state")
 
 
-def state(agent: Agent, order_id: str) -> OrderState | None:
-    record = agent.commands.store.find(order_id)
-    return None if record is None else record.state
-
-
 # --- orders -------------------------------------------------------------------------------
 
 
@@ -42,7 +37,7 @@ async def test_an_l3_order_is_stored_as_l3_s_audited_and_gets_its_first_page(
 ) -> None:
     l3_sim.add_order(l3_order("ORD-1", quantity=25))
     async with running(agent, l3_sim.driver_config(name="site-l3")):
-        await until(lambda: state(agent, "ORD-1") == OrderState.READY, "order ready")
+        await until(lambda: agent.state("ORD-1") == OrderState.READY, "order ready")
         await until(lambda: l3_sim.site.orders_acknowledged == ["ORD-1"], "order acknowledged")
     record = agent.commands.store.get("ORD-1")
     assert record.source == "l3:site-l3"
@@ -91,7 +86,7 @@ async def test_an_order_sent_again_after_a_restart_is_not_refused(
 ) -> None:
     l3_sim.add_order(l3_order("ORD-1"))
     async with running(agent, l3_sim.driver_config()):
-        await until(lambda: state(agent, "ORD-1") == OrderState.READY, "order ready")
+        await until(lambda: agent.state("ORD-1") == OrderState.READY, "order ready")
     # L3 never got the acknowledgement (say): it offers the order again to a restarted agent.
     l3_sim.site.add_order(l3_order("ORD-1"))
     async with running(agent, l3_sim.driver_config()):
@@ -140,7 +135,7 @@ async def test_a_page_request_whose_answer_is_lost_is_retried_with_the_same_id(
     l3_sim.faults.lose_answers = 2  # L3 hands out the page, the agent never hears of it
     l3_sim.add_order(l3_order("ORD-1"))
     async with running(agent, l3_sim.driver_config()):
-        await until(lambda: state(agent, "ORD-1") == OrderState.READY, "order ready")
+        await until(lambda: agent.state("ORD-1") == OrderState.READY, "order ready")
     (token,) = l3_sim.site.pages
     assert l3_sim.site.page_requests[token] == 3
     assert l3_sim.http.idempotency_keys == [token] * 3
@@ -158,7 +153,7 @@ async def test_a_page_with_a_serial_used_before_is_refused_whole_and_alarmed(
     l3_sim.faults.page_serials = ["USED0002"]  # L3 hands out a serial this line had before
     l3_sim.add_order(l3_order("ORD-1"))
     async with running(agent, l3_sim.driver_config()):
-        await until(lambda: state(agent, "ORD-1") == OrderState.READY, "order ready")
+        await until(lambda: agent.state("ORD-1") == OrderState.READY, "order ready")
     refused, done = requests.for_order(agent.conn, "ORD-1")
     assert refused.state == RequestState.REFUSED and done.state == RequestState.DONE
     assert refused.request_id != done.request_id
@@ -186,7 +181,7 @@ async def test_a_page_breaking_a_rule_is_refused(
     setattr(l3_sim.faults, fault, value)
     l3_sim.add_order(l3_order("ORD-1"))
     async with running(agent, l3_sim.driver_config()):
-        await until(lambda: state(agent, "ORD-1") == OrderState.READY, "order ready")
+        await until(lambda: agent.state("ORD-1") == OrderState.READY, "order ready")
     first = requests.for_order(agent.conn, "ORD-1")[0]
     assert first.state == RequestState.REFUSED
     assert set(agent.serials("ORD-1")).isdisjoint(l3_sim.site.pages[first.request_id].serials)
@@ -198,7 +193,7 @@ async def test_an_exhausted_pool_is_alarmed_and_not_asked_again(agent: Agent) ->
     async with L3Sim(pool_size=7) as sim:
         sim.add_order(l3_order("ORD-1", quantity=25))
         async with running(agent, sim.driver_config()):
-            await until(lambda: state(agent, "ORD-1") == OrderState.READY, "order ready")
+            await until(lambda: agent.state("ORD-1") == OrderState.READY, "order ready")
             await asyncio.sleep(0.3)
         assert len(sim.site.pages) == 1
     assert len(agent.serials("ORD-1")) == 7
@@ -228,7 +223,7 @@ async def test_a_page_arriving_after_the_order_ended_goes_back_to_l3(
 
 async def ready_then_cancelled(agent: Agent, sim: L3Sim) -> list[str]:
     """An L3 order with its first page, cancelled: its serials are owed back to L3."""
-    await until(lambda: state(agent, "ORD-1") == OrderState.READY, "order ready")
+    await until(lambda: agent.state("ORD-1") == OrderState.READY, "order ready")
     await agent.commands.command("ORD-1", OrderCommand.CANCEL, OPERATOR, reason="plan changed")
     return agent.serials("ORD-1", SerialState.UNUSED)
 
@@ -281,7 +276,7 @@ async def test_l3_going_away_raises_one_alarm_and_work_resumes_when_it_is_back(
         assert alarm.active and alarm.count == 1
         assert "connect" in (service.status().last_error or "").lower()
         await l3_sim.come_back()
-        await until(lambda: state(agent, "ORD-1") == OrderState.READY, "order after outage")
+        await until(lambda: agent.state("ORD-1") == OrderState.READY, "order after outage")
         await until(lambda: service.status().reachable, "outage over")
         status = service.status().as_dict()
     (alarm,) = agent.alarms_of(AlarmKind.L3_UNREACHABLE)
@@ -294,7 +289,7 @@ async def test_a_slow_l3_is_waited_for_within_the_timeout(agent: Agent, l3_sim: 
     l3_sim.faults.delay_s = 0.5
     l3_sim.add_order(l3_order("ORD-1"))
     async with running(agent, l3_sim.driver_config()) as service:
-        await until(lambda: state(agent, "ORD-1") == OrderState.READY, "order ready")
+        await until(lambda: agent.state("ORD-1") == OrderState.READY, "order ready")
         assert service.status().reachable
     assert agent.alarms_of(AlarmKind.L3_UNREACHABLE) == []
 
@@ -308,7 +303,7 @@ async def test_an_answer_slower_than_the_timeout_is_an_outage_then_retried_same_
         l3_sim.faults.delay_s = 1.0
         await until(lambda: not service.status().reachable, "timeouts seen")
         l3_sim.faults.delay_s = 0.0
-        await until(lambda: state(agent, "ORD-1") == OrderState.READY, "order ready")
+        await until(lambda: agent.state("ORD-1") == OrderState.READY, "order ready")
     assert len(l3_sim.site.pages) == 1
 
 
