@@ -173,6 +173,7 @@ CREATE TABLE IF NOT EXISTS serial_requests (
     done_at REAL
 );
 CREATE INDEX IF NOT EXISTS serial_requests_by_order ON serial_requests (order_id, state);
+CREATE INDEX IF NOT EXISTS serial_requests_by_state ON serial_requests (state, seq);
 """
 
 

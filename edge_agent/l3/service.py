@@ -24,6 +24,7 @@ Every wait on L3 is bounded; failures back off (capped, full jitter). An outage 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
@@ -251,8 +252,9 @@ class L3Service:
         while True:
             self._check_stopping()
             settled = loop.call_later(settle_s, self.health.through, "orders")
+            feed = self.link.orders()
             try:
-                async for data in self.link.orders():
+                async for data in feed:
                     settled.cancel()
                     self.health.ok("orders")
                     backoff.reset()
@@ -271,6 +273,13 @@ class L3Service:
                 log.exception("l3_orders_failed", link=self.link.name)
                 self.health.failed("orders", repr(exc))
                 await asyncio.sleep(backoff.delay())
+            finally:
+                # Closed here, not by the garbage collector: an order not handled is never
+                # acknowledged, and L3 offers it again.
+                close = getattr(feed, "aclose", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        await close()
 
     async def _take_order(self, data: Any) -> None:
         """Store the order, or tell L3 why not. An exception here means the document was not
@@ -366,9 +375,7 @@ class L3Service:
         for request in requests.pending(self.conn):
             asked = True
             await self._fetch(request)
-        for record in self.commands.store.all(SUPPLIED_STATES):
-            if record.order.serials.source != "l3":
-                continue
+        for record in self._supplied_orders():
             await self._promote(record)
             count = self._shortfall(record)
             if count == 0:
@@ -382,6 +389,17 @@ class L3Service:
             await self._promote(self.commands.store.get(record.id))
         if not asked:
             self.health.through("serials")
+
+    def _supplied_orders(self) -> list[OrderRecord]:
+        """Orders that may still print and take their serials from L3 (read by state, not by
+        loading every order the line ever ran)."""
+        marks = ",".join("?" * len(SUPPLIED_STATES))
+        rows = self.conn.execute(
+            f"SELECT id FROM orders WHERE state IN ({marks}) ORDER BY queue",
+            tuple(SUPPLIED_STATES),
+        ).fetchall()
+        found = [self.commands.store.find(order_id) for (order_id,) in rows]
+        return [r for r in found if r is not None and r.order.serials.source == "l3"]
 
     def _in_hand(self, order_id: str) -> dict[str, int]:
         rows = self.conn.execute(
