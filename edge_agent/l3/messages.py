@@ -89,11 +89,6 @@ def mark_failed(conn: sqlite3.Connection, message_id: str, error: str) -> None:
         )
 
 
-def last_error(conn: sqlite3.Connection, message_id: str) -> str | None:
-    row = conn.execute("SELECT last_error FROM l3_messages WHERE id = ?", (message_id,)).fetchone()
-    return None if row is None else row[0]
-
-
 _SELECT = "SELECT id, kind, order_id, payload, created_at, attempts, delivered_at FROM l3_messages"
 
 
