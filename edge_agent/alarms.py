@@ -30,6 +30,8 @@ class AlarmKind(enum.StrEnum):
     PRINTER_LINK_LOST = "printer_link_lost"
     DEVICE_DOWN = "device_down"
     L3_UNREACHABLE = "l3_unreachable"
+    SERIAL_PAGE_REFUSED = "serial_page_refused"  # an L3 page broke a rule: none of it is used
+    SERIAL_POOL_EXHAUSTED = "serial_pool_exhausted"  # L3 has no more serials for an order
     ORDER_REJECTED = "order_rejected"
     EXPIRY_NEAR = "expiry_near"
     CLOSE_UNBALANCED = "close_unbalanced"

@@ -154,6 +154,26 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+-- Serial pages asked of L3 (edge_agent/l3/requests.py): the row is written before the request
+-- is sent, so a request retried after a crash carries the same id and gets the same page.
+CREATE TABLE IF NOT EXISTS serial_requests (
+    seq INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL UNIQUE,
+    order_id TEXT NOT NULL,
+    gtin TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'refused', 'discarded')),
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    received INTEGER,
+    exhausted INTEGER NOT NULL DEFAULT 0,
+    serials TEXT,
+    detail TEXT,
+    done_at REAL
+);
+CREATE INDEX IF NOT EXISTS serial_requests_by_order ON serial_requests (order_id, state);
+CREATE INDEX IF NOT EXISTS serial_requests_by_state ON serial_requests (state, seq);
 """
 
 

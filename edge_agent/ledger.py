@@ -250,6 +250,26 @@ class Ledger:
             )
         return seq, row[0]
 
+    def mark_returned(self, batch_id: str, serials: Sequence[str]) -> int:
+        """L3 acknowledged the return of these unused serials: unused → returned. Idempotent
+        (returned already stays so); a serial of the list in any other state stays as it is.
+        Returns how many moved. Call inside the transaction that records the acknowledgement."""
+        now, wanted, moved = time.time(), set(serials), 0
+        with write(self.conn):
+            for gtin, serial, _ in self._in_states(batch_id, (SerialState.UNUSED,)):
+                if serial in wanted:
+                    self._move(
+                        gtin,
+                        serial,
+                        SerialState.RETURNED,
+                        "returned_to_l3",
+                        None,
+                        now,
+                        known=SerialState.UNUSED,
+                    )
+                    moved += 1
+        return moved
+
     # --- line events ------------------------------------------------------------------------
 
     def mark_printed(self, batch: BatchInfo, serial: str) -> bool:

@@ -2,8 +2,8 @@
 
 Built-in drivers are listed by import path so that the core never imports a vendor module until a
 config asks for it. Third-party drivers register under the entry-point groups
-``edge_agent.printers``, ``edge_agent.cameras``, ``edge_agent.plcs`` and
-``edge_agent.forwarders``.
+``edge_agent.printers``, ``edge_agent.cameras``, ``edge_agent.plcs``, ``edge_agent.forwarders``
+and ``edge_agent.l3_links``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
-DeviceKind = Literal["printer", "camera", "plc", "forwarder"]
+DeviceKind = Literal["printer", "camera", "plc", "forwarder", "l3"]
 
 BUILTIN: dict[DeviceKind, dict[str, str]] = {
     "printer": {
@@ -37,6 +37,11 @@ BUILTIN: dict[DeviceKind, dict[str, str]] = {
         "mqtt": "drivers.upstream.mqtt:MqttForwarder",
         "epcis-http": "drivers.upstream.http_capture:HttpCaptureForwarder",
     },
+    "l3": {
+        "http": "drivers.l3.http:HttpL3Link",
+        "mqtt": "drivers.l3.mqtt:MqttL3Link",
+        "folder": "drivers.l3.folder:FolderL3Link",
+    },
 }
 
 _GROUPS: dict[DeviceKind, str] = {
@@ -44,6 +49,7 @@ _GROUPS: dict[DeviceKind, str] = {
     "camera": "edge_agent.cameras",
     "plc": "edge_agent.plcs",
     "forwarder": "edge_agent.forwarders",
+    "l3": "edge_agent.l3_links",
 }
 
 

@@ -18,4 +18,9 @@ SIMULATOR_TYPES: dict[str, dict[str, str]] = {
         "modbus-rtu": "simulators.plc.modbus:ModbusRtuPlcSim",
         "opcua": "simulators.plc.opcua:OpcUaPlcSim",
     },
+    "l3": {
+        "http": "simulators.l3.server:L3Sim",
+        "mqtt": "simulators.l3.server:L3Sim",
+        "folder": "simulators.l3.server:L3Sim",
+    },
 }

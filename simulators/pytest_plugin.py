@@ -168,6 +168,18 @@ async def capture_sim() -> AsyncIterator[Any]:
 
 
 @pytest_asyncio.fixture
+async def l3_sim() -> AsyncIterator[Any]:
+    """L3 site-server simulator on HTTP: ``.add_order(doc)``, ``.driver_config()`` (the agent's
+    ``[l3]`` section), ``.returns`` / ``.reports`` / ``.refusals`` (each message once,
+    ``.duplicates`` counted), ``.site.pages``, ``.faults``, ``go_away()`` / ``come_back()``.
+    ``await l3_sim.attach_mqtt(host, port)`` or ``attach_folder(path)`` serve those transports."""
+    from simulators.l3 import L3Sim
+
+    async with L3Sim() as sim:
+        yield sim
+
+
+@pytest_asyncio.fixture
 async def zipher_printer_sim(sim_line: SimLine) -> AsyncIterator[Any]:
     """Zipher-style text printer simulator on TCP; ``.driver_config()`` is the [printer] section."""
     from simulators.printers.zipher import ZipherPrinterSim

@@ -40,6 +40,7 @@ class SimulatorSet:
     printer: Any = None
     camera: Any = None
     plc: Any = None
+    l3: Any = None
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     async def __aenter__(self) -> SimulatorSet:
@@ -47,12 +48,16 @@ class SimulatorSet:
         self.line = SimLine(units_per_min=s.units_per_min, transit_s=s.transit_s)
         # The PLC registers its trigger listener first: it must see a unit before the camera does.
         try:
-            for kind in ("plc", "camera", "printer"):
+            for kind in ("plc", "camera", "printer", "l3"):
                 sub = getattr(s, kind)
                 if sub is None:
                     continue
-                sim = simulator_class(kind, sub.type).from_section(self.line, sub)
-                await sim.start(host=s.host, port=getattr(sub, "port", 0))
+                # [simulators.l3] stays a raw table: the simulator validates it (L3SimConfig)
+                raw = isinstance(sub, dict)
+                type_name = sub.get("type", "http") if raw else sub.type
+                port = sub.get("port", 0) if raw else getattr(sub, "port", 0)
+                sim = simulator_class(kind, type_name).from_section(self.line, sub)
+                await sim.start(host=s.host, port=port)
                 self._stack.push_async_callback(sim.stop)
                 setattr(self, kind, sim)
         except BaseException:
@@ -64,7 +69,12 @@ class SimulatorSet:
         await self._stack.aclose()
 
     def _sims(self) -> list[tuple[str, Any]]:
-        pairs = (("printer", self.printer), ("camera", self.camera), ("plc", self.plc))
+        pairs = (
+            ("printer", self.printer),
+            ("camera", self.camera),
+            ("plc", self.plc),
+            ("l3", self.l3),
+        )
         return [(name, sim) for name, sim in pairs if sim is not None]
 
     def ports(self) -> dict[str, int]:
@@ -86,4 +96,6 @@ class SimulatorSet:
         if self.plc is not None:
             truth["gate_passed"] = list(self.plc.passed_triggers)
             truth["gate_rejected"] = list(self.plc.rejected_triggers)
+        if self.l3 is not None:
+            truth["l3"] = self.l3.ground_truth()
         return truth

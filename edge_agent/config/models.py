@@ -326,6 +326,9 @@ class SimulatorsSection(Strict):
     printer: PrinterSim | None = None
     camera: CameraSim | None = None
     plc: PlcSim | None = None
+    l3: dict[str, Any] | None = Field(
+        None, description="L3 site-server simulator, validated by simulators.l3.L3SimConfig"
+    )
 
 
 class UpstreamSection(Strict):
@@ -558,6 +561,58 @@ class OpcUaServerSection(OpcUaSecurity):
         return self
 
 
+class L3Section(Strict):
+    """``[l3]``: the link to the site server (orders in, serial pages in, returns and close
+    reports out). The keys here are the service's; each driver's ``Config`` extends this class
+    with its own (``type`` selects the driver, registry kind "l3")."""
+
+    type: str = Field(..., min_length=1, description="L3 link: http, mqtt or folder")
+    name: str = Field(
+        "l3",
+        min_length=1,
+        max_length=40,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Name of the link: the audit trail records L3's orders under it",
+    )
+    page_size: int = Field(
+        500, ge=1, le=100_000, description="Serials asked for in one page (capped at the need)"
+    )
+    low_water: int = Field(
+        200,
+        ge=1,
+        le=1_000_000,
+        description="Ask for the next page when an order has fewer serials in hand (allocated, "
+        "not yet sent to the printer) than this",
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, le=600, allow_inf_nan=False, description="Longest wait for one L3 answer"
+    )
+    poll_interval_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="How often new orders (http, folder) and serial pages (folder) are looked for",
+    )
+    check_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
+        description="How often the serials in hand of each order are compared to low_water",
+    )
+    backoff_initial_s: float = Field(
+        1.0, gt=0, le=600, allow_inf_nan=False, description="First retry delay after a failure"
+    )
+    backoff_max_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Longest retry delay (full jitter below it)",
+    )
+
+
 class AgentConfig(Strict):
     agent: AgentSection = Field(default_factory=lambda: AgentSection())
     line: LineSection = Field(default_factory=lambda: LineSection())
@@ -569,3 +624,6 @@ class AgentConfig(Strict):
     upstream: UpstreamSection | None = None
     vision: VisionSection = Field(default_factory=lambda: VisionSection())
     opcua_server: OpcUaServerSection | None = None
+    l3: dict[str, Any] | None = Field(
+        None, description="[l3] link to the site server, validated by the driver its type selects"
+    )

@@ -112,6 +112,9 @@ class CommandPath:
                 self.alarms.raise_(AlarmKind.EXPIRY_NEAR, warning, order_id=order.id)
                 log.warning("order_warning", order=order.id, detail=warning)
             log.info("order_stored", order=order.id, state=state, source=source, actor=str(actor))
+            if order.serials.source == "generate":  # EU FMD 2016/161 art. 4: report the figure
+                odds = order.serials.guess_probability(order.quantity)
+                log.info("order_serials_generated", order=order.id, guess_probability=odds)
         self._wake()
         return self.store.get(order.id)
 
