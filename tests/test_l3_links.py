@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import pwd
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
@@ -26,32 +24,15 @@ from edge_agent.ledger import SerialState
 from edge_agent.orders import audit
 from edge_agent.orders.model import OrderCommand, OrderState
 from simulators.l3 import L3Sim
-from simulators.upstream.mosquitto import Mosquitto, find_mosquitto
+from simulators.pytest_plugin import require_tool
+from simulators.upstream.mosquitto import Mosquitto
 
 OPERATOR = audit.Actor("alice", "api")
 
 
-class StockMosquitto(Mosquitto):
-    """Mosquitto with its stock defaults (receive maximum 20, 1,000 queued messages per client,
-    no persistence): only a loopback listener, anonymous access and a log file are set."""
-
-    def _write_config(self) -> None:
-        self.config_file.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
-            "allow_anonymous true\n"
-            f"log_dest file {self.log_file}\n" + self.extra_config
-        )
-
-
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    if find_mosquitto() is None:
-        if os.environ.get("EDGE_AGENT_CI") == "1":
-            pytest.fail("mosquitto is not installed but EDGE_AGENT_CI=1")
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    with StockMosquitto(tmp_path / "broker") as running_broker:
-        yield running_broker
+def broker(mosquitto: Mosquitto) -> Mosquitto:
+    return mosquitto  # stock limits (Receive Maximum 20), as users run it
 
 
 @pytest.fixture
@@ -239,20 +220,12 @@ async def test_mqtt_no_answer_is_a_bounded_wait(broker: Mosquitto) -> None:
             await link.request_serials("O1", "09506000134352", 3, "req-1")  # nobody listens
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the forwarder's client factory this link reuses (drivers/upstream/mqtt.py "
-    "_hook_connack) calls paho's max_inflight_messages_set in on_connect, which paho 2.2 "
-    "refuses on an open connection, so the CONNACK is lost and connecting times out; fixed on "
-    "the upstream branch: remove this mark when that fix merges",
-)
 async def test_mqtt_keeps_to_the_broker_s_receive_maximum(tmp_path: Path) -> None:
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    require_tool("mosquitto")
     # A broker advertising Receive Maximum 1 (MQTT 5 CONNACK): the link must connect and keep
     # at most one QoS 1 publish in flight (mosquitto does not police QoS 1, so the window is
     # read from the client).
-    with StockMosquitto(tmp_path / "rm", extra_config="max_inflight_messages 1\n") as strict:
+    with Mosquitto(tmp_path / "rm", extra_config="max_inflight_messages 1\n") as strict:
         async with L3Sim() as sim:
             await sim.attach_mqtt("127.0.0.1", strict.port)
             async with make_link({**FAST, **sim.driver_config()}) as link:
@@ -261,7 +234,7 @@ async def test_mqtt_keeps_to_the_broker_s_receive_maximum(tmp_path: Path) -> Non
                     for i in range(8)
                 ]
                 await asyncio.wait_for(asyncio.gather(*sends), 20)
-                assert link._client._client.max_inflight_messages == 1
+                assert link.most_in_flight == 1
         assert len(sim.reports) == 8
 
 

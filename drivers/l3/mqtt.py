@@ -92,6 +92,11 @@ class MqttL3Link:
         self._connecting = asyncio.Lock()
         self._answers: dict[str, asyncio.Future[Any]] = {}
         self._orders: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        # QoS 1 publishes waiting for their PUBACK, kept within the broker's Receive Maximum
+        # (the window the forwarder's client factory reads from the CONNACK)
+        self._in_flight = 0
+        self.most_in_flight = 0  # the highest it ever was, for tests and diagnostics
+        self._window_free = asyncio.Condition()
 
     def _connection_config(self) -> MqttConfig:
         c = self.config
@@ -168,7 +173,7 @@ class MqttL3Link:
         props.PayloadFormatIndicator = 1
         try:
             async with asyncio.timeout(self.config.request_timeout_s):
-                await client.publish(topic, wire.encode(body), qos=1, properties=props)
+                await self._publish(client, topic, wire.encode(body), props)
                 await asyncio.wait(
                     (answer, client._disconnected), return_when=asyncio.FIRST_COMPLETED
                 )
@@ -189,6 +194,22 @@ class MqttL3Link:
         if isinstance(result, dict) and "error" in result:
             raise self._error(f"L3 could not answer: {result['error']}")
         return result
+
+    async def _publish(
+        self, client: aiomqtt.Client, topic: str, payload: bytes, props: Properties
+    ) -> None:
+        """One QoS 1 publish, waiting first while the broker's Receive Maximum is used up (an
+        MQTT 5 broker may disconnect a client that sends more)."""
+        async with self._window_free:
+            await self._window_free.wait_for(lambda: self._in_flight < self._factory._window)
+            self._in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self._in_flight)
+        try:
+            await client.publish(topic, payload, qos=1, properties=props)
+        finally:
+            async with self._window_free:
+                self._in_flight -= 1
+                self._window_free.notify_all()
 
     # --- connection ---------------------------------------------------------------------------
 
