@@ -237,3 +237,17 @@ class Forwarder(Protocol):
     async def deliver(self, events: Sequence[OutboxEvent]) -> Delivery:
         """Send ``events`` in order and report which are done; raise ``DeliveryError`` when the
         upstream cannot be reached or answers with a transient failure (the caller backs off)."""
+
+
+# --- start-up checks (any driver) ------------------------------------------------------------
+
+
+@runtime_checkable
+class Preflight(Protocol):
+    """Optional for every driver: read every file and secret the driver will need, as it reads
+    them when it connects, without touching the device or the network. ``check-config`` and the
+    start of ``run`` call it, so a missing CA file or unset token variable is found before the
+    line starts. Raise ``ConfigError(message, key=<key in the driver's own section>)`` naming
+    the file or variable and the fix; the caller adds the section's path."""
+
+    async def preflight(self) -> None: ...

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn, Self, TypeVa
 import structlog
 from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
+from asyncua.crypto import uacrypto
 from pydantic import ConfigDict, Field
 
 from drivers.plc.modbus import registers as reg
@@ -32,6 +33,7 @@ from drivers.plc.opcua.security import SecuritySettings, configure_client, warn_
 from edge_agent.config.models import SecretRef
 from edge_agent.contracts import PlcState, Verdict
 from edge_agent.errors import (
+    ConfigError,
     DeviceConnectionError,
     DeviceTimeout,
     EdgeAgentError,
@@ -164,11 +166,8 @@ class OpcUaPlc:
         if cfg.username is not None:
             client.set_user(cfg.username)
             if cfg.password is not None:
-                client.set_password(cfg.password.resolve().get_secret_value())
-        if cfg.user_certificate is not None:
-            await client.load_client_certificate(cfg.user_certificate)
-            if cfg.user_private_key is not None:
-                await client.load_private_key(cfg.user_private_key)  # type: ignore[arg-type]
+                client.set_password(cfg.password.resolve_for("password"))
+        client.user_certificate, client.user_private_key = await self._user_identity()
         await client.connect()
         namespaces = await client.get_namespace_array()
         if cfg.namespace_uri not in namespaces:
@@ -189,6 +188,25 @@ class OpcUaPlc:
             )
         # Start from the PLC's value so the first beat is always a change.
         self._heartbeat = int(hb or 0)
+
+    async def preflight(self) -> None:
+        """The files and password this link reads when it connects, without connecting
+        (``contracts.Preflight``); the channel's own certificate, key and trust list are checked
+        by the core for every OPC UA security section."""
+        if self.config.password is not None:
+            self.config.password.resolve_for("password")
+        await self._user_identity()
+
+    async def _user_identity(self) -> tuple[Any, Any]:
+        """The X509 user identity (certificate, private key), or (None, None)."""
+        cfg = self.config
+        if cfg.user_certificate is None:
+            return None, None
+        cert = await _load_file("user_certificate", cfg.user_certificate, "certificate")
+        key = None
+        if cfg.user_private_key is not None:
+            key = await _load_file("user_private_key", cfg.user_private_key, "private key")
+        return cert, key
 
     def _resolve_nodes(self, ns: int, namespaces: Sequence[str]) -> None:
         ids = self.config.nodes
@@ -380,6 +398,18 @@ class OpcUaPlc:
             task = asyncio.get_running_loop().create_task(_quiet_disconnect(client))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+
+
+async def _load_file(key: str, path: str, what: str) -> Any:
+    """A certificate or private key (PEM or DER) as asyncua loads it; ConfigError naming the file
+    and key when it cannot be read or parsed."""
+    load = uacrypto.load_certificate if what == "certificate" else uacrypto.load_private_key
+    try:
+        return await load(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc.strerror})", key=key) from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path} is not a {what} (PEM or DER): {exc}", key=key) from None
 
 
 async def _quiet_disconnect(client: Client) -> None:
