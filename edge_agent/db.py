@@ -331,7 +331,7 @@ def _confirm(conn: sqlite3.Connection, seen: Inspection, *, writer: bool) -> str
     files = seen.files
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")}
     if "meta" not in tables:
-        refuse(files, "it holds no edge-agent tables (not a state database)", RESTORE)
+        refuse(files, "it is not an edge-agent state database (none of its tables)", RESTORE)
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     (app_id,) = conn.execute("PRAGMA application_id").fetchone()
     database_id = meta.get("database_id")

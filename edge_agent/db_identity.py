@@ -123,8 +123,8 @@ WAL_RECOVERY = (
 )
 ADOPT = (
     "If this state.db is this line's own database (for example restored from a backup made "
-    "without its state.id), run `edge-agent state adopt --state-dir {dir}`; otherwise put the "
-    "state.db that belongs to this state.id back"
+    "without its state.id), run `edge-agent state adopt --state-dir {dir}`; otherwise restore "
+    "the state.id that was backed up with this state.db"
 )
 
 
