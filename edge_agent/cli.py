@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        for problem in getattr(exc, "problems", [exc]):  # ConfigInvalid: one line each
+            print(f"config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     except LineStopped as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)

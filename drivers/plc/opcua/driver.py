@@ -18,6 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn, Self, TypeVar
 
 import structlog
@@ -30,6 +31,7 @@ from drivers.plc.modbus import registers as reg
 from drivers.plc.modbus.driver import validated
 from drivers.plc.opcua import nodes as n
 from drivers.plc.opcua.security import SecuritySettings, configure_client, warn_if_insecure
+from edge_agent import tls
 from edge_agent.config.models import SecretRef
 from edge_agent.contracts import PlcState, Verdict
 from edge_agent.errors import (
@@ -404,6 +406,7 @@ async def _load_file(key: str, path: str, what: str) -> Any:
     """A certificate or private key (PEM or DER) as asyncua loads it; ConfigError naming the file
     and key when it cannot be read or parsed."""
     load = uacrypto.load_certificate if what == "certificate" else uacrypto.load_private_key
+    tls.readable(Path(path), key)
     try:
         return await load(path)
     except OSError as exc:
