@@ -41,4 +41,6 @@ def test_service_unit_declares_notify_watchdog_and_directories() -> None:
     assert directives["StateDirectory"] == "edge-agent"
     assert directives["ConfigurationDirectory"] == "edge-agent"
     assert directives["RestartPreventExitStatus"] == "2 3"
+    # run does the start-up checks itself: RestartPreventExitStatus does not cover ExecStartPre
+    assert "ExecStartPre" not in directives
     assert directives["NoNewPrivileges"] == "yes" and directives["ProtectSystem"] == "strict"
