@@ -131,11 +131,19 @@ def open_db(state_dir: Path, *, check: bool = True) -> sqlite3.Connection:
             f"cannot create the state directory {state_dir} ({exc.strerror})",
             f"Create it writable for user {user_name()}, or set agent.state_dir",
         )
-    _finish_interrupted_creation(files)
-    seen = db_identity.inspect(files)
-    if seen.header is None:
-        _create(files)
-        seen = db_identity.inspect(files)
+    try:
+        with storage_errors(state_dir):
+            _finish_interrupted_creation(files)
+            seen = db_identity.inspect(files)
+            if seen.header is None:
+                _create(files)
+                seen = db_identity.inspect(files)
+    except OSError as exc:
+        refuse(
+            files,
+            f"cannot create the database in {state_dir} ({exc.strerror}: {exc.filename})",
+            f"Make {{dir}} writable for user {user_name()}, or set agent.state_dir",
+        )
     conn = _writer(files)
     try:
         with storage_errors(state_dir):
@@ -192,17 +200,14 @@ def _writer(files: StateFiles) -> sqlite3.Connection:
 
 def open_reader(state_dir: Path) -> sqlite3.Connection:
     """A read-only connection for reports; keep its transactions short. Runs the same identity
-    checks as the writer and creates nothing: while nobody has the database open and no WAL is
-    beside it, the file is opened immutable (no -shm is made by a report run as another user)."""
+    checks as the writer and never creates a database."""
     files = StateFiles(state_dir)
     seen = db_identity.inspect(files)
     if seen.header is None:
         raise LedgerError(
             f"no state database at {files.db}; run a batch first or check --state-dir"
         )
-    quiet = not seen.open_by and not (files.wal.exists() and files.wal.stat().st_size > 0)
-    uri = f"file:{quote(str(files.db))}?mode=ro" + ("&immutable=1" if quiet else "")
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    conn = sqlite3.connect(f"file:{quote(str(files.db))}?mode=ro", uri=True, isolation_level=None)
     try:
         with storage_errors(state_dir):
             conn.execute("PRAGMA busy_timeout=5000")

@@ -112,9 +112,12 @@ def hold_state_dir(state_dir: Path) -> str | None:
     """Take ``agent.lock`` in the state directory for the life of this process; the problem
     if another agent holds it. An exclusive flock: the kernel releases it when the process
     ends, however it ends, and it never meets SQLite's POSIX locks on the database files."""
-    state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    except OSError as exc:
+        return f"cannot open {path} ({exc.strerror}); make it writable for user {user_name()}"
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -143,9 +146,8 @@ def _state_dir(report: _Report, path: Path) -> None:
         report.problem(key, f"{path} is not a folder")
         return
     files = StateFiles(path)
-    denied = [
-        p for p in (path, *files.sqlite_files(), files.identity) if p.exists() and not writable(p)
-    ]
+    own = (path, *files.sqlite_files(), files.identity, path / LOCK_NAME)
+    denied = [p for p in own if p.exists() and not writable(p)]
     if denied:
         report.problem(
             key,
