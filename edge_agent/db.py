@@ -307,7 +307,9 @@ def user_name() -> str:
 
 @contextmanager
 def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction, durable when the block exits without an exception."""
+    """One write transaction, durable when the block exits without an exception. Every write to
+    the state database goes through here (never an autocommit statement): each transaction then
+    carries the agent's header, without which its WAL cannot be proven after a crash."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         _count_write(conn)
