@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-from edge_agent.errors import ConfigError, EdgeAgentError, LineStopped
+from edge_agent.errors import ConfigError, EdgeAgentError, LineStopped, StateRefused
 from simulators.catalog import SIMULATOR_TYPES
 
 DEMO_DEFAULTS = {"printer": "ascii", "camera": "tcp-frames", "plc": "modbus-tcp"}
@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "edge_agent.vision.commands",
     "edge_agent.outbox.commands",
     "edge_agent.opcua_server.commands",
+    "edge_agent.state_commands",
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_LINE_STOPPED, EXIT_UNBALANCED = 0, 1, 2, 3, 4
@@ -38,11 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        for problem in getattr(exc, "problems", [exc]):  # ConfigInvalid: one line each
+            print(f"config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     except LineStopped as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_LINE_STOPPED
+    except StateRefused as exc:  # a person must act: like a config error, never restarted
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except EdgeAgentError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -91,8 +96,17 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--fast", action="store_true", help="no line speed limit")
     sim.set_defaults(handler=_simulate)
 
-    check = sub.add_parser("check-config", help="validate a config file")
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file and everything `run` needs (files, folders, secrets, state)",
+    )
     check.add_argument("file", type=Path)
+    check.add_argument(
+        "--file-only",
+        action="store_true",
+        help="check only the file itself, not the files, folders, secrets and state database it "
+        "names (for editing a config away from the line PC)",
+    )
     check.set_defaults(handler=_check_config)
 
     g = sub.add_parser("gs1", help="GS1 element strings").add_subparsers(metavar="ACTION")
@@ -147,13 +161,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edge_agent import logs
+    from edge_agent import logs, preflight
     from edge_agent.app import Agent
     from edge_agent.config import load_config
     from edge_agent.db import open_reader
     from edge_agent.reconcile import reconcile
 
     config = load_config(args.config)
+    preflight.require(config)  # what check-config checks: a problem exits 2 before any device
     logs.configure(config.model.agent.log_format, config.model.agent.log_level)
     batch, signum = _run_agent(Agent(config))
     if signum is not None:
@@ -263,21 +278,21 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from edge_agent import preflight
     from edge_agent.config import load_config
     from edge_agent.config.loader import ConfigInvalid
 
     try:
         config = load_config(args.file)
     except ConfigInvalid as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        return EXIT_CONFIG
+        return _config_problems(args.file, exc.problems)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _config_problems(args.file, [exc])
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    findings = None if args.file_only else preflight.check(config)
+    if findings is not None and findings.problems:
+        return _config_problems(args.file, findings.problems)
     m = config.model
     print(
         f"{args.file}: OK — line {m.line.id}, batch {m.batch.id} ({m.batch.target_quantity} units), "
@@ -285,7 +300,18 @@ def _check_config(args: argparse.Namespace) -> int:
         f"plc {config.plc.type_name}"
         + "".join(f", forwarder {f.name} ({f.type_name})" for f in config.forwarders)
     )
+    if findings is None:
+        print("  (--file-only: files, folders, secrets and the state database were not checked)")
+    for note in findings.notes if findings else ():
+        print(f"  {note}")
     return EXIT_OK
+
+
+def _config_problems(file: Path, problems: list[ConfigError]) -> int:
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print(f"{file}: {len(problems)} problem(s)", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def _gs1_parse(args: argparse.Namespace) -> int:
@@ -329,11 +355,11 @@ def _gs1_build(args: argparse.Namespace) -> int:
 
 
 def _batch_report(args: argparse.Namespace) -> int:
-    from edge_agent.db import open_reader
+    from edge_agent.db import reading
     from edge_agent.demo import print_report
     from edge_agent.reconcile import reconcile
 
-    with contextlib.closing(open_reader(args.state_dir)) as conn:
+    with reading(args.state_dir) as conn:
         report = reconcile(conn, args.batch)
     if args.json:
         print(json.dumps(report, indent=2))

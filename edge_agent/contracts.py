@@ -310,3 +310,16 @@ class L3Link(Protocol):
     async def deliver(self, message: L3Message) -> None:
         """Hand over a return, a close report or a refusal; returns once L3 acknowledged it.
         Raises ``DeliveryError`` to be retried later with the same message id."""
+
+# --- start-up checks (any driver) ------------------------------------------------------------
+
+
+@runtime_checkable
+class Preflight(Protocol):
+    """Optional for every driver: read every file and secret the driver will need, as it reads
+    them when it connects, without touching the device or the network. ``check-config`` and the
+    start of ``run`` call it, so a missing CA file or unset token variable is found before the
+    line starts. Raise ``ConfigError(message, key=<key in the driver's own section>)`` naming
+    the file or variable and the fix; the caller adds the section's path."""
+
+    async def preflight(self) -> None: ...

@@ -4,19 +4,45 @@ Durability settings follow SQLite's own guidance for data that must survive powe
 synchronous=FULL (NORMAL may roll back a committed transaction on power loss). One writer
 connection takes the write lock up front with BEGIN IMMEDIATE, so a transaction never fails
 half-way on a lock upgrade; readers open their own short-lived connections.
+
+Every opening first proves the database is this state directory's own (``db_identity``): a new,
+empty state directory gets a new database and its ``state.id``; an empty, missing, foreign or
+replaced database, or a WAL that does not continue it, is refused with the recovery step. SQLite
+errors while opening or reading are mapped to messages naming the file (a lock names the process
+holding it; a damaged file says how to restore it), never a traceback.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import getpass
+import os
+import secrets
 import sqlite3
+import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
+import structlog
+
+from edge_agent import db_identity, proclocks
+from edge_agent.db_identity import (
+    ADOPT,
+    APPLICATION_ID,
+    RESTORE,
+    Inspection,
+    StateFiles,
+    refusal,
+    refuse,
+    write_identity,
+)
 from edge_agent.errors import LedgerError
 
 SCHEMA_VERSION = 3  # 2: per-forwarder delivery state of outbox events; 3: work orders, audit
-DB_NAME = "state.db"
+DB_NAME = db_identity.DB_NAME
+log = structlog.get_logger("edge_agent.db")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -178,41 +204,197 @@ CREATE INDEX IF NOT EXISTS serial_requests_by_state ON serial_requests (state, s
 
 
 def open_db(state_dir: Path, *, check: bool = True) -> sqlite3.Connection:
-    """Open (creating if needed) the writer connection to the state database."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / DB_NAME
+    """Open the writer connection to the state database. In a new (empty) state directory the
+    database and its ``state.id`` are created first. StateRefused: not provably this directory's
+    database, damaged or not writable; LedgerError: locked by another process, disk full."""
+    files = StateFiles(state_dir)
     try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=5000")
-        # After a checkpoint the WAL file is cut back to this: its size counts against the quota
-        conn.execute("PRAGMA journal_size_limit=16777216")
-        if check:
-            _quick_check(conn, path)
-        _migrate(conn)
-    except sqlite3.DatabaseError as exc:
-        raise LedgerError(
-            f"state database {path} is unusable ({exc}); keep the file for investigation, "
-            "restore it from a backup, and do not run the line until it is restored"
-        ) from exc
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        refuse(
+            files,
+            f"cannot create the state directory {state_dir} ({exc.strerror})",
+            f"Create it writable for user {user_name()}, or set agent.state_dir",
+        )
+    try:
+        with storage_errors(state_dir):
+            _finish_interrupted_creation(files)
+            seen = db_identity.inspect(files)
+            if seen.header is None:
+                _create(files)
+                seen = db_identity.inspect(files)
+    except OSError as exc:
+        refuse(
+            files,
+            f"cannot create the database in {state_dir} ({exc.strerror}: {exc.filename})",
+            f"Make {{dir}} writable for user {user_name()}, or set agent.state_dir",
+        )
+    conn = _writer(files)
+    try:
+        with storage_errors(state_dir):
+            _confirm(conn, seen, writer=True)
+            if check:
+                _quick_check(conn, files)
+            _migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def adopt_existing(state_dir: Path) -> str:
+    """``edge-agent state adopt``: declare the state.db in ``state_dir`` to be this directory's
+    database and write its state.id (after restoring a state.db without its state.id). The
+    file checks still apply: an empty, foreign or damaged database, or a WAL that does not
+    continue it, is refused as always."""
+    files = StateFiles(state_dir)
+    known = db_identity.read_identity(files)
+    if known is not None:
+        refuse(
+            files,
+            f"{files.identity} is already there and names database {known}",
+            "If this state.db is to replace that database, move state.id out of {dir} first",
+        )
+    seen = db_identity.inspect(files)
+    if seen.header is None:
+        raise LedgerError(f"no state database at {files.db}; check --state-dir")
+    with closing(_writer(files)) as conn, storage_errors(state_dir):
+        tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")}
+        (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+        if "meta" not in tables or app_id & 0xFFFFFFFF not in (0, APPLICATION_ID):
+            refuse(files, "it is not an edge-agent state database", RESTORE)
+        _quick_check(conn, files)
+        return adopt(conn, files)
+
+
+def _writer(files: StateFiles) -> sqlite3.Connection:
+    conn = sqlite3.connect(files.db, isolation_level=None, check_same_thread=False)
+    try:
+        with storage_errors(files.dir):
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            # After a checkpoint the WAL file is cut back to this: its size counts against the quota
+            conn.execute("PRAGMA journal_size_limit=16777216")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
 def open_reader(state_dir: Path) -> sqlite3.Connection:
-    """A read-only connection for reports; keep its transactions short."""
-    path = state_dir / DB_NAME
-    if not path.exists():
-        raise LedgerError(f"no state database at {path}; run a batch first or check --state-dir")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout=5000")
+    """A read-only connection for reports; keep its transactions short. Runs the same identity
+    checks as the writer and never creates a database."""
+    files = StateFiles(state_dir)
+    seen = db_identity.inspect(files)
+    if seen.header is None:
+        raise LedgerError(
+            f"no state database at {files.db}; run a batch first or check --state-dir"
+        )
+    conn = sqlite3.connect(f"file:{quote(str(files.db))}?mode=ro", uri=True, isolation_level=None)
+    try:
+        with storage_errors(state_dir):
+            conn.execute("PRAGMA busy_timeout=5000")
+            _confirm(conn, seen, writer=False)
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def verify(state_dir: Path) -> Inspection:
+    """The checks every opening runs, creating no file (``check-config``, ``state check``): the
+    inspection, with the database id confirmed through SQLite. ``header`` None: no database yet
+    (the first ``run`` creates it). While nobody has the database open the file is read as
+    immutable: the WAL was proven already and SQLite must not make a -shm as this user."""
+    files = StateFiles(state_dir)
+    seen = db_identity.inspect(files)
+    if seen.header is None:
+        return seen
+    mode = "ro" if seen.open_by else "ro&immutable=1"
+    with (
+        closing(sqlite3.connect(f"file:{quote(str(files.db))}?mode={mode}", uri=True)) as conn,
+        storage_errors(state_dir),
+    ):
+        conn.execute("PRAGMA busy_timeout=5000")
+        database_id = _confirm(conn, seen, writer=False)
+    return dataclasses.replace(seen, database_id=database_id)
+
+
+@contextmanager
+def reading(state_dir: Path) -> Iterator[sqlite3.Connection]:
+    """``open_reader`` for one report: closed afterwards, SQLite errors met while reading become
+    a message naming the database (a damaged page may only show up in the middle of a query)."""
+    with closing(open_reader(state_dir)) as conn, storage_errors(state_dir):
+        yield conn
+
+
+@contextmanager
+def storage_errors(state_dir: Path) -> Iterator[None]:
+    """Map SQLite's errors to the agent's: a lock names who holds it; a damaged file says how to
+    restore it; missing permissions say which file and for which user."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorcode", None) is None:
+            raise  # misuse of the sqlite3 module, not the database: a bug to see as such
+        raise _mapped(StateFiles(state_dir), exc) from exc
+
+
+_BUSY, _LOCKED = sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED
+_NO_ACCESS = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM}
+_NO_SPACE = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR}
+
+
+def _mapped(files: StateFiles, exc: sqlite3.Error) -> LedgerError:
+    code = int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF  # primary code
+    if code in (_BUSY, _LOCKED):
+        who = proclocks.describe(proclocks.holders(files.sqlite_files()))
+        return LedgerError(
+            f"state database {files.db} is locked by {who or 'another process'} ({exc}); the "
+            "database is not damaged: stop that process or wait until it is done, then start "
+            "again"
+        )
+    if code in _NO_ACCESS:
+        denied = [
+            str(p) for p in (files.dir, *files.sqlite_files()) if p.exists() and not writable(p)
+        ]
+        return refusal(
+            files,
+            f"cannot open it for writing ({exc})"
+            + (f"; not writable by user {user_name()}: {', '.join(denied)}" if denied else ""),
+            "Give the agent's user write access to {dir} and every file in it (under systemd: "
+            "`chown -R edge-agent: {dir}`; run other edge-agent commands as that user too)",
+        )
+    if code in _NO_SPACE:
+        return LedgerError(
+            f"state database {files.db}: {exc}; free space on the filesystem of {files.dir} "
+            "(the database is not damaged by a full disk)"
+        )
+    return refusal(
+        files,
+        f"it is damaged or unusable ({exc}); keep the files for investigation",
+        RESTORE,
+    )
+
+
+def writable(path: Path) -> bool:
+    return os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0))
+
+
+def user_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
 
 
 @contextmanager
 def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction, durable when the block exits without an exception.
+    """One write transaction, durable when the block exits without an exception. Every write to
+    the state database goes through here (never an autocommit statement): each transaction then
+    carries the agent's header, without which its WAL cannot be proven after a crash.
 
     Nested inside another ``write`` it is a savepoint of the outer transaction: changes made by
     several owners (an order and its ledger batch) then commit together or not at all."""
@@ -228,6 +410,7 @@ def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
+        _count_write(conn)
         yield conn
     except BaseException:
         conn.execute("ROLLBACK")
@@ -235,12 +418,153 @@ def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+def _count_write(conn: sqlite3.Connection) -> None:
+    """Step the write counter in page 1's header (``user_version``). Every write transaction so
+    rewrites page 1, which puts the agent's header into every transaction of the WAL: that is
+    what proves a WAL continues this database (``db_identity.prove_wal``)."""
+    (counter,) = conn.execute("PRAGMA user_version").fetchone()
+    conn.execute(f"PRAGMA user_version = {counter + 1 if counter < 2**31 - 1 else -(2**31)}")
+
+
+def _random_counter() -> int:
+    return secrets.randbelow(2**32) - 2**31  # user_version is a signed 32-bit number
+
+
+def _confirm(conn: sqlite3.Connection, seen: Inspection, *, writer: bool) -> str | None:
+    """The database's own identity, read through SQLite, must be the one state.id names.
+    Returns the database id (None: a database made before identities, not adopted yet)."""
+    files = seen.files
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")}
+    if "meta" not in tables:
+        refuse(files, "it is not an edge-agent state database (none of its tables)", RESTORE)
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+    database_id = meta.get("database_id")
+    if app_id & 0xFFFFFFFF == APPLICATION_ID and database_id:
+        if seen.database_id == database_id:
+            return str(database_id)
+        if seen.database_id is not None:
+            refuse(
+                files,
+                f"it is database {database_id}, but {files.identity} says database "
+                f"{seen.database_id} lives here: a database from another state directory or "
+                "line was put here",
+                RESTORE,
+            )
+        if meta.get("identity_pending") and writer:
+            _identity_written(conn, files, database_id)  # a crash cut short the adoption
+        elif not meta.get("identity_pending"):
+            refuse(
+                files, f"{files.identity} is missing (state.db is database {database_id})", ADOPT
+            )
+        return str(database_id)
+    if app_id == 0 and "schema_version" in meta and not database_id:
+        if seen.database_id is not None:
+            refuse(
+                files,
+                f"it carries no database id, but {files.identity} says database "
+                f"{seen.database_id} lives here: it is not the database that belongs here",
+                RESTORE,
+            )
+        return adopt(conn, files) if writer else None
+    refuse(
+        files,
+        f"it is not an edge-agent state database (application_id 0x{app_id & 0xFFFFFFFF:08x}, "
+        f"database id {database_id or 'none'})",
+        RESTORE,
+    )
+
+
+def adopt(conn: sqlite3.Connection, files: StateFiles) -> str:
+    """Give a database an identity and write its state.id: for databases made before identities
+    existed (at the next writer start) and for ``edge-agent state adopt``."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
+    database_id = row[0] if row else str(uuid.uuid4())
+    with write(conn):
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        if not row:
+            conn.execute(f"PRAGMA user_version = {_random_counter()}")
+        conn.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            [("database_id", database_id), ("identity_pending", "1")],
+        )
+    _identity_written(conn, files, database_id)
+    log.warning(
+        "state_database_adopted",
+        database=str(files.db),
+        database_id=database_id,
+        identity=str(files.identity),
+    )
+    return database_id
+
+
+def _identity_written(conn: sqlite3.Connection, files: StateFiles, database_id: str) -> None:
+    # Empty the WAL first: transactions written before the database had its header (older
+    # agents) would otherwise make its WAL unprovable after a crash.
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    write_identity(files, database_id)
+    with write(conn):
+        conn.execute("DELETE FROM meta WHERE key = 'identity_pending'")
+
+
+def _create(files: StateFiles) -> None:
+    """A new database, built aside as state.db.new, becomes state.db only after its state.id
+    is durable: a crash leaves either nothing, or a complete pair that the next start finishes."""
+    for leftover in _new_db_files(files):
+        leftover.unlink(missing_ok=True)
+    database_id = str(uuid.uuid4())
+    with closing(sqlite3.connect(files.new_db, isolation_level=None)) as conn:
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {_random_counter()}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        _migrate(conn)
+        with write(conn):
+            conn.execute("INSERT INTO meta (key, value) VALUES ('database_id', ?)", (database_id,))
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    with files.new_db.open("rb") as f:
+        os.fsync(f.fileno())
+    write_identity(files, database_id)
+    os.replace(files.new_db, files.db)
+    db_identity.fsync_dir(files.dir)
+
+
+def _finish_interrupted_creation(files: StateFiles) -> None:
+    if not files.new_db.exists() or files.db.exists():
+        return
+    expected = db_identity.read_identity(files)
+    if expected is None:  # state.id was never written: the new database holds nothing yet
+        for leftover in _new_db_files(files):
+            leftover.unlink(missing_ok=True)
+    elif _database_id_of(files.new_db) == expected:
+        os.replace(files.new_db, files.db)
+        db_identity.fsync_dir(files.dir)
+
+
+def _new_db_files(files: StateFiles) -> list[Path]:
+    new = files.new_db
+    return [new, *(new.with_name(new.name + s) for s in ("-wal", "-shm", "-journal"))]
+
+
+def _database_id_of(path: Path) -> str | None:
+    try:
+        with closing(
+            sqlite3.connect(f"file:{quote(str(path))}?mode=ro&immutable=1", uri=True)
+        ) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
+
+
+def _quick_check(conn: sqlite3.Connection, files: StateFiles) -> None:
     result = [row[0] for row in conn.execute("PRAGMA quick_check")]
     if result != ["ok"]:
-        raise LedgerError(
-            f"state database {path} failed its integrity check: {'; '.join(result[:5])}. "
-            "Keep the file, restore the last backup, and do not run the line until it is restored"
+        refuse(
+            files,
+            f"it failed its integrity check: {'; '.join(result[:5])}; keep the files for "
+            "investigation",
+            RESTORE,
         )
 
 

@@ -80,6 +80,12 @@ class LedgerError(EdgeAgentError):
     """The serial ledger refused an operation or the state database is unusable."""
 
 
+class StateRefused(LedgerError):
+    """The agent will not use this state database: it cannot prove it is its own (empty, foreign,
+    another database's log) or the file is damaged or unusable. A person must act: the message
+    names the files and the recovery step; the command exits 2 and the service is not restarted."""
+
+
 class OutboxError(EdgeAgentError):
     """The event outbox cannot accept or deliver events."""
 

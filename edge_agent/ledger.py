@@ -78,6 +78,28 @@ class UnitOutcome:
     skipped_serials: list[str] = field(default_factory=list)  # printed, never seen by the camera
 
 
+def read_serial_list(path: Path) -> list[str]:
+    """The serials of an L3 list file: one per line, blank lines and ``#`` comments skipped.
+    LedgerError naming the file (and line) when it cannot be read or a serial is invalid."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LedgerError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise LedgerError(f"cannot read the serial list {path} ({exc.strerror})") from None
+    serials = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        serial = raw.strip()
+        if not serial or serial.startswith("#"):
+            continue
+        try:
+            gs1.validate_serial(serial)
+        except gs1.Gs1Error as exc:
+            raise LedgerError(f"{path}:{number}: serial {serial!r} is invalid: {exc}") from exc
+        serials.append(serial)
+    return serials
+
+
 class Ledger:
     """Owns the single writer connection. Not thread-safe: call it from the event loop only."""
 
@@ -182,13 +204,7 @@ class Ledger:
 
     def import_serial_list(self, gtin: str, path: Path) -> int:
         """Load an L3 serial list into the pool; serials already known are skipped."""
-        serials = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-        serials = [s for s in serials if s and not s.startswith("#")]
-        for number, serial in enumerate(serials, start=1):
-            try:
-                gs1.validate_serial(serial)
-            except gs1.Gs1Error as exc:
-                raise LedgerError(f"{path}:{number}: serial {serial!r} is invalid: {exc}") from exc
+        serials = read_serial_list(path)
         now = time.time()
         with write(self.conn):
             before = self.conn.total_changes

@@ -204,7 +204,13 @@ async def test_a_rotated_token_file_is_picked_up_after_a_401(tmp_path: Path) -> 
 
 async def test_missing_token_is_a_config_error(capture_sim: CaptureServerSim) -> None:
     fwd = forwarder(capture_sim, token={"env": "EDGE_AGENT_TEST_UNSET_TOKEN"})
-    with pytest.raises(ConfigError, match="EDGE_AGENT_TEST_UNSET_TOKEN"):
+    # at start (check-config, run): a config error naming the variable and its key
+    with pytest.raises(
+        ConfigError, match="token: environment variable EDGE_AGENT_TEST_UNSET_TOKEN"
+    ):
+        await fwd.preflight()
+    # later (the variable went away): a delivery failure the forwarder loop logs once and retries
+    with pytest.raises(DeliveryError, match="token: environment variable EDGE_AGENT_TEST_UNSET"):
         async with fwd:
             pass
 

@@ -231,7 +231,8 @@ def test_truncated_database_is_refused_and_kept(conn: Any, tmp_path: Path) -> No
     with pytest.raises(LedgerError, match="restore"):
         open_db(tmp_path / "state").close()
     assert db.stat().st_size == size  # nothing silently discarded or rewritten
-    # the service itself refuses to run the line, says what to do, and exits non-zero
+    # the service itself refuses to run the line, says what to do, and exits 2: a damaged
+    # database needs a person, so systemd does not restart the service in a loop
     config = (ROOT / "config" / "demo.toml").read_text()
     config = config.replace('state_dir = "demo-state"', f'state_dir = "{tmp_path / "state"}"')
     (tmp_path / "agent.toml").write_text(config)
@@ -241,8 +242,9 @@ def test_truncated_database_is_refused_and_kept(conn: Any, tmp_path: Path) -> No
         text=True,
         timeout=60,
     )
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert "restore" in run.stderr and "do not run the line" in run.stderr
+    assert "Traceback" not in run.stderr
     assert db.stat().st_size == size
 
 

@@ -65,4 +65,6 @@ def test_service_unit_declares_notify_watchdog_and_directories() -> None:
     assert directives["ConfigurationDirectory"] == "edge-agent"
     assert directives["RestartPreventExitStatus"] == "2 3"
     assert directives["SuccessExitStatus"] == "143"  # SIGTERM: the line stopped cleanly
+    # run does the start-up checks itself: RestartPreventExitStatus does not cover ExecStartPre
+    assert "ExecStartPre" not in directives
     assert directives["NoNewPrivileges"] == "yes" and directives["ProtectSystem"] == "strict"

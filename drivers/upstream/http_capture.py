@@ -36,7 +36,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from yarl import URL
 
-from edge_agent import epcis
+from edge_agent import epcis, tls
 from edge_agent.config.models import SecretRef
 from edge_agent.contracts import Delivery, OutboxEvent
 from edge_agent.errors import ConfigError, DeliveryError
@@ -120,20 +120,27 @@ class HttpCaptureForwarder:
             "GS1-CBV-Version": "2.0.0",
             "GS1-Capture-Error-Behaviour": "rollback",
         }
-        self._load_token()
-        connector = aiohttp.TCPConnector(ssl=self._ssl_context(), limit=4)
+        try:
+            self._load_token()
+            ssl_context = self._ssl_context()
+        except ConfigError as exc:  # logged once by the forwarder loop, which retries
+            raise DeliveryError(f"{exc.key}: {exc.detail}", upstream=self.name) from exc
+        connector = aiohttp.TCPConnector(ssl=ssl_context, limit=4)
         timeout = aiohttp.ClientTimeout(total=self.config.request_timeout_s)
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
         return self
+
+    async def preflight(self) -> None:
+        """The token and TLS files, read as ``async with`` reads them (``contracts.Preflight``)."""
+        self._load_token()
+        if self._base.scheme == "https":
+            self._tls(self.config)
 
     def _load_token(self) -> bool:
         """(Re)read the token; True when it changed (a rotated token file, a new variable)."""
         if self.config.token is None:
             return False
-        try:
-            token = self.config.token.resolve().get_secret_value()
-        except (ValueError, OSError) as exc:
-            raise ConfigError(f"token: {exc}", key=f"forwarder {self.name}.token") from exc
+        token = self.config.token.resolve_for("token")
         header = f"Bearer {token}"
         changed = self._headers.get("Authorization") != header
         self._headers["Authorization"] = header
@@ -152,16 +159,12 @@ class HttpCaptureForwarder:
         return True
 
     def _tls(self, cfg: HttpCaptureForwarder.Config) -> ssl.SSLContext:
-        key = f"forwarder {self.name}"
-        try:
-            context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-            if cfg.client_cert is not None:
-                context.load_cert_chain(
-                    str(cfg.client_cert), str(cfg.client_key) if cfg.client_key else None
-                )
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"TLS files: {exc}", key=f"{key}.ca_file/client_cert") from exc
-        return context
+        return tls.client_context(
+            ca_file=cfg.ca_file,
+            cert_file=cfg.client_cert,
+            key_file=cfg.client_key,
+            keys=("ca_file", "client_cert", "client_key"),
+        )
 
     # --- delivery ----------------------------------------------------------------------------
 

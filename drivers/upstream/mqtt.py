@@ -52,6 +52,7 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_agent.config.loader import validate_table
+from edge_agent import tls
 from edge_agent.config.models import SecretRef
 from edge_agent.contracts import Delivery, OutboxEvent
 from edge_agent.crashpoints import crash_point
@@ -394,7 +395,7 @@ class MqttForwarder:
         if v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = cfg.session_expiry_s
-        password = cfg.password.resolve().get_secret_value() if cfg.password else None
+        password, tls_context = self._credentials()
         client = aiomqtt.Client(
             cfg.host,
             cfg.port,
@@ -408,7 +409,7 @@ class MqttForwarder:
             timeout=cfg.timeout_s,
             username=cfg.username,
             password=password,
-            tls_context=self._tls_context() if cfg.tls else None,
+            tls_context=tls_context,
             # unlimited in paho: the window is applied in _exchange, once the CONNACK is known
             max_inflight_messages=0,
             logger=self._client_log,
@@ -416,13 +417,29 @@ class MqttForwarder:
         self._hook_connack(client)
         return client
 
+    async def preflight(self) -> None:
+        """The password and TLS files, read as a connect reads them (``contracts.Preflight``)."""
+        self._password()
+        if self.config.tls:
+            self._tls_context()
+
+    def _credentials(self) -> tuple[str | None, ssl.SSLContext | None]:
+        """Read at every connect, so a rotated secret is picked up. A missing file or variable
+        is a DeliveryError naming it and its key: the loop backs off and logs it once."""
+        try:
+            return self._password(), self._tls_context() if self.config.tls else None
+        except ConfigError as exc:
+            raise DeliveryError(f"{exc.key}: {exc.detail}", upstream=self.name) from exc
+
+    def _password(self) -> str | None:
+        ref = self.config.password
+        return None if ref is None else ref.resolve_for("password")
+
     def _tls_context(self) -> ssl.SSLContext:
         cfg = self.config
-        context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-        if cfg.cert_file is not None:
-            key = str(cfg.key_file) if cfg.key_file else None
-            context.load_cert_chain(str(cfg.cert_file), key)
-        return context
+        return tls.client_context(
+            ca_file=cfg.ca_file, cert_file=cfg.cert_file, key_file=cfg.key_file
+        )
 
     @staticmethod
     async def _open(client: aiomqtt.Client) -> None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from edge_agent import gs1
 from edge_agent.gs1.expiry import DEFAULT_WARN_DAYS, check_expiry
+from edge_agent.errors import ConfigError
 
 DEFAULT_ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 
@@ -48,13 +49,38 @@ class SecretRef(Strict):
         return self
 
     def resolve(self) -> SecretStr:
+        """The secret's value. ConfigError naming the variable or file (never a value) when it
+        is not there; the error has no key: the caller knows where the reference sits."""
         if self.env is not None:
             value = os.environ.get(self.env)
             if value is None:
-                raise ValueError(f"environment variable {self.env} is not set")
-            return SecretStr(value)
-        assert self.file is not None
-        return SecretStr(self.file.read_text().strip())
+                raise ConfigError(
+                    f"environment variable {self.env} is not set; set it in the agent's "
+                    "environment (under systemd: in /etc/edge-agent/secrets.env)"
+                )
+            where = f"environment variable {self.env}"
+        else:
+            assert self.file is not None
+            try:
+                value = self.file.read_text(encoding="utf-8").strip()
+            except UnicodeDecodeError:
+                raise ConfigError(f"secret file {self.file} is not UTF-8 text") from None
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read the secret file {self.file} ({exc.strerror}); check the path "
+                    "and that the agent's user may read it"
+                ) from None
+            where = f"secret file {self.file}"
+        if not value:
+            raise ConfigError(f"{where} is empty")
+        return SecretStr(value)
+
+    def resolve_for(self, key: str) -> str:
+        """The value, or ConfigError with ``key`` (the reference's key path in its section)."""
+        try:
+            return self.resolve().get_secret_value()
+        except ConfigError as exc:
+            raise ConfigError(exc.detail, key=key) from None
 
     def __repr__(self) -> str:  # the reference is safe to show, the value never is
         return f"SecretRef(env={self.env!r}, file={self.file!r})"
@@ -519,7 +545,7 @@ class OpcUaSecurity(Strict):
 
     def key_password(self) -> str | None:
         pw = self.private_key_password
-        return None if pw is None else pw.resolve().get_secret_value()
+        return None if pw is None else pw.resolve_for("private_key_password")
 
 
 class OpcUaServerSection(OpcUaSecurity):

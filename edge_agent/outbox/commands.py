@@ -110,10 +110,10 @@ def _store(conn: sqlite3.Connection, names: list[str]) -> Any:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from edge_agent.db import open_reader
+    from edge_agent.db import reading
 
     state_dir, names = _resolve(args)
-    with contextlib.closing(open_reader(state_dir)) as conn:
+    with reading(state_dir) as conn:
         store = _store(conn, names)
         rows = [vars(s) for s in store.status()]
         totals = dict(conn.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
@@ -149,12 +149,12 @@ def _age(seconds: float) -> str:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from edge_agent.db import open_db
+    from edge_agent.db import open_db, storage_errors
 
     state_dir, names = _resolve(args)
     since = parse_since(args.since)
     conn = open_db(state_dir)
-    with contextlib.closing(conn):
+    with contextlib.closing(conn), storage_errors(state_dir):
         count = _store(conn, names).replay(since, args.forwarder, dead=args.dead)
     print(f"re-queued {count} deliveries of events created since {time.ctime(since)}")
     return 0
@@ -179,7 +179,7 @@ def _drain(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from edge_agent import epcis
-    from edge_agent.db import open_reader
+    from edge_agent.db import reading
 
     state_dir, _names = _resolve(args)
     sql, params = "SELECT payload FROM outbox WHERE 1 = 1", list[Any]()
@@ -189,7 +189,7 @@ def _export(args: argparse.Namespace) -> int:
         sql, params = sql + " AND batch_id = ?", [*params, args.batch]
     if args.state != "all":
         sql, params = sql + " AND state = ?", [*params, args.state]
-    with contextlib.closing(open_reader(state_dir)) as conn:
+    with reading(state_dir) as conn:
         # one statement, read to the end: a short read transaction even for a large export
         payloads = [row[0] for row in conn.execute(sql + " ORDER BY seq", params)]
     if args.format == "epcis-json":

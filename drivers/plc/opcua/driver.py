@@ -18,11 +18,13 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn, Self, TypeVar
 
 import structlog
 from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
+from asyncua.crypto import uacrypto
 from pydantic import ConfigDict, Field
 
 from drivers.plc.modbus import registers as reg
@@ -30,9 +32,11 @@ from drivers.plc.modbus.driver import validated
 from drivers.plc.opcua import nodes as n
 from drivers.plc.opcua.refusals import PlcClient, agent_validator, explain
 from drivers.plc.opcua.security import SecuritySettings, configure_client, warn_if_insecure
+from edge_agent import tls
 from edge_agent.config.models import SecretRef
 from edge_agent.contracts import PlcState, Verdict
 from edge_agent.errors import (
+    ConfigError,
     DeviceConnectionError,
     DeviceTimeout,
     EdgeAgentError,
@@ -179,11 +183,8 @@ class OpcUaPlc:
         if cfg.username is not None:
             client.set_user(cfg.username)
             if cfg.password is not None:
-                client.set_password(cfg.password.resolve().get_secret_value())
-        if cfg.user_certificate is not None:
-            await client.load_client_certificate(cfg.user_certificate)
-            if cfg.user_private_key is not None:
-                await client.load_private_key(cfg.user_private_key)  # type: ignore[arg-type]
+                client.set_password(cfg.password.resolve_for("password"))
+        client.user_certificate, client.user_private_key = await self._user_identity()
         await client.connect()
         namespaces = await client.get_namespace_array()
         if cfg.namespace_uri not in namespaces:
@@ -219,6 +220,25 @@ class OpcUaPlc:
                 f"reject_log_size is {self.config.reject_log_size}; set them equal or rejects "
                 "land in the wrong slots",
             )
+
+    async def preflight(self) -> None:
+        """The files and password this link reads when it connects, without connecting
+        (``contracts.Preflight``); the channel's own certificate, key and trust list are checked
+        by the core for every OPC UA security section."""
+        if self.config.password is not None:
+            self.config.password.resolve_for("password")
+        await self._user_identity()
+
+    async def _user_identity(self) -> tuple[Any, Any]:
+        """The X509 user identity (certificate, private key), or (None, None)."""
+        cfg = self.config
+        if cfg.user_certificate is None:
+            return None, None
+        cert = await _load_file("user_certificate", cfg.user_certificate, "certificate")
+        key = None
+        if cfg.user_private_key is not None:
+            key = await _load_file("user_private_key", cfg.user_private_key, "private key")
+        return cert, key
 
     def _resolve_nodes(self, ns: int, namespaces: Sequence[str]) -> None:
         ids = self.config.nodes
@@ -411,6 +431,19 @@ class OpcUaPlc:
             task = asyncio.get_running_loop().create_task(_quiet_disconnect(client))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+
+
+async def _load_file(key: str, path: str, what: str) -> Any:
+    """A certificate or private key (PEM or DER) as asyncua loads it; ConfigError naming the file
+    and key when it cannot be read or parsed."""
+    load = uacrypto.load_certificate if what == "certificate" else uacrypto.load_private_key
+    tls.readable(Path(path), key)
+    try:
+        return await load(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc.strerror})", key=key) from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path} is not a {what} (PEM or DER): {exc}", key=key) from None
 
 
 async def _quiet_disconnect(client: Client) -> None:
