@@ -51,8 +51,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge_agent.config.loader import validate_table
 from edge_agent import tls
+from edge_agent.config.loader import validate_table
 from edge_agent.config.models import SecretRef
 from edge_agent.contracts import Delivery, OutboxEvent
 from edge_agent.crashpoints import crash_point

@@ -16,8 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from edge_agent import gs1
-from edge_agent.gs1.expiry import DEFAULT_WARN_DAYS, check_expiry
 from edge_agent.errors import ConfigError
+from edge_agent.gs1.expiry import DEFAULT_WARN_DAYS, check_expiry
 
 DEFAULT_ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 
