@@ -311,6 +311,7 @@ class L3Link(Protocol):
         """Hand over a return, a close report or a refusal; returns once L3 acknowledged it.
         Raises ``DeliveryError`` to be retried later with the same message id."""
 
+
 # --- start-up checks (any driver) ------------------------------------------------------------
 
 

@@ -56,7 +56,7 @@ from edge_agent.config.loader import validate_table
 from edge_agent.config.models import SecretRef
 from edge_agent.contracts import Delivery, OutboxEvent
 from edge_agent.crashpoints import crash_point
-from edge_agent.errors import DeliveryError
+from edge_agent.errors import ConfigError, DeliveryError
 
 log = structlog.get_logger("drivers.upstream.mqtt")
 
