@@ -312,7 +312,14 @@ def verify(state_dir: Path) -> Inspection:
     seen = db_identity.inspect(files)
     if seen.header is None:
         return seen
-    mode = "ro" if seen.open_by else "ro&immutable=1"
+    if seen.wal_transactions and not seen.open_by and files.db.stat().st_uid != os.getuid():
+        # The file alone is not the database (its proven WAL holds committed transactions, and a
+        # checkpoint cut short, by a full disk or a crash, leaves it inconsistent without them),
+        # and reading the WAL would make a -shm owned by this user: the identity stands on
+        # state.id and the file header, as inspected.
+        return seen
+    # immutable only when the file alone is the whole database: no WAL transaction to replay
+    mode = "ro" if seen.open_by or seen.wal_transactions else "ro&immutable=1"
     with (
         closing(sqlite3.connect(f"file:{quote(str(files.db))}?mode={mode}", uri=True)) as conn,
         storage_errors(state_dir),

@@ -18,7 +18,7 @@ import structlog
 from outbox_helpers import add_events
 
 from edge_agent.contracts import Delivery, OutboxEvent
-from edge_agent.db import open_db
+from edge_agent.db import SCHEMA_VERSION, open_db
 from edge_agent.errors import DeliveryError, LedgerError, LineStopped
 from edge_agent.outbox.forwarding import ForwarderLoop, QuotaGuard
 from edge_agent.outbox.store import OutboxStore, used_bytes
@@ -214,7 +214,9 @@ def test_schema_1_database_is_migrated(tmp_path: Path) -> None:
     old.close()
     conn = open_db(tmp_path)
     try:
-        assert conn.execute("SELECT value FROM meta").fetchone() == ("2",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            str(SCHEMA_VERSION),
+        )
         assert OutboxStore(conn, ["a"]).pending("a", 1) == []
     finally:
         conn.close()

@@ -35,9 +35,8 @@ pytestmark = pytest.mark.slow
 
 def config_for(factory: Any, sims: SimulatorSet, units: int, **vision: Any) -> Any:
     return factory(
-        sims.ports(),
+        simulators=sims,
         batch={"target_quantity": units},
-        plc={"ring_size": 512},
         line={"verdict_deadline_ms": 500},
         vision=vision,
     )

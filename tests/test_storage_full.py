@@ -125,7 +125,6 @@ async def test_a_full_disk_stops_the_line_cleanly_and_so_does_a_restart(
             state,
             units=units,
             agent={"disk_free_alarm_mb": 0, "disk_free_stop_mb": 0},
-            plc={"ring_size": 512},
         )
         running, restart, resumed = (tmp_path / f"agent-{n}.out" for n in (1, 2, 3))
         async with AgentProcess(config, running) as agent:
@@ -168,14 +167,13 @@ async def test_free_disk_space_has_an_alarm_and_a_stop_level(
     units = 1000
     async with SimulatorSet(simulators()) as sims:
         config = agent_config_factory(
-            sims.ports(),
+            simulators=sims,
             agent={
                 "state_dir": str(disk / "state"),
                 "disk_free_alarm_mb": 24,
                 "disk_free_stop_mb": 12,
             },
             batch={"target_quantity": units},
-            plc={"ring_size": 512},
             line={"verdict_deadline_ms": 500},
         )
         stats = LineStats()
@@ -232,9 +230,8 @@ async def test_an_outbox_storage_failure_stops_the_line(
     units = 2000
     async with SimulatorSet(simulators()) as sims:
         config = agent_config_factory(
-            sims.ports(),
+            simulators=sims,
             batch={"target_quantity": units},
-            plc={"ring_size": 512},
             line={"verdict_deadline_ms": 500},
             upstream={"forwarders": [forwarder], "backoff_initial_s": 0.05, "drain_on_exit_s": 1},
         )

@@ -59,6 +59,7 @@ class LoadedConfig:
     plc: DeviceSpec
     forwarders: tuple[DeviceSpec, ...] = ()  # [[upstream.forwarders]], validated by their drivers
     warnings: tuple[str, ...] = ()  # valid, but a person should look (file:line: key: why)
+    l3: DeviceSpec | None = None  # [l3], validated by the link driver its type selects
 
 
 def load_config(path: str | PurePath) -> LoadedConfig:
@@ -103,10 +104,10 @@ def parse_config(
     except ValidationError as exc:
         problems.extend(_problems(exc, AgentConfig, (), file, lines))
     devices: dict[str, DeviceSpec] = {}
-    for kind in ("printer", "camera", "plc"):
+    for kind in ("printer", "camera", "plc", "l3"):
         section = data.get(kind)
         if not isinstance(section, dict):
-            continue  # reported above as missing or of the wrong type
+            continue  # reported above as missing or of the wrong type (l3: optional)
         try:
             devices[kind] = _device(kind, section, file, lines)
         except ConfigInvalid as exc:
@@ -116,7 +117,14 @@ def parse_config(
         raise _invalid(problems, redaction.secret_values(data))
     warnings = tuple(str(w) for w in _warnings(model, file, lines))
     return LoadedConfig(
-        file, model, devices["printer"], devices["camera"], devices["plc"], forwarders, warnings
+        file,
+        model,
+        devices["printer"],
+        devices["camera"],
+        devices["plc"],
+        forwarders,
+        warnings,
+        devices.get("l3"),
     )
 
 
