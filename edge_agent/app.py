@@ -8,7 +8,7 @@ import inspect
 import sqlite3
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -17,7 +17,7 @@ from edge_agent.config import LoadedConfig
 from edge_agent.config.loader import DeviceSpec
 from edge_agent.config.models import UpstreamSection
 from edge_agent.db import open_db
-from edge_agent.errors import LineStopped
+from edge_agent.errors import EdgeAgentError, LineStopped, StorageFull
 from edge_agent.ledger import BatchInfo, Ledger
 from edge_agent.line.runtime import LineRuntime
 from edge_agent.line.stats import LineStats
@@ -52,6 +52,20 @@ class Agent:
         if self._runtime is not None:
             self._runtime.request_stop(storage_stop(exc, self.config.model.agent.state_dir))
 
+    async def _stop_before_line(self, stop: LineStopped) -> NoReturn:
+        """A stop found before the line could run (no room for the state database): the PLC
+        is told (its stop code) as for any line stop, then the stop is raised."""
+        log.error(
+            "line_stop", batch=self.config.model.batch.id, reason=stop.reason, detail=str(stop)
+        )
+        systemd.notify_stopping(f"line stopped: {stop.reason}")
+        try:
+            async with self._device("plc") as plc:
+                await plc.request_line_stop(stop.reason.code)
+        except EdgeAgentError as exc:  # the stop stands; the PLC stops on the missing heartbeat
+            log.error("line_stop_not_sent", device="plc", detail=str(exc))
+        raise stop
+
     async def run(self) -> BatchInfo:
         model = self.config.model
         for warning in self.config.warnings:
@@ -62,14 +76,16 @@ class Agent:
             stop_mb=model.agent.disk_free_stop_mb,
             on_alarm=self.stats.alarms.append,
         )
-        if disk.enabled:
-            # Before the database is opened: on a full disk it fails in ways that look like damage
-            try:
+        try:
+            if disk.enabled:
+                # Before the database is opened: on a full disk it fails in ways that look like
+                # damage
                 disk.check()
-            except LineStopped as exc:
-                log.error("line_stop", batch=model.batch.id, reason=exc.reason, detail=str(exc))
-                raise
-        conn = open_db(model.agent.state_dir)
+            conn = open_db(model.agent.state_dir)
+        except StorageFull as exc:
+            await self._stop_before_line(storage_stop(exc, model.agent.state_dir))
+        except LineStopped as exc:
+            await self._stop_before_line(exc)
         ledger = Ledger(
             conn,
             read_point=model.line.read_point,

@@ -38,7 +38,7 @@ from edge_agent.db_identity import (
     refuse,
     write_identity,
 )
-from edge_agent.errors import LedgerError
+from edge_agent.errors import LedgerError, StorageFull
 
 SCHEMA_VERSION = 3  # 2: per-forwarder delivery state of outbox events; 3: work orders, audit
 DB_NAME = db_identity.DB_NAME
@@ -375,7 +375,7 @@ def _mapped(files: StateFiles, exc: sqlite3.Error) -> LedgerError:
             "`chown -R edge-agent: {dir}`; run other edge-agent commands as that user too)",
         )
     if code in _NO_SPACE:
-        return LedgerError(
+        return StorageFull(
             f"state database {files.db}: {exc}; free space on the filesystem of {files.dir} "
             "(the database is not damaged by a full disk)"
         )

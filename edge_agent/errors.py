@@ -86,6 +86,11 @@ class StateRefused(LedgerError):
     names the files and the recovery step; the command exits 2 and the service is not restarted."""
 
 
+class StorageFull(LedgerError):
+    """The state database cannot be written for lack of space (or an I/O error): not damage; the
+    line stops until space is freed."""
+
+
 class OutboxError(EdgeAgentError):
     """The event outbox cannot accept or deliver events."""
 
