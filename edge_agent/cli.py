@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "edge_agent.vision.commands",
     "edge_agent.outbox.commands",
     "edge_agent.opcua_server.commands",
+    "edge_agent.api.cli",
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_LINE_STOPPED, EXIT_UNBALANCED = 0, 1, 2, 3, 4
