@@ -16,7 +16,7 @@ from edge_agent.api import errors
 from edge_agent.api.auth import Authenticator
 from edge_agent.api.deps import ApiServices
 from edge_agent.api.routes import audit, line, orders
-from edge_agent.api.schemas import HealthOut
+from edge_agent.api.schemas import ErrorOut, HealthOut
 from edge_agent.orders.model import WorkOrder
 
 TITLE = "Serialization line edge agent"
@@ -39,28 +39,36 @@ def create_app(services: ApiServices, authenticators: Sequence[Authenticator]) -
     app.include_router(line.router)
     app.include_router(audit.router)
 
-    @app.get("/health", response_model=HealthOut, tags=["health"], summary="Liveness")
+    @app.get(
+        "/health",
+        response_model=HealthOut,
+        tags=["health"],
+        summary="Liveness (no token needed)",
+        operation_id="health",
+    )
     async def health() -> HealthOut:
         return HealthOut(version=app.version)
 
-    _document_work_order(app)
+    _document_bodies(app)
     return app
 
 
-def _document_work_order(app: FastAPI) -> None:
+def _document_bodies(app: FastAPI) -> None:
     """POST /orders reads its body itself (so a bad order is refused by the command path, with
-    every problem, and audited); the document still names WorkOrder as its body schema."""
+    every problem, and audited); the document still names WorkOrder as its body schema. Error
+    answers refer to ErrorOut by reference (also on routes that answer HTML otherwise)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            body = WorkOrder.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for name, part in {**body.pop("$defs", {}), "WorkOrder": body}.items():
-                if components.get(name, part) != part:
-                    raise RuntimeError(f"two schemas named {name} in the OpenAPI document")
-                components[name] = part
+            for model in (WorkOrder, ErrorOut):
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, part in {**body.pop("$defs", {}), model.__name__: body}.items():
+                    if components.get(name, part) != part:
+                        raise RuntimeError(f"two schemas named {name} in the OpenAPI document")
+                    components[name] = part
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -10,7 +10,6 @@ from fastapi import Depends, Path, Request
 from edge_agent.alarms import AlarmBoard
 from edge_agent.api.auth import current_actor
 from edge_agent.api.errors import NotFound
-from edge_agent.api.schemas import ErrorOut
 from edge_agent.api.status import LineStatus
 from edge_agent.orders.audit import Actor
 from edge_agent.orders.commands import CommandPath
@@ -57,8 +56,9 @@ OrderId = Annotated[
 ]
 
 
-async def existing_order(order_id: OrderId, request: Request) -> OrderRecord:
-    """The order the path names; 404 when there is none (orders are never deleted)."""
+async def existing_order(order_id: OrderId, request: Request, _: CurrentActor) -> OrderRecord:
+    """The order the path names; 404 when there is none (orders are never deleted). After the
+    token check, so that who has no token learns nothing, not even which orders exist."""
     record = services(request).commands.store.find(order_id)
     if record is None:
         raise NotFound(f"no order {order_id!r}; GET /orders lists the orders")
@@ -68,9 +68,14 @@ async def existing_order(order_id: OrderId, request: Request) -> OrderRecord:
 ExistingOrder = Annotated[OrderRecord, Depends(existing_order)]
 
 
+ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorOut"}  # app.py puts ErrorOut there
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries of the error answers a route gives (every one an ErrorOut)."""
+    """OpenAPI entries of the error answers a route gives (every one an ErrorOut, as JSON also
+    where the route itself answers HTML)."""
     described = {
+        400: "The body cannot be parsed (not UTF-8 JSON)",
         401: "No token, or a token nobody issued",
         404: "No such order, alarm or report",
         409: "The command is refused (wrong state, reason missing, checks failed)",
@@ -78,4 +83,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         422: "The request or the order is not valid; problems lists each one",
         500: "Internal error (the agent's log has the details)",
     }
-    return {s: {"model": ErrorOut, "description": described[s]} for s in (401, *statuses, 500)}
+    return {
+        s: {"description": described[s], "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+        for s in (401, *statuses, 500)
+    }

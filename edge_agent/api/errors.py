@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge_agent.api.auth import Unauthorized
@@ -93,8 +94,22 @@ async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    headers = dict(exc.headers) if exc.headers else None
-    return error_response(exc.status_code, "http_error", str(exc.detail), headers=headers)
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route matching the path only; a path served
+        # by several routes (GET and POST /orders) allows the methods of all of them.
+        headers["Allow"] = ", ".join(_methods_at(request))
+    code = "request_invalid" if exc.status_code == 400 else "http_error"
+    return error_response(exc.status_code, code, str(exc.detail), headers=headers or None)
+
+
+def _methods_at(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _agent_error(request: Request, exc: Exception) -> JSONResponse:

@@ -16,7 +16,13 @@ from edge_agent.orders import audit
 router = APIRouter(prefix="/audit", tags=["audit"])
 
 
-@router.get("", response_model=list[AuditRowOut], responses=errors(422), summary="Audit rows")
+@router.get(
+    "",
+    response_model=list[AuditRowOut],
+    responses=errors(422),
+    summary="Audit rows, oldest first",
+    operation_id="audit_rows",
+)
 async def rows(
     actor: CurrentActor,
     services: Services,
@@ -30,7 +36,13 @@ async def rows(
     return [AuditRowOut.of(r) for r in found]
 
 
-@router.get("/verify", response_model=ChainOut, responses=errors(), summary="Verify the chain")
+@router.get(
+    "/verify",
+    response_model=ChainOut,
+    responses=errors(),
+    summary="Verify the hash chain",
+    operation_id="verify_audit",
+)
 async def verify(actor: CurrentActor, services: Services) -> ChainOut:
     return ChainOut.of(await verify_chain(services.commands.conn))
 

@@ -17,7 +17,13 @@ from edge_agent.orders import audit
 router = APIRouter(tags=["line"])
 
 
-@router.get("/line", response_model=LineOut, responses=errors(), summary="Line state")
+@router.get(
+    "/line",
+    response_model=LineOut,
+    responses=errors(),
+    summary="Line state, order on the line, counters, devices, open alarms",
+    operation_id="line_status",
+)
 async def line(actor: CurrentActor, services: Services) -> LineOut:
     snapshot = services.line.snapshot()
     record = services.commands.store.find(snapshot.order_id) if snapshot.order_id else None
@@ -31,13 +37,23 @@ async def line(actor: CurrentActor, services: Services) -> LineOut:
 
 
 @router.get(
-    "/line/counters", response_model=Counters, responses=errors(), summary="Counters of the order"
+    "/line/counters",
+    response_model=Counters,
+    responses=errors(),
+    summary="Counters of the order on the line",
+    operation_id="line_counters",
 )
 async def counters(actor: CurrentActor, services: Services) -> Counters:
     return services.line.snapshot().counters
 
 
-@router.get("/alarms", response_model=list[AlarmOut], responses=errors(422), summary="Alarms")
+@router.get(
+    "/alarms",
+    response_model=list[AlarmOut],
+    responses=errors(422),
+    summary="Alarms",
+    operation_id="list_alarms",
+)
 async def alarms(
     actor: CurrentActor,
     services: Services,
@@ -62,6 +78,7 @@ async def alarms(
     response_model=AlarmOut,
     responses=errors(404, 422),
     summary="Acknowledge an alarm",
+    operation_id="acknowledge_alarm",
 )
 async def acknowledge(
     alarm_id: Annotated[int, Path(ge=1, le=2**62)], actor: CurrentActor, services: Services

@@ -31,11 +31,33 @@ AUDIT_ROWS_SHOWN = 1000
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 
+EXAMPLE_ORDER = {
+    "id": "WO-2026-0001",
+    "product": {"gtin": "09506000134352", "description": "Tablets 20 mg, 30 pcs"},
+    "lot": "L2611A",
+    "expiry": "491231",
+    "quantity": 500,
+    "serials": {"source": "generate", "length": 12},
+    "market": "DE",
+}
 _WORK_ORDER_BODY = {
     "requestBody": {
         "required": True,
         "description": "A work order (the format in README 'Work orders')",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WorkOrder"}}},
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/WorkOrder"},
+                "example": EXAMPLE_ORDER,
+            }
+        },
+    }
+}
+_ORDER_ID = {"order_id": "$response.body#/id"}
+_LINKS = {  # what a client (or a test generator) can do next with the order it got back
+    "links": {
+        "show": {"operationId": "show_order", "parameters": _ORDER_ID},
+        "command": {"operationId": "order_command", "parameters": _ORDER_ID},
+        "report": {"operationId": "close_report", "parameters": _ORDER_ID},
     }
 }
 
@@ -44,9 +66,10 @@ _WORK_ORDER_BODY = {
     "",
     status_code=201,
     response_model=OrderOut,
-    responses=errors(409, 413, 422),
+    responses={201: _LINKS, **errors(409, 413, 422)},
     openapi_extra=_WORK_ORDER_BODY,
     summary="Submit a work order",
+    operation_id="submit_order",
 )
 async def submit(request: Request, actor: CurrentActor, services: Services) -> OrderOut:
     data = await _json_object(request)
@@ -54,7 +77,13 @@ async def submit(request: Request, actor: CurrentActor, services: Services) -> O
     return OrderOut.of(record)
 
 
-@router.get("", response_model=list[OrderOut], responses=errors(422), summary="List orders")
+@router.get(
+    "",
+    response_model=list[OrderOut],
+    responses=errors(422),
+    summary="List orders",
+    operation_id="list_orders",
+)
 async def list_orders(
     actor: CurrentActor,
     services: Services,
@@ -70,7 +99,11 @@ async def list_orders(
 
 
 @router.get(
-    "/{order_id}", response_model=OrderDetail, responses=errors(404, 422), summary="Show an order"
+    "/{order_id}",
+    response_model=OrderDetail,
+    responses=errors(404, 422),
+    summary="Show an order: state, holds, alarms, audit rows",
+    operation_id="show_order",
 )
 async def show(record: ExistingOrder, actor: CurrentActor, services: Services) -> OrderDetail:
     conn = services.commands.conn
@@ -89,8 +122,9 @@ async def show(record: ExistingOrder, actor: CurrentActor, services: Services) -
 @router.post(
     "/{order_id}/commands/{command}",
     response_model=OrderOut,
-    responses=errors(404, 409, 422),
+    responses={200: _LINKS, **errors(400, 404, 409, 422)},
     summary="Send an order command",
+    operation_id="order_command",
 )
 async def command(
     record: ExistingOrder,
@@ -112,6 +146,7 @@ async def command(
     response_model_by_alias=True,
     responses=errors(404, 422),
     summary="Close report (JSON)",
+    operation_id="close_report",
 )
 async def report(record: ExistingOrder, actor: CurrentActor, services: Services) -> Any:
     found = services.reports.load(record.id)
@@ -123,8 +158,9 @@ async def report(record: ExistingOrder, actor: CurrentActor, services: Services)
 @router.get(
     "/{order_id}/report.html",
     response_class=HTMLResponse,
-    responses={200: {"content": {"text/html": {}}}, **errors(404, 422)},
+    responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}, **errors(404, 422)},
     summary="Close report (printable HTML)",
+    operation_id="close_report_html",
 )
 async def report_html(
     record: ExistingOrder, actor: CurrentActor, services: Services
