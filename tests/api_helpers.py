@@ -137,3 +137,60 @@ async def serving(
 def write_token(path: Path, name: str = "mes") -> Path:
     path.write_text(TOKENS[name] + "\n")
     return path
+
+
+def self_signed(folder: Path) -> Tls:
+    """A self-signed certificate for 127.0.0.1 (as an operator makes one for the line PC)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge-agent test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "api.crt", folder / "api.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return Tls(cert_path, key_path)
+
+
+def api_config(path: Path, url: str, token_file: Path, *, tls: Tls | None = None) -> Path:
+    """A line config whose [api] section points at ``url``; the CLI reads only that section."""
+    port = url.rsplit(":", 1)[1]
+    tls_keys = f'tls_cert = "{tls.cert}"\ntls_key = "{tls.key}"\n' if tls else ""
+    path.write_text(
+        "[agent]\n"
+        f'state_dir = "{path.parent / "state"}"\n\n'
+        "[api]\n"
+        'host = "127.0.0.1"\n'
+        f"port = {port}\n"
+        f"{tls_keys}"
+        "[[api.tokens]]\n"
+        'name = "operator-cli"\n'
+        f'token = {{ file = "{token_file}" }}\n'
+    )
+    return path

@@ -63,11 +63,18 @@ class Inbox:
         self.prepare()
         log.info("inbox_watching", folder=str(self.folder))
         await self.recover()
+        unreadable = False
         while True:
             try:
                 await self.scan()
             except OSError as exc:  # the folder went away, a disk error: say so, keep watching
-                log.error("inbox_unreadable", folder=str(self.folder), error=str(exc))
+                if not unreadable:
+                    log.error("inbox_unreadable", folder=str(self.folder), error=str(exc))
+                unreadable = True
+            else:
+                if unreadable:
+                    log.info("inbox_readable_again", folder=str(self.folder))
+                unreadable = False
             await asyncio.sleep(self.poll_s)
 
     def prepare(self) -> None:
@@ -84,6 +91,8 @@ class Inbox:
 
     async def scan(self) -> list[Outcome]:
         """One look at the folder: take every complete file that stood still since the last."""
+        for folder in (self.processing, self.accepted, self.rejected):
+            folder.mkdir(exist_ok=True)  # again each time: the inbox may be a share remounted
         outcomes = []
         now: dict[str, tuple[int, int]] = {}
         for path in sorted(self.folder.iterdir()):
