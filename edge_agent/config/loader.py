@@ -182,8 +182,10 @@ def _describe(err: Any, model: type[BaseModel], loc: tuple[str, ...]) -> str:
         what = f": {field.description}" if field is not None and field.description else ""
         return f"required key is missing{what}"
     field = _field_info(model, loc)
-    if field is not None and _model_type(field.annotation) is SecretRef:
-        # Never echo what was written there: it may be the secret itself.
+    expects_secret = (err.get("ctx") or {}).get("class_name") == SecretRef.__name__
+    if expects_secret or (field is not None and _model_type(field.annotation) is SecretRef):
+        # Never echo what was written there: it may be the secret itself (also in a list or
+        # table of secrets, where the key path holds an index or a name).
         return 'a secret is never written inline; use { env = "NAME" } or { file = "/path" }'
     message = err["msg"].removeprefix("Value error, ")
     return f"found {err['input']!r}; expected: {message}"
