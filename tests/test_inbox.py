@@ -201,3 +201,13 @@ async def test_the_watcher_survives_anything_a_file_does(
         watcher.cancel()
         with pytest.raises(asyncio.CancelledError):
             await watcher
+
+
+def test_the_inbox_comes_from_the_orders_section(tmp_path: Path, rig: Rig) -> None:
+    from edge_agent.config.models import OrdersSection
+
+    assert Inbox.from_section(OrdersSection(), rig.commands) is None
+    box = Inbox.from_section(
+        OrdersSection(inbox=tmp_path / "in", inbox_poll_s=0.5, inbox_keep=7), rig.commands
+    )
+    assert box is not None and (box.folder, box.poll_s, box.keep) == (tmp_path / "in", 0.5, 7)

@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from edge_agent.alarms import AlarmKind
+from edge_agent.config.models import OrdersSection
 from edge_agent.errors import EdgeAgentError, OrderInvalid
 from edge_agent.orders import audit
 from edge_agent.orders.commands import CommandPath
@@ -57,6 +58,13 @@ class Inbox:
         self.accepted = folder / "accepted"
         self.rejected = folder / "rejected"
         self._seen: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) at the last look
+
+    @classmethod
+    def from_section(cls, section: OrdersSection, commands: CommandPath) -> Inbox | None:
+        """The inbox ``[orders] inbox`` names, or None when the line has none."""
+        if section.inbox is None:
+            return None
+        return cls(section.inbox, commands, poll_s=section.inbox_poll_s, keep=section.inbox_keep)
 
     async def run(self) -> None:
         """Watch the folder until cancelled."""
