@@ -107,3 +107,33 @@ async def test_a_bad_certificate_is_a_config_error_at_start(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="cannot load the TLS certificate or key"):
         async with api_server(section, services(make_rig(tmp_path / "state"))):
             pass
+
+
+def test_the_readme_order_examples_are_valid(tmp_path: Path) -> None:
+    import json
+    import re
+    import sqlite3
+    import tomllib
+
+    from edge_agent.db import open_db
+    from edge_agent.orders.validation import OrderRules, check_order, parse_order
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Work orders") : readme.index("## REST API")]
+    (example_json,) = re.findall(r"```json\n(.*?)```", section, re.S)
+    (example_toml,) = re.findall(r"```toml\n(.*?)```", section, re.S)
+    conn: sqlite3.Connection = open_db(tmp_path)
+    for data in (json.loads(example_json), tomllib.loads(example_toml)):
+        order = parse_order(data, "readme")
+        assert check_order(order, conn, "readme", OrderRules()) == []
+
+
+def test_the_readme_api_section_is_valid() -> None:
+    import re
+    import tomllib
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## REST API") : readme.index("## Audit trail")]
+    (example,) = re.findall(r"```toml\n(.*?)```", section, re.S)
+    api = ApiSection.model_validate(tomllib.loads(example)["api"])
+    assert [t.name for t in api.tokens] == ["mes", "operator-cli"]
