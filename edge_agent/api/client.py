@@ -33,9 +33,9 @@ class ApiError(EdgeAgentError):
         self.status = status
         self.code = code
         self.problems = problems
-        lines = [message] if not problems or code != "order_invalid" else []
-        lines += [f"{p.get('key')}: {p.get('message')}" for p in problems]
-        super().__init__("\n".join(lines))
+        if code == "order_invalid" and problems:  # one line per problem, each with its key
+            message = "\n".join(f"{p.get('key')}: {p.get('message')}" for p in problems)
+        super().__init__(message)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ class ApiServer:
             access_log=False,
             lifespan="off",
             server_header=False,
+            proxy_headers=False,  # nothing sits in front of the agent: the peer is the client
             timeout_graceful_shutdown=math.ceil(self.shutdown_timeout_s),
             ssl_certfile=str(self.tls.cert) if self.tls else None,
             ssl_keyfile=str(self.tls.key) if self.tls else None,
