@@ -134,11 +134,6 @@ async def serving(
         yield server
 
 
-def write_token(path: Path, name: str = "mes") -> Path:
-    path.write_text(TOKENS[name] + "\n")
-    return path
-
-
 def self_signed(folder: Path) -> Tls:
     """A self-signed certificate for 127.0.0.1 (as an operator makes one for the line PC)."""
     import datetime
@@ -176,21 +171,3 @@ def self_signed(folder: Path) -> Tls:
         )
     )
     return Tls(cert_path, key_path)
-
-
-def api_config(path: Path, url: str, token_file: Path, *, tls: Tls | None = None) -> Path:
-    """A line config whose [api] section points at ``url``; the CLI reads only that section."""
-    port = url.rsplit(":", 1)[1]
-    tls_keys = f'tls_cert = "{tls.cert}"\ntls_key = "{tls.key}"\n' if tls else ""
-    path.write_text(
-        "[agent]\n"
-        f'state_dir = "{path.parent / "state"}"\n\n'
-        "[api]\n"
-        'host = "127.0.0.1"\n'
-        f"port = {port}\n"
-        f"{tls_keys}"
-        "[[api.tokens]]\n"
-        'name = "operator-cli"\n'
-        f'token = {{ file = "{token_file}" }}\n'
-    )
-    return path
