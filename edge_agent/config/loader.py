@@ -289,6 +289,8 @@ def _describe(err: Any, model: type[BaseModel], loc: tuple[str, ...]) -> str:
         return f"required key is missing{what}"
     found, message = err["input"], str(err["msg"]).removeprefix("Value error, ")
     typed_secret = any(_is_secret_type(a) for a in _annotations_along(model, loc))
+    # a reference expected (in a list or table of secrets the key path holds an index or name)
+    typed_secret = typed_secret or (err.get("ctx") or {}).get("class_name") == "SecretRef"
     if typed_secret or any(redaction.is_secret_key(part) for part in loc):
         if not isinstance(found, dict) and (
             typed_secret or redaction.holds_inline_secret(loc[-1], found)

@@ -639,6 +639,64 @@ class L3Section(Strict):
     )
 
 
+class ApiToken(Strict):
+    """One bearer token of the REST API; its name is the actor in the audit trail."""
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=40,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Who uses this token (mes, operator-cli ...); recorded as the audit actor",
+    )
+    token: SecretRef = Field(..., description="The token, by reference (env or file)")
+
+
+class ApiSection(Strict):
+    """``[api]``: the local REST API (OpenAPI document at /openapi.json) the CLI talks to."""
+
+    host: str = Field(
+        "127.0.0.1", min_length=1, description="Address to listen on; loopback unless set"
+    )
+    port: int = Field(8470, ge=0, le=65535, description="TCP port (0 = any free port)")
+    tokens: list[ApiToken] = Field(
+        ..., min_length=1, max_length=32, description="[[api.tokens]]: name and token each"
+    )
+    tls_cert: Path | None = Field(None, description="Certificate (PEM) to serve HTTPS with")
+    tls_key: Path | None = Field(None, description="Private key (PEM) of tls_cert")
+    tls_key_password: SecretRef | None = Field(
+        None, description="Password of an encrypted tls_key, by reference"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ApiSection:
+        names = [t.name for t in self.tokens]
+        if len(set(names)) != len(names):
+            raise ValueError("token names must be unique: the name is who the audit trail names")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both tls_cert and tls_key for HTTPS, or neither")
+        return self
+
+
+class OrdersSection(Strict):
+    """``[orders]``: how work orders arrive and end on this line."""
+
+    inbox: Path | None = Field(
+        None,
+        description="Folder watched for order files (*.json, *.toml); accepted/, rejected/ "
+        "and processing/ are made inside it",
+    )
+    inbox_poll_s: float = Field(1.0, gt=0, le=60, description="How often the inbox is looked at")
+    inbox_keep: int = Field(
+        1000, ge=1, le=100_000, description="Files kept in accepted/ and rejected/ each"
+    )
+    auto_start: bool = Field(True, description="Start the next Ready order when the line is free")
+    auto_close: bool = Field(True, description="Close a completed order when it balances")
+    expiry_warn_days: int = Field(
+        30, ge=0, le=3650, description="Alarm for an order whose expiry is closer than this"
+    )
+
+
 class AgentConfig(Strict):
     agent: AgentSection = Field(default_factory=lambda: AgentSection())
     line: LineSection = Field(default_factory=lambda: LineSection())
@@ -653,3 +711,5 @@ class AgentConfig(Strict):
     l3: dict[str, Any] | None = Field(
         None, description="[l3] link to the site server, validated by the driver its type selects"
     )
+    api: ApiSection | None = None
+    orders: OrdersSection = Field(default_factory=lambda: OrdersSection())

@@ -13,13 +13,17 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from edge_agent.l3 import messages
 from edge_agent.ledger import Ledger, SerialState
-from edge_agent.orders import audit
+from edge_agent.orders import audit, report_html
 from edge_agent.orders.model import OrderState
 from edge_agent.orders.report import close_report
 from edge_agent.orders.store import OrderRecord
 from edge_agent.reconcile import reconcile
+
+log = structlog.get_logger("edge_agent.orders")
 
 
 class OrderSettlement:
@@ -52,6 +56,7 @@ class OrderSettlement:
         report = close_report(self.conn, record, final, actor, reason)
         report["serials_returned"] = returned
         self._write(order.id, report)
+        self._write_html(order.id, report)
         if self.l3_link:
             messages.queue(self.conn, "close_report", order.id, report)
         return report
@@ -68,3 +73,12 @@ class OrderSettlement:
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
+
+    def _write_html(self, order_id: str, report: dict[str, Any]) -> None:
+        # The JSON is the record and is stored already; the page is a rendering of it that the
+        # API renders again from the JSON when it is missing, so a failure here must not keep
+        # the order from closing.
+        try:
+            report_html.write(report_html.html_path(self.report_path(order_id)), report)
+        except Exception as exc:
+            log.error("close_report_html_failed", order=order_id, error=str(exc), exc_info=exc)

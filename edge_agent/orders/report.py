@@ -4,6 +4,7 @@ head. Stored as JSON under the state directory, delivered to L3, and rendered as
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from typing import Any
@@ -46,7 +47,11 @@ def close_report(
         "yield": commissioned / order.quantity if order.quantity else 0.0,
         "timeline": _timeline(conn, order.id),
         "holds": [
-            {**h.__dict__, "duration_s": (h.resumed_at or time.time()) - h.held_at}
+            {
+                **h.__dict__,
+                "detail": json.loads(h.detail or "{}"),
+                "duration_s": (h.resumed_at or time.time()) - h.held_at,
+            }
             for h in store.holds(order.id)
         ],
         "alarms": [_alarm(row) for row in _alarms(conn, order.id)],

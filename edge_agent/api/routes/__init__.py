@@ -1,0 +1,1 @@
+"""REST API routers: orders, line (state, counters, alarms), audit."""

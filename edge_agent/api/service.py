@@ -1,0 +1,51 @@
+"""The API as the agent runs it, from the ``[api]`` config section."""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+
+from edge_agent.api.app import create_app
+from edge_agent.api.auth import MIN_TOKEN_LENGTH, BearerTokens
+from edge_agent.api.deps import ApiServices
+from edge_agent.api.server import ApiServer, Tls
+from edge_agent.config.models import ApiSection, SecretRef
+from edge_agent.errors import ConfigError
+
+
+def api_server(section: ApiSection, services: ApiServices) -> ApiServer:
+    """The server to enter (``async with``); secrets are resolved here, at start."""
+    app = create_app(services, [bearer_tokens(section)])
+    return ApiServer(app, host=section.host, port=section.port, tls=_tls(section))
+
+
+def bearer_tokens(section: ApiSection) -> BearerTokens:
+    tokens: dict[str, SecretStr] = {}
+    for index, entry in enumerate(section.tokens):
+        key = f"api.tokens[{index}].token"
+        secret = _resolve(entry.token, key)
+        if len(secret.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ConfigError(
+                f"the token of {entry.name!r} is shorter than {MIN_TOKEN_LENGTH} characters; "
+                "make a long random one (e.g. `openssl rand -hex 24`)",
+                key=key,
+            )
+        tokens[entry.name] = secret
+    return BearerTokens(tokens)
+
+
+def _tls(section: ApiSection) -> Tls | None:
+    if section.tls_cert is None or section.tls_key is None:
+        return None
+    password = section.tls_key_password
+    return Tls(
+        section.tls_cert,
+        section.tls_key,
+        None if password is None else _resolve(password, "api.tls_key_password").get_secret_value(),
+    )
+
+
+def _resolve(ref: SecretRef, key: str) -> SecretStr:
+    try:
+        return ref.resolve()
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"cannot read the secret: {exc}", key=key) from exc
