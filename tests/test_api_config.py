@@ -54,7 +54,7 @@ def test_an_inline_secret_in_a_list_or_table_is_refused_without_echoing_it(extra
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ("\n[api]\ntokens = []\n", "api.tokens: found []"),
+        ("\n[api]\ntokens = []\n", "api.tokens: found an array of 0"),
         (
             '\n[api]\n[[api.tokens]]\nname = "a"\ntoken = { env = "X" }\n'
             '[[api.tokens]]\nname = "a"\ntoken = { env = "Y" }\n',
@@ -82,12 +82,14 @@ def test_tokens_are_resolved_at_start_with_the_key_that_holds_them(
         return ApiSection.model_validate({"tokens": [{"name": "mes", "token": token}]})
 
     monkeypatch.delenv("EDGE_AGENT_TEST_TOKEN", raising=False)
-    with pytest.raises(ConfigError, match=r"api.tokens\[0\].token: cannot read the secret"):
+    with pytest.raises(
+        ConfigError, match=r"api.tokens\[0\].token: environment variable EDGE_AGENT_TEST_TOKEN"
+    ):
         bearer_tokens(section({"env": "EDGE_AGENT_TEST_TOKEN"}))
     monkeypatch.setenv("EDGE_AGENT_TEST_TOKEN", "short")
     with pytest.raises(ConfigError, match=rf"shorter than {MIN_TOKEN_LENGTH} characters"):
         bearer_tokens(section({"env": "EDGE_AGENT_TEST_TOKEN"}))
-    with pytest.raises(ConfigError, match=r"api.tokens\[0\].token: cannot read the secret"):
+    with pytest.raises(ConfigError, match=r"api.tokens\[0\].token: cannot read the secret file"):
         bearer_tokens(section({"file": str(tmp_path / "missing")}))
     monkeypatch.setenv("EDGE_AGENT_TEST_TOKEN", "long-enough-token-0123456789")
     assert bearer_tokens(section({"env": "EDGE_AGENT_TEST_TOKEN"}))

@@ -260,6 +260,12 @@ async def test_bad_orders_are_refused_with_key_and_reason(
     assert audit.rows(path.conn)[-1].outcome == "refused"
 
 
+async def test_an_order_id_of_an_earlier_batch_is_refused(path: CommandPath) -> None:
+    path.ledger.open_batch("ORD-1", "09506000134352", "LOT-A1", "301231", 10)
+    with pytest.raises(OrderInvalid, match="a batch ORD-1 was run on this line before"):
+        await path.submit(order(), source="api", actor=OPERATOR)
+
+
 async def test_a_duplicate_order_id_and_reused_serials_are_refused(path: CommandPath) -> None:
     await path.submit(order(), source="api", actor=OPERATOR)
     with pytest.raises(OrderInvalid, match="exists already"):

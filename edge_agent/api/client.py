@@ -191,7 +191,7 @@ def _token(
     entry = entries[0]
     try:
         return entry.token.resolve().get_secret_value()
-    except (ValueError, OSError) as exc:
+    except ConfigError as exc:
         raise ConfigError(
             f"cannot read the token of {entry.name!r} here ({exc}); give --token-file FILE",
             file=str(config),

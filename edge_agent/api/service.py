@@ -45,7 +45,4 @@ def _tls(section: ApiSection) -> Tls | None:
 
 
 def _resolve(ref: SecretRef, key: str) -> SecretStr:
-    try:
-        return ref.resolve()
-    except (ValueError, OSError) as exc:
-        raise ConfigError(f"cannot read the secret: {exc}", key=key) from exc
+    return SecretStr(ref.resolve_for(key))

@@ -48,6 +48,10 @@ def check_order(
     row = conn.execute("SELECT state FROM orders WHERE id = ?", (order.id,)).fetchone()
     if row is not None:
         problems.append(("id", f"order {order.id} exists already ({row[0]}); use a new order id"))
+    elif conn.execute("SELECT 1 FROM batches WHERE id = ?", (order.id,)).fetchone() is not None:
+        problems.append(
+            ("id", f"a batch {order.id} was run on this line before; use a new order id")
+        )
     expires = gs1.expiry_date(order.expiry, today)
     days_left = (expires - today).days
     if days_left < 0:
