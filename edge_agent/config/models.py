@@ -109,6 +109,17 @@ class AgentSection(Strict):
         "(storage_error) before the database fails; 0 = no stop level (a failed write still "
         "stops the line)",
     )
+    log_file: Path | None = Field(
+        None,
+        description="Write the log to this file, rotated by size (outside systemd; under "
+        "systemd leave it unset: the journal keeps the log)",
+    )
+    log_file_max_mb: float = Field(
+        50.0, gt=0, le=10_000, allow_inf_nan=False, description="log_file: rotate at this size"
+    )
+    log_file_backups: int = Field(
+        5, ge=1, le=100, description="log_file: rotated files kept (log_file.1 the newest)"
+    )
 
     @model_validator(mode="after")
     def _disk_levels_in_order(self) -> AgentSection:
