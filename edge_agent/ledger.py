@@ -4,6 +4,8 @@
         │          │         └────► rejected (destroying event: never commissioned)
         └──────────┴──────────────► unused (no event) ─► returned (to L3, acknowledged)
                                     / rejected (destroying event)
+    allocated / sent / printed ────► quarantined (restored from a backup: its fate after the
+                                     backup is unknown here, so it is never used again)
 
 ``sent`` is written (committed) before a record goes to the printer, so a serial is never sent
 twice, even across a crash. A unit passes only after its ``commissioned`` transition and its
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import enum
 import json
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_agent import epcis, gs1
+from edge_agent import epcis, gs1, serialgen
 from edge_agent.crashpoints import crash_point
 from edge_agent.db import write
 from edge_agent.errors import LedgerError
@@ -36,9 +37,12 @@ class SerialState(enum.StrEnum):
     REJECTED = "rejected"
     UNUSED = "unused"
     RETURNED = "returned"  # unused, and given back to L3, which acknowledged it
+    QUARANTINED = "quarantined"  # not settled when the restored backup was taken: never used
 
 
-TERMINAL = frozenset({SerialState.REJECTED, SerialState.UNUSED, SerialState.RETURNED})
+TERMINAL = frozenset(
+    {SerialState.REJECTED, SerialState.UNUSED, SerialState.RETURNED, SerialState.QUARANTINED}
+)
 IN_FLIGHT = (SerialState.ALLOCATED, SerialState.SENT, SerialState.PRINTED)
 
 # to-state → states it may be reached from
@@ -53,7 +57,10 @@ ALLOWED_FROM: dict[SerialState, tuple[SerialState, ...]] = {
     ),
     SerialState.UNUSED: (SerialState.ALLOCATED, SerialState.SENT),
     SerialState.RETURNED: (SerialState.UNUSED,),
+    SerialState.QUARANTINED: IN_FLIGHT,
 }
+_MAX_DRAWS = 10_000  # consecutive generated serials that were all used already: space exhausted
+POOL_QUARANTINED = 2  # serial_pool.taken: 0 free, 1 allocated, 2 quarantined by a restore
 
 
 @dataclass(frozen=True)
@@ -162,11 +169,12 @@ class Ledger:
         """Generate random serials until ``count`` are allocated and unsent. Persisted before use:
         the (gtin, serial) primary key makes reuse impossible, across batches too."""
         have = self._count(batch.id, SerialState.ALLOCATED)
-        added = 0
+        added = misses = 0
         now = time.time()
         with write(self.conn):
+            space = serialgen.space(self.conn)  # this database's generation epoch
             while have + added < count:
-                serial = "".join(secrets.choice(alphabet) for _ in range(length))
+                serial = space.draw(length, alphabet)
                 try:
                     self.conn.execute(
                         "INSERT INTO serials (gtin, serial, batch_id, state, updated_at) "
@@ -174,7 +182,14 @@ class Ledger:
                         (batch.gtin, serial, batch.id, now),
                     )
                 except sqlite3.IntegrityError:
-                    continue  # already used, here or in an earlier batch: draw again
+                    misses += 1  # already used, here or in an earlier batch: draw again
+                    if misses >= _MAX_DRAWS:
+                        raise LedgerError(
+                            f"no unused {length}-character serial left for GTIN {batch.gtin} "
+                            f"({_MAX_DRAWS} draws in a row were all used); use longer serials "
+                            "or a larger alphabet"
+                        ) from None
+                    continue
                 self._record(
                     batch.gtin, serial, None, SerialState.ALLOCATED, "generated", None, now
                 )
@@ -566,3 +581,43 @@ class Ledger:
             "INSERT INTO outbox (event_id, batch_id, kind, payload, created_at) VALUES (?, ?, ?, ?, ?)",
             (event["eventID"], batch.id, kind, json.dumps(event, separators=(",", ":")), now),
         )
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    serials: dict[str, list[str]]  # batch id -> serials quarantined
+    pool: dict[str, int]  # gtin -> free serials of an L3 list quarantined
+
+
+def quarantine_unsettled(conn: sqlite3.Connection, reason: str) -> Quarantine:
+    """After a restore from a backup: a serial that was not settled when the backup was taken
+    (allocated, sent or printed) may have been printed after it, so none is ever sent again and
+    none is returned to L3 as unused. The free serials of imported L3 lists too: they are taken
+    in list order, so the lost window took the next ones. One transaction."""
+    now = time.time()
+    marks = ",".join("?" * len(IN_FLIGHT))
+    with write(conn):
+        rows = conn.execute(
+            f"SELECT batch_id, gtin, serial, state FROM serials WHERE state IN ({marks}) "
+            "ORDER BY rowid",
+            IN_FLIGHT,
+        ).fetchall()
+        conn.executemany(
+            "UPDATE serials SET state = ?, reason = ?, updated_at = ? WHERE gtin = ? AND serial = ?",
+            [(SerialState.QUARANTINED, reason, now, gtin, serial) for _, gtin, serial, _ in rows],
+        )
+        conn.executemany(
+            "INSERT INTO transitions (gtin, serial, from_state, to_state, reason, trigger, at) "
+            "VALUES (?, ?, ?, ?, ?, NULL, ?)",
+            [(g, s, state, SerialState.QUARANTINED, reason, now) for _, g, s, state in rows],
+        )
+        pool = dict(
+            conn.execute(
+                "SELECT gtin, count(*) FROM serial_pool WHERE taken = 0 GROUP BY gtin"
+            ).fetchall()
+        )
+        conn.execute("UPDATE serial_pool SET taken = ? WHERE taken = 0", (POOL_QUARANTINED,))
+    by_batch: dict[str, list[str]] = {}
+    for batch_id, _, serial, _ in rows:
+        by_batch.setdefault(batch_id, []).append(serial)
+    return Quarantine(by_batch, pool)
