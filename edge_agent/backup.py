@@ -456,7 +456,10 @@ def _prepare(
     """Check the staged copy and make it safe to run on: quarantine, discard, new epoch."""
     conn = sqlite3.connect(staged, isolation_level=None)
     try:
-        result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        try:
+            result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        except sqlite3.DatabaseError as exc:  # damage that stops the check itself
+            result = [str(exc)]
         if result != ["ok"]:
             raise StateRefused(
                 f"backup {backup.path} failed its integrity check ({'; '.join(result[:3])}); "
