@@ -559,9 +559,7 @@ def last_event_time(conn: sqlite3.Connection, order_id: str) -> float | None:
     """The latest time recorded for an order's units and events (its ledger batch)."""
     row = conn.execute(
         "SELECT max(t) FROM (SELECT max(decided_at) AS t FROM units WHERE batch_id = ?1 "
-        "UNION ALL SELECT max(created_at) FROM outbox WHERE batch_id = ?1 "
-        "UNION ALL SELECT max(t.at) FROM transitions t JOIN serials s "
-        "ON s.gtin = t.gtin AND s.serial = t.serial WHERE s.batch_id = ?1)",
+        "UNION ALL SELECT max(created_at) FROM outbox WHERE batch_id = ?1)",
         (order_id,),
     ).fetchone()
     return None if row is None or row[0] is None else float(row[0])

@@ -20,10 +20,12 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from edge_agent import epcis, gs1, serialgen
+from edge_agent.clock import EventClock, last_event_time
 from edge_agent.crashpoints import crash_point
 from edge_agent.db import write
 from edge_agent.errors import LedgerError
@@ -117,11 +119,15 @@ class Ledger:
         read_point: str,
         company_prefix_length: int,
         biz_location: str | None = None,
+        event_clock: EventClock | None = None,
     ):
         self.conn = conn
         self.read_point = read_point
         self.biz_location = biz_location
         self.company_prefix_length = company_prefix_length
+        # line events of a batch get times that never go backwards (edge_agent.clock)
+        self.event_clock = event_clock or EventClock()
+        self._clock_seeded: set[str] = set()
 
     # --- batches ----------------------------------------------------------------------------
 
@@ -256,7 +262,7 @@ class Ledger:
 
     def take_for_print(self, batch: BatchInfo) -> tuple[int, str] | None:
         """Mark the next allocated serial sent (committed) and return (record seq, serial)."""
-        now = time.time()
+        now = self._now(batch.id)
         with write(self.conn):
             row = self.conn.execute(
                 "SELECT serial FROM serials WHERE batch_id = ? AND state = 'allocated' "
@@ -315,14 +321,14 @@ class Ledger:
                 SerialState.PRINTED,
                 "print_confirmed",
                 None,
-                time.time(),
+                self._now(batch.id),
                 known=state,
             )
         return True
 
     def commit_outcomes(self, batch: BatchInfo, outcomes: Sequence[UnitOutcome]) -> None:
         """Record verdicts, serial transitions and their events in ONE durable transaction."""
-        now = time.time()
+        now = self._now(batch.id)
         with write(self.conn):
             for outcome in outcomes:
                 self._commit_one(batch, outcome, now)
@@ -362,7 +368,12 @@ class Ledger:
                 batch,
                 "commissioning",
                 epcis.commissioning(
-                    epc, self.read_point, batch.lot, expiry, biz_location=self.biz_location
+                    epc,
+                    self.read_point,
+                    batch.lot,
+                    expiry,
+                    biz_location=self.biz_location,
+                    when=_moment(now),
                 ),
                 now,
             )
@@ -377,9 +388,13 @@ class Ledger:
         was = self._move(batch.gtin, serial, SerialState.REJECTED, reason, trigger, now)
         epc, where = self._epc(batch, serial), self.biz_location
         if was == SerialState.COMMISSIONED:
-            event = epcis.decommissioning(epc, self.read_point, reason, biz_location=where)
+            event = epcis.decommissioning(
+                epc, self.read_point, reason, biz_location=where, when=_moment(now)
+            )
         else:
-            event = epcis.destroying(epc, self.read_point, reason, biz_location=where)
+            event = epcis.destroying(
+                epc, self.read_point, reason, biz_location=where, when=_moment(now)
+            )
         self._event(batch, event["bizStep"], event, now)
 
     def mark_verdicts_written(self, batch: BatchInfo, triggers: Iterable[int]) -> None:
@@ -392,7 +407,7 @@ class Ledger:
     def confirm_rejected_at_gate(self, batch: BatchInfo, trigger: int) -> str | None:
         """The PLC rejected this unit. A unit we passed is decommissioned; returns what changed:
         'confirmed', 'decommissioned' or None when the trigger is not one of ours."""
-        now = time.time()
+        now = self._now(batch.id)
         with write(self.conn):
             row = self.conn.execute(
                 "SELECT id, serial, verdict FROM units WHERE batch_id = ? AND trigger = ? "
@@ -417,7 +432,7 @@ class Ledger:
     def recover_in_flight(self, batch: BatchInfo) -> list[tuple[str, str]]:
         """After a restart: units in flight at the crash can no longer pass (the PLC rejected
         them for lack of a verdict), so their serials end rejected. Never re-sent."""
-        now = time.time()
+        now = self._now(batch.id)
         with write(self.conn):
             rows = self._in_states(batch.id, (SerialState.SENT, SerialState.PRINTED))
             for _gtin, serial, _state in rows:
@@ -442,7 +457,7 @@ class Ledger:
 
     def reject_unconfirmed_prints(self, batch: BatchInfo, reason: str) -> list[str]:
         """Sent but never confirmed, or printed but never seen: they can never pass."""
-        now = time.time()
+        now = self._now(batch.id)
         with write(self.conn):
             rows = self._in_states(batch.id, (SerialState.SENT, SerialState.PRINTED))
             for _gtin, serial, state in rows:
@@ -455,7 +470,7 @@ class Ledger:
     ) -> None:
         """The printer discarded these unprinted records (``serials``), and these others never
         reached it (``not_received``): none was applied to a unit. One transaction."""
-        now = time.time()
+        now = self._now(batch.id)
         with write(self.conn):
             for serial in serials:
                 self._move(
@@ -469,7 +484,7 @@ class Ledger:
     def reject_sent(self, batch: BatchInfo, serials: Sequence[str], reason: str) -> list[str]:
         """Reject those of ``serials`` still sent and unconfirmed (a lost printer link); returns
         them. Any other state was settled meanwhile and stays as it is."""
-        now = time.time()
+        now = self._now(batch.id)
         rejected = []
         with write(self.conn):
             for serial in serials:
@@ -505,6 +520,13 @@ class Ledger:
         return SerialState(row[0]) if row else None
 
     # --- internals --------------------------------------------------------------------------
+
+    def _now(self, batch_id: str) -> float:
+        """Never earlier than the batch's previous event, in this process or a previous one."""
+        if batch_id not in self._clock_seeded:
+            self.event_clock.seed(batch_id, last_event_time(self.conn, batch_id))
+            self._clock_seeded.add(batch_id)
+        return self.event_clock.now(batch_id)
 
     def _count(self, batch_id: str, state: SerialState) -> int:
         (n,) = self.conn.execute(
@@ -581,6 +603,10 @@ class Ledger:
             "INSERT INTO outbox (event_id, batch_id, kind, payload, created_at) VALUES (?, ?, ?, ?, ?)",
             (event["eventID"], batch.id, kind, json.dumps(event, separators=(",", ":")), now),
         )
+
+
+def _moment(at: float) -> datetime:
+    return datetime.fromtimestamp(at).astimezone()
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import json
 import sqlite3
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from edge_agent.alarms import AlarmBoard, AlarmKind
 from edge_agent.clock import ClockGuard, EventClock, Timex
 from edge_agent.config.models import ClockSection
 from edge_agent.db import open_db, write
+from edge_agent.ledger import Ledger, UnitOutcome
 
 # chronyc -c -n tracking, as chrony 4.x prints it: the system clock 0.000123456 s fast
 CHRONY_SYNCED = (
@@ -411,3 +414,42 @@ def test_alarm_write_failures_do_not_stop_the_check(tmp_path: Path, host: FakeHo
     host.tool("chronyc", {"tracking": (0, CHRONY_UNSYNCED)})
     g = ClockGuard(ClockSection(), Broken(), probes=clock.default_probes(ClockSection(), denied))
     assert not asyncio.run(g.check()).synchronised
+
+
+def test_the_ledgers_events_never_go_backwards_within_a_batch_even_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The ledger takes its event times from the event clock: a wall clock stepped back an hour
+    between two units, and again before a restart, leaves eventTime and the recorded times in
+    order."""
+    wall = iter([10_000.0, 10_001.0, 10_002.0, 6_400.0, 6_401.0, 6_402.0])
+    state = tmp_path / "state"
+
+    def ledger(conn: sqlite3.Connection, now: Iterator[float]) -> Ledger:
+        return Ledger(
+            conn,
+            read_point="urn:epc:id:sgln:0950600.01340.T",
+            company_prefix_length=7,
+            event_clock=EventClock(wall=lambda: next(now)),
+        )
+
+    def unit(book: Ledger, trigger: int) -> None:
+        batch = book.open_batch("B1", "09506000134352", "LOT1", "281200", 10)
+        book.ensure_allocated(batch, 1, length=10, alphabet="0123456789")
+        taken = book.take_for_print(batch)
+        assert taken is not None
+        book.mark_printed(batch, taken[1])
+        book.commit_outcomes(batch, [UnitOutcome(trigger, True, "ok", taken[1])])
+
+    with contextlib.closing(open_db(state)) as conn:
+        unit(ledger(conn, wall), 1)  # at 10 000 s
+        unit(ledger(conn, iter([6_000.0] * 3)), 2)  # the clock stepped back: still 10 002 s
+    with contextlib.closing(open_db(state)) as conn:  # a restart, the clock still wrong
+        unit(ledger(conn, iter([5_000.0] * 3)), 3)
+        times = [t for (t,) in conn.execute("SELECT decided_at FROM units ORDER BY id")]
+        events = [
+            datetime.fromisoformat(json.loads(p)["eventTime"]).timestamp()
+            for (p,) in conn.execute("SELECT payload FROM outbox ORDER BY seq")
+        ]
+    assert times == sorted(times) and times[0] == 10_002.0
+    assert events == sorted(events) and len(events) == 3
