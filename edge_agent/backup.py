@@ -111,8 +111,8 @@ def take_backup(
     files = StateFiles(state_dir)
     # open_reader: the identity and WAL checks; LedgerError when there is no database
     source = _reader(files) if in_process else db.open_reader(state_dir)
-    expected = db_identity.read_identity(files)
     with contextlib.closing(source), _folder_lock(to_dir):
+        expected = db_identity.read_identity(files)
         _remove_partials(to_dir)
         stamp = datetime.now(UTC)
         final = _free_name(to_dir, stamp)
