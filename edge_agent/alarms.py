@@ -35,6 +35,10 @@ class AlarmKind(enum.StrEnum):
     ORDER_REJECTED = "order_rejected"
     EXPIRY_NEAR = "expiry_near"
     CLOSE_UNBALANCED = "close_unbalanced"
+    CLOCK_UNSYNCHRONISED = "clock_unsynchronised"  # edge_agent/clock.py
+    CLOCK_JUMP = "clock_jump"  # the wall clock stepped against the monotonic clock
+    BACKUP_FAILED = "backup_failed"  # edge_agent/backup.py: a scheduled backup failed
+    RESTORED_FROM_BACKUP = "restored_from_backup"  # serials of the lost window quarantined
 
 
 Kind = AlarmKind | StopReason

@@ -4,6 +4,8 @@
         │          │         └────► rejected (destroying event: never commissioned)
         └──────────┴──────────────► unused (no event) ─► returned (to L3, acknowledged)
                                     / rejected (destroying event)
+    allocated / sent / printed ────► quarantined (restored from a backup: its fate after the
+                                     backup is unknown here, so it is never used again)
 
 ``sent`` is written (committed) before a record goes to the printer, so a serial is never sent
 twice, even across a crash. A unit passes only after its ``commissioned`` transition and its
@@ -14,15 +16,16 @@ from __future__ import annotations
 
 import enum
 import json
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from edge_agent import epcis, gs1
+from edge_agent import epcis, gs1, serialgen
+from edge_agent.clock import EventClock, last_event_time
 from edge_agent.crashpoints import crash_point
 from edge_agent.db import write
 from edge_agent.errors import LedgerError
@@ -36,9 +39,12 @@ class SerialState(enum.StrEnum):
     REJECTED = "rejected"
     UNUSED = "unused"
     RETURNED = "returned"  # unused, and given back to L3, which acknowledged it
+    QUARANTINED = "quarantined"  # not settled when the restored backup was taken: never used
 
 
-TERMINAL = frozenset({SerialState.REJECTED, SerialState.UNUSED, SerialState.RETURNED})
+TERMINAL = frozenset(
+    {SerialState.REJECTED, SerialState.UNUSED, SerialState.RETURNED, SerialState.QUARANTINED}
+)
 IN_FLIGHT = (SerialState.ALLOCATED, SerialState.SENT, SerialState.PRINTED)
 
 # to-state → states it may be reached from
@@ -53,7 +59,10 @@ ALLOWED_FROM: dict[SerialState, tuple[SerialState, ...]] = {
     ),
     SerialState.UNUSED: (SerialState.ALLOCATED, SerialState.SENT),
     SerialState.RETURNED: (SerialState.UNUSED,),
+    SerialState.QUARANTINED: IN_FLIGHT,
 }
+_MAX_DRAWS = 10_000  # consecutive generated serials that were all used already: space exhausted
+POOL_QUARANTINED = 2  # serial_pool.taken: 0 free, 1 allocated, 2 quarantined by a restore
 
 
 @dataclass(frozen=True)
@@ -110,11 +119,15 @@ class Ledger:
         read_point: str,
         company_prefix_length: int,
         biz_location: str | None = None,
+        event_clock: EventClock | None = None,
     ):
         self.conn = conn
         self.read_point = read_point
         self.biz_location = biz_location
         self.company_prefix_length = company_prefix_length
+        # line events of a batch get times that never go backwards (edge_agent.clock)
+        self.event_clock = event_clock or EventClock()
+        self._clock_seeded: set[str] = set()
 
     # --- batches ----------------------------------------------------------------------------
 
@@ -162,11 +175,12 @@ class Ledger:
         """Generate random serials until ``count`` are allocated and unsent. Persisted before use:
         the (gtin, serial) primary key makes reuse impossible, across batches too."""
         have = self._count(batch.id, SerialState.ALLOCATED)
-        added = 0
+        added = misses = 0
         now = time.time()
         with write(self.conn):
+            space = serialgen.space(self.conn)  # this database's generation epoch
             while have + added < count:
-                serial = "".join(secrets.choice(alphabet) for _ in range(length))
+                serial = space.draw(length, alphabet)
                 try:
                     self.conn.execute(
                         "INSERT INTO serials (gtin, serial, batch_id, state, updated_at) "
@@ -174,7 +188,14 @@ class Ledger:
                         (batch.gtin, serial, batch.id, now),
                     )
                 except sqlite3.IntegrityError:
-                    continue  # already used, here or in an earlier batch: draw again
+                    misses += 1  # already used, here or in an earlier batch: draw again
+                    if misses >= _MAX_DRAWS:
+                        raise LedgerError(
+                            f"no unused {length}-character serial left for GTIN {batch.gtin} "
+                            f"({_MAX_DRAWS} draws in a row were all used); use longer serials "
+                            "or a larger alphabet"
+                        ) from None
+                    continue
                 self._record(
                     batch.gtin, serial, None, SerialState.ALLOCATED, "generated", None, now
                 )
@@ -241,7 +262,7 @@ class Ledger:
 
     def take_for_print(self, batch: BatchInfo) -> tuple[int, str] | None:
         """Mark the next allocated serial sent (committed) and return (record seq, serial)."""
-        now = time.time()
+        now = self._now(batch.id)
         with write(self.conn):
             row = self.conn.execute(
                 "SELECT serial FROM serials WHERE batch_id = ? AND state = 'allocated' "
@@ -300,14 +321,14 @@ class Ledger:
                 SerialState.PRINTED,
                 "print_confirmed",
                 None,
-                time.time(),
+                self._now(batch.id),
                 known=state,
             )
         return True
 
     def commit_outcomes(self, batch: BatchInfo, outcomes: Sequence[UnitOutcome]) -> None:
         """Record verdicts, serial transitions and their events in ONE durable transaction."""
-        now = time.time()
+        now = self._now(batch.id)
         with write(self.conn):
             for outcome in outcomes:
                 self._commit_one(batch, outcome, now)
@@ -347,7 +368,12 @@ class Ledger:
                 batch,
                 "commissioning",
                 epcis.commissioning(
-                    epc, self.read_point, batch.lot, expiry, biz_location=self.biz_location
+                    epc,
+                    self.read_point,
+                    batch.lot,
+                    expiry,
+                    biz_location=self.biz_location,
+                    when=_moment(now),
                 ),
                 now,
             )
@@ -362,9 +388,13 @@ class Ledger:
         was = self._move(batch.gtin, serial, SerialState.REJECTED, reason, trigger, now)
         epc, where = self._epc(batch, serial), self.biz_location
         if was == SerialState.COMMISSIONED:
-            event = epcis.decommissioning(epc, self.read_point, reason, biz_location=where)
+            event = epcis.decommissioning(
+                epc, self.read_point, reason, biz_location=where, when=_moment(now)
+            )
         else:
-            event = epcis.destroying(epc, self.read_point, reason, biz_location=where)
+            event = epcis.destroying(
+                epc, self.read_point, reason, biz_location=where, when=_moment(now)
+            )
         self._event(batch, event["bizStep"], event, now)
 
     def mark_verdicts_written(self, batch: BatchInfo, triggers: Iterable[int]) -> None:
@@ -377,7 +407,7 @@ class Ledger:
     def confirm_rejected_at_gate(self, batch: BatchInfo, trigger: int) -> str | None:
         """The PLC rejected this unit. A unit we passed is decommissioned; returns what changed:
         'confirmed', 'decommissioned' or None when the trigger is not one of ours."""
-        now = time.time()
+        now = self._now(batch.id)
         with write(self.conn):
             row = self.conn.execute(
                 "SELECT id, serial, verdict FROM units WHERE batch_id = ? AND trigger = ? "
@@ -402,7 +432,7 @@ class Ledger:
     def recover_in_flight(self, batch: BatchInfo) -> list[tuple[str, str]]:
         """After a restart: units in flight at the crash can no longer pass (the PLC rejected
         them for lack of a verdict), so their serials end rejected. Never re-sent."""
-        now = time.time()
+        now = self._now(batch.id)
         with write(self.conn):
             rows = self._in_states(batch.id, (SerialState.SENT, SerialState.PRINTED))
             for _gtin, serial, _state in rows:
@@ -427,7 +457,7 @@ class Ledger:
 
     def reject_unconfirmed_prints(self, batch: BatchInfo, reason: str) -> list[str]:
         """Sent but never confirmed, or printed but never seen: they can never pass."""
-        now = time.time()
+        now = self._now(batch.id)
         with write(self.conn):
             rows = self._in_states(batch.id, (SerialState.SENT, SerialState.PRINTED))
             for _gtin, serial, state in rows:
@@ -440,7 +470,7 @@ class Ledger:
     ) -> None:
         """The printer discarded these unprinted records (``serials``), and these others never
         reached it (``not_received``): none was applied to a unit. One transaction."""
-        now = time.time()
+        now = self._now(batch.id)
         with write(self.conn):
             for serial in serials:
                 self._move(
@@ -454,7 +484,7 @@ class Ledger:
     def reject_sent(self, batch: BatchInfo, serials: Sequence[str], reason: str) -> list[str]:
         """Reject those of ``serials`` still sent and unconfirmed (a lost printer link); returns
         them. Any other state was settled meanwhile and stays as it is."""
-        now = time.time()
+        now = self._now(batch.id)
         rejected = []
         with write(self.conn):
             for serial in serials:
@@ -490,6 +520,13 @@ class Ledger:
         return SerialState(row[0]) if row else None
 
     # --- internals --------------------------------------------------------------------------
+
+    def _now(self, batch_id: str) -> float:
+        """Never earlier than the batch's previous event, in this process or a previous one."""
+        if batch_id not in self._clock_seeded:
+            self.event_clock.seed(batch_id, last_event_time(self.conn, batch_id))
+            self._clock_seeded.add(batch_id)
+        return self.event_clock.now(batch_id)
 
     def _count(self, batch_id: str, state: SerialState) -> int:
         (n,) = self.conn.execute(
@@ -566,3 +603,47 @@ class Ledger:
             "INSERT INTO outbox (event_id, batch_id, kind, payload, created_at) VALUES (?, ?, ?, ?, ?)",
             (event["eventID"], batch.id, kind, json.dumps(event, separators=(",", ":")), now),
         )
+
+
+def _moment(at: float) -> datetime:
+    return datetime.fromtimestamp(at).astimezone()
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    serials: dict[str, list[str]]  # batch id -> serials quarantined
+    pool: dict[str, int]  # gtin -> free serials of an L3 list quarantined
+
+
+def quarantine_unsettled(conn: sqlite3.Connection, reason: str) -> Quarantine:
+    """After a restore from a backup: a serial that was not settled when the backup was taken
+    (allocated, sent or printed) may have been printed after it, so none is ever sent again and
+    none is returned to L3 as unused. The free serials of imported L3 lists too: they are taken
+    in list order, so the lost window took the next ones. One transaction."""
+    now = time.time()
+    marks = ",".join("?" * len(IN_FLIGHT))
+    with write(conn):
+        rows = conn.execute(
+            f"SELECT batch_id, gtin, serial, state FROM serials WHERE state IN ({marks}) "
+            "ORDER BY rowid",
+            IN_FLIGHT,
+        ).fetchall()
+        conn.executemany(
+            "UPDATE serials SET state = ?, reason = ?, updated_at = ? WHERE gtin = ? AND serial = ?",
+            [(SerialState.QUARANTINED, reason, now, gtin, serial) for _, gtin, serial, _ in rows],
+        )
+        conn.executemany(
+            "INSERT INTO transitions (gtin, serial, from_state, to_state, reason, trigger, at) "
+            "VALUES (?, ?, ?, ?, ?, NULL, ?)",
+            [(g, s, state, SerialState.QUARANTINED, reason, now) for _, g, s, state in rows],
+        )
+        pool = dict(
+            conn.execute(
+                "SELECT gtin, count(*) FROM serial_pool WHERE taken = 0 GROUP BY gtin"
+            ).fetchall()
+        )
+        conn.execute("UPDATE serial_pool SET taken = ? WHERE taken = 0", (POOL_QUARANTINED,))
+    by_batch: dict[str, list[str]] = {}
+    for batch_id, _, serial, _ in rows:
+        by_batch.setdefault(batch_id, []).append(serial)
+    return Quarantine(by_batch, pool)

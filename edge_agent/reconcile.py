@@ -1,7 +1,7 @@
 """Batch reconciliation computed from the state database alone.
 
 Balanced means: every allocated serial is in exactly one state (allocated = commissioned +
-rejected + unused + returned) and, for a closed batch, none is
+rejected + unused + returned + quarantined) and, for a closed batch, none is
 still in flight; every unit has one verdict; units passed equal serials commissioned; no serial
 was commissioned twice; every commissioning has its event in the outbox; and every rejected
 serial has the one event CBV has for it: decommissioning if it had been commissioned, destroying
@@ -106,6 +106,7 @@ def _reconcile(conn: sqlite3.Connection, batch_id: str) -> dict[str, Any]:
         "serials_rejected_before_commissioning": states.get("rejected", 0) - decommissioned,
         "serials_unused": states.get("unused", 0),
         "serials_returned": states.get("returned", 0),
+        "serials_quarantined": states.get("quarantined", 0),  # after a restore from backup
         "serials_allocated_unsent": states.get("allocated", 0),
         "serials_in_flight": in_flight,
         "duplicates": duplicates,
@@ -127,6 +128,7 @@ def _problems(r: dict[str, Any], ever_commissioned: int) -> list[str]:
         + r["serials_rejected"]
         + r["serials_unused"]
         + r["serials_returned"]
+        + r["serials_quarantined"]
     )
     if r["serials_allocated"] != terminal + r["serials_in_flight"] + r["serials_allocated_unsent"]:
         problems.append("serial states do not add up to the serials allocated")

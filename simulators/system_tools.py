@@ -37,6 +37,12 @@ TOOLS: dict[str, SystemTool] = {
         SystemTool("mosquitto", "mosquitto", "a real MQTT broker", _mosquitto),
         SystemTool("mbpoll", "mbpoll", "an external Modbus master", lambda: shutil.which("mbpoll")),
         SystemTool(
+            "systemd-analyze",
+            "systemd",
+            "systemd's unit analyser (security exposure of the service unit)",
+            lambda: shutil.which("systemd-analyze"),
+        ),
+        SystemTool(
             "libdmtx",
             "libdmtx0b",
             "the libdmtx decoder backend (pylibdmtx)",

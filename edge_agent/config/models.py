@@ -94,6 +94,17 @@ class AgentSection(Strict):
         "auto", description="auto = readable on a terminal, JSON otherwise (service mode)"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_file: Path | None = Field(
+        None,
+        description="Write the log to this file, rotated by size (outside systemd; under "
+        "systemd leave it unset: the journal keeps the log)",
+    )
+    log_file_max_mb: float = Field(
+        50.0, gt=0, le=10_000, allow_inf_nan=False, description="log_file: rotate at this size"
+    )
+    log_file_backups: int = Field(
+        5, ge=1, le=100, description="log_file: rotated files kept (log_file.1 the newest)"
+    )
     disk_free_alarm_mb: float = Field(
         512.0,
         ge=0,
@@ -697,6 +708,66 @@ class OrdersSection(Strict):
     )
 
 
+ClockSourceName = Literal["chrony", "timesyncd", "kernel"]
+CLOCK_SOURCES: tuple[ClockSourceName, ...] = ("chrony", "timesyncd", "kernel")
+
+
+class ClockSection(Strict):
+    """[clock]: the system clock's synchronisation, checked at start and periodically."""
+
+    check: bool = Field(True, description="Check the clock's synchronisation (false = never)")
+    on_unsynchronised: Literal["alarm", "refuse"] = Field(
+        "alarm",
+        description="alarm = raise an alarm while the clock is not synchronised; refuse = also "
+        "refuse to start an order until it is",
+    )
+    sources: list[ClockSourceName] = Field(
+        default_factory=lambda: list(CLOCK_SOURCES),
+        min_length=1,
+        description="Where to ask, in order; the first that answers decides (chrony: chronyc "
+        "tracking; timesyncd: timedatectl; kernel: adjtimex)",
+    )
+    interval_s: float = Field(
+        60.0, ge=1, le=86_400, allow_inf_nan=False, description="Seconds between two checks"
+    )
+    max_offset_ms: float = Field(
+        1000.0,
+        gt=0,
+        le=3_600_000,
+        allow_inf_nan=False,
+        description="A synchronised clock further than this from its reference counts as not "
+        "synchronised (where the source reports the offset)",
+    )
+    jump_threshold_ms: float = Field(
+        1000.0,
+        ge=10,
+        le=3_600_000,
+        allow_inf_nan=False,
+        description="A wall-clock step larger than this against the monotonic clock raises an "
+        "alarm",
+    )
+    jump_check_interval_s: float = Field(
+        1.0, ge=0.05, le=60, allow_inf_nan=False, description="How often steps are looked for"
+    )
+    probe_timeout_s: float = Field(
+        3.0, gt=0, le=30, allow_inf_nan=False, description="Longest wait for chronyc/timedatectl"
+    )
+
+
+class BackupSection(Strict):
+    """[backup]: scheduled online backups of the state database (see `edge-agent backup`)."""
+
+    dir: Path | None = Field(
+        None, description="Folder the backups go to (best on another disk); unset = no schedule"
+    )
+    interval_h: float = Field(
+        24.0, gt=0, le=720, allow_inf_nan=False, description="Hours between two backups"
+    )
+    keep: int = Field(
+        7, ge=1, le=1000, description="Backups of this database kept in dir (older are deleted)"
+    )
+
+
 class AgentConfig(Strict):
     agent: AgentSection = Field(default_factory=lambda: AgentSection())
     line: LineSection = Field(default_factory=lambda: LineSection())
@@ -713,3 +784,5 @@ class AgentConfig(Strict):
     )
     api: ApiSection | None = None
     orders: OrdersSection = Field(default_factory=lambda: OrdersSection())
+    clock: ClockSection = Field(default_factory=lambda: ClockSection())
+    backup: BackupSection = Field(default_factory=lambda: BackupSection())
