@@ -27,6 +27,7 @@ BUILTIN: dict[DeviceKind, dict[str, str]] = {
         "directory": "drivers.cameras.directory:DirectoryFrameSource",
         "smart-reader": "drivers.cameras.smart_reader.driver:SmartReaderSource",
         "videocapture": "drivers.cameras.videocapture:VideoCaptureSource",
+        "mjpeg": "drivers.cameras.mjpeg.driver:MjpegSource",
     },
     "plc": {
         "modbus-tcp": "drivers.plc.modbus.driver:ModbusTcpPlc",
