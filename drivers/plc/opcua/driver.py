@@ -7,7 +7,8 @@ the state is one Read call of eight nodes, the reject log one Read of counter an
 Link policy, as for Modbus: asyncua's own auto-reconnect is off (it would block requests for
 seconds while it retries). A lost link is reported once as DeviceConnectionError; later calls try
 to reconnect, no more often than the supervisor's capped, jittered exponential backoff allows
-(``edge_agent.supervisor.RetryWindow``), and fail fast with DeviceConnectionError in between. The runtime treats that as a lost PLC link and stops the line.
+(``edge_agent.supervisor.RetryWindow``), and fail fast with DeviceConnectionError in between.
+The runtime treats that as a lost PLC link and stops the line.
 """
 
 from __future__ import annotations
