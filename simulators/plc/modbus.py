@@ -30,8 +30,8 @@ from pymodbus.server.base import ModbusBaseServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
+from drivers.plc.contract import StopCause
 from drivers.plc.modbus import registers as reg
-from drivers.plc.modbus.registers import StopCause
 from simulators.line import SimLine
 from simulators.plc.gate import GatePlcSim, feed_units
 from simulators.standalone import run_until_signal
@@ -214,10 +214,10 @@ class ModbusPlcSim(GatePlcSim[ModbusBaseServer]):
         await self._set_ir(reg.IR_LINE_STATE, [int(running)])
         await self._set_ir(reg.IR_STOP_CAUSE, [int(cause)])
 
-    async def _slot_passes(self, trigger: int) -> bool:
+    async def _read_slot(self, trigger: int) -> tuple[object, object] | None:
         slot_at = reg.verdict_slot_address(trigger, self.ring_size)
         slot = await self._get(_FC_HR, slot_at, reg.VERDICT_SLOT_WIDTH)
-        return reg.gate_passes(slot, trigger)
+        return reg.decode_verdict_slot([int(v) for v in slot])
 
     async def _write_passed(self, count: int) -> None:
         await self._set_ir(reg.IR_PASSED, list(reg.split_u32(count)))

@@ -19,7 +19,7 @@ from typing import Any
 
 from asyncua import Server, ua
 
-from drivers.plc.modbus.registers import StopCause
+from drivers.plc.contract import StopCause
 from drivers.plc.opcua import nodes as n
 from drivers.plc.opcua.security import SecuritySettings, new_server, warn_if_insecure
 from simulators.line import SimLine
@@ -205,10 +205,11 @@ class OpcUaPlcSim(GatePlcSim[Server]):
         await self._set(self._ids["line_state"], int(running), n.UInt16)
         await self._set(self._ids["stop_cause"], int(cause), n.UInt16)
 
-    async def _slot_passes(self, trigger: int) -> bool:
-        return n.gate_passes(
-            self._get(self._slots[n.verdict_slot(trigger, self.ring_size)]), trigger
-        )
+    async def _read_slot(self, trigger: int) -> tuple[object, object] | None:
+        value = self._get(self._slots[n.verdict_slot(trigger, self.ring_size)])
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            return None  # not a [trigger, verdict] pair: garbage
+        return value[0], value[1]
 
     async def _write_passed(self, count: int) -> None:
         await self._set(self._ids["passed"], count, n.UInt32)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, ClassVar, Literal, NoReturn, Self, TypeVar
+from typing import Any, ClassVar, Literal, NoReturn, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymodbus.client import AsyncModbusTcpClient
@@ -24,8 +24,9 @@ from pymodbus.client.base import ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
+from drivers.config import validated
+from drivers.plc import contract
 from drivers.plc.modbus import registers as reg
-from edge_agent.config.loader import validate_table
 from edge_agent.contracts import LineStatus, PlcState, Verdict
 from edge_agent.errors import (
     DeviceConnectionError,
@@ -54,15 +55,15 @@ class ModbusCommonConfig(BaseModel):
         description="Connect and per-request answer timeout in seconds; no retries follow",
     )
     ring_size: int = Field(
-        reg.DEFAULT_RING_SIZE,
+        contract.DEFAULT_RING_SIZE,
         ge=1,
-        le=reg.MAX_RING_SIZE,
+        le=contract.MAX_RING_SIZE,
         description="Verdict ring size N; must equal the PLC's IR 10, checked at connect",
     )
     reject_log_size: int = Field(
-        reg.REJECT_LOG_SIZE,
+        contract.REJECT_LOG_SIZE,
         ge=1,
-        le=reg.MAX_REJECT_LOG_SIZE,
+        le=contract.MAX_REJECT_LOG_SIZE,
         description="Reject log slots; must equal the PLC's IR 12, checked at connect. Must "
         "exceed the rejects confirmed between two polls (10 per second)",
     )
@@ -95,7 +96,6 @@ class ModbusTcpPlcConfig(ModbusCommonConfig):
 
 
 Request = Callable[[ModbusBaseClient], Awaitable[ModbusPDU]]
-C = TypeVar("C", bound=BaseModel)
 
 
 class ModbusPlcBase:
@@ -239,7 +239,7 @@ class ModbusPlcBase:
     async def beat(self) -> None:
         # Advance before writing: after a lost answer the PLC may hold the new value already,
         # and writing it again would look like a stalled heartbeat.
-        self._heartbeat = reg.next_heartbeat(self._heartbeat)
+        self._heartbeat = contract.next_heartbeat(self._heartbeat)
         await self._write_registers(reg.HR_AGENT_HEARTBEAT, [self._heartbeat])
 
     async def read_state(self) -> PlcState:
@@ -259,8 +259,10 @@ class ModbusPlcBase:
         return reg.decode_reject_log(ring, confirms)
 
     async def request_line_stop(self, reason_code: int) -> None:
-        if not 1 <= reason_code <= reg.U16_MAX:
-            raise ProtocolError(self.name, f"line-stop reason code {reason_code} not in 1..65535")
+        try:
+            contract.check_stop_reason(reason_code)
+        except ValueError as exc:
+            raise ProtocolError(self.name, str(exc)) from exc
         # Reason first, so the PLC never acts on a stop request with a stale reason.
         await self._write_registers(reg.HR_STOP_REASON, [reason_code])
         await self._write_coil(reg.COIL_LINE_STOP, True)
@@ -409,10 +411,3 @@ class ModbusTcpPlc(ModbusPlcBase):
             reconnect_delay=0,  # 0 disables pymodbus's background reconnect task
             trace_connect=self._on_link_change,
         )
-
-
-def validated(model: type[C], name: str, config: C | Mapping[str, Any]) -> C:
-    if isinstance(config, model):
-        return config
-    # As the config loader validates: strict, and errors that never show a secret's value.
-    return validate_table(model, config, key=name)

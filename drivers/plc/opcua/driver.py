@@ -26,8 +26,8 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.crypto import uacrypto
 from pydantic import ConfigDict, Field
 
-from drivers.plc.modbus import registers as reg
-from drivers.plc.modbus.driver import validated
+from drivers.config import validated
+from drivers.plc import contract
 from drivers.plc.opcua import nodes as n
 from drivers.plc.opcua.refusals import PlcClient, agent_validator, explain
 from drivers.plc.opcua.security import SecuritySettings, configure_client, warn_if_insecure
@@ -96,12 +96,15 @@ class OpcUaPlcConfig(SecuritySettings):
         5.0, gt=0.0, le=120.0, description="Whole connect (channel, session, checks) timeout"
     )
     ring_size: int = Field(
-        32, ge=1, le=1024, description="Verdict ring size N; must equal the PLC's RingSize node"
+        contract.DEFAULT_RING_SIZE,
+        ge=1,
+        le=contract.MAX_RING_SIZE,
+        description="Verdict ring size N; must equal the PLC's RingSize node",
     )
     reject_log_size: int = Field(
-        n.REJECT_LOG_SIZE,
+        contract.REJECT_LOG_SIZE,
         ge=1,
-        le=1024,
+        le=contract.MAX_REJECT_LOG_SIZE,
         description="Reject log slots; must equal the length of the PLC's RejectLog array, "
         "checked at connect. Must exceed the rejects confirmed between two polls",
     )
@@ -299,7 +302,7 @@ class OpcUaPlc:
 
     async def beat(self) -> None:
         # Advance before writing: after a lost answer the PLC may hold the new value already.
-        self._heartbeat = reg.next_heartbeat(self._heartbeat)
+        self._heartbeat = contract.next_heartbeat(self._heartbeat)
         await self._write(
             "write heartbeat",
             lambda: self._nodes("agent_heartbeat"),
@@ -325,8 +328,10 @@ class OpcUaPlc:
         )
 
     async def request_line_stop(self, reason_code: int) -> None:
-        if not 1 <= reason_code <= n.U16_MAX:
-            raise ProtocolError(self.name, f"line-stop reason code {reason_code} not in 1..65535")
+        try:
+            contract.check_stop_reason(reason_code)
+        except ValueError as exc:
+            raise ProtocolError(self.name, str(exc)) from exc
         # One Write call, reason first: the server applies the values in order.
         await self._write(
             "write line stop",
