@@ -216,11 +216,11 @@ async def test_printer_answers_a_corrupt_command_with_bad_frame(
     frame = bytearray(codec.encode_frame(codec.STATUS))
     frame[-1] ^= 0xFF
     with pytest.raises(ProtocolError, match="BAD_FRAME"):
-        await printer._command(bytes(frame), codec.STATUS)
+        await printer._rci(bytes(frame), codec.STATUS)
     assert serial_sim.bad_frames == 1
     await printer.select_job(JOB)
     with pytest.raises(ProtocolError, match="BAD_DATA"):
-        await printer._command(
+        await printer._rci(
             codec.encode_frame(codec.LOAD_RECORD, struct.pack(">Q", 1) + b"a b"), codec.LOAD_RECORD
         )
 

@@ -38,7 +38,7 @@ from yarl import URL
 
 from edge_agent import epcis, tls
 from edge_agent.config.models import SecretRef
-from edge_agent.contracts import Delivery, OutboxEvent
+from edge_agent.contracts import Delivery, LineContext, OutboxEvent
 from edge_agent.errors import ConfigError, DeliveryError
 
 log = structlog.get_logger(__name__)
@@ -101,7 +101,13 @@ class HttpCaptureForwarder:
             "sent again later (the receiver de-duplicates by eventID).",
         )
 
-    def __init__(self, name: str, config: HttpCaptureForwarder.Config) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: HttpCaptureForwarder.Config,
+        *,
+        context: LineContext | None = None,  # contracts.ForwarderFactory; names nothing here
+    ) -> None:
         self.name = name
         self.config = config
         self._base = URL(config.url.rstrip("/"))
