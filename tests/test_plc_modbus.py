@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -23,57 +21,14 @@ from edge_agent.contracts import AgentLineState, LineStatus, PlcLink, Verdict
 from edge_agent.errors import ConfigError, DeviceConnectionError, DeviceTimeout, ProtocolError
 from simulators.line import SimLine, SimUnit
 from simulators.plc.modbus import ModbusPlcSim
+from tests.helpers.plc import BEAT_PERIOD_S, beating, free_port, send_unit
+from tests.helpers.waiting import until
 
 GATE_DELAY_S = 0.05
 HEARTBEAT_TIMEOUT_S = 0.3
-BEAT_PERIOD_S = 0.03
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-async def until(
-    condition: Callable[[], bool | Awaitable[bool]], within: float = 2.0, what: str = ""
-) -> None:
-    """Poll a condition until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what or condition}")
-        await asyncio.sleep(0.01)
-
-
-async def send_unit(line: SimLine) -> int:
-    """Put one unit on the line; returns its trigger count once it reached the camera."""
-    line.unit_printed(SimUnit("SN", "09506000134352", "LOT", "301231", time.monotonic()))
-    await line.drain()
-    return line.trigger_count
-
-
-@contextlib.asynccontextmanager
-async def beating(plc: ModbusTcpPlc, period: float = BEAT_PERIOD_S) -> AsyncIterator[list[float]]:
-    """Beat in the background, as the agent does; yields the times of the beats sent."""
-    sent: list[float] = []
-
-    async def loop() -> None:
-        while True:
-            with contextlib.suppress(DeviceConnectionError, DeviceTimeout):
-                sent.append(time.monotonic())
-                await plc.beat()
-            await asyncio.sleep(period)
-
-    task = asyncio.create_task(loop())
-    try:
-        yield sent
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @contextlib.asynccontextmanager
@@ -84,13 +39,6 @@ async def raw_client(sim: ModbusPlcSim) -> AsyncIterator[AsyncModbusTcpClient]:
         yield client
     finally:
         client.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # --- fixtures ---------------------------------------------------------------------------------

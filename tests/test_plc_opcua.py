@@ -25,10 +25,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from structlog.testing import capture_logs
-from test_plc_modbus import free_port, send_unit
-from test_plc_modbus import until as _until
 
-from drivers.plc.modbus.registers import StopCause
+from drivers.plc.contract import StopCause
 from drivers.plc.opcua import OpcUaPlc, OpcUaPlcConfig
 from drivers.plc.opcua import nodes as n
 from edge_agent.app import Agent
@@ -43,6 +41,8 @@ from edge_agent.registry import driver_class
 from simulators.line import SimLine
 from simulators.plc.opcua import OpcUaPlcSim
 from simulators.runner import SimulatorSet
+from tests.helpers.plc import free_port, send_unit
+from tests.helpers.waiting import until as _until
 
 # Async tests share the module's event loop, and with it the one simulator.
 module_loop = pytest.mark.asyncio(loop_scope="module")

@@ -26,7 +26,7 @@ from edge_agent.contracts import (
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.ascii import AsciiPrinterSim
-from tests.printer_helpers import JOB, STEP_S, Gate, chunked, confirmed, rec, take, until
+from tests.helpers.printers import JOB, STEP_S, Gate, chunked, confirmed, rec, take, until
 
 
 def config(sim: AsciiPrinterSim, **overrides: Any) -> AsciiPrinter.Config:

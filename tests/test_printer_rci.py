@@ -21,7 +21,7 @@ from edge_agent.contracts import ClearResult, PrintConfirmation, Printer, Printe
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.rci import RciPrinterSim
-from tests.printer_helpers import JOB, STEP_S, Gate, chunked, confirmed, rec, take, until
+from tests.helpers.printers import JOB, STEP_S, Gate, chunked, confirmed, rec, take, until
 
 
 def config(sim: RciPrinterSim, **overrides: Any) -> RciPrinter.Config:

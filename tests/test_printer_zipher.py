@@ -19,7 +19,7 @@ from edge_agent.contracts import ClearResult, Printer, PrinterStatus, PrintRecor
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.zipher import ZipherPrinterSim
-from tests.printer_helpers import JOB, STEP_S, Gate, chunked, confirmed, rec, take, until
+from tests.helpers.printers import JOB, STEP_S, Gate, chunked, confirmed, rec, take, until
 
 
 def config(sim: ZipherPrinterSim, **overrides: Any) -> ZipherPrinter.Config:

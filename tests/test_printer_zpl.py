@@ -19,7 +19,7 @@ from edge_agent.contracts import ClearResult, PrintConfirmation, Printer, PrintJ
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.zpl import ZplPrinterSim
-from tests.printer_helpers import JOB, STEP_S, Gate, confirmed, rec, take, until
+from tests.helpers.printers import JOB, STEP_S, Gate, confirmed, rec, take, until
 
 STATUS = codec.HostStatus(
     paper_out=False,
