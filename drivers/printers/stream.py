@@ -316,13 +316,17 @@ class StreamPrinter:
         finally:
             future.cancel()  # leaves the entry in the FIFO as abandoned
 
+    def _check_link(self) -> None:
+        """DeviceConnectionError unless the link is up (entered and not lost)."""
+        if self._down is not None or self._writer is None:
+            raise DeviceConnectionError(self.name, self._down or NOT_CONNECTED)
+
     @contextlib.asynccontextmanager
     async def _wire(self) -> AsyncIterator[None]:
         """The wire, alone: what is written inside reaches the printer in this order, and the
         order of the FIFO is the order on the wire."""
         async with self._lock:
-            if self._down is not None or self._writer is None:
-                raise DeviceConnectionError(self.name, self._down or NOT_CONNECTED)
+            self._check_link()
             yield
 
     async def _write(self, data: bytes) -> None:

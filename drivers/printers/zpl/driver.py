@@ -334,6 +334,7 @@ class ZplPrinter(StreamPrinter):
         log.info("printer job selected", device=self.name, job=job.name)
 
     async def send(self, record: PrintRecord) -> None:
+        self._check_link()  # not connected is the first thing wrong, whatever else is
         job = self._job
         if job is None:
             raise ProtocolError(self.name, "send() before select_job()")
