@@ -22,6 +22,8 @@ from simulators.cameras.render import render_frame
 from simulators.cameras.stream import MjpegCameraSim
 from simulators.line import SimLine, SimUnit
 
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
 STEP = 10.0
 GTIN = "09506000134352"
 

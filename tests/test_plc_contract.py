@@ -15,6 +15,8 @@ from drivers.plc.modbus import registers as reg
 from drivers.plc.opcua import nodes as n
 from edge_agent.contracts import Verdict
 
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
 u32 = st.integers(0, contract.U32_MAX)
 sizes = st.integers(1, contract.MAX_REJECT_LOG_SIZE)
 
