@@ -22,6 +22,8 @@ from edge_agent.outbox.store import OutboxStore
 from simulators.upstream.capture_server import CaptureServerSim
 from tests.helpers.waiting import until
 
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
 
 @pytest.fixture
 def conn(tmp_path: Path) -> Any:

@@ -24,6 +24,8 @@ from simulators.plc.modbus import ModbusPlcSim
 from tests.helpers.plc import BEAT_PERIOD_S, beating, free_port, send_unit
 from tests.helpers.waiting import until
 
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
 GATE_DELAY_S = 0.05
 HEARTBEAT_TIMEOUT_S = 0.3
 

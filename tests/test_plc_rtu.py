@@ -24,6 +24,8 @@ from simulators.plc.modbus import ModbusRtuPlcSim, NullModem
 from tests.helpers.plc import beating, send_unit
 from tests.helpers.waiting import until
 
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
 GATE_DELAY_S = 0.05
 HEARTBEAT_TIMEOUT_S = 0.4
 
