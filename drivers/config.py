@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -18,4 +18,4 @@ def validated(model: type[C], name: str, config: C | Mapping[str, Any]) -> C:
     a secret's value."""
     if isinstance(config, model):
         return config
-    return validate_table(model, config, key=name)
+    return validate_table(model, cast(Mapping[str, Any], config), key=name)

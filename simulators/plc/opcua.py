@@ -19,6 +19,7 @@ from typing import Any
 
 from asyncua import Server, ua
 
+from drivers.plc import contract
 from drivers.plc.contract import StopCause
 from drivers.plc.opcua import nodes as n
 from drivers.plc.opcua.security import SecuritySettings, new_server, warn_if_insecure
@@ -44,7 +45,7 @@ class OpcUaPlcSim(GatePlcSim[Server]):
         gate_delay_s: float = 0.4,
         heartbeat_timeout_s: float = 1.0,
         ring_size: int = 32,
-        reject_log_size: int = n.REJECT_LOG_SIZE,
+        reject_log_size: int = contract.REJECT_LOG_SIZE,
         auto_restart: bool = True,
         security: SecuritySettings | None = None,
         users: Mapping[str, str] | None = None,
@@ -76,7 +77,7 @@ class OpcUaPlcSim(GatePlcSim[Server]):
             gate_delay_s=section.gate_delay_s,
             heartbeat_timeout_s=section.heartbeat_timeout_s,
             ring_size=section.ring_size,
-            reject_log_size=getattr(section, "reject_log_size", n.REJECT_LOG_SIZE),
+            reject_log_size=getattr(section, "reject_log_size", contract.REJECT_LOG_SIZE),
         )
 
     @property

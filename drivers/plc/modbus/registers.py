@@ -17,19 +17,41 @@ from collections.abc import Sequence
 from drivers.plc import contract
 
 # Re-exported: users of the register map know them from here
-from drivers.plc.contract import (  # noqa: F401
-    DEFAULT_RING_SIZE,
-    MAX_REJECT_LOG_SIZE,
-    MAX_RING_SIZE,
-    REJECT_LOG_SIZE,
-    U16_MAX,
-    U32_MAX,
-    StopCause,
-    check_reject_log_size,
-    check_ring_size,
-    next_heartbeat,
-    reject_log_index,
-    verdict_slot,
+from drivers.plc.contract import (
+    DEFAULT_RING_SIZE as DEFAULT_RING_SIZE,
+)
+from drivers.plc.contract import (
+    MAX_REJECT_LOG_SIZE as MAX_REJECT_LOG_SIZE,
+)
+from drivers.plc.contract import (
+    MAX_RING_SIZE as MAX_RING_SIZE,
+)
+from drivers.plc.contract import (
+    REJECT_LOG_SIZE as REJECT_LOG_SIZE,
+)
+from drivers.plc.contract import (
+    U16_MAX as U16_MAX,
+)
+from drivers.plc.contract import (
+    U32_MAX as U32_MAX,
+)
+from drivers.plc.contract import (
+    StopCause as StopCause,
+)
+from drivers.plc.contract import (
+    check_reject_log_size as check_reject_log_size,
+)
+from drivers.plc.contract import (
+    check_ring_size as check_ring_size,
+)
+from drivers.plc.contract import (
+    next_heartbeat as next_heartbeat,
+)
+from drivers.plc.contract import (
+    reject_log_index as reject_log_index,
+)
+from drivers.plc.contract import (
+    verdict_slot as verdict_slot,
 )
 from edge_agent.contracts import AgentLineState, PlcState, Verdict
 

@@ -17,7 +17,9 @@ from asyncua import ua
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from drivers.plc import contract
-from drivers.plc.contract import REJECT_LOG_SIZE, U16_MAX, U32_MAX
+from drivers.plc.contract import REJECT_LOG_SIZE as REJECT_LOG_SIZE
+from drivers.plc.contract import U16_MAX as U16_MAX
+from drivers.plc.contract import U32_MAX as U32_MAX
 from edge_agent.contracts import PlcState, Verdict
 
 DEFAULT_NAMESPACE_URI = "urn:edge-agent:plc-contract"
