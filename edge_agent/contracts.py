@@ -77,7 +77,12 @@ class PrinterStatus:
 
 @runtime_checkable
 class Printer(Protocol):
+    """A print head the agent feeds one record per unit. ``async with`` connects; a printer
+    object may be entered again after it was left (a reconnect)."""
+
     name: str
+    buffer_depth: int
+    """How many sent-but-unprinted records the agent keeps in the printer (its config)."""
 
     async def __aenter__(self) -> Self: ...
     async def __aexit__(self, *exc: object) -> None: ...
@@ -86,7 +91,10 @@ class Printer(Protocol):
         """Select the job template and set its static fields."""
 
     async def send(self, record: PrintRecord) -> None:
-        """Load one record into the printer's buffer; returns once the printer acknowledged it."""
+        """Load one record into the printer's buffer; returns once the printer acknowledged it.
+        Raises ``PrinterBusy`` when the printer refused it for a full buffer (not taken: the
+        same record may be sent again), ``DeviceFault`` when it refused it in a fault,
+        ``DeviceTimeout`` when no acknowledgement came (taken or not: unknown)."""
 
     def confirmations(self) -> AsyncIterator[PrintConfirmation]:
         """Print-complete notifications, in print order. Raises DeviceFault / DeviceConnectionError."""
@@ -244,6 +252,15 @@ class Delivery:
     rejected: dict[str, str] = field(default_factory=dict)  # event ID -> why (dead letter)
 
 
+@dataclass(frozen=True)
+class LineContext:
+    """Where the agent runs, for the drivers that name things after it (an MQTT client id, a
+    topic, a document's source): the site and line ids of ``[line]``."""
+
+    site: str = "SITE-01"
+    line: str = "LINE-01"
+
+
 @runtime_checkable
 class Forwarder(Protocol):
     """Delivers outbox events to one upstream (MQTT broker, EPCIS capture interface, ...)."""
@@ -256,6 +273,13 @@ class Forwarder(Protocol):
     async def deliver(self, events: Sequence[OutboxEvent]) -> Delivery:
         """Send ``events`` in order and report which are done; raise ``DeliveryError`` when the
         upstream cannot be reached or answers with a transient failure (the caller backs off)."""
+
+
+class ForwarderFactory(Protocol):
+    """How the core makes a forwarder: every forwarder driver class is one. ``name`` is the
+    forwarder's name (its delivery state is kept under it), ``config`` its validated section."""
+
+    def __call__(self, name: str, config: Any, *, context: LineContext) -> Forwarder: ...
 
 
 # --- Level 3 (site server) ---------------------------------------------------------------------
@@ -310,6 +334,13 @@ class L3Link(Protocol):
     async def deliver(self, message: L3Message) -> None:
         """Hand over a return, a close report or a refusal; returns once L3 acknowledged it.
         Raises ``DeliveryError`` to be retried later with the same message id."""
+
+
+class L3LinkFactory(Protocol):
+    """How the core makes its L3 link: every L3 link driver class is one (``config`` is the
+    validated ``[l3]`` section, which names the link)."""
+
+    def __call__(self, config: Any, *, context: LineContext) -> L3Link: ...
 
 
 # --- start-up checks (any driver) ------------------------------------------------------------

@@ -76,6 +76,16 @@ class DeviceFault(DeviceError):
         super().__init__(device, f"fault {code}: {reason}")
 
 
+class PrinterBusy(DeviceFault):
+    """The printer refused a record because its buffer is full. The record was not taken, so
+    the same record may be sent again once the printer has room. ``code`` is ``BUFFER_FULL``."""
+
+    CODE = "BUFFER_FULL"
+
+    def __init__(self, device: str, reason: str) -> None:
+        super().__init__(device, self.CODE, reason)
+
+
 class LedgerError(EdgeAgentError):
     """The serial ledger refused an operation or the state database is unusable."""
 

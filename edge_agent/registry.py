@@ -13,6 +13,8 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
+from edge_agent.contracts import Forwarder, ForwarderFactory, L3Link, L3LinkFactory, LineContext
+
 DeviceKind = Literal["printer", "camera", "plc", "forwarder", "l3"]
 
 BUILTIN: dict[DeviceKind, dict[str, str]] = {
@@ -27,6 +29,7 @@ BUILTIN: dict[DeviceKind, dict[str, str]] = {
         "directory": "drivers.cameras.directory:DirectoryFrameSource",
         "smart-reader": "drivers.cameras.smart_reader.driver:SmartReaderSource",
         "videocapture": "drivers.cameras.videocapture:VideoCaptureSource",
+        "mjpeg": "drivers.cameras.mjpeg.driver:MjpegSource",
     },
     "plc": {
         "modbus-tcp": "drivers.plc.modbus.driver:ModbusTcpPlc",
@@ -76,3 +79,16 @@ def driver_class(kind: DeviceKind, type_name: str) -> Any:
         raise UnknownDriver(kind, type_name, list(types))
     module_name, _, attr = types[type_name].partition(":")
     return getattr(importlib.import_module(module_name), attr)
+
+
+def make_forwarder(driver: Any, name: str, config: Any, context: LineContext) -> Forwarder:
+    """A forwarder from its driver class (``contracts.ForwarderFactory``): what a forwarder
+    needs to know about the line comes in ``context``, the same way for every driver."""
+    factory: ForwarderFactory = driver
+    return factory(name, config, context=context)
+
+
+def make_l3_link(driver: Any, config: Any, context: LineContext) -> L3Link:
+    """The L3 link from its driver class (``contracts.L3LinkFactory``)."""
+    factory: L3LinkFactory = driver
+    return factory(config, context=context)

@@ -11,7 +11,7 @@ SIMULATOR_TYPES: dict[str, dict[str, str]] = {
         "tcp-frames": "simulators.cameras.tcp:TcpCameraSim",
         "smart-reader": "simulators.cameras.smart_reader:SmartReaderSim",
         "directory": "simulators.cameras.directory:DirectoryCameraSim",
-        "videocapture": "simulators.cameras.stream:MjpegCameraSim",
+        "mjpeg": "simulators.cameras.stream:MjpegCameraSim",
     },
     "plc": {
         "modbus-tcp": "simulators.plc.modbus:ModbusPlcSim",

@@ -1,4 +1,5 @@
-"""Suite-wide hygiene: every test starts with the default logging set-up."""
+"""Suite-wide hygiene: every test starts with the default logging set-up; driver tests also use
+``no_leaks`` (tests/helpers/hygiene.py): nothing may be left running after them."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
+
+from tests.helpers.hygiene import no_leaks
+
+__all__ = ["no_leaks"]
 
 
 @pytest.fixture(autouse=True)

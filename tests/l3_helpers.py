@@ -19,6 +19,7 @@ from edge_agent.ledger import Ledger, SerialState
 from edge_agent.orders.closing import OrderSettlement
 from edge_agent.orders.commands import CommandPath
 from edge_agent.orders.validation import OrderRules
+from tests.helpers.waiting import until as _until
 
 STEP_S = 20.0  # the longest a test waits for one thing to happen (a loaded 2-core machine)
 
@@ -114,9 +115,5 @@ async def running(agent: Agent, section: dict[str, Any], **kwargs: Any) -> Async
 
 
 async def until(condition: Callable[[], Any], what: str, within: float = STEP_S) -> None:
-    """Wait for a condition of the system under test; fail with ``what`` if it never comes."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.02)
+    """Wait for a condition of the system under test (``helpers.waiting.until``)."""
+    await _until(condition, what, within=within, every=0.02)

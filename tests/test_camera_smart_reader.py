@@ -29,6 +29,8 @@ from edge_agent.line.verify import BatchIdentity, check_content
 from simulators.cameras.smart_reader import READER_DEFECTS, SmartReaderSim
 from simulators.line import SimLine, SimUnit
 
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
 GTIN = "09506000134352"
 STEP = 5.0
 ELEMENT = "0109506000134352172712311" + "0LOT42\x1d21SN;00000001"
@@ -228,16 +230,6 @@ async def test_malformed_lines_from_the_reader_are_counted_not_raised() -> None:
     assert [f.trigger for f in got] == [1, 2]
     assert got[1].reads == ()
     assert source.malformed_count == 2
-
-
-async def test_connection_refused_is_a_connection_error() -> None:
-    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    server.close()
-    await server.wait_closed()
-    with pytest.raises(DeviceConnectionError):
-        async with SmartReaderSource("r", SmartReaderSource.Config(type="smart-reader", port=port)):
-            pass
 
 
 def test_config_is_strict_and_checks_the_format() -> None:

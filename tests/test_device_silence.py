@@ -13,7 +13,11 @@ import asyncio
 from typing import Any
 
 import pytest
-from test_line_runtime import (
+
+from edge_agent.line.stats import LineStats
+from edge_agent.reconcile import reconcile
+from simulators.runner import SimulatorSet
+from tests.helpers.line import (
     alongside,
     check_gate_matches_ledger,
     check_nothing_sent_twice,
@@ -22,12 +26,8 @@ from test_line_runtime import (
     run_agent,
     simulators,
     state_db,
-    until,
 )
-
-from edge_agent.line.stats import LineStats
-from edge_agent.reconcile import reconcile
-from simulators.runner import SimulatorSet
+from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.slow
 

@@ -21,6 +21,8 @@ from edge_agent.contracts import Delivery, Forwarder, OutboxEvent
 from edge_agent.errors import ConfigError, DeliveryError
 from simulators.upstream.capture_server import CaptureServerSim, check_document
 
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
 HOST = "127.0.0.1"
 READ_POINT = "urn:epc:id:sgln:0950600.01340.LINE01"
 GTIN = "09506000134352"

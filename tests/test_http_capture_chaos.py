@@ -20,6 +20,9 @@ from edge_agent.db import open_db
 from edge_agent.outbox.forwarding import ForwarderLoop
 from edge_agent.outbox.store import OutboxStore
 from simulators.upstream.capture_server import CaptureServerSim
+from tests.helpers.waiting import until
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
 @pytest.fixture
@@ -39,15 +42,6 @@ async def running(loop: ForwarderLoop) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def until(predicate: Any, within_s: float) -> bool:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
 
 
 def received(sim: CaptureServerSim) -> list[SimpleNamespace]:
@@ -74,20 +68,20 @@ async def test_500s_timeouts_and_lost_jobs_then_recovery(conn: Any, capture_sim:
     async with running(loop):
         # each fault in turn, with fresh events arriving while it lasts
         faults.fail_captures, faults.fail_after, faults.retry_after_s = 4, 2, 0
-        assert await until(lambda: faults.fail_captures == 0, 30)
+        await until(lambda: faults.fail_captures == 0, within=30, every=0.05)
         faults.fail_polls, faults.garbage_polls = 3, 2
         add_events(conn, 60, batch="B1", start=150)
-        assert await until(lambda: faults.garbage_polls == 0, 30)
+        await until(lambda: faults.garbage_polls == 0, within=30, every=0.05)
         faults.delay_s = 1.5  # every answer later than the forwarder's 1 s timeout
         add_events(conn, 60, batch="B2", start=150)
         await asyncio.sleep(2.5)
         timeouts = loop.failures
         faults.delay_s = 0.0
-        assert await until(lambda: not store.pending("l3", 1), 60)
+        await until(lambda: not store.pending("l3", 1), within=60, every=0.05)
         check_oracle(conn, received(sim))
         # after the faults: a fresh event goes through within 60 s
         [fresh] = add_events(conn, 1, batch="B3", start=1000)
-        assert await until(lambda: fresh in sim.events, 60)
+        await until(lambda: fresh in sim.events, within=60, every=0.05)
     await asyncio.sleep(faults.job_s or 0)  # abandoned jobs complete too: still the same set
     check_oracle(conn, received(sim))
     assert timeouts > 0 and sim.duplicates > 0  # the faults did bite

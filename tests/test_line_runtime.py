@@ -14,9 +14,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -24,13 +22,23 @@ import pytest
 from drivers.plc.modbus.registers import StopCause
 from edge_agent import epcis
 from edge_agent.app import Agent
-from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
-from edge_agent.db import open_reader
-from edge_agent.errors import LineStopped
 from edge_agent.ledger import BatchInfo, Ledger, UnitOutcome
 from edge_agent.line.stats import LineStats
 from edge_agent.reconcile import reconcile
 from simulators.runner import SimulatorSet
+from tests.helpers.line import (
+    alongside,
+    check_gate_matches_ledger,
+    check_nothing_sent_twice,
+    column,
+    gates_settled,
+    make_config,
+    run_agent,
+    simulators,
+    state_db,
+    units_by_trigger,
+)
+from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -44,100 +52,6 @@ DEFECT_REASON = {
     "wrong_expiry": "wrong_expiry",
     "low_contrast": "low_contrast",
 }
-
-
-# --- helpers ----------------------------------------------------------------------------------
-
-
-def simulators(*, defect_rate: float = 0.0, seed: int = 1) -> SimulatorsSection:
-    """An unpaced line on free ports, with the demo's gate delay and verdict ring."""
-    return SimulatorsSection(
-        units_per_min=None,
-        printer=PrinterSim(port=0, buffer_size=16),
-        camera=CameraSim(port=0, defect_rate=defect_rate, seed=seed),
-        plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
-    )
-
-
-def make_config(factory: Any, sims: SimulatorSet, units: int, **line: Any) -> Any:
-    # A verdict deadline just under the gate delay (the demo's 300 ms leaves less margin): a slow
-    # test machine must not turn good units into late_verdict rejects.
-    line = {"verdict_deadline_ms": 500, **line}
-    return factory(simulators=sims, batch={"target_quantity": units}, line=line)
-
-
-async def until(condition: Callable[[], bool], what: str, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-async def gates_settled(sims: SimulatorSet) -> None:
-    """Wait until every unit that reached the camera has also been decided at the reject gate."""
-    plc, line = sims.plc, sims.line
-    await line.drain()
-    await until(
-        lambda: len(plc.passed_triggers) + len(plc.rejected_triggers) >= line.trigger_count,
-        "the PLC to gate every triggered unit",
-        within=3.0,
-    )
-
-
-async def run_agent(config: Any, stats: LineStats | None = None) -> LineStopped | None:
-    """Run the batch; returns the LineStopped it ended with, or None when it completed."""
-    try:
-        await Agent(config, stats=stats).run()
-    except LineStopped as exc:
-        return exc
-    return None
-
-
-@contextlib.asynccontextmanager
-async def alongside(job: Awaitable[None]) -> AsyncIterator[asyncio.Task[None]]:
-    """Run a fault injector next to the agent; cancelled if it is still waiting at the end."""
-    task = asyncio.ensure_future(job)
-    try:
-        yield task
-    finally:
-        if not task.done():
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-@contextlib.contextmanager
-def state_db(config: Any) -> Iterator[sqlite3.Connection]:
-    with contextlib.closing(open_reader(Path(config.model.agent.state_dir))) as conn:
-        yield conn
-
-
-def column(conn: sqlite3.Connection, sql: str, *args: Any) -> list[Any]:
-    return [row[0] for row in conn.execute(sql, args)]
-
-
-def units_by_trigger(conn: sqlite3.Connection) -> dict[int, tuple[str, str]]:
-    rows = conn.execute("SELECT trigger, verdict, reason FROM units ORDER BY id").fetchall()
-    decided = {trigger: (verdict, reason) for trigger, verdict, reason in rows}
-    assert len(decided) == len(rows), "a unit was decided twice"
-    return decided
-
-
-def check_gate_matches_ledger(conn: sqlite3.Connection, sims: SimulatorSet) -> None:
-    """The PLC let a unit through if and only if its serial is commissioned."""
-    passed = sims.plc.passed_triggers
-    assert len(passed) == len(set(passed))
-    commissioned = column(conn, "SELECT trigger FROM serials WHERE state = 'commissioned'")
-    assert sorted(passed) == sorted(commissioned), "gate passes differ from commissioned serials"
-
-
-def check_nothing_sent_twice(conn: sqlite3.Connection, sims: SimulatorSet) -> None:
-    printed = sims.printer.printed
-    assert len(printed) == len(set(printed)), "a serial was printed twice"
-    seqs = column(conn, "SELECT seq FROM serials WHERE seq IS NOT NULL")
-    assert len(seqs) == len(set(seqs)), "a record number was used twice"
-    assert set(printed) <= set(column(conn, "SELECT serial FROM serials WHERE seq IS NOT NULL"))
 
 
 # --- scenarios --------------------------------------------------------------------------------

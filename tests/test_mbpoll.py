@@ -14,13 +14,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from test_plc_modbus import send_unit, until
 
 from drivers.plc.modbus import ModbusRtuPlc, ModbusTcpPlc
 from edge_agent.contracts import AgentLineState, LineStatus, Verdict
 from simulators.line import SimLine
 from simulators.plc.modbus import ModbusPlcSim, ModbusRtuPlcSim
 from simulators.pytest_plugin import require_tool
+from tests.helpers.plc import send_unit
+from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.requires_tool("mbpoll")
 

@@ -27,6 +27,8 @@ from edge_agent.outbox.store import OutboxStore
 from simulators.upstream.mosquitto import Mosquitto
 from simulators.upstream.mqtt_consumer import MqttConsumer
 
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
 
 def forwarder(port: int, **extra: Any) -> MqttForwarder:
     config = {"type": "mqtt", "host": "127.0.0.1", "port": port, "timeout_s": 5.0, **extra}

@@ -22,6 +22,8 @@ from edge_agent.outbox.store import OutboxStore
 from simulators.pytest_plugin import require_tool
 from simulators.upstream.mosquitto import Mosquitto, free_port
 
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
 
 def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])

@@ -8,7 +8,13 @@ import json
 from typing import Any
 
 import pytest
-from test_line_runtime import (
+
+from drivers.plc.modbus.registers import StopCause
+from edge_agent import epcis
+from edge_agent.line.stats import LineStats
+from edge_agent.reconcile import reconcile
+from simulators.runner import SimulatorSet
+from tests.helpers.line import (
     check_gate_matches_ledger,
     check_nothing_sent_twice,
     gates_settled,
@@ -16,12 +22,6 @@ from test_line_runtime import (
     simulators,
     state_db,
 )
-
-from drivers.plc.modbus.registers import StopCause
-from edge_agent import epcis
-from edge_agent.line.stats import LineStats
-from edge_agent.reconcile import reconcile
-from simulators.runner import SimulatorSet
 
 pytestmark = pytest.mark.slow
 

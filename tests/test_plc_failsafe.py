@@ -30,15 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_line_runtime import (
-    check_gate_matches_ledger,
-    column,
-    gates_settled,
-    run_agent,
-    state_db,
-    units_by_trigger,
-)
-from test_plc_modbus import send_unit, until
 
 from drivers.plc.modbus import registers as reg
 from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
@@ -53,6 +44,16 @@ from edge_agent.stops import StopReason
 from edge_agent.vision.pipeline import DecodePipeline
 from simulators.line import SimLine
 from simulators.runner import SimulatorSet, simulator_class
+from tests.helpers.line import (
+    check_gate_matches_ledger,
+    column,
+    gates_settled,
+    run_agent,
+    state_db,
+    units_by_trigger,
+)
+from tests.helpers.plc import send_unit
+from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.slow
 

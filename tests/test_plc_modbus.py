@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -19,61 +17,20 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from drivers.plc.modbus import ModbusTcpPlc, ModbusTcpPlcConfig
 from drivers.plc.modbus import registers as reg
-from edge_agent.contracts import AgentLineState, LineStatus, PlcLink, Verdict
+from edge_agent.contracts import AgentLineState, LineStatus, Verdict
 from edge_agent.errors import ConfigError, DeviceConnectionError, DeviceTimeout, ProtocolError
-from simulators.line import SimLine, SimUnit
+from simulators.line import SimLine
 from simulators.plc.modbus import ModbusPlcSim
+from tests.helpers.plc import BEAT_PERIOD_S, beating, free_port, send_unit
+from tests.helpers.waiting import until
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
 GATE_DELAY_S = 0.05
 HEARTBEAT_TIMEOUT_S = 0.3
-BEAT_PERIOD_S = 0.03
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-async def until(
-    condition: Callable[[], bool | Awaitable[bool]], within: float = 2.0, what: str = ""
-) -> None:
-    """Poll a condition until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what or condition}")
-        await asyncio.sleep(0.01)
-
-
-async def send_unit(line: SimLine) -> int:
-    """Put one unit on the line; returns its trigger count once it reached the camera."""
-    line.unit_printed(SimUnit("SN", "09506000134352", "LOT", "301231", time.monotonic()))
-    await line.drain()
-    return line.trigger_count
-
-
-@contextlib.asynccontextmanager
-async def beating(plc: ModbusTcpPlc, period: float = BEAT_PERIOD_S) -> AsyncIterator[list[float]]:
-    """Beat in the background, as the agent does; yields the times of the beats sent."""
-    sent: list[float] = []
-
-    async def loop() -> None:
-        while True:
-            with contextlib.suppress(DeviceConnectionError, DeviceTimeout):
-                sent.append(time.monotonic())
-                await plc.beat()
-            await asyncio.sleep(period)
-
-    task = asyncio.create_task(loop())
-    try:
-        yield sent
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @contextlib.asynccontextmanager
@@ -84,13 +41,6 @@ async def raw_client(sim: ModbusPlcSim) -> AsyncIterator[AsyncModbusTcpClient]:
         yield client
     finally:
         client.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -116,12 +66,6 @@ async def plc(sim: ModbusPlcSim) -> AsyncIterator[ModbusTcpPlc]:
 
 
 # --- connect and config -----------------------------------------------------------------------
-
-
-async def test_implements_plclink(plc: ModbusTcpPlc) -> None:
-    assert isinstance(plc, PlcLink)
-    state = await plc.read_state()
-    assert state.extra["ring_size"] == reg.DEFAULT_RING_SIZE
 
 
 async def test_ring_size_mismatch_is_refused_at_connect(sim: ModbusPlcSim) -> None:
@@ -247,12 +191,6 @@ async def test_silent_plc_is_device_timeout() -> None:
         await server.wait_closed()
 
 
-async def test_calls_outside_async_with_do_not_connect(sim: ModbusPlcSim) -> None:
-    plc = ModbusTcpPlc("plc", sim.driver_config())
-    with pytest.raises(DeviceConnectionError, match="not connected"):
-        await plc.beat()
-
-
 def test_config_is_strict() -> None:
     ok = ModbusTcpPlc.Config.model_validate({"type": "modbus-tcp", "port": 502})
     assert (ok.host, ok.device_id, ok.timeout_s, ok.ring_size) == ("127.0.0.1", 1, 1.0, 32)
@@ -279,121 +217,7 @@ async def test_bad_values_are_protocol_errors(plc: ModbusTcpPlc) -> None:
     await plc.beat()  # the link survives all of that
 
 
-# --- the reject gate --------------------------------------------------------------------------
-
-
-async def test_pass_verdict_passes(line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc) -> None:
-    # The agent's path: the camera sees the unit, the verdict goes out before the gate.
-    async def decide(trigger: int, unit: SimUnit) -> None:
-        await plc.write_verdict(trigger, Verdict.PASS)
-
-    line.on_trigger(decide)
-    trigger = await send_unit(line)
-    await until(lambda: trigger in sim.passed_triggers + sim.rejected_triggers)
-    assert sim.passed_triggers == [trigger]
-    assert sim.rejected_triggers == []
-    state = await plc.read_state()
-    assert (state.trigger_count, state.passed, state.rejected) == (trigger, 1, 0)
-
-
-async def test_no_verdict_rejects(line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc) -> None:
-    trigger = await send_unit(line)
-    await until(lambda: sim.rejected_triggers == [trigger])
-    assert sim.passed_triggers == []
-    assert list(await plc.recent_rejects()) == [trigger]
-
-
-async def test_verdict_for_other_trigger_in_same_slot_rejects(
-    line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc
-) -> None:
-    await plc.write_verdict(1 + reg.DEFAULT_RING_SIZE, Verdict.PASS)  # slot 1, wrong trigger
-    trigger = await send_unit(line)
-    assert trigger == 1
-    await until(lambda: sim.rejected_triggers == [1])
-    assert sim.passed_triggers == []
-
-
-async def test_reject_verdict_is_rejected_and_confirmed(
-    line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc
-) -> None:
-    await plc.write_verdict(1, Verdict.PASS)
-    await plc.write_verdict(2, Verdict.REJECT)
-    await send_unit(line)
-    await send_unit(line)
-    await until(lambda: len(sim.passed_triggers) + len(sim.rejected_triggers) == 2)
-    assert (sim.passed_triggers, sim.rejected_triggers) == ([1], [2])
-    assert list(await plc.recent_rejects()) == [2]
-    state = await plc.read_state()
-    assert (state.passed, state.rejected, state.reject_confirms) == (1, 1, 1)
-
-
-async def test_reject_log_keeps_latest_32_oldest_first(
-    line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc
-) -> None:
-    for _ in range(40):
-        await send_unit(line)
-    await until(lambda: len(sim.rejected_triggers) == 40)
-    assert list(await plc.recent_rejects()) == list(range(9, 41))
-
-
-async def test_withheld_confirms_are_not_reported(
-    line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc
-) -> None:
-    sim.withhold_confirms = True
-    await plc.write_verdict(1, Verdict.REJECT)
-    await send_unit(line)
-    await until(lambda: sim.rejected_triggers == [1])
-    assert list(await plc.recent_rejects()) == []
-    state = await plc.read_state()
-    assert (state.rejected, state.reject_confirms) == (1, 0)
-
-
-# --- line permit ------------------------------------------------------------------------------
-
-
-async def test_line_waits_for_first_heartbeat(sim: ModbusPlcSim, plc: ModbusTcpPlc) -> None:
-    await asyncio.sleep(0.05)
-    assert not sim.running()
-    async with beating(plc):
-        await until(sim.running, what="line running")
-    assert sim.stops == []
-
-
-async def test_heartbeat_loss_stops_line_with_cause_1(
-    line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc
-) -> None:
-    async with beating(plc) as sent:
-        await until(line.running, what="line running")
-    last_beat = sent[-1]
-    await until(lambda: bool(sim.stops), within=2 * HEARTBEAT_TIMEOUT_S + 0.5, what="a stop")
-    stopped_at, cause = sim.stops[-1]
-    assert cause == reg.StopCause.HEARTBEAT_LOST
-    assert HEARTBEAT_TIMEOUT_S - 0.02 <= stopped_at - last_beat <= HEARTBEAT_TIMEOUT_S + 0.2
-    assert not line.running()
-    state = await plc.read_state()
-    assert (state.running, state.stop_cause) == (False, reg.StopCause.HEARTBEAT_LOST)
-    async with beating(plc):  # auto_restart: beats again → runs again
-        await until(line.running, what="line running again")
-
-
-async def test_line_stop_request_and_clear(
-    line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc
-) -> None:
-    async with beating(plc):
-        await until(line.running, what="line running")
-        await plc.request_line_stop(7)
-        await until(lambda: bool(sim.stops), what="a stop")
-        assert sim.stops[-1][1] == reg.StopCause.AGENT_REQUEST
-        state = await plc.read_state()
-        assert (state.running, state.stop_cause) == (False, reg.StopCause.AGENT_REQUEST)
-        await plc.clear_line_stop()
-
-        async def running_again() -> bool:
-            return (await plc.read_state()).running
-
-        await until(running_again, what="line running again")
-        assert (await plc.read_state()).stop_cause == reg.StopCause.NONE
-        assert len(sim.stops) == 1
+# --- line permit (the reject gate and the rest of the contract: test_plc_links.py) -------------
 
 
 async def test_no_restart_without_auto_restart() -> None:
@@ -412,23 +236,6 @@ async def test_no_restart_without_auto_restart() -> None:
         assert not own_line.running()  # latched until the operator resets
         sim.acknowledge()
         await until(own_line.running, what="line running after reset")
-
-
-async def test_drop_link_raises_then_reconnects(
-    line: SimLine, sim: ModbusPlcSim, plc: ModbusTcpPlc
-) -> None:
-    async with beating(plc):
-        await until(line.running, what="line running")
-    sim.drop_link()
-    await until(lambda: bool(sim.stops), what="a stop")
-    assert sim.stops[-1][1] == reg.StopCause.LINK_DROPPED
-    with pytest.raises(DeviceConnectionError, match="dropped"):
-        await plc.read_state()
-    # The drop was reported; the next call makes one reconnect attempt, which succeeds here.
-    state = await plc.read_state()
-    assert state.stop_cause == reg.StopCause.LINK_DROPPED
-    async with beating(plc):
-        await until(line.running, what="line running after reconnect")
 
 
 async def test_drop_during_request_is_connection_error_not_timeout(

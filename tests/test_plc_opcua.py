@@ -25,10 +25,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from structlog.testing import capture_logs
-from test_plc_modbus import free_port, send_unit
-from test_plc_modbus import until as _until
 
-from drivers.plc.modbus.registers import StopCause
+from drivers.plc.contract import StopCause
 from drivers.plc.opcua import OpcUaPlc, OpcUaPlcConfig
 from drivers.plc.opcua import nodes as n
 from edge_agent.app import Agent
@@ -43,6 +41,8 @@ from edge_agent.registry import driver_class
 from simulators.line import SimLine
 from simulators.plc.opcua import OpcUaPlcSim
 from simulators.runner import SimulatorSet
+from tests.helpers.plc import free_port, send_unit
+from tests.helpers.waiting import until as _until
 
 # Async tests share the module's event loop, and with it the one simulator.
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -202,13 +202,6 @@ async def test_silent_server_is_a_connection_error_within_the_connect_timeout() 
         await server.wait_closed()
 
 
-@module_loop
-async def test_calls_outside_async_with_do_not_connect(sim: OpcUaPlcSim) -> None:
-    plc = OpcUaPlc("plc", sim.driver_config())
-    with pytest.raises(DeviceConnectionError, match="not connected"):
-        await plc.beat()
-
-
 def test_config_is_strict_and_security_is_never_none_by_default() -> None:
     url = "opc.tcp://10.0.0.5:4840"
     with pytest.raises(ValidationError, match="needs certificate, private_key, trust_dir"):
@@ -252,96 +245,7 @@ async def test_bad_values_are_protocol_errors(plc: OpcUaPlc) -> None:
     await plc.beat()  # the link survives all of that
 
 
-# --- the reject gate --------------------------------------------------------------------------
-
-
-@module_loop
-async def test_pass_verdict_passes(line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc) -> None:
-    await plc.write_verdict(1, Verdict.PASS)
-    trigger = await send_unit(line)
-    assert trigger == 1
-    await until(lambda: sim.passed_triggers == [1])
-    assert sim.rejected_triggers == []
-    state = await plc.read_state()
-    assert (state.trigger_count, state.passed, state.rejected) == (1, 1, 0)
-
-
-@module_loop
-async def test_no_verdict_rejects(line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc) -> None:
-    trigger = await send_unit(line)
-    await until(lambda: sim.rejected_triggers == [trigger])
-    assert sim.passed_triggers == []
-    assert list(await plc.recent_rejects()) == [trigger]
-
-
-@module_loop
-async def test_verdict_for_other_trigger_in_same_slot_rejects(
-    line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc
-) -> None:
-    await plc.write_verdict(1 + 32, Verdict.PASS)  # slot 1, wrong trigger
-    assert await send_unit(line) == 1
-    await until(lambda: sim.rejected_triggers == [1])
-    assert sim.passed_triggers == []
-
-
-@module_loop
-async def test_reject_verdict_is_rejected_and_confirmed(
-    line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc
-) -> None:
-    await plc.write_verdict(1, Verdict.PASS)
-    await plc.write_verdict(2, Verdict.REJECT)
-    await send_unit(line)
-    await send_unit(line)
-    await until(lambda: len(sim.passed_triggers) + len(sim.rejected_triggers) == 2)
-    assert (sim.passed_triggers, sim.rejected_triggers) == ([1], [2])
-    assert list(await plc.recent_rejects()) == [2]
-    state = await plc.read_state()
-    assert (state.passed, state.rejected, state.reject_confirms) == (1, 1, 1)
-
-
-@module_loop
-async def test_reject_log_keeps_latest_32_oldest_first(
-    line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc
-) -> None:
-    for _ in range(40):
-        await send_unit(line)
-    await until(lambda: len(sim.rejected_triggers) == 40)
-    assert list(await plc.recent_rejects()) == list(range(9, 41))
-
-
-@module_loop
-async def test_withheld_confirms_are_not_reported(
-    line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc
-) -> None:
-    sim.withhold_confirms = True
-    await plc.write_verdict(1, Verdict.REJECT)
-    await send_unit(line)
-    await until(lambda: sim.rejected_triggers == [1])
-    assert list(await plc.recent_rejects()) == []
-    state = await plc.read_state()
-    assert (state.rejected, state.reject_confirms) == (1, 0)
-
-
-# --- line permit ------------------------------------------------------------------------------
-
-
-@module_loop
-async def test_heartbeat_starts_the_line_and_its_loss_stops_it(
-    line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc
-) -> None:
-    await asyncio.sleep(0.05)
-    assert not sim.running()  # the line waits for the first beat
-    async with beating(plc) as sent:
-        await until(line.running, what="line running")
-    last_beat = sent[-1]
-    await until(lambda: bool(sim.stops), within=2 * HEARTBEAT_TIMEOUT_S + 1.0, what="a stop")
-    stopped_at, cause = sim.stops[-1]
-    assert cause == StopCause.HEARTBEAT_LOST
-    assert HEARTBEAT_TIMEOUT_S - 0.02 <= stopped_at - last_beat <= HEARTBEAT_TIMEOUT_S + 0.5
-    state = await plc.read_state()
-    assert (state.running, state.stop_cause) == (False, StopCause.HEARTBEAT_LOST)
-    async with beating(plc):
-        await until(line.running, what="line running again")
+# --- line permit (the reject gate and the rest of the contract: test_plc_links.py) -------------
 
 
 @module_loop
@@ -361,23 +265,6 @@ async def test_line_stop_request_and_clear(line: SimLine, sim: OpcUaPlcSim, plc:
         await until(line.running, what="line running again")
         assert (await plc.read_state()).stop_cause == StopCause.NONE
         assert len(sim.stops) == 1
-
-
-@module_loop
-async def test_drop_link_raises_then_reconnects(
-    line: SimLine, sim: OpcUaPlcSim, plc: OpcUaPlc
-) -> None:
-    async with beating(plc):
-        await until(line.running, what="line running")
-    sim.drop_link()
-    await until(lambda: bool(sim.stops), what="a stop")
-    assert sim.stops[-1][1] == StopCause.LINK_DROPPED
-    with pytest.raises(DeviceConnectionError, match=r"dropped|link lost"):
-        await plc.read_state()
-    state = await plc.read_state()  # the drop was reported; this call reconnects
-    assert state.stop_cause == StopCause.LINK_DROPPED
-    async with beating(plc):
-        await until(line.running, what="line running after reconnect")
 
 
 @module_loop

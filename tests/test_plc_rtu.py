@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import ValidationError
-from test_plc_modbus import beating, send_unit, until
 
 from drivers.plc.modbus import ModbusRtuPlc, ModbusRtuPlcConfig
 from drivers.plc.modbus import registers as reg
@@ -22,6 +21,10 @@ from edge_agent.errors import ConfigError, DeviceConnectionError, DeviceTimeout
 from edge_agent.registry import driver_class
 from simulators.line import SimLine
 from simulators.plc.modbus import ModbusRtuPlcSim, NullModem
+from tests.helpers.plc import beating, send_unit
+from tests.helpers.waiting import until
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
 GATE_DELAY_S = 0.05
 HEARTBEAT_TIMEOUT_S = 0.4

@@ -17,253 +17,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from edge_agent.app import Agent
-from edge_agent.config import parse_config
-from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
+from edge_agent import registry
 from edge_agent.db import open_reader
-from edge_agent.demo import demo_config_text
-from edge_agent.errors import LineStopped
-from edge_agent.reconcile import reconcile
-from edge_agent.registry import driver_class
 from simulators.catalog import SIMULATOR_TYPES
-from simulators.runner import SimulatorSet
-
-UNITS = 30
-FAULT_AFTER = 8  # printed units before the fault is injected
-# Reasons the reconcile at a restart settles serials with: seen, the old queue is cancelled
-SETTLED = "('cleared_from_printer', 'not_received_by_printer', 'in_flight_at_restart')"
-
-
-# --- how to break each printer ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Kit:
-    """Fault injection for one printer type, in that printer's own terms."""
-
-    codes: dict[str, str]  # fault kind -> the code the printer reports (and the alarm names)
-    raise_fault: Callable[[Any, str], None]
-    lose_confirmations: Callable[[Any, int], None]
-    delay: Callable[[Any, float], None]
-    silence: Callable[[Any], None]
-    silence_alarm: str  # what the alarm of a printer that stopped answering says
-    garbage: bytes
-    lost_confirmations_rejected: bool  # True: a lost notice is gone; False: the next poll has it
-    overrides: dict[str, Any]  # driver settings that keep timeouts short in tests
-    # Printer to camera. A polled printer confirms a missed poll late: the unit must still be
-    # on its way to the camera then (a print-and-apply label printer sits well upstream).
-    transit_s: float = 0.0
-    # A serial link cannot be dropped, only silenced (see test_printer_that_stops_answering):
-    # the lost-link scenario runs the printer over TCP
-    lost_link_transport: str | None = None
-    # Whether a restarted agent learns which records the printer's queue held (its clear names
-    # them); ZPL only counts its queue, so the restart rejects them instead (never a guess)
-    names_queue_after_restart: bool = True
-
-
-def _stream_kit(
-    codes: dict[str, str],
-    garbage: bytes,
-    silence_alarm: str,
-    lost_link_transport: str | None = None,
-) -> Kit:
-    """ascii, zipher, rci: notification protocols with the same simulator faults API."""
-
-    def silence(sim: Any) -> None:
-        sim.faults.reply_delay_s = 60.0
-
-    def delay(sim: Any, seconds: float) -> None:
-        sim.faults.reply_delay_s = seconds
-
-    return Kit(
-        codes=codes,
-        raise_fault=lambda sim, code: sim.faults.raise_fault(code, f"{code} (injected)"),
-        lose_confirmations=lambda sim, n: sim.faults.lose_next_confirmations(n),
-        delay=delay,
-        silence=silence,
-        silence_alarm=silence_alarm,
-        garbage=garbage,
-        lost_confirmations_rejected=True,
-        overrides={"reply_timeout_s": 0.5},
-        lost_link_transport=lost_link_transport,
-    )
-
-
-def _zpl_raise(sim: Any, code: str) -> None:
-    sim.faults.set_flag(code.lower())
-
-
-def _zpl_delay(sim: Any, seconds: float) -> None:
-    sim.faults.reply_delay_s = seconds
-
-
-KITS: dict[str, Kit] = {
-    "ascii": _stream_kit(
-        {"ink_out": "INK_OUT", "head_fault": "HEAD_FAULT", "buffer_underrun": "BUFFER_UNDERRUN"},
-        b"\x00\xff\xfeGARBAGE|||\r\nACK|NOPE\r\n!PRC|x|\r\n",
-        "no reply to REC",
-    ),
-    "zipher": _stream_kit(
-        {"ink_out": "INK_OUT", "head_fault": "HEAD_FAULT", "buffer_underrun": "BUFFER_UNDERRUN"},
-        b"\x00\xff\xfeGARBAGE|||\r\nACK|NOPE|\r\nPRC|x|\r\n",
-        "no reply to",
-    ),
-    "rci": _stream_kit(
-        {"ink_out": "INK_OUT", "head_fault": "HEAD_FAULT", "buffer_underrun": "BUFFER_UNDERRUN"},
-        b"\x00\xff\x1b\x02\x05garbage\x99\x1b\x03\xfe",  # noise, and a frame with a bad checksum
-        "no reply to",
-        lost_link_transport="tcp",
-    ),
-    "zpl": Kit(
-        # A label printer's equivalents: ribbon out, print head up (open), media (paper) out
-        codes={"ink_out": "RIBBON_OUT", "head_fault": "HEAD_UP", "buffer_underrun": "PAPER_OUT"},
-        raise_fault=_zpl_raise,
-        lose_confirmations=lambda sim, n: sim.faults.lose_status_answers(n),
-        delay=_zpl_delay,
-        silence=lambda sim: sim.faults.lose_status_answers(10**6),
-        silence_alarm="no answer to ~HS",
-        garbage=b"\x02\xff\xfe030,1\x03\r\n garbage \x00\x03",
-        lost_confirmations_rejected=False,
-        overrides={"status_timeout_s": 0.3, "max_missed_status": 3},
-        transit_s=1.0,
-        names_queue_after_restart=False,
-    ),
-}
-
-
-def printer_types() -> list[str]:
-    # Every catalog printer must have a kit: test_every_catalog_printer_has_a_fault_kit
-    return sorted(KITS)
-
-
-# --- running a line ----------------------------------------------------------------------------
-
-
-def simulators(printer_type: str, transport: str | None = None) -> SimulatorsSection:
-    return SimulatorsSection(
-        units_per_min=None,
-        transit_s=KITS[printer_type].transit_s,
-        printer=PrinterSim(type=printer_type, port=0, buffer_size=16, transport=transport),
-        camera=CameraSim(port=0, defect_rate=0.0, seed=1),
-        plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
-    )
-
-
-def agent_config(sims: SimulatorSet, state: Path, printer_type: str, **line: Any) -> Any:
-    sections = sims.device_configs()
-    sections["printer"] = sections["printer"] | KITS[printer_type].overrides
-    overrides = {
-        "agent": {"state_dir": str(state)},
-        "batch": {"target_quantity": UNITS},
-        "line": {"verdict_deadline_ms": 500, **line},
-        "plc": {"ring_size": 512},
-    }
-    return parse_config(demo_config_text(), "demo.toml", overrides, sections=sections)
-
-
-async def until(condition: Callable[[], bool], what: str, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-async def run_agent(config: Any) -> LineStopped | None:
-    try:
-        async with asyncio.timeout(30):
-            await Agent(config).run()
-    except LineStopped as exc:
-        return exc
-    return None
-
-
-@contextlib.asynccontextmanager
-async def injecting(
-    sims: SimulatorSet, inject: Callable[[], Awaitable[None] | None]
-) -> AsyncIterator[None]:
-    """Inject the fault once FAULT_AFTER units are printed, while the agent runs."""
-
-    async def job() -> None:
-        await until(lambda: len(sims.printer.printed) >= FAULT_AFTER, "printed units")
-        result = inject()
-        if result is not None:
-            await result
-
-    task = asyncio.create_task(job())
-    try:
-        yield
-    finally:
-        if not task.done():
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def operator_reset(sims: SimulatorSet) -> None:
-    """What the operator does after a line stop: clear the agent's stop request, acknowledge."""
-    plc_config = sims.plc.driver_config()
-    cls = driver_class("plc", plc_config["type"])
-    async with cls("plc", cls.Config(**plc_config)) as plc:
-        await plc.clear_line_stop()
-    sims.plc.acknowledge()
-
-
-class Conveyor:
-    """A run permit on the simulated line, as a stopped conveyor: nothing is printed meanwhile."""
-
-    def __init__(self, line: Any) -> None:
-        self._line = line
-        self._running = True
-        line.add_run_permit(lambda: self._running)
-
-    def halt(self) -> None:
-        self._running = False
-        self._line.notify_run_state()
-
-    def run(self) -> None:
-        self._running = True
-        self._line.notify_run_state()
-
-
-def column(conn: sqlite3.Connection, sql: str, *args: Any) -> list[Any]:
-    return [row[0] for row in conn.execute(sql, args)]
-
-
-def check_invariants(state: Path, sims: SimulatorSet) -> dict[str, Any]:
-    """The ledger's promises, whatever the fault; returns the reconciliation report."""
-    printed = sims.printer.printed
-    with contextlib.closing(open_reader(state)) as conn:
-        report = reconcile(conn)
-        sent = column(conn, "SELECT serial FROM serials WHERE seq IS NOT NULL")
-        seqs = column(conn, "SELECT seq FROM serials WHERE seq IS NOT NULL")
-        commissioned = column(conn, "SELECT serial FROM serials WHERE state = 'commissioned'")
-        confirmed = set(
-            column(
-                conn,
-                "SELECT serial FROM transitions WHERE to_state = 'printed' "
-                "AND reason = 'print_confirmed'",
-            )
-        )
-        triggers = column(conn, "SELECT trigger FROM serials WHERE state = 'commissioned'")
-    assert len(printed) == len(set(printed)), "a serial was printed twice"
-    assert len(seqs) == len(set(seqs)), "a record number was used twice"
-    assert set(printed) <= set(sent), "the printer printed a serial the ledger never sent"
-    assert set(commissioned) <= confirmed, "a serial was commissioned without confirmation"
-    assert set(commissioned) <= set(printed), "a commissioned serial was never printed"
-    assert sorted(sims.plc.passed_triggers) == sorted(triggers), "gate and ledger differ"
-    assert report["duplicates"] == 0 and report["passed"] == report["serials_commissioned"]
-    return report
-
+from simulators.line import SimLine
+from simulators.runner import SimulatorSet, simulator_class
+from tests.helpers.printer_faults import (
+    FAULT_AFTER,
+    KITS,
+    SETTLED,
+    UNITS,
+    Conveyor,
+    agent_config,
+    check_invariants,
+    column,
+    injecting,
+    operator_reset,
+    printer_types,
+    run_agent,
+    simulators,
+)
+from tests.helpers.waiting import until
 
 # --- the matrix --------------------------------------------------------------------------------
 
@@ -271,9 +49,14 @@ pytestmark = pytest.mark.slow
 each_printer = pytest.mark.parametrize("printer_type", printer_types())
 
 
-def test_every_catalog_printer_has_a_fault_kit() -> None:
+def test_every_catalog_printer_has_traits_and_the_fault_api() -> None:
     missing = sorted(set(SIMULATOR_TYPES["printer"]) - set(KITS))
-    assert not missing, f"printer types without fault tests (add a Kit to KITS): {missing}"
+    assert not missing, f"printer types without fault tests (declare traits): {missing}"
+    for name in printer_types():
+        faults = simulator_class("printer", name)(SimLine(units_per_min=None)).faults
+        for method in ("inject", "fault_code", "lose_confirmations", "delay_replies", "silence"):
+            assert callable(getattr(faults, method, None)), f"{name} faults lack {method}()"
+        assert set(registry.known_types("printer")) >= {name}, f"{name}: no driver registered"
 
 
 @each_printer
@@ -281,11 +64,10 @@ def test_every_catalog_printer_has_a_fault_kit() -> None:
 async def test_printer_reported_fault_stops_the_line_naming_its_code(
     printer_type: str, kind: str, tmp_path: Path
 ) -> None:
-    kit = KITS[printer_type]
     async with SimulatorSet(simulators(printer_type)) as sims:
         config = agent_config(sims, tmp_path, printer_type)
-        code = kit.codes[kind]
-        async with injecting(sims, lambda: kit.raise_fault(sims.printer, code)):
+        code = sims.printer.faults.fault_code(kind)
+        async with injecting(sims, lambda: sims.printer.faults.inject(kind)):
             stopped = await run_agent(config)
         await sims.line.drain()
         report = check_invariants(tmp_path, sims)
@@ -362,7 +144,7 @@ async def test_printer_that_stops_answering_stops_the_line(
     kit = KITS[printer_type]
     async with SimulatorSet(simulators(printer_type)) as sims:
         config = agent_config(sims, tmp_path, printer_type)
-        async with injecting(sims, lambda: kit.silence(sims.printer)):
+        async with injecting(sims, lambda: sims.printer.faults.silence()):
             stopped = await run_agent(config)
         await sims.line.drain()
         report = check_invariants(tmp_path, sims)
@@ -382,9 +164,9 @@ async def test_slow_replies_garbage_and_lost_confirmations_keep_the_ledger_right
         printer = sims.printer
 
         def inject() -> None:
-            kit.delay(printer, 0.02)
+            printer.faults.delay_replies(0.02)
             printer.faults.send_garbage(kit.garbage)
-            kit.lose_confirmations(printer, 2)
+            printer.faults.lose_confirmations(2)
 
         async with injecting(sims, inject):
             stopped = await run_agent(config)

@@ -16,7 +16,7 @@ from edge_agent.contracts import ClearResult, PrintConfirmation, PrintJob, Print
 from edge_agent.errors import DeviceConnectionError, LineStopped
 from edge_agent.ledger import SerialState
 from edge_agent.line.printer_link import PrinterLink
-from tests.test_printer_reconcile import GTIN, ledger_with_sent, record
+from tests.helpers.ledger import GTIN, ledger_with_sent, record
 
 STOP_CODE = 16
 

@@ -21,7 +21,9 @@ from edge_agent.contracts import ClearResult, PrintConfirmation, Printer, Printe
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.rci import RciPrinterSim
-from tests.printer_helpers import JOB, STEP_S, Gate, chunked, confirmed, rec, take, until
+from tests.helpers.printers import JOB, STEP_S, Gate, chunked, confirmed, rec, take, until
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
 def config(sim: RciPrinterSim, **overrides: Any) -> RciPrinter.Config:
@@ -148,19 +150,6 @@ async def test_pulled_serial_cable_times_out_then_recovers(
         assert await take(it, 1) == confirmed(2)
 
 
-async def test_dropped_tcp_connection_raises_connection_error(line: SimLine) -> None:
-    async with RciPrinterSim(line, transport="tcp") as sim, RciPrinter("p", config(sim)) as printer:
-        await printer.select_job(JOB)
-        async with aclosing(printer.confirmations()) as it:
-            waiting = asyncio.create_task(take(it, 1))
-            await asyncio.sleep(0)
-            sim.faults.drop_connection()
-            with pytest.raises(DeviceConnectionError):
-                await waiting
-        with pytest.raises(DeviceConnectionError):
-            await printer.send(rec(1))
-
-
 async def test_garbage_checksum_and_partial_frames_are_counted_and_stream_recovers(
     serial_sim: RciPrinterSim, printer: RciPrinter
 ) -> None:
@@ -185,18 +174,6 @@ async def test_garbage_checksum_and_partial_frames_are_counted_and_stream_recove
         assert await take(it, 1) == confirmed(1)
 
 
-async def test_lost_print_end_is_never_invented(
-    serial_sim: RciPrinterSim, printer: RciPrinter
-) -> None:
-    await printer.select_job(JOB)
-    serial_sim.faults.lose_next_confirmations(2)
-    for i in range(1, 5):
-        await printer.send(rec(i))
-    async with aclosing(printer.confirmations()) as it:
-        assert await take(it, 2) == confirmed(3, 4)
-    assert (await printer.status()).printed == 4
-
-
 async def test_slow_reply_times_out_and_late_reply_is_not_misattributed(
     serial_sim: RciPrinterSim,
 ) -> None:
@@ -216,11 +193,11 @@ async def test_printer_answers_a_corrupt_command_with_bad_frame(
     frame = bytearray(codec.encode_frame(codec.STATUS))
     frame[-1] ^= 0xFF
     with pytest.raises(ProtocolError, match="BAD_FRAME"):
-        await printer._command(bytes(frame), codec.STATUS)
+        await printer._rci(bytes(frame), codec.STATUS)
     assert serial_sim.bad_frames == 1
     await printer.select_job(JOB)
     with pytest.raises(ProtocolError, match="BAD_DATA"):
-        await printer._command(
+        await printer._rci(
             codec.encode_frame(codec.LOAD_RECORD, struct.pack(">Q", 1) + b"a b"), codec.LOAD_RECORD
         )
 

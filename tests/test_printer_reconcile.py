@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.contracts import ClearResult, PrintConfirmation, PrintRecord
-from edge_agent.db import open_db
-from edge_agent.ledger import BatchInfo, Ledger, SerialState
+from edge_agent.ledger import SerialState
 from edge_agent.line.printer_reconcile import reconcile_printer_queue, settle
 from edge_agent.line.runtime import LineRuntime
-
-GTIN = "09506000134352"
+from tests.helpers.ledger import GTIN, ledger_with_sent, record
 
 
 class QueuePrinter:
@@ -35,27 +33,6 @@ class QueuePrinter:
         self.clears += 1
         discarded, self.queued = tuple(self.queued), []
         return ClearResult(discarded) if self.names else ClearResult(unnamed=len(discarded))
-
-
-@contextlib.contextmanager
-def ledger_with_sent(state_dir: Path, sent: int) -> Iterator[tuple[Ledger, BatchInfo, list[str]]]:
-    ledger = Ledger(open_db(state_dir), read_point="urn:x", company_prefix_length=7)
-    try:
-        batch = ledger.open_batch("B1", GTIN, "LOT1", "281200", 100)
-        ledger.ensure_allocated(batch, sent, length=10, alphabet="0123456789ABCDEF")
-        serials = []
-        for _ in range(sent):
-            taken = ledger.take_for_print(batch)
-            assert taken is not None
-            serials.append(taken[1])
-        yield ledger, batch, serials
-    finally:
-        ledger.conn.close()
-
-
-def record(serials: list[str], i: int) -> PrintRecord:
-    """The record the ledger sent for ``serials[i]`` (record seqs count from 1)."""
-    return PrintRecord(i + 1, serials[i])
 
 
 @pytest.mark.parametrize(

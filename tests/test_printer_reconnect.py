@@ -26,7 +26,7 @@ from edge_agent.errors import LineStopped
 from edge_agent.line.printer_link import MAX_DELAY_S, next_delay
 from edge_agent.line.stats import LineStats
 from simulators.runner import SimulatorSet
-from tests.test_printer_faults import (
+from tests.helpers.printer_faults import (
     FAULT_AFTER,
     KITS,
     UNITS,
@@ -37,8 +37,8 @@ from tests.test_printer_faults import (
     injecting,
     printer_types,
     simulators,
-    until,
 )
+from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.slow
 

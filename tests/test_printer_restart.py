@@ -25,7 +25,7 @@ from edge_agent.db import open_db, open_reader
 from edge_agent.ledger import Ledger
 from edge_agent.registry import driver_class
 from simulators.runner import SimulatorSet
-from tests.test_printer_faults import (
+from tests.helpers.printer_faults import (
     KITS,
     SETTLED,
     agent_config,
@@ -33,8 +33,8 @@ from tests.test_printer_faults import (
     printer_types,
     run_agent,
     simulators,
-    until,
 )
+from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,12 @@ from pydantic import ValidationError
 
 from drivers.printers.zipher import ZipherPrinter, codec
 from edge_agent.contracts import ClearResult, Printer, PrinterStatus, PrintRecord
-from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
+from edge_agent.errors import DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.zipher import ZipherPrinterSim
-from tests.printer_helpers import JOB, STEP_S, Gate, chunked, confirmed, rec, take, until
+from tests.helpers.printers import JOB, STEP_S, Gate, chunked, confirmed, rec, take, until
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
 def config(sim: ZipherPrinterSim, **overrides: Any) -> ZipherPrinter.Config:
@@ -171,31 +173,6 @@ async def test_offline_state_stops_printing(sim: ZipherPrinterSim, printer: Ziph
     assert await printer.warnings() == []
 
 
-async def test_dropped_connection_raises_and_reconnect_resumes(
-    sim: ZipherPrinterSim, printer: ZipherPrinter
-) -> None:
-    await printer.select_job(JOB)
-    async with aclosing(printer.confirmations()) as it:
-        waiting = asyncio.create_task(take(it, 1))
-        await asyncio.sleep(0)
-        sim.faults.drop_connection()
-        with pytest.raises(DeviceConnectionError):
-            await waiting
-    with pytest.raises(DeviceConnectionError):
-        await printer.send(rec(1))
-    async with ZipherPrinter("p", config(sim)) as again:
-        await again.send(rec(2))  # the job survived on the printer
-        async with aclosing(again.confirmations()) as it:
-            assert await take(it, 1) == confirmed(2)
-
-
-async def test_connect_retries_with_backoff_then_fails() -> None:
-    cfg = ZipherPrinter.Config(type="zipher", link={"kind": "tcp", "port": 1}, connect_attempts=2)
-    with pytest.raises(DeviceConnectionError):
-        async with ZipherPrinter("p", cfg):
-            pass
-
-
 async def test_slow_reply_times_out_and_late_reply_is_not_misattributed(
     sim: ZipherPrinterSim,
 ) -> None:
@@ -226,18 +203,6 @@ async def test_garbage_from_printer_is_counted_and_stream_recovers(
         await printer.send(rec(i))
     async with aclosing(printer.confirmations()) as it:
         assert await take(it, 3) == confirmed(0, 1, 2)
-
-
-async def test_lost_print_complete_is_never_invented(
-    sim: ZipherPrinterSim, printer: ZipherPrinter
-) -> None:
-    await printer.select_job(JOB)
-    sim.faults.lose_next_confirmations(2)
-    for i in range(1, 5):
-        await printer.send(rec(i))
-    async with aclosing(printer.confirmations()) as it:
-        assert await take(it, 2) == confirmed(3, 4)
-    assert (await printer.status()).printed == 4
 
 
 async def test_over_serial_pty(line: SimLine) -> None:

@@ -19,7 +19,9 @@ from edge_agent.contracts import ClearResult, PrintConfirmation, Printer, PrintJ
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 from simulators.line import SimLine
 from simulators.printers.zpl import ZplPrinterSim
-from tests.printer_helpers import JOB, STEP_S, Gate, confirmed, rec, take, until
+from tests.helpers.printers import JOB, STEP_S, Gate, confirmed, rec, take, until
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
 STATUS = codec.HostStatus(
     paper_out=False,
@@ -281,18 +283,6 @@ async def test_silent_printer_raises_device_timeout(sim: ZplPrinterSim, line: Si
         async with aclosing(printer.confirmations()) as it:
             with pytest.raises(DeviceTimeout, match="~HS"):
                 await take(it, 1)
-
-
-async def test_connection_drop_raises_and_commands_fail(
-    sim: ZplPrinterSim, printer: ZplPrinter
-) -> None:
-    await until(lambda: sim.connected)
-    sim.faults.drop_connection()
-    async with aclosing(printer.confirmations()) as it:
-        with pytest.raises(DeviceConnectionError):
-            await take(it, 1)
-    with pytest.raises(DeviceConnectionError):
-        await printer.send(rec(1))
 
 
 async def test_batch_values_zpl_cannot_carry_fail_at_job_selection(sim: ZplPrinterSim) -> None:

@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_line_runtime import (
+
+from edge_agent.app import Agent
+from edge_agent.line.stats import LineStats
+from edge_agent.reconcile import reconcile
+from simulators.runner import SimulatorSet
+from tests.helpers.line import (
     check_gate_matches_ledger,
     check_nothing_sent_twice,
     column,
@@ -22,13 +27,8 @@ from test_line_runtime import (
     simulators,
     state_db,
     units_by_trigger,
-    until,
 )
-
-from edge_agent.app import Agent
-from edge_agent.line.stats import LineStats
-from edge_agent.reconcile import reconcile
-from simulators.runner import SimulatorSet
+from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.slow
 

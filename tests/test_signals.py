@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 from agent_process import AgentProcess, write_agent_config
-from test_line_runtime import check_gate_matches_ledger, column, gates_settled
-from test_plc_modbus import until
 
 from drivers.plc.modbus import registers as reg
 from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
@@ -28,6 +26,8 @@ from edge_agent.db import open_reader
 from edge_agent.reconcile import reconcile
 from edge_agent.stops import StopReason
 from simulators.runner import SimulatorSet
+from tests.helpers.line import check_gate_matches_ledger, column, gates_settled
+from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.slow
 

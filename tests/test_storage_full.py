@@ -23,15 +23,6 @@ from typing import Any
 
 import pytest
 from agent_process import AgentProcess, run_agent_process, write_agent_config
-from test_line_runtime import (
-    check_gate_matches_ledger,
-    check_nothing_sent_twice,
-    gates_settled,
-    run_agent,
-    simulators,
-    state_db,
-    until,
-)
 
 from drivers.plc.modbus import registers as reg
 from edge_agent.db import open_reader
@@ -40,6 +31,15 @@ from edge_agent.outbox.store import OutboxStore
 from edge_agent.reconcile import reconcile
 from simulators.runner import SimulatorSet
 from simulators.upstream.capture_server import CaptureServerSim
+from tests.helpers.line import (
+    check_gate_matches_ledger,
+    check_nothing_sent_twice,
+    gates_settled,
+    run_agent,
+    simulators,
+    state_db,
+)
+from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.slow
 

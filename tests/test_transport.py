@@ -11,6 +11,8 @@ from pydantic import TypeAdapter, ValidationError
 from drivers.transport import PtyPair, SerialTransport, TcpTransport, TransportConfig, open_stream
 from edge_agent.errors import DeviceConnectionError
 
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
 STEP_S = 5.0
 _ADAPTER: TypeAdapter[TcpTransport | SerialTransport] = TypeAdapter(TransportConfig)
 

@@ -142,17 +142,21 @@ class DirectoryFrameSource:
         self._seen: dict[str, _Seen] = {}
         self._finished: dict[str, Signature] = {}  # yielded or quarantined, still in the folder
         self._kept: dict[Path, deque[str]] = {}  # done/ and bad/ contents, oldest first
+        self._open = False  # inside 'async with': files are only taken (and moved) then
 
     async def __aenter__(self) -> Self:
         if not await asyncio.to_thread(self.config.path.is_dir):
             raise DeviceConnectionError(self.name, f"image folder {self.config.path} not found")
+        self._open = True
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        return None
+        self._open = False
 
     async def frames(self) -> AsyncIterator[Frame]:
         while True:
+            if not self._open:
+                raise DeviceConnectionError(self.name, "not open (use 'async with')")
             listing = await asyncio.to_thread(self._scan)
             self.polls += 1
             for file_name, trigger, settled in self._candidates(listing)[

@@ -28,7 +28,7 @@ from pydantic import Field
 
 from drivers.l3 import wire
 from edge_agent.config.models import L3Section
-from edge_agent.contracts import L3Message, SerialPage
+from edge_agent.contracts import L3Message, LineContext, SerialPage
 from edge_agent.errors import DeliveryError
 
 log = structlog.get_logger("drivers.l3.folder")
@@ -46,7 +46,14 @@ class FolderL3Config(L3Section):
 class FolderL3Link:
     Config = FolderL3Config
 
-    def __init__(self, config: FolderL3Config, *, site: str = "", line: str = "") -> None:
+    def __init__(
+        self,
+        config: FolderL3Config,
+        *,
+        context: LineContext | None = None,  # contracts.L3LinkFactory; a folder names nothing
+        site: str = "",
+        line: str = "",
+    ) -> None:
         self.config = config
         self.name = config.name
         self.root = config.folder

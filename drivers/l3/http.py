@@ -30,7 +30,7 @@ from yarl import URL
 from drivers.l3 import wire
 from drivers.upstream.http_capture import _problem, _retry_after
 from edge_agent.config.models import L3Section, SecretRef
-from edge_agent.contracts import L3Message, SerialPage
+from edge_agent.contracts import L3Message, LineContext, SerialPage
 from edge_agent.errors import ConfigError, DeliveryError
 
 log = structlog.get_logger("drivers.l3.http")
@@ -55,7 +55,16 @@ class HttpL3Config(L3Section):
 class HttpL3Link:
     Config = HttpL3Config
 
-    def __init__(self, config: HttpL3Config, *, site: str = "", line: str = "") -> None:
+    def __init__(
+        self,
+        config: HttpL3Config,
+        *,
+        context: LineContext | None = None,
+        site: str = "",
+        line: str = "",
+    ) -> None:
+        if context is not None:  # the core's way (contracts.L3LinkFactory); site/line: older
+            site, line = context.site, context.line
         self.config = config
         self.name = config.name
         self.site, self.line = site, line

@@ -36,7 +36,7 @@ from pydantic import Field
 from drivers.l3 import wire
 from drivers.upstream.mqtt import MqttConfig, MqttForwarder
 from edge_agent.config.models import L3Section, SecretRef
-from edge_agent.contracts import L3Message, SerialPage
+from edge_agent.contracts import L3Message, LineContext, SerialPage
 from edge_agent.errors import DeliveryError
 
 log = structlog.get_logger("drivers.l3.mqtt")
@@ -80,13 +80,24 @@ class MqttL3Config(L3Section):
 class MqttL3Link:
     Config = MqttL3Config
 
-    def __init__(self, config: MqttL3Config, *, site: str = "SITE-01", line: str = "LINE-01"):
+    def __init__(
+        self,
+        config: MqttL3Config,
+        *,
+        context: LineContext | None = None,
+        site: str = "SITE-01",
+        line: str = "LINE-01",
+    ) -> None:
+        if context is not None:  # the core's way (contracts.L3LinkFactory); site/line: older
+            site, line = context.site, context.line
         self.config = config
         self.name = config.name
         self.client_id = config.client_id or f"edge-agent-{site}-{line}-l3"
         self.prefix = config.topic_prefix.format(site=site, line=line).rstrip("/")
         self.response_topic = f"{self.prefix}/responses/{self.client_id}"
-        self._factory = MqttForwarder(self.name, self._connection_config(), site=site, line=line)
+        self._factory = MqttForwarder(
+            self.name, self._connection_config(), context=LineContext(site, line)
+        )
         self._client: aiomqtt.Client | None = None
         self._listener: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()

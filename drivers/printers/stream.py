@@ -1,10 +1,24 @@
-"""Shared machinery of printer drivers on one byte stream (TCP or serial) with ordered replies.
+"""The one printer base: a driver on one byte stream (TCP or serial) whose replies come in order.
 
-A subclass provides a decoder (bytes -> messages, never raising) and ``_dispatch``; this base
-owns the link (``drivers.transport``), the reader task, the FIFO of commands waiting for their
-reply, and the queue of print-complete / fault events that ``confirmations()`` drains. Replies
-come in command order on every protocol built on it, so a reply resolves the oldest command it
-fits; a command that timed out stays in the FIFO as abandoned so its late reply still lines up.
+Like python-can's ``BusABC``, the base owns the lifecycle and a protocol adds private hooks. The
+base owns the link (``drivers.transport``, connect attempts through ``edge_agent.supervisor``),
+the reader task, the FIFO of commands waiting for their reply, the queue of print-complete and
+fault events that ``confirmations()`` drains, the count of malformed input, and connection-scoped
+tasks. A protocol writes a codec (bytes <-> messages, no I/O) and these hooks:
+
+- ``_decoder()`` (required): a fresh decoder for a new connection, ``feed(bytes) -> messages``;
+- ``_dispatch(message)`` (required): route one decoded message: a reply to ``_on_reply``, a
+  print-complete to ``_print_complete``, a fault to ``_fault``, garbage to ``count_malformed``;
+- ``_refusal(cmd, reply)``: the error a refusing reply means (``_busy`` for a full buffer,
+  ``_faulted`` for a printer fault), or None for a reply that is a success;
+- ``_on_connect()``: runs once the link is up (enable notifications, read a baseline, start a
+  poll task with ``_spawn``);
+- ``_answered(entry, reply)``: sees every reply with the command it answers, a late one to an
+  abandoned command included, before the waiting caller does (a polled protocol counts there).
+
+Replies come in command order on every protocol built on it, so a reply resolves the oldest
+command it fits; a command that timed out stays in the FIFO as abandoned so its late reply still
+lines up. Every error leaves as an ``edge_agent.errors`` exception naming the printer.
 """
 
 from __future__ import annotations
@@ -13,9 +27,9 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self
 
 import structlog
 
@@ -26,8 +40,10 @@ from edge_agent.errors import (
     DeviceError,
     DeviceFault,
     DeviceTimeout,
+    PrinterBusy,
     ProtocolError,
 )
+from edge_agent.supervisor import Supervisor
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +51,8 @@ _READ_CHUNK = 65536
 NOT_CONNECTED = "not connected"
 CLOSED = "closed by the agent"
 MAX_MALFORMED_IN_A_ROW = 32
+CONNECT_FIRST_S = 0.2  # longest first wait between connect attempts; doubles up to the cap
+CONNECT_MAX_S = 5.0
 
 
 class Decoder(Protocol):
@@ -49,21 +67,7 @@ class Pending:
     fits: Callable[[Any], bool]  # does this reply answer this command?
     future: asyncio.Future[Any] = field(repr=False)
     sent_at: float = 0.0
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A printer fault event for ``confirmations()``."""
-
-    code: str
-    text: str
-
-
-@dataclass(frozen=True)
-class Garbled:
-    """So much malformed input in a row that the link is unusable."""
-
-    why: str
+    context: Any = None  # what the protocol noted when it wrote the command (``_answered``)
 
 
 class _LinkDown:
@@ -71,31 +75,51 @@ class _LinkDown:
 
 
 LINK_DOWN = _LinkDown()
+_Event = PrintConfirmation | DeviceError | _LinkDown
 
 
 class StreamPrinter:
-    """Base of the stream printer drivers; see the module docstring."""
+    """Base of every printer driver; see the module docstring. Implements the lifecycle and
+    ``confirmations()`` of ``edge_agent.contracts.Printer``; a protocol adds the rest."""
 
-    name: str
-    transport: TcpTransport | SerialTransport
-    reply_timeout_s: float
-    connect_attempts: int = 1
+    encode_error: ClassVar[type[Exception]] = ValueError  # the codec's "cannot put on the wire"
+    no_reply: ClassVar[str] = "no reply to"  # how a command timeout is worded
 
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        transport: TcpTransport | SerialTransport,
+        *,
+        reply_timeout_s: float,
+        buffer_depth: int,
+        connect_attempts: int = 1,
+    ) -> None:
         self.name = name
+        self.transport = transport
+        self.reply_timeout_s = reply_timeout_s
+        self.buffer_depth = buffer_depth  # sent-but-unprinted records the agent keeps queued
+        self.connect_attempts = connect_attempts
         self.malformed_count = 0  # input from the printer that did not fit the protocol
         self._malformed_run = 0  # malformed messages since the last good one
         self.fault_code: str | None = None  # the printer's fault as last reported, if any
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []  # connection-scoped, see ``_spawn``
         self._pending: deque[Pending] = deque()
         self._lock = asyncio.Lock()
-        self._events: asyncio.Queue[PrintConfirmation | Fault | Garbled | _LinkDown] = (
-            asyncio.Queue()
-        )
+        self._events: asyncio.Queue[_Event] = asyncio.Queue()
         self._down: str | None = NOT_CONNECTED
+        self._link = Supervisor(
+            name,
+            first_s=CONNECT_FIRST_S,
+            max_s=CONNECT_MAX_S,
+            lost_event="printer link down",
+            still_event="printer link still down",
+            back_event="printer link back",
+            logger=log,
+        )
 
-    # --- subclass hooks --------------------------------------------------------------------
+    # --- protocol hooks --------------------------------------------------------------------
 
     def _decoder(self) -> Decoder:
         raise NotImplementedError
@@ -103,8 +127,15 @@ class StreamPrinter:
     def _dispatch(self, message: Any) -> None:
         raise NotImplementedError
 
+    def _refusal(self, cmd: str, reply: Any) -> DeviceError | None:
+        """The error a refusing ``reply`` to ``cmd`` means; None: the reply is a success."""
+        return None
+
     async def _on_connect(self) -> None:
         """Runs once the link is up (e.g. enable notifications)."""
+
+    def _answered(self, entry: Pending, reply: Any) -> None:
+        """Sees every reply with its command, before the caller waiting for it."""
 
     # --- connection ------------------------------------------------------------------------
 
@@ -125,11 +156,13 @@ class StreamPrinter:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        task, writer = self._reader_task, self._writer
-        self._reader_task, self._writer = None, None
-        if task is not None:
+        tasks = [self._reader_task, *self._tasks] if self._reader_task else list(self._tasks)
+        writer = self._writer
+        self._reader_task, self._tasks, self._writer = None, [], None
+        for task in tasks:
             task.cancel()
-            await asyncio.wait([task])  # unlike awaiting it, never swallows our own cancellation
+        if tasks:
+            await asyncio.wait(tasks)  # unlike awaiting them, never swallows our cancellation
         self._link_down(CLOSED)
         if writer is not None:
             writer.close()
@@ -137,21 +170,17 @@ class StreamPrinter:
                 await writer.wait_closed()
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Open the link, retrying with exponential backoff (a printer rebooting, a cable
-        re-plugged) up to ``connect_attempts`` times."""
-        delay = 0.2
-        for attempt in range(1, self.connect_attempts + 1):
-            try:
-                return await open_stream(self.name, self.transport)
-            except DeviceError as exc:
-                if attempt == self.connect_attempts:
-                    raise
-                log.warning(
-                    "printer connect failed", device=self.name, error=str(exc), retry_s=delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
+        """Open the link, up to ``connect_attempts`` times (a printer rebooting, a cable
+        re-plugged), backing off in between as every device link does."""
+        return await self._link.connect(
+            lambda: open_stream(self.name, self.transport),
+            attempts=self.connect_attempts,
+            retry_on=(DeviceError,),
+        )
+
+    def _spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """A task that lives as long as this connection (``__aexit__`` ends it)."""
+        self._tasks.append(asyncio.create_task(work, name=f"{self.name}-{what}"))
 
     # --- reader ----------------------------------------------------------------------------
 
@@ -189,6 +218,7 @@ class StreamPrinter:
                 msg = f"printer skipped the reply to {skipped.cmd} and answered {reply!r}"
                 skipped.future.set_exception(ProtocolError(self.name, msg))
         entry = self._pending.popleft()
+        self._answered(entry, reply)
         if not entry.future.done():
             entry.future.set_result(reply)
 
@@ -199,7 +229,8 @@ class StreamPrinter:
         if self._malformed_run == MAX_MALFORMED_IN_A_ROW:
             # Noise on the line, wrong baud rate or wrong protocol: nothing from this printer
             # can be trusted, so the consumer of confirmations hears of it as an alarm
-            self._events.put_nowait(Garbled(f"{self._malformed_run} malformed messages in a row"))
+            why = f"{self._malformed_run} malformed messages in a row"
+            self._raise_later(ProtocolError(self.name, why))
 
     def _print_complete(self, seq: int, serial: str) -> None:
         self._events.put_nowait(PrintConfirmation(seq, serial))
@@ -207,7 +238,11 @@ class StreamPrinter:
     def _fault(self, code: str, text: str) -> None:
         self.fault_code = code
         log.warning("printer fault", device=self.name, code=code, text=text)
-        self._events.put_nowait(Fault(code, text))
+        self._raise_later(DeviceFault(self.name, code, text))
+
+    def _raise_later(self, error: DeviceError) -> None:
+        """``confirmations()`` raises ``error`` after the confirmations queued before it."""
+        self._events.put_nowait(error)
 
     def _link_down(self, why: str) -> None:
         if self._down is not None:
@@ -221,36 +256,87 @@ class StreamPrinter:
         if why == CLOSED:
             log.info("printer disconnected", device=self.name)
         else:
-            log.warning("printer link down", device=self.name, why=why)
+            self._link.lost(why)  # logged once per outage; the next connect logs it back
 
     # --- commands --------------------------------------------------------------------------
 
-    async def request(self, data: bytes, cmd: str, fits: Callable[[Any], bool]) -> Any:
-        """Write one command and wait for the reply that ``fits`` it."""
+    def _encode(self, build: Callable[[], bytes]) -> bytes:
+        """``build()``'s bytes; a value the codec cannot put on the wire is a ProtocolError."""
+        try:
+            return build()
+        except self.encode_error as exc:
+            raise ProtocolError(self.name, f"cannot put on the wire: {exc}") from exc
+
+    def _busy(self, text: str) -> PrinterBusy:
+        """The printer refused a record for a full buffer: not taken, it may be sent again."""
+        return PrinterBusy(self.name, text)
+
+    def _faulted(self, code: str, text: str) -> DeviceFault:
+        """The printer refused because it is in a fault: named by its own code if known."""
+        return DeviceFault(self.name, self.fault_code or code, text)
+
+    async def _command(
+        self,
+        data: bytes,
+        cmd: str,
+        fits: Callable[[Any], bool],
+        *,
+        context: Callable[[], Any] | None = None,
+    ) -> Any:
+        """``request`` and raise what a refusing reply means (``_refusal``)."""
+        reply = await self.request(data, cmd, fits, context=context)
+        error = self._refusal(cmd, reply)
+        if error is not None:
+            raise error
+        return reply
+
+    async def request(
+        self,
+        data: bytes,
+        cmd: str,
+        fits: Callable[[Any], bool],
+        *,
+        context: Callable[[], Any] | None = None,
+    ) -> Any:
+        """Write one command and wait for the reply that ``fits`` it. ``context()`` is called
+        on the wire's turn, just before the write, and travels with the command."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         entry = Pending(cmd, fits, future)
         timeout = self.reply_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                await self._write(entry, data)
+                async with self._wire():
+                    entry.context = context() if context is not None else None
+                    entry.sent_at = time.monotonic()
+                    self._pending.append(entry)
+                    await self._write(data)
                 return await future
         except TimeoutError as exc:
-            raise DeviceTimeout(self.name, f"no reply to {cmd} within {timeout} s") from exc
+            raise DeviceTimeout(self.name, f"{self.no_reply} {cmd} within {timeout} s") from exc
         finally:
             future.cancel()  # leaves the entry in the FIFO as abandoned
 
-    async def _write(self, entry: Pending, data: bytes) -> None:
-        # The lock keeps the order on the wire equal to the order of the FIFO
+    def _check_link(self) -> None:
+        """DeviceConnectionError unless the link is up (entered and not lost)."""
+        if self._down is not None or self._writer is None:
+            raise DeviceConnectionError(self.name, self._down or NOT_CONNECTED)
+
+    @contextlib.asynccontextmanager
+    async def _wire(self) -> AsyncIterator[None]:
+        """The wire, alone: what is written inside reaches the printer in this order, and the
+        order of the FIFO is the order on the wire."""
         async with self._lock:
-            if self._down is not None or self._writer is None:
-                raise DeviceConnectionError(self.name, self._down or NOT_CONNECTED)
-            entry.sent_at = time.monotonic()
-            self._pending.append(entry)
-            try:
-                self._writer.write(data)
-                await self._writer.drain()
-            except OSError as exc:
-                raise DeviceConnectionError(self.name, f"write failed: {exc!r}") from exc
+            self._check_link()
+            yield
+
+    async def _write(self, data: bytes) -> None:
+        """Write inside ``_wire()``."""
+        assert self._writer is not None
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except OSError as exc:
+            raise DeviceConnectionError(self.name, f"write failed: {exc!r}") from exc
 
     # --- notifications ---------------------------------------------------------------------
 
@@ -261,9 +347,7 @@ class StreamPrinter:
             match await self._events.get():
                 case PrintConfirmation() as confirmation:
                     yield confirmation
-                case Fault(code=code, text=text):
-                    raise DeviceFault(self.name, code, text)
-                case Garbled(why=why):
-                    raise ProtocolError(self.name, why)
+                case DeviceError() as error:
+                    raise error
                 case _LinkDown():
                     raise DeviceConnectionError(self.name, self._down or NOT_CONNECTED)

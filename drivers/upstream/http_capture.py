@@ -38,14 +38,16 @@ from yarl import URL
 
 from edge_agent import epcis, tls
 from edge_agent.config.models import SecretRef
-from edge_agent.contracts import Delivery, OutboxEvent
+from edge_agent.contracts import Delivery, LineContext, OutboxEvent
 from edge_agent.errors import ConfigError, DeliveryError
+from edge_agent.supervisor import Backoff
 
 log = structlog.get_logger(__name__)
 
 # Refusals of the document's content: the same bytes will be refused again.
 _REFUSED = frozenset({400, 409, 413, 422})
 _MEDIA_TYPE = "application/ld+json"
+_MAX_POLL_S = 5.0  # longest wait between two polls of a capture job
 
 
 class _Refused(Exception):
@@ -101,7 +103,13 @@ class HttpCaptureForwarder:
             "sent again later (the receiver de-duplicates by eventID).",
         )
 
-    def __init__(self, name: str, config: HttpCaptureForwarder.Config) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: HttpCaptureForwarder.Config,
+        *,
+        context: LineContext | None = None,  # contracts.ForwarderFactory; names nothing here
+    ) -> None:
         self.name = name
         self.config = config
         self._base = URL(config.url.rstrip("/"))
@@ -238,8 +246,12 @@ class HttpCaptureForwarder:
         raise AssertionError("unreachable")
 
     async def _await_job(self, job_url: URL) -> None:
+        """Poll the capture job until it is done, the waits growing as the supervisor's backoff
+        does (``poll_interval_s`` doubling up to 5 s, jittered), within ``job_timeout_s``."""
         deadline = time.monotonic() + self.config.job_timeout_s
-        wait = self.config.poll_interval_s
+        first = self.config.poll_interval_s
+        polls = Backoff(first, max(first, _MAX_POLL_S))
+        wait = polls.next_delay()
         while True:
             await asyncio.sleep(wait)
             job = await self._poll(job_url)
@@ -251,9 +263,9 @@ class HttpCaptureForwarder:
                     raise _Refused(_job_errors(job))
                 # Only a job that says it failed may dead-letter events; anything else is doubt.
                 raise self._error(f"capture job {job_url}: neither running nor a success flag")
+            wait = polls.next_delay()
             if time.monotonic() + wait > deadline:
                 raise self._error(f"capture job {job_url} still running after the job timeout")
-            wait = min(wait * 2, 5.0)
 
     async def _poll(self, job_url: URL) -> dict[str, Any] | None:
         """The job resource, or None when the server answered a transient 5xx (poll again)."""

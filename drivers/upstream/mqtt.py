@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge_agent import tls
 from edge_agent.config.loader import validate_table
 from edge_agent.config.models import SecretRef
-from edge_agent.contracts import Delivery, OutboxEvent
+from edge_agent.contracts import Delivery, LineContext, OutboxEvent
 from edge_agent.crashpoints import crash_point
 from edge_agent.errors import ConfigError, DeliveryError
 
@@ -194,9 +194,12 @@ class MqttForwarder:
         name: str,
         config: MqttConfig | Mapping[str, Any],
         *,
+        context: LineContext | None = None,
         site: str = "SITE",
         line: str = "LINE",
     ) -> None:
+        if context is not None:  # the core's way (contracts.ForwarderFactory); site/line: older
+            site, line = context.site, context.line
         self.name = name
         self.config = _validated(name, config)
         self.site, self.line = site, line

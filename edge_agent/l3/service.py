@@ -17,7 +17,8 @@ Three loops share one link:
   each retried with its stable id until L3 acknowledges it. An acknowledged return moves its
   serials unused → returned in the transaction that marks it delivered.
 
-Every wait on L3 is bounded; failures back off (capped, full jitter). An outage raises one
+Every wait on L3 is bounded; failures back off (``edge_agent.supervisor.Backoff``: capped, equal
+jitter; L3's Retry-After is a floor up to ``backoff_max_s``). An outage raises one
 ``l3_unreachable`` alarm, cleared when every loop is through again.
 """
 
@@ -53,6 +54,7 @@ from edge_agent.orders.lifecycle import LineEvent
 from edge_agent.orders.model import OrderState
 from edge_agent.orders.store import OrderRecord
 from edge_agent.orders.validation import parse_order
+from edge_agent.supervisor import Backoff
 
 log = structlog.get_logger("edge_agent.l3")
 
@@ -63,25 +65,6 @@ SUPPLIED_STATES = frozenset(
     {OrderState.WAITING, OrderState.READY, OrderState.RUNNING, OrderState.HELD}
 )
 _USED_UP = (SerialState.COMMISSIONED, SerialState.SENT, SerialState.PRINTED)
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter; L3's Retry-After is a floor."""
-
-    def __init__(self, initial_s: float, max_s: float, rng: random.Random) -> None:
-        self.initial_s, self.max_s, self.rng = initial_s, max_s, rng
-        self.failures = 0
-
-    def delay(self, retry_after_s: float | None = None) -> float:
-        self.failures += 1
-        cap = min(self.max_s, self.initial_s * 2 ** min(self.failures - 1, 30))
-        delay = self.rng.uniform(self.initial_s / 2, max(cap, self.initial_s))
-        if retry_after_s is not None:
-            delay = max(delay, min(retry_after_s, self.max_s))
-        return delay
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class Health:
@@ -214,7 +197,10 @@ class L3Service:
             raise asyncio.CancelledError
 
     def _backoff(self) -> Backoff:
-        return Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s, self.rng)
+        s = self.settings
+        return Backoff(
+            s.backoff_initial_s, s.backoff_max_s, rng=self.rng, retry_after_cap_s=s.backoff_max_s
+        )
 
     async def _wait(self, event: asyncio.Event, seconds: float) -> None:
         try:
@@ -264,7 +250,7 @@ class L3Service:
             except DeliveryError as exc:
                 settled.cancel()
                 self.health.failed("orders", str(exc))
-                await asyncio.sleep(backoff.delay(exc.retry_after_s))
+                await asyncio.sleep(backoff.next_delay(exc.retry_after_s))
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                 settled.cancel()
                 raise
@@ -272,7 +258,7 @@ class L3Service:
                 settled.cancel()
                 log.exception("l3_orders_failed", link=self.link.name)
                 self.health.failed("orders", repr(exc))
-                await asyncio.sleep(backoff.delay())
+                await asyncio.sleep(backoff.next_delay())
             finally:
                 # Closed here, not by the garbage collector: an order not handled is never
                 # acknowledged, and L3 offers it again.
@@ -354,17 +340,17 @@ class L3Service:
             try:
                 await self._serials_round()
             except DeliveryError as exc:
-                await asyncio.sleep(backoff.delay(exc.retry_after_s))
+                await asyncio.sleep(backoff.next_delay(exc.retry_after_s))
                 continue
             except _Backoff:
-                await asyncio.sleep(backoff.delay())
+                await asyncio.sleep(backoff.next_delay())
                 continue
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:
                 log.exception("l3_serials_failed", link=self.link.name)
                 self.health.failed("serials", repr(exc))
-                await asyncio.sleep(backoff.delay())
+                await asyncio.sleep(backoff.next_delay())
                 continue
             backoff.reset()
             await self._wait(self._serials_wake, self.settings.check_interval_s)
@@ -556,14 +542,14 @@ class L3Service:
                     self._check_stopping()
                     await self._deliver(message)
             except DeliveryError as exc:
-                await asyncio.sleep(backoff.delay(exc.retry_after_s))
+                await asyncio.sleep(backoff.next_delay(exc.retry_after_s))
                 continue
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:
                 log.exception("l3_messages_failed", link=self.link.name)
                 self.health.failed("messages", repr(exc))
-                await asyncio.sleep(backoff.delay())
+                await asyncio.sleep(backoff.next_delay())
                 continue
             backoff.reset()
 

@@ -2,13 +2,14 @@
 
 Each loop reads its forwarder's oldest pending events (in outbox order, so per batch in order),
 hands them to ``deliver``, and durably records what was delivered or dead-lettered before it
-asks for more. A ``DeliveryError`` (upstream away, 5xx, timeout) backs off with full jitter,
-honouring the upstream's ``retry_after_s``; the loop logs once when upstream goes away and once
-when it comes back. An upstream failure never stops the line: it is logged and retried. A
-storage failure does (the state database cannot record what was delivered, or cannot prune):
-the loop reports it once through ``on_storage_error``, which stops the line with
-``storage_error``, and keeps retrying with back-off (a re-sent event keeps its eventID). The
-quota guard stops the line before the database grows too big for the disk.
+asks for more. A ``DeliveryError`` (upstream away, 5xx, timeout) backs off
+(``edge_agent.supervisor``: capped, equal jitter), honouring the upstream's ``retry_after_s``;
+the loop logs once when upstream goes away and once when it comes back. An upstream failure
+never stops the line: it is logged and retried. A storage failure does (the state database
+cannot record what was delivered, or cannot prune): the loop reports it once through
+``on_storage_error``, which stops the line with ``storage_error``, and keeps retrying with
+back-off (a re-sent event keeps its eventID). The quota guard stops the line before the
+database grows too big for the disk.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +27,7 @@ from edge_agent.crashpoints import crash_point
 from edge_agent.errors import DeliveryError, LineStopped
 from edge_agent.outbox.store import OutboxStore, used_bytes
 from edge_agent.stops import StopReason
+from edge_agent.supervisor import Supervisor
 
 log = structlog.get_logger("edge_agent.outbox")
 
@@ -58,11 +59,34 @@ class ForwarderLoop:
         self.on_storage_error = on_storage_error or (lambda _exc: None)
         self.storage_failed = False  # reported once until a delivery is recorded again
         self.rng = rng or random.Random()
-        self.failures = 0
-        self.down_since: float | None = None
+        self.upstream = Supervisor(
+            name,
+            first_s=backoff_initial_s,
+            max_s=backoff_max_s,
+            rng=self.rng,
+            key="forwarder",
+            lost_event="upstream_unavailable",
+            still_event="upstream_still_unavailable",
+            back_event="upstream_recovered",
+            logger=log,
+        )
         self.delivered = 0
         self.dead = 0
         self.stopping = False
+
+    @property
+    def failures(self) -> int:
+        """Failed attempts in a row (storage failures included)."""
+        return self.upstream.failures
+
+    @failures.setter
+    def failures(self, value: int) -> None:
+        self.upstream.failures = value
+
+    @property
+    def down_since(self) -> float | None:
+        """``time.monotonic()`` when the upstream went away; None while it works."""
+        return self.upstream.down_since
 
     def stop(self) -> None:
         """Ask the loop to end; call before cancelling its task. Python 3.11's ``wait_for``
@@ -95,8 +119,7 @@ class ForwarderLoop:
                 await self._failed(exc)
             except sqlite3.Error as exc:  # the outbox itself failed: a storage stop
                 self._report_storage(exc)
-                self.failures += 1
-                await asyncio.sleep(self.delay(None))
+                await self.upstream.pause()
             except Exception as exc:  # a forwarder bug must never take the line down
                 log.exception("forwarder_failed", forwarder=self.name, error=repr(exc))
                 await self._failed(DeliveryError(repr(exc), upstream=self.name))
@@ -122,15 +145,8 @@ class ForwarderLoop:
         self.storage_failed = False
         self.delivered += done
         self.dead += dead
-        if done and self.down_since is not None:
-            log.info(
-                "upstream_recovered",
-                forwarder=self.name,
-                down_s=round(time.monotonic() - self.down_since, 1),
-            )
-            self.down_since = None
         if done:
-            self.failures = 0
+            self.upstream.recovered()  # logged once if it was away; the backoff starts over
         for event_id, why in result.rejected.items():
             log.error("dead_letter", forwarder=self.name, event_id=event_id, reason=why)
         if result.rejected:
@@ -147,21 +163,13 @@ class ForwarderLoop:
         self.on_storage_error(exc)
 
     async def _failed(self, exc: DeliveryError) -> None:
-        self.failures += 1
-        if self.down_since is None:
-            self.down_since = time.monotonic()
-            log.warning("upstream_unavailable", forwarder=self.name, error=str(exc))
-        else:
-            log.debug("upstream_still_unavailable", forwarder=self.name, error=str(exc))
-        await asyncio.sleep(self.delay(exc.retry_after_s))
+        self.upstream.lost(exc)  # logged once per outage
+        await self.upstream.pause(exc.retry_after_s)
 
     def delay(self, retry_after_s: float | None) -> float:
-        """Full jitter below a capped exponential; the upstream's Retry-After is a floor."""
-        cap = min(self.backoff_max_s, self.backoff_initial_s * 2 ** min(self.failures - 1, 30))
-        delay = self.rng.uniform(self.backoff_initial_s / 2, max(cap, self.backoff_initial_s))
-        if retry_after_s is not None:
-            delay = max(delay, min(retry_after_s, self.backoff_max_s * 4))
-        return delay
+        """The wait after the failures so far (the supervisor's backoff); the upstream's
+        Retry-After is a floor, capped at four times ``backoff_max_s``."""
+        return self.upstream.backoff.delay(retry_after_s)
 
 
 class QuotaGuard:

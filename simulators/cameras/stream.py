@@ -69,13 +69,8 @@ class MjpegCameraSim(TcpCameraSim):
         return f"http://{self.host}:{self.port}{PATH}"
 
     def driver_config(self, **overrides: Any) -> dict[str, Any]:
-        """A ``[camera]`` section for VideoCaptureSource reading this stream."""
-        return {
-            "type": "videocapture",
-            "source": self.url,
-            "backend": "mjpeg",
-            "trigger_header": "X-Trigger",
-        } | overrides
+        """A ``[camera]`` section for the "mjpeg" driver reading this stream."""
+        return {"type": "mjpeg", "source": self.url, "trigger_header": "X-Trigger"} | overrides
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         await super().start(host, port)

@@ -9,7 +9,9 @@ Simplification: gates fire on time even while the line is stopped (units already
 are judged as if the conveyor coasted), which keeps tests deterministic.
 
 A transport subclass says how its server starts and stops and how each value is read and written
-(registers, nodes); the scan cycle here never touches the wire format.
+(registers, nodes); the scan cycle here never touches the wire format. What the values mean (ring
+slots, the gate rule, the reject log, heartbeats, stop causes) is ``drivers.plc.contract``, the
+module the agent's drivers use too.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from abc import ABC, abstractmethod
 from collections import deque
 from typing import Generic, Self, TypeVar
 
-from drivers.plc.modbus import registers as reg
-from drivers.plc.modbus.registers import StopCause
+from drivers.plc import contract
+from drivers.plc.contract import StopCause
 from simulators.line import SimLine, SimUnit
 
 TICK_S = 0.01
@@ -41,8 +43,8 @@ class GatePlcSim(ABC, Generic[ServerT]):
         reject_log_size: int,
         auto_restart: bool,
     ) -> None:
-        reg.check_ring_size(ring_size)
-        reg.check_reject_log_size(reject_log_size)
+        contract.check_ring_size(ring_size)
+        contract.check_reject_log_size(reject_log_size)
         self.line = line
         self.gate_delay_s = gate_delay_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
@@ -101,8 +103,9 @@ class GatePlcSim(ABC, Generic[ServerT]):
     async def _write_run_state(self, *, running: bool, cause: StopCause) -> None: ...
 
     @abstractmethod
-    async def _slot_passes(self, trigger: int) -> bool:
-        """The gate rule on the trigger's verdict slot as the agent last wrote it."""
+    async def _read_slot(self, trigger: int) -> tuple[object, object] | None:
+        """(trigger, verdict) held by the trigger's verdict slot as the agent last wrote it, raw;
+        None when the slot holds something that is not such a pair."""
 
     @abstractmethod
     async def _write_passed(self, count: int) -> None: ...
@@ -163,7 +166,7 @@ class GatePlcSim(ABC, Generic[ServerT]):
     async def on_unit(self, trigger: int, unit: SimUnit) -> None:
         if self._server is None:
             return
-        trigger &= reg.U32_MAX  # the PLC's counter is u32 and wraps
+        trigger &= contract.U32_MAX  # the PLC's counter is u32 and wraps
         await self._write_trigger(trigger)
         self._gates.append((time.monotonic() + self.gate_delay_s, trigger))
 
@@ -175,7 +178,7 @@ class GatePlcSim(ABC, Generic[ServerT]):
             await asyncio.sleep(TICK_S)
 
     async def _tick(self, now: float) -> None:
-        self._plc_hb = reg.next_heartbeat(self._plc_hb)
+        self._plc_hb = contract.next_heartbeat(self._plc_hb)
         await self._write_plc_heartbeat(self._plc_hb)
         await self._run_due_gates(now)
         hb_ok = await self._watch_agent_heartbeat(now)
@@ -237,16 +240,17 @@ class GatePlcSim(ABC, Generic[ServerT]):
             await self._gate(trigger)
 
     async def _gate(self, trigger: int) -> None:
-        if await self._slot_passes(trigger):
+        slot = await self._read_slot(trigger)
+        if slot is not None and contract.gate_passes(*slot, trigger):
             self.passed_triggers.append(trigger)
-            self._passed = (self._passed + 1) & reg.U32_MAX
+            self._passed = (self._passed + 1) & contract.U32_MAX
             await self._write_passed(self._passed)
             return
         self.rejected_triggers.append(trigger)
-        self._rejected = (self._rejected + 1) & reg.U32_MAX
+        self._rejected = (self._rejected + 1) & contract.U32_MAX
         await self._write_rejected(self._rejected)
         if not self.withhold_confirms:
-            self._confirms = (self._confirms + 1) & reg.U32_MAX
+            self._confirms = (self._confirms + 1) & contract.U32_MAX
             await self._write_confirm(self._confirms, trigger)
 
     def _reset_gate(self) -> None:

@@ -30,8 +30,9 @@ from pymodbus.server.base import ModbusBaseServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
+from drivers.plc import contract
+from drivers.plc.contract import StopCause
 from drivers.plc.modbus import registers as reg
-from drivers.plc.modbus.registers import StopCause
 from simulators.line import SimLine
 from simulators.plc.gate import GatePlcSim, feed_units
 from simulators.standalone import run_until_signal
@@ -81,7 +82,7 @@ def _outside_bits(func_code: int, address: int, count: int) -> bool:
 
 
 def build_device(
-    ring_size: int, reject_log_size: int = reg.REJECT_LOG_SIZE, device_id: int = 0
+    ring_size: int, reject_log_size: int = contract.REJECT_LOG_SIZE, device_id: int = 0
 ) -> SimDevice:
     """The PLC's memory: four separate tables, every address 0-based exactly as on the wire.
 
@@ -109,9 +110,9 @@ class ModbusPlcSim(GatePlcSim[ModbusBaseServer]):
         *,
         gate_delay_s: float = 0.4,
         heartbeat_timeout_s: float = 1.0,
-        ring_size: int = reg.DEFAULT_RING_SIZE,
+        ring_size: int = contract.DEFAULT_RING_SIZE,
         auto_restart: bool = True,
-        reject_log_size: int = reg.REJECT_LOG_SIZE,
+        reject_log_size: int = contract.REJECT_LOG_SIZE,
     ) -> None:
         super().__init__(
             line,
@@ -132,7 +133,7 @@ class ModbusPlcSim(GatePlcSim[ModbusBaseServer]):
             gate_delay_s=section.gate_delay_s,
             heartbeat_timeout_s=section.heartbeat_timeout_s,
             ring_size=section.ring_size,
-            reject_log_size=getattr(section, "reject_log_size", reg.REJECT_LOG_SIZE),
+            reject_log_size=getattr(section, "reject_log_size", contract.REJECT_LOG_SIZE),
         )
 
     @property
@@ -214,10 +215,10 @@ class ModbusPlcSim(GatePlcSim[ModbusBaseServer]):
         await self._set_ir(reg.IR_LINE_STATE, [int(running)])
         await self._set_ir(reg.IR_STOP_CAUSE, [int(cause)])
 
-    async def _slot_passes(self, trigger: int) -> bool:
+    async def _read_slot(self, trigger: int) -> tuple[object, object] | None:
         slot_at = reg.verdict_slot_address(trigger, self.ring_size)
         slot = await self._get(_FC_HR, slot_at, reg.VERDICT_SLOT_WIDTH)
-        return reg.gate_passes(slot, trigger)
+        return reg.decode_verdict_slot([int(v) for v in slot])
 
     async def _write_passed(self, count: int) -> None:
         await self._set_ir(reg.IR_PASSED, list(reg.split_u32(count)))
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5020)
-    parser.add_argument("--ring-size", type=int, default=reg.DEFAULT_RING_SIZE)
+    parser.add_argument("--ring-size", type=int, default=contract.DEFAULT_RING_SIZE)
     parser.add_argument("--gate-delay", type=float, default=0.4, help="seconds camera→gate")
     parser.add_argument("--heartbeat-timeout", type=float, default=1.0)
     parser.add_argument("--units-per-min", type=float, default=300.0)

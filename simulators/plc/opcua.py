@@ -19,7 +19,8 @@ from typing import Any
 
 from asyncua import Server, ua
 
-from drivers.plc.modbus.registers import StopCause
+from drivers.plc import contract
+from drivers.plc.contract import StopCause
 from drivers.plc.opcua import nodes as n
 from drivers.plc.opcua.security import SecuritySettings, new_server, warn_if_insecure
 from simulators.line import SimLine
@@ -44,7 +45,7 @@ class OpcUaPlcSim(GatePlcSim[Server]):
         gate_delay_s: float = 0.4,
         heartbeat_timeout_s: float = 1.0,
         ring_size: int = 32,
-        reject_log_size: int = n.REJECT_LOG_SIZE,
+        reject_log_size: int = contract.REJECT_LOG_SIZE,
         auto_restart: bool = True,
         security: SecuritySettings | None = None,
         users: Mapping[str, str] | None = None,
@@ -76,7 +77,7 @@ class OpcUaPlcSim(GatePlcSim[Server]):
             gate_delay_s=section.gate_delay_s,
             heartbeat_timeout_s=section.heartbeat_timeout_s,
             ring_size=section.ring_size,
-            reject_log_size=getattr(section, "reject_log_size", n.REJECT_LOG_SIZE),
+            reject_log_size=getattr(section, "reject_log_size", contract.REJECT_LOG_SIZE),
         )
 
     @property
@@ -205,10 +206,11 @@ class OpcUaPlcSim(GatePlcSim[Server]):
         await self._set(self._ids["line_state"], int(running), n.UInt16)
         await self._set(self._ids["stop_cause"], int(cause), n.UInt16)
 
-    async def _slot_passes(self, trigger: int) -> bool:
-        return n.gate_passes(
-            self._get(self._slots[n.verdict_slot(trigger, self.ring_size)]), trigger
-        )
+    async def _read_slot(self, trigger: int) -> tuple[object, object] | None:
+        value = self._get(self._slots[n.verdict_slot(trigger, self.ring_size)])
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            return None  # not a [trigger, verdict] pair: garbage
+        return value[0], value[1]
 
     async def _write_passed(self, count: int) -> None:
         await self._set(self._ids["passed"], count, n.UInt32)

@@ -20,10 +20,17 @@ from typing import Any, Self
 from drivers.printers.ascii import codec
 from simulators.line import SimLine, SimUnit
 from simulators.printers.stream_sim import PrinterFaults, TranscriptHook
+from simulators.printers.traits import PrinterSimTraits
 from simulators.standalone import run_until_signal
 
 
 class AsciiPrinterSim:
+    traits = PrinterSimTraits(
+        garbage=b"\x00\xff\xfeGARBAGE|||\r\nACK|NOPE\r\n!PRC|x|\r\n",
+        silence_alarm="no reply to REC",
+        fast={"reply_timeout_s": 0.5},
+    )
+
     def __init__(self, line: SimLine, *, buffer_size: int = 16) -> None:
         self.line = line
         self.buffer_size = buffer_size

@@ -14,11 +14,18 @@ from typing import Any
 from drivers.printers.rci import codec
 from simulators.line import SimLine
 from simulators.printers.stream_sim import StreamPrinterSim
+from simulators.printers.traits import PrinterSimTraits
 from simulators.standalone import run_until_signal
 
 
 class RciPrinterSim(StreamPrinterSim):
     protocol = "rci"
+    traits = PrinterSimTraits(
+        garbage=b"\x00\xff\x1b\x02\x05garbage\x99\x1b\x03\xfe",  # noise, a bad checksum
+        silence_alarm="no reply to",
+        fast={"reply_timeout_s": 0.5},
+        lost_link_transport="tcp",
+    )
     max_buffer = 32  # remote-field buffers
     default_transport = "serial"
 

@@ -16,10 +16,11 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self
 
 from drivers.transport import PtyPair
 from simulators.line import SimLine, SimUnit
+from simulators.printers.traits import FaultKind, PrinterSimTraits
 
 TranscriptHook = Callable[[str, str], None]
 
@@ -33,7 +34,14 @@ class _FaultableSim(Protocol):
 
 
 class PrinterFaults:
-    """Fault injection, one API for the stream simulators and the ascii one."""
+    """Fault injection, one API for the stream simulators and the ascii one (and the uniform
+    ``simulators.printers.traits.PrinterSimFaults`` every printer simulator has)."""
+
+    CODES: ClassVar[dict[FaultKind, str]] = {
+        "ink_out": "INK_OUT",
+        "head_fault": "HEAD_FAULT",
+        "buffer_underrun": "BUFFER_UNDERRUN",
+    }
 
     def __init__(self, sim: _FaultableSim) -> None:
         self._sim = sim
@@ -48,6 +56,22 @@ class PrinterFaults:
 
     def ink_out(self) -> None:
         self.raise_fault("INK_OUT", "ink out")
+
+    def inject(self, kind: FaultKind) -> None:
+        code = self.fault_code(kind)
+        self.raise_fault(code, f"{code} (injected)")
+
+    def fault_code(self, kind: FaultKind) -> str:
+        return self.CODES[kind]
+
+    def lose_confirmations(self, n: int) -> None:
+        self.lose_next_confirmations(n)
+
+    def delay_replies(self, seconds: float) -> None:
+        self.reply_delay_s = seconds
+
+    def silence(self) -> None:
+        self.reply_delay_s = 60.0
 
     def clear_fault(self) -> None:
         self._sim._set_fault(None)
@@ -75,6 +99,7 @@ class PrinterFaults:
 class StreamPrinterSim:
     protocol = "?"
     max_buffer = 1024
+    traits: PrinterSimTraits  # each protocol's simulator says how it behaves
 
     def __init__(self, line: SimLine, *, buffer_size: int = 16, transport: str = "tcp") -> None:
         self.line = line

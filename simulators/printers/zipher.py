@@ -12,11 +12,17 @@ from typing import Any
 from drivers.printers.zipher import codec
 from simulators.line import SimLine
 from simulators.printers.stream_sim import StreamPrinterSim
+from simulators.printers.traits import PrinterSimTraits
 from simulators.standalone import run_until_signal
 
 
 class ZipherPrinterSim(StreamPrinterSim):
     protocol = "zipher"
+    traits = PrinterSimTraits(
+        garbage=b"\x00\xff\xfeGARBAGE|||\r\nACK|NOPE|\r\nPRC|x|\r\n",
+        silence_alarm="no reply to",
+        fast={"reply_timeout_s": 0.5},
+    )
 
     def __init__(self, line: SimLine, *, buffer_size: int = 16, transport: str = "tcp") -> None:
         super().__init__(line, buffer_size=buffer_size, transport=transport)

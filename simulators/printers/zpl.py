@@ -16,19 +16,27 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from drivers.printers.zpl import codec
 from drivers.transport import PtyPair
 from edge_agent import gs1
 from simulators.line import SimLine, SimUnit
+from simulators.printers.traits import FaultKind, PrinterSimTraits
 from simulators.standalone import run_until_signal
 
 FLAGS = ("paper_out", "ribbon_out", "head_up", "pause", "over_temp", "corrupt_ram")
 
 
 class ZplFaults:
-    """Fault injection for ``ZplPrinterSim``."""
+    """Fault injection for ``ZplPrinterSim`` (with the uniform ``PrinterSimFaults`` API)."""
+
+    # A label printer's equivalents: ribbon out, print head up (open), media (paper) out
+    FLAGS_BY_KIND: ClassVar[dict[FaultKind, str]] = {
+        "ink_out": "ribbon_out",
+        "head_fault": "head_up",
+        "buffer_underrun": "paper_out",
+    }
 
     def __init__(self, sim: ZplPrinterSim) -> None:
         self._sim = sim
@@ -59,6 +67,24 @@ class ZplFaults:
             self._sim.flags[flag] = False
         self._sim._wake.set()
 
+    def inject(self, kind: FaultKind) -> None:
+        self.set_flag(self.FLAGS_BY_KIND[kind])
+
+    def fault_code(self, kind: FaultKind) -> str:
+        return self.FLAGS_BY_KIND[kind].upper()  # the driver names a fault by its ~HS flag
+
+    def clear_fault(self) -> None:
+        self.clear_faults()
+
+    def lose_confirmations(self, n: int) -> None:
+        self.lose_status_answers(n)
+
+    def delay_replies(self, seconds: float) -> None:
+        self.reply_delay_s = seconds
+
+    def silence(self) -> None:
+        self.lose_status_answers(10**6)
+
     def drop_connection(self) -> None:
         """TCP: abort the socket. Serial (nothing to drop): deaf and mute for ``deaf_s``."""
         self._sim._drop_client()
@@ -79,6 +105,16 @@ class ZplFaults:
 
 
 class ZplPrinterSim:
+    traits = PrinterSimTraits(
+        garbage=b"\x02\xff\xfe030,1\x03\r\n garbage \x00\x03",
+        silence_alarm="no answer to ~HS",
+        fast={"status_timeout_s": 0.3, "max_missed_status": 3},
+        lost_confirmations_rejected=False,  # the printer's counter has it at the next poll
+        refuses_when_full=False,  # ZPL queues what it receives; nothing is refused
+        names_queue_after_restart=False,  # ZPL only counts its queue
+        transit_s=1.0,
+    )
+
     def __init__(self, line: SimLine, *, buffer_size: int = 16, transport: str = "tcp") -> None:
         self.line = line
         self.buffer_size = buffer_size

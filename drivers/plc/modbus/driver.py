@@ -7,17 +7,16 @@ Link policy: pymodbus would silently reconnect (background task, or inside the n
 retry timed-out requests, which hides a lost PLC for seconds. Here retries are 0 and automatic
 reconnects are off: a dropped link is reported once as DeviceConnectionError (also to a request
 that was in flight when it dropped), and the call after that makes one reconnect attempt. Failed
-attempts back off exponentially (``reconnect_backoff_s`` doubling up to
-``reconnect_backoff_max_s``); calls inside the back-off window fail at once without touching the
-wire, so a caller polling a dead PLC neither blocks nor hammers it.
+attempts back off (``edge_agent.supervisor.RetryWindow``: ``reconnect_backoff_s`` doubling up to
+``reconnect_backoff_max_s``, equal jitter); calls inside the back-off window fail at once without
+touching the wire, so a caller polling a dead PLC neither blocks nor hammers it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, ClassVar, Literal, NoReturn, Self, TypeVar
+from typing import Any, ClassVar, Literal, NoReturn, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymodbus.client import AsyncModbusTcpClient
@@ -25,8 +24,9 @@ from pymodbus.client.base import ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
+from drivers.config import validated
+from drivers.plc import contract
 from drivers.plc.modbus import registers as reg
-from edge_agent.config.loader import validate_table
 from edge_agent.contracts import LineStatus, PlcState, Verdict
 from edge_agent.errors import (
     DeviceConnectionError,
@@ -34,6 +34,7 @@ from edge_agent.errors import (
     DeviceTimeout,
     ProtocolError,
 )
+from edge_agent.supervisor import Backoff, RetryWindow
 
 # Modbus exception codes that describe the path to the PLC rather than the request.
 _GATEWAY_PATH_UNAVAILABLE = 0x0A
@@ -54,20 +55,23 @@ class ModbusCommonConfig(BaseModel):
         description="Connect and per-request answer timeout in seconds; no retries follow",
     )
     ring_size: int = Field(
-        reg.DEFAULT_RING_SIZE,
+        contract.DEFAULT_RING_SIZE,
         ge=1,
-        le=reg.MAX_RING_SIZE,
+        le=contract.MAX_RING_SIZE,
         description="Verdict ring size N; must equal the PLC's IR 10, checked at connect",
     )
     reject_log_size: int = Field(
-        reg.REJECT_LOG_SIZE,
+        contract.REJECT_LOG_SIZE,
         ge=1,
-        le=reg.MAX_REJECT_LOG_SIZE,
+        le=contract.MAX_REJECT_LOG_SIZE,
         description="Reject log slots; must equal the PLC's IR 12, checked at connect. Must "
         "exceed the rejects confirmed between two polls (10 per second)",
     )
     reconnect_backoff_s: float = Field(
-        0.2, gt=0.0, le=60.0, description="First wait after a failed reconnect attempt"
+        0.2,
+        gt=0.0,
+        le=60.0,
+        description="Longest first wait after a failed reconnect attempt (jittered: half to all)",
     )
     reconnect_backoff_max_s: float = Field(
         5.0, gt=0.0, le=600.0, description="The wait doubles per failed attempt up to this"
@@ -92,7 +96,6 @@ class ModbusTcpPlcConfig(ModbusCommonConfig):
 
 
 Request = Callable[[ModbusBaseClient], Awaitable[ModbusPDU]]
-C = TypeVar("C", bound=BaseModel)
 
 
 class ModbusPlcBase:
@@ -112,8 +115,7 @@ class ModbusPlcBase:
         self._open = False  # inside 'async with'; calls outside it never connect implicitly
         self._heartbeat = 0
         self._connect_lock = asyncio.Lock()
-        self._backoff = 0.0  # current wait after a failed reconnect; 0 = none pending
-        self._next_attempt = 0.0  # monotonic time before which no reconnect is tried
+        self._retry: RetryWindow | None = None  # made with the config, in the first reconnect
         # One request on the wire at a time: many PLCs (and pymodbus's own server) drop a second
         # request that arrives before the first is answered, which looks like a timeout. On a
         # serial bus it is the protocol itself: one master, one outstanding request.
@@ -201,23 +203,27 @@ class ModbusPlcBase:
         assert self._client is not None
         return self._client
 
+    @property
+    def _backoff(self) -> float:
+        """The ceiling of the back-off window opened by the last failed reconnect; 0 = none."""
+        return self._retry.backoff.ceiling if self._retry is not None else 0.0
+
     async def _reconnect(self) -> None:
-        wait = self._next_attempt - time.monotonic()
+        if self._retry is None:
+            cfg = self.config
+            backoff = Backoff(cfg.reconnect_backoff_s, cfg.reconnect_backoff_max_s)
+            self._retry = RetryWindow(backoff)
+        wait = self._retry.remaining()
         if wait > 0:
             raise DeviceConnectionError(
                 self.name, f"{self.transport} link down; next reconnect attempt in {wait:.1f} s"
             )
-        cfg = self.config
         try:
             await self._connect()
         except DeviceError:
-            self._backoff = min(
-                cfg.reconnect_backoff_max_s, max(cfg.reconnect_backoff_s, 2 * self._backoff)
-            )
-            self._next_attempt = time.monotonic() + self._backoff
+            self._retry.failed()
             raise
-        self._backoff = 0.0
-        self._next_attempt = 0.0
+        self._retry.succeeded()
 
     # --- PlcLink ------------------------------------------------------------------------------
 
@@ -233,7 +239,7 @@ class ModbusPlcBase:
     async def beat(self) -> None:
         # Advance before writing: after a lost answer the PLC may hold the new value already,
         # and writing it again would look like a stalled heartbeat.
-        self._heartbeat = reg.next_heartbeat(self._heartbeat)
+        self._heartbeat = contract.next_heartbeat(self._heartbeat)
         await self._write_registers(reg.HR_AGENT_HEARTBEAT, [self._heartbeat])
 
     async def read_state(self) -> PlcState:
@@ -253,8 +259,10 @@ class ModbusPlcBase:
         return reg.decode_reject_log(ring, confirms)
 
     async def request_line_stop(self, reason_code: int) -> None:
-        if not 1 <= reason_code <= reg.U16_MAX:
-            raise ProtocolError(self.name, f"line-stop reason code {reason_code} not in 1..65535")
+        try:
+            contract.check_stop_reason(reason_code)
+        except ValueError as exc:
+            raise ProtocolError(self.name, str(exc)) from exc
         # Reason first, so the PLC never acts on a stop request with a stale reason.
         await self._write_registers(reg.HR_STOP_REASON, [reason_code])
         await self._write_coil(reg.COIL_LINE_STOP, True)
@@ -403,10 +411,3 @@ class ModbusTcpPlc(ModbusPlcBase):
             reconnect_delay=0,  # 0 disables pymodbus's background reconnect task
             trace_connect=self._on_link_change,
         )
-
-
-def validated(model: type[C], name: str, config: C | Mapping[str, Any]) -> C:
-    if isinstance(config, model):
-        return config
-    # As the config loader validates: strict, and errors that never show a secret's value.
-    return validate_table(model, config, key=name)

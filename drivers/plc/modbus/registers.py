@@ -1,6 +1,8 @@
 """The Modbus register map shared by the agent and the PLC, as constants and pure helpers.
 
-The same map serves Modbus TCP and Modbus RTU: only the transport differs.
+The same map serves Modbus TCP and Modbus RTU: only the transport differs. What the values mean
+(ring slots, verdicts, the gate rule, the reject log, heartbeats) is the PLC contract's, in
+``drivers.plc.contract``, shared with OPC UA; this module says where they go in registers.
 
 Every address here is a 0-based PDU address, exactly what goes on the wire. Tools that number
 registers from 1 (mbpoll, many HMI/PLC configurators) show each of them +1. 32-bit values take two
@@ -10,13 +12,48 @@ so they cannot disagree about the layout. README.md next to this file is the sam
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 
-from edge_agent.contracts import AgentLineState, PlcState
+from drivers.plc import contract
 
-U16_MAX = 0xFFFF
-U32_MAX = 0xFFFF_FFFF
+# Re-exported: users of the register map know them from here
+from drivers.plc.contract import (
+    DEFAULT_RING_SIZE as DEFAULT_RING_SIZE,
+)
+from drivers.plc.contract import (
+    MAX_REJECT_LOG_SIZE as MAX_REJECT_LOG_SIZE,
+)
+from drivers.plc.contract import (
+    MAX_RING_SIZE as MAX_RING_SIZE,
+)
+from drivers.plc.contract import (
+    REJECT_LOG_SIZE as REJECT_LOG_SIZE,
+)
+from drivers.plc.contract import (
+    U16_MAX as U16_MAX,
+)
+from drivers.plc.contract import (
+    U32_MAX as U32_MAX,
+)
+from drivers.plc.contract import (
+    StopCause as StopCause,
+)
+from drivers.plc.contract import (
+    check_reject_log_size as check_reject_log_size,
+)
+from drivers.plc.contract import (
+    check_ring_size as check_ring_size,
+)
+from drivers.plc.contract import (
+    next_heartbeat as next_heartbeat,
+)
+from drivers.plc.contract import (
+    reject_log_index as reject_log_index,
+)
+from drivers.plc.contract import (
+    verdict_slot as verdict_slot,
+)
+from edge_agent.contracts import AgentLineState, PlcState, Verdict
 
 # --- holding registers: the agent writes, the PLC reads -----------------------------------
 HR_AGENT_HEARTBEAT = 0
@@ -41,31 +78,19 @@ IR_STOP_CAUSE = 11
 IR_REJECT_LOG_SIZE = 12
 IR_STATE_COUNT = 13  # IR 0..12 are read in one request
 IR_REJECT_LOG_BASE = 200
-REJECT_LOG_SIZE = 32  # the default; the PLC announces its own in IR 12
-MAX_REJECT_LOG_SIZE = 1024
 REJECT_LOG_SLOT_WIDTH = 2  # [trigger high, trigger low]
 
 # --- discrete inputs: the PLC writes ----------------------------------------------------------
 DI_LINE_RUNNING = 0
 DI_AGENT_HEARTBEAT_OK = 1
 
-DEFAULT_RING_SIZE = 32
-VERDICT_NONE = 0
-VERDICT_PASS = 1
-VERDICT_REJECT = 2
-MAX_RING_SIZE = 1024  # keeps HR 100 + 3*N well inside a PLC's register space
-
+# Verdict values in HR 102 + 3k: the contract's (0 = none)
+VERDICT_NONE = contract.NO_VERDICT
+VERDICT_PASS = int(Verdict.PASS)
+VERDICT_REJECT = int(Verdict.REJECT)
 
 AgentState = AgentLineState  # HR 10
-
-
-class StopCause(enum.IntEnum):
-    """IR 11: why the PLC last stopped the line."""
-
-    NONE = 0
-    HEARTBEAT_LOST = 1
-    AGENT_REQUEST = 2
-    LINK_DROPPED = 3
+# IR 11 holds a contract.StopCause
 
 
 def _check(value: int, top: int, what: str) -> None:
@@ -85,23 +110,6 @@ def join_u32(high: int, low: int) -> int:
     return (high << 16) | low
 
 
-def next_heartbeat(value: int) -> int:
-    """The next agent heartbeat value; u16 so it wraps at 65536."""
-    return (value + 1) & U16_MAX
-
-
-def check_ring_size(ring_size: int) -> None:
-    if not 1 <= ring_size <= MAX_RING_SIZE:
-        raise ValueError(f"ring size {ring_size} outside 1..{MAX_RING_SIZE}")
-
-
-def verdict_slot(trigger: int, ring_size: int) -> int:
-    """Ring slot k of a trigger count."""
-    _check(trigger, U32_MAX, "trigger count")
-    check_ring_size(ring_size)
-    return trigger % ring_size
-
-
 def verdict_slot_address(trigger: int, ring_size: int) -> int:
     """First holding register of the trigger's slot: HR 100 + 3*k."""
     return HR_VERDICT_BASE + VERDICT_SLOT_WIDTH * verdict_slot(trigger, ring_size)
@@ -109,8 +117,7 @@ def verdict_slot_address(trigger: int, ring_size: int) -> int:
 
 def encode_verdict_slot(trigger: int, verdict: int) -> list[int]:
     """The three registers of one slot, written together in one FC16 request."""
-    if verdict not in (VERDICT_NONE, VERDICT_PASS, VERDICT_REJECT):
-        raise ValueError(f"verdict {verdict} is not 0, 1 or 2")
+    contract.check_verdict(verdict)
     high, low = split_u32(trigger)
     return [high, low, verdict]
 
@@ -123,26 +130,9 @@ def decode_verdict_slot(registers: Sequence[int]) -> tuple[int, int]:
 
 
 def gate_passes(slot: Sequence[int], trigger: int) -> bool:
-    """The PLC rule at the reject gate: pass only on an explicit pass for exactly this unit.
-
-    Everything else (no verdict, a stale trigger, reject, garbage) rejects, so a late or lost
-    verdict can only ever cost a good unit, never let a bad one through.
-    """
+    """The contract's gate rule (``contract.gate_passes``) on the three registers of a slot."""
     held_trigger, verdict = decode_verdict_slot(slot)
-    return held_trigger == trigger and verdict == VERDICT_PASS
-
-
-def check_reject_log_size(size: int) -> None:
-    if not 1 <= size <= MAX_REJECT_LOG_SIZE:
-        raise ValueError(f"reject log size {size} outside 1..{MAX_REJECT_LOG_SIZE}")
-
-
-def reject_log_index(confirm_number: int, size: int = REJECT_LOG_SIZE) -> int:
-    """Ring slot j of the n-th reject confirm (n counts from 1) in a log of ``size`` slots."""
-    if confirm_number < 1:
-        raise ValueError(f"confirm numbers start at 1, got {confirm_number}")
-    check_reject_log_size(size)
-    return (confirm_number - 1) % size
+    return contract.gate_passes(held_trigger, verdict, trigger)
 
 
 def reject_log_address(confirm_number: int, size: int = REJECT_LOG_SIZE) -> int:
@@ -159,13 +149,8 @@ def decode_reject_log(ring: Sequence[int], confirms: int) -> list[int]:
     """
     if not ring or len(ring) % REJECT_LOG_SLOT_WIDTH:
         raise ValueError(f"a reject log is 2 registers per slot, got {len(ring)}")
-    size = len(ring) // REJECT_LOG_SLOT_WIDTH
-    valid = min(confirms, size)
-    triggers: list[int] = []
-    for number in range(confirms - valid + 1, confirms + 1):
-        at = REJECT_LOG_SLOT_WIDTH * reject_log_index(number, size)
-        triggers.append(join_u32(ring[at], ring[at + 1]))
-    return triggers
+    by_slot = [join_u32(ring[at], ring[at + 1]) for at in range(0, len(ring), 2)]
+    return contract.reject_log_entries(by_slot, confirms)
 
 
 def encode_status(

@@ -14,7 +14,8 @@ from pydantic import Field
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.client.base import ModbusBaseClient
 
-from drivers.plc.modbus.driver import ModbusCommonConfig, ModbusPlcBase, validated
+from drivers.config import validated
+from drivers.plc.modbus.driver import ModbusCommonConfig, ModbusPlcBase
 
 
 class ModbusRtuPlcConfig(ModbusCommonConfig):

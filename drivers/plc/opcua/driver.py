@@ -6,8 +6,9 @@ the state is one Read call of eight nodes, the reject log one Read of counter an
 
 Link policy, as for Modbus: asyncua's own auto-reconnect is off (it would block requests for
 seconds while it retries). A lost link is reported once as DeviceConnectionError; later calls try
-to reconnect, no more often than a capped, jittered exponential backoff allows, and fail fast with
-DeviceConnectionError in between. The runtime treats that as a lost PLC link and stops the line.
+to reconnect, no more often than the supervisor's capped, jittered exponential backoff allows
+(``edge_agent.supervisor.RetryWindow``), and fail fast with DeviceConnectionError in between.
+The runtime treats that as a lost PLC link and stops the line.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn, Self, TypeVar
@@ -27,8 +26,8 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.crypto import uacrypto
 from pydantic import ConfigDict, Field
 
-from drivers.plc.modbus import registers as reg
-from drivers.plc.modbus.driver import validated
+from drivers.config import validated
+from drivers.plc import contract
 from drivers.plc.opcua import nodes as n
 from drivers.plc.opcua.refusals import PlcClient, agent_validator, explain
 from drivers.plc.opcua.security import SecuritySettings, configure_client, warn_if_insecure
@@ -42,6 +41,7 @@ from edge_agent.errors import (
     EdgeAgentError,
     ProtocolError,
 )
+from edge_agent.supervisor import Backoff, RetryWindow
 
 if TYPE_CHECKING:
     from edge_agent.contracts import LineStatus
@@ -96,17 +96,24 @@ class OpcUaPlcConfig(SecuritySettings):
         5.0, gt=0.0, le=120.0, description="Whole connect (channel, session, checks) timeout"
     )
     ring_size: int = Field(
-        32, ge=1, le=1024, description="Verdict ring size N; must equal the PLC's RingSize node"
+        contract.DEFAULT_RING_SIZE,
+        ge=1,
+        le=contract.MAX_RING_SIZE,
+        description="Verdict ring size N; must equal the PLC's RingSize node",
     )
     reject_log_size: int = Field(
-        n.REJECT_LOG_SIZE,
+        contract.REJECT_LOG_SIZE,
         ge=1,
-        le=1024,
+        le=contract.MAX_REJECT_LOG_SIZE,
         description="Reject log slots; must equal the length of the PLC's RejectLog array, "
         "checked at connect. Must exceed the rejects confirmed between two polls",
     )
     reconnect_min_s: float = Field(
-        0.2, gt=0.0, le=60.0, description="Wait after the first failed reconnect; doubles"
+        0.2,
+        gt=0.0,
+        le=60.0,
+        description="Longest wait after the first failed reconnect (jittered: half to all); "
+        "doubles per failure",
     )
     reconnect_max_s: float = Field(
         5.0, gt=0.0, le=300.0, description="Cap of the backoff between reconnect attempts"
@@ -130,8 +137,8 @@ class OpcUaPlc:
         self._client: Client | None = None
         self._open = False
         self._heartbeat = 0
-        self._next_attempt = 0.0
-        self._backoff = 0.0
+        cfg = self.config
+        self._retry = RetryWindow(Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s))
         self._connect_lock = asyncio.Lock()
         self._ids: dict[str, ua.NodeId] = {}
         self._slots: list[ua.NodeId] = []
@@ -172,7 +179,7 @@ class OpcUaPlc:
                 self._raise_mapped(f"connect to {cfg.url}", exc, connecting=True)
             raise
         self._client = client
-        self._backoff = 0.0
+        self._retry.succeeded()
         log.info("plc_link_up", device=self.name, url=cfg.url, policy=cfg.security_policy)
 
     async def _open_session(self, client: Client) -> None:
@@ -273,20 +280,15 @@ class OpcUaPlc:
             raise DeviceConnectionError(self.name, "OPC UA link to the PLC dropped")
         async with self._connect_lock:
             if self._client is None:
-                if time.monotonic() < self._next_attempt:
+                if self._retry.remaining() > 0:
                     raise DeviceConnectionError(self.name, "OPC UA link down; reconnect pending")
                 try:
                     await self._connect()
                 except DeviceConnectionError:
-                    self._schedule_retry()
+                    self._retry.failed()
                     raise
         assert self._client is not None
         return self._client
-
-    def _schedule_retry(self) -> None:
-        cfg = self.config
-        self._backoff = min(max(self._backoff * 2, cfg.reconnect_min_s), cfg.reconnect_max_s)
-        self._next_attempt = time.monotonic() + self._backoff * random.uniform(0.8, 1.0)
 
     # --- PlcLink ------------------------------------------------------------------------------
 
@@ -300,7 +302,7 @@ class OpcUaPlc:
 
     async def beat(self) -> None:
         # Advance before writing: after a lost answer the PLC may hold the new value already.
-        self._heartbeat = reg.next_heartbeat(self._heartbeat)
+        self._heartbeat = contract.next_heartbeat(self._heartbeat)
         await self._write(
             "write heartbeat",
             lambda: self._nodes("agent_heartbeat"),
@@ -326,8 +328,10 @@ class OpcUaPlc:
         )
 
     async def request_line_stop(self, reason_code: int) -> None:
-        if not 1 <= reason_code <= n.U16_MAX:
-            raise ProtocolError(self.name, f"line-stop reason code {reason_code} not in 1..65535")
+        try:
+            contract.check_stop_reason(reason_code)
+        except ValueError as exc:
+            raise ProtocolError(self.name, str(exc)) from exc
         # One Write call, reason first: the server applies the values in order.
         await self._write(
             "write line stop",

@@ -1,8 +1,9 @@
 """The OPC UA node set of the PLC contract, as config-overridable node ids and pure helpers.
 
-Same contract as the Modbus register map (``drivers.plc.modbus.registers``), expressed as typed
-OPC UA variables: the verdict ring is one ``UInt32[2]`` array node per slot, ``[trigger, verdict]``,
-so one slot is always one Write of one node (atomic on every server). The PLC's state is read in
+The PLC contract (``drivers.plc.contract``: what slots, verdicts, the gate rule and the reject log
+mean) expressed as typed OPC UA variables, as the Modbus register map expresses it in registers.
+The verdict ring is one ``UInt32[2]`` array node per slot, ``[trigger, verdict]``, so one slot is
+always one Write of one node (atomic on every server). The PLC's state is read in
 one Read service call; the reject log is one ``UInt32[32]`` array read together with its counter.
 No I/O here: the driver, the simulator and the tests build on the same definitions.
 """
@@ -15,14 +16,15 @@ from typing import Any
 from asyncua import ua
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from drivers.plc.modbus import registers as reg
-from edge_agent.contracts import PlcState
+from drivers.plc import contract
+from drivers.plc.contract import REJECT_LOG_SIZE as REJECT_LOG_SIZE
+from drivers.plc.contract import U16_MAX as U16_MAX
+from drivers.plc.contract import U32_MAX as U32_MAX
+from edge_agent.contracts import PlcState, Verdict
 
 DEFAULT_NAMESPACE_URI = "urn:edge-agent:plc-contract"
-REJECT_LOG_SIZE = reg.REJECT_LOG_SIZE
-U16_MAX = reg.U16_MAX
-U32_MAX = reg.U32_MAX
-VERDICT_NONE, VERDICT_PASS, VERDICT_REJECT = reg.VERDICT_NONE, reg.VERDICT_PASS, reg.VERDICT_REJECT
+# The contract's verdict values, by the names the node set's users know
+VERDICT_NONE, VERDICT_PASS, VERDICT_REJECT = contract.NO_VERDICT, Verdict.PASS, Verdict.REJECT
 
 UInt16, UInt32, Boolean = ua.VariantType.UInt16, ua.VariantType.UInt32, ua.VariantType.Boolean
 
@@ -143,13 +145,12 @@ def slot_node_text(template: str, k: int) -> str:
 
 
 def verdict_slot(trigger: int, ring_size: int) -> int:
-    return reg.verdict_slot(trigger, ring_size)
+    return contract.verdict_slot(trigger, ring_size)
 
 
 def encode_verdict(trigger: int, verdict: int) -> ua.DataValue:
     """The value of one slot: ``UInt32[2] = [trigger, verdict]``, written in one Write."""
-    if verdict not in (VERDICT_NONE, VERDICT_PASS, VERDICT_REJECT):
-        raise ValueError(f"verdict {verdict} is not 0, 1 or 2")
+    contract.check_verdict(verdict)
     if not 0 <= trigger <= U32_MAX:
         raise ValueError(f"trigger count {trigger} does not fit 0..{U32_MAX}")
     return datavalue([trigger, verdict], UInt32)
@@ -161,25 +162,22 @@ def datavalue(value: Any, variant_type: ua.VariantType) -> ua.DataValue:
 
 
 def gate_passes(slot: Sequence[int] | None, trigger: int) -> bool:
-    """Pass only on an explicit pass for exactly this unit; anything else (garbage too) rejects."""
+    """The contract's gate rule (``contract.gate_passes``) on the value of a slot node; a value
+    that is not a ``[trigger, verdict]`` pair is garbage, and rejects."""
     if slot is None or len(slot) != 2:
         return False
-    return int(slot[0]) == trigger and int(slot[1]) == VERDICT_PASS
+    return contract.gate_passes(int(slot[0]), int(slot[1]), trigger)
 
 
 def reject_log_index(confirm_number: int, size: int = REJECT_LOG_SIZE) -> int:
     """Slot j = (n - 1) mod size of the n-th confirmed reject (n counts from 1)."""
-    return reg.reject_log_index(confirm_number, size)
+    return contract.reject_log_index(confirm_number, size)
 
 
 def decode_reject_log(ring: Sequence[int], confirms: int) -> list[int]:
     """Trigger counts of the valid entries of the ``UInt32[size]`` log, oldest first; the
     array's length is the log size (32 unless the PLC says otherwise)."""
-    size = len(ring)
-    if not 1 <= size <= 1024:
-        raise ValueError(f"reject log must hold 1..1024 values, got {size}")
-    valid = min(confirms, size)
-    return [int(ring[reject_log_index(k, size)]) for k in range(confirms - valid + 1, confirms + 1)]
+    return contract.reject_log_entries(ring, confirms)
 
 
 def encode_status(status: Any) -> list[ua.DataValue]:

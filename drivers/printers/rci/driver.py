@@ -8,9 +8,8 @@ decoder resynchronises on the next frame start.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from drivers.printers.stream import StreamPrinter
 from drivers.transport import SerialTransport, TcpTransport, TransportConfig
 from edge_agent.contracts import ClearResult, PrinterStatus, PrintJob, PrintRecord
-from edge_agent.errors import DeviceFault, ProtocolError
+from edge_agent.errors import DeviceError, ProtocolError
 
 from . import codec
 
@@ -64,13 +63,18 @@ class RciPrinter(StreamPrinter):
             description="Job (message) selected on the printer (printable ASCII, no space).",
         )
 
+    encode_error: ClassVar[type[Exception]] = codec.EncodeError
+
     def __init__(self, name: str, config: RciPrinter.Config) -> None:
-        super().__init__(name)
+        link: TcpTransport | SerialTransport = config.link
+        super().__init__(
+            name,
+            link,
+            reply_timeout_s=config.reply_timeout_s,
+            buffer_depth=config.buffer_depth,
+            connect_attempts=config.connect_attempts,
+        )
         self.config = config
-        self.transport: TcpTransport | SerialTransport = config.link
-        self.reply_timeout_s = config.reply_timeout_s
-        self.connect_attempts = config.connect_attempts
-        self.buffer_depth = config.buffer_depth
         self._decoder_in_use: codec.MessageDecoder | None = None
 
     @property
@@ -98,42 +102,36 @@ class RciPrinter(StreamPrinter):
 
     # --- commands --------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _encoding(self) -> Iterator[None]:
-        try:
-            yield
-        except codec.EncodeError as exc:
-            raise ProtocolError(self.name, f"cannot put in a frame: {exc}") from exc
-
-    async def _command(self, data: bytes, cmd: int, key: bytes = b"") -> codec.Reply:
-        reply: codec.Reply = await self.request(data, f"0x{cmd:02x}", _answers(cmd, key))
-        if reply.status != codec.OK or reply.cmd == codec.BAD_FRAME:
-            raise self._refusal(reply)
+    async def _rci(self, data: bytes, cmd: int, key: bytes = b"") -> codec.Reply:
+        reply: codec.Reply = await self._command(data, f"0x{cmd:02x}", _answers(cmd, key))
         return reply
 
-    def _refusal(self, reply: codec.Reply) -> DeviceFault | ProtocolError:
+    def _refusal(self, cmd: str, reply: Any) -> DeviceError | None:
+        if reply.status == codec.OK and reply.cmd != codec.BAD_FRAME:
+            return None
         name = reply.status_name
         text = reply.data.decode("ascii", "replace")
         if name == "BUFFER_FULL":
-            return DeviceFault(self.name, "BUFFER_FULL", text)
+            return self._busy(text)
         if name == "FAULT":
-            return DeviceFault(self.name, self.fault_code or name, text)
+            return self._faulted(name, text)
         return ProtocolError(self.name, f"printer refused 0x{reply.cmd:02x}: {name} {text}")
 
     async def select_job(self, job: PrintJob) -> None:
-        with self._encoding():
-            data = codec.encode_select_job(self.config.job_name, job.gtin, job.lot, job.expiry)
-        await self._command(data, codec.SELECT_JOB)
-        await self._command(codec.encode_frame(codec.START_PRINT), codec.START_PRINT)
+        cfg = self.config
+        data = self._encode(
+            lambda: codec.encode_select_job(cfg.job_name, job.gtin, job.lot, job.expiry)
+        )
+        await self._rci(data, codec.SELECT_JOB)
+        await self._rci(codec.encode_frame(codec.START_PRINT), codec.START_PRINT)
         log.info("printer job selected", device=self.name, template=self.config.job_name)
 
     async def send(self, record: PrintRecord) -> None:
-        with self._encoding():
-            data = codec.encode_record(record.seq, record.serial)
-        await self._command(data, codec.LOAD_RECORD, record.seq.to_bytes(8, "big"))
+        data = self._encode(lambda: codec.encode_record(record.seq, record.serial))
+        await self._rci(data, codec.LOAD_RECORD, record.seq.to_bytes(8, "big"))
 
     async def status(self) -> PrinterStatus:
-        reply = await self._command(codec.encode_frame(codec.STATUS), codec.STATUS)
+        reply = await self._rci(codec.encode_frame(codec.STATUS), codec.STATUS)
         info = codec.parse_status(reply)
         if info is None:
             raise ProtocolError(self.name, f"bad STATUS reply {reply.data.hex()}")
@@ -150,7 +148,7 @@ class RciPrinter(StreamPrinter):
         return await self._clearing(codec.STOP_PRINT)
 
     async def _clearing(self, cmd: int) -> ClearResult:
-        reply = await self._command(codec.encode_frame(cmd), cmd)
+        reply = await self._rci(codec.encode_frame(cmd), cmd)
         cleared = codec.parse_cleared(reply)
         if cleared is None:
             raise ProtocolError(self.name, f"bad 0x{cmd:02x} reply {reply.data.hex()}")

@@ -7,9 +7,8 @@ command order; notifications are told apart by their name.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from drivers.printers.stream import StreamPrinter
 from drivers.transport import SerialTransport, TcpTransport, TransportConfig
 from edge_agent.contracts import ClearResult, PrinterStatus, PrintJob, PrintRecord
-from edge_agent.errors import DeviceFault, ProtocolError
+from edge_agent.errors import DeviceError, ProtocolError
 
 from . import codec
 
@@ -63,13 +62,18 @@ class ZipherPrinter(StreamPrinter):
             "EXP", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$", description="Job field of the expiry."
         )
 
+    encode_error: ClassVar[type[Exception]] = codec.EncodeError
+
     def __init__(self, name: str, config: ZipherPrinter.Config) -> None:
-        super().__init__(name)
+        link: TcpTransport | SerialTransport = config.link
+        super().__init__(
+            name,
+            link,
+            reply_timeout_s=config.reply_timeout_s,
+            buffer_depth=config.buffer_depth,
+            connect_attempts=config.connect_attempts,
+        )
         self.config = config
-        self.transport: TcpTransport | SerialTransport = config.link
-        self.reply_timeout_s = config.reply_timeout_s
-        self.connect_attempts = config.connect_attempts
-        self.buffer_depth = config.buffer_depth
         self._discards: list[PrintRecord] | None = None  # CQD lines while a CQI is pending
 
     def _decoder(self) -> codec.ReplyDecoder:
@@ -103,44 +107,29 @@ class ZipherPrinter(StreamPrinter):
 
     # --- commands --------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _encoding(self) -> Iterator[None]:
-        try:
-            yield
-        except codec.EncodeError as exc:
-            raise ProtocolError(self.name, f"cannot put on the wire: {exc}") from exc
-
-    async def _command(self, data: bytes, cmd: str, fits: Callable[[Any], bool]) -> Any:
-        reply = await self.request(data, cmd, fits)
-        if isinstance(reply, codec.Err):
-            raise self._refusal(cmd, reply)
-        return reply
-
-    def _refusal(self, cmd: str, err: codec.Err) -> DeviceFault | ProtocolError:
-        if err.code == _QUEUE_FULL:
-            # The feed retries on BUFFER_FULL: the record was refused, so it may go again
-            return DeviceFault(self.name, "BUFFER_FULL", f"{err.code}: {err.text}")
-        if err.code == "FAULT":
-            return DeviceFault(self.name, self.fault_code or err.code, err.text)
-        return ProtocolError(self.name, f"printer refused {cmd}: {err.code} {err.text}")
+    def _refusal(self, cmd: str, reply: Any) -> DeviceError | None:
+        if not isinstance(reply, codec.Err):
+            return None
+        if reply.code == _QUEUE_FULL:
+            return self._busy(f"{reply.code}: {reply.text}")
+        if reply.code == "FAULT":
+            return self._faulted(reply.code, reply.text)
+        return ProtocolError(self.name, f"printer refused {cmd}: {reply.code} {reply.text}")
 
     async def select_job(self, job: PrintJob) -> None:
         cfg = self.config
         values = {cfg.gtin_field: job.gtin, cfg.lot_field: job.lot, cfg.expiry_field: job.expiry}
-        with self._encoding():
-            data = codec.encode_sla(self.config.job_name, values)
+        data = self._encode(lambda: codec.encode_sla(self.config.job_name, values))
         await self._command(data, "SLA", _is(codec.Ack))
         log.info("printer job selected", device=self.name, template=self.config.job_name)
 
     async def update_fields(self, values: dict[str, str]) -> None:
         """JDA: change named fields of the selected job."""
-        with self._encoding():
-            data = codec.encode_jda(values)
+        data = self._encode(lambda: codec.encode_jda(values))
         await self._command(data, "JDA", _is(codec.Ack))
 
     async def send(self, record: PrintRecord) -> None:
-        with self._encoding():
-            data = codec.encode_jdi(record.seq, record.serial)
+        data = self._encode(lambda: codec.encode_jdi(record.seq, record.serial))
         await self._command(data, "JDI", _is(codec.Ack))
 
     async def queue_size(self) -> codec.QueueSize:

@@ -231,6 +231,46 @@ class StatusDecoder:
         return [Malformed(string[:MAX_STRING], "~HS string out of order")]
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One whole answer to the driver's question (``~HS`` followed by the label counter)."""
+
+    status: HostStatus
+    odometer: int
+
+
+class AnswerDecoder:
+    """Host side: bytes -> ``Answer`` and ``Malformed``. The printer answers ``~HS`` and the
+    counter back to back: only that pair is an answer, so a cut answer is lost whole and a stray
+    quoted number is never taken for a counter."""
+
+    def __init__(self) -> None:
+        self._strings = StatusDecoder()
+        self._status: HostStatus | None = None
+
+    def feed(self, data: bytes) -> list[Answer | Malformed]:
+        out: list[Answer | Malformed] = []
+        for item in self._strings.feed(data):
+            match item:
+                case HostStatus():
+                    if self._status is not None:
+                        out.append(_unpaired(self._status, "~HS answer without its counter"))
+                    self._status = item
+                case Odometer(labels=labels) if self._status is not None:
+                    out.append(Answer(self._status, labels))
+                    self._status = None
+                case Odometer():
+                    out.append(_unpaired(item, "counter without its ~HS answer"))
+                case Malformed():
+                    self._status = None
+                    out.append(item)
+        return out
+
+
+def _unpaired(item: HostStatus | Odometer, why: str) -> Malformed:
+    return Malformed(repr(item).encode()[:MAX_STRING], why)
+
+
 # --- label template ----------------------------------------------------------------------------
 
 

@@ -17,49 +17,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Literal, Self
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from drivers.transport import TcpTransport, TransportConfig, open_stream
-from edge_agent.contracts import (
-    ClearResult,
-    PrintConfirmation,
-    PrinterStatus,
-    PrintJob,
-    PrintRecord,
-)
-from edge_agent.errors import (
-    DeviceConnectionError,
-    DeviceError,
-    DeviceFault,
-    DeviceTimeout,
-    ProtocolError,
-)
+from drivers.printers.stream import Pending, StreamPrinter
+from drivers.transport import SerialTransport, TcpTransport, TransportConfig
+from edge_agent.contracts import ClearResult, PrinterStatus, PrintJob, PrintRecord
+from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 
 from . import codec
 
 log = structlog.get_logger(__name__)
 
-_READ_CHUNK = 65536
-_NOT_CONNECTED = "not connected"
-_CLOSED = "closed by the agent"
-
-
-class _LinkDown:
-    pass
-
 
 @dataclass
 class _Question:
-    """One ~HS + counter query and the answers that came for it."""
+    """What the driver had written when it asked one ~HS + counter question."""
 
     written: int  # formats written before it
-    future: asyncio.Future[codec.HostStatus] = field(repr=False)
     baseline: bool = False
+
+
+def _any_answer(reply: Any) -> bool:
+    return True  # answers come in question order: the oldest question takes the next answer
 
 
 @dataclass(frozen=True)
@@ -86,10 +69,7 @@ def account(
     return printed, queued, written - printed - queued
 
 
-_Event = PrintConfirmation | DeviceFault | DeviceTimeout | ProtocolError | _LinkDown
-
-
-class ZplPrinter:
+class ZplPrinter(StreamPrinter):
     """A Zebra (or ZPL-compatible) label printer; implements ``edge_agent.contracts.Printer``."""
 
     class Config(BaseModel):
@@ -141,25 +121,25 @@ class ZplPrinter:
             except codec.TemplateError as exc:
                 raise ValueError(f"label template {exc}") from exc
 
+    no_reply: ClassVar[str] = "no answer to"
+
     def __init__(self, name: str, config: ZplPrinter.Config) -> None:
-        self.name = name
+        link: TcpTransport | SerialTransport = config.link
+        super().__init__(
+            name,
+            link,
+            reply_timeout_s=config.status_timeout_s,
+            buffer_depth=config.buffer_depth,
+            connect_attempts=config.connect_attempts,
+        )
         self.config = config
-        self.buffer_depth = config.buffer_depth
-        self.malformed_count = 0
-        self.fault_code: str | None = None
         self.last_status: codec.HostStatus | None = None
         self._job: PrintJob | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._lock = asyncio.Lock()
-        self._questions: deque[_Question] = deque()
         self._unconfirmed: deque[PrintRecord] = deque()
         self._written = 0  # formats written on this connection
         self._printed = 0  # of those, printed according to the printer's counts
         self._odometer_base = 0  # printer's label counter when our count was zero
         self._foreign = 0  # labels queued before this connection, ahead of ours
-        self._events: asyncio.Queue[_Event] = asyncio.Queue()
-        self._down: str | None = _NOT_CONNECTED
         self._self_paused = False
         self._clearing = False  # between ~JA and the new count base: counts are in flux
         self.last_odometer = 0
@@ -167,57 +147,39 @@ class ZplPrinter:
         self._based = False  # this connection's baseline answer came
         self._carried: _Carried | None = None  # from the last connection, placed at the baseline
 
-    # --- connection ------------------------------------------------------------------------
+    # --- protocol hooks --------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        link = self.config.link
-        reader, self._writer = await self._open()
+    def _decoder(self) -> codec.AnswerDecoder:
+        return codec.AnswerDecoder()
+
+    def _dispatch(self, message: codec.Answer | codec.Malformed) -> None:
+        match message:
+            case codec.Answer():
+                self._on_reply(message)
+            case codec.Malformed(raw=raw, why=why):
+                self.count_malformed(why, detail=repr(raw[:80]))
+
+    async def _on_connect(self) -> None:
         self._carried, self._based = self._carry(), False
-        self._questions, self._unconfirmed = deque(), deque()
+        self._unconfirmed = deque()
         self._written = self._printed = 0
-        self._events = asyncio.Queue()
-        self._down = None
-        self._tasks = [asyncio.create_task(self._read_loop(reader), name=f"{self.name}-rx")]
-        try:
-            # Before anything is sent: the counter to count from, and what is queued already
-            status = await self._ask(baseline=True)
-        except BaseException:
-            await self.__aexit__()
-            raise
+        # Before anything is sent: the counter to count from, and what is queued already
+        status = await self._ask(baseline=True)
         log.info("printer status", device=self.name, queued=status.pending)
-        self._tasks.append(asyncio.create_task(self._poll_loop(), name=f"{self.name}-poll"))
-        log.info("printer connected", device=self.name, link=link.describe())
-        return self
+        self._spawn(self._poll_loop(), "poll")
 
-    async def __aexit__(self, *exc: object) -> None:
-        tasks, writer = self._tasks, self._writer
-        self._tasks, self._writer = [], None
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-        self._link_down(_CLOSED)
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+    def _answered(self, entry: Pending, reply: Any) -> None:
+        """Every answer counts, a late one to an abandoned question too (in question order)."""
+        question, answer = entry.context, reply
+        assert isinstance(question, _Question) and isinstance(answer, codec.Answer)
+        hs, odometer = answer.status, answer.odometer
+        self.last_status, self.last_odometer = hs, odometer
+        if question.baseline:
+            self._baseline(hs, odometer)
+        else:
+            self._count(question, hs, odometer)
 
-    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Open the link, retrying with exponential backoff (a printer rebooting, a cable
-        re-plugged) up to ``connect_attempts`` times."""
-        delay = 0.2
-        for attempt in range(1, self.config.connect_attempts + 1):
-            try:
-                return await open_stream(self.name, self.config.link)
-            except DeviceError as exc:
-                if attempt == self.config.connect_attempts:
-                    raise
-                log.warning(
-                    "printer connect failed", device=self.name, error=str(exc), retry_s=delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
+    # --- counting --------------------------------------------------------------------------
 
     def _carry(self) -> _Carried | None:
         """What the last connection leaves to place on the next one."""
@@ -232,66 +194,6 @@ class ZplPrinter:
             self._written,
             self._printed,
         )
-
-    def _link_down(self, why: str) -> None:
-        if self._down is not None:
-            return
-        self._down = why
-        while self._questions:
-            future = self._questions.popleft().future
-            if not future.done():
-                future.set_exception(DeviceConnectionError(self.name, why))
-        self._events.put_nowait(_LinkDown())
-        if why != _CLOSED:
-            log.warning("printer link down", device=self.name, why=why)
-
-    # --- reading and polling ---------------------------------------------------------------
-
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        decoder = codec.StatusDecoder()
-        why = "connection closed by the printer"
-        # The printer answers ~HS and the counter back to back: only that pair is an answer, so
-        # a cut answer is lost whole and a stray quoted number is never taken for a counter
-        status: codec.HostStatus | None = None
-        try:
-            while data := await reader.read(_READ_CHUNK):
-                for item in decoder.feed(data):
-                    match item:
-                        case codec.HostStatus():
-                            if status is not None:
-                                self._malformed("~HS answer without its counter", status)
-                            status = item
-                        case codec.Odometer() if status is not None:
-                            self._answer(status, item.labels)
-                            status = None
-                        case codec.Odometer():
-                            self._malformed("counter without its ~HS answer", item)
-                        case codec.Malformed(raw=raw, why=what):
-                            status = None
-                            self._malformed(what, raw[:80])
-        except OSError as exc:
-            why = f"connection lost: {exc!r}"
-        except Exception as exc:  # a driver bug must not leave callers waiting forever
-            log.exception("printer reader failed", device=self.name)
-            why = f"driver reader failed: {exc!r}"
-        self._link_down(why)
-
-    def _malformed(self, why: str, detail: object) -> None:
-        self.malformed_count += 1
-        log.warning("malformed input from printer", device=self.name, why=why, detail=repr(detail))
-
-    def _answer(self, hs: codec.HostStatus, odometer: int) -> None:
-        if not self._questions:
-            self._malformed("answer to no question", hs)
-            return
-        question = self._questions.popleft()  # answers come in question order
-        self.last_status, self.last_odometer = hs, odometer
-        if question.baseline:
-            self._baseline(hs, odometer)
-        else:
-            self._count(question, hs, odometer)
-        if not question.future.done():
-            question.future.set_result(hs)
 
     def _baseline(self, hs: codec.HostStatus, odometer: int) -> None:
         """Count from here. Records of the last connection that the printer still queues stay
@@ -346,34 +248,30 @@ class ZplPrinter:
         if lost > 0 and not self._clearing:
             why = f"{lost} label format(s) sent never reached the printer"
             log.error("printer lost formats", device=self.name, lost=lost)
-            self._events.put_nowait(ProtocolError(self.name, why))
+            self._raise_later(ProtocolError(self.name, why))
             return
         if lost < 0 or printed < self._printed:
             # More accounted for than written, or a counter going back: an answer matched to
             # the wrong question (after a lost one) or not the printer's. Confirm nothing on it.
-            self._malformed("answer inconsistent with what was sent", (odometer, hs.pending))
+            self.count_malformed(
+                "answer inconsistent with what was sent", detail=repr((odometer, hs.pending))
+            )
             return
         while self._printed < printed and self._unconfirmed:
             record = self._unconfirmed.popleft()
             self._printed += 1
-            self._events.put_nowait(PrintConfirmation(record.seq, record.serial))
+            self._print_complete(record.seq, record.serial)
 
     async def _ask(self, *, baseline: bool = False) -> codec.HostStatus:
-        """One ~HS + counter round trip; DeviceTimeout if the answer does not come in time."""
-        loop = asyncio.get_running_loop()
-        question = _Question(self._written, loop.create_future(), baseline=baseline)
-        timeout = self.config.status_timeout_s
-        try:
-            async with self._lock:
-                self._check_link()
-                self._questions.append(question)
-                await self._write(codec.HOST_STATUS + codec.ODOMETER)
-            async with asyncio.timeout(timeout):
-                return await question.future
-        except TimeoutError as exc:
-            raise DeviceTimeout(self.name, f"no answer to ~HS within {timeout} s") from exc
-        finally:
-            question.future.cancel()  # stays queued as abandoned: a late answer still lines up
+        """One ~HS + counter round trip; DeviceTimeout if the answer does not come in time.
+        The question notes what was written when it goes on the wire."""
+        answer: codec.Answer = await self.request(
+            codec.HOST_STATUS + codec.ODOMETER,
+            "~HS",
+            _any_answer,
+            context=lambda: _Question(self._written, baseline),
+        )
+        return answer.status
 
     async def _poll_loop(self) -> None:
         cfg, missed = self.config, 0
@@ -385,7 +283,7 @@ class ZplPrinter:
                     missed += 1
                     log.warning("printer status missed", device=self.name, in_a_row=missed)
                     if missed >= cfg.max_missed_status:
-                        self._events.put_nowait(exc)
+                        self._raise_later(exc)
                         return
                     await self._resync()
                     continue
@@ -406,7 +304,7 @@ class ZplPrinter:
         forget the questions still open, so the next answer is matched to the next question.
         (An answer later than that would be matched to a newer question; README: limits.)"""
         await asyncio.sleep(self.config.status_timeout_s)
-        self._questions = deque(q for q in self._questions if not q.future.done())
+        self._pending = deque(p for p in self._pending if not p.future.done())
 
     def _check_faults(self, status: codec.HostStatus) -> None:
         flags = status.flags(codec.STOPPING_FLAGS)
@@ -416,26 +314,13 @@ class ZplPrinter:
         if code != self.fault_code:
             self.fault_code = code
             if code is not None:
-                log.warning("printer fault", device=self.name, code=code)
-                self._events.put_nowait(DeviceFault(self.name, code, "reported by ~HS"))
+                self._fault(code, "reported by ~HS")
             else:
                 log.info("printer fault cleared", device=self.name)
         for warning in status.flags(codec.WARNING_FLAGS):
             log.warning("printer warning", device=self.name, flag=warning.upper())
 
     # --- commands --------------------------------------------------------------------------
-
-    def _check_link(self) -> None:
-        if self._down is not None or self._writer is None:
-            raise DeviceConnectionError(self.name, self._down or _NOT_CONNECTED)
-
-    async def _write(self, data: bytes) -> None:
-        assert self._writer is not None
-        try:
-            self._writer.write(data)
-            await self._writer.drain()
-        except OSError as exc:
-            raise DeviceConnectionError(self.name, f"write failed: {exc!r}") from exc
 
     async def select_job(self, job: PrintJob) -> None:
         b = job
@@ -449,6 +334,7 @@ class ZplPrinter:
         log.info("printer job selected", device=self.name, job=job.name)
 
     async def send(self, record: PrintRecord) -> None:
+        self._check_link()  # not connected is the first thing wrong, whatever else is
         job = self._job
         if job is None:
             raise ProtocolError(self.name, "send() before select_job()")
@@ -464,8 +350,7 @@ class ZplPrinter:
             )
         except codec.TemplateError as exc:
             raise ProtocolError(self.name, f"cannot put on the wire: {exc}") from exc
-        async with self._lock:
-            self._check_link()
+        async with self._wire():
             # Counted before the write: an answer to a later ~HS must see this format as sent
             self._unconfirmed.append(record)
             self._written += 1
@@ -484,15 +369,13 @@ class ZplPrinter:
         this driver knew the printer are cancelled unnamed (ZPL cannot name them)."""
         self._self_paused = self._clearing = True
         try:
-            async with self._lock:
-                self._check_link()
+            async with self._wire():
                 await self._write(codec.PAUSE)
             queued = await self._settled_pending()
             _, ours, lost = account(
                 self._odometer_base, self._foreign, self.last_odometer, queued, self._written
             )
-            async with self._lock:
-                self._check_link()
+            async with self._wire():
                 await self._write(codec.CANCEL_ALL + codec.RESUME)
                 # Paused and settled, our unconfirmed records are our queued ones (behind any
                 # formats from before this connection), unless one got lost on the way: then
@@ -504,8 +387,8 @@ class ZplPrinter:
                 self._written -= gone
                 # Open questions were asked before ~JA; their answers must not count the
                 # cancelled formats as printed, whichever answer ends up matched to them
-                for question in self._questions:
-                    question.written -= gone
+                for entry in self._pending:
+                    entry.context.written -= gone
                 self._unconfirmed.clear()
             # Also lets every answer given while paused arrive before the pause stops being ours
             left = (await self._ask()).pending
@@ -530,18 +413,3 @@ class ZplPrinter:
                 return current
             previous = current
         raise DeviceTimeout(self.name, "queued label count did not settle after ~PP")
-
-    # --- notifications ---------------------------------------------------------------------
-
-    async def confirmations(self) -> AsyncIterator[PrintConfirmation]:
-        while True:
-            if self._down is not None and self._events.empty():
-                raise DeviceConnectionError(self.name, self._down)
-            event = await self._events.get()
-            match event:
-                case PrintConfirmation():
-                    yield event
-                case DeviceFault() | DeviceTimeout() | ProtocolError():
-                    raise event
-                case _LinkDown():
-                    raise DeviceConnectionError(self.name, self._down or _NOT_CONNECTED)

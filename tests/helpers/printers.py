@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator, Callable
 
 from edge_agent.contracts import PrintConfirmation, PrintJob, PrintRecord
 from simulators.line import SimLine
+from tests.helpers.waiting import STEP_S
+from tests.helpers.waiting import until as _until
 
 JOB = PrintJob(name="batch-1", gtin="09506000134352", lot="LOT42", expiry="271231")
-STEP_S = 3.0  # upper bound for anything that should happen "now"; only reached when broken
 
 
 def rec(seq: int) -> PrintRecord:
@@ -34,12 +35,9 @@ class Gate:
         self._line.notify_run_state()
 
 
-async def until(predicate: Callable[[], bool]) -> None:
-    """Synchronise with the simulator; fails the test if the condition never comes."""
-    async with asyncio.timeout(STEP_S):
-        # Polling: the simulator has no change hooks, and tests should not need any
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.002)
+async def until(predicate: Callable[[], bool], what: str = "") -> None:
+    """Synchronise with the simulator (``helpers.waiting.until`` within ``STEP_S``)."""
+    await _until(predicate, what, within=STEP_S, every=0.002)
 
 
 async def take(it: AsyncIterator[PrintConfirmation], n: int) -> list[PrintConfirmation]:
