@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.orders import audit
-from tests.api_helpers import TOKENS, Rig, make_rig, order_data, serving
+from tests.helpers.api import TOKENS, Rig, make_rig, order_data, serving
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 CHECKS = [

@@ -13,7 +13,7 @@ from edge_agent.config import parse_config
 from edge_agent.config.loader import ConfigInvalid
 from edge_agent.config.models import ApiSection
 from edge_agent.errors import ConfigError
-from tests.api_helpers import make_rig, services
+from tests.helpers.api import make_rig, services
 
 DEMO = (Path(__file__).parent.parent / "config" / "demo.toml").read_text()
 

@@ -14,7 +14,7 @@ from edge_agent.orders.lifecycle import LineEvent
 from edge_agent.orders.model import OrderCommand
 from edge_agent.orders.report_html import MAX_BARS, chart, render
 from edge_agent.stops import StopReason
-from tests.api_helpers import Rig, make_rig, order_data, serving
+from tests.helpers.api import Rig, make_rig, order_data, serving
 
 OPERATOR = audit.Actor("alice", "cli")
 SVG = "{http://www.w3.org/2000/svg}"

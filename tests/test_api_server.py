@@ -18,7 +18,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.orders import audit
 from edge_agent.orders.lifecycle import LineEvent
 from edge_agent.stops import StopReason
-from tests.api_helpers import TOKENS, Rig, make_rig, order_data, serving
+from tests.helpers.api import TOKENS, Rig, make_rig, order_data, serving
 
 
 @pytest.fixture

@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_process import AgentProcess, run_agent_process, write_agent_config
-from test_plc_modbus import until
 
 from edge_agent import backup, serialgen
 from edge_agent.alarms import AlarmBoard, AlarmKind
@@ -39,6 +37,8 @@ from edge_agent.errors import StateRefused
 from edge_agent.ledger import BatchInfo, Ledger, SerialState, UnitOutcome
 from edge_agent.reconcile import reconcile
 from simulators.runner import SimulatorSet
+from tests.helpers.agent_process import AgentProcess, run_agent_process, write_agent_config
+from tests.helpers.waiting import until
 
 GTIN = "09506000134352"
 DIGITS = string.digits

@@ -28,6 +28,7 @@ from edge_agent.clock import ClockGuard, EventClock, Timex
 from edge_agent.config.models import ClockSection
 from edge_agent.db import open_db, write
 from edge_agent.ledger import Ledger, UnitOutcome
+from tests.helpers.waiting import until
 
 # chronyc -c -n tracking, as chrony 4.x prints it: the system clock 0.000123456 s fast
 CHRONY_SYNCED = (
@@ -343,12 +344,16 @@ async def test_run_checks_periodically_and_at_once_after_a_jump(
     g = guard(section, alarms, wall=wall)
     task = asyncio.create_task(g.run())
     try:
-        await until(lambda: AlarmKind.CLOCK_UNSYNCHRONISED in active(alarms))
+        await until(
+            lambda: AlarmKind.CLOCK_UNSYNCHRONISED in active(alarms), "unsynchronised alarm"
+        )
         host.tool("chronyc", {"tracking": (0, CHRONY_SYNCED)})
         wall.step += 10.0  # chronyd steps the clock as it synchronises: a jump
-        await until(lambda: AlarmKind.CLOCK_JUMP in {a.kind for a in alarms.unacknowledged()})
+        await until(
+            lambda: AlarmKind.CLOCK_JUMP in {a.kind for a in alarms.unacknowledged()}, "jump"
+        )
         # not an hour later: the jump made the guard check at once, and it found the clock good
-        await until(lambda: not active(alarms))
+        await until(lambda: not active(alarms), "alarms cleared")
         assert len(host.calls("chronyc")) == 2
     finally:
         task.cancel()
@@ -361,15 +366,6 @@ async def test_check_false_never_asks_and_never_refuses(host: FakeHost) -> None:
     g = guard(ClockSection(check=False, on_unsynchronised="refuse"))
     await asyncio.wait_for(g.run(), 1)
     assert g.start_problems() == [] and host.calls("chronyc") == []
-
-
-async def until(condition: object, within: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():  # type: ignore[operator]
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 # --- event times -----------------------------------------------------------------------------

@@ -10,14 +10,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from epcis_helpers import cbv_history_problems, history_by_epc
-
 from edge_agent import epcis
 from edge_agent.app import Agent
 from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
 from edge_agent.db import open_reader
 from simulators.runner import SimulatorSet
 from simulators.upstream.capture_server import CaptureServerSim
+from tests.helpers.epcis import cbv_history_problems, history_by_epc
 
 SCHEMA_FILE = (
     Path(__file__).resolve().parents[1].parent

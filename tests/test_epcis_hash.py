@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from epcis_helpers import (
+
+from edge_agent import epcis
+from edge_agent.epcis.xml12 import document_xml
+from tests.helpers.epcis import (
     CONFORMANCE,
     reference_hashes,
     reference_prehashes,
     reference_prehashes_xml,
 )
-
-from edge_agent import epcis
-from edge_agent.epcis.xml12 import document_xml
 
 VECTORS = CONFORMANCE / "epcis-hash"
 READ_POINT = "urn:epc:id:sgln:0950600.01340.LINE01"

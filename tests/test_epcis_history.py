@@ -13,7 +13,6 @@ import json
 import tempfile
 from pathlib import Path
 
-from epcis_helpers import cbv_history_problems, history_by_epc
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -22,6 +21,7 @@ from edge_agent import epcis
 from edge_agent.db import open_db, open_reader
 from edge_agent.ledger import Ledger, SerialState, UnitOutcome
 from edge_agent.reconcile import reconcile
+from tests.helpers.epcis import cbv_history_problems, history_by_epc
 
 GTIN = "09506000134352"
 ALPHABET = "0123456789ABCDEF"

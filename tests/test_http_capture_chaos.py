@@ -13,13 +13,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from outbox_helpers import add_events, check_oracle
 
 from drivers.upstream.http_capture import HttpCaptureForwarder
 from edge_agent.db import open_db
 from edge_agent.outbox.forwarding import ForwarderLoop
 from edge_agent.outbox.store import OutboxStore
 from simulators.upstream.capture_server import CaptureServerSim
+from tests.helpers.outbox import add_events, check_oracle
 from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")

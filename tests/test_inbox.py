@@ -12,8 +12,8 @@ import pytest
 from edge_agent.alarms import AlarmKind
 from edge_agent.orders import audit
 from edge_agent.orders.inbox import Inbox, Outcome
-from tests.api_helpers import Rig, make_rig, order_data
-from tests.printer_helpers import until
+from tests.helpers.api import Rig, make_rig, order_data
+from tests.helpers.waiting import until
 
 
 @pytest.fixture

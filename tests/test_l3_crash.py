@@ -16,14 +16,13 @@ import signal
 import sys
 from pathlib import Path
 
-from l3_helpers import FAST, l3_order, make_agent, running, until
-
 from edge_agent.l3 import messages, requests
 from edge_agent.l3.requests import RequestState
 from edge_agent.ledger import SerialState
 from edge_agent.orders import audit
 from edge_agent.orders.model import OrderCommand, OrderState
 from simulators.l3 import L3Sim
+from tests.helpers.l3 import FAST, l3_order, make_agent, running, until
 
 TESTS = Path(__file__).parent
 
@@ -31,7 +30,7 @@ TESTS = Path(__file__).parent
 SERVICE = """
 import asyncio, json, sys
 from pathlib import Path
-from l3_helpers import FAST, make_agent, make_link
+from tests.helpers.l3 import FAST, make_agent, make_link
 from edge_agent.l3.service import L3Service
 
 async def main() -> None:

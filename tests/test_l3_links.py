@@ -13,7 +13,6 @@ from pathlib import Path
 import aiomqtt
 import pytest
 import pytest_asyncio
-from l3_helpers import FAST, Agent, l3_order, make_agent, make_link, running, until
 
 from drivers.l3 import wire
 from edge_agent.alarms import AlarmKind
@@ -26,6 +25,7 @@ from edge_agent.orders.model import OrderCommand, OrderState
 from simulators.l3 import L3Sim
 from simulators.pytest_plugin import require_tool
 from simulators.upstream.mosquitto import Mosquitto
+from tests.helpers.l3 import FAST, Agent, l3_order, make_agent, make_link, running, until
 
 OPERATOR = audit.Actor("alice", "api")
 

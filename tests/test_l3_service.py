@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from l3_helpers import GTIN, Agent, l3_order, make_agent, running, until
 from structlog.testing import capture_logs
 
 from edge_agent.alarms import AlarmKind
@@ -20,6 +19,7 @@ from edge_agent.ledger import SerialState
 from edge_agent.orders import audit
 from edge_agent.orders.model import OrderCommand, OrderState
 from simulators.l3 import L3Sim
+from tests.helpers.l3 import GTIN, Agent, l3_order, make_agent, running, until
 
 OPERATOR = audit.Actor("alice", "api")
 

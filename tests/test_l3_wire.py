@@ -14,7 +14,6 @@ import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from l3_helpers import l3_order
 
 from drivers.l3 import wire
 from edge_agent import registry
@@ -22,6 +21,7 @@ from edge_agent.config.loader import ConfigInvalid, _device, _key_lines
 from edge_agent.config.models import SimulatorsSection
 from edge_agent.contracts import L3Message, SerialPage
 from simulators.runner import SimulatorSet
+from tests.helpers.l3 import l3_order
 
 text = st.text(min_size=1, max_size=30)
 json_values = st.recursive(

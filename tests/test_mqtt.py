@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from outbox_helpers import add_events, check_oracle
 
 from drivers.upstream.mqtt import MqttForwarder
 from edge_agent.db import open_db
@@ -26,6 +25,7 @@ from edge_agent.outbox.forwarding import ForwarderLoop
 from edge_agent.outbox.store import OutboxStore
 from simulators.upstream.mosquitto import Mosquitto
 from simulators.upstream.mqtt_consumer import MqttConsumer
+from tests.helpers.outbox import add_events, check_oracle
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -13,7 +13,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from outbox_helpers import add_events
 
 from drivers.upstream.mqtt import MqttForwarder
 from edge_agent.db import open_db
@@ -21,6 +20,7 @@ from edge_agent.errors import DeliveryError
 from edge_agent.outbox.store import OutboxStore
 from simulators.pytest_plugin import require_tool
 from simulators.upstream.mosquitto import Mosquitto, free_port
+from tests.helpers.outbox import add_events
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -22,7 +22,7 @@ from edge_agent.cli import main
 from edge_agent.config.models import ApiSection
 from edge_agent.errors import ConfigError
 from edge_agent.stops import StopReason
-from tests.api_helpers import TOKENS, Rig, make_rig, order_data, self_signed, services
+from tests.helpers.api import TOKENS, Rig, make_rig, order_data, self_signed, services
 
 
 def free_port() -> int:

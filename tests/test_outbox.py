@@ -15,13 +15,13 @@ from typing import Any, Self
 
 import pytest
 import structlog
-from outbox_helpers import add_events
 
 from edge_agent.contracts import Delivery, OutboxEvent
 from edge_agent.db import SCHEMA_VERSION, open_db
 from edge_agent.errors import DeliveryError, LedgerError, LineStopped
 from edge_agent.outbox.forwarding import ForwarderLoop, QuotaGuard
 from edge_agent.outbox.store import OutboxStore, used_bytes
+from tests.helpers.outbox import add_events
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -253,7 +253,7 @@ def test_truncated_database_is_refused_and_kept(conn: Any, tmp_path: Path) -> No
 def test_the_chaos_oracle_has_teeth(conn: Any) -> None:
     from types import SimpleNamespace
 
-    from outbox_helpers import check_oracle, ledger_events
+    from tests.helpers.outbox import check_oracle, ledger_events
 
     add_events(conn, 3, "B1")
     events = ledger_events(conn)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import re
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,7 @@ from edge_agent.opcua_server.security import certificate_uri
 from edge_agent.opcua_server.server import PackMLServer
 from edge_agent.stops import StopReason
 from simulators.runner import SimulatorSet
+from tests.helpers.waiting import until
 
 NS = "urn:edge-agent:packml"
 README = Path(__file__).parents[1] / "edge_agent" / "opcua_server" / "README.md"
@@ -71,21 +71,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-async def until(
-    condition: Callable[[], bool | Awaitable[bool]], within: float = 10.0, what: str = ""
-) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what or condition}")
-        await asyncio.sleep(0.005)
 
 
 # --- 1. the state model -----------------------------------------------------------------------
@@ -568,7 +553,7 @@ class StandIn:
         self.task = asyncio.create_task(run_batch(packml, self.runtime, "B1"))  # type: ignore[arg-type]
 
     async def executing(self) -> None:
-        await until(lambda: self.c.state is S.EXECUTE, what="Execute")
+        await until(lambda: self.c.state is S.EXECUTE, "Execute")
 
 
 @contextlib.asynccontextmanager
@@ -705,7 +690,7 @@ class Rig:
         async def there() -> bool:
             return await self.read_state() == (state, state.title)
 
-        await until(there, what=f"state {state.title}")
+        await until(there, f"state {state.title}")
 
     async def rest(self) -> None:
         """Finish every running action: the machine rests in a wait state or Execute."""
@@ -894,7 +879,7 @@ class Scada:
         async def there() -> bool:
             return await self.state() == name
 
-        await until(there, within, what=name)
+        await until(there, name, within=within)
 
     async def printed(self) -> int:
         return int(await self.node("Admin.Printed").read_value())
@@ -947,8 +932,8 @@ async def test_scada_drives_a_waiting_line_through_its_states(tmp_path: Path) ->
         await ua.call("Start")
         await ua.wait("Execute")
         assert await ua.node("Status.BatchId").read_value() == "DEMO-BATCH-0001"
-        await until(lambda: sims.plc.running(), what="the PLC runs the line")
-        await until(lambda: _above(ua.printed(), 5), what="units counted")
+        await until(lambda: sims.plc.running(), "the PLC runs the line")
+        await until(lambda: _above(ua.printed(), 5), "units counted")
 
         for pause, resume, paused in (
             ("Hold", "Unhold", "Held"),
@@ -966,7 +951,7 @@ async def test_scada_drives_a_waiting_line_through_its_states(tmp_path: Path) ->
             await ua.call(resume)
             await ua.wait("Execute")
             await until(
-                lambda at=held_at: sims.line.trigger_count > at + 3, what="line moving again"
+                lambda at=held_at: sims.line.trigger_count > at + 3, "line moving again"
             )
         assert not agent.done()
 

@@ -11,13 +11,13 @@ import contextlib
 from pathlib import Path
 
 import pytest
-from agent_process import run_agent_process, write_agent_config
 
 from drivers.plc.modbus import registers as reg
 from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
 from edge_agent.db import open_reader
 from edge_agent.reconcile import reconcile
 from simulators.runner import SimulatorSet
+from tests.helpers.agent_process import run_agent_process, write_agent_config
 from tests.helpers.line import check_gate_matches_ledger, check_nothing_sent_twice, gates_settled
 
 pytestmark = pytest.mark.slow

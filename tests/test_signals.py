@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_process import AgentProcess, write_agent_config
 
 from drivers.plc.modbus import registers as reg
 from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
@@ -26,6 +25,7 @@ from edge_agent.db import open_reader
 from edge_agent.reconcile import reconcile
 from edge_agent.stops import StopReason
 from simulators.runner import SimulatorSet
+from tests.helpers.agent_process import AgentProcess, write_agent_config
 from tests.helpers.line import check_gate_matches_ledger, column, gates_settled
 from tests.helpers.waiting import until
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_process import AgentProcess, run_agent_process, write_agent_config
 
 from drivers.plc.modbus import registers as reg
 from edge_agent.db import open_reader
@@ -31,6 +30,7 @@ from edge_agent.outbox.store import OutboxStore
 from edge_agent.reconcile import reconcile
 from simulators.runner import SimulatorSet
 from simulators.upstream.capture_server import CaptureServerSim
+from tests.helpers.agent_process import AgentProcess, run_agent_process, write_agent_config
 from tests.helpers.line import (
     check_gate_matches_ledger,
     check_nothing_sent_twice,
