@@ -391,8 +391,8 @@ async def test_scheduled_backups_keep_the_newest_and_alarm_on_failure(tmp_path: 
         schedule = backup.BackupSchedule(section, state, line_id="L1", alarms=alarms)
         task = asyncio.create_task(schedule.run())
         try:
-            await until(lambda: schedule.last is not None and len(os.listdir(to)) >= 3, 30)
-            await until(lambda: len(backup.list_backups(to)) == 2, 30, "pruning")
+            await until(lambda: schedule.last is not None and len(os.listdir(to)) >= 3, within=30)
+            await until(lambda: len(backup.list_backups(to)) == 2, "pruning", within=30)
             assert schedule.last is not None and schedule.last.manifest["line_id"] == "L1"
         finally:
             task.cancel()
@@ -408,7 +408,9 @@ async def test_scheduled_backups_keep_the_newest_and_alarm_on_failure(tmp_path: 
         )
         task = asyncio.create_task(failing.run())
         try:
-            await until(lambda: AlarmKind.BACKUP_FAILED in {a.kind for a in alarms.active()}, 30)
+            await until(
+                lambda: AlarmKind.BACKUP_FAILED in {a.kind for a in alarms.active()}, within=30
+            )
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -419,7 +421,9 @@ async def test_scheduled_backups_keep_the_newest_and_alarm_on_failure(tmp_path: 
         )
         task = asyncio.create_task(recovered.run())
         try:
-            await until(lambda: not alarms.active(), 30, "the alarm cleared by a good backup")
+            await until(
+                lambda: not alarms.active(), "the alarm cleared by a good backup", within=30
+            )
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -446,7 +450,9 @@ async def test_a_backup_taken_while_the_line_runs_restores_and_the_order_finishe
         config = write_agent_config(tmp_path / "live.toml", sims, live, units=units)
         async with AgentProcess(config, tmp_path / "live.out") as agent:
             await until(
-                lambda: len(printed) >= 50 or agent.returncode is not None, 60, "units printed"
+                lambda: len(printed) >= 50 or agent.returncode is not None,
+                "units printed",
+                within=60,
             )
             assert agent.returncode is None, agent.output()[-3000:]
             status, _, err = await edge_agent_async("backup", "--to", backups, "--state-dir", live)
@@ -460,15 +466,15 @@ async def test_a_backup_taken_while_the_line_runs_restores_and_the_order_finishe
             at_backup = len(printed)
             await until(
                 lambda: len(printed) >= at_backup + 100 or agent.returncode is not None,
-                60,
                 "units printed after the backup",
+                within=60,
             )
             assert agent.returncode is None, agent.output()[-3000:]
             agent.proc.kill()  # the disk dies with the line running: the live state is lost
             await agent.wait()
         # the PLC stops the line when the agent's heartbeat stops; what the printer had queued
         # is printed until then
-        await until(lambda: not sims.line.running(), 10, "the PLC to stop the line")
+        await until(lambda: not sims.line.running(), "the PLC to stop the line", within=10)
         await sims.line.drain()
         lost = set(printed)
         os.rename(live, tmp_path / "lost")

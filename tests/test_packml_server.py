@@ -950,9 +950,7 @@ async def test_scada_drives_a_waiting_line_through_its_states(tmp_path: Path) ->
             assert sims.line.trigger_count == held_at  # the conveyor does not move
             await ua.call(resume)
             await ua.wait("Execute")
-            await until(
-                lambda at=held_at: sims.line.trigger_count > at + 3, "line moving again"
-            )
+            await until(lambda at=held_at: sims.line.trigger_count > at + 3, "line moving again")
         assert not agent.done()
 
         await ua.call("Stop")

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
+CONFORMANCE = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
 
 # (action, bizStep, disposition) of each step of a serial's life, and the EPC state it needs
 _STEPS = {
