@@ -32,6 +32,7 @@ from edge_agent.config.models import VisionSection
 from edge_agent.contracts import CodeRead, GrayImage
 from edge_agent.vision.decode import DATAMATRIX, barcode_read, symbol_contrast
 from edge_agent.vision.dmtx_pool import DmtxPool
+from edge_agent.vision.grid import read_sampled
 from edge_agent.vision.locate import Region, locate
 
 log = structlog.get_logger("edge_agent.vision.pipeline")
@@ -41,7 +42,17 @@ MAX_UPSCALE_PX = LOCATE_ABOVE_PX  # a larger target is not worth enlarging
 # Fallbacks try only the best candidates: on a frame without a code every candidate is printed
 # text, and trying them all is what would make such frames slow. The costly ones (CLAHE, 2x
 # upscale: a few ms per crop) only the very best.
-FALLBACK_TARGETS = {"denoise": 2, "global-binarizer": 2, "clahe": 1, "upscale": 1, "dmtx": 1}
+FALLBACK_TARGETS = {
+    "denoise": 2,
+    "global-binarizer": 2,
+    "clahe": 1,
+    "upscale": 1,
+    "grid": 2,
+    "dmtx": 1,
+}
+# A stage that needs about this long is not started with less of the budget left: it would
+# only push the frame past its budget (the frame is a no-read either way).
+STAGE_MS = {"grid": 6.0, "upscale": 3.0, "dmtx": 2.0}
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,8 @@ class DecodePipeline:
         for name in dict.fromkeys(stages):  # a stage named twice runs once
             if reads or (name != stages[0] and time.perf_counter() >= deadline):
                 break
+            if name != stages[0] and _left_ms(deadline) < STAGE_MS.get(name, 0.0):
+                continue
             stage_started = time.perf_counter()
             fast = name == stages[0]
             # The fast pass tries every candidate whatever the clock says (a late frame is
@@ -100,7 +113,7 @@ class DecodePipeline:
                 reads = _merge(reads, _STAGES[name](self, target, deadline))
                 if len(reads) >= self.section.max_codes:
                     break
-                if not fast and time.perf_counter() >= deadline:
+                if not fast and _left_ms(deadline) < STAGE_MS.get(name, 0.0):
                     break
             timings.append((name, (time.perf_counter() - stage_started) * 1000.0))
         ms = (time.perf_counter() - started) * 1000.0
@@ -199,6 +212,20 @@ class DecodePipeline:
             )
         return reads
 
+    def _stage_grid(self, target: _Target, deadline: float) -> list[CodeRead]:
+        # Inkjet and dot-peen dots, missing dots, damaged timing: our own grid fit, with
+        # zxing-cpp decoding the redrawn symbol (edge_agent/vision/grid.py). It wants one
+        # symbol at the centre of its image: a whole small frame is first searched.
+        if target.located:
+            return read_sampled(target.image, target.offset)
+        reads: list[CodeRead] = []
+        for region in locate(target.image, max_regions=FALLBACK_TARGETS["grid"]):
+            if reads or _left_ms(deadline) < STAGE_MS["grid"]:
+                break
+            crop = _crop(target, region)
+            reads = read_sampled(crop.image, crop.offset)
+        return reads
+
     def _stage_dmtx(self, target: _Target, deadline: float) -> list[CodeRead]:
         if self.dmtx is None:
             return []
@@ -216,8 +243,13 @@ _STAGES: dict[str, Stage] = {
     "global-binarizer": DecodePipeline._stage_global,
     "clahe": DecodePipeline._stage_clahe,
     "upscale": DecodePipeline._stage_upscale,
+    "grid": DecodePipeline._stage_grid,
     "dmtx": DecodePipeline._stage_dmtx,
 }
+
+
+def _left_ms(deadline: float) -> float:
+    return (deadline - time.perf_counter()) * 1000.0
 
 
 def _roi(image: GrayImage, roi: tuple[int, int, int, int]) -> _Target:
