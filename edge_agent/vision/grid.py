@@ -21,7 +21,7 @@ replaces only the detector and the sampler:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import cv2
@@ -44,17 +44,28 @@ DMRE = (
 SIZES: tuple[tuple[int, int], ...] = tuple((n, n) for n in SQUARE_SIZES) + RECTANGLES + DMRE
 MIN_MODULE_PX = 1.5  # a finer grid than this cannot be sampled
 MAX_PITCH_SKEW = 0.3  # modules are square: the two pitches of a candidate size agree this well
+ROUGH_BORDER_SCORE = 0.65  # below this no size fits at all (text, not a symbol): no refining
 GOOD_BORDER_SCORE = 0.95  # an outline this good is not refined
 MIN_BORDER_SCORE = 0.8  # share of finder and timing modules that must match
 REFINE = 2  # sizes and orientations whose corners are refined, best rough contrast first
 CANDIDATES = 3  # grids sampled and decoded per symbol, best border score first
-RENDER_PX = 3  # pixels per module of the redrawn symbol
+INK_FLOOR = 0.33  # share of the darkest marks' darkness below which nothing is ink
+RENDER_PX = 3
+SEARCH_MS = 2.0  # about what the size search costs; not started with less of the budget left
+REFINE_MS = 3.0  # about what refining one outline costs  # pixels per module of the redrawn symbol
 
 
 def read_sampled(
-    image: GrayImage, offset: tuple[int, int] = (0, 0), *, strategy: str = "grid"
+    image: GrayImage,
+    offset: tuple[int, int] = (0, 0),
+    *,
+    strategy: str = "grid",
+    time_left: Callable[[], float] = lambda: math.inf,
 ) -> list[CodeRead]:
-    """The DataMatrix at the centre of ``image`` (a crop of one candidate), if its grid fits."""
+    """The DataMatrix at the centre of ``image`` (a crop of one candidate), if its grid fits.
+
+    ``time_left`` (ms of the frame budget) is asked between the steps: the costly ones (the
+    size search, refining an outline) are skipped when too little is left."""
     height, width = image.shape[:2]
     if min(height, width) < 16:
         return []
@@ -66,7 +77,9 @@ def read_sampled(
     if outline is None:
         return []
     corners = _corners(outline)
-    for rows, cols, _turn, fitted in _sizes(corners, darkness):
+    if time_left() < SEARCH_MS:
+        return []
+    for rows, cols, _turn, fitted in _sizes(corners, darkness, time_left):
         grid = _sample(darkness, fitted, rows, cols)
         for barcode in _decode(grid):
             quad = _symbol_corners(fitted)
@@ -115,11 +128,16 @@ def _darkness(image: GrayImage) -> Floats:
 
 
 def _ink(darkness: Floats) -> npt.NDArray[np.uint8] | None:
-    top = float(np.percentile(darkness, 99))
+    """Marks: Otsu's split of the darkness, but no lower than a third of the darkest marks
+    (streaks of brushed metal and paper texture are faint beside any mark)."""
+    scaled = np.clip(darkness, 0, 255).astype(np.uint8)
+    hist = cv2.calcHist([scaled], [0], None, [256], [0, 256]).ravel()
+    top = float(np.searchsorted(np.cumsum(hist), 0.99 * float(hist.sum())))
     if top < 6.0:  # nothing darker than sensor noise
         return None
     scaled = np.clip(darkness * (255.0 / top), 0, 255).astype(np.uint8)
-    _, mask = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    otsu, _ = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    _, mask = cv2.threshold(scaled, max(float(otsu), INK_FLOOR * 255.0), 255, cv2.THRESH_BINARY)
     return np.asarray(mask, dtype=np.uint8)
 
 
@@ -127,34 +145,34 @@ def _ink(darkness: Floats) -> npt.NDArray[np.uint8] | None:
 
 
 def _outline(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32] | None:
-    """Hull points of the dark component at the centre, with its dots joined: the closing
-    grows until the hull stops growing (all of the symbol joined, the quiet zone not yet
-    bridged)."""
+    """Hull points of the dark component at the centre, with its dots joined.
+
+    Closing joins more of the symbol the wider it is, and its hull only grows, up to the
+    symbol's own outline; past the quiet zone it would bridge to whatever is beside the symbol,
+    which then reaches the edge of the crop (a candidate crop has margin around its symbol).
+    So: the widest closing whose central hull stays clear of the crop's edge.
+    """
     height, width = mask.shape
-    previous: npt.NDArray[np.int32] | None = None
-    previous_area = 0.0
-    for k in (1, 3, 5, 7, 9, 11, 15, 19, 25):
-        closed = (
-            mask
-            if k == 1
-            else cv2.morphologyEx(
-                mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-            )
-        )
+    best: npt.NDArray[np.int32] | None = None
+    for k in (1, 3, 5, 7, 9, 13, 17, 23):
+        closed = mask if k == 1 else _u8(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disc(k)))
         hull = _central_hull(closed, width, height)
         if hull is None:
             continue
-        area = float(cv2.contourArea(hull))
-        if previous is not None and previous_area > 0 and area < 1.08 * previous_area:
-            return previous if area < previous_area else hull
-        if (
-            previous is not None
-            and area > 2.5 * previous_area
-            and previous_area > 0.1 * width * height
-        ):
-            return previous  # the closing bridged the quiet zone to something else
-        previous, previous_area = hull, area
-    return previous
+        x, y, w, h = cv2.boundingRect(hull)
+        if x <= 1 or y <= 1 or x + w >= width - 1 or y + h >= height - 1:
+            break
+        best = hull
+    return best
+
+
+def _u8(image: object) -> npt.NDArray[np.uint8]:
+    return np.asarray(image, dtype=np.uint8)
+
+
+@lru_cache(maxsize=32)
+def _disc(k: int) -> npt.NDArray[np.uint8]:
+    return np.asarray(cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)), dtype=np.uint8)
 
 
 def _central_hull(
@@ -221,7 +239,9 @@ def _intersect(p: Floats, u: Floats, q: Floats, v: Floats) -> Floats | None:
 # --- 3. size and orientation ---------------------------------------------------------------
 
 
-def _sizes(corners: Floats, darkness: Floats) -> list[tuple[int, int, int, Floats]]:
+def _sizes(
+    corners: Floats, darkness: Floats, time_left: Callable[[], float] = lambda: math.inf
+) -> list[tuple[int, int, int, Floats]]:
     """(rows, columns, turn, corners) candidates, best border score first. ``turn`` says which
     corner is the symbol's top-left (above the finder's L); the corners are refined so that the
     finder and timing modules match best when the outline is off (it misses the light module
@@ -251,7 +271,8 @@ def _sizes(corners: Floats, darkness: Floats) -> list[tuple[int, int, int, Float
     for _, rows, cols, turn in rough[:CANDIDATES]:
         quad = np.roll(corners, -turn, axis=0)
         scored.append((_border_score(darkness, quad, rows, cols), rows, cols, turn, quad))
-    if max((item[0] for item in scored), default=0.0) < GOOD_BORDER_SCORE:
+    best = max((item[0] for item in scored), default=0.0)
+    if ROUGH_BORDER_SCORE <= best < GOOD_BORDER_SCORE and time_left() >= REFINE_MS:
         # The outline is off somewhere: refine the likeliest sizes (refining costs a few ms).
         for index, (score, rows, cols, turn, quad) in enumerate(scored[:REFINE]):
             better = _refine(darkness, quad, rows, cols)
@@ -298,7 +319,7 @@ def _dist(a: Floats, b: Floats) -> float:
 
 def _homography(quad: Floats, rows: int, cols: int) -> Floats:
     """Module coordinates (column, row; 0..cols, 0..rows) → image; ``quad`` top-left first."""
-    src = np.float32([[0, 0], [cols, 0], [cols, rows], [0, rows]])
+    src = np.array([[0, 0], [cols, 0], [cols, rows], [0, rows]], dtype=np.float32)
     return np.asarray(cv2.getPerspectiveTransform(src, quad), dtype=np.float32)
 
 
@@ -309,7 +330,8 @@ def _symbol_corners(quad: Floats) -> list[tuple[float, float]]:
 @lru_cache(maxsize=256)
 def _border(rows: int, cols: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     """Module centres of the finder and timing pattern, and whether each is dark."""
-    points, dark = [], []
+    points: list[tuple[float, float]] = []
+    dark: list[bool] = []
     for c in range(cols):
         points.append((c + 0.5, rows - 0.5))  # bottom row: solid
         dark.append(True)
@@ -320,16 +342,18 @@ def _border(rows: int, cols: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[
         dark.append(True)
         points.append((cols - 0.5, r + 0.5))  # right column: alternating, dark at the bottom
         dark.append((rows - 1 - r) % 2 == 0)
-    return np.float32(points), np.array(dark)
+    return np.array(points, dtype=np.float32), np.array(dark, dtype=np.bool_)
 
 
-_SPREAD = np.float32([[0, 0], [-0.22, -0.22], [0.22, -0.22], [-0.22, 0.22], [0.22, 0.22]])
+_SPREAD = np.array(
+    [[0, 0], [-0.22, -0.22], [0.22, -0.22], [-0.22, 0.22], [0.22, 0.22]], dtype=np.float32
+)
 
 
 def _samples(darkness: Floats, matrix: Floats, points: Floats) -> Floats:
-    """Darkness of each module: the darkest of five points inside it (a dot-peen dot has a
+    """Darkness of each module: the mean of five points inside it (a dot-peen dot has a
     highlight at its centre, an inkjet dot may sit off it)."""
-    return _samples_many(darkness, [matrix], points)[0]
+    return np.asarray(_samples_many(darkness, [matrix], points)[0], dtype=np.float32)
 
 
 def _samples_many(darkness: Floats, matrices: Sequence[Floats], points: Floats) -> Floats:
@@ -347,7 +371,7 @@ def _samples_many(darkness: Floats, matrices: Sequence[Floats], points: Floats) 
         darkness, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0
     )
     shaped = np.asarray(values, dtype=np.float32).reshape(len(matrices), len(points), len(_SPREAD))
-    return np.asarray(shaped.max(axis=2), dtype=np.float32)
+    return np.asarray(shaped.mean(axis=2), dtype=np.float32)
 
 
 def _border_score(darkness: Floats, quad: Floats, rows: int, cols: int) -> float:

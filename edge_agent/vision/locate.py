@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from edge_agent.contracts import GrayImage
 
@@ -106,7 +107,7 @@ def locate(image: GrayImage, *, max_regions: int = 8, margin: float = 0.35) -> l
         fill = cv2.contourArea(contour) / max(w * h, 1.0)
         if fill < MIN_FILL:
             continue
-        density = _density(edges, contour, (x, y, bw, bh))
+        density = _density(edges, np.asarray(contour, dtype=np.int32), (x, y, bw, bh))
         # The quiet zone and blob shrinkage scale with the module, hence with the short side;
         # a little of the long side too, in case the blob lost an end.
         pad = margin * short + 0.05 * long + 2
@@ -125,7 +126,9 @@ def locate(image: GrayImage, *, max_regions: int = 8, margin: float = 0.35) -> l
     return regions[:max_regions]
 
 
-def _density(edges: GrayImage, contour: object, box: tuple[int, int, int, int]) -> float:
+def _density(
+    edges: GrayImage, contour: npt.NDArray[np.int32], box: tuple[int, int, int, int]
+) -> float:
     """Share of the blob's pixels that are edge pixels before the closing."""
     x, y, width, height = box
     inside = np.zeros((height, width), dtype=np.uint8)
