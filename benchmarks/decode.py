@@ -69,8 +69,12 @@ def strategies(
 ) -> dict[str, Callable[[], DecodePipeline]]:
     """Name → pipeline factory. "cascade" is the default configuration of the line."""
 
+    # The default clock is left to the pipeline (so this script also runs against a pipeline
+    # from before the clock could be chosen, for before/after figures).
+    timing = {} if clock is time.perf_counter else {"clock": clock}
+
     def pipe(**kwargs: object) -> Callable[[], DecodePipeline]:
-        return lambda: DecodePipeline(VisionSection.model_validate(kwargs), dmtx=dmtx, clock=clock)
+        return lambda: DecodePipeline(VisionSection.model_validate(kwargs), dmtx=dmtx, **timing)
 
     return {
         "zxing-single-pass": pipe(fallbacks=[]),
