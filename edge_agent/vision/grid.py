@@ -149,20 +149,20 @@ def _outline(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32] | None:
 
     Closing joins more of the symbol the wider it is, and its hull only grows, up to the
     symbol's own outline; past the quiet zone it would bridge to whatever is beside the symbol,
-    which then reaches the edge of the crop (a candidate crop has margin around its symbol).
-    So: the widest closing whose central hull stays clear of the crop's edge.
+    which then reaches the edge of the crop (a candidate crop has margin around its symbol) and
+    is no candidate any more. So: the largest central hull clear of the crop's edge.
     """
     height, width = mask.shape
     best: npt.NDArray[np.int32] | None = None
+    best_area = 0.0
     for k in (1, 3, 5, 7, 9, 13, 17, 23):
         closed = mask if k == 1 else _u8(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disc(k)))
         hull = _central_hull(closed, width, height)
-        if hull is None:
-            continue
-        x, y, w, h = cv2.boundingRect(hull)
-        if x <= 1 or y <= 1 or x + w >= width - 1 or y + h >= height - 1:
-            break
-        best = hull
+        area = 0.0 if hull is None else float(cv2.contourArea(hull))
+        if hull is not None and area > best_area:
+            best, best_area = hull, area
+        elif best_area > 0 and area < 0.5 * best_area:
+            break  # the symbol has merged with its surroundings: only fragments are left
     return best
 
 
@@ -178,11 +178,13 @@ def _disc(k: int) -> npt.NDArray[np.uint8]:
 def _central_hull(
     closed: npt.NDArray[np.uint8], width: int, height: int
 ) -> npt.NDArray[np.int32] | None:
-    """Convex hull of the largest dark blob whose box is centred in the crop."""
+    """Convex hull of the largest dark blob centred in the crop and clear of its edge."""
     contours, _ = cv2.findContours(closed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     best, best_area = None, 0
     for contour in contours:
         x, y, w, h = cv2.boundingRect(contour)
+        if x <= 1 or y <= 1 or x + w >= width - 1 or y + h >= height - 1:
+            continue  # reaches the edge of the crop: not a symbol with its quiet zone
         cx, cy = x + w / 2, y + h / 2
         if not (0.2 * width < cx < 0.8 * width and 0.2 * height < cy < 0.8 * height):
             continue
