@@ -146,9 +146,13 @@ def test_budget_stops_the_fallbacks_not_the_fast_pass(monkeypatch: pytest.Monkey
     monkeypatch.setattr(DecodePipeline, "_targets", lambda self, frame, timings: three)
     reader = DecodePipeline(VisionSection(frame_budget_ms=20.0))
     assert reader.read(np.full((100, 100), 200, dtype=np.uint8)) == []
-    # Every candidate gets the fast pass although the budget ran out after the first;
-    # no fallback starts after the budget.
-    assert calls == ["zxing"] * 3
+    # The best candidate gets the fast pass although the budget ran out during it; the others
+    # only within the fast pass's share of the budget; no fallback starts after the budget.
+    assert calls == ["zxing"]
+    calls.clear()
+    reader = DecodePipeline(VisionSection(frame_budget_ms=1000.0))  # share: 333 ms
+    assert reader.read(np.full((100, 100), 200, dtype=np.uint8)) == []
+    assert calls[:3] == ["zxing"] * 3
     calls.clear()
     reader = DecodePipeline(VisionSection(frame_budget_ms=5000.0))
     assert reader.read(np.full((100, 100), 200, dtype=np.uint8)) == []

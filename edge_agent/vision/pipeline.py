@@ -50,6 +50,8 @@ FALLBACK_TARGETS = {
     "grid": 2,
     "dmtx": 1,
 }
+# The fast pass tries candidates after the best one only within this share of the budget.
+FAST_SHARE = 1 / 3
 # A stage that needs about this long is not started with less of the budget left: it would
 # only push the frame past its budget (the frame is a no-read either way).
 STAGE_MS = {"grid": 6.0, "upscale": 3.0, "dmtx": 2.0}
@@ -101,7 +103,9 @@ class DecodePipeline:
 
     def read(self, image: GrayImage) -> Sequence[CodeRead]:
         started = time.perf_counter()
-        deadline = self._clock() + self.section.frame_budget_ms / 1000.0
+        budget_s = self.section.frame_budget_ms / 1000.0
+        deadline = self._clock() + budget_s
+        fast_until = deadline - (1.0 - FAST_SHARE) * budget_s
         timings: list[tuple[str, float]] = []
         full = np.ascontiguousarray(image, dtype=np.uint8)
         frame = _Target(full, (0, 0))
@@ -117,11 +121,15 @@ class DecodePipeline:
                 continue
             stage_started = time.perf_counter()
             fast = name == stages[0]
-            # The fast pass tries every candidate whatever the clock says (a late frame is
-            # rejected by the verdict deadline anyway); fallbacks stop when the budget is spent.
+            # The fast pass tries the best candidate whatever the clock says (a late frame is
+            # rejected by the verdict deadline anyway), the others while its share of the
+            # budget lasts: most of them are lines of text, and a long one costs as much as a
+            # frame. Fallbacks stop when the budget is spent.
             for target in targets if fast else targets[: FALLBACK_TARGETS[name]]:
                 reads = _merge(reads, _STAGES[name](self, target, deadline))
                 if len(reads) >= self.section.max_codes:
+                    break
+                if fast and self._clock() >= fast_until:
                     break
                 if not fast and self._left_ms(deadline) < STAGE_MS.get(name, 0.0):
                     break
