@@ -140,21 +140,27 @@ def test_budget_stops_the_fallbacks_not_the_fast_pass(monkeypatch: pytest.Monkey
 
         return stage
 
-    for name in ("zxing", "denoise", "global-binarizer", "clahe", "upscale"):
+    for name in ("zxing", "denoise", "global-binarizer", "clahe", "upscale", "grid"):
         monkeypatch.setitem(pipeline_module._STAGES, name, slow_stage(name))
     three = [pipeline_module._Target(np.zeros((50, 50), np.uint8), (0, 0))] * 3
     monkeypatch.setattr(DecodePipeline, "_targets", lambda self, frame, timings: three)
     reader = DecodePipeline(VisionSection(frame_budget_ms=20.0))
     assert reader.read(np.full((100, 100), 200, dtype=np.uint8)) == []
-    # Every candidate gets the fast pass although the budget ran out after the first;
-    # no fallback starts after the budget.
-    assert calls == ["zxing"] * 3
+    # The best candidate gets the fast pass although the budget ran out during it; the others
+    # only within the fast pass's share of the budget; no fallback starts after the budget.
+    assert calls == ["zxing"]
+    calls.clear()
+    reader = DecodePipeline(VisionSection(frame_budget_ms=1000.0))  # share: 333 ms
+    assert reader.read(np.full((100, 100), 200, dtype=np.uint8)) == []
+    assert calls[:3] == ["zxing"] * 3
     calls.clear()
     reader = DecodePipeline(VisionSection(frame_budget_ms=5000.0))
     assert reader.read(np.full((100, 100), 200, dtype=np.uint8)) == []
     assert calls == ["zxing"] * 3 + ["denoise"] * 2 + ["global-binarizer"] * 2 + [
-        "clahe",
         "upscale",
+        "grid",
+        "grid",
+        "clahe",
     ]
 
 

@@ -435,7 +435,7 @@ class UpstreamSection(Strict):
         return self
 
 
-Fallback = Literal["denoise", "global-binarizer", "clahe", "upscale", "dmtx"]
+Fallback = Literal["denoise", "global-binarizer", "clahe", "upscale", "grid", "dmtx"]
 
 
 class VisionSection(Strict):
@@ -467,7 +467,9 @@ class VisionSection(Strict):
         "budget remains",
     )
     fallbacks: list[Fallback] = Field(
-        default_factory=lambda: list[Fallback](["denoise", "global-binarizer", "clahe", "upscale"]),
+        default_factory=lambda: list[Fallback](
+            ["denoise", "global-binarizer", "upscale", "grid", "clahe"]
+        ),
         max_length=8,
         description="Strategies tried in order after the fast pass found nothing",
     )

@@ -42,20 +42,49 @@ def encoder_text(content: Content) -> str:
     return content if isinstance(content, str) else bracketed(content)
 
 
-def symbol_modules(content: Content) -> npt.NDArray[np.bool_]:
-    """Dark-module matrix of the GS1 DataMatrix for ``content``, without quiet zone (read-only).
+# zxing-cpp's (zint's) DataMatrix ``version`` numbers by shape, each list smallest first:
+# square ECC 200 (ISO/IEC 16022), rectangular ECC 200, and the rectangular extension DMRE
+# (ISO/IEC 21471; read back with symbology identifier ``]d8`` for GS1 data).
+SQUARE_VERSIONS = tuple(range(1, 25))
+RECTANGULAR_VERSIONS = tuple(range(25, 31))  # 8x18 ... 16x48
+DMRE_VERSIONS = tuple(range(31, 49))  # 8x48 ... 26x64
+SHAPES = {"square": SQUARE_VERSIONS, "rectangular": RECTANGULAR_VERSIONS, "dmre": DMRE_VERSIONS}
 
-    Raises ValueError for content zxing-cpp refuses."""
-    return _modules(encoder_text(content))
+
+def symbol_modules(content: Content, version: int | None = None) -> npt.NDArray[np.bool_]:
+    """Dark-module matrix (rows x columns) of the GS1 DataMatrix for ``content``, without quiet
+    zone (read-only). ``version`` picks the symbol size (``SHAPES``); None = smallest square.
+
+    Raises ValueError for content zxing-cpp refuses, or that does not fit ``version``."""
+    return _modules(encoder_text(content), version)
 
 
-@lru_cache(maxsize=2048)
-def _modules(text: str) -> npt.NDArray[np.bool_]:
+def fitting_versions(content: Content, shape: str) -> list[int]:
+    """The ``version`` numbers of ``shape`` (a key of ``SHAPES``) that hold ``content``."""
+    fits = []
+    for version in SHAPES[shape]:
+        try:
+            symbol_modules(content, version)
+        except ValueError:
+            continue
+        fits.append(version)
+    return fits
+
+
+@lru_cache(maxsize=4096)
+def _modules(text: str, version: int | None = None) -> npt.NDArray[np.bool_]:
     # Only the documented kwargs are passed: some writer options make zxing-cpp abort the whole
-    # process instead of raising.
-    barcode = zxingcpp.create_barcode(
-        text, zxingcpp.BarcodeFormat.DataMatrix, gs1=True, force_square=True
-    )
+    # process instead of raising (an int ``version`` raises ValueError when the data is too long).
+    if version is None:
+        barcode = zxingcpp.create_barcode(
+            text, zxingcpp.BarcodeFormat.DataMatrix, gs1=True, force_square=True
+        )
+    else:
+        if not 1 <= version <= 48:
+            raise ValueError(f"DataMatrix version {version} is not 1-48")
+        barcode = zxingcpp.create_barcode(
+            text, zxingcpp.BarcodeFormat.DataMatrix, gs1=True, version=int(version)
+        )
     dark = np.array(barcode.to_image(scale=1)) < 128
     rows = np.flatnonzero(dark.any(axis=1))
     cols = np.flatnonzero(dark.any(axis=0))

@@ -1,0 +1,426 @@
+"""A DataMatrix read by fitting the module grid ourselves: for dots, gaps and missing modules.
+
+zxing-cpp finds a symbol by tracing the edges of its L-shaped finder and counting the modules
+of its timing pattern. Inkjet and dot-peen marks have neither edges (separated round dots) nor
+a reliable count (one missing dot in the timing pattern and the count is wrong), and it then
+finds nothing, even though the error correction would repair every missing dot. This stage
+replaces only the detector and the sampler:
+
+1. dark marks relative to the local background (black-hat: uneven light and glare cancel);
+2. the symbol is the dark component at the centre of the crop once its dots are joined (the
+   gap is found, not assumed: the closing grows until the component's outline stops growing);
+3. its outline (the convex hull, whose four sides are the finder and the timing pattern) gives
+   the four corners;
+4. every ECC 200 size (square, rectangular, DMRE) whose aspect fits the outline is scored by its
+   finder and timing modules in each of the four orientations;
+5. the best few are sampled module by module, redrawn as a clean symbol and handed to zxing-cpp
+   as a pure image: Reed-Solomon decides, so a wrong grid reads nothing rather than something
+   wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import zxingcpp
+
+from edge_agent.contracts import CodeRead, GrayImage
+from edge_agent.vision.decode import DATAMATRIX, barcode_read
+
+Floats = npt.NDArray[np.float32]
+
+# ECC 200 sizes (rows, columns): ISO/IEC 16022 squares and rectangles, ISO/IEC 21471 DMRE.
+SQUARE_SIZES = (10, 12, 14, 16, 18, 20, 22, 24, 26, 32, 36, 40, 44, 48, 52, 64)
+RECTANGLES = ((8, 18), (8, 32), (12, 26), (12, 36), (16, 36), (16, 48))
+DMRE = (
+    (8, 48), (8, 64), (8, 80), (8, 96), (8, 120), (8, 144), (12, 64), (12, 88), (16, 64),
+    (20, 36), (20, 44), (20, 64), (22, 48), (24, 48), (24, 64), (26, 40), (26, 48), (26, 64),
+)  # fmt: skip
+SIZES: tuple[tuple[int, int], ...] = tuple((n, n) for n in SQUARE_SIZES) + RECTANGLES + DMRE
+MIN_MODULE_PX = 1.5  # a finer grid than this cannot be sampled
+MAX_PITCH_SKEW = 0.3  # modules are square: the two pitches of a candidate size agree this well
+ROUGH_BORDER_SCORE = 0.65  # below this no size fits at all (text, not a symbol): no refining
+GOOD_BORDER_SCORE = 0.95  # an outline this good is not refined
+MIN_BORDER_SCORE = 0.8  # share of finder and timing modules that must match
+REFINE = 2  # sizes and orientations whose corners are refined, best rough contrast first
+CANDIDATES = 3  # grids sampled and decoded per symbol, best border score first
+INK_FLOOR = 0.33  # share of the darkest marks' darkness below which nothing is ink
+RENDER_PX = 3
+SEARCH_MS = 2.0  # about what the size search costs; not started with less of the budget left
+REFINE_MS = 3.0  # about what refining one outline costs  # pixels per module of the redrawn symbol
+
+
+def read_sampled(
+    image: GrayImage,
+    offset: tuple[int, int] = (0, 0),
+    *,
+    strategy: str = "grid",
+    time_left: Callable[[], float] = lambda: math.inf,
+) -> list[CodeRead]:
+    """The DataMatrix at the centre of ``image`` (a crop of one candidate), if its grid fits.
+
+    ``time_left`` (ms of the frame budget) is asked between the steps: the costly ones (the
+    size search, refining an outline) are skipped when too little is left."""
+    height, width = image.shape[:2]
+    if min(height, width) < 16:
+        return []
+    darkness = _darkness(image)
+    mask = _ink(darkness)
+    if mask is None:
+        return []
+    outline = _outline(mask)
+    if outline is None:
+        return []
+    corners = _corners(outline)
+    if time_left() < SEARCH_MS:
+        return []
+    for rows, cols, _turn, fitted in _sizes(corners, darkness, time_left):
+        grid = _sample(darkness, fitted, rows, cols)
+        for barcode in _decode(grid):
+            quad = _symbol_corners(fitted)
+            read = barcode_read(barcode, offset=(0, 0), strategy=strategy)
+            dx, dy = offset
+            placed = tuple((round(x) + dx, round(y) + dy) for x, y in quad)
+            side = math.dist(quad[0], quad[1])
+            return [_with_geometry(read, placed, side / cols if cols else None, (rows, cols))]
+    return []
+
+
+def _with_geometry(
+    read: CodeRead,
+    corners: tuple[tuple[int, int], ...],
+    module_size: float | None,
+    size: tuple[int, int],
+) -> CodeRead:
+    from dataclasses import replace
+
+    return replace(read, corners=corners, module_size=module_size, size=size)
+
+
+# --- 1. dark marks -------------------------------------------------------------------------
+
+
+def _darkness(image: GrayImage) -> Floats:
+    """How much darker each pixel is than its local background (0 = background or brighter)."""
+    smooth = cv2.GaussianBlur(image, (0, 0), 0.8)
+    height, width = image.shape[:2]
+    # The background: on a copy shrunk 4x (dots and their highlights average out), a median
+    # (streaks of brushed metal and specks go) and then the local maximum over a window wider
+    # than any dark patch of a symbol, smoothed so that its own blocks do not show.
+    shrink = 4 if min(height, width) >= 64 else 1
+    small = cv2.resize(
+        smooth,
+        (max(1, width // shrink), max(1, height // shrink)),
+        interpolation=cv2.INTER_AREA,
+    )
+    small = cv2.medianBlur(small, 3)
+    k = max(3, (min(small.shape[:2]) // 4) | 1)
+    background = cv2.dilate(small, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    background = cv2.blur(background, (k, k))
+    background = cv2.resize(background, (width, height), interpolation=cv2.INTER_LINEAR)
+    dark = background.astype(np.float32) - smooth.astype(np.float32)
+    return np.asarray(np.maximum(dark, 0.0), dtype=np.float32)
+
+
+def _ink(darkness: Floats) -> npt.NDArray[np.uint8] | None:
+    """Marks: Otsu's split of the darkness, but no lower than a third of the darkest marks
+    (streaks of brushed metal and paper texture are faint beside any mark)."""
+    scaled = np.clip(darkness, 0, 255).astype(np.uint8)
+    hist = cv2.calcHist([scaled], [0], None, [256], [0, 256]).ravel()
+    top = float(np.searchsorted(np.cumsum(hist), 0.99 * float(hist.sum())))
+    if top < 6.0:  # nothing darker than sensor noise
+        return None
+    scaled = np.clip(darkness * (255.0 / top), 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    _, mask = cv2.threshold(scaled, max(float(otsu), INK_FLOOR * 255.0), 255, cv2.THRESH_BINARY)
+    return np.asarray(mask, dtype=np.uint8)
+
+
+# --- 2. the symbol's outline ---------------------------------------------------------------
+
+
+def _outline(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32] | None:
+    """Hull points of the dark component at the centre, with its dots joined.
+
+    Closing joins more of the symbol the wider it is, and its hull only grows, up to the
+    symbol's own outline; past the quiet zone it would bridge to whatever is beside the symbol,
+    which then reaches the edge of the crop (a candidate crop has margin around its symbol) and
+    is no candidate any more. So: the largest central hull clear of the crop's edge.
+    """
+    height, width = mask.shape
+    best: npt.NDArray[np.int32] | None = None
+    best_area = 0.0
+    for k in (1, 3, 5, 7, 9, 13, 17, 23):
+        closed = mask if k == 1 else _u8(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disc(k)))
+        hull = _central_hull(closed, width, height)
+        area = 0.0 if hull is None else float(cv2.contourArea(hull))
+        if hull is not None and area > best_area:
+            best, best_area = hull, area
+        elif best_area > 0 and area < 0.5 * best_area:
+            break  # the symbol has merged with its surroundings: only fragments are left
+    return best
+
+
+def _u8(image: object) -> npt.NDArray[np.uint8]:
+    return np.asarray(image, dtype=np.uint8)
+
+
+@lru_cache(maxsize=32)
+def _disc(k: int) -> npt.NDArray[np.uint8]:
+    return np.asarray(cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)), dtype=np.uint8)
+
+
+def _central_hull(
+    closed: npt.NDArray[np.uint8], width: int, height: int
+) -> npt.NDArray[np.int32] | None:
+    """Convex hull of the largest dark blob centred in the crop and clear of its edge."""
+    contours, _ = cv2.findContours(closed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    best, best_area = None, 0
+    for contour in contours:
+        x, y, w, h = cv2.boundingRect(contour)
+        if x <= 1 or y <= 1 or x + w >= width - 1 or y + h >= height - 1:
+            continue  # reaches the edge of the crop: not a symbol with its quiet zone
+        cx, cy = x + w / 2, y + h / 2
+        if not (0.2 * width < cx < 0.8 * width and 0.2 * height < cy < 0.8 * height):
+            continue
+        if w * h > best_area:
+            best, best_area = contour, w * h
+    if best is None:
+        return None
+    return np.asarray(cv2.convexHull(best), dtype=np.int32)
+
+
+def _corners(hull: npt.NDArray[np.int32]) -> Floats:
+    """Four corners of the outline, in order around it (perspective: each side fitted as a line
+    to the hull points near it)."""
+    rect = cv2.minAreaRect(hull)
+    box = np.asarray(cv2.boxPoints(rect), dtype=np.float32)
+    points = hull.reshape(-1, 2).astype(np.float32)
+    lines = []
+    for i in range(4):
+        a, b = box[i], box[(i + 1) % 4]
+        direction = (b - a) / max(float(np.linalg.norm(b - a)), 1e-6)
+        normal = np.array([-direction[1], direction[0]], dtype=np.float32)
+        distance = np.abs((points - a) @ normal)
+        along = (points - a) @ direction
+        length = float(np.linalg.norm(b - a))
+        near = points[(distance < max(2.0, 0.04 * length)) & (along > -1) & (along < length + 1)]
+        if len(near) >= 2:
+            vx, vy, x0, y0 = cv2.fitLine(near, cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
+            lines.append((np.array([x0, y0], np.float32), np.array([vx, vy], np.float32)))
+        else:
+            lines.append((a, direction))
+    corners = []
+    for i in range(4):
+        (p, u), (q, v) = lines[(i - 1) % 4], lines[i]
+        corner = _intersect(p, u, q, v)
+        far = corner is None or np.linalg.norm(corner - box[i]) > 0.1 * max(rect[1])
+        corners.append(box[i] if far else corner)
+    quad = np.asarray(corners, dtype=np.float32)
+    # Clockwise on screen (y down), so that a grid never comes out mirrored: the finder looks
+    # the same in a mirror, the data does not.
+    (x0, y0), (x1, y1), (x2, y2) = quad[0], quad[1], quad[2]
+    if (x1 - x0) * (y2 - y1) - (y1 - y0) * (x2 - x1) < 0:
+        quad = quad[::-1].copy()
+    return quad
+
+
+def _intersect(p: Floats, u: Floats, q: Floats, v: Floats) -> Floats | None:
+    det = float(u[0] * v[1] - u[1] * v[0])
+    if abs(det) < 1e-6:
+        return None
+    t = float((q[0] - p[0]) * v[1] - (q[1] - p[1]) * v[0]) / det
+    return np.asarray(p + t * u, dtype=np.float32)
+
+
+# --- 3. size and orientation ---------------------------------------------------------------
+
+
+def _sizes(
+    corners: Floats, darkness: Floats, time_left: Callable[[], float] = lambda: math.inf
+) -> list[tuple[int, int, int, Floats]]:
+    """(rows, columns, turn, corners) candidates, best border score first. ``turn`` says which
+    corner is the symbol's top-left (above the finder's L); the corners are refined so that the
+    finder and timing modules match best when the outline is off (it misses the light module
+    at the timing corner, or takes in a speck beside the symbol)."""
+    side_a = 0.5 * (_dist(corners[0], corners[1]) + _dist(corners[2], corners[3]))
+    side_b = 0.5 * (_dist(corners[1], corners[2]) + _dist(corners[3], corners[0]))
+    rough: list[tuple[float, int, int, int]] = []
+    for rows, cols in SIZES:
+        turns = []
+        for turn in range(4):
+            # turn t: corners[t] is the symbol's top-left, corners[t+1] its top-right.
+            across = side_a if turn % 2 == 0 else side_b  # length of the top edge
+            down = side_b if turn % 2 == 0 else side_a
+            pitch_x, pitch_y = across / cols, down / rows
+            if min(pitch_x, pitch_y) < MIN_MODULE_PX:
+                continue
+            if abs(pitch_x - pitch_y) > MAX_PITCH_SKEW * max(pitch_x, pitch_y):
+                continue
+            turns.append(turn)
+        if not turns:
+            continue
+        quads = [np.roll(corners, -turn, axis=0) for turn in turns]
+        for turn, contrast in zip(turns, _contrasts(darkness, quads, rows, cols), strict=True):
+            rough.append((contrast, rows, cols, turn))
+    rough.sort(reverse=True)
+    scored = []
+    for _, rows, cols, turn in rough[:CANDIDATES]:
+        quad = np.roll(corners, -turn, axis=0)
+        scored.append((_border_score(darkness, quad, rows, cols), rows, cols, turn, quad))
+    best = max((item[0] for item in scored), default=0.0)
+    if ROUGH_BORDER_SCORE <= best < GOOD_BORDER_SCORE and time_left() >= REFINE_MS:
+        # The outline is off somewhere: refine the likeliest sizes (refining costs a few ms).
+        for index, (score, rows, cols, turn, quad) in enumerate(scored[:REFINE]):
+            better = _refine(darkness, quad, rows, cols)
+            better_score = _border_score(darkness, better, rows, cols)
+            if better_score > score:
+                scored[index] = (better_score, rows, cols, turn, better)
+    refined = [item for item in scored if item[0] >= MIN_BORDER_SCORE]
+    refined.sort(key=lambda item: item[0], reverse=True)
+    return [(rows, cols, turn, quad) for _, rows, cols, turn, quad in refined[:CANDIDATES]]
+
+
+def _contrasts(darkness: Floats, quads: Sequence[Floats], rows: int, cols: int) -> list[float]:
+    """For each quad (top-left first): how much darker the finder and timing pattern's dark
+    modules are than its light ones."""
+    points, dark = _border(rows, cols)
+    values = _samples_many(darkness, [_homography(quad, rows, cols) for quad in quads], points)
+    difference = values[:, dark].mean(axis=1) - values[:, ~dark].mean(axis=1)
+    return [float(d) for d in difference]
+
+
+def _refine(darkness: Floats, quad: Floats, rows: int, cols: int) -> Floats:
+    """Move each corner by fractions of a module while the border contrast improves."""
+    pitch = (_dist(quad[0], quad[1]) + _dist(quad[1], quad[2])) / (rows + cols)
+    best = _contrasts(darkness, [quad], rows, cols)[0]
+    for step in (0.5 * pitch, 0.25 * pitch):
+        for _ in range(2):
+            trials = []
+            for i in range(4):
+                for dx, dy in ((step, 0), (-step, 0), (0, step), (0, -step)):
+                    trial = quad.copy()
+                    trial[i] += (dx, dy)
+                    trials.append(trial)
+            scores = _contrasts(darkness, trials, rows, cols)
+            top = int(np.argmax(scores))
+            if scores[top] <= best:
+                break
+            best, quad = scores[top], trials[top]
+    return quad
+
+
+def _dist(a: Floats, b: Floats) -> float:
+    return float(np.hypot(*(a - b)))
+
+
+def _homography(quad: Floats, rows: int, cols: int) -> Floats:
+    """Module coordinates (column, row; 0..cols, 0..rows) → image; ``quad`` top-left first."""
+    src = np.array([[0, 0], [cols, 0], [cols, rows], [0, rows]], dtype=np.float32)
+    return np.asarray(cv2.getPerspectiveTransform(src, quad), dtype=np.float32)
+
+
+def _symbol_corners(quad: Floats) -> list[tuple[float, float]]:
+    return [(float(x), float(y)) for x, y in quad]
+
+
+@lru_cache(maxsize=256)
+def _border(rows: int, cols: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """Module centres of the finder and timing pattern, and whether each is dark."""
+    points: list[tuple[float, float]] = []
+    dark: list[bool] = []
+    for c in range(cols):
+        points.append((c + 0.5, rows - 0.5))  # bottom row: solid
+        dark.append(True)
+        points.append((c + 0.5, 0.5))  # top row: alternating, dark first
+        dark.append(c % 2 == 0)
+    for r in range(1, rows - 1):
+        points.append((0.5, r + 0.5))  # left column: solid
+        dark.append(True)
+        points.append((cols - 0.5, r + 0.5))  # right column: alternating, dark at the bottom
+        dark.append((rows - 1 - r) % 2 == 0)
+    return np.array(points, dtype=np.float32), np.array(dark, dtype=np.bool_)
+
+
+_SPREAD = np.array(
+    [[0, 0], [-0.22, -0.22], [0.22, -0.22], [-0.22, 0.22], [0.22, 0.22]], dtype=np.float32
+)
+
+
+def _samples(darkness: Floats, matrix: Floats, points: Floats) -> Floats:
+    """Darkness of each module: the mean of five points inside it (a dot-peen dot has a
+    highlight at its centre, an inkjet dot may sit off it)."""
+    return np.asarray(_samples_many(darkness, [matrix], points)[0], dtype=np.float32)
+
+
+def _samples_many(darkness: Floats, matrices: Sequence[Floats], points: Floats) -> Floats:
+    """``_samples`` for several grids of the same points at once: one remap for all of them
+    (a call per grid costs more than the sampling)."""
+    spread = (points[:, None, :] + _SPREAD[None, :, :]).reshape(-1, 2)
+    homogeneous = np.concatenate([spread, np.ones((len(spread), 1), np.float32)], axis=1)
+    stacked = np.stack(matrices).astype(np.float32)  # (grids, 3, 3)
+    mapped = np.matmul(homogeneous[None, :, :], stacked.transpose(0, 2, 1))
+    w = mapped[..., 2]
+    w = np.where(np.abs(w) < 1e-9, 1e-9, w)
+    map_x = np.ascontiguousarray((mapped[..., 0] / w).reshape(1, -1), dtype=np.float32)
+    map_y = np.ascontiguousarray((mapped[..., 1] / w).reshape(1, -1), dtype=np.float32)
+    values = cv2.remap(
+        darkness, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0
+    )
+    shaped = np.asarray(values, dtype=np.float32).reshape(len(matrices), len(points), len(_SPREAD))
+    return np.asarray(shaped.mean(axis=2), dtype=np.float32)
+
+
+def _border_score(darkness: Floats, quad: Floats, rows: int, cols: int) -> float:
+    points, dark = _border(rows, cols)
+    values = _samples(darkness, _homography(quad, rows, cols), points)
+    level = _level(values, dark)
+    return float(np.mean((values > level) == dark))
+
+
+def _level(values: Floats, dark: npt.NDArray[np.bool_]) -> float:
+    """Threshold between dark and light modules, learnt from the finder and timing modules,
+    whose colour is known: midway between their medians (a missing dot moves neither)."""
+    return 0.5 * (float(np.median(values[dark])) + float(np.median(values[~dark])))
+
+
+# --- 4. sample and decode ------------------------------------------------------------------
+
+
+def _sample(darkness: Floats, quad: Floats, rows: int, cols: int) -> npt.NDArray[np.bool_]:
+    matrix = _homography(quad, rows, cols)
+    columns = np.arange(cols, dtype=np.float32) + 0.5
+    cs, rs = np.meshgrid(columns, np.arange(rows, dtype=np.float32) + 0.5)
+    points = np.stack([cs.ravel(), rs.ravel()], axis=1)
+    values = _samples(darkness, matrix, points)
+    border, dark = _border(rows, cols)
+    level = _level(_samples(darkness, matrix, border), dark)
+    grid = (values > level).reshape(rows, cols)
+    # The finder and timing pattern are known once the size is: a dot missing there would only
+    # make zxing-cpp miscount the size of the clean redrawn symbol.
+    grid[-1, :] = True
+    grid[:, 0] = True
+    grid[0, :] = np.arange(cols) % 2 == 0
+    grid[:, -1] = (rows - 1 - np.arange(rows)) % 2 == 0
+    return grid
+
+
+def _decode(grid: npt.NDArray[np.bool_]) -> Sequence[zxingcpp.Barcode]:
+    symbol = np.where(np.pad(grid, 2), 0, 255).astype(np.uint8)
+    image = cv2.resize(symbol, None, fx=RENDER_PX, fy=RENDER_PX, interpolation=cv2.INTER_NEAREST)
+    barcodes = zxingcpp.read_barcodes(
+        np.ascontiguousarray(image),
+        formats=DATAMATRIX,
+        try_rotate=False,
+        try_downscale=False,
+        try_invert=False,
+        is_pure=True,
+        text_mode=zxingcpp.TextMode.HRI,
+        binarizer=zxingcpp.Binarizer.FixedThreshold,
+    )
+    return [barcode for barcode in barcodes if barcode.valid]

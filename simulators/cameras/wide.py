@@ -1,0 +1,385 @@
+"""The wider decode benchmark set: what lines print, one stressor per category.
+
+``synth`` covers square symbols printed as clean squares. Lines also print rectangular
+DataMatrix (ISO/IEC 16022: 8x18 ... 16x48) and DMRE (ISO/IEC 21471: 8x48 ... 26x64), with
+continuous inkjet (separated round dots, dot gain, missing dots), dot peen on metal, on glossy
+foil (glare), on vials and bottles (cylindrical warp), at low contrast and with modules down to
+about 2 px. Every category puts one such stressor at a hard but readable level over mild
+everything else (rotation, noise, a little blur and perspective); the symbol shape is drawn
+from square, rectangular and DMRE in every category, so rectangles meet every stressor.
+
+Deterministic: a frame is a function of (seed, category, index) only, so a category can be
+regenerated alone (tests) and adding a category does not change the others.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from simulators.cameras.render import fitting_versions, symbol_modules
+from simulators.cameras.synth import (
+    SIZES,
+    Corners,
+    GrayImage,
+    Synth,
+    _background,
+    _free_center,
+    random_hri,
+)
+
+QUIET = 2  # quiet zone in modules
+SPRITE_PX = 8  # the symbol is drawn at 8 px per module, then warped down (anti-aliased dots)
+Float = npt.NDArray[np.float32]
+
+CATEGORIES = (
+    "square",  # the baseline: clean printed squares, mild conditions
+    "rectangular",
+    "dmre",
+    "low_contrast",
+    "small_modules",
+    "inkjet",
+    "dot_peen",
+    "glare",
+    "curved",
+    "blur",
+    "noise",
+    "perspective",
+    "uneven_light",
+    "field_mix",  # what missed in the field: low-contrast rectangles, small modules, 5 MP
+    "no_code",
+)
+
+
+@dataclass(frozen=True)
+class Params:
+    """Everything that decides one frame (the ``conditions`` of its ``Synth``)."""
+
+    size: str
+    shape: str  # square | rectangular | dmre
+    look: str  # print | inkjet | dot_peen
+    module_px: float
+    angle: float
+    contrast: float
+    perspective: float = 0.02
+    blur: float = 0.0
+    noise: float = 2.0
+    uneven: float = 0.0
+    glare: float = 0.0  # peak of the specular highlight, 0..1 of the way to white
+    curve: float = 0.0  # half the arc the symbol spans on the cylinder, radians
+    dot_gain: float = 1.0  # inkjet/dot peen: dot diameter / module pitch
+    missing: float = 0.0  # share of dark modules without a dot
+    code: bool = True
+
+
+def category_frames(category: str, count: int, seed: int = 1, *, start: int = 0) -> Iterator[Synth]:
+    """``count`` frames of ``category`` (1.3 MP and 5 MP alternating)."""
+    for index in range(start, start + count):
+        yield wide_frame(category, index, seed)
+
+
+def wide_frame(category: str, index: int, seed: int = 1) -> Synth:
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown category {category!r}; one of {', '.join(CATEGORIES)}")
+    key = zlib.crc32(category.encode())
+    rng = np.random.default_rng([seed, key, index])
+    params = draw_params(category, index, rng)
+    return render_params(params, rng)
+
+
+def draw_params(category: str, index: int, rng: np.random.Generator) -> Params:
+    size = "5MP" if index % 2 else "1.3MP"
+    shape = str(rng.choice(["square", "rectangular", "dmre"], p=[0.4, 0.3, 0.3]))
+    base = Params(
+        size=size,
+        shape=shape,
+        look=str(rng.choice(["print", "inkjet"], p=[0.7, 0.3])),
+        module_px=float(rng.uniform(3.0, 8.0)),
+        angle=float(rng.uniform(0, 360)),
+        contrast=float(rng.uniform(0.35, 0.8)),
+        perspective=float(rng.uniform(0, 0.03)),
+        blur=float(rng.choice([0.0, rng.uniform(0.3, 0.7)])),
+        noise=float(rng.uniform(1.0, 4.0)),
+        dot_gain=float(rng.uniform(0.8, 1.1)),
+    )
+    changes: dict[str, object] = {}
+    if category == "square":
+        changes = {"shape": "square"}
+    elif category in ("rectangular", "dmre"):
+        changes = {"shape": category}
+    elif category == "low_contrast":
+        changes = {"contrast": float(rng.uniform(0.10, 0.20))}
+    elif category == "small_modules":
+        changes = {"module_px": float(rng.uniform(2.0, 3.0)), "blur": 0.0}
+    elif category == "inkjet":
+        changes = {
+            "look": "inkjet",
+            "dot_gain": float(rng.uniform(0.6, 1.25)),
+            "missing": float(rng.uniform(0.0, 0.04)),
+            "module_px": float(rng.uniform(3.0, 8.0)),
+        }
+    elif category == "dot_peen":
+        changes = {
+            "look": "dot_peen",
+            "dot_gain": float(rng.uniform(0.6, 0.95)),
+            "missing": float(rng.uniform(0.0, 0.02)),
+            "contrast": float(rng.uniform(0.3, 0.6)),
+            "module_px": float(rng.uniform(4.0, 9.0)),
+        }
+    elif category == "glare":
+        changes = {"glare": float(rng.uniform(0.4, 0.8))}
+    elif category == "curved":
+        changes = {"curve": float(rng.uniform(0.35, 0.85))}
+    elif category == "blur":
+        changes = {"blur": float(rng.uniform(0.25, 0.4)) * base.module_px}
+    elif category == "noise":
+        changes = {"noise": float(rng.uniform(6.0, 12.0)), "contrast": float(rng.uniform(0.4, 0.8))}
+    elif category == "perspective":
+        changes = {"perspective": float(rng.uniform(0.06, 0.12))}
+    elif category == "uneven_light":
+        changes = {"uneven": float(rng.uniform(0.4, 0.65))}
+    elif category == "field_mix":
+        changes = {
+            "size": "5MP",
+            "shape": str(rng.choice(["rectangular", "dmre"])),
+            "contrast": float(rng.uniform(0.12, 0.25)),
+            "module_px": float(rng.uniform(2.0, 3.5)),
+            "blur": float(rng.choice([0.0, rng.uniform(0.3, 0.6)])),
+        }
+    elif category == "no_code":
+        changes = {"code": False, "glare": float(rng.choice([0.0, rng.uniform(0.4, 0.8)]))}
+    return _replace(base, changes)
+
+
+def _replace(params: Params, changes: dict[str, object]) -> Params:
+    values = {**params.__dict__, **changes}
+    return Params(**values)  # type: ignore[arg-type]
+
+
+def render_params(params: Params, rng: np.random.Generator) -> Synth:
+    width, height = SIZES[params.size]
+    light = float(rng.uniform(175, 235))
+    metal = params.look == "dot_peen"
+    boxes: list[tuple[int, int, int, int]] = []
+    if metal:
+        canvas = _brushed_metal(rng, width, height, light)
+    else:
+        background, boxes = _background(rng, width, height, int(light))
+        canvas = background.astype(np.float32)
+    codes: tuple[str, ...] = ()
+    corners: tuple[Corners, ...] = ()
+    conditions: dict[str, float] = {
+        "module_px": params.module_px,
+        "angle": params.angle,
+        "contrast": params.contrast,
+        "perspective": params.perspective,
+        "blur": params.blur,
+        "noise": params.noise,
+        "uneven": params.uneven,
+        "glare": params.glare,
+        "curve": params.curve,
+        "dot_gain": params.dot_gain,
+        "missing": params.missing,
+        "5MP": float(params.size == "5MP"),
+    }
+    symbol_box: tuple[float, float, float] | None = None
+    if params.code:
+        hri = random_hri(rng)
+        modules = _pick_symbol(hri, params.shape, rng)
+        conditions["rows"], conditions["cols"] = float(modules.shape[0]), float(modules.shape[1])
+        conditions["dmre"] = float(params.shape == "dmre")
+        cover, relief, inner = _sprite(modules, params, rng)
+        if params.curve > 0:
+            cover, relief, inner = _curve(cover, relief, inner, params.curve)
+        px = _fit(cover.shape, params.module_px, width, height)
+        conditions["module_px"] = px
+        half = 0.5 * max(cover.shape) * px / SPRITE_PX * 1.1
+        center = _free_center(rng, width, height, half, boxes)  # type: ignore[arg-type]
+        matrix = _placement(cover.shape, px / SPRITE_PX, params, center, rng)
+        ink = _warp(cover, matrix, width, height)
+        canvas *= 1.0 - params.contrast * ink
+        if metal:
+            canvas += light * params.contrast * 0.6 * _warp(relief, matrix, width, height)
+        pts = cv2.perspectiveTransform(np.float32(inner).reshape(-1, 1, 2), matrix)
+        corner = tuple((float(x), float(y)) for x, y in pts.reshape(-1, 2))
+        codes, corners = (hri,), (corner,)
+        symbol_box = (center[0], center[1], half)
+    if params.glare > 0:
+        _glare(canvas, rng, params.glare, symbol_box)
+    image = _finish(canvas, rng, params)
+    return Synth(image, codes, corners, conditions)
+
+
+def _pick_symbol(hri: str, shape: str, rng: np.random.Generator) -> npt.NDArray[np.bool_]:
+    """The smallest fitting size of a square or rectangular symbol (what printers choose), any
+    fitting DMRE size (DMRE is chosen for the space on the pack)."""
+    if shape == "square":
+        return symbol_modules(hri)
+    versions = fitting_versions(hri, shape)
+    if not versions:  # content too long for every 8-16 row rectangle: take the extension
+        versions = fitting_versions(hri, "dmre")
+    version = versions[0] if shape == "rectangular" else int(rng.choice(versions))
+    return symbol_modules(hri, version)
+
+
+def _sprite(
+    modules: npt.NDArray[np.bool_], params: Params, rng: np.random.Generator
+) -> tuple[Float, Float, list[tuple[float, float]]]:
+    """Ink coverage (0..1), relief (dot peen highlights, -1..1) and the symbol's inner corners,
+    at ``SPRITE_PX`` per module with the quiet zone."""
+    rows, cols = modules.shape
+    s = SPRITE_PX
+    height, width = (rows + 2 * QUIET) * s, (cols + 2 * QUIET) * s
+    relief = np.zeros((height, width), np.float32)
+    if params.look == "print":
+        padded = np.pad(modules, QUIET).astype(np.float32)
+        cover = cv2.resize(padded, (width, height), interpolation=cv2.INTER_NEAREST)
+    else:
+        cover_u8 = np.zeros((height, width), np.uint8)
+        relief_u8 = np.zeros((height, width), np.uint8)
+        shadow_u8 = np.zeros((height, width), np.uint8)
+        shift = 4  # cv2 sub-pixel circles: coordinates in 1/16 px
+        light_dir = rng.uniform(-1, 1, size=2)
+        light_dir /= max(float(np.hypot(*light_dir)), 1e-6)
+        for r, c in zip(*np.nonzero(modules), strict=True):
+            if rng.random() < params.missing:
+                continue
+            jitter = rng.normal(0, 0.06 * s, size=2)
+            cx = (c + QUIET + 0.5) * s + jitter[0]
+            cy = (r + QUIET + 0.5) * s + jitter[1]
+            radius = 0.5 * s * params.dot_gain * float(rng.uniform(0.92, 1.08))
+            density = int(255 * rng.uniform(0.85, 1.0))
+            centre = (int(cx * 16), int(cy * 16))
+            cv2.circle(cover_u8, centre, int(radius * 16), density, -1, cv2.LINE_AA, shift)
+            if params.look == "dot_peen":
+                # A conical crater: the side facing the light catches a bright crescent.
+                off = light_dir * radius * 0.45
+                rim = (int((cx - off[0]) * 16), int((cy - off[1]) * 16))
+                cv2.circle(relief_u8, rim, int(radius * 0.45 * 16), 255, -1, cv2.LINE_AA, shift)
+                cv2.circle(shadow_u8, centre, int(radius * 16), 255, -1, cv2.LINE_AA, shift)
+        cover = cover_u8.astype(np.float32) / 255.0
+        if params.look == "dot_peen":
+            relief = (relief_u8.astype(np.float32) / 255.0) * (shadow_u8 > 0)
+            cover = np.clip(cover - relief, 0.0, 1.0)
+            relief = cv2.GaussianBlur(relief, (0, 0), 0.15 * s)
+    q = QUIET * s
+    inner = [(q, q), (width - q, q), (width - q, height - q), (q, height - q)]
+    return cover, relief, [(float(x), float(y)) for x, y in inner]
+
+
+def _curve(
+    cover: Float, relief: Float, inner: list[tuple[float, float]], half_arc: float
+) -> tuple[Float, Float, list[tuple[float, float]]]:
+    """The sprite printed on a cylinder whose axis runs along the symbol's short side, seen
+    from the front: columns crowd towards the edges (orthographic projection)."""
+    height, width = cover.shape
+    radius = width / 2 / half_arc
+    out_width = math.ceil(2 * radius * math.sin(half_arc))
+    u = np.arange(out_width, dtype=np.float32) - out_width / 2 + 0.5
+    s = radius * np.arcsin(np.clip(u / radius, -1.0, 1.0)) + width / 2 - 0.5
+    map_x = np.repeat(s[None, :], height, axis=0).astype(np.float32)
+    map_y = np.repeat(np.arange(height, dtype=np.float32)[:, None], out_width, axis=1)
+    # The surface turns away from the camera towards the edges: less light comes back.
+    shade = np.cos(np.arcsin(np.clip(u / radius, -1.0, 1.0)))[None, :].astype(np.float32)
+    curved = cv2.remap(cover, map_x, map_y, cv2.INTER_LINEAR) * (0.6 + 0.4 * shade)
+    bent = cv2.remap(relief, map_x, map_y, cv2.INTER_LINEAR)
+
+    def project(x: float) -> float:
+        return radius * math.sin((x - width / 2) / radius) + out_width / 2
+
+    return curved, bent, [(project(x), y) for x, y in inner]
+
+
+def _fit(shape: tuple[int, ...], module_px: float, width: int, height: int) -> float:
+    """Shrink the modules if the rotated sprite would not fit well inside the frame."""
+    longest = max(shape) / SPRITE_PX
+    return float(min(module_px, 0.55 * min(width, height) / (longest * 1.1)))
+
+
+def _placement(
+    shape: tuple[int, ...],
+    scale: float,
+    params: Params,
+    center: tuple[float, float],
+    rng: np.random.Generator,
+) -> npt.NDArray[np.float64]:
+    height, width = shape
+    src = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
+    hw, hh = width * scale / 2, height * scale / 2
+    cos, sin = math.cos(math.radians(params.angle)), math.sin(math.radians(params.angle))
+    dst = []
+    for ux, uy in ((-1, -1), (1, -1), (1, 1), (-1, 1)):
+        jx, jy = rng.uniform(-params.perspective, params.perspective, size=2) * max(hw, hh)
+        x, y = ux * hw + jx, uy * hh + jy
+        dst.append((center[0] + x * cos - y * sin, center[1] + x * sin + y * cos))
+    return np.asarray(cv2.getPerspectiveTransform(src, np.float32(dst)), dtype=np.float64)
+
+
+def _warp(sprite: Float, matrix: npt.NDArray[np.float64], width: int, height: int) -> Float:
+    # INTER_AREA does not apply to warps; the sprite is pre-blurred to its scale instead, so
+    # 8 px drawn per module shrunk to 2 px do not alias.
+    scale = math.sqrt(abs(float(np.linalg.det(matrix[:2, :2]))))
+    if scale < 0.5:
+        sprite = cv2.GaussianBlur(sprite, (0, 0), 0.45 / scale)
+    return np.asarray(
+        cv2.warpPerspective(
+            sprite, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=0.0
+        ),
+        dtype=np.float32,
+    )
+
+
+def _brushed_metal(rng: np.random.Generator, width: int, height: int, light: float) -> Float:
+    """A metal part: mid grey with streaks along one direction."""
+    streaks = rng.normal(0, 1, size=(height // 4 + 1, 1)).astype(np.float32)
+    streaks = cv2.resize(streaks, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.float32(light * 0.8) + 6.0 * streaks
+
+
+def _glare(
+    canvas: Float,
+    rng: np.random.Generator,
+    peak: float,
+    symbol: tuple[float, float, float] | None,
+) -> None:
+    """A specular highlight: an elliptical blob brightened towards white, over part of the
+    symbol when there is one (a foil or a varnished carton under a ring light)."""
+    height, width = canvas.shape
+    if symbol is None:
+        cx, cy, half = float(rng.uniform(0, width)), float(rng.uniform(0, height)), 150.0
+    else:
+        cx, cy, half = symbol
+    gx = cx + float(rng.uniform(-0.6, 0.6)) * half
+    gy = cy + float(rng.uniform(-0.6, 0.6)) * half
+    sx = max(8.0, half * float(rng.uniform(0.25, 0.6)))
+    sy = sx * float(rng.uniform(0.3, 1.0))
+    theta = float(rng.uniform(0, math.pi))
+    step = 4  # the blob is smooth: compute it at 1/4 resolution
+    ys, xs = np.mgrid[0:height:step, 0:width:step].astype(np.float32)
+    dx, dy = xs - gx, ys - gy
+    a = (dx * math.cos(theta) + dy * math.sin(theta)) / sx
+    b = (-dx * math.sin(theta) + dy * math.cos(theta)) / sy
+    blob = np.exp(-0.5 * (a * a + b * b)).astype(np.float32) * peak
+    blob = cv2.resize(blob, (width, height), interpolation=cv2.INTER_LINEAR)
+    canvas += (255.0 - canvas) * blob
+
+
+def _finish(canvas: Float, rng: np.random.Generator, params: Params) -> GrayImage:
+    height, width = canvas.shape
+    if params.uneven > 0:
+        gx, gy = rng.uniform(-1, 1, size=2)
+        ys, xs = np.mgrid[0:height:8, 0:width:8].astype(np.float32)
+        light = 1 - params.uneven * (0.5 + (gx * (xs / width - 0.5) + gy * (ys / height - 0.5)))
+        light = cv2.resize(light, (width, height), interpolation=cv2.INTER_LINEAR)
+        canvas *= np.clip(light, 0.2, 1.0)
+    if params.blur > 0:
+        canvas = cv2.GaussianBlur(canvas, (0, 0), params.blur)
+    if params.noise > 0:
+        canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * params.noise
+    return np.clip(canvas, 0, 255).astype(np.uint8)
