@@ -40,7 +40,8 @@ from edge_agent.db_identity import (
 )
 from edge_agent.errors import LedgerError, StorageFull
 
-SCHEMA_VERSION = 3  # 2: per-forwarder delivery state of outbox events; 3: work orders, audit
+# 2: per-forwarder delivery state of outbox events; 3: work orders, audit; 4: outbox by batch
+SCHEMA_VERSION = 4
 DB_NAME = db_identity.DB_NAME
 log = structlog.get_logger("edge_agent.db")
 
@@ -103,6 +104,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     acked_at REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox (state, seq);
+-- A batch's events (reconciliation, its event clock at start, export --batch) without a scan of
+-- the whole history (schema 4).
+CREATE INDEX IF NOT EXISTS outbox_by_batch ON outbox (batch_id, kind, created_at);
 -- One row per (forwarder, event) that forwarder has finished with: delivered or dead letter.
 -- Absence means pending. The cursor says "every event up to seq is finished" for a forwarder,
 -- so finding the pending ones never scans the delivered history.
@@ -585,10 +589,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
         elif int(row[0]) < SCHEMA_VERSION:
-            # Older files only lack tables the schema script above has just created.
+            # Older files only lack tables and indexes the schema script above has just created.
             conn.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
+            log.info("state_database_upgraded", schema_from=int(row[0]), schema_to=SCHEMA_VERSION)
         elif int(row[0]) > SCHEMA_VERSION:
             raise LedgerError(
                 f"state database schema version {row[0]} is newer than this agent "

@@ -61,10 +61,12 @@ def _reconcile(conn: sqlite3.Connection, batch_id: str) -> dict[str, Any]:
             (batch_id,),
         ).fetchall()
     )
+    # From the batch's serials to their transitions by the (gtin, serial) index: the cost is
+    # the batch's, not the whole history's.
     (duplicates,) = conn.execute(
-        "SELECT count(*) FROM (SELECT serial FROM transitions WHERE to_state = 'commissioned' "
-        "AND serial IN (SELECT serial FROM serials WHERE batch_id = ?) "
-        "GROUP BY gtin, serial HAVING count(*) > 1)",
+        "SELECT count(*) FROM (SELECT 1 FROM serials s JOIN transitions t "
+        "ON t.gtin = s.gtin AND t.serial = s.serial WHERE s.batch_id = ? "
+        "AND t.to_state = 'commissioned' GROUP BY s.gtin, s.serial HAVING count(*) > 1)",
         (batch_id,),
     ).fetchone()
     (ever_commissioned,) = conn.execute(
