@@ -16,7 +16,7 @@ from edge_agent import systemd
 from edge_agent.config import LoadedConfig
 from edge_agent.config.loader import DeviceSpec
 from edge_agent.config.models import UpstreamSection
-from edge_agent.db import open_db
+from edge_agent.db import close_db, open_db
 from edge_agent.errors import EdgeAgentError, LineStopped, StorageFull
 from edge_agent.ledger import BatchInfo, Ledger
 from edge_agent.line.runtime import LineRuntime
@@ -81,7 +81,7 @@ class Agent:
                 # Before the database is opened: on a full disk it fails in ways that look like
                 # damage
                 disk.check()
-            conn = open_db(model.agent.state_dir)
+            conn = open_db(model.agent.state_dir, announce=True)
         except StorageFull as exc:
             await self._stop_before_line(storage_stop(exc, model.agent.state_dir))
         except LineStopped as exc:
@@ -141,13 +141,13 @@ class Agent:
                 assert batch is not None
                 return batch
         finally:
-            conn.close()
+            close_db(conn)
 
     async def drain_outbox(self, timeout_s: float) -> int:
         """Run only the forwarders until every one has nothing pending (or ``timeout_s``
         passes); returns how many (forwarder, event) deliveries are still pending."""
         model = self.config.model
-        conn = open_db(model.agent.state_dir)
+        conn = open_db(model.agent.state_dir, announce=True)
         try:
             store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
             upstream = model.upstream or UpstreamSection()
@@ -155,7 +155,7 @@ class Agent:
             await self._with_forwarders(None, store, upstream)
             return sum(s.pending for s in store.status())
         finally:
-            conn.close()
+            close_db(conn)
 
     def _forwarder(self, spec: DeviceSpec) -> Any:
         line = self.config.model.line

@@ -8,7 +8,6 @@ short statements, writes one short ``BEGIN IMMEDIATE`` transaction each.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import sqlite3
@@ -149,13 +148,16 @@ def _age(seconds: float) -> str:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from edge_agent.db import open_db, storage_errors
+    from edge_agent.db import close_db, open_db, storage_errors
 
     state_dir, names = _resolve(args)
     since = parse_since(args.since)
     conn = open_db(state_dir)
-    with contextlib.closing(conn), storage_errors(state_dir):
-        count = _store(conn, names).replay(since, args.forwarder, dead=args.dead)
+    try:
+        with storage_errors(state_dir):
+            count = _store(conn, names).replay(since, args.forwarder, dead=args.dead)
+    finally:
+        close_db(conn)
     print(f"re-queued {count} deliveries of events created since {time.ctime(since)}")
     return 0
 
