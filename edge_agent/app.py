@@ -24,7 +24,7 @@ from edge_agent.line.stats import LineStats
 from edge_agent.opcua_server import open_packml, run_batch
 from edge_agent.outbox.forwarding import ForwarderLoop, QuotaGuard, prune_periodically
 from edge_agent.outbox.store import OutboxStore
-from edge_agent.storage import DiskGuard, storage_stop
+from edge_agent.storage import DiskGuard, log_capacity, storage_stop
 from edge_agent.vision.pipeline import build_reader
 
 log = structlog.get_logger("edge_agent.app")
@@ -86,6 +86,13 @@ class Agent:
             await self._stop_before_line(storage_stop(exc, model.agent.state_dir))
         except LineStopped as exc:
             await self._stop_before_line(exc)
+        log_capacity(
+            conn,
+            model.agent.state_dir,
+            disk_free_stop_mb=model.agent.disk_free_stop_mb,
+            quota_stop_mb=(model.upstream or UpstreamSection()).quota_stop_mb,
+            batch_target=model.batch.target_quantity,
+        )
         ledger = Ledger(
             conn,
             read_point=model.line.read_point,
@@ -127,6 +134,7 @@ class Agent:
                     stop_mb=upstream.quota_stop_mb,
                     store=store,
                     on_alarm=self.stats.alarms.append,
+                    free_alarm_mb=model.agent.disk_free_alarm_mb,
                 )
                 runtime.guards.append(("outbox-quota", quota.run))
                 if disk.enabled:

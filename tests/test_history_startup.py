@@ -164,6 +164,7 @@ async def test_the_service_records_its_clean_exit_and_a_killed_one_is_checked(
         config = write_agent_config(tmp_path / "agent.toml", sims, state, units=10)
         assert await run_agent_process(config, log) == 0, log.read_text()[-3000:]
         assert record_path(state).exists()
+        assert '"event": "storage_capacity"' in log.read_text()  # how much history fits
         again = write_agent_config(
             tmp_path / "again.toml", sims, state, units=100_000, batch_id="PROC-2"
         )

@@ -240,6 +240,13 @@ def used_bytes(conn: sqlite3.Connection) -> int:
     return (pages - free) * page_size + wal
 
 
+def free_bytes(conn: sqlite3.Connection) -> int:
+    """Bytes an unprivileged writer may still use on the database's filesystem."""
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    stat = os.statvfs(os.path.dirname(path) or ".")
+    return stat.f_bavail * stat.f_frsize
+
+
 def database_bytes(state_dir: Path) -> int:
     """Bytes the state database takes on disk, WAL included."""
     total = 0
