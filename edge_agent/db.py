@@ -41,7 +41,8 @@ from edge_agent.db_identity import (
 )
 from edge_agent.errors import LedgerError, StorageFull
 
-# 2: per-forwarder delivery state of outbox events; 3: work orders, audit; 4: outbox by batch
+# 2: per-forwarder delivery state of outbox events; 3: work orders, audit; 4: outbox indexes by
+# batch and by acknowledgement
 SCHEMA_VERSION = 4
 DB_NAME = db_identity.DB_NAME
 log = structlog.get_logger("edge_agent.db")
@@ -108,6 +109,9 @@ CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox (state, seq);
 -- A batch's events (reconciliation, its event clock at start, export --batch) without a scan of
 -- the whole history (schema 4).
 CREATE INDEX IF NOT EXISTS outbox_by_batch ON outbox (batch_id, kind, created_at);
+-- Delivered events by acknowledgement time: retention finds what it prunes without walking the
+-- whole delivered history (schema 4).
+CREATE INDEX IF NOT EXISTS outbox_by_ack ON outbox (state, acked_at);
 -- One row per (forwarder, event) that forwarder has finished with: delivered or dead letter.
 -- Absence means pending. The cursor says "every event up to seq is finished" for a forwarder,
 -- so finding the pending ones never scans the delivered history.

@@ -1,6 +1,7 @@
 """Reconciliation costs what the batch holds, not what the database has seen: every query of
-``batch report`` (and the batch's event clock at start) searches an index, none scans the
-history. A schema 3 database gets the new index at its next opening."""
+``batch report`` (and the batch's event clock at start, and retention's search for what to
+prune) searches an index, none scans the history. A schema 3 database gets the new indexes at
+its next opening."""
 
 from __future__ import annotations
 
@@ -98,6 +99,7 @@ def test_a_schema_3_database_gets_the_batch_index(tmp_path: Path) -> None:
     conn = open_db(state)
     with write(conn):
         conn.execute("DROP INDEX outbox_by_batch")
+        conn.execute("DROP INDEX outbox_by_ack")
         conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     conn.close()
     conn = open_db(state)
@@ -107,4 +109,23 @@ def test_a_schema_3_database_gets_the_batch_index(tmp_path: Path) -> None:
         assert conn.execute(
             "SELECT sql FROM sqlite_schema WHERE name = 'outbox_by_batch'"
         ).fetchone() == ("CREATE INDEX outbox_by_batch ON outbox (batch_id, kind, created_at)",)
+        assert conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'outbox_by_ack'").fetchone()
         assert reconcile(conn, CURRENT)["balanced"] is True
+
+
+def test_retention_finds_what_it_prunes_without_walking_the_history(history: Path) -> None:
+    from edge_agent.outbox.store import OutboxStore
+
+    conn = open_db(history)
+    with contextlib.closing(conn):
+        seen: list[str] = []
+        conn.set_trace_callback(seen.append)
+        try:
+            assert OutboxStore(conn, ["site"]).prune(30.0) == 0  # all delivered just now
+        finally:
+            conn.set_trace_callback(None)
+        [search] = [s for s in seen if s.lstrip().startswith("SELECT seq FROM outbox")]
+        plan = [d for *_, d in conn.execute("EXPLAIN QUERY PLAN " + search)]
+        assert plan == [
+            "SEARCH outbox USING COVERING INDEX outbox_by_ack (state=? AND acked_at<?)"
+        ], plan

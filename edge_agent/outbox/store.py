@@ -208,7 +208,7 @@ class OutboxStore:
                     r[0]
                     for r in self.conn.execute(
                         "SELECT seq FROM outbox WHERE state = 'delivered' AND acked_at < ? "
-                        "ORDER BY seq LIMIT ?",
+                        "ORDER BY acked_at LIMIT ?",
                         (cutoff, _PRUNE_CHUNK),
                     )
                 ]
