@@ -105,6 +105,19 @@ def test_wide_frames_are_deterministic() -> None:
         wide.wide_frame("sideways", 0)
 
 
+@pytest.mark.parametrize(
+    ("category", "index"), [("inkjet", 20), ("dot_peen", 20), ("square", 30), ("curved", 16)]
+)
+def test_symbol_and_quiet_zone_stay_in_the_frame(category: str, index: int) -> None:
+    # These rotated symbols used to reach past the frame's edge (the placement bounded the
+    # unrotated sprite): a code the camera does not wholly see is a framing fault, not a print.
+    frame = wide.wide_frame(category, index)
+    height, width = frame.image.shape
+    quiet = wide.QUIET * frame.conditions["module_px"]
+    for x, y in frame.corners[0]:
+        assert quiet <= x <= width - quiet and quiet <= y <= height - quiet
+
+
 @pytest.mark.parametrize("shape", ["rectangular", "dmre"])
 def test_writer_makes_rectangular_and_dmre_symbols(shape: str) -> None:
     versions = fitting_versions(HRI, shape)
