@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from edge_agent import gs1
 from edge_agent.config.models import VisionSection
-from edge_agent.vision.grid import read_sampled
+from edge_agent.vision.grid import _blobs, read_sampled
 from edge_agent.vision.locate import locate
 from edge_agent.vision.pipeline import DecodePipeline
 from simulators.cameras import wide
@@ -67,6 +67,10 @@ def test_locate_finds_rectangles_small_modules_and_low_contrast(category: str, i
         ("inkjet", 3),  # separated dots, missing dots: only the grid stage reads these
         ("inkjet", 8),
         ("dot_peen", 26),
+        # Brushed-metal streaks as dark as the craters, small dots: the blob map (issue 13)
+        ("dot_peen", 12),
+        ("dot_peen", 29),
+        ("dot_peen", 31),
         ("rectangular", 15),
     ],
 )
@@ -208,3 +212,13 @@ def test_grid_reads_nothing_where_there_is_no_symbol(seed: int, kind: str) -> No
             centre = (int(rng.integers(40, 160)), int(rng.integers(40, 120)))
             cv2.circle(crop, centre, int(rng.integers(2, 6)), 40, -1)
     assert read_sampled(crop) == []
+
+
+def test_blob_map_keeps_dots_and_drops_streaks() -> None:
+    import cv2
+
+    image = np.full((120, 160), 180, np.uint8)
+    image[40:43, :] = 140  # a streak of brushed metal, darker than the dot below
+    cv2.circle(image, (80, 85), 3, 150, -1)
+    blobs = _blobs(image)
+    assert blobs[80:91, 74:87].max() > 4 * blobs[36:47, 10:70].max()

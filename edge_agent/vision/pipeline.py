@@ -54,7 +54,7 @@ FALLBACK_TARGETS = {
 FAST_SHARE = 1 / 3
 # A stage that needs about this long is not started with less of the budget left: it would
 # only push the frame past its budget (the frame is a no-read either way).
-STAGE_MS = {"grid": 6.0, "upscale": 3.0, "dmtx": 2.0}
+STAGE_MS = {"grid": 6.0, "upscale": 3.0, "clahe": 3.0, "dmtx": 2.0}
 
 
 @dataclass(frozen=True)
