@@ -381,6 +381,8 @@ def _sizes(
     if ROUGH_BORDER_SCORE <= best < GOOD_BORDER_SCORE and time_left() >= REFINE_MS:
         # The outline is off somewhere: refine the likeliest sizes (refining costs a few ms).
         for index, (score, rows, cols, turn, quad) in enumerate(scored[:REFINE]):
+            if index and time_left() < REFINE_MS:
+                break
             better = _refine(darkness, quad, rows, cols)
             better_score = _border_score(darkness, better, rows, cols)
             if better_score > score:
@@ -461,6 +463,10 @@ def _border(rows: int, cols: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[
         points.append((cols - 0.5, r + 0.5))  # right column: alternating, dark at the bottom
         dark.append((rows - 1 - r) % 2 == 0)
     return np.array(points, dtype=np.float32), np.array(dark, dtype=np.bool_)
+
+
+for _size in SIZES:  # built at import: the first frame of each size would pay some ms
+    _border(*_size)
 
 
 _SPREAD = np.array(
