@@ -52,14 +52,18 @@ ROUGH_BORDER_SCORE = 0.65  # below this no size fits at all (text, not a symbol)
 GOOD_BORDER_SCORE = 0.99  # an outline this good is not refined
 MIN_BORDER_SCORE = 0.8  # share of finder and timing modules that must match
 REFINE = 3  # sizes and orientations whose corners are refined, best border score first
-EXPAND = (0.0, 0.15, 0.3)  # modules the outline is widened by on each side, best one kept
+EXPAND = (0.0, 0.15, 0.3, 0.45)  # modules the outline is widened by on each side, best one kept
 CANDIDATES = 3  # grids sampled and decoded per symbol, best border score first
+# Sizes whose border is scored, best rough contrast first: on an outline half a module off, a
+# size with more modules than the symbol often has more contrast than the right one.
+ROUGH_CANDIDATES = 6
 INK_FLOOR = 0.33  # share of the darkest marks' darkness below which nothing is ink
 RENDER_PX = 3  # pixels per module of the redrawn symbol
 SEARCH_MS = 3.0  # about what the size search costs; not started with less of the budget left
 REFINE_MS = 3.0  # about what refining one outline costs
 OUTLINE_MS = 3.0  # about what an outline costs
 BLOB_MS = 6.0  # about what the blob map and a second outline cost
+BLOB_TOP = 0.998  # the percentile of the blob map taken for its strongest marks
 BLOB_SIGMA = 0.85  # px: the scale of the smallest dots (0.6 of a 4 px module) the blob map finds
 HULL_TRIES = 24  # outlines looked at for the symbol's blob, longest first
 SPECK_PX = 2  # marks of fewer pixels are specks whatever the others are
@@ -91,7 +95,7 @@ def read_sampled(
             if time_left() < BLOB_MS:
                 break
             marks = blobs = _blobs(image)
-        mask = _ink(marks)
+        mask = _ink(marks, 0.99 if blobs is None else BLOB_TOP)
         if mask is None:
             continue
         if time_left() < OUTLINE_MS:
@@ -195,14 +199,16 @@ def _grown(darkness: Floats, across: float) -> Floats:
     return np.asarray(cv2.dilate(darkness, _disc(k)), dtype=np.float32)
 
 
-def _ink(darkness: Floats) -> npt.NDArray[np.uint8] | None:
+def _ink(darkness: Floats, top_share: float = 0.99) -> npt.NDArray[np.uint8] | None:
     """Marks: Otsu's split of the darkness, but no lower than a third of the darkest marks
-    (streaks of brushed metal and paper texture are faint beside any mark)."""
+    (streaks of brushed metal and paper texture are faint beside any mark). The darkest marks
+    are the ``top_share`` percentile: a blob map is strong only at the dots' centres, a few
+    pixels each, a thousandth of a large crop around a long DMRE."""
     # convertScaleAbs saturates to 0..255 (darkness is never negative): numpy's clip and cast
     # cost several ms on a large crop.
     scaled = _u8(cv2.convertScaleAbs(darkness))
     hist = cv2.calcHist([scaled], [0], None, [256], [0, 256]).ravel()
-    top = float(np.searchsorted(np.cumsum(hist), 0.99 * float(hist.sum())))
+    top = float(np.searchsorted(np.cumsum(hist), top_share * float(hist.sum())))
     if top < 6.0:  # nothing darker than sensor noise
         return None
     scaled = _u8(cv2.convertScaleAbs(darkness, alpha=255.0 / top))
@@ -367,7 +373,7 @@ def _sizes(
             rough.append((contrast, rows, cols, turn))
     rough.sort(reverse=True)
     scored = []
-    for _, rows, cols, turn in rough[:CANDIDATES]:
+    for _, rows, cols, turn in rough[:ROUGH_CANDIDATES]:
         quad = np.roll(corners, -turn, axis=0)
         # The outline runs along the marks' edges: round dots smaller than their modules leave
         # it short of the grid by up to a third of a module on each side, which over a long
