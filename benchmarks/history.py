@@ -151,11 +151,12 @@ def batch_report(state: Path, rounds: int) -> dict[str, float]:
 
 
 _EXPORT = (
-    "import re, sys\n"
+    "import re, resource, sys\n"
     "from edge_agent.cli import main\n"
     "status = main(sys.argv[1:])\n"
     "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
-    "print('peak_kb', hwm, file=sys.stderr)\n"
+    "use = resource.getrusage(resource.RUSAGE_SELF)\n"
+    "print('peak_kb', hwm, 'cpu_s', use.ru_utime + use.ru_stime, file=sys.stderr)\n"
     "sys.exit(status)\n"
 )
 
@@ -180,11 +181,12 @@ def outbox_export(state: Path, work: Path) -> dict[str, Any]:
         check=True,
     )
     elapsed = time.monotonic() - started
-    peak = re.search(r"peak_kb (\d+)", done.stderr)
+    peak = re.search(r"peak_kb (\d+) cpu_s ([\d.]+)", done.stderr)
     exported = re.search(r"exported (\d+) events", done.stderr)
     result = {
         "events": int(exported.group(1)) if exported else None,
         "s": round(elapsed, 1),
+        "cpu_s": round(float(peak.group(2)), 1) if peak else None,
         "peak_rss_mb": round(int(peak.group(1)) / 1024, 1) if peak else None,
         "file_mb": round(out.stat().st_size / 2**20, 1),
     }
