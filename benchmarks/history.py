@@ -94,7 +94,8 @@ async def line_run(state: Path, ports: dict[str, int], units: int) -> dict[str, 
     overrides = {
         "agent": {"state_dir": str(state)},
         "batch": {"id": f"RUN-{time.monotonic_ns()}", "target_quantity": units},
-        "line": {"max_units_in_flight": 8},
+        # a loaded machine makes late verdicts (rejects): the run goes on, they are counted
+        "line": {"max_units_in_flight": 8, "max_consecutive_rejects": 1000},
         **{kind: {"port": port} for kind, port in ports.items()},
     }
     stats = LineStats()
