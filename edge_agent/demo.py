@@ -285,13 +285,13 @@ async def _until_orders_end(
             if order["state"] != "held":
                 continue
             detail = await asyncio.to_thread(operator.client.get, f"/orders/{order['id']}")
-            hold = detail["holds"][-1] if detail["holds"] else {"reason": "?", "held_at": 0.0}
-            key = (order["id"], float(hold["held_at"]))
+            hold: dict[str, Any] = detail["holds"][-1] if detail["holds"] else {}
+            key = (order["id"], float(hold.get("held_at", 0.0)))
             if key in seen_held:
                 continue
             seen_held.add(key)
             console.print(
-                f"[yellow]order {order['id']} held:[/] {hold['reason']}; acknowledging its "
+                f"[yellow]order {order['id']} held:[/] {hold.get('reason')}; acknowledging its "
                 "alarms and resuming it through the REST API"
             )
             await operator.resume(order["id"])
@@ -372,24 +372,25 @@ def orders_report(
     to its units; then the holds, the totals and how the daemon fared."""
     store = OrderStore(conn)
     returned_by_l3 = _l3_returned(truth)
-    per_order, holds = [], []
+    per_order: list[dict[str, Any]] = []
+    holds: list[dict[str, Any]] = []
     for document in documents:
         order_id = document["id"]
         record = store.find(order_id)
         if record is None:  # never arrived: nothing in the ledger to compare
             per_order.append(_missing(document))
             continue
-        key = (document["product"]["gtin"], document["lot"])
-        triggers = {t for t, unit in arrivals.items() if unit == key}
+        printed_as = (document["product"]["gtin"], document["lot"])
+        triggers = {t for t, unit in arrivals.items() if unit == printed_as}
         ledger = reconcile(conn, order_id)
-        report = demo_report(ledger, order_truth(truth, triggers, _serials(conn, order_id)), None)
-        report["order_id"] = order_id
-        report["state"] = str(record.state)
-        report["serials_returned_to_l3"] = returned_by_l3.get(order_id, 0)
+        one = demo_report(ledger, order_truth(truth, triggers, _serials(conn, order_id)), None)
+        one["order_id"] = order_id
+        one["state"] = str(record.state)
+        one["serials_returned_to_l3"] = returned_by_l3.get(order_id, 0)
         if record.state != "closed":
-            report["problems"].append(f"order {order_id} is {record.state}, not closed")
-            report["balanced"] = False
-        per_order.append(report)
+            one["problems"].append(f"order {order_id} is {record.state}, not closed")
+            one["balanced"] = False
+        per_order.append(one)
         for hold in store.holds(order_id):
             end = hold.resumed_at
             holds.append(

@@ -636,6 +636,7 @@ class LineRuntime:
 
     async def _write_verdicts(self, group: list[_Pending]) -> None:
         batch, line = self._batch, self.cfg.line
+        run = 0  # the longest run of rejects in this group: a later pass must not hide it
         for item in group:
             outcome = item.outcome
             verdict = Verdict.PASS if outcome.passed else Verdict.REJECT
@@ -648,6 +649,7 @@ class LineRuntime:
             elif not outcome.passed:
                 self._awaiting_confirm[outcome.trigger] = written
             self.stats.record(outcome.passed, outcome.reason, latency_ms)
+            run = max(run, self.stats.consecutive_rejects)
             log.info(
                 "verdict",
                 batch=batch.id,
@@ -670,10 +672,8 @@ class LineRuntime:
                     read=outcome.read_text,
                 )
         self.on_tick()
-        if self.stats.consecutive_rejects >= line.max_consecutive_rejects:
-            raise LineStopped(
-                StopReason.REPEATED_REJECTS, f"{self.stats.consecutive_rejects} rejects in a row"
-            )
+        if run >= line.max_consecutive_rejects:
+            raise LineStopped(StopReason.REPEATED_REJECTS, f"{run} rejects in a row")
 
     # --- PLC supervision --------------------------------------------------------------------
 
