@@ -70,12 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--orders",
-        type=int,
+        type=_count_arg,
         default=1,
         help="work orders L3 sends, each another product and lot (default 1); from 2 on, a "
         "run of unreadable codes holds order 2 and the demo resumes it through the REST API",
     )
-    demo.add_argument("--units", type=int, default=2000, help="units per order (default 2000)")
+    demo.add_argument(
+        "--units", type=_count_arg, default=2000, help="units per order (default 2000)"
+    )
     demo.add_argument(
         "--speed", type=float, default=300.0, help="line speed, units/min (default 300)"
     )
@@ -172,6 +174,16 @@ def _parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_commands(sub)
     return parser
+
+
+def _count_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ from edge_agent.demo_orders import (
     ended,
     l3_settings,
 )
-from edge_agent.errors import LineStopped
+from edge_agent.errors import EdgeAgentError, LineStopped
 from edge_agent.line.stats import LineStats
 from edge_agent.orders.store import OrderStore
 from edge_agent.reconcile import reconcile
@@ -157,7 +157,9 @@ async def run_demo(
                 forwarder = capture.driver_config(name="l3-capture")
                 sections["upstream"] = {"forwarders": [forwarder], "drain_on_exit_s": 60}
             config = parse_config(demo_config_text(), "demo.toml", overrides, sections=sections)
-            run = await _serve_orders(config, sims, documents, token, token_file, units, console)
+            run = await _serve_orders(
+                config, sims, documents, token, token_file, units, speed, console
+            )
             await asyncio.sleep(0)  # let the last gate decisions land
             truth = sims.ground_truth()
             truth["printed_serials"] = list(sims.printer.printed)
@@ -213,11 +215,15 @@ async def _serve_orders(
     token: str,
     token_file: Path,
     units: int,
+    speed: float | None,
     console: Console,
 ) -> DemoRun:
     """Start the daemon, hand L3 the orders, resume what holds, stop the daemon when every
     order has ended and L3 has its returns and close reports."""
     run = DemoRun([d["id"] for d in documents])
+    # Generous: the line's pace (2x) plus start-up, a hold and its resume checks per order.
+    per_unit_s = 2 * 60.0 / speed if speed else 0.1
+    limit_s = 120.0 + len(documents) * (units * per_unit_s + 30.0)
     stats = LineStats()
     with _progress(console, stats, units * len(documents)) as tick:
         agent = Agent(config, stats=stats, on_tick=tick)
@@ -236,7 +242,7 @@ async def _serve_orders(
                 sims.l3.add_order(document)
             with ApiClient(Endpoint(agent.api_url, token), timeout_s=30.0) as client:
                 operator = Operator(client)
-                await _until_orders_end(run, operator, serving, console, units)
+                await _until_orders_end(run, operator, serving, console, limit_s)
                 run.resumed = operator.resumed
             if run.error is None and not serving.done():
                 await _until_l3_has_everything(run, sims, serving)
@@ -261,17 +267,15 @@ async def _until_ready(ready: asyncio.Event, serving: asyncio.Task[Any]) -> None
     waiter.cancel()
     if serving.done():
         serving.result()  # raises what stopped it (a config error at start)
-        raise RuntimeError("the daemon ended while starting")
+        raise EdgeAgentError("the daemon ended while starting; see agent.log")
     if not ready.is_set():
-        raise TimeoutError("the daemon was not ready within 60 s; see agent.log")
+        raise EdgeAgentError("the daemon was not ready within 60 s; see agent.log")
 
 
 async def _until_orders_end(
-    run: DemoRun, operator: Operator, serving: asyncio.Task[Any], console: Console, units: int
+    run: DemoRun, operator: Operator, serving: asyncio.Task[Any], console: Console, limit_s: float
 ) -> None:
     """Watch the orders through the API; resume a held one as an operator would."""
-    # Generous: the line's own pace plus start-up, a hold and the resume checks per order.
-    limit_s = 120.0 + len(run.order_ids) * (units * 0.5 + 30.0)
     deadline = time.monotonic() + limit_s
     seen_held: set[tuple[str, float]] = set()
     while time.monotonic() < deadline:
@@ -294,7 +298,11 @@ async def _until_orders_end(
                 f"[yellow]order {order['id']} held:[/] {hold.get('reason')}; acknowledging its "
                 "alarms and resuming it through the REST API"
             )
-            await operator.resume(order["id"])
+            try:
+                await operator.resume(order["id"])
+            except EdgeAgentError as exc:  # refused for good, or the API went away
+                run.error = f"order {order['id']} could not be resumed: {exc}"
+                return
             console.print(f"[green]order {order['id']} resumed[/]")
         if len(mine) == len(run.order_ids) and ended(mine, run.order_ids):
             return
