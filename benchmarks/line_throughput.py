@@ -111,6 +111,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="edge-agent-bench-"))
     with (workdir / "agent.log").open("w") as log_file:
         logs.configure("json", "warning", stream=log_file)
+        load_start = os.getloadavg()
         proc, ports = start_simulators(workdir)
         try:
             started = time.monotonic()
@@ -136,6 +137,8 @@ def main() -> None:
             "max": round(max(lat), 3),
         },
         "targets": {"units_per_min": 3000, "p99_ms": 50},
+        # The machine's load beside the figures: on a shared machine they move with it.
+        "load_average_1_5_15": {"start": load_start, "end": os.getloadavg()},
         "machine": machine(),
     }
     print(json.dumps(result, indent=2))
