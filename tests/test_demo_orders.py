@@ -11,7 +11,6 @@ import shutil
 import signal
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +29,23 @@ UNITS = 24  # per order: the demo asks L3 for pages of 6
 STEP_S = 60.0  # the longest a test waits for one thing (a loaded 2-core machine)
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, dict[str, Any], Path]]:
-    """One demo run of three orders, shared by the tests that read what it left."""
-    folder = tmp_path_factory.mktemp("demo")
-    report_file, state = folder / "report.json", folder / "state"
+def test_demo_three_orders_a_hold_resumed_through_the_api_and_the_audit_trail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One demo run (the expensive part, so once) and what it left: the report, the hold and its
+    resume, the audit trail of its state database."""
+    report_file, state = tmp_path / "report.json", tmp_path / "state"
     args = ["demo", "--orders", "3", "--units", str(UNITS), "--fast", "--seed", "3"]
     code = main([*args, "--report-json", str(report_file), "--state-dir", str(state)])
-    yield code, json.loads(report_file.read_text()), state
-
-
-def test_three_orders_from_l3_run_one_after_another_and_close_balanced(
-    demo: tuple[int, dict[str, Any], Path],
-) -> None:
-    code, report, state = demo
+    report = json.loads(report_file.read_text())
     assert code == 0, report["problems"]
+    capsys.readouterr()
+    _orders_ran_one_after_another_and_closed_balanced(report, state)
+    _order_2_held_and_was_resumed_through_the_api(report)
+    _audit_verify_passes_and_finds_a_changed_row(state, tmp_path / "copy", capsys)
+
+
+def _orders_ran_one_after_another_and_closed_balanced(report: dict[str, Any], state: Path) -> None:
     assert report["balanced"] and report["process_exits"] == 0
     assert report["api_url"].startswith("http://127.0.0.1:")
     orders = report["orders"]
@@ -53,9 +54,10 @@ def test_three_orders_from_l3_run_one_after_another_and_close_balanced(
     for order in orders:
         assert order["balanced"], order
         # Every unit printed got a verdict, or (in flight when the line held) was rejected for
-        # lack of one; only those can be good units rejected.
+        # lack of one; every unit the gate rejected has its serial rejected (a good unit can be:
+        # no verdict in time, on a loaded machine, is a reject).
         assert order["units"] + order["undecided_rejected"] == UNITS == order["printed"]
-        assert order["duplicates"] == 0 and order["good_rejected"] <= order["undecided_rejected"]
+        assert order["serials_rejected"] >= order["plc_rejected"] and order["duplicates"] == 0
         assert order["defects_rejected"] == order["injected_defects"]
         assert order["serials_unused"] == 0  # every unused serial went back to L3
         assert order["serials_returned"] == order["serials_returned_to_l3"]
@@ -74,31 +76,26 @@ def test_three_orders_from_l3_run_one_after_another_and_close_balanced(
     assert l3["serials_returned"] == report["serials_returned"] > 0
 
 
-def test_order_2_holds_on_unreadable_codes_and_is_resumed_through_the_api(
-    demo: tuple[int, dict[str, Any], Path],
-) -> None:
-    _, report, _ = demo
+def _order_2_held_and_was_resumed_through_the_api(report: dict[str, Any]) -> None:
     held = report["orders"][HELD_ORDER - 1]
     assert held["injected_by_kind"].get("unreadable", 0) >= 6  # the burst (stop after 5)
     assert held["rejected_by_reason"].get("no_read", 0) >= 5
-    (hold,) = report["holds"]
-    assert hold["order_id"] == held["order_id"]
-    assert hold["reason"] == "repeated_rejects"
-    assert hold["resumed_at"] is not None and hold["duration_s"] > 0
-    assert hold["resumed_by"].endswith("demo-operator")  # the token's name: an API client
-    assert report["daemon"]["resumed"] == [held["order_id"]]
+    # The burst's hold; a loaded machine may add one (late verdicts in a row), resumed alike.
+    holds = [h for h in report["holds"] if h["order_id"] == held["order_id"]]
+    assert holds[0]["reason"] == "repeated_rejects"
+    for hold in report["holds"]:
+        assert hold["resumed_at"] is not None and hold["duration_s"] > 0
+        assert hold["resumed_by"] == "api:demo-operator"  # the API token's name
+    assert held["order_id"] in report["daemon"]["resumed"]
+    assert report["daemon"]["segments"] == 3 + len(report["holds"])
     assert report["line_stopped"] is None
 
 
-def test_audit_verify_passes_on_the_demo_state_and_finds_a_changed_row(
-    demo: tuple[int, dict[str, Any], Path],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+def _audit_verify_passes_and_finds_a_changed_row(
+    state: Path, copy: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _, _, state = demo
     assert main(["audit", "verify", "--state-dir", str(state)]) == 0
     assert "audit trail holds" in capsys.readouterr().out
-    copy = tmp_path / "state"
     shutil.copytree(state, copy)
     with contextlib.closing(sqlite3.connect(copy / "state.db")) as conn:
         # Who bypasses the agent can drop the trigger that keeps the table append-only.
@@ -127,9 +124,10 @@ FAST_L3 = {
 def _config(path: Path, sims: SimulatorSet, state: Path) -> Path:
     sections: dict[str, dict[str, Any]] = {
         "agent": {"state_dir": str(state), "log_format": "json"},
-        "line": {
-            "verdict_deadline_ms": 500,
+        "line": {  # generous timings: the machine running the suite is loaded
+            "verdict_deadline_ms": 1000,
             "heartbeat_interval_ms": 100,
+            "plc_heartbeat_timeout_ms": 3000,
             "read_point": READ_POINT,
             "max_units_in_flight": 8,
         },
@@ -163,7 +161,7 @@ async def test_sigkill_in_order_2_then_restart_finishes_every_order_once(tmp_pat
         units_per_min=900.0,  # slow enough to kill the daemon in the middle of order 2
         printer=PrinterSim(),
         camera=CameraSim(defect_rate=0.05, seed=11),
-        plc=PlcSim(gate_delay_s=0.4, heartbeat_timeout_s=1.0, ring_size=64),
+        plc=PlcSim(gate_delay_s=1.5, heartbeat_timeout_s=2.0, ring_size=64),
         l3={"type": "http", "seed": 11},
     )
     documents = demo_orders(3, 30)

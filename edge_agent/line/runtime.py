@@ -252,6 +252,9 @@ class LineRuntime:
         log.info("batch_open", batch=j.id, gtin=j.gtin, lot=j.lot, target=j.quantity)
         await self._prepare_printer()
         await self._recover()
+        # Rejects in a row are counted within one segment: the operator who resumes after a
+        # repeated-rejects hold has dealt with the cause (a restart counts afresh too).
+        self.stats.consecutive_rejects = 0
         await self._release_line()
 
     async def _warm_up(self, executor: ThreadPoolExecutor) -> None:
