@@ -171,7 +171,8 @@ async def test_sigkill_in_order_2_then_restart_finishes_every_order_once(tmp_pat
         config = _config(tmp_path / "line.toml", sims, state)
         for document in documents:
             sims.l3.add_order(document)
-        first = AgentProcess(config, tmp_path / "agent-1.log")
+        # The resident daemon (no --exit-when-idle): it stays up until a signal.
+        first = AgentProcess(config, tmp_path / "agent-1.log", args=())
         async with first:
             await until(
                 lambda: _order_state(state, ids[1]) == "running" and _decided(state, ids[1]) >= 6,
@@ -184,7 +185,7 @@ async def test_sigkill_in_order_2_then_restart_finishes_every_order_once(tmp_pat
             assert await first.wait() == -signal.SIGKILL
         killed_at = _decided(state, ids[1])
         assert killed_at < 30, "order 2 ended before the kill: nothing was tested"
-        second = AgentProcess(config, tmp_path / "agent-2.log")
+        second = AgentProcess(config, tmp_path / "agent-2.log", args=())
         async with second:
             await until(
                 lambda: all(_order_state(state, i) == "closed" for i in ids),
