@@ -58,6 +58,7 @@ TOTALS = (
     "injected_defects",
     "defects_rejected",
     "good_rejected",
+    "undecided_rejected",
     "serials_allocated",
     "serials_commissioned",
     "serials_rejected",
