@@ -62,7 +62,10 @@ async def gates_settled(sims: SimulatorSet) -> None:
 async def run_agent(config: Any, stats: LineStats | None = None) -> LineStopped | None:
     """Run the daemon until its orders are done (None) or one is held by a line stop: then the
     stop it was held with (``.reason``), checked to be on the alarm board, raised, not cleared."""
-    served = await Agent(config, stats=stats).serve(until_idle=UntilIdle(hold_timeout_s=0))
+    try:
+        served = await Agent(config, stats=stats).serve(until_idle=UntilIdle(hold_timeout_s=0))
+    except LineStopped as stop:  # before the daemon could open its state database (disk full)
+        return stop
     return held_stop(config, served)
 
 
@@ -71,7 +74,9 @@ def held_stop(config: Any, served: Served) -> LineStopped | None:
     if served.ended == "idle":
         return None
     assert served.ended == "held" and served.waiting is not None, served
-    assert served.hold is not None, f"order {served.waiting.id} is {served.waiting.state}"
+    if served.hold is None:  # the state database could not record the hold (it is full)
+        assert served.waiting.state == "running" and served.reason is not None, served
+        return LineStopped(StopReason(served.reason), "the hold could not be recorded")
     reason = StopReason(served.hold.reason)
     with state_db(config) as conn:
         alarms = AlarmBoard(conn).for_order(served.waiting.id)
