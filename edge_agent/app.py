@@ -48,6 +48,7 @@ log = structlog.get_logger("edge_agent.app")
 # Orders still to run, or on the line: the daemon is not idle while one is in these states.
 BUSY = frozenset({OrderState.WAITING, OrderState.READY, OrderState.RUNNING})
 IDLE_CHECK_S = 0.2
+WATCHDOG_S = 2.0  # well inside the unit's WatchdogSec=10s
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,7 @@ class Agent:
             tasks.append(line)
             watcher = asyncio.create_task(self._watch(until_idle, commands), name="idle-watch")
             tasks.append(watcher)
+            tasks.append(asyncio.create_task(_feed_watchdog(controller), name="watchdog"))
             systemd.notify_ready(f"line {model.line.id} up")
             log.info("agent_ready", line=model.line.id, api=self.api_url)
             if ready is not None:
@@ -376,6 +378,16 @@ class Agent:
         accepts = inspect.signature(spec.driver).parameters
         context = {k: v for k, v in (("site", line.site), ("line", line.id)) if k in accepts}
         return spec.driver(spec.name, spec.config, **context)
+
+
+async def _feed_watchdog(controller: LineController) -> None:
+    """WATCHDOG=1 while no segment's heartbeat loop does it (idle, held, a segment opening its
+    devices): the daemon's loop is alive. Once the line runs, only the PLC heartbeat feeds it,
+    so a hung line is restarted by systemd."""
+    while True:
+        if not controller.beating:
+            systemd.notify_watchdog()
+        await asyncio.sleep(WATCHDOG_S)
 
 
 def _needs_person(commands: CommandPath) -> OrderRecord | None:

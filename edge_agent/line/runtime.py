@@ -164,6 +164,7 @@ class LineRuntime:
         self._stop_request: LineStopped | None = None
         self._stop_requested = asyncio.Event()
         self._active = False  # run() has started and not yet ended
+        self.beating = False  # the heartbeat loop runs (and feeds the systemd watchdog)
         # Serials whose frame was judged print_unconfirmed before the confirmation came
         self._judged_unconfirmed: set[str] = set()
         self._link = PrinterLink(
@@ -204,7 +205,7 @@ class LineRuntime:
         try:
             return await self._run()
         finally:
-            self._active = False
+            self._active = self.beating = False
 
     async def _run(self) -> BatchInfo:
         try:
@@ -699,9 +700,10 @@ class LineRuntime:
                     f"PLC heartbeat still {last_value} after {timeout:.1f}s",
                 )
             systemd.notify_watchdog(
-                f"batch {self._batch.id}: {self.stats.units} units, {self.stats.passed} passed, "
+                f"order {self._batch.id}: {self.stats.units} units, {self.stats.passed} passed, "
                 f"{self.stats.rejected} rejected"
             )
+            self.beating = True
             await asyncio.sleep(interval)
 
     async def _watch_silence(self) -> None:
