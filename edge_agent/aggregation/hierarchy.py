@@ -443,6 +443,10 @@ class Hierarchy:
         ).fetchall()
         return [_container(r) for r in rows]
 
+    def capacity(self, box: Container) -> int:
+        """How many children a full ``box`` holds, by its order's plan."""
+        return _plan(self._order(box.order_id), box.order_id).level(box.level).capacity
+
     def loose(self, order_id: str) -> dict[str, str]:
         """EPC → reason of the order's children recorded as in no parent."""
         rows = self.conn.execute(
