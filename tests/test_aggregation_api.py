@@ -159,3 +159,20 @@ async def test_api_refusals_name_the_rule_and_the_hierarchy_report(agent: Agent)
         assert destroyed.json()["state"] == "destroyed"
         no_reason = await client.post("/units/destroy", json={"unit": unit("S0006")})
         assert no_reason.status_code == 409
+
+
+async def test_an_aborted_order_scraps_its_reserved_containers(agent: Agent) -> None:
+    async with api(agent) as client:
+        reserved = (await client.post("/containers", json={"order_id": "ORD-1"})).json()
+        opened = (await client.post("/containers", json={"order_id": "ORD-1"})).json()
+        await client.post(
+            "/containers/add", json={"container": opened["code"], "children": [unit("S0001")]}
+        )
+        aborted = await client.post("/orders/ORD-1/commands/abort", json={"reason": "recall"})
+        assert aborted.status_code == 200
+        shown = await client.get("/containers/detail", params={"code": reserved["code"]})
+        assert (shown.json()["state"], shown.json()["reason"]) == ("scrapped", "order_aborted")
+        report = (await client.get("/orders/ORD-1/report")).json()
+        assert report["reconciliation"]["hierarchy_balanced"] is False  # the open case
+        late = await client.post("/containers/close", json={"container": opened["code"]})
+        assert late.json()["problems"][0]["key"] == "order_state"

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from edge_agent.aggregation import supply
+from edge_agent.aggregation.hierarchy import Hierarchy
 from edge_agent.aggregation.plan import AggregationLevel, IdentifierKind
 from edge_agent.l3 import messages
 from edge_agent.ledger import Ledger, SerialState
@@ -44,6 +45,10 @@ class OrderSettlement:
         self, record: OrderRecord, final: OrderState, actor: audit.Actor, reason: str | None
     ) -> dict[str, Any]:
         order = record.order
+        # A container reserved and never committed (its label perhaps printed) ends scrapped
+        # with the order: its identifier is never used again. Open ones stay as they are (a
+        # close is refused with them; an abort reports them unbalanced).
+        Hierarchy(self.ledger).recover_reserved(order.id, reason=f"order_{final}")
         self.ledger.close_batch(order.id, reason=f"order_{final}")
         returned = 0
         if self.l3_link and order.serials.source in ("l3", "list"):
