@@ -174,6 +174,12 @@ class Ledger:
             )
         return info
 
+    def batch(self, batch_id: str) -> BatchInfo | None:
+        row = self.conn.execute(
+            "SELECT id, gtin, lot, expiry, target, state FROM batches WHERE id = ?", (batch_id,)
+        ).fetchone()
+        return None if row is None else BatchInfo(*row)
+
     def close_batch(self, batch_id: str, reason: str = "batch_closed") -> int:
         """Close the batch: serials never sent become unused. Returns how many."""
         now = time.time()
@@ -479,12 +485,6 @@ class Ledger:
     def event_now(self, batch_id: str) -> float:
         """An event time of the batch: never earlier than its previous event."""
         return self._now(batch_id)
-
-    def batch(self, batch_id: str) -> BatchInfo | None:
-        row = self.conn.execute(
-            "SELECT id, gtin, lot, expiry, target, state FROM batches WHERE id = ?", (batch_id,)
-        ).fetchone()
-        return BatchInfo(*row) if row else None
 
     def epc(self, gtin: str, serial: str) -> str:
         return epcis.sgtin_uri(gtin, serial, self.company_prefix_length)
