@@ -176,3 +176,19 @@ async def test_an_aborted_order_scraps_its_reserved_containers(agent: Agent) -> 
         assert report["reconciliation"]["hierarchy_balanced"] is False  # the open case
         late = await client.post("/containers/close", json={"container": opened["code"]})
         assert late.json()["problems"][0]["key"] == "order_state"
+
+
+async def test_the_close_report_page_shows_the_hierarchy(agent: Agent) -> None:
+    async with api(agent) as client:
+        case = (await client.post("/containers", json={"order_id": "ORD-1"})).json()
+        units = [unit(s) for s in SERIALS[:3]]
+        await client.post(
+            "/containers/add", json={"container": case["code"], "children": units, "close": True}
+        )
+        await client.post("/units/sample", json={"unit": unit("S0004")})
+        aborted = await client.post("/orders/ORD-1/commands/abort", json={"reason": "recall"})
+        assert aborted.status_code == 200
+        page = (await client.get("/orders/ORD-1/report.html")).text
+    assert "<h2>Packaging hierarchy</h2>" in page
+    assert "<tr><th>cases</th>" in page and "1 closed" in page
+    assert "Hierarchy not balanced:" in page and "2 commissioned units are in no case" in page
