@@ -21,6 +21,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, Self, TypeVar
 
 from drivers.plc import contract
@@ -56,6 +57,9 @@ class GatePlcSim(ABC, Generic[ServerT]):
         self.rejected_triggers: list[int] = []
         self.stops: list[tuple[float, int]] = []
         self.withhold_confirms = False
+        # Called with (trigger, passed) as each unit leaves the gate: what comes after the gate
+        # (a case packer) takes the units that passed.
+        self.gate_listeners: list[Callable[[int, bool], None]] = []
         self.host = "127.0.0.1"
         self.port = 0
         self._server: ServerT | None = None
@@ -245,13 +249,19 @@ class GatePlcSim(ABC, Generic[ServerT]):
             self.passed_triggers.append(trigger)
             self._passed = (self._passed + 1) & contract.U32_MAX
             await self._write_passed(self._passed)
+            self._left_gate(trigger, True)
             return
         self.rejected_triggers.append(trigger)
+        self._left_gate(trigger, False)
         self._rejected = (self._rejected + 1) & contract.U32_MAX
         await self._write_rejected(self._rejected)
         if not self.withhold_confirms:
             self._confirms = (self._confirms + 1) & contract.U32_MAX
             await self._write_confirm(self._confirms, trigger)
+
+    def _left_gate(self, trigger: int, passed: bool) -> None:
+        for listener in self.gate_listeners:
+            listener(trigger, passed)
 
     def _reset_gate(self) -> None:
         """Back to power-up: no pending gates, counters and ground truth cleared, line stopped

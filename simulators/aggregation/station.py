@@ -1,0 +1,195 @@
+"""The simulated case and pallet stations, wired like a real line end.
+
+Case station: the case packer fills cases (``case_packer.py``) onto the case conveyor, where the
+case station's PLC (a ``ModbusPlcSim``: the PLC contract with the case number as trigger) counts
+each case at the case camera and, ``gate_delay_s`` later, lets it through only on a pass verdict;
+anything else diverts it (fail-safe, like the unit gate). Between camera and gate the case passes
+the labeller: the label printer's next label goes onto the case standing there, and the label
+camera reads it back. A case whose defect is ``unreadable_label`` gets an unreadable label.
+
+Pallet station: cases that passed the case gate reach the palletiser, where the pallet scanner
+reads each case's label (the SSCC's GS1-128) as it goes onto the pallet; the pallet label printer's
+next label closes the pallet being built and a new one starts.
+
+``ground_truth()`` is what physically happened: which units each case holds, which label is on it,
+what the gate did; which cases each pallet holds and its label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_agent import gs1
+from simulators.aggregation.case_packer import ALL_CASE_DEFECTS, CaseDefect, CasePackerSim, SimCase
+from simulators.aggregation.label import LabelStationSim
+from simulators.aggregation.scanner import ScannerSim
+from simulators.line import SimLine
+from simulators.plc.modbus import ModbusPlcSim
+
+CASE_GATE_DELAY_S = 3.0  # case camera to case gate: read, closing read, label, read back
+
+
+class CaseStationSim:
+    def __init__(
+        self,
+        *,
+        case_size: int = 12,
+        defect_rate: float = 0.0,
+        defect_kinds: tuple[CaseDefect, ...] = ALL_CASE_DEFECTS,
+        seed: int = 1,
+        gate_delay_s: float = CASE_GATE_DELAY_S,
+        closing_after_s: float = 0.3,
+        heartbeat_timeout_s: float = 1.0,
+        size: tuple[int, int] | None = None,
+        cases_per_min: float | None = None,
+    ) -> None:
+        self.line = SimLine(units_per_min=cases_per_min)
+        self.plc = ModbusPlcSim(
+            self.line,
+            gate_delay_s=gate_delay_s,
+            heartbeat_timeout_s=heartbeat_timeout_s,
+            ring_size=64,
+        )
+        kwargs: dict[str, Any] = {} if size is None else {"size": size}
+        self.packer = CasePackerSim(
+            self.line,
+            case_size=case_size,
+            defect_rate=defect_rate,
+            defect_kinds=defect_kinds,
+            seed=seed,
+            closing_after_s=closing_after_s,
+            **kwargs,
+        )
+        self.packer.attach_case_gate(self.plc)
+        self.labels = LabelStationSim(seed=seed)
+        self.labels.printer.apply_to = self._label_case
+        self._at_labeller: list[SimCase] = []
+        self.stray_labels: list[str] = []  # printed with no case at the labeller
+        self.line.on_trigger(self._case_arrived)
+        self.packer.case_listeners.append(self._case_left)
+
+    async def start(self, host: str = "127.0.0.1") -> None:
+        await self.plc.start(host, 0)
+        await self.packer.start(host, 0)
+        await self.labels.start(host)
+
+    async def stop(self) -> None:
+        await self.labels.stop()
+        await self.packer.stop()
+        await self.plc.stop()
+
+    async def __aenter__(self) -> CaseStationSim:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def driver_configs(self) -> dict[str, dict[str, Any]]:
+        """The case station's device sections: case camera, case PLC, label printer/camera."""
+        return {
+            "camera": self.packer.driver_config(),
+            "plc": self.plc.driver_config(),
+            **self.labels.driver_configs(),
+        }
+
+    def _case_arrived(self, trigger: int, unit: Any) -> None:
+        case = self.packer.by_trigger.get(trigger)
+        if case is not None:
+            self._at_labeller.append(case)
+
+    def _case_left(self, case: SimCase) -> None:
+        if case in self._at_labeller:
+            self._at_labeller.remove(case)
+
+    def _label_case(self, data: str, unreadable: bool) -> bool:
+        """A label was printed: it goes onto the oldest case at the labeller."""
+        if not self._at_labeller:
+            self.stray_labels.append(data)
+            return False
+        case = self._at_labeller[0]
+        case.labels.append(data)
+        return case.defect is CaseDefect.UNREADABLE_LABEL
+
+    def ground_truth(self) -> dict[str, Any]:
+        truth = self.packer.ground_truth()
+        truth["stray_labels"] = list(self.stray_labels)
+        truth["unreadable_labels"] = sorted(self.labels.printer.unreadable)
+        return truth
+
+
+@dataclass
+class SimPallet:
+    number: int
+    cases: list[SimCase] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+
+class PalletStationSim:
+    """Cases that pass the case gate are scanned onto the pallet being built."""
+
+    def __init__(self, *, seed: int = 2, transport: str = "tcp", aim: bool = True) -> None:
+        self.scanner = ScannerSim(transport=transport, aim=aim)
+        self.labels = LabelStationSim(seed=seed)
+        self.labels.printer.apply_to = self._label_pallet
+        self.pallets: list[SimPallet] = [SimPallet(1)]
+
+    def attach(self, case_station: CaseStationSim) -> None:
+        case_station.packer.case_listeners.append(self._case_left_gate)
+
+    async def start(self, host: str = "127.0.0.1") -> None:
+        await self.scanner.start(host, 0)
+        await self.labels.start(host)
+
+    async def stop(self) -> None:
+        await self.labels.stop()
+        await self.scanner.stop()
+
+    def driver_configs(self) -> dict[str, dict[str, Any]]:
+        configs = self.labels.driver_configs()
+        return {
+            "scanner": self.scanner.driver_config(),
+            "pallet_label_printer": configs["label_printer"],
+            "pallet_label_camera": configs["label_camera"],
+        }
+
+    def _case_left_gate(self, case: SimCase) -> None:
+        if case.verdict:
+            self.put(case)
+
+    def put(self, case: SimCase) -> None:
+        """A case goes onto the pallet; the scanner reads its (last) label's SSCC."""
+        self.pallets[-1].cases.append(case)
+        sscc = _sscc(case.labels[-1]) if case.labels else None
+        if sscc is not None:
+            self.scanner.scan("00" + sscc)
+
+    def _label_pallet(self, data: str, unreadable: bool) -> bool:
+        """The label goes onto the pallet being built; a readable one sends it away (wrapped
+        and labelled), and the next cases start a new pallet."""
+        pallet = self.pallets[-1]
+        pallet.labels.append(data)
+        if not unreadable:
+            self.pallets.append(SimPallet(pallet.number + 1))
+        return False
+
+    def ground_truth(self) -> dict[str, Any]:
+        return {
+            "pallets": [
+                {
+                    "number": p.number,
+                    "cases": [c.number for c in p.cases],
+                    "labels": list(p.labels),
+                }
+                for p in self.pallets
+                if p.cases or p.labels
+            ]
+        }
+
+
+def _sscc(data: str) -> str | None:
+    try:
+        return gs1.parse(data, check_requisites=False).get("00")
+    except gs1.Gs1Error:
+        return None
