@@ -17,6 +17,7 @@ what the gate did; which cases each pallet holds and its label.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,7 @@ class CaseStationSim:
         self.labels = LabelStationSim(seed=seed)
         self.labels.printer.apply_to = self._label_case
         self._at_labeller: list[SimCase] = []
+        self._indexer: asyncio.Task[None] | None = None
         self.stray_labels: list[str] = []  # printed with no case at the labeller
         self.line.on_trigger(self._case_arrived)
         self.packer.case_listeners.append(self._case_left)
@@ -73,8 +75,13 @@ class CaseStationSim:
         await self.plc.start(host, 0)
         await self.packer.start(host, 0)
         await self.labels.start(host)
+        self._indexer = asyncio.get_running_loop().create_task(self._index_labeller())
 
     async def stop(self) -> None:
+        if self._indexer is not None:
+            self._indexer.cancel()
+            await asyncio.gather(self._indexer, return_exceptions=True)
+            self._indexer = None
         await self.labels.stop()
         await self.packer.stop()
         await self.plc.stop()
@@ -102,6 +109,17 @@ class CaseStationSim:
     def _case_left(self, case: SimCase) -> None:
         if case in self._at_labeller:
             self._at_labeller.remove(case)
+
+    async def _index_labeller(self) -> None:
+        """The labeller holds the oldest case until the station has decided it (its verdict is
+        written) or its gate time comes: the next label printed goes onto that case."""
+        while True:
+            await asyncio.sleep(0.005)
+            while self._at_labeller:
+                head = self._at_labeller[0]
+                if await self.plc.verdict_for(head.trigger) is None:
+                    break
+                self._at_labeller.pop(0)
 
     def _label_case(self, data: str, unreadable: bool) -> bool:
         """A label was printed: it goes onto the oldest case at the labeller."""

@@ -259,6 +259,14 @@ class GatePlcSim(ABC, Generic[ServerT]):
             self._confirms = (self._confirms + 1) & contract.U32_MAX
             await self._write_confirm(self._confirms, trigger)
 
+    async def verdict_for(self, trigger: int) -> int | None:
+        """The verdict the agent has written for ``trigger`` so far (None: none yet): what
+        the machine before the gate (a labeller holding the case) can see."""
+        slot = await self._read_slot(trigger & contract.U32_MAX)
+        if slot is None or slot[0] != trigger or slot[1] == contract.NO_VERDICT:
+            return None
+        return int(slot[1])  # type: ignore[call-overload]
+
     def _left_gate(self, trigger: int, passed: bool) -> None:
         for listener in self.gate_listeners:
             listener(trigger, passed)
