@@ -41,7 +41,8 @@ from edge_agent.db_identity import (
 from edge_agent.errors import LedgerError, StorageFull
 
 SCHEMA_VERSION = 4  # 2: per-forwarder delivery state of outbox events; 3: work orders, audit;
-# 4: aggregation (containers, packed, loose, identifier ranges and pool)
+# 4: aggregation (containers, packed, loose, identifier ranges and pool; station_cases and
+# pallet_scans of the stations)
 DB_NAME = db_identity.DB_NAME
 log = structlog.get_logger("edge_agent.db")
 
@@ -258,6 +259,23 @@ CREATE TABLE IF NOT EXISTS identifier_pool (
     taken INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS identifier_pool_by_order ON identifier_pool (order_id, level, taken);
+-- Aggregation stations (edge_agent/aggregation/station.py): each container a station reserved,
+-- with the case's trigger at the case PLC and what its gate did (pending until known), and the
+-- cases scanned onto the pallet being built: what a restart needs to finish or undo their work.
+CREATE TABLE IF NOT EXISTS station_cases (
+    container TEXT PRIMARY KEY REFERENCES containers(epc),
+    station TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    trigger INTEGER,
+    gate TEXT NOT NULL CHECK (gate IN ('pending', 'passed', 'rejected', 'scrapped')),
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS station_cases_by_gate ON station_cases (order_id, gate);
+CREATE TABLE IF NOT EXISTS pallet_scans (
+    case_epc TEXT PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    at REAL NOT NULL
+);
 """
 
 

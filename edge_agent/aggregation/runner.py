@@ -26,7 +26,7 @@ from edge_agent.aggregation.hierarchy import Hierarchy
 from edge_agent.aggregation.station import CaseStation, LabelPath, PalletStation, StationTimings
 from edge_agent.config import load_config
 from edge_agent.config.loader import validate_table
-from edge_agent.config.models import AggregationSection, AgentConfig, VisionSection
+from edge_agent.config.models import AgentConfig, AggregationSection, VisionSection
 from edge_agent.db import open_db
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.ledger import Ledger

@@ -31,6 +31,7 @@ import contextlib
 import itertools
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,8 +113,11 @@ class _Reads:
         self.by_trigger: dict[int, list[Frame]] = {}
         self.arrivals: asyncio.Queue[int] = asyncio.Queue()
         self.changed = asyncio.Condition()
+        self._decided: deque[int] = deque(maxlen=1024)  # a late closing frame is no new case
 
     async def add(self, frame: Frame) -> None:
+        if frame.trigger in self._decided:
+            return
         frames = self.by_trigger.setdefault(frame.trigger, [])
         frames.append(frame)
         if len(frames) == 1:
@@ -130,6 +134,7 @@ class _Reads:
 
     def forget(self, trigger: int) -> None:
         self.by_trigger.pop(trigger, None)
+        self._decided.append(trigger)
 
 
 class LabelPath:

@@ -95,7 +95,7 @@ class CasePackerSim(TcpCameraSim):
         self.case_listeners: list[Callable[[SimCase], None]] = []  # a case left the case gate
         self._case_rng = random.Random(seed)
         self._filling: list[SimUnit] = []
-        self._forced: list[CaseDefect] = []
+        self._forced: list[CaseDefect | None] = []
         self._units_by_trigger: dict[int, SimUnit] = {}
         self._foreign = 0
         self._feeder: asyncio.Task[None] | None = None
@@ -130,9 +130,10 @@ class CasePackerSim(TcpCameraSim):
 
     # --- packing ----------------------------------------------------------------------------
 
-    def force(self, *defects: CaseDefect | str) -> None:
-        """The next cases get these defects, in order (then the seeded draw goes on)."""
-        self._forced.extend(CaseDefect(d) for d in defects)
+    def force(self, *defects: CaseDefect | str | None) -> None:
+        """The next cases get these defects (None: a good case), in order; then the seeded
+        draw goes on."""
+        self._forced.extend(None if d is None else CaseDefect(d) for d in defects)
 
     def put(self, units: Sequence[SimUnit]) -> None:
         """Units reach the packer; every ``case_size`` of them make a case."""
