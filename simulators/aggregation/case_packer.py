@@ -60,6 +60,7 @@ class SimCase:
     trigger: int = 0  # its trigger count on the case conveyor (0: not there yet)
     labels: list[str] = field(default_factory=list)  # element strings of labels applied to it
     verdict: bool | None = None  # what the case gate did: True passed, False rejected
+    closing_seen: bool = False  # its closing read reached a client (the station saw the case)
     loose: list[SimUnit] = field(default_factory=list)  # units meant for it that it lacks
 
     def serials(self) -> set[str]:
@@ -237,6 +238,7 @@ class CasePackerSim(TcpCameraSim):
                 case.trigger, render_case(case.closing_slots(), size=size, rng=rng)
             )
         )
+        case.closing_seen = bool(self._clients) and not self.mute
         await self._deliver(data)
 
     # --- ground truth -----------------------------------------------------------------------

@@ -111,22 +111,21 @@ class CaseStationSim:
             self._at_labeller.remove(case)
 
     async def _index_labeller(self) -> None:
-        """The labeller holds the oldest case until the station has decided it (its verdict is
-        written) or its gate time comes: the next label printed goes onto that case."""
+        """The labeller holds each case until the station has decided it (its verdict is
+        written) or its gate time comes."""
         while True:
             await asyncio.sleep(0.005)
-            while self._at_labeller:
-                head = self._at_labeller[0]
-                if await self.plc.verdict_for(head.trigger) is None:
-                    break
-                self._at_labeller.pop(0)
+            for case in list(self._at_labeller):
+                if await self.plc.verdict_for(case.trigger) is not None:
+                    self._case_left(case)
 
     def _label_case(self, data: str, unreadable: bool) -> bool:
-        """A label was printed: it goes onto the oldest case at the labeller."""
-        if not self._at_labeller:
+        """A label was printed: it goes onto the oldest case at the labeller that the station
+        has seen (a case whose frames reached no station is passed by, undecided)."""
+        case = next((c for c in self._at_labeller if c.closing_seen), None)
+        if case is None:
             self.stray_labels.append(data)
             return False
-        case = self._at_labeller[0]
         case.labels.append(data)
         return case.defect is CaseDefect.UNREADABLE_LABEL
 
