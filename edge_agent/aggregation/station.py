@@ -198,6 +198,19 @@ class LabelPath:
         return check_label(label, reads)
 
 
+def resolve_unit(hierarchy: Hierarchy, raw: str) -> UnitRef | None:
+    """The ledger's unit for a code read in a case frame; None when it is no unit it knows."""
+    try:
+        item = hierarchy.item(raw)
+    except AggregationRefused:
+        return None
+    if not item.is_unit:
+        return None
+    packed = hierarchy.parent_of(item.epc) is not None
+    commissioned = item.state == SerialState.COMMISSIONED
+    return UnitRef(item.epc, item.order_id, commissioned, packed)
+
+
 class _Station:
     """What both stations share: the ledger's hierarchy, the order and its batch."""
 
@@ -412,15 +425,7 @@ class CaseStation(_Station):
         return CaseReason.ACCEPTED, ""
 
     def _unit(self, raw: str) -> UnitRef | None:
-        try:
-            item = self.hierarchy.item(raw)
-        except AggregationRefused:
-            return None
-        if not item.is_unit:
-            return None
-        packed = self.hierarchy.parent_of(item.epc) is not None
-        commissioned = item.state == SerialState.COMMISSIONED
-        return UnitRef(item.epc, item.order_id, commissioned, packed)
+        return resolve_unit(self.hierarchy, raw)
 
     # --- following cases to the gate ----------------------------------------------------------
 
