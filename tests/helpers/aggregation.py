@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.aggregation.hierarchy import Hierarchy
-from edge_agent.db import open_db
+from edge_agent.db import open_db, write
 from edge_agent.ledger import BatchInfo, Ledger, UnitOutcome
 from edge_agent.orders import audit
 from edge_agent.orders.model import OrderState, WorkOrder
@@ -76,6 +76,10 @@ class AggSetup:
     def units(self, batch: BatchInfo, count: int, *, passed: bool = True) -> list[str]:
         """``count`` units through the unit station's ledger path: printed, then passed
         (commissioned) or rejected. Returns their SGTIN EPCs."""
+        with write(self.conn):  # one transaction: the rule tests make thousands of units
+            return self._units(batch, count, passed)
+
+    def _units(self, batch: BatchInfo, count: int, passed: bool) -> list[str]:
         self.ledger.ensure_allocated(batch, count, length=12, alphabet="0123456789ABCDEF")
         epcs, outcomes = [], []
         for _ in range(count):
