@@ -52,6 +52,21 @@ def device(kind: registry.DeviceKind, table: dict[str, Any], key: str) -> Any:
     return driver(key, validate_table(driver.Config, table, key=key))
 
 
+def check_devices(section: AggregationSection) -> None:
+    """Validate every station device table (ConfigError naming the key), connecting nothing."""
+    key = "aggregation.case_station"
+    if (case := section.case_station) is not None:
+        device("camera", case.camera, f"{key}.camera")
+        device("plc", case.plc, f"{key}.plc")
+        device("label_printer", case.label_printer, f"{key}.label_printer")
+        device("camera", case.label_camera, f"{key}.label_camera")
+    key = "aggregation.pallet_station"
+    if (pallet := section.pallet_station) is not None:
+        device("scanner", pallet.scanner, f"{key}.scanner")
+        device("label_printer", pallet.label_printer, f"{key}.label_printer")
+        device("camera", pallet.label_camera, f"{key}.label_camera")
+
+
 def case_reader(vision: VisionSection) -> DecodePipeline:
     """Many codes per frame, the whole frame at once (``edge_agent.vision.multi``)."""
     return DecodePipeline(vision.model_copy(update={"max_codes": CASE_CODES, "fallbacks": []}))
@@ -70,6 +85,7 @@ class StationRunner:
             )
         self.model = model
         self.section: AggregationSection = model.aggregation
+        check_devices(self.section)  # a config error stops the start, never a retry loop
         self.order_id = order_id or self.section.order
         self.conn = open_db(model.agent.state_dir)
         line = model.line
