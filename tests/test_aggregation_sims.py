@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -208,3 +209,62 @@ async def test_the_scanner_link_dropping_is_an_error_not_an_end() -> None:
             await codes.aclose()
     finally:
         await sim.stop()
+
+
+async def test_units_the_unit_gate_passes_go_into_cases() -> None:
+    from drivers.plc.modbus.driver import ModbusTcpPlc
+    from edge_agent.contracts import Verdict
+    from simulators.plc.modbus import ModbusPlcSim
+
+    unit_line = SimLine(units_per_min=None)
+    gate = ModbusPlcSim(unit_line, gate_delay_s=0.3)
+    sim = CasePackerSim(SimLine(), case_size=2, size=SIZE)
+    sim.attach_to_unit_line(unit_line, gate)
+    await gate.start()
+    try:
+        async with ModbusTcpPlc("plc", ModbusTcpPlc.Config(**gate.driver_config())) as plc:
+            for trigger, verdict in enumerate([Verdict.PASS, Verdict.REJECT, Verdict.PASS], 1):
+                await plc.write_verdict(trigger, verdict)
+            made = units(3)
+            for unit in made:
+                unit_line.unit_printed(unit)
+            await until(lambda: len(gate.passed_triggers) + len(gate.rejected_triggers) == 3)
+    finally:
+        await gate.stop()
+    assert gate.passed_triggers == [1, 3]
+    assert [sorted(c.serials()) for c in sim.cases] == [[made[0].serial, made[2].serial]]
+
+
+async def test_the_station_fixtures_serve_what_their_tables_say(
+    case_station_sim: Any, pallet_station_sim: Any
+) -> None:
+    from edge_agent.aggregation.runner import check_devices
+    from edge_agent.config.models import AggregationSection
+
+    section = AggregationSection.model_validate(
+        {
+            "case_station": case_station_sim.driver_configs(),
+            "pallet_station": pallet_station_sim.driver_configs(),
+        }
+    )
+    check_devices(section)
+    assert case_station_sim.packer.case_size == 12
+    from drivers.plc.modbus.driver import ModbusTcpPlc
+
+    configs = case_station_sim.driver_configs()
+    plc = ModbusTcpPlc("case-plc", ModbusTcpPlc.Config(**configs["plc"]))
+    source = TcpFrameSource("case-camera", TcpFrameSource.Config(**configs["camera"]))
+
+    async def beat() -> None:  # the case conveyor runs only while the agent beats
+        while True:
+            await plc.beat()
+            await asyncio.sleep(0.1)
+
+    async with plc, source:
+        beating = asyncio.create_task(beat())
+        await until(lambda: case_station_sim.packer.clients, "camera client")
+        case_station_sim.packer.put(units(12))
+        frame = await asyncio.wait_for(anext(source.frames()), STEP)
+        beating.cancel()
+        await asyncio.gather(beating, return_exceptions=True)
+    assert frame.image.shape == (1944, 2592) and len(read_case(frame.image).codes) == 12

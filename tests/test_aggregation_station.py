@@ -197,10 +197,10 @@ async def test_the_pallet_station_scans_cases_onto_a_verified_pallet(tmp_path: P
                     device("scanner", configs["scanner"], "s")
                 )
                 printer = await stack.enter_async_context(
-                    device("label_printer", configs["pallet_label_printer"], "plp")
+                    device("label_printer", configs["label_printer"], "plp")
                 )
                 camera = await stack.enter_async_context(
-                    device("camera", configs["pallet_label_camera"], "plc")
+                    device("camera", configs["label_camera"], "plc")
                 )
                 await until(lambda: pallets.scanner.clients, "scanner connected")
                 labels = LabelPath(printer, camera, label_reader(VisionSection()), TIMINGS)

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
+import threading
 from typing import Any
 
 from drivers.transport import PtyPair
@@ -104,10 +105,14 @@ async def _main(args: argparse.Namespace) -> None:
     where = sim.device if args.transport == "serial" else f"tcp://{sim.host}:{sim.port}"
     print(f"scanner simulator on {where}; type a code and Enter to scan it", flush=True)
     loop = asyncio.get_running_loop()
-    try:
-        while line := await loop.run_in_executor(None, sys.stdin.readline):
+
+    def typed() -> None:  # a daemon thread: a blocked read never holds up the exit
+        for line in sys.stdin:
             if line.strip():
-                sim.scan(line.strip())
+                loop.call_soon_threadsafe(sim.scan, line.strip())
+
+    threading.Thread(target=typed, daemon=True).start()
+    try:
         await asyncio.Event().wait()
     finally:
         await sim.stop()

@@ -13,11 +13,19 @@ next label closes the pallet being built and a new one starts.
 
 ``ground_truth()`` is what physically happened: which units each case holds, which label is on it,
 what the gate did; which cases each pallet holds and its label.
+
+Standalone: ``python -m simulators.aggregation.station [--case-size 12] [--defect-rate 0.1]``
+prints the ``[aggregation.*]`` device tables as one JSON line and packs units with random serials
+(fed at ``--units-per-min``) until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
+import random
+import string
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +33,9 @@ from edge_agent import gs1
 from simulators.aggregation.case_packer import ALL_CASE_DEFECTS, CaseDefect, CasePackerSim, SimCase
 from simulators.aggregation.label import LabelStationSim
 from simulators.aggregation.scanner import ScannerSim
-from simulators.line import SimLine
+from simulators.line import SimLine, SimUnit
 from simulators.plc.modbus import ModbusPlcSim
+from simulators.standalone import run_until_signal
 
 CASE_GATE_DELAY_S = 3.0  # case camera to case gate: read, closing read, label, read back
 
@@ -131,6 +140,9 @@ class CaseStationSim:
 
     def ground_truth(self) -> dict[str, Any]:
         truth = self.packer.ground_truth()
+        defective = [c for c in self.packer.cases if c.defect is not None]
+        truth["case_defects_rejected"] = sum(1 for c in defective if c.verdict is False)
+        truth["case_defects_passed"] = [c.number for c in defective if c.verdict]
         truth["stray_labels"] = list(self.stray_labels)
         truth["unreadable_labels"] = sorted(self.labels.printer.unreadable)
         return truth
@@ -164,12 +176,8 @@ class PalletStationSim:
         await self.scanner.stop()
 
     def driver_configs(self) -> dict[str, dict[str, Any]]:
-        configs = self.labels.driver_configs()
-        return {
-            "scanner": self.scanner.driver_config(),
-            "pallet_label_printer": configs["label_printer"],
-            "pallet_label_camera": configs["label_camera"],
-        }
+        """The pallet station's device tables (``[aggregation.pallet_station]``)."""
+        return {"scanner": self.scanner.driver_config(), **self.labels.driver_configs()}
 
     def _case_left_gate(self, case: SimCase) -> None:
         if case.verdict:
@@ -210,3 +218,40 @@ def _sscc(data: str) -> str | None:
         return gs1.parse(data, check_requisites=False).get("00")
     except gs1.Gs1Error:
         return None
+
+
+async def _main(args: argparse.Namespace) -> None:
+    cases = CaseStationSim(case_size=args.case_size, defect_rate=args.defect_rate, seed=args.seed)
+    pallets = PalletStationSim()
+    pallets.attach(cases)
+    await cases.start(args.host)
+    await pallets.start(args.host)
+    tables = {"case_station": cases.driver_configs(), "pallet_station": pallets.driver_configs()}
+    print(json.dumps({"aggregation": tables}), flush=True)
+    rng = random.Random(args.seed)
+    try:
+        while True:
+            await asyncio.sleep(60.0 / args.units_per_min)
+            serial = "".join(rng.choice(string.ascii_uppercase + string.digits) for _ in range(12))
+            cases.packer.put([SimUnit(serial, "09506000134352", "SIMLOT", "301231", 0.0)])
+    finally:
+        await pallets.stop()
+        await cases.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m simulators.aggregation.station",
+        description="Simulated case station (case packer, case camera, case PLC, label printer "
+        "and camera) and pallet station (scanner, pallet label printer and camera).",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--case-size", type=int, default=12)
+    parser.add_argument("--defect-rate", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--units-per-min", type=float, default=300.0)
+    run_until_signal(_main(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
