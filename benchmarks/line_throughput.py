@@ -27,11 +27,6 @@ from edge_agent.demo import demo_config_text
 from edge_agent.line.stats import LineStats
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100.0 * len(ordered)))]
-
-
 def machine() -> dict[str, object]:
     model = ""
     with open("/proc/cpuinfo") as cpuinfo:
@@ -96,7 +91,6 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=20)
     # Sustained rate: from the first to the last verdict, so start-up is not counted.
-    lat = stats.latencies_ms
     result = {
         "benchmark": "line_throughput",
         "mode": "fast",
@@ -106,11 +100,7 @@ def main() -> None:
         "rejected": stats.rejected,
         "units_per_min_sustained": round(stats.sustained_units_per_min(), 1),
         "wall_s": round(elapsed, 2),
-        "latency_frame_to_verdict_ms": {
-            "p50": round(percentile(lat, 50), 3),
-            "p99": round(percentile(lat, 99), 3),
-            "max": round(max(lat), 3),
-        },
+        "latency_frame_to_verdict_ms": stats.latency_ms.summary(),
         "targets": {"units_per_min": 3000, "p99_ms": 50},
         "machine": machine(),
     }

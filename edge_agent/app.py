@@ -16,7 +16,7 @@ from edge_agent import systemd
 from edge_agent.config import LoadedConfig
 from edge_agent.config.loader import DeviceSpec
 from edge_agent.config.models import UpstreamSection
-from edge_agent.db import open_db
+from edge_agent.db import close_db, open_db
 from edge_agent.errors import EdgeAgentError, LineStopped, StorageFull
 from edge_agent.ledger import BatchInfo, Ledger
 from edge_agent.line.runtime import LineRuntime
@@ -24,7 +24,7 @@ from edge_agent.line.stats import LineStats
 from edge_agent.opcua_server import open_packml, run_batch
 from edge_agent.outbox.forwarding import ForwarderLoop, QuotaGuard, prune_periodically
 from edge_agent.outbox.store import OutboxStore
-from edge_agent.storage import DiskGuard, storage_stop
+from edge_agent.storage import DiskGuard, log_capacity, storage_stop
 from edge_agent.vision.pipeline import build_reader
 
 log = structlog.get_logger("edge_agent.app")
@@ -81,11 +81,18 @@ class Agent:
                 # Before the database is opened: on a full disk it fails in ways that look like
                 # damage
                 disk.check()
-            conn = open_db(model.agent.state_dir)
+            conn = open_db(model.agent.state_dir, announce=True)
         except StorageFull as exc:
             await self._stop_before_line(storage_stop(exc, model.agent.state_dir))
         except LineStopped as exc:
             await self._stop_before_line(exc)
+        log_capacity(
+            conn,
+            model.agent.state_dir,
+            disk_free_stop_mb=model.agent.disk_free_stop_mb,
+            quota_stop_mb=(model.upstream or UpstreamSection()).quota_stop_mb,
+            batch_target=model.batch.target_quantity,
+        )
         ledger = Ledger(
             conn,
             read_point=model.line.read_point,
@@ -127,6 +134,7 @@ class Agent:
                     stop_mb=upstream.quota_stop_mb,
                     store=store,
                     on_alarm=self.stats.alarms.append,
+                    free_alarm_mb=model.agent.disk_free_alarm_mb,
                 )
                 runtime.guards.append(("outbox-quota", quota.run))
                 if disk.enabled:
@@ -141,13 +149,13 @@ class Agent:
                 assert batch is not None
                 return batch
         finally:
-            conn.close()
+            close_db(conn)
 
     async def drain_outbox(self, timeout_s: float) -> int:
         """Run only the forwarders until every one has nothing pending (or ``timeout_s``
         passes); returns how many (forwarder, event) deliveries are still pending."""
         model = self.config.model
-        conn = open_db(model.agent.state_dir)
+        conn = open_db(model.agent.state_dir, announce=True)
         try:
             store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
             upstream = model.upstream or UpstreamSection()
@@ -155,7 +163,7 @@ class Agent:
             await self._with_forwarders(None, store, upstream)
             return sum(s.pending for s in store.status())
         finally:
-            conn.close()
+            close_db(conn)
 
     def _forwarder(self, spec: DeviceSpec) -> Any:
         line = self.config.model.line

@@ -138,6 +138,9 @@ async def _run_with_progress(config: Any, units: int, console: Console) -> str |
             return exc.reason
         finally:
             tick()
+            if stats.units:
+                lat = stats.latency_ms.summary()
+                console.print(f"frame→verdict: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms")
     return None
 
 

@@ -65,20 +65,15 @@ def _reconcile(conn: sqlite3.Connection, batch_id: str) -> dict[str, Any]:
             (batch_id,),
         ).fetchall()
     )
-    (duplicates,) = conn.execute(
-        "SELECT count(*) FROM (SELECT serial FROM transitions WHERE to_state = 'commissioned' "
-        "AND serial IN (SELECT serial FROM serials WHERE batch_id = ?) "
-        "GROUP BY gtin, serial HAVING count(*) > 1)",
-        (batch_id,),
-    ).fetchone()
-    (ever_commissioned,) = conn.execute(
-        "SELECT count(*) FROM transitions t JOIN serials s ON s.gtin = t.gtin AND s.serial = t.serial "
-        "WHERE s.batch_id = ? AND t.to_state = 'commissioned'",
-        (batch_id,),
-    ).fetchone()
-    (decommissioned,) = conn.execute(
-        "SELECT count(*) FROM transitions t JOIN serials s ON s.gtin = t.gtin AND s.serial = t.serial "
-        "WHERE s.batch_id = ? AND t.from_state = 'commissioned' AND t.to_state = 'rejected'",
+    # One walk from the batch's serials into the (gtin, serial) index of their transitions: the
+    # cost is the batch's, not the whole history's. Per serial: commissionings (more than one is
+    # a duplicate) and decommissionings (commissioned, then rejected).
+    ever_commissioned, decommissioned, duplicates = conn.execute(
+        "SELECT coalesce(sum(c), 0), coalesce(sum(d), 0), coalesce(sum(c > 1), 0) FROM ("
+        "SELECT sum(t.to_state = 'commissioned') AS c, "
+        "sum(t.from_state = 'commissioned' AND t.to_state = 'rejected') AS d "
+        "FROM serials s JOIN transitions t ON t.gtin = s.gtin AND t.serial = s.serial "
+        "WHERE s.batch_id = ? GROUP BY s.gtin, s.serial)",
         (batch_id,),
     ).fetchone()
     events = dict(
