@@ -223,3 +223,55 @@ async def test_the_pallet_station_scans_cases_onto_a_verified_pallet(tmp_path: P
             on_it = {h.container(epc).code for epc in h.children(pallet.epc)}
             cases = [rig.sim.packer.cases[n - 1] for n in sim_pallet["cases"]]
             assert on_it == {sscc_of(case.labels[-1]) for case in cases} and len(on_it) == 2
+
+
+async def test_a_pallet_interrupted_after_its_sscc_was_reserved_closes_with_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """The pallet station stopped while its label prints (the label camera silent): its scans are
+    kept, the reserved SSCC is scrapped at the next start, and the pallet closes with a new one."""
+    async with case_rig(tmp_path, CASE * 2, cases_per_min=90) as rig:
+        pallets = PalletStationSim()
+        pallets.attach(rig.sim)
+        await pallets.start()
+        try:
+            configs = pallets.driver_configs()
+
+            async def pallet_station() -> tuple[PalletStation, contextlib.AsyncExitStack]:
+                stack = contextlib.AsyncExitStack()
+                scanner = await stack.enter_async_context(
+                    device("scanner", configs["scanner"], "s")
+                )
+                printer = await stack.enter_async_context(
+                    device("label_printer", configs["label_printer"], "plp")
+                )
+                camera = await stack.enter_async_context(
+                    device("camera", configs["label_camera"], "plc")
+                )
+                labels = LabelPath(printer, camera, label_reader(VisionSection()), TIMINGS)
+                station = PalletStation(
+                    rig.setup.hierarchy, rig.order_id, scanner=scanner, labels=labels
+                )
+                return station, stack
+
+            first, stack = await pallet_station()
+            await until(lambda: pallets.scanner.clients, "scanner connected")
+            pallets.labels.camera.mute = True  # the first pallet label is never read back
+            async with running(rig.station), running(first):
+                rig.sim.packer.put(rig.units)
+                await until(lambda: len(first.scanned()) == 2, "both cases scanned", within=30)
+                await until(lambda: pallets.labels.printer.printed, "the pallet label printed")
+            await stack.aclose()
+            reserved = rig.setup.hierarchy.containers(rig.order_id, level="pallet")
+            assert [b.state for b in reserved] == [ContainerState.RESERVED]
+            pallets.labels.camera.mute = False
+            second, stack = await pallet_station()
+            async with stack, running(second):
+                await until(lambda: second.stats.pallets == 1, "the pallet closed", within=30)
+            boxes = rig.setup.hierarchy.containers(rig.order_id, level="pallet")
+            assert [b.state for b in boxes] == [ContainerState.SCRAPPED, ContainerState.CLOSED]
+            assert boxes[0].code != boxes[1].code and second.scanned() == []
+            assert pallets.labels.printer.printed == [boxes[0].code, boxes[1].code]
+            assert boxes[1].children == 2
+        finally:
+            await pallets.stop()
