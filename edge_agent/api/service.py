@@ -10,11 +10,20 @@ from edge_agent.api.deps import ApiServices
 from edge_agent.api.server import ApiServer, Tls
 from edge_agent.config.models import ApiSection, SecretRef
 from edge_agent.errors import ConfigError
+from edge_agent.monitoring.sources import MonitoringSources
 
 
-def api_server(section: ApiSection, services: ApiServices) -> ApiServer:
-    """The server to enter (``async with``); secrets are resolved here, at start."""
-    app = create_app(services, [bearer_tokens(section)])
+def api_server(
+    section: ApiSection, services: ApiServices, *, monitoring: MonitoringSources | None = None
+) -> ApiServer:
+    """The server to enter (``async with``); secrets are resolved here, at start.
+    ``monitoring``: the live objects /metrics and /health read (see MonitoringSources)."""
+    app = create_app(
+        services,
+        [bearer_tokens(section)],
+        monitoring=monitoring,
+        metrics_public=section.metrics_public,
+    )
     return ApiServer(app, host=section.host, port=section.port, tls=_tls(section))
 
 

@@ -680,6 +680,11 @@ class ApiSection(Strict):
     tls_key_password: SecretRef | None = Field(
         None, description="Password of an encrypted tls_key, by reference"
     )
+    metrics_public: bool = Field(
+        True,
+        description="/metrics answers without a token (counts and states only, never a secret "
+        "or a serial); false: a scraper sends one of the tokens",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ApiSection:
