@@ -6,10 +6,11 @@ connection lives; every change to an order goes through the command path.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -24,6 +25,9 @@ from edge_agent.monitoring.metrics import CONTENT_TYPE, Metrics
 from edge_agent.monitoring.sources import MonitoringSources
 from edge_agent.orders.model import WorkOrder
 
+if TYPE_CHECKING:
+    from edge_agent.hmi.settings import HmiSettings
+
 TITLE = "Serialization line edge agent"
 
 
@@ -33,11 +37,11 @@ def create_app(
     *,
     monitoring: MonitoringSources | None = None,
     metrics_public: bool = True,
-    hmi: Any = None,
+    hmi: HmiSettings | None = None,
 ) -> FastAPI:
     """``monitoring``: what /metrics and /health read (by default the services' own objects);
     ``metrics_public``: /metrics without a token (it holds counts and states, never a secret);
-    ``hmi``: the operator screen's settings (``edge_agent.hmi.HmiSettings``), None for none."""
+    ``hmi``: the operator screen's settings (served under /hmi), None for no screen."""
     app = FastAPI(
         title=TITLE,
         version=_version(),
@@ -49,6 +53,9 @@ def create_app(
         separate_input_output_schemas=False,
     )
     app.state.services = services
+    # Set by ApiServer when it stops: long-lived answers (the screen's live stream) end then,
+    # instead of holding the shutdown until its timeout.
+    app.state.stopping = asyncio.Event()
     app.state.authenticators = list(authenticators)
     errors.install(app)
     app.include_router(orders.router)

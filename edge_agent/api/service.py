@@ -10,19 +10,26 @@ from edge_agent.api.deps import ApiServices
 from edge_agent.api.server import ApiServer, Tls
 from edge_agent.config.models import ApiSection, SecretRef
 from edge_agent.errors import ConfigError
+from edge_agent.hmi.settings import HmiSettings
 from edge_agent.monitoring.sources import MonitoringSources
 
 
 def api_server(
-    section: ApiSection, services: ApiServices, *, monitoring: MonitoringSources | None = None
+    section: ApiSection,
+    services: ApiServices,
+    *,
+    monitoring: MonitoringSources | None = None,
+    hmi: HmiSettings | None = None,
 ) -> ApiServer:
     """The server to enter (``async with``); secrets are resolved here, at start.
-    ``monitoring``: the live objects /metrics and /health read (see MonitoringSources)."""
+    ``monitoring``: the live objects /metrics and /health read (see MonitoringSources);
+    ``hmi``: the operator screen (``edge_agent.hmi.settings.hmi_settings(config)``)."""
     app = create_app(
         services,
         [bearer_tokens(section)],
         monitoring=monitoring,
         metrics_public=section.metrics_public,
+        hmi=hmi,
     )
     return ApiServer(app, host=section.host, port=section.port, tls=_tls(section))
 

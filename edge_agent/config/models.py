@@ -696,6 +696,18 @@ class ApiSection(Strict):
         return self
 
 
+class HmiSection(Strict):
+    """``[hmi]``: the operator screen at /hmi of the API server (needs ``[api]``)."""
+
+    users_file: Path = Field(
+        Path("/etc/edge-agent/hmi-users.json"),
+        description="Users, roles and password hashes; `edge-agent user add` writes it",
+    )
+    session_minutes: int = Field(
+        480, ge=1, le=7 * 24 * 60, description="A login ends after this long (default a shift)"
+    )
+
+
 class OrdersSection(Strict):
     """``[orders]``: how work orders arrive and end on this line."""
 
@@ -790,6 +802,13 @@ class AgentConfig(Strict):
         None, description="[l3] link to the site server, validated by the driver its type selects"
     )
     api: ApiSection | None = None
+    hmi: HmiSection | None = None
     orders: OrdersSection = Field(default_factory=lambda: OrdersSection())
     clock: ClockSection = Field(default_factory=lambda: ClockSection())
     backup: BackupSection = Field(default_factory=lambda: BackupSection())
+
+    @model_validator(mode="after")
+    def _hmi_needs_api(self) -> AgentConfig:
+        if self.hmi is not None and self.api is None:
+            raise ValueError("[hmi] is served by the API server: add an [api] section")
+        return self
