@@ -19,6 +19,6 @@ if __name__ == "__main__":
     test = "tests/test_hmi_browser.py"
     sys.exit(
         subprocess.call(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", test], cwd=ROOT, env=env
+            [sys.executable, "-m", "pytest", "-q", "-n", "0", test], cwd=ROOT, env=env
         )
     )
