@@ -10,11 +10,15 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent.alarms import AlarmBoard
 from edge_agent.api.status import LineStatus
 from edge_agent.line.stats import LineStats
 from edge_agent.outbox.store import ForwarderStatus
+
+if TYPE_CHECKING:
+    from edge_agent.config.models import AgentConfig
 
 
 def _none() -> LineStats | None:
@@ -37,3 +41,26 @@ class MonitoringSources:
     outbox_max_age_s: float = 3600.0  # older pending events make /health "degraded"
     version: str = "0"
     extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of_agent(
+        cls,
+        model: AgentConfig,
+        conn: sqlite3.Connection,
+        line: LineStatus,
+        alarms: AlarmBoard,
+        *,
+        stats: Callable[[], LineStats | None] = _none,
+        outbox: Callable[[], Sequence[ForwarderStatus]] = _no_forwarders,
+    ) -> MonitoringSources:
+        """The sources as the daemon has them: its state directory and disk stop level."""
+        return cls(
+            conn=conn,
+            line=line,
+            alarms=alarms,
+            state_dir=model.agent.state_dir,
+            stats=stats,
+            outbox=outbox,
+            disk_stop_mb=model.agent.disk_free_stop_mb,
+            extra={"line": model.line.id},
+        )
