@@ -56,7 +56,7 @@ async def test_a_held_order_resumed_after_a_restart_runs_the_line_again(tmp_path
         agent = AgentProcess(config, log, env=API_ENV)
         async with agent:
             assert await agent.wait() == 3, agent.output()[-3000:]
-        assert "order PROC-1 is held and needs a person" in log.read_text()
+        assert "line stopped: repeated_rejects; order PROC-1 needs a person" in log.read_text()
         await gates_settled(sims)
         assert not sims.plc.running()
         assert (await sims.plc._get(3, reg.HR_STOP_REASON, 1)) == [10]  # repeated rejects
