@@ -16,7 +16,7 @@ ROOT = HERE.parents[1]
 
 if __name__ == "__main__":
     env = {**os.environ, "EDGE_AGENT_SCREENSHOTS": str(HERE)}
-    test = "tests/test_hmi_browser.py"
+    test = "tests/test_hmi_browser.py::test_a_shift_on_the_operator_screen"
     sys.exit(
         subprocess.call(
             [sys.executable, "-m", "pytest", "-q", "-n", "0", test], cwd=ROOT, env=env
