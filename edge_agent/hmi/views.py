@@ -46,7 +46,7 @@ def overview(services: ApiServices) -> dict[str, Any]:
             "order_id": hold.order_id,
             "reason": hold.reason,
             "detail": hold.detail,
-            "held_at": _clock(hold.held_at),
+            "held_at": clock(hold.held_at),
         },
     }
 
@@ -63,7 +63,7 @@ def alarm_view(alarm: Alarm) -> dict[str, Any]:
         "kind": alarm.kind,
         "message": alarm.message,
         "order_id": alarm.order_id,
-        "raised_at": _clock(alarm.raised_at),
+        "raised_at": clock(alarm.raised_at),
         "count": alarm.count,
         "active": alarm.active,
         "acknowledged": alarm.acknowledged_at is not None,
@@ -168,14 +168,14 @@ def recent_rejects(
                 "expected": serial,
                 "read": read,
                 "reason": reason,
-                "at": _clock(at),
+                "at": clock(at),
                 "image": frame.image if frame is not None else None,
             }
         )
     return found
 
 
-def _clock(timestamp: float | None) -> str:
+def clock(timestamp: float | None) -> str:
     if timestamp is None:
         return ""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))

@@ -44,6 +44,7 @@ HERE = Path(__file__).parent
 MAX_ORDER_FILE_BYTES = 16 * 1024 * 1024
 STREAM_MAX_S = 300.0  # a stream ends after this long; the browser reconnects at once
 KEEPALIVE_S = 15.0
+MAX_CONCURRENT_LOGINS = 2
 ORDERS_SHOWN = 100
 AUDIT_SHOWN = 100
 _CSP = (
@@ -69,6 +70,7 @@ class Hmi:
     frames: views.FrameIndex
     templates: Jinja2Templates
     stopping: asyncio.Event  # set when the server stops: the live streams end at once
+    logins: asyncio.Semaphore  # password checks at a time
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ def install(app: FastAPI, settings: HmiSettings) -> None:
         views.FrameIndex(settings.archive_dir),
         templates,
         app.state.stopping,
+        asyncio.Semaphore(MAX_CONCURRENT_LOGINS),
     )
     app.include_router(router)
     app.mount("/hmi/static", StaticFiles(directory=HERE / "static"), name="hmi-static")
@@ -255,8 +258,10 @@ async def login(
     hmi = _hmi(request)
     name, password = str(form.get("name", "")).strip(), str(form.get("password", ""))
     target = _safe_next(str(form.get("next", "")))
-    # argon2 takes tens of milliseconds of CPU: not on the loop that runs the line
-    user = await asyncio.to_thread(hmi.settings.users.verify, name, password)
+    # argon2 takes tens of milliseconds of CPU and 64 MiB: not on the loop that runs the line,
+    # and never many at once (a flood of logins must not starve the line PC)
+    async with hmi.logins:
+        user = await asyncio.to_thread(hmi.settings.users.verify, name, password)
     conn = services.commands.conn
     if user is None:
         with write(conn):
@@ -435,7 +440,7 @@ async def order_page(
         holds=services.commands.store.holds(order_id),
         audit_rows=list(reversed(rows)),
         report=record.state in TERMINAL_STATES and services.reports.load(order_id) is not None,
-        clock=views._clock,
+        clock=views.clock,
     )
 
 
