@@ -63,7 +63,7 @@ class CsrfRefused(Exception):
     """A form post without its session's CSRF token."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Hmi:
     settings: HmiSettings
     codec: SessionCodec
@@ -71,6 +71,17 @@ class Hmi:
     templates: Jinja2Templates
     stopping: asyncio.Event  # set when the server stops: the live streams end at once
     logins: asyncio.Semaphore  # password checks at a time
+    _latest: tuple[float, str] = (0.0, "")
+
+    def overview_json(self, services: ApiServices) -> str:
+        """The overview for the live streams, computed at most once per interval whatever the
+        number of screens watching (it reads the state database on the line's event loop)."""
+        now = time.monotonic()
+        at, text = self._latest
+        if not text or now - at >= self.settings.live_interval_s * 0.9:
+            text = json.dumps(views.overview(services), separators=(",", ":"))
+            self._latest = (now, text)
+        return text
 
 
 @dataclass(frozen=True)
@@ -317,7 +328,7 @@ async def line_events(request: Request, user: User, services: Services) -> Strea
         while not hmi.stopping.is_set() and loop.time() - started < STREAM_MAX_S:
             if hmi.settings.users.get(user.name) is None or not _session_alive(request):
                 return
-            text = json.dumps(views.overview(services), separators=(",", ":"))
+            text = hmi.overview_json(services)
             if text != last:
                 last, quiet = text, 0.0
                 yield f"data: {text}\n\n"
