@@ -23,7 +23,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from edge_agent.api.status import LineMode
+from edge_agent.api.status import LineMode, LineSnapshot
 from edge_agent.line.stats import LineStats
 from edge_agent.monitoring.sources import MonitoringSources
 from edge_agent.orders.model import OrderState
@@ -82,9 +82,10 @@ class LineCollector(Collector):
         self._totals = _UnitTotals()
 
     def collect(self) -> Iterator[Metric]:
+        snapshot = self.sources.line.snapshot()  # one read of the line per scrape
         yield from self._units()
-        yield from self._line()
-        yield from self._devices()
+        yield from self._line(snapshot)
+        yield from self._devices(snapshot)
         yield from self._outbox()
         yield from self._alarms()
         yield from self._disk()
@@ -116,8 +117,7 @@ class LineCollector(Collector):
             sum_value=totals.latency_sum_s,
         )
 
-    def _line(self) -> Iterator[Metric]:
-        snapshot = self.sources.line.snapshot()
+    def _line(self, snapshot: LineSnapshot) -> Iterator[Metric]:
         state = GaugeMetricFamily(
             "edge_agent_line_state", "The line's state (1 for the current one)", labels=["state"]
         )
@@ -139,8 +139,8 @@ class LineCollector(Collector):
             orders.add_metric([order_state.value], counts.get(order_state.value, 0))
         yield orders
 
-    def _devices(self) -> Iterator[Metric]:
-        devices = self.sources.line.snapshot().devices
+    def _devices(self, snapshot: LineSnapshot) -> Iterator[Metric]:
+        devices = snapshot.devices
         up = GaugeMetricFamily(
             "edge_agent_device_up", "1 when the device link is up", labels=["device", "kind"]
         )
