@@ -247,3 +247,12 @@ def test_the_user_command_reads_the_password_from_stdin(
     assert run("remove", "sam") == 0
     assert UserFile(path).users() == {}
     assert run("remove", "sam") == 1
+
+
+async def test_the_login_page_says_how_to_add_the_first_user(rig: Rig, tmp_path: Path) -> None:
+    settings = HmiSettings(users=UserFile(tmp_path / "none-yet.json"))
+    async with serving_hmi(rig, settings), browser(rig) as client:
+        page = await client.get("/hmi/login")
+        assert "edge-agent user add NAME --role operator" in page.text
+        settings.users.add("anna", Role.OPERATOR, PASSWORDS["anna"])
+        assert 'id="no-users"' not in (await client.get("/hmi/login")).text

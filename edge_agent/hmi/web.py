@@ -263,7 +263,12 @@ async def root() -> RedirectResponse:
 @router.get("/login")
 async def login_page(request: Request, session: CurrentSession) -> HTMLResponse:
     return _page(
-        request, "login.html", session, None, next=_safe_next(request.query_params.get("next"))
+        request,
+        "login.html",
+        session,
+        None,
+        next=_safe_next(request.query_params.get("next")),
+        no_users=not _hmi(request).settings.users.users(),
     )
 
 
