@@ -120,6 +120,7 @@ async def test_hold_needs_a_reason_and_the_overview_streams_counters_hold_and_al
             assert ok["ok"] == "hold: order ORD-1 is held"
             held = await _next(events)
             assert held["state"] == "held" and held["hold"]["reason"] == "labeller jam"
+            assert held["hold"]["detail"] == ""  # an operator's hold has its reason only
 
             alarm = rig.alarms.raise_(AlarmKind.DEVICE_DOWN, "camera gone", order_id="ORD-1")
             alarmed = await _next(events)

@@ -45,10 +45,21 @@ def overview(services: ApiServices) -> dict[str, Any]:
         else {
             "order_id": hold.order_id,
             "reason": hold.reason,
-            "detail": hold.detail,
+            "detail": hold_detail(hold.detail),
             "held_at": clock(hold.held_at),
         },
     }
+
+
+def hold_detail(stored: str) -> str:
+    """A hold's detail as a person reads it (stored as the JSON detail of its transition)."""
+    try:
+        detail = json.loads(stored)
+    except ValueError:
+        return stored
+    if isinstance(detail, dict):
+        return str(detail.get("detail", ""))
+    return str(detail)
 
 
 def open_alarms(services: ApiServices) -> list[Alarm]:

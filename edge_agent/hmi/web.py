@@ -462,6 +462,7 @@ async def order_page(
         audit_rows=list(reversed(rows)),
         report=record.state in TERMINAL_STATES and services.reports.load(order_id) is not None,
         clock=views.clock,
+        hold_detail=views.hold_detail,
     )
 
 
