@@ -13,7 +13,6 @@ README's; ``python docs/hmi/screenshots.py`` retakes them).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -29,19 +28,16 @@ from edge_agent.api.app import create_app
 from edge_agent.api.deps import ApiServices
 from edge_agent.api.server import ApiServer
 from edge_agent.api.status import DbLineStatus
-from edge_agent.app import Agent
 from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
-from edge_agent.errors import LineStopped
 from edge_agent.hmi.settings import HmiSettings
 from edge_agent.monitoring.sources import MonitoringSources
 from edge_agent.orders.audit import Actor
 from edge_agent.orders.model import OrderCommand
 from edge_agent.orders.report_html import StoredReports
 from edge_agent.outbox.store import OutboxStore
-from edge_agent.stops import StopReason
 from simulators.pytest_plugin import order_for, require_tool
 from simulators.runner import SimulatorSet
-from tests.helpers.hmi import PASSWORDS, users_file
+from tests.helpers.hmi import PASSWORDS, daemon, users_file
 from tests.helpers.waiting import until
 
 pytest.importorskip("playwright")
@@ -61,22 +57,6 @@ async def browser() -> AsyncIterator[Browser]:
         found = await playwright.chromium.launch(executable_path=chromium, headless=True, args=args)
         yield found
         await found.close()
-
-
-@contextlib.asynccontextmanager
-async def daemon(config: Any) -> AsyncIterator[Agent]:
-    """The resident daemon in the test's loop, ready; stopped as a signal stops it."""
-    agent = Agent(config)
-    ready = asyncio.Event()
-    task = asyncio.create_task(agent.serve(ready))
-    await until(lambda: ready.is_set() or task.done(), "the daemon to be ready", within=30)
-    if task.done():
-        task.result()  # raises why it ended
-    try:
-        yield agent
-    finally:
-        agent.request_stop(LineStopped(StopReason.SHUTDOWN, "test over"))
-        await asyncio.wait_for(task, 30)
 
 
 class Shots:

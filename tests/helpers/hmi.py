@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -13,11 +14,15 @@ import httpx
 from edge_agent.api.app import create_app
 from edge_agent.api.server import ApiServer
 from edge_agent.api.status import LineStatus
+from edge_agent.app import Agent
+from edge_agent.errors import LineStopped
 from edge_agent.hmi.settings import HmiSettings
 from edge_agent.hmi.users import UserFile
 from edge_agent.monitoring.sources import MonitoringSources
 from edge_agent.orders.audit import Role
+from edge_agent.stops import StopReason
 from tests.helpers.api import Rig, services
+from tests.helpers.waiting import until
 
 PASSWORDS = {"anna": "anna-operator-pw", "sam": "sam-supervisor-pw"}
 ROLES = {"anna": Role.OPERATOR, "sam": Role.SUPERVISOR}
@@ -80,3 +85,19 @@ async def login(client: httpx.AsyncClient, name: str, password: str | None = Non
 
 async def post(client: httpx.AsyncClient, path: str, csrf: str, **fields: Any) -> httpx.Response:
     return await client.post(path, data={"csrf": csrf, **fields})
+
+
+@contextlib.asynccontextmanager
+async def daemon(config: Any) -> AsyncIterator[Agent]:
+    """The resident daemon in the test's loop, ready; stopped as a signal stops it."""
+    agent = Agent(config)
+    ready = asyncio.Event()
+    task = asyncio.create_task(agent.serve(ready))
+    await until(lambda: ready.is_set() or task.done(), "the daemon to be ready", within=30)
+    if task.done():
+        task.result()  # raises why it ended
+    try:
+        yield agent
+    finally:
+        agent.request_stop(LineStopped(StopReason.SHUTDOWN, "test over"))
+        await asyncio.wait_for(task, 30)
