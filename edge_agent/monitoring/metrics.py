@@ -10,7 +10,6 @@ a serial, a lot or a secret.
 
 from __future__ import annotations
 
-import bisect
 from collections import Counter
 from collections.abc import Iterator
 
@@ -43,37 +42,69 @@ class _UnitTotals:
         self.units = 0
         self.passed = 0
         self.by_reason: Counter[str] = Counter()
-        self.buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)  # the last one is +Inf
+        self.buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)  # cumulative; the last one is +Inf
         self.latency_sum_s = 0.0
         self._current: LineStats | None = None
-        self._base_units = 0
-        self._base_passed = 0
-        self._base_reasons: Counter[str] = Counter()
-        self._latencies_seen = 0
+        self._base = _Counts()
 
     def update(self, stats: LineStats | None) -> None:
         if stats is not self._current:
             if self._current is not None:  # the previous order is over: its counts are final
-                self._fold(self._current)
-                self._base_units += self._current.units
-                self._base_passed += self._current.passed
-                self._base_reasons.update(self._current.by_reason)
-            self._current, self._latencies_seen = stats, 0
-        if stats is not None:
-            self._fold(stats)
-        current = stats or LineStats()
-        self.units = self._base_units + current.units
-        self.passed = self._base_passed + current.passed
-        self.by_reason = self._base_reasons + current.by_reason
+                self._base = self._base + _Counts.of(self._current)
+            self._current = stats
+        total = self._base + (_Counts.of(stats) if stats is not None else _Counts())
+        self.units, self.passed, self.by_reason = total.units, total.passed, total.by_reason
+        self.buckets, self.latency_sum_s = total.buckets, total.latency_sum_s
 
-    def _fold(self, stats: LineStats) -> None:
-        """Latencies not seen yet into the histogram (each observation counted once)."""
-        new = stats.latencies_ms[self._latencies_seen :]
-        self._latencies_seen += len(new)
-        for latency_ms in new:
-            seconds = latency_ms / 1000.0
-            self.buckets[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
-            self.latency_sum_s += seconds
+
+class _Counts:
+    def __init__(
+        self,
+        units: int = 0,
+        passed: int = 0,
+        by_reason: Counter[str] | None = None,
+        buckets: list[int] | None = None,
+        latency_sum_s: float = 0.0,
+    ) -> None:
+        self.units, self.passed = units, passed
+        self.by_reason = by_reason if by_reason is not None else Counter()
+        self.buckets = buckets if buckets is not None else [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.latency_sum_s = latency_sum_s
+
+    @classmethod
+    def of(cls, stats: LineStats) -> _Counts:
+        buckets, total_s = latency_buckets(stats)
+        return cls(stats.units, stats.passed, Counter(stats.by_reason), buckets, total_s)
+
+    def __add__(self, other: _Counts) -> _Counts:
+        return _Counts(
+            self.units + other.units,
+            self.passed + other.passed,
+            self.by_reason + other.by_reason,
+            [a + b for a, b in zip(self.buckets, other.buckets, strict=True)],
+            self.latency_sum_s + other.latency_sum_s,
+        )
+
+
+def latency_buckets(stats: LineStats) -> tuple[list[int], float]:
+    """Cumulative counts of the verdict latencies at most each of LATENCY_BUCKETS_S (and all,
+    +Inf), and their sum in seconds."""
+    bounds_ms = [b * 1000.0 for b in LATENCY_BUCKETS_S]
+    histogram = getattr(stats, "latency_ms", None)
+    if histogram is None:  # LineStats before its LatencyHistogram: the latencies as a list
+        values: list[float] = list(getattr(stats, "latencies_ms", []))
+        counts = [sum(1 for v in values if v <= bound) for bound in bounds_ms]
+        return [*counts, len(values)], sum(values) / 1000.0
+    # LatencyHistogram has no public view of its buckets yet; each bucket counts the values up
+    # to its upper bound (2.2 % wide), which places it under the first bound it does not exceed
+    counts = [0] * len(bounds_ms)
+    for index, n in enumerate(histogram._counts):
+        if n:
+            upper = histogram._upper_bound(index)
+            for i, bound in enumerate(bounds_ms):
+                if upper <= bound:
+                    counts[i] += n
+    return [*counts, histogram.count], histogram.total_ms / 1000.0
 
 
 class LineCollector(Collector):
@@ -106,10 +137,10 @@ class LineCollector(Collector):
         for reason, count in sorted(totals.by_reason.items()):
             rejects.add_metric([reason], count)
         yield rejects
-        cumulative, buckets = 0, []
-        for bound, count in zip((*LATENCY_BUCKETS_S, float("inf")), totals.buckets, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        buckets = [
+            ("+Inf" if bound == float("inf") else repr(bound), count)
+            for bound, count in zip((*LATENCY_BUCKETS_S, float("inf")), totals.buckets, strict=True)
+        ]
         yield HistogramMetricFamily(
             "edge_agent_verdict_latency_seconds",
             "Frame received to verdict written",
