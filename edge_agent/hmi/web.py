@@ -29,7 +29,7 @@ from starlette.responses import StreamingResponse
 
 from edge_agent.api.deps import ApiServices, services
 from edge_agent.db import write
-from edge_agent.errors import OrderError, OrderInvalid
+from edge_agent.errors import EdgeAgentError, OrderInvalid
 from edge_agent.hmi import views
 from edge_agent.hmi.sessions import COOKIE, Session, SessionCodec
 from edge_agent.hmi.settings import HmiSettings
@@ -426,7 +426,7 @@ async def submit(request: Request, user: User, form: Form, services: Services) -
     except OrderInvalid as exc:
         problems = "; ".join(f"{key}: {message}" for key, message in exc.problems)
         return _back("/hmi/orders", error=f"{upload.filename} refused: {problems}")
-    except OrderError as exc:
+    except EdgeAgentError as exc:  # every agent error says what and what to do; no secret
         return _back("/hmi/orders", error=f"{upload.filename} refused: {exc}")
     return _back("/hmi/orders", ok=f"order {record.id} stored ({record.state})")
 
@@ -489,7 +489,7 @@ async def order_command(
     reason = str(form.get("reason", "")).strip()[:500] or None
     try:
         done = await services.commands.command(order_id, which, user.actor, reason=reason)
-    except OrderError as exc:
+    except EdgeAgentError as exc:  # refused, or the line could not act: said on the screen
         return _back(back, error=str(exc))
     return _back(back, ok=f"{which}: order {done.id} is {done.state}")
 
