@@ -614,6 +614,11 @@ class ApiSection(Strict):
     tls_key_password: SecretRef | None = Field(
         None, description="Password of an encrypted tls_key, by reference"
     )
+    metrics_public: bool = Field(
+        True,
+        description="/metrics answers without a token (counts and states only, never a secret "
+        "or a serial); false: a scraper sends one of the tokens",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ApiSection:
@@ -623,6 +628,18 @@ class ApiSection(Strict):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("give both tls_cert and tls_key for HTTPS, or neither")
         return self
+
+
+class HmiSection(Strict):
+    """``[hmi]``: the operator screen at /hmi of the API server (needs ``[api]``)."""
+
+    users_file: Path = Field(
+        Path("/etc/edge-agent/hmi-users.json"),
+        description="Users, roles and password hashes; `edge-agent user add` writes it",
+    )
+    session_minutes: int = Field(
+        480, ge=1, le=7 * 24 * 60, description="A login ends after this long (default a shift)"
+    )
 
 
 class OrdersSection(Strict):
@@ -759,7 +776,14 @@ class AgentConfig(Strict):
         None, description="[l3] link to the site server, validated by the driver its type selects"
     )
     api: ApiSection | None = None
+    hmi: HmiSection | None = None
     orders: OrdersSection = Field(default_factory=lambda: OrdersSection())
     clock: ClockSection = Field(default_factory=lambda: ClockSection())
     backup: BackupSection = Field(default_factory=lambda: BackupSection())
     aggregation: AggregationSection | None = None
+
+    @model_validator(mode="after")
+    def _hmi_needs_api(self) -> AgentConfig:
+        if self.hmi is not None and self.api is None:
+            raise ValueError("[hmi] is served by the API server: add an [api] section")
+        return self
