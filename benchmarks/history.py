@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from history_db import CURRENT, build_history  # type: ignore[import-not-found]
-from line_throughput import machine, start_simulators  # type: ignore[import-not-found]
+from line_throughput import machine  # type: ignore[import-not-found]
 
 from edge_agent import logs, systemd
 from edge_agent.app import Agent, UntilIdle
@@ -148,6 +149,34 @@ async def line_run(state: Path, work: Path, ports: dict[str, int], units: int) -
     }
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_simulators(work: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    """`edge-agent simulate --fast` in its own process, on free ports (the demo's fixed ones
+    may be taken on a shared machine)."""
+    text = demo_config_text()
+    for fixed in (19100, 19200, 15020):
+        text = text.replace(f"port = {fixed}\n", f"port = {free_port()}\n")
+    config = work / "sim.toml"
+    config.write_text(text)
+    with (work / "simulators.log").open("a") as errors:
+        proc = subprocess.Popen(
+            [*_CLI, "simulate", "--fast", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit(f"the simulators did not start: {(work / 'simulators.log').read_text()}")
+    return proc, json.loads(line)["simulators"]
+
+
 def one_line_run(state: Path, work: Path, units: int) -> dict[str, Any]:
     proc, ports = start_simulators(work)
     try:
@@ -236,6 +265,8 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="edge-agent-history-bench-"))
+    log_file = (work / "agent.log").open("w")
+    logs.configure("json", "info", stream=log_file)  # stdout carries the result alone
     databases = {
         "empty": cached(BATCH_UNITS, args.cache),
         "history": cached(args.units, args.cache),
@@ -247,8 +278,7 @@ def main() -> None:
             k: round((v / "state.db").stat().st_size / 2**20, 1) for k, v in databases.items()
         },
     }
-    with (work / "agent.log").open("w") as log_file:
-        logs.configure("json", "info", stream=log_file)
+    with log_file:
         result["batch_report"] = {k: batch_report(v, 3) for k, v in databases.items()}
         if not args.no_export:
             result["outbox_export"] = {k: outbox_export(v, work) for k, v in databases.items()}
