@@ -31,6 +31,7 @@ from edge_agent.api.deps import ApiServices, services
 from edge_agent.db import write
 from edge_agent.errors import EdgeAgentError, OrderInvalid
 from edge_agent.hmi import views
+from edge_agent.hmi.lockout import LoginGuard
 from edge_agent.hmi.sessions import COOKIE, Session, SessionCodec
 from edge_agent.hmi.settings import HmiSettings
 from edge_agent.orders import audit
@@ -72,6 +73,7 @@ class Hmi:
     templates: Jinja2Templates
     stopping: asyncio.Event  # set when the server stops: the live streams end at once
     logins: asyncio.Semaphore  # password checks at a time
+    lockout: LoginGuard
     _latest: tuple[float, str] = (0.0, "")  # (due again at, overview)
 
     def overview_json(self, services: ApiServices) -> str:
@@ -113,6 +115,7 @@ def install(app: FastAPI, settings: HmiSettings) -> None:
         templates,
         app.state.stopping,
         asyncio.Semaphore(MAX_CONCURRENT_LOGINS),
+        LoginGuard(),
     )
     app.include_router(router)
     app.mount("/hmi/static", StaticFiles(directory=HERE / "static"), name="hmi-static")
@@ -277,31 +280,42 @@ async def login(
     request: Request, session: CurrentSession, form: Form, services: Services
 ) -> Response:
     hmi = _hmi(request)
-    name, password = str(form.get("name", "")).strip(), str(form.get("password", ""))
+    name, password = str(form.get("name", "")).strip()[:40], str(form.get("password", ""))
     target = _safe_next(str(form.get("next", "")))
+    conn = services.commands.conn
+    locked = hmi.lockout.locked_for(name)
+    if locked:
+        why = f"too many wrong passwords: {name} may try again in {locked / 60:.0f} min"
+        return _refused_login(conn, name, why, target)
     # argon2 takes tens of milliseconds of CPU and 64 MiB: not on the loop that runs the line,
     # and never many at once (a flood of logins must not starve the line PC)
     async with hmi.logins:
         user = await asyncio.to_thread(hmi.settings.users.verify, name, password)
-    conn = services.commands.conn
     if user is None:
-        with write(conn):
-            audit.append(
-                conn,
-                audit.Actor(name[:40] or "-", "hmi"),
-                "login",
-                outcome="refused",
-                detail={"detail": "wrong name or password"},
-            )
-        log.warning("hmi_login_refused", user=name[:40])
-        query = urlencode({"error": "wrong name or password", "next": target})
-        return RedirectResponse(f"/hmi/login?{query}", status_code=303)
+        why = "wrong name or password"
+        if hmi.lockout.failed(name):
+            why += f"; {name} is locked for {hmi.lockout.lock_s / 60:.0f} min"
+        return _refused_login(conn, name, why, target)
+    hmi.lockout.succeeded(name)
     with write(conn):
         audit.append(conn, audit.Actor(user.name, "hmi", str(user.role)), "login")
     log.info("hmi_login", user=user.name, role=str(user.role))
     answer = RedirectResponse(target, status_code=303)
     _set_cookie(request, answer, hmi.codec.new(user.name))  # a new nonce: no fixation
     return answer
+
+
+def _refused_login(conn: Any, name: str, why: str, target: str) -> RedirectResponse:
+    with write(conn):
+        audit.append(
+            conn,
+            audit.Actor(name or "-", "hmi"),
+            "login",
+            outcome="refused",
+            detail={"detail": why},
+        )
+    log.warning("hmi_login_refused", user=name, detail=why)
+    return RedirectResponse(f"/hmi/login?{urlencode({'error': why, 'next': target})}", 303)
 
 
 @router.post("/logout")
