@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from edge_agent.api import errors
 from edge_agent.api.auth import Authenticator
 from edge_agent.api.deps import ApiServices, CurrentActor
-from edge_agent.api.routes import audit, line, orders
+from edge_agent.api.routes import aggregation, audit, line, orders
 from edge_agent.api.schemas import ErrorOut
 from edge_agent.monitoring.health import Health, health
 from edge_agent.monitoring.metrics import CONTENT_TYPE, Metrics
@@ -61,6 +61,7 @@ def create_app(
     app.include_router(orders.router)
     app.include_router(line.router)
     app.include_router(audit.router)
+    app.include_router(aggregation.router)
     sources = monitoring or MonitoringSources(
         conn=services.commands.conn, line=services.line, alarms=services.alarms
     )

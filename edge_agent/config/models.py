@@ -318,15 +318,21 @@ class UpstreamSection(Strict):
     batch_size: int = Field(
         200, ge=1, le=10_000, description="Events handed to a forwarder per delivery call"
     )
-    quota_alarm_mb: float = Field(
-        1024.0, gt=0, le=1_000_000, description="State database size that raises an alarm"
+    quota_alarm_mb: float | None = Field(
+        None,
+        gt=0,
+        le=1_000_000,
+        description="State database size that raises an alarm and prunes delivered events "
+        "early; unset: when the disk's free space falls below [agent] disk_free_alarm_mb (half "
+        "of quota_stop_mb when only that is set)",
     )
-    quota_stop_mb: float = Field(
-        2048.0,
+    quota_stop_mb: float | None = Field(
+        None,
         gt=0,
         le=1_000_000,
         description="State database size that stops the line (nothing is dropped: the line "
-        "waits until upstream drains the outbox and retention frees space)",
+        "waits until upstream drains the outbox and retention frees space); unset: the "
+        "database may use the disk down to [agent] disk_free_stop_mb",
     )
     retention_days: float = Field(
         30.0, ge=0, le=3650, description="Keep delivered events this many days, then prune"
@@ -346,7 +352,11 @@ class UpstreamSection(Strict):
 
     @model_validator(mode="after")
     def _quota_order(self) -> UpstreamSection:
-        if self.quota_alarm_mb >= self.quota_stop_mb:
+        if (
+            self.quota_alarm_mb is not None
+            and self.quota_stop_mb is not None
+            and self.quota_alarm_mb >= self.quota_stop_mb
+        ):
             raise ValueError("quota_alarm_mb must be below quota_stop_mb")
         if self.backoff_initial_s > self.backoff_max_s:
             raise ValueError(
@@ -711,6 +721,47 @@ class BackupSection(Strict):
     )
 
 
+class CaseStationSection(Strict):
+    """[aggregation.case_station]: the automatic case station's devices (each table validated
+    by the driver its ``type`` selects) and how long it waits for each step."""
+
+    camera: dict[str, Any] = Field(
+        description="Case camera (a camera type, e.g. tcp-frames): the read and closing read"
+    )
+    plc: dict[str, Any] = Field(
+        description="The case station's PLC (a PLC type): the PLC contract with the case count "
+        "as trigger; PASS lets a case through, anything else diverts it"
+    )
+    label_printer: dict[str, Any] = Field(description="Case label printer (a label_printer type)")
+    label_camera: dict[str, Any] = Field(description="Camera reading the printed case label back")
+    closing_read_s: float = Field(3.0, gt=0, le=60, description="Wait for the closing read")
+    label_confirm_s: float = Field(5.0, gt=0, le=60, description="Wait for a label's print")
+    label_read_s: float = Field(3.0, gt=0, le=60, description="Wait for the label camera's read")
+
+
+class PalletStationSection(Strict):
+    """[aggregation.pallet_station]: cases scanned onto pallets, pallet labels verified."""
+
+    scanner: dict[str, Any] = Field(description="Pallet scanner (a scanner type, e.g. lines)")
+    label_printer: dict[str, Any] = Field(description="Pallet label printer")
+    label_camera: dict[str, Any] = Field(description="Camera reading the pallet label back")
+    label_confirm_s: float = Field(5.0, gt=0, le=60, description="Wait for a label's print")
+    label_read_s: float = Field(3.0, gt=0, le=60, description="Wait for the label camera's read")
+    label_attempts: int = Field(
+        3, ge=1, le=10, description="Pallet labels tried (each with a new SSCC) before holding"
+    )
+
+
+class AggregationSection(Strict):
+    """[aggregation]: the case and pallet stations of the line end."""
+
+    order: str | None = Field(
+        None, description="Order whose cases and pallets are built; omit = the active order"
+    )
+    case_station: CaseStationSection | None = None
+    pallet_station: PalletStationSection | None = None
+
+
 class AgentConfig(Strict):
     agent: AgentSection = Field(default_factory=lambda: AgentSection())
     line: LineSection = Field(default_factory=lambda: LineSection())
@@ -729,6 +780,7 @@ class AgentConfig(Strict):
     orders: OrdersSection = Field(default_factory=lambda: OrdersSection())
     clock: ClockSection = Field(default_factory=lambda: ClockSection())
     backup: BackupSection = Field(default_factory=lambda: BackupSection())
+    aggregation: AggregationSection | None = None
 
     @model_validator(mode="after")
     def _hmi_needs_api(self) -> AgentConfig:

@@ -125,6 +125,12 @@ class LineController:
         return None if self._segment is None else self._segment.order_id
 
     @property
+    def beating(self) -> bool:
+        """A segment's heartbeat loop runs (it feeds the systemd watchdog itself)."""
+        runtime = None if self._segment is None else self._segment.runtime
+        return runtime is not None and runtime.beating
+
+    @property
     def unrecorded_stop(self) -> LineStopped | None:
         """A line stop the state database could not record yet (it is full or failing): the
         line stays stopped, and the hold is recorded as soon as storage works again."""
@@ -192,8 +198,7 @@ class LineController:
         return active
 
     async def _idle(self) -> None:
-        """Nothing to run: wait for a wake-up (an order or a command), feeding the watchdog."""
-        systemd.notify_watchdog()
+        """Nothing to run: wait for a wake-up (an order or a command)."""
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), IDLE_LOOK_S)

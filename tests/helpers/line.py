@@ -71,6 +71,15 @@ async def run_agent(config: Any, stats: LineStats | None = None) -> LineStopped 
     return held_stop(config, served)
 
 
+async def run_order(config: Any, stats: LineStats | None = None, on_tick: Any = None) -> None:
+    """Run the daemon until its orders are done; a hold fails the test with its stop."""
+    served = await Agent(config, stats=stats, on_tick=on_tick).serve(
+        until_idle=UntilIdle(hold_timeout_s=0)
+    )
+    stopped = held_stop(config, served)
+    assert stopped is None, f"the order was held: {stopped}"
+
+
 OPERATOR = audit.Actor("operator", "test")
 
 
