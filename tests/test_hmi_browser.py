@@ -226,7 +226,7 @@ async def test_a_shift_on_the_operator_screen(
                 await shots.take(page, "report")
 
                 await page.click("nav >> text=Aggregation")
-                await expect(page.locator("#not-configured")).to_be_visible(timeout=STEP_MS)
+                await expect(page.locator("form.lookup input[name=code]")).to_be_visible(timeout=STEP_MS)
                 await shots.take(page, "aggregation")
                 await context.close()
 

@@ -28,6 +28,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.responses import StreamingResponse
 
 from edge_agent.api.deps import ApiServices, services
+from edge_agent.api.routes.aggregation import hierarchy_of
 from edge_agent.db import write
 from edge_agent.errors import EdgeAgentError, OrderInvalid
 from edge_agent.hmi import views
@@ -565,6 +566,78 @@ async def frame(request: Request, name: str, user: User) -> Response:
 
 @router.get("/aggregation")
 async def aggregation_page(request: Request, user: User) -> HTMLResponse:
-    configured = _hmi(request).settings.aggregation is not None
-    code = request.query_params.get("code", "").strip()[:100]
-    return _page(request, "aggregation.html", user.session, user, configured=configured, code=code)
+    code = request.query_params.get("code", "").strip()[:200]
+    found: dict[str, Any] | None = None
+    error = ""
+    if code:
+        try:
+            found = views.container_view(hierarchy_of(request), code)
+        except EdgeAgentError as exc:
+            error = str(exc)
+    return _page(
+        request,
+        "aggregation.html",
+        user.session,
+        user,
+        code=code,
+        box=found,
+        lookup_error=error,
+    )
+
+
+# Rework of a case or pallet (the supervisor's): action -> whether it needs a reason
+REWORK = {
+    "reopen": False,
+    "close": False,
+    "remove": True,
+    "replace": True,
+    "relabel": True,
+    "disaggregate": True,
+}
+
+
+@router.post("/aggregation/{action}")
+async def aggregation_rework(
+    request: Request, action: str, user: User, form: Form, services: Services
+) -> Response:
+    code = str(form.get("code", "")).strip()[:200]
+    back = f"/hmi/aggregation?{urlencode({'code': code})}"
+    if action not in REWORK:
+        return RedirectResponse(back, status_code=303)
+    reason = str(form.get("reason", "")).strip()[:500]
+    if not user.supervisor:
+        with write(services.commands.conn):
+            audit.append(
+                services.commands.conn,
+                user.actor,
+                f"container_{action}",
+                reason=reason or None,
+                outcome="refused",
+                detail={"parent": code, "message": "rework needs a supervisor"},
+            )
+        return _back_to(back, error=f"rework needs a supervisor; {user.name} is an operator")
+    hierarchy, actor = hierarchy_of(request), user.actor
+    child, new = str(form.get("child", "")).strip(), str(form.get("new", "")).strip()
+    try:
+        if action == "reopen":
+            box = hierarchy.reopen(code, actor=actor)
+        elif action == "close":
+            box = hierarchy.close_container(code, actor=actor)
+        elif action == "remove":
+            box = hierarchy.unpack(code, [child], reason=reason, actor=actor)
+        elif action == "replace":
+            box = hierarchy.replace(code, child, new, reason=reason, actor=actor)
+        elif action == "relabel":
+            box = hierarchy.relabel(code, reason=reason, actor=actor)
+        else:
+            box = hierarchy.disaggregate(code, reason=reason, actor=actor)
+    except EdgeAgentError as exc:
+        return _back_to(back, error=str(exc))
+    done = f"/hmi/aggregation?{urlencode({'code': box.identifier.hri})}"
+    return _back_to(done, ok=f"{action}: {box.level} {box.identifier.hri} is {box.state}")
+
+
+def _back_to(target: str, *, ok: str = "", error: str = "") -> RedirectResponse:
+    """Back to a page that has a query of its own, with the outcome added to it."""
+    extra = urlencode({k: v for k, v in (("ok", ok), ("error", error)) if v})
+    return RedirectResponse(f"{target}&{extra}" if extra else target, status_code=303)
