@@ -13,6 +13,7 @@ from typing import Any
 from edge_agent.aggregation.hierarchy import Hierarchy
 from edge_agent.alarms import Alarm
 from edge_agent.api.deps import ApiServices
+from edge_agent.api.status import LineMode
 
 SPEED_UNITS = 50  # speed over the last this many units of the order
 SPEED_STALE_S = 10.0  # no unit for this long: the line stands (speed 0)
@@ -38,7 +39,9 @@ def overview(services: ApiServices) -> dict[str, Any]:
             "quantity": record.order.quantity,
         },
         "counters": snapshot.counters.model_dump(mode="json"),
-        "speed": round(units_per_min(services.commands.conn, snapshot.order_id)),
+        "speed": round(units_per_min(services.commands.conn, snapshot.order_id))
+        if snapshot.state == LineMode.RUNNING
+        else 0,
         "devices": [d.model_dump(mode="json") for d in snapshot.devices],
         "alarms": [alarm_view(a) for a in open_alarms(services)],
         "hold": None
