@@ -3,8 +3,10 @@
 Pages are server-rendered (Jinja2, autoescaped); actions are plain HTML form posts answered
 with a redirect back (303), so every button works without script; the overview's live figures
 come from one small script reading a server-sent event stream. Every action goes through the
-command path (or the alarm board) with the logged-in user as the actor, source ``hmi`` and the
-user's role: the command path refuses what the role may not do, and audits the refusal.
+command path (or the alarm board, or the aggregation hierarchy) with the logged-in user as the
+actor, source ``hmi`` and the user's role: the command path refuses the order commands the role
+may not give (abort, close with exceptions), this screen the rework of cases and pallets to an
+operator (the hierarchy has no roles yet); every refusal is audited.
 """
 
 from __future__ import annotations
