@@ -280,8 +280,8 @@ _STAGES: dict[str, Stage] = {
 
 def _needs_ms(name: str, target: _Target) -> float:
     """About how long stage ``name`` takes on ``target``."""
-    height, width = target.image.shape[:2]
-    return max(STAGE_MS.get(name, 0.0), STAGE_MS_PER_MPX.get(name, 0.0) * height * width / 1e6)
+    pixels = float(target.image.shape[0] * target.image.shape[1])
+    return max(STAGE_MS.get(name, 0.0), STAGE_MS_PER_MPX.get(name, 0.0) * pixels / 1e6)
 
 
 def _roi(image: GrayImage, roi: tuple[int, int, int, int]) -> _Target:
