@@ -42,8 +42,9 @@ from edge_agent.db_identity import (
 from edge_agent.errors import LedgerError, StorageFull
 
 # 2: per-forwarder delivery state of outbox events; 3: work orders, audit; 4: outbox indexes by
-# batch and by acknowledgement
-SCHEMA_VERSION = 4
+# batch and by acknowledgement; 5: aggregation (containers, packed, loose, identifier ranges and
+# pool; station_cases and pallet_scans of the stations)
+SCHEMA_VERSION = 5
 DB_NAME = db_identity.DB_NAME
 log = structlog.get_logger("edge_agent.db")
 
@@ -209,6 +210,80 @@ CREATE TABLE IF NOT EXISTS serial_requests (
 );
 CREATE INDEX IF NOT EXISTS serial_requests_by_order ON serial_requests (order_id, state);
 CREATE INDEX IF NOT EXISTS serial_requests_by_state ON serial_requests (state, seq);
+-- Aggregation (edge_agent/aggregation): bundles, cases and pallets, and what each holds.
+CREATE TABLE IF NOT EXISTS containers (
+    epc TEXT PRIMARY KEY,
+    code TEXT NOT NULL UNIQUE,
+    order_id TEXT NOT NULL,
+    level TEXT NOT NULL CHECK (level IN ('bundle', 'case', 'pallet')),
+    kind TEXT NOT NULL CHECK (kind IN ('sscc', 'gtin_serial')),
+    gtin TEXT,
+    serial TEXT,
+    state TEXT NOT NULL
+        CHECK (state IN ('reserved', 'open', 'closed', 'scrapped', 'disaggregated')),
+    commissioned INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS containers_by_order ON containers (order_id, state);
+-- One row per child in a parent: the primary key is the rule "a child is in one parent at most".
+CREATE TABLE IF NOT EXISTS packed (
+    child TEXT PRIMARY KEY,
+    parent TEXT NOT NULL REFERENCES containers(epc),
+    order_id TEXT NOT NULL,
+    level TEXT NOT NULL,
+    gtin TEXT,
+    serial TEXT,
+    packed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS packed_by_parent ON packed (parent);
+CREATE INDEX IF NOT EXISTS packed_by_order ON packed (order_id, level);
+CREATE INDEX IF NOT EXISTS packed_by_unit ON packed (gtin, serial) WHERE gtin IS NOT NULL;
+-- Children in no parent, with why (removed in rework, partial case refused ...).
+CREATE TABLE IF NOT EXISTS loose (
+    child TEXT PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    level TEXT NOT NULL,
+    gtin TEXT,
+    serial TEXT,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS loose_by_order ON loose (order_id);
+CREATE INDEX IF NOT EXISTS loose_by_unit ON loose (gtin, serial) WHERE gtin IS NOT NULL;
+-- Local identifier ranges: the next number, moved in the transaction that reserves it.
+CREATE TABLE IF NOT EXISTS identifier_ranges (
+    key TEXT PRIMARY KEY,
+    next INTEGER NOT NULL,
+    last INTEGER NOT NULL
+);
+-- Identifiers L3 sent for an order's level, stored before any is used.
+CREATE TABLE IF NOT EXISTS identifier_pool (
+    code TEXT PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    level TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    taken INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS identifier_pool_by_order ON identifier_pool (order_id, level, taken);
+-- Aggregation stations (edge_agent/aggregation/station.py): each container a station reserved,
+-- with the case's trigger at the case PLC and what its gate did (pending until known), and the
+-- cases scanned onto the pallet being built: what a restart needs to finish or undo their work.
+CREATE TABLE IF NOT EXISTS station_cases (
+    container TEXT PRIMARY KEY REFERENCES containers(epc),
+    station TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    trigger INTEGER,
+    gate TEXT NOT NULL CHECK (gate IN ('pending', 'passed', 'rejected', 'scrapped')),
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS station_cases_by_gate ON station_cases (order_id, gate);
+CREATE TABLE IF NOT EXISTS pallet_scans (
+    case_epc TEXT PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    at REAL NOT NULL
+);
 """
 
 

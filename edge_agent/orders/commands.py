@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from edge_agent.aggregation.balance import open_containers
 from edge_agent.alarms import AlarmBoard, AlarmKind
 from edge_agent.db import write
 from edge_agent.errors import CommandRefused, OrderInvalid
@@ -32,6 +33,8 @@ from edge_agent.orders.validation import OrderRules, check_order, parse_order
 log = structlog.get_logger("edge_agent.orders")
 
 C = OrderCommand
+# What a person needs the supervisor role for (actors without a role are systems: see Actor).
+SUPERVISOR_COMMANDS = frozenset({C.ABORT})
 
 
 class LineControl(Protocol):
@@ -153,6 +156,10 @@ class CommandPath:
         record = self.store.get(order_id)
         next_state(order_id, record.state, command)  # refuse early, before the line acts
         reason = (reason or "").strip() or None
+        if command in SUPERVISOR_COMMANDS and actor.role == audit.Role.OPERATOR:
+            raise CommandRefused(
+                f"'{command}' needs a supervisor; {actor.name} is an operator", order_id=order_id
+            )
         if command in NEEDS_REASON and reason is None:
             raise CommandRefused(
                 f"'{command}' needs a reason for the audit trail", order_id=order_id
@@ -224,11 +231,26 @@ class CommandPath:
     async def _close(
         self, record: OrderRecord, actor: audit.Actor, reason: str | None
     ) -> OrderRecord:
+        still_open = open_containers(self.conn, record.id)
+        if still_open:  # no reason overrides this: the case exists, half-aggregated
+            shown = ", ".join(f"{level} {code} ({state})" for level, code, state in still_open[:5])
+            raise CommandRefused(
+                f"order {record.id} has {len(still_open)} containers not closed: {shown}"
+                + (" ..." if len(still_open) > 5 else "")
+                + "; close or disaggregate them first (edge-agent case close|disaggregate)",
+                order_id=record.id,
+            )
         reconciliation = self.settlement.reconcile(record.id)
         if not reconciliation["balanced"] and reason is None:
             raise CommandRefused(
                 f"order {record.id} does not balance ({'; '.join(reconciliation['problems'])}); "
                 "closing it anyway is a close with exceptions and needs a reason",
+                order_id=record.id,
+            )
+        if not reconciliation["balanced"] and actor.role == audit.Role.OPERATOR:
+            raise CommandRefused(
+                f"order {record.id} does not balance: a close with exceptions needs a "
+                f"supervisor; {actor.name} is an operator",
                 order_id=record.id,
             )
         report = await self.settlement.settle(record, OrderState.CLOSED, actor, reason)
@@ -238,6 +260,9 @@ class CommandPath:
 
     async def _maybe_close(self, record: OrderRecord, actor: audit.Actor) -> OrderRecord:
         if not self.auto_close or record.state != OrderState.COMPLETED:
+            return record
+        if open_containers(self.conn, record.id):  # the case station still finishes its work
+            log.info("auto_close_waits_for_containers", order=record.id)
             return record
         reconciliation = self.settlement.reconcile(record.id)
         if not reconciliation["balanced"]:
