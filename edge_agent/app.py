@@ -26,7 +26,7 @@ from edge_agent.alarms import AlarmBoard
 from edge_agent.config import LoadedConfig
 from edge_agent.config.loader import DeviceSpec
 from edge_agent.config.models import L3Section, UpstreamSection
-from edge_agent.db import open_db
+from edge_agent.db import close_db, open_db
 from edge_agent.errors import EdgeAgentError, LineStopped, StorageFull
 from edge_agent.ledger import Ledger
 from edge_agent.line.controller import LineController
@@ -40,7 +40,7 @@ from edge_agent.orders.validation import OrderRules
 from edge_agent.outbox.forwarding import ForwarderLoop, QuotaGuard, prune_periodically
 from edge_agent.outbox.store import OutboxStore
 from edge_agent.stops import StopReason
-from edge_agent.storage import DiskGuard, storage_stop
+from edge_agent.storage import DiskGuard, log_capacity, storage_stop
 from edge_agent.vision.pipeline import build_reader
 
 log = structlog.get_logger("edge_agent.app")
@@ -147,12 +147,18 @@ class Agent:
             await self._stop_before_line(storage_stop(exc, model.agent.state_dir))
         except LineStopped as exc:
             await self._stop_before_line(exc)
+        log_capacity(
+            conn,
+            model.agent.state_dir,
+            disk_free_stop_mb=model.agent.disk_free_stop_mb,
+            quota_stop_mb=(model.upstream or UpstreamSection()).quota_stop_mb,
+        )
         try:
             async with contextlib.AsyncExitStack() as stack:
                 return await self._serve(conn, disk, stack, ready, until_idle)
         finally:
             self.commands = self.controller = None
-            conn.close()
+            close_db(conn)
 
     async def _serve(
         self,
@@ -376,7 +382,7 @@ class Agent:
                 await asyncio.gather(*tasks, return_exceptions=True)
             return sum(s.pending for s in store.status())
         finally:
-            conn.close()
+            close_db(conn)
 
     def _forwarder(self, spec: DeviceSpec) -> Any:
         line = self.config.model.line

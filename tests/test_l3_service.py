@@ -115,6 +115,8 @@ async def test_pages_come_at_the_low_water_mark_and_never_beyond_the_need(
         assert len(l3_sim.site.pages) == 1
         assert agent.ledger.take_for_print(batch) is not None  # 3 in hand: below low water
         await until(lambda: len(l3_sim.site.pages) == 2, "second page")
+        # The site counts a page when it serves it; the agent holds it once it committed it.
+        await until(lambda: len(agent.serials("ORD-1")) == 20, "second page in the ledger")
         # 7 sent, 3 + 10 in hand: 20 of 25 covered. Use them all: the last page is only 5.
         while agent.ledger.take_for_print(batch) is not None:
             pass

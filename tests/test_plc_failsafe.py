@@ -311,7 +311,9 @@ async def test_slow_decode_is_rejected_late(
 async def test_missing_reject_confirms_stop_the_line(
     plc_type: str, agent_config_factory: Any
 ) -> None:
-    async with SimulatorSet(simulators(plc_type, defect_rate=0.3, seed=5)) as sims:
+    # A paced line: at full speed 200 units can be through before the third confirm is due.
+    paced = simulators(plc_type, defect_rate=0.3, seed=5, units_per_min=3000)
+    async with SimulatorSet(paced) as sims:
         sims.plc.withhold_confirms = True  # the reject sensor sees nothing leave
         config = make_config(
             agent_config_factory,

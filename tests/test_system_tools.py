@@ -48,7 +48,7 @@ def _run_without_tools(tmp_path: Path, ci: bool) -> dict[str, list[tuple[str, st
     (tmp_path / "hide_tools.py").write_text(HIDE_TOOLS)
     report = tmp_path / ("ci.xml" if ci else "local.xml")
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "EDGE_AGENT_CI": "1" if ci else "0"}
-    plugins = ["-p", "hide_tools", "-p", "no:randomly", "-p", "no:cacheprovider"]
+    plugins = ["-p", "hide_tools", "-p", "no:randomly", "-p", "no:cacheprovider", "-n", "0"]
     subprocess.run(
         [sys.executable, "-m", "pytest", "-q", *plugins, f"--junitxml={report}", *NEEDING],
         cwd=ROOT,

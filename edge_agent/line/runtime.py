@@ -253,6 +253,9 @@ class LineRuntime:
         log.info("batch_open", batch=j.id, gtin=j.gtin, lot=j.lot, target=j.quantity)
         await self._prepare_printer()
         await self._recover()
+        # Rejects in a row are counted within one segment: the operator who resumes after a
+        # repeated-rejects hold has dealt with the cause (a restart counts afresh too).
+        self.stats.consecutive_rejects = 0
         await self._release_line()
 
     async def _warm_up(self, executor: ThreadPoolExecutor) -> None:
@@ -637,6 +640,7 @@ class LineRuntime:
 
     async def _write_verdicts(self, group: list[_Pending]) -> None:
         batch, line = self._batch, self.cfg.line
+        run = 0  # the longest run of rejects in this group: a later pass must not hide it
         for item in group:
             outcome = item.outcome
             verdict = Verdict.PASS if outcome.passed else Verdict.REJECT
@@ -649,6 +653,7 @@ class LineRuntime:
             elif not outcome.passed:
                 self._awaiting_confirm[outcome.trigger] = written
             self.stats.record(outcome.passed, outcome.reason, latency_ms)
+            run = max(run, self.stats.consecutive_rejects)
             log.info(
                 "verdict",
                 batch=batch.id,
@@ -671,10 +676,8 @@ class LineRuntime:
                     read=outcome.read_text,
                 )
         self.on_tick()
-        if self.stats.consecutive_rejects >= line.max_consecutive_rejects:
-            raise LineStopped(
-                StopReason.REPEATED_REJECTS, f"{self.stats.consecutive_rejects} rejects in a row"
-            )
+        if run >= line.max_consecutive_rejects:
+            raise LineStopped(StopReason.REPEATED_REJECTS, f"{run} rejects in a row")
 
     # --- PLC supervision --------------------------------------------------------------------
 
