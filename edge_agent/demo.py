@@ -259,6 +259,9 @@ async def _serve_orders(
                 if run.served is None and served.ended != "signal":
                     run.served = served.ended
             tick()
+            if stats.units:
+                lat = stats.latency_ms.summary()
+                console.print(f"frame→verdict: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms")
     return run
 
 
