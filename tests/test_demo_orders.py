@@ -79,7 +79,8 @@ def _orders_ran_one_after_another_and_closed_balanced(report: dict[str, Any], st
 def _order_2_held_and_was_resumed_through_the_api(report: dict[str, Any]) -> None:
     held = report["orders"][HELD_ORDER - 1]
     assert held["injected_by_kind"].get("unreadable", 0) >= 6  # the burst (stop after 5)
-    assert held["rejected_by_reason"].get("no_read", 0) >= 5
+    # Rejected as unreadable, or (a loaded machine) for a verdict too late: 5 in a row hold.
+    assert held["rejected_by_reason"].get("no_read", 0) > 0 and held["rejected"] >= 5
     # The burst's hold; a loaded machine may add one (late verdicts in a row), resumed alike.
     holds = [h for h in report["holds"] if h["order_id"] == held["order_id"]]
     assert holds[0]["reason"] == "repeated_rejects"
