@@ -242,6 +242,11 @@ class Agent:
             background.append(("backup", schedule.run()))
         if model.api is not None:
             await self._start_api(stack, commands, alarms, settlement, conn, store)
+        from edge_agent.opcua_server import open_packml
+
+        packml = await open_packml(stack, model, self.stats, commands, controller)
+        if packml is not None:
+            background.append(("packml", packml))
         tasks: list[asyncio.Task[Any]] = []
         try:
             for name, job in background:
