@@ -142,7 +142,7 @@ class Agent:
                 # Before the database is opened: on a full disk it fails in ways that look like
                 # damage
                 disk.check()
-            conn = open_db(model.agent.state_dir, announce=True)
+            conn = open_db(model.agent.state_dir)
         except StorageFull as exc:
             await self._stop_before_line(storage_stop(exc, model.agent.state_dir))
         except LineStopped as exc:
@@ -191,7 +191,6 @@ class Agent:
             stop_mb=upstream.quota_stop_mb,
             store=store,
             on_alarm=self.stats.alarms.append,
-            free_alarm_mb=model.agent.disk_free_alarm_mb,
         )
         guards: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
             ("outbox-quota", quota.run)
@@ -337,13 +336,16 @@ class Agent:
         from edge_agent.api.status import DbLineStatus
         from edge_agent.orders.report_html import StoredReports
 
-        assert self.config.model.api is not None
+        section = self.config.model.api
+        assert section is not None
         services = ApiServices(
             commands=commands,
             alarms=alarms,
             line=DbLineStatus(conn),
             reports=StoredReports(settlement.report_path),
         )
+        # The REST API with /metrics, /health and (with [hmi]) the operator screen, over the
+        # daemon's live counters and outbox
         server = await stack.enter_async_context(
             agent_api_server(
                 self.config.model, services, stats=lambda: self.stats, outbox=store.status
@@ -369,7 +371,7 @@ class Agent:
         """Run only the forwarders until every one has nothing pending (or ``timeout_s``
         passes); returns how many (forwarder, event) deliveries are still pending."""
         model = self.config.model
-        conn = open_db(model.agent.state_dir, announce=True)
+        conn = open_db(model.agent.state_dir)
         try:
             store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
             upstream = model.upstream or UpstreamSection()
