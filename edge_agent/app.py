@@ -142,7 +142,7 @@ class Agent:
                 # Before the database is opened: on a full disk it fails in ways that look like
                 # damage
                 disk.check()
-            conn = open_db(model.agent.state_dir)
+            conn = open_db(model.agent.state_dir, announce=True)
         except StorageFull as exc:
             await self._stop_before_line(storage_stop(exc, model.agent.state_dir))
         except LineStopped as exc:
@@ -191,6 +191,7 @@ class Agent:
             stop_mb=upstream.quota_stop_mb,
             store=store,
             on_alarm=self.stats.alarms.append,
+            free_alarm_mb=model.agent.disk_free_alarm_mb,
         )
         guards: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
             ("outbox-quota", quota.run)
@@ -241,7 +242,12 @@ class Agent:
             schedule = BackupSchedule(model.backup, state_dir, line_id=model.line.id, alarms=alarms)
             background.append(("backup", schedule.run()))
         if model.api is not None:
-            await self._start_api(stack, commands, alarms, settlement, conn)
+            await self._start_api(stack, commands, alarms, settlement, conn, store)
+        from edge_agent.opcua_server import open_packml
+
+        packml = await open_packml(stack, model, self.stats, commands, controller)
+        if packml is not None:
+            background.append(("packml", packml))
         tasks: list[asyncio.Task[Any]] = []
         try:
             for name, job in background:
@@ -324,9 +330,10 @@ class Agent:
         alarms: AlarmBoard,
         settlement: OrderSettlement,
         conn: Any,
+        store: OutboxStore,
     ) -> None:
         from edge_agent.api.deps import ApiServices
-        from edge_agent.api.service import api_server
+        from edge_agent.api.service import agent_api_server
         from edge_agent.api.status import DbLineStatus
         from edge_agent.orders.report_html import StoredReports
 
@@ -338,7 +345,13 @@ class Agent:
             line=DbLineStatus(conn),
             reports=StoredReports(settlement.report_path),
         )
-        server = await stack.enter_async_context(api_server(section, services))
+        # The REST API with /metrics, /health and (with [hmi]) the operator screen, over the
+        # daemon's live counters and outbox
+        server = await stack.enter_async_context(
+            agent_api_server(
+                self.config.model, services, stats=lambda: self.stats, outbox=store.status
+            )
+        )
         self.api_url = server.url
 
     def _forwarder_loop(
@@ -359,7 +372,7 @@ class Agent:
         """Run only the forwarders until every one has nothing pending (or ``timeout_s``
         passes); returns how many (forwarder, event) deliveries are still pending."""
         model = self.config.model
-        conn = open_db(model.agent.state_dir)
+        conn = open_db(model.agent.state_dir, announce=True)
         try:
             store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
             upstream = model.upstream or UpstreamSection()
