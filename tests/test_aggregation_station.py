@@ -100,7 +100,8 @@ async def running(station: Any) -> AsyncIterator[asyncio.Task[None]]:
         yield task
     finally:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        # bounded: a station that does not stop on cancel fails the test instead of hanging it
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 20)
 
 
 def sscc_of(label: str) -> str | None:
@@ -167,6 +168,16 @@ async def test_good_cases_are_aggregated_and_every_case_defect_is_rejected(
         check_against_truth(rig)
         scrapped = rig.setup.hierarchy.containers(rig.order_id, states=[ContainerState.SCRAPPED])
         assert len(scrapped) == 1  # the SSCC of the unreadable label, never used again
+        # the units read in a rejected case are loose, with why, until they are packed again
+        loose = rig.setup.hierarchy.loose(rig.order_id)
+        for case in cases:
+            if case.verdict:
+                continue
+            smeared = {slot.content for slot in case.read_slots if slot.unreadable}
+            for unit in case.inside:
+                if unit.serial.startswith("FOREIGN") or unit.hri() in smeared:
+                    continue
+                assert loose.get(rig.setup.ledger.epc(unit.gtin, unit.serial)) == "case_rejected"
 
 
 async def test_a_case_whose_pass_comes_too_late_is_disaggregated(tmp_path: Path) -> None:
