@@ -26,7 +26,7 @@ from edge_agent.ledger import Ledger
 from simulators.aggregation.station import CaseStationSim
 from simulators.line import SimUnit
 from tests.helpers.aggregation import PREFIX_LENGTH, READ_POINT, aggregation_db, order_spec, plan
-from tests.helpers.waiting import until
+from tests.helpers.waiting import bounded, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leaks")]
 
@@ -134,6 +134,7 @@ def pending_gates(state_dir: Path) -> int:
     ["case_reserved:2", "label_printed:2", "case_committed:2"],
     ids=["sscc-reserved", "label-printed", "case-committed"],
 )
+@bounded(200)
 async def test_sigkill_during_case_work_then_restart(tmp_path: Path, crash_at: str) -> None:
     state = tmp_path / "state"
     with aggregation_db(state) as setup:
