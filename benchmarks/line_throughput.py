@@ -1,7 +1,9 @@
 """Line throughput in fast mode: sustained units/min and frame→verdict latency.
 
 The simulators run in a separate process (`edge-agent simulate --fast`), as real devices would,
-so the figures are the agent's own. Prints one JSON object with the figures and the machine.
+so the figures are the agent's own. The agent is the resident daemon (``Agent.serve``): one work
+order (generated serials) is dropped into its inbox, and it serves until the order is closed and
+nothing is left to run. Prints one JSON object with the figures and the machine.
 
     .venv/bin/python benchmarks/line_throughput.py [--units 3000]
 """
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 
 from edge_agent import logs
-from edge_agent.app import Agent
+from edge_agent.app import Agent, UntilIdle
 from edge_agent.config import parse_config
 from edge_agent.demo import demo_config_text
 from edge_agent.line.stats import LineStats
@@ -42,10 +44,9 @@ def machine() -> dict[str, object]:
     }
 
 
-def start_simulators(workdir: Path, units: int) -> tuple[subprocess.Popen[str], dict[str, int]]:
-    text = demo_config_text().replace("target_quantity = 2000", f"target_quantity = {units}")
+def start_simulators(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
     config = workdir / "sim.toml"
-    config.write_text(text)
+    config.write_text(demo_config_text())
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_agent.cli", "simulate", "--fast", "--config", str(config)],
         stdout=subprocess.PIPE,
@@ -56,16 +57,39 @@ def start_simulators(workdir: Path, units: int) -> tuple[subprocess.Popen[str], 
     return proc, json.loads(proc.stdout.readline())["simulators"]
 
 
+def drop_order(inbox: Path, units: int) -> None:
+    """One work order in the inbox, written aside and renamed as the inbox expects."""
+    order = {
+        "id": "BENCH-1",
+        "product": {"gtin": "09506000134352", "description": "Benchmark tablets"},
+        "lot": "BENCH1",
+        "expiry": "301231",
+        "quantity": units,
+        "serials": {"source": "generate", "length": 12},
+        "market": "DE",
+    }
+    inbox.mkdir(parents=True, exist_ok=True)
+    part = inbox / ".BENCH-1.json.part"
+    part.write_text(json.dumps(order), encoding="utf-8")
+    part.replace(inbox / "BENCH-1.json")
+
+
 async def run(units: int, workdir: Path, ports: dict[str, int], in_flight: int) -> LineStats:
     text = demo_config_text()
+    inbox = workdir / "inbox"
     overrides = {
         "agent": {"state_dir": str(workdir / "state")},
-        "batch": {"target_quantity": units},
+        "orders": {"inbox": str(inbox)},
         "line": {"max_units_in_flight": in_flight},
+        "clock": {"check": False},
         **{kind: {"port": port} for kind, port in ports.items()},
     }
+    drop_order(inbox, units)
     stats = LineStats()
-    await Agent(parse_config(text, "demo.toml", overrides), stats=stats).run()
+    agent = Agent(parse_config(text, "demo.toml", overrides), stats=stats)
+    served = await agent.serve(until_idle=UntilIdle(hold_timeout_s=0))
+    if served.ended != "idle":
+        raise SystemExit(f"the order did not run to its end: {served}")
     return stats
 
 
@@ -82,7 +106,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="edge-agent-bench-"))
     with (workdir / "agent.log").open("w") as log_file:
         logs.configure("json", "warning", stream=log_file)
-        proc, ports = start_simulators(workdir, args.units)
+        load_start = os.getloadavg()
+        proc, ports = start_simulators(workdir)
         try:
             started = time.monotonic()
             stats = asyncio.run(run(args.units, workdir, ports, args.in_flight))
@@ -102,6 +127,8 @@ def main() -> None:
         "wall_s": round(elapsed, 2),
         "latency_frame_to_verdict_ms": stats.latency_ms.summary(),
         "targets": {"units_per_min": 3000, "p99_ms": 50},
+        # The machine's load beside the figures: on a shared machine they move with it.
+        "load_average_1_5_15": {"start": load_start, "end": os.getloadavg()},
         "machine": machine(),
     }
     print(json.dumps(result, indent=2))

@@ -90,6 +90,21 @@ def snapshot(setup: AggSetup) -> list[Any]:
             "both 'range_start' and 'range_end'",
         ),
         (
+            {
+                "levels": [
+                    {
+                        "level": "case",
+                        "capacity": 4,
+                        "company_prefix": "0950600134",
+                        "range_start": 0,
+                        "range_end": 10**6,
+                    }
+                ]
+            },
+            "aggregation.levels.0",
+            "6 digits of serial reference",
+        ),
+        (
             {"levels": [{"level": "case", "capacity": 4, "colour": "red"}]},
             "aggregation.levels.0.colour",
             "unknown key",
@@ -416,3 +431,47 @@ def test_an_order_without_a_plan_balances_its_hierarchy_trivially(agg: AggSetup)
     report = reconcile(agg.conn, ORDER)
     assert report["hierarchy_balanced"] and report["aggregation"] is None
     assert report["balanced"], report["problems"]
+
+
+_KILLED_MID_PACK = """
+import os, signal, sys
+from pathlib import Path
+from edge_agent.db import write
+from tests.helpers.aggregation import aggregation_db, order_spec
+with aggregation_db(Path(sys.argv[1])) as agg:
+    batch = agg.add_order(order_spec())
+    units = agg.units(batch, 4)
+    case = agg.hierarchy.open_container("WO-AGG-1", "case")
+    print(case.code, *units, flush=True)
+    with write(agg.conn):  # the station's commit, cut by a power loss before COMMIT
+        agg.hierarchy.pack(case.code, units, close=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_kill_during_a_pack_leaves_the_case_unaggregated_and_its_sscc_unused(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_MID_PACK, str(state)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == -9, done.stderr
+    code, *units = done.stdout.split()
+    with aggregation_db(state) as agg:
+        h = agg.hierarchy
+        assert h.container(code).state == ContainerState.RESERVED  # the pack never happened
+        assert all(h.parent_of(u) is None for u in units)
+        assert events(agg, "packing") == [] and events(agg, "container_commissioning") == []
+        assert [c.code for c in h.recover_reserved()] == [code]
+        again = h.open_container(ORDER, "case")
+        assert again.code != code
+        h.pack(again.code, units, close=True)
+        assert h.children(again.code) == units

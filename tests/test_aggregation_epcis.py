@@ -172,3 +172,42 @@ def test_reference_hash_generator_reads_json_and_xml_alike(worked: AggSetup) -> 
     assert reference_prehashes(epcis.document(events)) == reference_prehashes_xml(
         document_xml(events)
     )
+
+
+def test_outbox_export_carries_the_hierarchy(tmp_path: Path) -> None:
+    """`edge-agent outbox export`, as a user runs it on the state directory: the document holds
+    every AggregationEvent and validates; the EPCIS 1.2 export holds the same events."""
+    from edge_agent.cli import main
+
+    state = tmp_path / "state"
+    with aggregation_db(state) as agg:
+        work(agg)
+        expected = stored(agg)
+    out = tmp_path / "events.json"
+    assert main(["outbox", "export", "--state-dir", str(state), "--out", str(out)]) == 0
+    document = json.loads(out.read_text())
+    assert [e["eventID"] for e in document["epcisBody"]["eventList"]] == [
+        e["eventID"] for e in expected
+    ]
+    aggregations = [
+        e for e in document["epcisBody"]["eventList"] if e["type"] == "AggregationEvent"
+    ]
+    assert len(aggregations) >= 8
+    if SCHEMA_FILE.is_file():  # else the test above skips; the export is checked all the same
+        from jsonschema import Draft7Validator, FormatChecker
+
+        schema = Draft7Validator(
+            json.loads(SCHEMA_FILE.read_text()), format_checker=FormatChecker()
+        )
+        assert [e.message for e in schema.iter_errors(document)] == []
+    xml_out = tmp_path / "events.xml"
+    args = ["outbox", "export", "--state-dir", str(state), "--format", "epcis-xml-1.2"]
+    assert main([*args, "--out", str(xml_out)]) == 0
+    events = ET.fromstring(xml_out.read_bytes()).findall("./EPCISBody/EventList/*")
+    assert [e.tag for e in events] == [e["type"] for e in expected]
+
+
+def test_the_shared_cbv_history_check_accepts_the_hierarchy_s_events(worked: AggSetup) -> None:
+    from tests.helpers.epcis import cbv_history_problems
+
+    assert cbv_history_problems(stored(worked)) == []

@@ -8,7 +8,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.line.stats import LatencyHistogram, LineStats
+from edge_agent.line.stats import VERDICT_BUCKETS_MS, LatencyHistogram, LineStats
 
 
 def exact(values: list[float], q: float) -> float:
@@ -58,3 +58,14 @@ def test_line_stats_memory_does_not_grow_with_units() -> None:
     summary = stats.latency_ms.summary()
     assert 54.0 <= summary["p50"] <= 55.0 * 1.022 and 103.9 <= summary["p99"] <= 104.9 * 1.022
     assert summary["max"] == 104.9
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(0.0, 5000.0), max_size=300))
+def test_metric_buckets_count_exactly(values: list[float]) -> None:
+    histogram = LatencyHistogram()
+    for value in values:
+        histogram.record(value)
+    buckets = histogram.cumulative()
+    assert [b for b, _ in buckets] == [*VERDICT_BUCKETS_MS, math.inf]
+    assert buckets == [(b, sum(1 for v in values if v <= b)) for b, _ in buckets]

@@ -36,6 +36,7 @@ from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSe
 from edge_agent.contracts import PlcState, Verdict
 from edge_agent.db import open_db
 from edge_agent.ledger import Ledger, SerialState, UnitOutcome
+from edge_agent.line.job import LineJob
 from edge_agent.line.runtime import LineRuntime
 from edge_agent.line.stats import LineStats
 from edge_agent.reconcile import reconcile
@@ -43,11 +44,13 @@ from edge_agent.registry import driver_class
 from edge_agent.stops import StopReason
 from edge_agent.vision.pipeline import DecodePipeline
 from simulators.line import SimLine
+from simulators.pytest_plugin import drop_order, order_for
 from simulators.runner import SimulatorSet, simulator_class
 from tests.helpers.line import (
     check_gate_matches_ledger,
     column,
     gates_settled,
+    resume_agent,
     run_agent,
     state_db,
     units_by_trigger,
@@ -60,6 +63,10 @@ pytestmark = pytest.mark.slow
 TRANSPORTS = ["modbus-tcp", "modbus-rtu"]
 HEARTBEAT_TIMEOUT_S = 1.0
 READ_POINT = "urn:epc:id:sgln:0950600.01340.T"
+
+
+def job_of(batch: Any) -> LineJob:
+    return LineJob(batch.id, batch.gtin, batch.lot, batch.expiry, batch.target)
 
 
 def simulators(plc_type: str, *, defect_rate: float = 0.0, seed: int = 1, **line: Any) -> Any:
@@ -88,9 +95,10 @@ def make_config(factory: Any, sims: SimulatorSet, units: int, **line: Any) -> An
     sections["plc"] = sims.plc.driver_config(timeout_s=0.3)
     overrides = {
         "agent": {"state_dir": str(state_dir)},
-        "batch": {"target_quantity": units},
+        "orders": {"inbox": str(state_dir.parent / "inbox")},
         "line": line,
     }
+    drop_order(state_dir.parent / "inbox", order_for(quantity=units))
     return parse_config(demo_config_text(), "demo.toml", overrides, sections=sections)
 
 
@@ -130,19 +138,14 @@ async def test_killed_agent_stops_the_line(plc_type: str, tmp_path: Path) -> Non
                         "heartbeat_interval_ms": 100,
                         "read_point": "urn:epc:id:sgln:0950600.01340.DEMO",
                     },
-                    "batch": {
-                        "id": "KILL-1",
-                        "gtin": "09506000134352",
-                        "lot": "DEMO24A",
-                        "expiry": "281231",
-                        "target_quantity": 100_000,
-                    },
+                    "orders": {"inbox": str(tmp_path / "inbox")},
                     "printer": sims.printer.driver_config(),
                     "camera": sims.camera.driver_config(),
                     "plc": sims.plc.driver_config(),
                 }
             )
         )
+        drop_order(tmp_path / "inbox", order_for(id="KILL-1", quantity=100_000))
         log = (tmp_path / "agent.out").open("wb")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -230,7 +233,8 @@ async def test_cut_rtu_cable_stops_the_agent(agent_config_factory: Any) -> None:
         )
 
         sims.plc.restore_link()
-        assert await asyncio.wait_for(run_agent(config), 60) is None  # restart: resumes the batch
+        # restart, and the operator resumes the order: the lost writes are settled first
+        assert await asyncio.wait_for(resume_agent(config), 90) is None
         await gates_settled(sims)
         with state_db(config) as conn:
             report = reconcile(conn)
@@ -389,7 +393,14 @@ async def test_passes_settle_only_on_a_complete_reject_log(
         stats = LineStats()
         plc = FrozenPlc(rejected, confirms, [2])
         runtime = LineRuntime(
-            config.model, ledger, printer=None, camera=None, plc=plc, reader=None, stats=stats
+            config.model,
+            ledger,
+            job_of(batch),
+            printer=None,
+            camera=None,
+            plc=plc,
+            reader=None,
+            stats=stats,
         )  # type: ignore[arg-type]
         runtime.batch = batch
         await runtime._settle_unwritten_passes(ledger.unwritten_passes(batch))
@@ -423,7 +434,9 @@ async def test_a_confirm_landing_between_counter_and_log_is_not_skipped(
             ledger.mark_verdicts_written(batch, [trigger])
             serials.append(taken[1])
         plc = FrozenPlc(rejected=2, confirms=2, log=[1, 2, 3])
-        runtime = LineRuntime(config.model, ledger, printer=None, camera=None, plc=plc, reader=None)  # type: ignore[arg-type]
+        runtime = LineRuntime(
+            config.model, ledger, job_of(batch), printer=None, camera=None, plc=plc, reader=None
+        )  # type: ignore[arg-type]
         runtime.batch = batch
         runtime._confirms_seen = 0
         await runtime._poll_rejects()

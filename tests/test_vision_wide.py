@@ -222,3 +222,15 @@ def test_blob_map_keeps_dots_and_drops_streaks() -> None:
     cv2.circle(image, (80, 85), 3, 150, -1)
     blobs = _blobs(image)
     assert blobs[80:91, 74:87].max() > 4 * blobs[36:47, 10:70].max()
+
+
+def test_grid_reads_a_long_dmre_seen_as_a_trapezoid() -> None:
+    # 8x120 under strong perspective: its outline is far from any rectangle, and the corners
+    # from the bounding rectangle put the far end four modules off; the hull's vertices do not.
+    frame = wide.wide_frame("perspective", 7)
+    xs = [x for x, _ in frame.corners[0]]
+    ys = [y for _, y in frame.corners[0]]
+    pad = 0.3 * max(max(xs) - min(xs), max(ys) - min(ys))
+    x0, y0 = int(min(xs) - pad), int(min(ys) - pad)
+    crop = np.ascontiguousarray(frame.image[y0 : int(max(ys) + pad), x0 : int(max(xs) + pad)])
+    assert [read.text for read in read_sampled(crop)] == list(frame.codes)

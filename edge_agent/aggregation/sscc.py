@@ -193,13 +193,24 @@ def add_to_pool(
     level: AggregationLevel,
     codes: Sequence[str],
     company_prefix_length: int,
+    *,
+    prefix: str | None = None,
 ) -> int:
     """Store identifiers L3 sent for ``level`` of an order, before any is used (in the caller's
-    write transaction). Each must be well formed and unknown on this line: a code used before
-    refuses the whole page (AggregationRefused), as a reused unit serial does."""
-    rows = []
+    write transaction). Each must be well formed (an SSCC starting with ``prefix``, extension
+    digit and company prefix, when given) and unknown on this line: a code used before refuses
+    the whole page (AggregationRefused), as a reused unit serial does."""
+    rows: list[tuple[str, str, str, float]] = []
+    seen: set[str] = set()
     for code in codes:
         found = parse_level_code(code, level, company_prefix_length)
+        if prefix is not None and not found.code.startswith(prefix):
+            raise AggregationRefused(
+                RefusalReason.UNKNOWN_CODE,
+                f"{level.level} identifier {found.hri} from L3 does not start with the "
+                f"extension digit and company prefix {prefix} asked for",
+                order_id=order_id,
+            )
         if (
             _used(conn, found)
             or conn.execute(
@@ -212,6 +223,13 @@ def add_to_pool(
                 "an identifier is never used twice: ask L3 for a new page",
                 order_id=order_id,
             )
+        if found.code in seen:
+            raise AggregationRefused(
+                RefusalReason.DUPLICATE,
+                f"{level.level} identifier {found.hri} appears twice in one page from L3",
+                order_id=order_id,
+            )
+        seen.add(found.code)
         rows.append((found.code, order_id, level.level, time.time()))
     conn.executemany(
         "INSERT INTO identifier_pool (code, order_id, level, received_at) VALUES (?, ?, ?, ?)",

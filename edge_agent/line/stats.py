@@ -6,24 +6,32 @@ resident daemon running for months) keeps the same few kilobytes.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+# Verdict latency bounds for Prometheus-style histograms (``le`` buckets), in ms: the PLC's
+# verdict deadline is a few hundred milliseconds, so resolution is finest below it.
+VERDICT_BUCKETS_MS = (5.0, 10.0, 20.0, 50.0, 100.0, 150.0, 200.0, 300.0, 500.0, 1000.0, 2000.0)
+
 
 class LatencyHistogram:
     """Latencies in log-spaced buckets (HDR-like): each bucket is ``2**(1/32)`` wide, so a
     percentile is reported within 2.2% of the true value, from ``LOWEST_MS`` up to ``HIGHEST_MS``
-    (values outside land in the first / last bucket). Count, sum, min and max are exact."""
+    (values outside land in the first / last bucket). Count, sum, min and max are exact, and so
+    are the counts at or below each of ``bounds_ms`` (``cumulative``, for metrics)."""
 
     LOWEST_MS = 0.001
     HIGHEST_MS = 3_600_000.0
     PER_OCTAVE = 32
 
-    def __init__(self) -> None:
+    def __init__(self, bounds_ms: tuple[float, ...] = VERDICT_BUCKETS_MS) -> None:
         octaves = math.log2(self.HIGHEST_MS / self.LOWEST_MS)
         self._counts = [0] * (math.ceil(octaves * self.PER_OCTAVE) + 1)
+        self.bounds_ms = tuple(sorted(bounds_ms))
+        self._le = [0] * (len(self.bounds_ms) + 1)  # the last one: above every bound (+Inf)
         self.count = 0
         self.total_ms = 0.0
         self.min_ms = math.inf
@@ -40,6 +48,7 @@ class LatencyHistogram:
 
     def record(self, value_ms: float) -> None:
         self._counts[self._bucket(value_ms)] += 1
+        self._le[bisect.bisect_left(self.bounds_ms, value_ms)] += 1
         self.count += 1
         self.total_ms += value_ms
         self.min_ms = min(self.min_ms, value_ms)
@@ -59,6 +68,15 @@ class LatencyHistogram:
                     return self.max_ms
                 return min(max(self._upper_bound(index), self.min_ms), self.max_ms)
         return self.max_ms
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(bound in ms, values at or below it) for each bound, then (inf, count): the ``le``
+        buckets of a Prometheus histogram."""
+        running, out = 0, []
+        for bound, n in zip((*self.bounds_ms, math.inf), self._le, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
 
     @property
     def mean_ms(self) -> float:

@@ -25,7 +25,7 @@ replaces only the detector and the sampler:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 
 import cv2
@@ -57,6 +57,7 @@ CANDIDATES = 3  # grids sampled and decoded per symbol, best border score first
 # Sizes whose border is scored, best rough contrast first: on an outline half a module off, a
 # size with more modules than the symbol often has more contrast than the right one.
 ROUGH_CANDIDATES = 6
+ALTERNATIVE_PX = 2.0  # corners from the hull's vertices are tried if this far from the first
 INK_FLOOR = 0.33  # share of the darkest marks' darkness below which nothing is ink
 RENDER_PX = 3  # pixels per module of the redrawn symbol
 SEARCH_MS = 3.0  # about what the size search costs; not started with less of the budget left
@@ -103,23 +104,39 @@ def read_sampled(
         outline = _outline(mask)
         if outline is None:
             continue
-        corners = _corners(outline)
-        if time_left() < SEARCH_MS:
-            break
         # Finder and timing are scored on what found the outline: on brushed metal the streaks
         # cross the darkness of the light modules.
         scored = darkness if blobs is None else _grown(blobs, SCORE_GROW)
-        for rows, cols, _turn, fitted in _sizes(corners, scored, time_left):
-            pitch = 0.5 * (_dist(fitted[0], fitted[1]) / cols + _dist(fitted[1], fitted[2]) / rows)
-            grown = [_grown(darkness, GROW * pitch)]
-            if blobs is not None:  # small dots: their centres are clearer than their darkness
-                grown.append(_grown(blobs, GROW * pitch))
-            for sampled in (darkness, *grown):
-                for barcode in _decode(_sample(sampled, fitted, rows, cols)):
-                    return [_placed(barcode, fitted, rows, cols, offset, strategy)]
-                if time_left() <= 0:
-                    return []
+        for corners in _corner_guesses(outline):
+            if time_left() < SEARCH_MS:
+                return []
+            for rows, cols, _turn, fitted in _sizes(corners, scored, time_left):
+                pitch = 0.5 * (
+                    _dist(fitted[0], fitted[1]) / cols + _dist(fitted[1], fitted[2]) / rows
+                )
+                grown = [_grown(darkness, GROW * pitch)]
+                if blobs is not None:  # small dots: their centres are clearer than their darkness
+                    grown.append(_grown(blobs, GROW * pitch))
+                for sampled in (darkness, *grown):
+                    for barcode in _decode(_sample(sampled, fitted, rows, cols)):
+                        return [_placed(barcode, fitted, rows, cols, offset, strategy)]
+                    if time_left() <= 0:
+                        return []
     return []
+
+
+def _corner_guesses(outline: npt.NDArray[np.int32]) -> Iterator[Floats]:
+    """The outline's corners from its bounding rectangle, then, if they differ, from the hull's
+    own vertices (a trapezoid under strong perspective is far from any rectangle)."""
+    first = _corners(outline)
+    yield first
+    second = _hull_corners(outline)
+    if (
+        second is not None
+        and min(float(np.abs(np.roll(second, -turn, axis=0) - first).max()) for turn in range(4))
+        > ALTERNATIVE_PX
+    ):
+        yield second
 
 
 def _placed(
@@ -324,12 +341,51 @@ def _corners(hull: npt.NDArray[np.int32]) -> Floats:
         corner = _intersect(p, u, q, v)
         far = corner is None or np.linalg.norm(corner - box[i]) > 0.1 * max(rect[1])
         corners.append(box[i] if far else corner)
-    quad = np.asarray(corners, dtype=np.float32)
-    # Clockwise on screen (y down), so that a grid never comes out mirrored: the finder looks
-    # the same in a mirror, the data does not.
+    return _clockwise(np.asarray(corners, dtype=np.float32))
+
+
+def _hull_corners(hull: npt.NDArray[np.int32]) -> Floats | None:
+    """Four corners of the outline from its own vertices: the hull vertex nearest each corner of
+    the bounding rectangle, each side a line fitted to the hull points between two of them."""
+    rect = cv2.minAreaRect(hull)
+    box = np.asarray(cv2.boxPoints(rect), dtype=np.float32)
+    points = hull.reshape(-1, 2).astype(np.float32)
+    count = len(points)
+    index = [int(np.argmin(np.linalg.norm(points - corner, axis=1))) for corner in box]
+    if len(set(index)) < 4:
+        return None
+    vertices = points[index]
+    lines = []
+    for i in range(4):
+        a, b = index[i], index[(i + 1) % 4]
+        forward = [(a + k) % count for k in range(((b - a) % count) + 1)]
+        backward = [(a - k) % count for k in range(((a - b) % count) + 1)]
+        side = points[forward if len(forward) <= len(backward) else backward]
+        start, end = vertices[i], vertices[(i + 1) % 4]
+        length = float(np.linalg.norm(end - start))
+        direction = (end - start) / max(length, 1e-6)
+        normal = np.array([-direction[1], direction[0]], dtype=np.float32)
+        # Only points along the chord: the closing rounds the symbol's corners.
+        near = side[np.abs((side - start) @ normal) < max(2.0, 0.05 * length)]
+        if len(near) < 2:
+            near = np.stack([start, end])
+        vx, vy, x0, y0 = cv2.fitLine(near, cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
+        lines.append((np.array([x0, y0], np.float32), np.array([vx, vy], np.float32)))
+    corners = []
+    for i in range(4):
+        (p, u), (q, v) = lines[(i - 1) % 4], lines[i]
+        corner = _intersect(p, u, q, v)
+        far = corner is None or np.linalg.norm(corner - vertices[i]) > 0.1 * min(rect[1]) + 3
+        corners.append(vertices[i] if far else corner)
+    return _clockwise(np.asarray(corners, dtype=np.float32))
+
+
+def _clockwise(quad: Floats) -> Floats:
+    """Clockwise on screen (y down), so that a grid never comes out mirrored: the finder looks
+    the same in a mirror, the data does not."""
     (x0, y0), (x1, y1), (x2, y2) = quad[0], quad[1], quad[2]
     if (x1 - x0) * (y2 - y1) - (y1 - y0) * (x2 - x1) < 0:
-        quad = quad[::-1].copy()
+        return quad[::-1].copy()
     return quad
 
 
