@@ -514,14 +514,16 @@ class OpcUaServerSection(OpcUaSecurity):
         250.0, ge=20, le=10_000, description="How often counters and state are refreshed"
     )
     wait_for_start: bool = Field(
-        False, description="Stay Idle until a client calls Start (MES-started batches)"
+        False,
+        description="Orders start only when a client calls Start (or through the REST API): "
+        "turns [orders] auto_start off",
     )
     linger_s: float = Field(
         2.0,
         ge=0,
         le=600,
-        description="Keep serving this long after the batch ended, so clients read the final "
-        "state (Complete, Stopped, Aborted) and counters",
+        description="Not used by the resident daemon: the server lives as long as the daemon "
+        "(kept so existing configs load)",
     )
 
     @model_validator(mode="after")
