@@ -49,14 +49,7 @@ def write_config(path: Path, state_dir: Path, devices: dict[str, dict[str, Any]]
     tables: dict[str, dict[str, Any]] = {
         "agent": {"state_dir": str(state_dir), "log_format": "json"},
         "line": {"read_point": READ_POINT, "company_prefix_length": PREFIX_LENGTH},
-        # The unit station's sections (the stations process does not use them)
-        "batch": {
-            "id": "UNUSED",
-            "gtin": "09506000134352",
-            "lot": "X",
-            "expiry": "491231",
-            "target_quantity": 1,
-        },
+        # The unit station's devices (the stations process does not use them)
         "printer": {"type": "zpl", "link": {"kind": "tcp", "port": 9}},
         "camera": {"type": "tcp-frames", "port": 9},
         "plc": {"type": "modbus-tcp", "port": 9},
