@@ -1,47 +1,100 @@
-"""The Agent: opens the state database, connects the devices, runs the line."""
+"""The Agent: the resident daemon of one packaging line.
+
+``Agent(config).serve()`` opens the state database once and runs, side by side for the daemon's
+life: the line controller (orders, one segment at a time, line/controller.py), the REST API,
+the order inbox, the L3 link, the forwarders and outbox pruning, the clock guard, the backup
+schedule and the PackML OPC UA server, each where the config asks for it. It returns only when
+told to stop (a signal: the line stops cleanly, units in flight settled), or, with
+``until_idle``, once the line has nothing left to do (see ``Idle``). A problem in the config
+found at start raises ConfigError before any device is opened.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import inspect
-import sqlite3
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import structlog
 
 from edge_agent import systemd
+from edge_agent.alarms import AlarmBoard
 from edge_agent.config import LoadedConfig
 from edge_agent.config.loader import DeviceSpec
-from edge_agent.config.models import UpstreamSection
+from edge_agent.config.models import L3Section, UpstreamSection
 from edge_agent.db import open_db
 from edge_agent.errors import EdgeAgentError, LineStopped, StorageFull
-from edge_agent.ledger import BatchInfo, Ledger
-from edge_agent.line.runtime import LineRuntime
+from edge_agent.ledger import Ledger
+from edge_agent.line.controller import LineController
 from edge_agent.line.stats import LineStats
-from edge_agent.opcua_server import open_packml, run_batch
+from edge_agent.orders.closing import OrderSettlement
+from edge_agent.orders.commands import CommandPath
+from edge_agent.orders.inbox import Inbox
+from edge_agent.orders.model import OrderState
+from edge_agent.orders.store import Hold, OrderRecord
+from edge_agent.orders.validation import OrderRules
 from edge_agent.outbox.forwarding import ForwarderLoop, QuotaGuard, prune_periodically
 from edge_agent.outbox.store import OutboxStore
+from edge_agent.stops import StopReason
 from edge_agent.storage import DiskGuard, storage_stop
 from edge_agent.vision.pipeline import build_reader
 
 log = structlog.get_logger("edge_agent.app")
 
+# Orders still to run, or on the line: the daemon is not idle while one is in these states.
+BUSY = frozenset({OrderState.WAITING, OrderState.READY, OrderState.RUNNING})
+IDLE_CHECK_S = 0.2
+
+
+@dataclass(frozen=True)
+class UntilIdle:
+    """Return from ``serve`` once the line has nothing left to do by itself:
+
+    * *idle*: no order Waiting, Ready or Running, none Held, none Completed and not closed, and
+      every forwarder has delivered what it holds (or ``drain_on_exit_s`` passed);
+    * *needs a person*: an order is Held (or Completed but not balanced, so not closed) and
+      stays so for ``hold_timeout_s`` (None: wait for the person, however long).
+    """
+
+    hold_timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Served:
+    """How ``serve`` ended: ``idle``, ``held`` (an order waits for a person) or ``signal``."""
+
+    ended: str
+    waiting: OrderRecord | None = None  # the order that needs a person, when ``held``
+    hold: Hold | None = None  # its open hold (reason, detail), when it is Held
+
 
 class Agent:
-    def __init__(self, config: LoadedConfig, stats: LineStats | None = None, on_tick: Any = None):
+    def __init__(
+        self, config: LoadedConfig, stats: LineStats | None = None, on_tick: Any = None
+    ) -> None:
         self.config = config
         self.stats = stats or LineStats()
         self.on_tick = on_tick
-        self._runtime: LineRuntime | None = None
+        self.commands: CommandPath | None = None  # once serve() has opened the database
+        self.controller: LineController | None = None
+        self.api_url: str | None = None  # once the REST API listens
+        self._stop: LineStopped | None = None
+        self._stopped: asyncio.Event | None = None
+        self._loops: list[ForwarderLoop] = []
+        self._inbox: Inbox | None = None
 
     def request_stop(self, stop: LineStopped) -> bool:
-        """Stop the running line cleanly (see LineRuntime.request_stop). False when no line is
-        running yet (start-up, waiting for an operator's Start) or any more (draining the outbox):
-        then there is nothing in flight to settle, and the caller may simply cancel the run."""
-        return self._runtime is not None and self._runtime.request_stop(stop)
+        """Stop the daemon (a signal): the line stops as any line stop does (units in flight
+        settled, the PLC told why) but the order stays as it was, so the next start resumes it.
+        True when a segment is running and settles first; either way ``serve`` then returns."""
+        self._stop = stop
+        if self._stopped is not None:
+            self._stopped.set()
+        return self.controller is not None and self.controller.shutdown(stop)
 
     def _device(self, kind: str) -> Any:
         spec = getattr(self.config, kind)
@@ -49,15 +102,15 @@ class Agent:
 
     def _storage_failed(self, exc: Exception) -> None:
         """A storage failure outside the line's own tasks (forwarders, pruning) stops the line."""
-        if self._runtime is not None:
-            self._runtime.request_stop(storage_stop(exc, self.config.model.agent.state_dir))
+        segment = None if self.controller is None else self.controller._segment
+        if segment is not None:
+            segment.request_stop(storage_stop(exc, self.config.model.agent.state_dir))
 
     async def _stop_before_line(self, stop: LineStopped) -> NoReturn:
-        """A stop found before the line could run (no room for the state database): the PLC
-        is told (its stop code) as for any line stop, then the stop is raised."""
-        log.error(
-            "line_stop", batch=self.config.model.batch.id, reason=stop.reason, detail=str(stop)
-        )
+        """A stop found before the daemon could open its database (no room for it): the PLC
+        is told (its stop code) as for any line stop, then the stop is raised: without its
+        state database the agent can record nothing, so it does not run."""
+        log.error("line_stop", reason=stop.reason, detail=str(stop))
         systemd.notify_stopping(f"line stopped: {stop.reason}")
         try:
             async with self._device("plc") as plc:
@@ -66,10 +119,17 @@ class Agent:
             log.error("line_stop_not_sent", device="plc", detail=str(exc))
         raise stop
 
-    async def run(self) -> BatchInfo:
+    async def serve(
+        self, ready: asyncio.Event | None = None, *, until_idle: UntilIdle | None = None
+    ) -> Served:
+        """Run the daemon until ``request_stop`` (or, with ``until_idle``, until idle); sets
+        ``ready`` (and tells systemd READY=1) once every part is up."""
         model = self.config.model
+        self._stopped = asyncio.Event()
+        if self._stop is not None:
+            self._stopped.set()
         for warning in self.config.warnings:
-            log.warning("config_warning", batch=model.batch.id, detail=warning)
+            log.warning("config_warning", detail=warning)
         disk = DiskGuard(
             model.agent.state_dir,
             alarm_mb=model.agent.disk_free_alarm_mb,
@@ -86,62 +146,200 @@ class Agent:
             await self._stop_before_line(storage_stop(exc, model.agent.state_dir))
         except LineStopped as exc:
             await self._stop_before_line(exc)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                return await self._serve(conn, disk, stack, ready, until_idle)
+        finally:
+            self.commands = self.controller = None
+            conn.close()
+
+    async def _serve(
+        self,
+        conn: Any,
+        disk: DiskGuard,
+        stack: contextlib.AsyncExitStack,
+        ready: asyncio.Event | None,
+        until_idle: UntilIdle | None,
+    ) -> Served:
+        model = self.config.model
+        state_dir = model.agent.state_dir
         ledger = Ledger(
             conn,
             read_point=model.line.read_point,
             biz_location=model.line.biz_location,
             company_prefix_length=model.line.company_prefix_length,
         )
-        serials = model.batch.serials
+        alarms = AlarmBoard(conn)
+        l3_link = self.config.l3 is not None
+        settlement = OrderSettlement(conn, ledger, state_dir / "reports", l3_link=l3_link)
+        rules = OrderRules(expiry_warn_days=model.orders.expiry_warn_days, l3_link=l3_link)
+        commands = CommandPath(
+            conn, ledger, alarms, settlement, rules, auto_close=model.orders.auto_close
+        )
+        upstream = model.upstream or UpstreamSection()
+        store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
+        quota = QuotaGuard(
+            conn,
+            alarm_mb=upstream.quota_alarm_mb,
+            stop_mb=upstream.quota_stop_mb,
+            store=store,
+            on_alarm=self.stats.alarms.append,
+        )
+        guards: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
+            ("outbox-quota", quota.run)
+        ]
+        if disk.enabled:
+            guards.append(("disk-space", disk.run))
+        clock = self._clock_guard(alarms)
+        reader = build_reader(model.vision)
+        stack.callback(reader.close)
+        await asyncio.to_thread(reader.start)  # libdmtx workers, if configured
+        controller = LineController(
+            self.config,
+            commands,
+            reader,
+            stats=self.stats,
+            on_tick=self.on_tick,
+            guards=guards,
+            start_problems=clock.start_problems if clock is not None else None,
+            resume_checks=lambda: _disk_problems(disk),
+        )
+        commands.line = controller
+        self.commands, self.controller = commands, controller
+        if self._stop is not None:  # a signal during start-up
+            controller.shutdown(self._stop)
+        self._loops = [
+            self._forwarder_loop(spec, store, upstream) for spec in self.config.forwarders
+        ]
+        background: list[tuple[str, Coroutine[Any, Any, None]]] = [
+            *((f"forwarder:{loop.name}", loop.run()) for loop in self._loops),
+            (
+                "outbox-prune",
+                prune_periodically(
+                    store, upstream.retention_days, on_storage_error=self._storage_failed
+                ),
+            ),
+        ]
+        inbox = Inbox.from_section(model.orders, commands)
+        if inbox is not None:
+            background.append(("inbox", inbox.run()))
+        self._inbox = inbox
+        if self.config.l3 is not None:
+            background.append(("l3", self._l3_service(commands, conn).run()))
+        if clock is not None:
+            background.append(("clock", clock.run()))
+        if model.backup.dir is not None:
+            from edge_agent.backup import BackupSchedule
+
+            schedule = BackupSchedule(model.backup, state_dir, line_id=model.line.id, alarms=alarms)
+            background.append(("backup", schedule.run()))
+        if model.api is not None:
+            await self._start_api(stack, commands, alarms, settlement, conn)
+        tasks: list[asyncio.Task[Any]] = []
         try:
-            if serials.source == "list" and serials.file is not None:
-                try:
-                    added = ledger.import_serial_list(model.batch.gtin, serials.file)
-                except sqlite3.Error as exc:
-                    raise storage_stop(exc, model.agent.state_dir) from exc
-                log.info("serial_list_imported", file=str(serials.file), new=added)
-            async with contextlib.AsyncExitStack() as stack:
-                printer = await stack.enter_async_context(self._device("printer"))
-                camera = await stack.enter_async_context(self._device("camera"))
-                plc = await stack.enter_async_context(self._device("plc"))
-                reader = build_reader(model.vision)
-                stack.callback(reader.close)
-                await asyncio.to_thread(reader.start)  # libdmtx workers, if configured
-                packml, plc = await open_packml(stack, model, self.stats, plc)
-                runtime = LineRuntime(
-                    model,
-                    ledger,
-                    printer=printer,
-                    camera=camera,
-                    plc=plc,
-                    reader=reader,
-                    stats=self.stats,
-                    on_tick=self.on_tick,
-                )
-                self._runtime = runtime
-                upstream = model.upstream or UpstreamSection()
-                store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
-                quota = QuotaGuard(
-                    conn,
-                    alarm_mb=upstream.quota_alarm_mb,
-                    stop_mb=upstream.quota_stop_mb,
-                    store=store,
-                    on_alarm=self.stats.alarms.append,
-                )
-                runtime.guards.append(("outbox-quota", quota.run))
-                if disk.enabled:
-                    runtime.guards.append(("disk-space", disk.run))
-                systemd.notify_ready(f"running batch {model.batch.id}")
-                line_run = (
-                    run_batch(packml, runtime, model.batch.id)
-                    if packml is not None
-                    else runtime.run()
-                )
-                batch = await self._with_forwarders(line_run, store, upstream)
-                assert batch is not None
-                return batch
+            for name, job in background:
+                tasks.append(asyncio.create_task(job, name=name))
+            line = asyncio.create_task(controller.run(), name="line-controller")
+            tasks.append(line)
+            watcher = asyncio.create_task(self._watch(until_idle, commands), name="idle-watch")
+            tasks.append(watcher)
+            systemd.notify_ready(f"line {model.line.id} up")
+            log.info("agent_ready", line=model.line.id, api=self.api_url)
+            if ready is not None:
+                ready.set()
+            await asyncio.wait({line, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            served = watcher.result() if watcher.done() else Served("signal")
+            if not line.done():
+                controller.shutdown(self._stop or LineStopped(StopReason.SHUTDOWN, served.ended))
+            await line  # the segment in progress settles its units in flight
+            await _drain(self._loops, upstream.drain_on_exit_s)
+            return served
         finally:
-            conn.close()
+            for loop in self._loops:
+                loop.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watch(self, until_idle: UntilIdle | None, commands: CommandPath) -> Served:
+        """Returns when the daemon is told to stop, or (``until_idle``) when it is idle."""
+        assert self._stopped is not None
+        held_since: float | None = None
+        while not self._stopped.is_set():
+            if until_idle is not None:
+                waiting = _needs_person(commands)
+                if waiting is None:
+                    held_since = None
+                    inbox_empty = self._inbox is None or not self._inbox.waiting_files()
+                    delivered = all(loop.idle() for loop in self._loops)
+                    if inbox_empty and delivered and _idle(commands):
+                        log.info("agent_idle", detail="no order left to run")
+                        return Served("idle")
+                elif self.controller is not None and self.controller.running is None:
+                    held_since = held_since or time.monotonic()
+                    timeout = until_idle.hold_timeout_s
+                    if timeout is not None and time.monotonic() - held_since >= timeout:
+                        log.warning("agent_held", order=waiting.id, state=waiting.state)
+                        return Served("held", waiting, commands.store.open_hold(waiting.id))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), IDLE_CHECK_S)
+        return Served("signal")
+
+    def _clock_guard(self, alarms: AlarmBoard) -> Any:
+        section = self.config.model.clock
+        if not section.check:
+            return None
+        from edge_agent.clock import ClockGuard
+
+        return ClockGuard(section, alarms)
+
+    def _l3_service(self, commands: CommandPath, conn: Any) -> Any:
+        from edge_agent.l3.service import L3Service
+
+        spec = self.config.l3
+        assert spec is not None
+        link = spec.driver(spec.config)
+        settings = spec.config
+        assert isinstance(settings, L3Section)  # each link's Config extends the service's keys
+        return L3Service(commands, link, conn, settings=settings)
+
+    async def _start_api(
+        self,
+        stack: contextlib.AsyncExitStack,
+        commands: CommandPath,
+        alarms: AlarmBoard,
+        settlement: OrderSettlement,
+        conn: Any,
+    ) -> None:
+        from edge_agent.api.deps import ApiServices
+        from edge_agent.api.service import api_server
+        from edge_agent.api.status import DbLineStatus
+        from edge_agent.orders.report_html import StoredReports
+
+        section = self.config.model.api
+        assert section is not None
+        services = ApiServices(
+            commands=commands,
+            alarms=alarms,
+            line=DbLineStatus(conn),
+            reports=StoredReports(settlement.report_path),
+        )
+        server = await stack.enter_async_context(api_server(section, services))
+        self.api_url = server.url
+
+    def _forwarder_loop(
+        self, spec: DeviceSpec, store: OutboxStore, upstream: UpstreamSection
+    ) -> ForwarderLoop:
+        return ForwarderLoop(
+            store,
+            self._forwarder(spec),
+            spec.name,
+            batch_size=upstream.batch_size,
+            backoff_initial_s=upstream.backoff_initial_s,
+            backoff_max_s=upstream.backoff_max_s,
+            on_alarm=self.stats.alarms.append,
+            on_storage_error=self._storage_failed,
+        )
 
     async def drain_outbox(self, timeout_s: float) -> int:
         """Run only the forwarders until every one has nothing pending (or ``timeout_s``
@@ -151,8 +349,18 @@ class Agent:
         try:
             store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
             upstream = model.upstream or UpstreamSection()
-            upstream = upstream.model_copy(update={"drain_on_exit_s": timeout_s})
-            await self._with_forwarders(None, store, upstream)
+            loops = [self._forwarder_loop(spec, store, upstream) for spec in self.config.forwarders]
+            tasks = [
+                asyncio.create_task(loop.run(), name=f"forwarder:{loop.name}") for loop in loops
+            ]
+            try:
+                await _drain(loops, timeout_s)
+            finally:
+                for loop in loops:
+                    loop.stop()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
             return sum(s.pending for s in store.status())
         finally:
             conn.close()
@@ -163,51 +371,28 @@ class Agent:
         context = {k: v for k, v in (("site", line.site), ("line", line.id)) if k in accepts}
         return spec.driver(spec.name, spec.config, **context)
 
-    async def _with_forwarders(
-        self,
-        line: Coroutine[Any, Any, BatchInfo] | None,
-        store: OutboxStore,
-        upstream: UpstreamSection,
-    ) -> BatchInfo | None:
-        """Run the line with the forwarder loops beside it in one TaskGroup. The loops never
-        raise; when the line ends (or stops), they get ``drain_on_exit_s`` to empty the outbox."""
-        loops = [
-            ForwarderLoop(
-                store,
-                self._forwarder(spec),
-                spec.name,
-                batch_size=upstream.batch_size,
-                backoff_initial_s=upstream.backoff_initial_s,
-                backoff_max_s=upstream.backoff_max_s,
-                on_alarm=self.stats.alarms.append,
-                on_storage_error=self._storage_failed,
-            )
-            for spec in self.config.forwarders
-        ]
-        failure: Exception | None = None
-        batch = None
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(loop.run(), name=f"forwarder:{loop.name}") for loop in loops]
-            tasks.append(
-                tg.create_task(
-                    prune_periodically(
-                        store, upstream.retention_days, on_storage_error=self._storage_failed
-                    ),
-                    name="outbox-prune",
-                )
-            )
-            try:
-                batch = None if line is None else await line
-            except Exception as exc:  # re-raised once the forwarders had their chance to drain
-                failure = exc
-            await _drain(loops, upstream.drain_on_exit_s)
-            for loop in loops:
-                loop.stop()
-            for task in tasks:
-                task.cancel()
-        if failure is not None:
-            raise failure
-        return batch
+
+def _needs_person(commands: CommandPath) -> OrderRecord | None:
+    """The order that waits for a person: Held, or Completed but not closed (unbalanced)."""
+    active = commands.store.active()
+    if active is not None and active.state == OrderState.HELD:
+        return active
+    completed = commands.store.all(frozenset({OrderState.COMPLETED}))
+    return completed[0] if completed else None
+
+
+def _idle(commands: CommandPath) -> bool:
+    return not commands.store.all(BUSY)
+
+
+def _disk_problems(disk: DiskGuard) -> list[str]:
+    if not disk.enabled:
+        return []
+    try:
+        disk.check()
+    except LineStopped as exc:
+        return [str(exc)]
+    return []
 
 
 async def _drain(loops: list[ForwarderLoop], timeout_s: float) -> None:

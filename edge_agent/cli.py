@@ -88,8 +88,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_demo)
 
-    run = sub.add_parser("run", help="run the line from a config file (the service)")
+    run = sub.add_parser(
+        "run",
+        help="run the line daemon from a config file (the service); orders come from the API, "
+        "the inbox folder or L3",
+    )
     run.add_argument("--config", type=Path, required=True)
+    run.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="exit 0 once no order is left to run (none waiting, ready, running, held or "
+        "completed-not-closed) and the outbox is delivered; for scripts and CI (README "
+        '"Running the line")',
+    )
+    run.add_argument(
+        "--hold-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --exit-when-idle: exit 3 once an order has waited this long for a person "
+        "(held, or completed but not balanced); default: wait for the person",
+    )
     run.set_defaults(handler=_run)
 
     sim = sub.add_parser("simulate", help="start the simulators a config names, standalone")
@@ -164,35 +182,43 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from edge_agent import logs, preflight
-    from edge_agent.app import Agent
+    from edge_agent.app import Agent, UntilIdle
     from edge_agent.config import load_config
-    from edge_agent.db import open_reader
-    from edge_agent.reconcile import reconcile
 
+    if args.hold_timeout is not None and not args.exit_when_idle:
+        raise ConfigError("--hold-timeout needs --exit-when-idle", key="--hold-timeout")
     config = load_config(args.config)
     preflight.require(config)  # what check-config checks: a problem exits 2 before any device
     logs.configure(config.model.agent.log_format, config.model.agent.log_level)
-    batch, signum = _run_agent(Agent(config))
+    until_idle = UntilIdle(args.hold_timeout) if args.exit_when_idle else None
+    served, signum = _serve_agent(Agent(config), until_idle)
     if signum is not None:
         print(
             f"edge-agent: stopped on {signal.Signals(signum).name} (units in flight settled); "
-            "an open batch resumes when the agent runs again with the same config",
+            "the order on the line resumes when the agent runs again with the same config",
             file=sys.stderr,
         )
         return 128 + signum
-    with contextlib.closing(open_reader(config.model.agent.state_dir)) as conn:
-        report = reconcile(conn, batch.id)
-    print(json.dumps(report, indent=2))
-    return EXIT_OK if report["balanced"] else EXIT_UNBALANCED
+    if served.ended == "held":
+        order = served.waiting
+        assert order is not None
+        print(
+            f"edge-agent: order {order.id} is {order.state} and needs a person (acknowledge its "
+            "alarms and resume it, or stop, abort or close it: `edge-agent order show "
+            f"{order.id}`); exiting (--hold-timeout)",
+            file=sys.stderr,
+        )
+        return EXIT_LINE_STOPPED
+    return EXIT_OK
 
 
-def _run_agent(agent: Any) -> tuple[Any, int | None]:
-    """Run the agent; returns (the finished batch, None) or (None, the signal that stopped it).
+def _serve_agent(agent: Any, until_idle: Any) -> tuple[Any, int | None]:
+    """Serve until done; returns (how it ended, None) or (None, the signal that stopped it).
 
-    The first SIGTERM or SIGINT stops the line as a line stop does (units in flight settled, the
-    PLC told, reason ``shutdown``); before the line runs or once it has ended there is nothing to
-    settle and the run is cancelled. A second signal cancels at once. The handlers are the
-    program's own, so they work even when it was started with SIGINT ignored.
+    The first SIGTERM or SIGINT stops the daemon as a line stop stops the line (units in flight
+    settled, the PLC told, reason ``shutdown``), then the forwarders get ``drain_on_exit_s``; a
+    second signal cancels at once. The handlers are the program's own, so they work even when
+    it was started with SIGINT ignored.
     """
     import structlog
 
@@ -202,7 +228,7 @@ def _run_agent(agent: Any) -> tuple[Any, int | None]:
     log = structlog.get_logger("edge_agent.cli")
 
     async def runner() -> tuple[Any, int | None]:
-        task = asyncio.ensure_future(agent.run())
+        task = asyncio.ensure_future(agent.serve(until_idle=until_idle))
         received: list[signal.Signals] = []
 
         def on_signal(sig: signal.Signals) -> None:
@@ -213,21 +239,20 @@ def _run_agent(agent: Any) -> tuple[Any, int | None]:
             received.append(sig)
             log.warning("shutdown_requested", signal=sig.name)
             systemd.notify_stopping(f"stopping on {sig.name}")
-            if not agent.request_stop(LineStopped(StopReason.SHUTDOWN, f"{sig.name} received")):
-                task.cancel()
+            agent.request_stop(LineStopped(StopReason.SHUTDOWN, f"{sig.name} received"))
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         try:
-            return await task, None
+            served = await task
         except asyncio.CancelledError:
             if not received:
                 raise
-        except LineStopped as exc:
-            if not received or exc.reason is not StopReason.SHUTDOWN:
-                raise
-        return None, int(received[0])
+            return None, int(received[0])
+        if received:
+            return None, int(received[0])
+        return served, None
 
     result: tuple[Any, int | None] = asyncio.run(runner())
     return result
@@ -297,7 +322,7 @@ def _check_config(args: argparse.Namespace) -> int:
         return _config_problems(args.file, findings.problems)
     m = config.model
     print(
-        f"{args.file}: OK — line {m.line.id}, batch {m.batch.id} ({m.batch.target_quantity} units), "
+        f"{args.file}: OK — line {m.line.id}, "
         f"printer {config.printer.type_name}, camera {config.camera.type_name}, "
         f"plc {config.plc.type_name}"
         + "".join(f", forwarder {f.name} ({f.type_name})" for f in config.forwarders)

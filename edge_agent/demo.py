@@ -15,10 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edge_agent import logs
-from edge_agent.app import Agent
+from edge_agent.app import Agent, UntilIdle
 from edge_agent.config import parse_config
 from edge_agent.db import open_reader
-from edge_agent.errors import LineStopped
 from edge_agent.line.stats import LineStats
 from edge_agent.reconcile import reconcile
 from simulators.runner import SimulatorSet
@@ -45,7 +44,7 @@ async def run_demo(
     state_dir.mkdir(parents=True, exist_ok=True)
     overrides: dict[str, Any] = {
         "agent": {"state_dir": str(state_dir)},
-        "batch": {"target_quantity": units},
+        "orders": {"inbox": str(state_dir / "inbox")},
         "simulators": {
             "units_per_min": speed,
             "printer": {"port": 0},
@@ -71,6 +70,7 @@ async def run_demo(
                 forwarder = capture.driver_config(name="l3-capture")
                 sections["upstream"] = {"forwarders": [forwarder], "drain_on_exit_s": 60}
             config = parse_config(demo_config_text(), "demo.toml", overrides, sections=sections)
+            write_order_file(state_dir / "inbox", demo_order(units))
             stopped = await _run_with_progress(config, units, console)
             await asyncio.sleep(0)  # let the last gate decisions land
             truth = sims.ground_truth()
@@ -132,13 +132,39 @@ async def _run_with_progress(config: Any, units: int, console: Console) -> str |
             )
 
         try:
-            await Agent(config, stats=stats, on_tick=tick).run()
-        except LineStopped as exc:
-            console.print(f"[bold red]line stopped:[/] {exc}")
-            return exc.reason
+            served = await Agent(config, stats=stats, on_tick=tick).serve(
+                until_idle=UntilIdle(hold_timeout_s=0)
+            )
         finally:
             tick()
+    if served.waiting is not None:
+        hold = served.hold.reason if served.hold is not None else served.waiting.state
+        console.print(f"[bold red]line stopped:[/] order {served.waiting.id} {hold}")
+        return str(hold)
     return None
+
+
+def demo_order(units: int, order_id: str = "DEMO-BATCH-0001") -> dict[str, Any]:
+    """The demo's work order: the demo product, with serials generated on the line."""
+    return {
+        "id": order_id,
+        "product": {"gtin": "09506000134352", "description": "Demo tablets 20 mg"},
+        "lot": "DEMO24A",
+        "expiry": "281231",
+        "quantity": units,
+        "serials": {"source": "generate", "length": 12},
+        "market": "DE",
+    }
+
+
+def write_order_file(inbox: Path, order: dict[str, Any]) -> Path:
+    """Drop an order into an inbox folder as the inbox expects it: written aside, then renamed."""
+    inbox.mkdir(parents=True, exist_ok=True)
+    path = inbox / f"{order['id']}.json"
+    tmp = inbox / f".{order['id']}.json.part"
+    tmp.write_text(json.dumps(order, indent=2), encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def demo_report(

@@ -157,6 +157,12 @@ class Ledger:
             )
         return info
 
+    def batch(self, batch_id: str) -> BatchInfo | None:
+        row = self.conn.execute(
+            "SELECT id, gtin, lot, expiry, target, state FROM batches WHERE id = ?", (batch_id,)
+        ).fetchone()
+        return None if row is None else BatchInfo(*row)
+
     def close_batch(self, batch_id: str, reason: str = "batch_closed") -> int:
         """Close the batch: serials never sent become unused. Returns how many."""
         now = time.time()
@@ -272,7 +278,11 @@ class Ledger:
             if row is None:
                 return None
             (seq,) = self.conn.execute(
-                "UPDATE batches SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1",
+                # Record numbers are unique in the state database, not only in the batch: a
+                # record of an earlier order left in a printer's queue never passes for one of
+                # this order (printer_reconcile.py matches the queue by record number).
+                "UPDATE batches SET next_seq = (SELECT MAX(next_seq) FROM batches) + 1 "
+                "WHERE id = ? RETURNING next_seq - 1",
                 (batch.id,),
             ).fetchone()
             self._move(
@@ -500,6 +510,10 @@ class Ledger:
             "SELECT count(*) FROM serials WHERE batch_id = ? AND seq IS NOT NULL", (batch_id,)
         ).fetchone()
         return int(n)
+
+    def unsent_count(self, batch_id: str) -> int:
+        """Serials allocated to the batch and not yet sent to the printer."""
+        return self._count(batch_id, SerialState.ALLOCATED)
 
     def unconfirmed_in_send_order(self, batch_id: str) -> list[tuple[int, str]]:
         """(record seq, serial) of the serials sent to the printer and not confirmed printed,

@@ -34,7 +34,6 @@ from edge_agent.contracts import Preflight
 from edge_agent.db import user_name, writable
 from edge_agent.db_identity import StateFiles
 from edge_agent.errors import ConfigError, LedgerError
-from edge_agent.ledger import read_serial_list
 from edge_agent.tls import readable
 
 LOCK_NAME = "agent.lock"
@@ -77,9 +76,8 @@ def check(config: LoadedConfig) -> Findings:
     report = _Report(config)
     model = config.model
     _state_dir(report, model.agent.state_dir)
-    serials = model.batch.serials
-    if serials.source == "list" and serials.file is not None:
-        _serial_list(report, serials.file)
+    if model.orders.inbox is not None:
+        _output_dir(report, "orders.inbox", model.orders.inbox, "order inbox")
     if model.vision.archive_dir is not None:
         _output_dir(report, "vision.archive_dir", model.vision.archive_dir, "failed-frame archive")
     sections = list(_sections(config))
@@ -178,19 +176,6 @@ def _state_dir(report: _Report, path: Path) -> None:
     others = proclocks.describe(holders)
     if others:
         report.note(f"an agent is running on this state directory: {others}")
-
-
-def _serial_list(report: _Report, path: Path) -> None:
-    key = "batch.serials.file"
-    try:
-        serials = read_serial_list(path)
-    except LedgerError as exc:
-        report.problem(key, f"{exc}; fix the file or point batch.serials.file at the list from L3")
-        return
-    if not serials:
-        report.problem(key, f"{path} holds no serials; point it at the list from L3")
-        return
-    report.note(f"serial list {path}: {len(serials)} serials")
 
 
 def _output_dir(report: _Report, key: str, path: Path, what: str) -> None:

@@ -2,8 +2,9 @@
 
 A no-op when NOTIFY_SOCKET is unset (terminal, tests, demo). The watchdog is fed by the line's
 heartbeat loop, which only runs while the event loop and the PLC link work, so a hung agent is
-restarted by systemd instead of being kept alive by a timer beside it. STOPPING=1 is sent when
-the line stops (the process ends after a line stop) or a signal asks the agent to stop.
+restarted by systemd instead of being kept alive by a timer beside it; while no order runs the
+daemon's own idle loop feeds it (``app.Agent``). STOPPING=1 is sent when a signal asks the agent
+to stop; a line stop holds the order and the daemon stays up.
 """
 
 from __future__ import annotations
@@ -40,3 +41,7 @@ def notify_watchdog(status: str | None = None) -> bool:
 
 def notify_stopping(status: str) -> bool:
     return notify(f"STOPPING=1\nSTATUS={status}")
+
+
+def notify_status(status: str) -> bool:
+    return notify(f"STATUS={status}")

@@ -17,10 +17,12 @@ simulated conveyor, and their defaults agree with each other and with ``agent_co
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -213,19 +215,51 @@ def _section(device: Device) -> dict[str, Any]:
     return dict(device) if isinstance(device, Mapping) else dict(device.driver_config())
 
 
+# The order a test's agent packs unless the test says otherwise (``order=`` of the factory).
+DEFAULT_ORDER: dict[str, Any] = {
+    "id": "DEMO-BATCH-0001",
+    "product": {"gtin": "09506000134352", "description": "Demo tablets 20 mg"},
+    "lot": "DEMO24A",
+    "expiry": "281231",
+    "quantity": 2000,
+    "serials": {"source": "generate", "length": 12},
+    "market": "DE",
+}
+
+
+def order_for(**changes: Any) -> dict[str, Any]:
+    """``DEFAULT_ORDER`` with ``changes`` (a ``serials`` table merges into its serials)."""
+    order = {**DEFAULT_ORDER, **changes}
+    if "serials" in changes:
+        order["serials"] = {**DEFAULT_ORDER["serials"], **changes["serials"]}
+    return order
+
+
+def drop_order(inbox: Path, order: Mapping[str, Any]) -> Path:
+    """Put an order file into an inbox folder as a sender must: written aside, then renamed."""
+    inbox.mkdir(parents=True, exist_ok=True)
+    path = inbox / f"{order['id']}.json"
+    tmp = inbox / f".{order['id']}.json.part"
+    tmp.write_text(json.dumps(order, indent=2), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 @pytest.fixture
 def agent_config_factory(tmp_path: Path) -> Callable[..., LoadedConfig]:
     """Build a validated agent config (``edge_agent.config.LoadedConfig``) for these simulators::
 
         agent_config_factory(printer=printer_sim, camera=camera_sim, plc=plc_sim,
-                             batch={"target_quantity": 50}, line={...}, upstream={...})
+                             order={"quantity": 50}, line={...}, upstream={...})
 
     ``printer``, ``camera``, ``plc``: a simulator (its ``driver_config()`` becomes the device
     section) or a section as a dict, e.g. ``plc_sim.driver_config(timeout_s=0.3)``; a device
     left out keeps the demo config's section. ``simulators``: a ``SimulatorSet`` instead of the
-    three. ``forwarders``: simulators or tables for ``[[upstream.forwarders]]``. Any other
-    keyword merges into that section of the demo config (``edge_agent/resources/demo.toml``);
-    the state directory is a fresh one under the test's ``tmp_path``.
+    three. ``forwarders``: simulators or tables for ``[[upstream.forwarders]]``. ``order``: the
+    work order the agent finds in its inbox (``[orders] inbox`` under ``tmp_path``), changes to
+    ``DEFAULT_ORDER``; ``order=None`` drops none. Any other keyword merges into that section of
+    the demo config (``edge_agent/resources/demo.toml``); the state directory is a fresh one
+    under the test's ``tmp_path``.
     """
     from edge_agent.config import parse_config
     from edge_agent.demo import demo_config_text
@@ -238,6 +272,7 @@ def agent_config_factory(tmp_path: Path) -> Callable[..., LoadedConfig]:
         plc: Device = None,
         simulators: Any = None,
         forwarders: Iterable[Device] = (),
+        order: Mapping[str, Any] | None = MappingProxyType({}),
         **sections: dict[str, Any],
     ) -> LoadedConfig:
         if simulators is not None:
@@ -246,7 +281,10 @@ def agent_config_factory(tmp_path: Path) -> Callable[..., LoadedConfig]:
             plc = plc or simulators.plc
         devices = {"printer": printer, "camera": camera, "plc": plc}
         replaced = {kind: _section(d) for kind, d in devices.items() if d is not None}
-        merged: dict[str, Any] = {"agent": {"state_dir": str(tmp_path / "state")}}
+        merged: dict[str, Any] = {
+            "agent": {"state_dir": str(tmp_path / "state")},
+            "orders": {"inbox": str(tmp_path / "inbox")},
+        }
         for key, value in sections.items():
             merged[key] = {**merged.get(key, {}), **value}
         tables = [_section(f) for f in forwarders]
@@ -263,6 +301,9 @@ def agent_config_factory(tmp_path: Path) -> Callable[..., LoadedConfig]:
                 "whose pass is still on its way",
                 key="line.verdict_deadline_ms",
             )
+        inbox = config.model.orders.inbox
+        if order is not None and inbox is not None:
+            drop_order(inbox, order_for(**order))
         return config
 
     return factory
@@ -274,36 +315,39 @@ class AgentRun:
 
     config: LoadedConfig
     stats: LineStats  # the line's counters and alarms, as the agent kept them
-    stopped: LineStopped | None  # the stop the run ended with (``.reason``); None: batch done
+    stopped: LineStopped | None  # the stop the order was held with (``.reason``); None: closed
     report: dict[str, Any]  # the reconciliation, as ``edge-agent batch report --json`` prints
+    order_id: str | None = None  # the order the run ended on
 
 
 @pytest.fixture
 def agent_runner(sim_line: SimLine) -> Callable[..., Awaitable[AgentRun]]:
-    """Run the agent (``edge_agent.app.Agent``) on a config until its batch ends or the line
-    stops: ``run = await agent_runner(config)``. It returns once the simulated PLC of the test
-    has decided every unit at its gate, with the reconciliation read from the state database."""
-    from edge_agent.app import Agent
+    """Run the agent daemon (``edge_agent.app.Agent.serve``) on a config until its orders are
+    done or one is held (a line stop): ``run = await agent_runner(config)``. It returns once the
+    simulated PLC of the test has decided every unit at its gate, with the reconciliation of the
+    last order read from the state database."""
+    from edge_agent.app import Agent, UntilIdle
     from edge_agent.db import open_reader
     from edge_agent.errors import LineStopped
     from edge_agent.line.stats import LineStats
-    from edge_agent.reconcile import reconcile
+    from edge_agent.reconcile import latest_batch_id, reconcile
+    from edge_agent.stops import StopReason
 
     async def run(config: LoadedConfig, *, timeout_s: float = 300.0) -> AgentRun:
         stats = LineStats()
         stopped: LineStopped | None = None
-        try:
-            async with asyncio.timeout(timeout_s):
-                await Agent(config, stats=stats).run()
-        except LineStopped as exc:
-            stopped = exc
+        async with asyncio.timeout(timeout_s):
+            served = await Agent(config, stats=stats).serve(until_idle=UntilIdle(0))
+        if served.hold is not None:
+            stopped = LineStopped(StopReason(served.hold.reason), served.hold.detail)
         await sim_line.settled()  # every unit at the camera and decided at the PLC's gate
         conn = open_reader(Path(config.model.agent.state_dir))
         try:
-            report = reconcile(conn, config.model.batch.id)
+            order_id = served.waiting.id if served.waiting is not None else latest_batch_id(conn)
+            report = reconcile(conn, order_id)
         finally:
             conn.close()
-        return AgentRun(config, stats, stopped, report)
+        return AgentRun(config, stats, stopped, report, order_id)
 
     return run
 

@@ -14,6 +14,7 @@ from edge_agent import epcis
 from edge_agent.app import Agent
 from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
 from edge_agent.db import open_reader
+from simulators.pytest_plugin import DEFAULT_ORDER
 from simulators.runner import SimulatorSet
 from simulators.upstream.capture_server import CaptureServerSim
 from tests.helpers.epcis import cbv_history_problems, history_by_epc
@@ -70,7 +71,10 @@ async def test_line_events_reach_the_capture_server_as_valid_documents(
             "AND t.serial = s.serial AND t.to_state = 'commissioned') FROM serials s "
             "WHERE s.seq IS NOT NULL"
         ).fetchall()
-        gtin, prefix_length = config.model.batch.gtin, config.model.line.company_prefix_length
+        gtin, prefix_length = (
+            DEFAULT_ORDER["product"]["gtin"],
+            config.model.line.company_prefix_length,
+        )
     assert len(ledger) >= units  # one event per unit at least
     assert [r[2] for r in capture_sim.requests].count(500) == 3  # the outage did happen
     # every event exactly as the ledger wrote it, first arrivals in ledger order

@@ -25,6 +25,7 @@ from edge_agent.app import Agent
 from edge_agent.ledger import BatchInfo, Ledger, UnitOutcome
 from edge_agent.line.stats import LineStats
 from edge_agent.reconcile import reconcile
+from simulators.pytest_plugin import DEFAULT_ORDER
 from simulators.runner import SimulatorSet
 from tests.helpers.line import (
     alongside,
@@ -83,7 +84,7 @@ async def test_clean_batch_rejects_exactly_the_defects(agent_config_factory: Any
         assert decided[trigger] == ("reject", DEFECT_REASON[kind]), (trigger, kind)
     assert report["passed"] == len(commissioned) == units - len(injected)
     # One commissioning event per commissioned serial, naming that serial.
-    gtin, prefix = config.model.batch.gtin, config.model.line.company_prefix_length
+    gtin, prefix = DEFAULT_ORDER["product"]["gtin"], config.model.line.company_prefix_length
     event_epcs = [epc for payload in events for epc in json.loads(payload)["epcList"]]
     assert sorted(event_epcs) == sorted(epcis.sgtin_uri(gtin, s, prefix) for s in commissioned)
 
@@ -238,7 +239,7 @@ async def test_restart_after_cancel_resumes_the_batch(agent_config_factory: Any)
     async with SimulatorSet(simulators(defect_rate=0.05, seed=3)) as sims:
         config = make_config(agent_config_factory, sims, units)
         stats = LineStats()
-        first = asyncio.create_task(Agent(config, stats=stats).run())
+        first = asyncio.create_task(Agent(config, stats=stats).serve())
         await until(lambda: stats.units >= 40 or first.done(), "40 verdicts")
         first.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -36,6 +36,7 @@ from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSe
 from edge_agent.contracts import PlcState, Verdict
 from edge_agent.db import open_db
 from edge_agent.ledger import Ledger, SerialState, UnitOutcome
+from edge_agent.line.job import LineJob
 from edge_agent.line.runtime import LineRuntime
 from edge_agent.line.stats import LineStats
 from edge_agent.reconcile import reconcile
@@ -60,6 +61,10 @@ pytestmark = pytest.mark.slow
 TRANSPORTS = ["modbus-tcp", "modbus-rtu"]
 HEARTBEAT_TIMEOUT_S = 1.0
 READ_POINT = "urn:epc:id:sgln:0950600.01340.T"
+
+
+def job_of(batch: Any) -> LineJob:
+    return LineJob(batch.id, batch.gtin, batch.lot, batch.expiry, batch.target)
 
 
 def simulators(plc_type: str, *, defect_rate: float = 0.0, seed: int = 1, **line: Any) -> Any:
@@ -389,7 +394,14 @@ async def test_passes_settle_only_on_a_complete_reject_log(
         stats = LineStats()
         plc = FrozenPlc(rejected, confirms, [2])
         runtime = LineRuntime(
-            config.model, ledger, printer=None, camera=None, plc=plc, reader=None, stats=stats
+            config.model,
+            ledger,
+            job_of(batch),
+            printer=None,
+            camera=None,
+            plc=plc,
+            reader=None,
+            stats=stats,
         )  # type: ignore[arg-type]
         runtime.batch = batch
         await runtime._settle_unwritten_passes(ledger.unwritten_passes(batch))
@@ -423,7 +435,9 @@ async def test_a_confirm_landing_between_counter_and_log_is_not_skipped(
             ledger.mark_verdicts_written(batch, [trigger])
             serials.append(taken[1])
         plc = FrozenPlc(rejected=2, confirms=2, log=[1, 2, 3])
-        runtime = LineRuntime(config.model, ledger, printer=None, camera=None, plc=plc, reader=None)  # type: ignore[arg-type]
+        runtime = LineRuntime(
+            config.model, ledger, job_of(batch), printer=None, camera=None, plc=plc, reader=None
+        )  # type: ignore[arg-type]
         runtime.batch = batch
         runtime._confirms_seen = 0
         await runtime._poll_rejects()

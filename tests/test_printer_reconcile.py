@@ -14,9 +14,14 @@ from hypothesis import strategies as st
 
 from edge_agent.contracts import ClearResult, PrintConfirmation, PrintRecord
 from edge_agent.ledger import SerialState
+from edge_agent.line.job import LineJob
 from edge_agent.line.printer_reconcile import reconcile_printer_queue, settle
 from edge_agent.line.runtime import LineRuntime
 from tests.helpers.ledger import GTIN, ledger_with_sent, record
+
+
+def job_of(batch: Any) -> LineJob:
+    return LineJob(batch.id, batch.gtin, batch.lot, batch.expiry, batch.target)
 
 
 class QueuePrinter:
@@ -170,6 +175,7 @@ async def test_a_confirmation_after_the_unit_was_judged_unconfirmed_is_not_queue
         runtime = LineRuntime(
             config,
             ledger,
+            job_of(batch),
             printer=printer,
             camera=None,
             plc=None,

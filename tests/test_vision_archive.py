@@ -15,6 +15,7 @@ from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSe
 from edge_agent.contracts import Frame
 from edge_agent.errors import ConfigError
 from edge_agent.vision.archive import FailedFrameArchive
+from simulators.pytest_plugin import DEFAULT_ORDER
 from simulators.runner import SimulatorSet
 
 
@@ -112,7 +113,7 @@ async def test_line_archives_exactly_the_rejected_units(
     rejected = dict(rows)
     for record in records:
         assert rejected[record["trigger"]] == record["reason"]
-        assert record["batch"] == config.model.batch.id
+        assert record["batch"] == DEFAULT_ORDER["id"]
     assert [r["trigger"] for r in records] == [t for t, _ in rows][-6:]
 
 

@@ -97,6 +97,9 @@ def parse_config(
         data |= sections
     lines = _key_lines(text)
     problems = [*_inline_secrets(data, file, lines), *_toml_datetimes(data, file, lines)]
+    if "batch" in data:
+        problems.append(_batch_moved(file, lines))
+        data = {k: v for k, v in data.items() if k != "batch"}  # the rest is still checked
     data = _plain(data)
     model = None
     try:
@@ -385,11 +388,22 @@ def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
 
 
 def _warnings(model: AgentConfig, file: str, lines: dict[str, int]) -> list[ConfigError]:
-    """Valid settings a person should look at before the line runs."""
-    found = []
-    if (expiry := model.batch.expiry_warning()) is not None:
-        found.append(_error(file, lines, ("batch", "expiry"), expiry))
-    return found
+    """Valid settings a person should look at before the line runs (none known today; an
+    order's near expiry is an alarm of the order, orders/commands.py)."""
+    return []
+
+
+BATCH_MOVED = (
+    "the line config no longer holds the work order: the agent is a resident daemon and takes "
+    "its orders from the REST API (`edge-agent order submit FILE`), the inbox folder ([orders] "
+    'inbox = "/var/lib/edge-agent/inbox") or the L3 link ([l3]). Remove [batch] (and '
+    "[batch.serials]) from this file and submit the order as an order file instead: README "
+    '"Running the line" shows the same fields as an order'
+)
+
+
+def _batch_moved(file: str, lines: dict[str, int]) -> ConfigError:
+    return ConfigError(BATCH_MOVED, file=file, key="batch", line=lines.get("batch"))
 
 
 def _error_at(file: str, lines: dict[str, int], where: str, message: str) -> ConfigError:

@@ -9,25 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from edge_agent import gs1
 from edge_agent.errors import ConfigError
-from edge_agent.gs1.expiry import DEFAULT_WARN_DAYS, check_expiry
-
-DEFAULT_ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
-
-
-def _gs1_check(check: Callable[[], object]) -> None:
-    """pydantic reports only ValueError as a validation problem; GS1 errors become one."""
-    try:
-        check()
-    except gs1.Gs1Error as exc:
-        raise ValueError(str(exc)) from None
 
 
 class Strict(BaseModel):
@@ -175,6 +162,14 @@ class LineSection(Strict):
     max_missing_confirms: int = Field(
         3, ge=1, le=100, description="This many missing reject confirms in a row stop the line"
     )
+    serial_wait_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="An order whose serials come from L3 and has none left to print waits this "
+        "long for the next page, then the line stops (serials_exhausted) and the order is held",
+    )
     no_frame_timeout_s: float = Field(
         5.0,
         gt=0,
@@ -241,77 +236,6 @@ class LineSection(Strict):
                 "reject_confirm_timeout_ms above the PLC's gate delay"
             )
         return self
-
-
-class SerialSource(Strict):
-    source: Literal["generate", "list"] = Field(
-        "generate", description="generate = random local serials; list = a file provided by L3"
-    )
-    length: int = Field(12, ge=4, le=20, description="Generated serial length (AI 21 max 20)")
-    alphabet: str = Field(
-        DEFAULT_ALPHABET, min_length=10, description="Characters of generated serials (CSET 82)"
-    )
-    file: Path | None = Field(None, description="For source = 'list': one serial per line")
-
-    @field_validator("alphabet")
-    @classmethod
-    def _alphabet_in_cset82(cls, value: str) -> str:
-        bad = sorted(set(value) - gs1.CSET82)
-        if bad:
-            raise ValueError(f"characters {bad!r} are not in GS1 character set 82")
-        if len(set(value)) != len(value):
-            raise ValueError("alphabet repeats characters")
-        return value
-
-    @model_validator(mode="after")
-    def _file_for_list(self) -> SerialSource:
-        if self.source == "list" and self.file is None:
-            raise ValueError("source = 'list' needs 'file' (path of the serial list from L3)")
-        return self
-
-
-class BatchSection(Strict):
-    id: str = Field(..., min_length=1, max_length=40, description="Batch (work order) identifier")
-    gtin: str = Field(..., description="GTIN-14 of the product")
-    lot: str = Field(..., min_length=1, max_length=20, description="Lot / batch number, AI 10")
-    expiry: str = Field(
-        ...,
-        description="Expiry date YYMMDD, AI 17 (DD = 00 allowed); a date in the past is refused",
-    )
-    expiry_warn_days: int = Field(
-        DEFAULT_WARN_DAYS,
-        ge=0,
-        le=3650,
-        description="Warn (check-config, and the log at start) when the expiry is closer than "
-        "this many days",
-    )
-    target_quantity: int = Field(..., ge=1, le=10_000_000, description="Units to print")
-    serials: SerialSource = Field(default_factory=lambda: SerialSource())
-
-    @field_validator("gtin")
-    @classmethod
-    def _gtin(cls, value: str) -> str:
-        if not re.fullmatch(r"\d{14}", value):
-            raise ValueError("a GTIN-14 is 14 digits (pad GTIN-8/12/13 with leading zeros)")
-        _gs1_check(lambda: gs1.validate_gtin(value))
-        return value
-
-    @field_validator("lot")
-    @classmethod
-    def _lot(cls, value: str) -> str:
-        _gs1_check(lambda: gs1.build([("10", value)]))
-        return value
-
-    @field_validator("expiry")
-    @classmethod
-    def _expiry(cls, value: str) -> str:
-        _gs1_check(lambda: gs1.build([("17", value)]))
-        _gs1_check(lambda: check_expiry(value))
-        return value
-
-    def expiry_warning(self) -> str | None:
-        """Why a person should look at the expiry before packing (it is near), or None."""
-        return check_expiry(self.expiry, warn_days=self.expiry_warn_days).warning()
 
 
 class PrinterSim(Strict):
@@ -773,7 +697,6 @@ class BackupSection(Strict):
 class AgentConfig(Strict):
     agent: AgentSection = Field(default_factory=lambda: AgentSection())
     line: LineSection = Field(default_factory=lambda: LineSection())
-    batch: BatchSection
     printer: dict[str, Any]
     camera: dict[str, Any]
     plc: dict[str, Any]

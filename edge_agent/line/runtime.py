@@ -1,4 +1,5 @@
-"""The line runtime: one batch, from serial allocation to verdicts, as asyncio tasks.
+"""The line runtime: one segment of an order's run, from serial allocation to verdicts, as
+asyncio tasks (the line controller runs a new segment after every hold; see controller.py).
 
     feed ──► printer ──► confirmations ──► PrintedQueue
                                                  │
@@ -42,6 +43,7 @@ from edge_agent.contracts import (
 from edge_agent.crashpoints import crash_point
 from edge_agent.errors import DeviceFault, DeviceTimeout, EdgeAgentError, LineStopped
 from edge_agent.ledger import BatchInfo, Ledger, SerialState, UnitOutcome
+from edge_agent.line.job import LineJob
 from edge_agent.line.printer_link import PrinterLink
 from edge_agent.line.printer_reconcile import reconcile_printer_queue
 from edge_agent.line.silence import DeviceSilence
@@ -90,6 +92,7 @@ class LineRuntime:
         self,
         config: AgentConfig,
         ledger: Ledger,
+        job: LineJob,
         *,
         printer: Printer,
         camera: FrameSource,
@@ -100,6 +103,7 @@ class LineRuntime:
     ) -> None:
         self.cfg = config
         self.ledger = ledger
+        self.job = job
         self.printer = printer
         self.camera = camera
         self.plc = plc
@@ -108,7 +112,7 @@ class LineRuntime:
         self.on_tick = on_tick or (lambda: None)
         self.batch: BatchInfo | None = None
         self.printed = PrintedQueue()
-        self._identity = BatchIdentity(config.batch.gtin, config.batch.lot, config.batch.expiry)
+        self._identity = BatchIdentity(job.gtin, job.lot, job.expiry)
         # Flow control: records in the printer's buffer, and units printed but not yet decided.
         # The second bounds the whole line when it runs faster than the agent (fast mode).
         self._unprinted = 0
@@ -141,9 +145,9 @@ class LineRuntime:
         self._camera_silence = DeviceSilence(
             line.no_frame_timeout_s, "frames for printed units", now
         )
-        vision, serials = config.vision, config.batch.serials
+        vision = config.vision
         self._serial_pattern = serial_pattern_for(
-            vision.serial_pattern, serials.source, serials.length, serials.alphabet
+            vision.serial_pattern, job.serial_source, job.serial_length, job.serial_alphabet
         )
         self.archive = (
             FailedFrameArchive(vision.archive_dir, vision.archive_max_files)
@@ -194,7 +198,8 @@ class LineRuntime:
         raise self._stop_request
 
     async def run(self) -> BatchInfo:
-        """Run (or resume) the configured batch to its end. Raises LineStopped on a line stop."""
+        """Run (or resume) the job until its quantity is printed and every unit is decided.
+        Raises LineStopped on a line stop."""
         self._active = True
         try:
             return await self._run()
@@ -242,9 +247,9 @@ class LineRuntime:
         return self._batch
 
     async def _start(self) -> None:
-        b = self.cfg.batch
-        self.batch = self.ledger.open_batch(b.id, b.gtin, b.lot, b.expiry, b.target_quantity)
-        log.info("batch_open", batch=b.id, gtin=b.gtin, lot=b.lot, target=b.target_quantity)
+        j = self.job
+        self.batch = self.ledger.open_batch(j.id, j.gtin, j.lot, j.expiry, j.quantity)
+        log.info("batch_open", batch=j.id, gtin=j.gtin, lot=j.lot, target=j.quantity)
         await self._prepare_printer()
         await self._recover()
         await self._release_line()
@@ -336,10 +341,9 @@ class LineRuntime:
     async def _stop_line(self, cause: BaseException) -> NoReturn:
         reason = cause.reason if isinstance(cause, LineStopped) else StopReason.DEVICE_ERROR
         level = log.warning if reason is StopReason.SHUTDOWN else log.error
-        level("line_stop", batch=self.cfg.batch.id, reason=reason, detail=str(cause))
+        level("line_stop", batch=self.job.id, reason=reason, detail=str(cause))
         self.stats.alarms.append(f"{reason}: {cause}")
-        # The agent ends after a line stop: systemd hears it now, not after the settling below
-        systemd.notify_stopping(f"line stopped: {reason}")
+        systemd.notify_status(f"order {self.job.id}: line stopped ({reason})")
         try:
             await self.plc.request_line_stop(reason.code)
             await self._publish_status(AgentLineState.STOPPED)
@@ -351,6 +355,15 @@ class LineRuntime:
         if isinstance(cause, LineStopped):
             raise cause
         raise LineStopped(reason, str(cause)) from cause
+
+    async def settle_in_flight(self) -> None:
+        """After a stop that ends the order (stop, abort): units still in flight will never be
+        decided. Records still queued in the printer are withdrawn (their serials unused); the
+        rest can no longer pass (the PLC rejects a unit without a verdict)."""
+        batch = self._batch
+        await reconcile_printer_queue(self.printer, self.ledger, batch)
+        for serial in self.ledger.reject_unconfirmed_prints(batch, "in_flight_at_stop"):
+            log.warning("in_flight_at_stop", batch=batch.id, serial=serial, verdict="reject")
 
     async def _settle_at_stop(self) -> None:
         # The stop may have cancelled a commit group between its ledger commit and its PLC
@@ -381,7 +394,7 @@ class LineRuntime:
                 )
             taken = self.ledger.take_for_print(batch)
             if taken is None:
-                self._replenish(batch.target - sent)
+                await self._replenish(batch.target - sent)
                 continue
             sent += 1
             self._unprinted += 1
@@ -391,19 +404,32 @@ class LineRuntime:
                 crash_point("printer_buffer_full")
         self._feed_done.set()
 
-    def _replenish(self, still_needed: int) -> None:
-        """Allocate the next block of serials (persisted before use), never more than the batch
-        still needs, so a normal batch ends with no unused serial."""
-        batch, serials = self._batch, self.cfg.batch.serials
-        block = min(_ALLOCATE_BLOCK, still_needed)
-        if serials.source == "generate":
+    async def _replenish(self, still_needed: int) -> None:
+        """Make the next serials available (persisted before use), never more than the order
+        still needs, so a normal order ends with no unused serial: generated here, or waited
+        for from L3 (its pages are asked for ahead of need, l3/service.py). An order's own list
+        is allocated whole when it is stored: when it is used up, so are the serials."""
+        batch, job = self._batch, self.job
+        if job.serial_source == "generate":
+            block = min(_ALLOCATE_BLOCK, still_needed)
             self.ledger.ensure_allocated(
-                batch, block, length=serials.length, alphabet=serials.alphabet
+                batch, block, length=job.serial_length, alphabet=job.serial_alphabet
             )
-        elif self.ledger.allocate_from_pool(batch, block) == 0:
+            return
+        if job.serial_source == "l3":
+            wait_s = self.cfg.line.serial_wait_s
+            deadline = time.monotonic() + wait_s
+            log.warning("waiting_for_serials", batch=batch.id, still_needed=still_needed)
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                if self.ledger.unsent_count(batch.id):
+                    return
             raise LineStopped(
-                StopReason.SERIALS_EXHAUSTED, "the L3 serial list has no unused serial left"
+                StopReason.SERIALS_EXHAUSTED,
+                f"no serial page from L3 within {wait_s:g} s ([line] serial_wait_s); the order "
+                "resumes once L3 has sent serials",
             )
+        raise LineStopped(StopReason.SERIALS_EXHAUSTED, "the order's serial list is used up")
 
     async def _send(self, record: PrintRecord) -> None:
         while True:
@@ -444,8 +470,8 @@ class LineRuntime:
             await self._release(unprinted=1)
 
     def _print_job(self) -> PrintJob:
-        b = self.cfg.batch
-        return PrintJob("SERIAL", b.gtin, b.lot, b.expiry)
+        j = self.job
+        return PrintJob("SERIAL", j.gtin, j.lot, j.expiry)
 
     async def _after_printer_reconnect(self, settled: int) -> None:
         # The serials the reconcile settled will never be confirmed nor decided by the camera
@@ -780,10 +806,11 @@ class LineRuntime:
             await asyncio.sleep(0.02)
         await self._await_gate()
         await self._poll_rejects()
-        unused = self.ledger.close_batch(self._batch.id)
-        with contextlib.suppress(EdgeAgentError):  # informative only: the batch is closed
+        # The serial account stays open: closing it (unused serials, returns, the close report)
+        # is the order's settlement, once the command path has completed the order.
+        with contextlib.suppress(EdgeAgentError):  # informative only: every unit is decided
             await self._publish_status(AgentLineState.COMPLETE)
-        log.info("batch_closed", batch=self._batch.id, unused=unused, units=self.stats.units)
+        log.info("order_printed", batch=self._batch.id, units=self.stats.units)
         raise _BatchComplete
 
     async def _settle_leftovers(self) -> None:

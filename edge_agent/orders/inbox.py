@@ -85,6 +85,18 @@ class Inbox:
                 unreadable = False
             await asyncio.sleep(self.poll_s)
 
+    def waiting_files(self) -> int:
+        """Order files not yet taken or not yet filed: orders still on their way in."""
+        try:
+            return sum(
+                1
+                for folder in (self.folder, self.processing)
+                for p in folder.iterdir()
+                if _is_order(p)
+            )
+        except OSError:
+            return 0  # the folder went away: run() says so
+
     def prepare(self) -> None:
         for folder in (self.folder, self.processing, self.accepted, self.rejected):
             folder.mkdir(parents=True, exist_ok=True)

@@ -14,11 +14,13 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
-from edge_agent.app import Agent
+from edge_agent.alarms import AlarmBoard
+from edge_agent.app import Agent, Served, UntilIdle
 from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
 from edge_agent.db import open_reader
 from edge_agent.errors import LineStopped
 from edge_agent.line.stats import LineStats
+from edge_agent.stops import StopReason
 from simulators.runner import SimulatorSet
 from tests.helpers.waiting import until
 
@@ -33,11 +35,17 @@ def simulators(*, defect_rate: float = 0.0, seed: int = 1) -> SimulatorsSection:
     )
 
 
-def make_config(factory: Any, sims: SimulatorSet, units: int, **line: Any) -> Any:
+def make_config(
+    factory: Any, sims: SimulatorSet, units: int, *, order: Any = (), **line: Any
+) -> Any:
+    """A config on ``sims`` whose inbox holds the default order for ``units`` (``order=None``:
+    no order; a dict: changes to it)."""
     # A verdict deadline just under the gate delay (the demo's 300 ms leaves less margin): a slow
     # test machine must not turn good units into late_verdict rejects.
     line = {"verdict_deadline_ms": 500, **line}
-    return factory(simulators=sims, batch={"target_quantity": units}, line=line)
+    if order is None:
+        return factory(simulators=sims, order=None, line=line)
+    return factory(simulators=sims, order={"quantity": units, **dict(order)}, line=line)
 
 
 async def gates_settled(sims: SimulatorSet) -> None:
@@ -52,12 +60,23 @@ async def gates_settled(sims: SimulatorSet) -> None:
 
 
 async def run_agent(config: Any, stats: LineStats | None = None) -> LineStopped | None:
-    """Run the batch; returns the LineStopped it ended with, or None when it completed."""
-    try:
-        await Agent(config, stats=stats).run()
-    except LineStopped as exc:
-        return exc
-    return None
+    """Run the daemon until its orders are done (None) or one is held by a line stop: then the
+    stop it was held with (``.reason``), checked to be on the alarm board, raised, not cleared."""
+    served = await Agent(config, stats=stats).serve(until_idle=UntilIdle(hold_timeout_s=0))
+    return held_stop(config, served)
+
+
+def held_stop(config: Any, served: Served) -> LineStopped | None:
+    """The stop a ``serve`` that ended held was held with, its alarm checked; None when idle."""
+    if served.ended == "idle":
+        return None
+    assert served.ended == "held" and served.waiting is not None, served
+    assert served.hold is not None, f"order {served.waiting.id} is {served.waiting.state}"
+    reason = StopReason(served.hold.reason)
+    with state_db(config) as conn:
+        alarms = AlarmBoard(conn).for_order(served.waiting.id)
+    assert any(a.kind == reason and a.active and a.raised_at for a in alarms), alarms
+    return LineStopped(reason, served.hold.detail)
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,316 @@
+"""The line controller of the resident daemon: runs the active order, one segment at a time.
+
+An order is run in *segments*. A segment is one ``LineRuntime.run()``: the devices are opened,
+the printer queue is reconciled, what a former segment (or a crash) left in flight is settled,
+the PLC line-stop request is withdrawn, and units are printed and decided until
+
+* the quantity is printed and every unit decided: ``QUANTITY_REACHED`` goes to the command path
+  (which completes the order and, when it balances, closes it);
+* the line stops by itself (repeated rejects, a device lost, storage, heartbeat, missing
+  confirms ...): an alarm is raised for the stop reason, the order goes Held with it
+  (``LINE_STOPPED``), the PLC line-stop request stays set;
+* a command stops it (hold, stop, abort) or the daemon is told to stop (a signal): the runtime's
+  stop path settles the units in flight; the order stays Running after a signal, so the next
+  start of the daemon resumes it.
+
+A resume is a new segment for the same order: exactly the path of a restart, in-process. After
+an order has ended, the next Ready order starts (``[orders] auto_start``). Between segments the
+devices are closed; the PLC keeps the line stopped (its heartbeat watch) until the next segment.
+
+The controller implements ``orders.commands.LineControl``: its methods return once the line has
+acted, and it reports line events from its own task, never from inside a command it serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+
+from edge_agent import systemd
+from edge_agent.alarms import AlarmBoard
+from edge_agent.config import LoadedConfig
+from edge_agent.contracts import CodeReader
+from edge_agent.errors import CommandRefused, EdgeAgentError, LineStopped
+from edge_agent.ledger import Ledger
+from edge_agent.line.job import LineJob
+from edge_agent.line.runtime import LineRuntime
+from edge_agent.line.stats import LineStats
+from edge_agent.orders import audit
+from edge_agent.orders.commands import CommandPath
+from edge_agent.orders.lifecycle import LineEvent
+from edge_agent.orders.model import OrderState
+from edge_agent.orders.store import OrderRecord
+from edge_agent.stops import StopReason
+
+log = structlog.get_logger("edge_agent.line")
+
+AUTO_START = audit.Actor("auto-start", "line")
+IDLE_LOOK_S = 1.0  # the queue is looked at this often even without a wake-up
+DEVICE_CHECK_S = 10.0  # longest a resume check waits for one device to answer
+# Stops that end the order (stop, abort): what is still in flight is settled with the segment.
+ENDING = frozenset({StopReason.OPERATOR_STOP, StopReason.OPERATOR_ABORT})
+# Stops a command asked for: the command makes the order's transition, not the line.
+COMMANDED = ENDING | {StopReason.OPERATOR_HOLD}
+
+Guard = tuple[str, Callable[[], Coroutine[Any, Any, None]]]
+
+
+class _Segment:
+    """One run of the runtime for one order; a stop may be asked for before the runtime exists."""
+
+    def __init__(self, order_id: str) -> None:
+        self.order_id = order_id
+        self.stop: LineStopped | None = None
+        self.runtime: LineRuntime | None = None
+        self.done = asyncio.Event()
+
+    def request_stop(self, stop: LineStopped) -> None:
+        if self.stop is None:
+            self.stop = stop
+        if self.runtime is not None:
+            self.runtime.request_stop(stop)
+
+
+class LineController:
+    def __init__(
+        self,
+        config: LoadedConfig,
+        commands: CommandPath,
+        reader: CodeReader,
+        *,
+        stats: LineStats | None = None,
+        on_tick: Callable[[], None] | None = None,
+        guards: list[Guard] | None = None,
+        start_problems: Callable[[], list[str]] | None = None,
+        resume_checks: Callable[[], list[str]] | None = None,
+    ) -> None:
+        self.config = config
+        self.commands = commands
+        self.reader = reader
+        self.stats = stats or LineStats()
+        self.on_tick = on_tick
+        self.guards = list(guards or [])
+        self.start_problems = start_problems or (lambda: [])
+        self.resume_checks = resume_checks or (lambda: [])
+        self.auto_start = config.model.orders.auto_start
+        self._wake = asyncio.Event()
+        self._segment: _Segment | None = None
+        self._shutdown: LineStopped | None = None
+        self._start_refused: list[str] = []
+        self.segments = 0  # segments run by this process (tests, status)
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.commands.ledger
+
+    @property
+    def alarms(self) -> AlarmBoard:
+        return self.commands.alarms
+
+    @property
+    def running(self) -> str | None:
+        """The order a segment runs for now, if any."""
+        return None if self._segment is None else self._segment.order_id
+
+    # --- the controller's own task ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run orders until ``shutdown``; returns once the segment in progress has settled."""
+        while self._shutdown is None:
+            record = await self._runnable()
+            if record is None:
+                await self._idle()
+                continue
+            segment = _Segment(record.id)  # set before any await: a command sees it at once
+            self._segment = segment
+            try:
+                stopped = await self._run_segment(segment, record)
+            finally:
+                self._segment = None
+                segment.done.set()
+            await self._report(record, stopped)
+
+    def shutdown(self, stop: LineStopped) -> bool:
+        """Stop the line for the daemon's end (the order stays as it is); True when a segment
+        is under way and will settle its units in flight before ``run`` returns."""
+        self._shutdown = stop
+        self._wake.set()
+        if self._segment is None:
+            return False
+        self._segment.request_stop(stop)
+        return True
+
+    async def _runnable(self) -> OrderRecord | None:
+        """The Running order to run a segment for (auto-starting the next Ready one)."""
+        active = self.commands.store.active()
+        if active is None and self.auto_start and self.commands.store.next_ready() is not None:
+            problems = self.start_problems()
+            if problems != self._start_refused:
+                self._start_refused = problems
+                for problem in problems:
+                    log.warning("auto_start_refused", detail=problem)
+            if not problems:
+                await self.commands.start_next(AUTO_START)
+            active = self.commands.store.active()
+        if active is None or active.state != OrderState.RUNNING or self._shutdown is not None:
+            return None
+        return active
+
+    async def _idle(self) -> None:
+        """Nothing to run: wait for a wake-up (an order or a command), feeding the watchdog."""
+        systemd.notify_watchdog()
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), IDLE_LOOK_S)
+
+    async def _run_segment(self, segment: _Segment, record: OrderRecord) -> LineStopped | None:
+        """One segment; returns the stop it ended with, None when the quantity was reached."""
+        job = LineJob.from_order(record.order)
+        self.segments += 1
+        log.info("segment_start", order=job.id, segment=self.segments, quantity=job.quantity)
+        systemd.notify_status(f"running order {job.id}")
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if segment.stop is not None:
+                    return segment.stop
+                printer = await stack.enter_async_context(self._device("printer"))
+                camera = await stack.enter_async_context(self._device("camera"))
+                plc = await stack.enter_async_context(self._device("plc"))
+                runtime = LineRuntime(
+                    self.config.model,
+                    self.ledger,
+                    job,
+                    printer=printer,
+                    camera=camera,
+                    plc=plc,
+                    reader=self.reader,
+                    stats=self.stats,
+                    on_tick=self.on_tick,
+                )
+                runtime.guards.extend(self.guards)
+                segment.runtime = runtime
+                if segment.stop is not None:
+                    runtime.request_stop(segment.stop)
+                try:
+                    await runtime.run()
+                except LineStopped as stop:
+                    if stop.reason in ENDING:
+                        await self._settle_in_flight(runtime)
+                    return stop
+                return None
+        except LineStopped as stop:  # raised by a device while opening it
+            await self._tell_plc(stop)
+            return stop
+        except EdgeAgentError as exc:  # a device could not be opened, the ledger refused
+            failed = LineStopped(StopReason.DEVICE_ERROR, str(exc))
+            log.error("line_stop", batch=job.id, reason=failed.reason, detail=str(exc))
+            await self._tell_plc(failed)
+            return failed
+
+    async def _settle_in_flight(self, runtime: LineRuntime) -> None:
+        try:
+            await runtime.settle_in_flight()
+        except (EdgeAgentError, TimeoutError) as exc:  # settled by a resume, or at close
+            log.error("in_flight_not_settled", batch=runtime.job.id, detail=str(exc))
+
+    async def _tell_plc(self, stop: LineStopped) -> None:
+        """A stop before the runtime ran: the PLC still hears it (its stop code), when it can."""
+        try:
+            async with asyncio.timeout(DEVICE_CHECK_S), self._device("plc") as plc:
+                await plc.request_line_stop(stop.reason.code)
+        except (EdgeAgentError, TimeoutError) as exc:  # it stops on the missing heartbeat
+            log.error("line_stop_not_sent", device="plc", detail=str(exc))
+
+    async def _report(self, record: OrderRecord, stopped: LineStopped | None) -> None:
+        """Tell the command path what the line did by itself (never what a command asked)."""
+        order_id = record.id
+        try:
+            if stopped is None:
+                await self.commands.line_event(order_id, LineEvent.QUANTITY_REACHED)
+            elif stopped.reason is StopReason.SHUTDOWN or stopped.reason in COMMANDED:
+                return
+            else:
+                self.alarms.raise_(
+                    stopped.reason, f"{stopped.reason}: {stopped}", order_id=order_id
+                )
+                await self.commands.line_event(
+                    order_id, LineEvent.LINE_STOPPED, reason=stopped.reason, detail=str(stopped)
+                )
+                log.warning("order_held", order=order_id, reason=stopped.reason)
+                systemd.notify_status(f"order {order_id} held: {stopped.reason}")
+        except CommandRefused as exc:  # a command changed the order meanwhile (it is held)
+            log.info("line_event_superseded", order=order_id, detail=str(exc))
+
+    # --- LineControl --------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def hold(self, order_id: str, reason: str) -> None:
+        await self._stop_segment(order_id, LineStopped(StopReason.OPERATOR_HOLD, reason))
+
+    async def finish(self, order_id: str) -> None:
+        await self._stop_segment(order_id, LineStopped(StopReason.OPERATOR_STOP, "order stopped"))
+        await self._settle_without_segment(order_id)
+
+    async def abort(self, order_id: str) -> None:
+        await self._stop_segment(order_id, LineStopped(StopReason.OPERATOR_ABORT, "order aborted"))
+        await self._settle_without_segment(order_id)
+
+    async def resume_problems(self, order_id: str) -> list[str]:
+        problems = list(self.resume_checks())
+        for kind in ("printer", "camera", "plc"):
+            problem = await self._device_problem(kind)
+            if problem is not None:
+                problems.append(problem)
+        return problems
+
+    async def _stop_segment(self, order_id: str, stop: LineStopped) -> None:
+        segment = self._segment
+        if segment is None or segment.order_id != order_id:
+            # No segment runs for it (held already, or not yet picked up): nothing is in
+            # flight, but the PLC still hears the stop and why.
+            await self._tell_plc(stop)
+            return
+        segment.request_stop(stop)
+        await segment.done.wait()
+
+    async def _settle_without_segment(self, order_id: str) -> None:
+        """Stop or abort of a held order: what its last segment left in flight ends now (the
+        PLC rejected those units for lack of a verdict); nothing is printed any more."""
+        batch = self.ledger.batch(order_id)
+        if batch is None:
+            return
+        for serial, state in self.ledger.recover_in_flight(batch):
+            log.warning("in_flight_at_end", batch=order_id, serial=serial, was=state)
+
+    async def _device_problem(self, kind: str) -> str | None:
+        """Can the device be reached now? For the PLC also: is its heartbeat moving?"""
+        try:
+            async with asyncio.timeout(DEVICE_CHECK_S), self._device(kind) as device:
+                if kind == "plc":
+                    return await self._heartbeat_problem(device)
+        except (EdgeAgentError, TimeoutError, OSError) as exc:
+            return (
+                f"{kind} {getattr(self.config, kind).type_name} not reachable: {exc or 'timeout'}"
+            )
+        return None
+
+    async def _heartbeat_problem(self, plc: Any) -> str | None:
+        timeout_s = self.config.model.line.plc_heartbeat_timeout_ms / 1000.0
+        first = (await plc.read_state()).heartbeat
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(0.05, timeout_s / 10))
+            if (await plc.read_state()).heartbeat != first:
+                return None
+        return f"the PLC heartbeat did not move within {timeout_s:g} s; check the PLC program"
+
+    def _device(self, kind: str) -> Any:
+        spec = getattr(self.config, kind)
+        return spec.driver(kind, spec.config)
