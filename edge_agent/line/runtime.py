@@ -67,6 +67,12 @@ class _BatchComplete(Exception):
     pass
 
 
+def _refill_block(depth: int, window: int) -> int:
+    """Records marked sent per commit: half the printer's buffer (and of the in-flight window),
+    so the printer still has half a buffer to print while the block commits."""
+    return max(1, min(depth, window) // 2)
+
+
 def _raise_if_cancel_lost() -> None:
     """Re-raise a cancellation that was requested but swallowed on the way.
 
@@ -368,6 +374,7 @@ class LineRuntime:
     async def _settle_at_stop(self) -> None:
         # The stop may have cancelled a commit group between its ledger commit and its PLC
         # writes: those passes are committed but may never have reached the PLC.
+        await self.ledger.flush()  # the "verdict written" flags still on their way
         unwritten = self.ledger.unwritten_passes(self._batch)
         if unwritten:
             await self._settle_unwritten_passes(unwritten)
@@ -388,20 +395,25 @@ class LineRuntime:
         sent = self.ledger.sent_count(batch.id)
         while sent < batch.target:
             _raise_if_cancel_lost()
+            # One commit per printer refill: wait for room for a block, mark it sent at once
+            # (each taken record holds its place in both counts until it is settled).
+            block = min(_refill_block(depth, window), batch.target - sent)
             async with self._flow:
                 await self._flow.wait_for(
-                    lambda: self._unprinted < depth and self._undecided < window
+                    lambda n=block: self._unprinted + n <= depth and self._undecided + n <= window
                 )
-            taken = self.ledger.take_for_print(batch)
-            if taken is None:
+            taken = await self.ledger.take_block(batch, block)
+            if not taken:
                 await self._replenish(batch.target - sent)
                 continue
-            sent += 1
-            self._unprinted += 1
-            self._undecided += 1
-            await self._send(PrintRecord(*taken))
-            if self._unprinted >= depth:
-                crash_point("printer_buffer_full")
+            sent += len(taken)
+            self._unprinted += len(taken)
+            self._undecided += len(taken)
+            crash_point("block_taken")
+            for record in taken:
+                await self._send(PrintRecord(*record))
+                if self._unprinted >= depth:
+                    crash_point("printer_buffer_full")
         self._feed_done.set()
 
     async def _replenish(self, still_needed: int) -> None:
@@ -460,7 +472,7 @@ class LineRuntime:
                 self._judged_unconfirmed.discard(confirmation.serial)
                 log.warning("late_print_confirmation", batch=batch.id, serial=confirmation.serial)
                 continue
-            if self.ledger.mark_printed(batch, confirmation.serial):
+            if self.ledger.note_printed(batch, confirmation.serial):
                 await self.printed.push(confirmation.serial)
             else:
                 log.warning(
@@ -610,8 +622,16 @@ class LineRuntime:
             if item.outcome.passed and late:
                 item.outcome.passed, item.outcome.reason = False, "late_verdict"
         outcomes = [item.outcome for item in group]
+        # The commit runs in the writer thread; a line stop (cancellation) meanwhile waits for
+        # it, so a committed pass still gets its write below.
+        commit = asyncio.ensure_future(self.ledger.record_outcomes(batch, outcomes))
+        cancelled = False
         try:
-            self.ledger.commit_outcomes(batch, outcomes)
+            try:
+                await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                cancelled = True
+                await commit
         except Exception as exc:
             for item in group:  # no record, no pass
                 item.outcome.passed, item.outcome.reason = False, "storage_error"
@@ -621,18 +641,30 @@ class LineRuntime:
             raise storage_stop(exc, self.cfg.agent.state_dir) from exc
         # Committed passes must reach the PLC: a line stop (cancellation) waits for this group's
         # writes instead of cutting them off between the commit and the write.
+        self._gated_while_committing(group)
         writes = asyncio.ensure_future(self._write_verdicts(group))
         try:
             await asyncio.shield(writes)
+            if cancelled:
+                raise asyncio.CancelledError
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await writes
             if writes.done() and not writes.cancelled() and writes.exception() is None:
-                self.ledger.mark_verdicts_written(batch, [i.frame.trigger for i in group])
+                self.ledger.note_verdicts_written(batch, [i.frame.trigger for i in group])
             raise
-        self.ledger.mark_verdicts_written(batch, [item.frame.trigger for item in group])
+        self.ledger.note_verdicts_written(batch, [item.frame.trigger for item in group])
         settled = sum((o.serial is not None) + len(o.skipped_serials) for o in outcomes)
         await self._release(undecided=settled)
+
+    def _gated_while_committing(self, group: list[_Pending]) -> None:
+        """A reject confirm that came in while the group was committing found no unit row yet:
+        a pass among them reached the gate too late and is decommissioned now."""
+        for item in group:
+            trigger = item.frame.trigger
+            if item.outcome.passed and trigger in self._gated_before_decided:
+                self._gated_before_decided.discard(trigger)
+                self._on_reject_confirmed(self._batch, trigger)
 
     async def _write_verdicts(self, group: list[_Pending]) -> None:
         batch, line = self._batch, self.cfg.line
@@ -806,6 +838,7 @@ class LineRuntime:
             await asyncio.sleep(0.02)
         await self._await_gate()
         await self._poll_rejects()
+        await self.ledger.flush()  # the last group's confirmations and flags
         # The serial account stays open: closing it (unused serials, returns, the close report)
         # is the order's settlement, once the command path has completed the order.
         with contextlib.suppress(EdgeAgentError):  # informative only: every unit is decided
