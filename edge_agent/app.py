@@ -71,6 +71,7 @@ class Served:
     ended: str
     waiting: OrderRecord | None = None  # the order that needs a person, when ``held``
     hold: Hold | None = None  # its open hold (reason, detail), when it is Held
+    reason: str | None = None  # why it is held (a stop reason, or an operator's words)
 
 
 class Agent:
@@ -103,9 +104,8 @@ class Agent:
 
     def _storage_failed(self, exc: Exception) -> None:
         """A storage failure outside the line's own tasks (forwarders, pruning) stops the line."""
-        segment = None if self.controller is None else self.controller._segment
-        if segment is not None:
-            segment.request_stop(storage_stop(exc, self.config.model.agent.state_dir))
+        if self.controller is not None:
+            self.controller.request_line_stop(storage_stop(exc, self.config.model.agent.state_dir))
 
     async def _stop_before_line(self, stop: LineStopped) -> NoReturn:
         """A stop found before the daemon could open its database (no room for it): the PLC
@@ -272,6 +272,10 @@ class Agent:
         while not self._stopped.is_set():
             if until_idle is not None:
                 waiting = _needs_person(commands)
+                unrecorded = None if self.controller is None else self.controller.unrecorded_stop
+                if unrecorded is not None:  # held, though storage could not record it yet
+                    log.warning("agent_held", reason=unrecorded.reason, recorded=False)
+                    return Served("held", commands.store.active(), reason=unrecorded.reason)
                 if waiting is None:
                     held_since = None
                     inbox_empty = self._inbox is None or not self._inbox.waiting_files()
@@ -284,7 +288,9 @@ class Agent:
                     timeout = until_idle.hold_timeout_s
                     if timeout is not None and time.monotonic() - held_since >= timeout:
                         log.warning("agent_held", order=waiting.id, state=waiting.state)
-                        return Served("held", waiting, commands.store.open_hold(waiting.id))
+                        hold = commands.store.open_hold(waiting.id)
+                        reason = hold.reason if hold is not None else f"order {waiting.state}"
+                        return Served("held", waiting, hold, reason)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), IDLE_CHECK_S)
         return Served("signal")

@@ -201,11 +201,11 @@ def _run(args: argparse.Namespace) -> int:
         return 128 + signum
     if served.ended == "held":
         order = served.waiting
-        assert order is not None
+        which = f"order {order.id}" if order is not None else "the line"
         print(
-            f"edge-agent: order {order.id} is {order.state} and needs a person (acknowledge its "
-            "alarms and resume it, or stop, abort or close it: `edge-agent order show "
-            f"{order.id}`); exiting (--hold-timeout)",
+            f"edge-agent: line stopped: {served.reason}; {which} needs a person (acknowledge "
+            "the alarms and resume, or stop, abort or close the order: `edge-agent line "
+            "status`); exiting (--hold-timeout)",
             file=sys.stderr,
         )
         return EXIT_LINE_STOPPED

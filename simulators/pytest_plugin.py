@@ -245,6 +245,12 @@ def drop_order(inbox: Path, order: Mapping[str, Any]) -> Path:
     return path
 
 
+def inbox_with(folder: Path, **order: Any) -> dict[str, Any]:
+    """An ``[orders]`` table whose inbox ``folder`` holds ``order_for(**order)``."""
+    drop_order(folder, order_for(**order))
+    return {"inbox": str(folder)}
+
+
 @pytest.fixture
 def agent_config_factory(tmp_path: Path) -> Callable[..., LoadedConfig]:
     """Build a validated agent config (``edge_agent.config.LoadedConfig``) for these simulators::

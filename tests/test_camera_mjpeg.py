@@ -29,6 +29,8 @@ from edge_agent.registry import driver_class
 from edge_agent.vision.decode import ZxingReader
 from simulators.cameras.stream import MjpegCameraSim
 from simulators.line import SimLine, SimUnit
+from simulators.pytest_plugin import inbox_with
+from tests.helpers.line import run_agent, run_order
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -140,7 +142,6 @@ async def test_stream_frames_carry_the_camera_trigger_and_repeats_are_discarded(
 
 
 async def test_injected_defects_are_rejected_by_the_agent(tmp_path: Path) -> None:
-    from edge_agent.app import Agent
     from edge_agent.config import parse_config
     from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
     from edge_agent.db import open_reader
@@ -157,7 +158,7 @@ async def test_injected_defects_are_rejected_by_the_agent(tmp_path: Path) -> Non
         sims.camera.defect_kinds = ("unreadable", "wrong_gtin")
         overrides = {
             "agent": {"state_dir": str(tmp_path / "state")},
-            "batch": {"target_quantity": 60},
+            "orders": inbox_with(tmp_path / "inbox", quantity=60),
             "plc": {"ring_size": 512},
         }
         # The demo's [camera] table is replaced, not merged: it has host/port, this has a URL.
@@ -165,7 +166,7 @@ async def test_injected_defects_are_rejected_by_the_agent(tmp_path: Path) -> Non
             demo_config_text(), "demo.toml", overrides, sections=sims.device_configs()
         )
         assert config.camera.type_name == "mjpeg"
-        await asyncio.wait_for(Agent(config).run(), 60)
+        await asyncio.wait_for(run_order(config), 60)
         injected = dict(sims.camera.injected)
     conn = open_reader(Path(config.model.agent.state_dir))
     try:
@@ -179,12 +180,10 @@ async def test_injected_defects_are_rejected_by_the_agent(tmp_path: Path) -> Non
 
 
 async def test_a_dropped_counted_stream_stops_the_line_balanced(tmp_path: Path) -> None:
-    from edge_agent.app import Agent
     from edge_agent.config import parse_config
     from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
     from edge_agent.db import open_reader
     from edge_agent.demo import demo_config_text
-    from edge_agent.errors import LineStopped
     from edge_agent.line.stats import LineStats
     from edge_agent.reconcile import reconcile
     from simulators.runner import SimulatorSet
@@ -201,7 +200,7 @@ async def test_a_dropped_counted_stream_stops_the_line_balanced(tmp_path: Path) 
         sections["camera"] |= {"trigger_header": None}  # counted frames: no safe reconnect
         overrides = {
             "agent": {"state_dir": str(tmp_path / "state")},
-            "batch": {"target_quantity": 500},
+            "orders": inbox_with(tmp_path / "inbox", quantity=500),
         }
         config = parse_config(demo_config_text(), "demo.toml", overrides, sections=sections)
 
@@ -212,8 +211,8 @@ async def test_a_dropped_counted_stream_stops_the_line_balanced(tmp_path: Path) 
 
         cutter = asyncio.create_task(cut_when_running())
         try:
-            with pytest.raises(LineStopped, match="closed the stream"):
-                await asyncio.wait_for(Agent(config, stats=stats).run(), 60)
+            stopped = await asyncio.wait_for(run_agent(config, stats), 60)
+            assert stopped is not None and "closed the stream" in str(stopped)
         finally:
             cutter.cancel()
     conn = open_reader(Path(config.model.agent.state_dir))

@@ -28,6 +28,7 @@ from edge_agent.errors import DeviceConnectionError
 from edge_agent.line.verify import BatchIdentity, check_content
 from simulators.cameras.smart_reader import READER_DEFECTS, SmartReaderSim
 from simulators.line import SimLine, SimUnit
+from tests.helpers.line import run_order
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -247,7 +248,6 @@ async def test_line_with_a_smart_reader_rejects_exactly_the_defects(
     agent_config_factory: Any, tmp_path: Path
 ) -> None:
     """Agent + smart reader + printer + PLC simulators: low grades reject with min_grade set."""
-    from edge_agent.app import Agent
     from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
     from edge_agent.db import open_reader
     from simulators.runner import SimulatorSet
@@ -262,12 +262,12 @@ async def test_line_with_a_smart_reader_rejects_exactly_the_defects(
         sims.camera.defect_kinds = ("unreadable", "wrong_lot", "low_grade")
         config = agent_config_factory(
             simulators=sims,
-            batch={"target_quantity": 120},
+            order={"quantity": 120},
             line={"verdict_deadline_ms": 500},
             vision={"min_grade": 1.5, "archive_dir": str(tmp_path / "failed")},
         )
         assert config.camera.type_name == "smart-reader"
-        await Agent(config).run()
+        await run_order(config)
         injected = dict(sims.camera.injected)
     conn = open_reader(Path(config.model.agent.state_dir))
     try:

@@ -40,11 +40,48 @@ def line_of(text: str, needle: str) -> int:
 
 
 def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
-    text = DEMO.replace('lot = "DEMO24A"', 'lot = "DEMO24A')
+    text = DEMO.replace('id = "DEMO-LINE"', 'id = "DEMO-LINE')
     [problem] = problems_of(tmp_path, text)
     assert "not valid TOML" in str(problem)
-    assert problem.line == line_of(text, 'lot = "DEMO24A')
+    assert problem.line == line_of(text, 'id = "DEMO-LINE')
     assert str(problem).startswith(f"{tmp_path / 'line.toml'}:{problem.line}")
+
+
+OLD_BATCH = """
+[batch]
+id = "WO-1"
+gtin = "09506000134352"
+lot = "L1"
+expiry = "281231"
+target_quantity = 100
+
+[batch.serials]
+source = "generate"
+"""
+
+
+def test_a_batch_section_says_where_orders_come_from_now(tmp_path: Path) -> None:
+    """A config from before the daemon: the order in it is refused with where orders come
+    from now, at its line; the rest of the file is still checked."""
+    text = DEMO + OLD_BATCH
+    [problem] = problems_of(tmp_path, text)
+    assert problem.key == "batch" and problem.line == line_of(text, "[batch]")
+    message = str(problem)
+    assert message.startswith(f"{tmp_path / 'line.toml'}:{problem.line}: batch:")
+    for where in ("REST API", "edge-agent order submit", "[orders] inbox", "[l3]", "README"):
+        assert where in message, where
+    keys = {p.key for p in problems_of(tmp_path, text.replace("buffer_depth", "bufer_depth"))}
+    assert keys == {"batch", "printer.bufer_depth"}
+
+
+def test_run_with_a_batch_section_exits_2_before_any_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, DEMO.replace('"demo-state', f'"{tmp_path}/state') + OLD_BATCH)
+    assert main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"config error: {path}:" in err and "no longer holds the work order" in err
+    assert "Traceback" not in err
 
 
 def test_misspelt_key_suggests_the_right_one(tmp_path: Path) -> None:
@@ -62,14 +99,6 @@ def test_unknown_driver_type_lists_known_types(tmp_path: Path) -> None:
     assert "unknown printer type 'asci'; did you mean 'ascii'?" in str(problem)
 
 
-def test_bad_gtin_check_digit(tmp_path: Path) -> None:
-    text = DEMO.replace('gtin = "09506000134352"', 'gtin = "09506000134353"')
-    [problem] = problems_of(tmp_path, text)
-    assert problem.key == "batch.gtin"
-    assert problem.line == line_of(text, "gtin =")
-    assert "'09506000134353'" in str(problem) and "check digit" in str(problem)
-
-
 def test_port_out_of_range(tmp_path: Path) -> None:
     text = DEMO.replace("port = 15020", "port = 70000", 1)
     [problem] = problems_of(tmp_path, text)
@@ -78,33 +107,17 @@ def test_port_out_of_range(tmp_path: Path) -> None:
 
 
 def test_missing_required_key_says_what_it_is(tmp_path: Path) -> None:
-    text = DEMO.replace('lot = "DEMO24A"\n', "")
+    text = DEMO + "\n[api]\nport = 8470\n"
     [problem] = problems_of(tmp_path, text)
-    assert problem.key == "batch.lot"
-    assert "required key is missing: Lot / batch number" in str(problem)
+    assert problem.key == "api.tokens"
+    assert "required key is missing: [[api.tokens]]: name and token each" in str(problem)
 
 
-def test_invalid_expiry_month(tmp_path: Path) -> None:
-    text = DEMO.replace('expiry = "281231"', 'expiry = "281331"')
+def test_a_value_out_of_its_bounds(tmp_path: Path) -> None:
+    text = DEMO + "\n[orders]\ninbox_poll_s = 0\n"
     [problem] = problems_of(tmp_path, text)
-    assert problem.key == "batch.expiry"
-    assert "'281331'" in str(problem)
-
-
-def test_serial_alphabet_outside_cset82(tmp_path: Path) -> None:
-    text = DEMO.replace(
-        'alphabet = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"', 'alphabet = "0123456789 #"'
-    )
-    [problem] = problems_of(tmp_path, text)
-    assert problem.key == "batch.serials.alphabet"
-    assert "not in GS1 character set 82" in str(problem)
-
-
-def test_serial_list_needs_a_file(tmp_path: Path) -> None:
-    text = DEMO.replace('source = "generate"', 'source = "list"')
-    [problem] = problems_of(tmp_path, text)
-    assert problem.key == "batch.serials"
-    assert "needs 'file'" in str(problem)
+    assert problem.key == "orders.inbox_poll_s"
+    assert "greater than 0" in str(problem)
 
 
 def test_inline_secret_is_refused(tmp_path: Path) -> None:
@@ -127,14 +140,14 @@ def test_an_endpoint_outside_a_forwarder_is_refused_with_the_fix(tmp_path: Path)
 
 def test_several_problems_are_all_reported(tmp_path: Path) -> None:
     text = DEMO.replace("buffer_depth = 8", "bufer_depth = 8").replace(
-        'expiry = "281231"', 'expiry = "2812"'
+        "verdict_deadline_ms = 300", "verdict_deadline_ms = 0"
     )
     keys = {p.key for p in problems_of(tmp_path, text)}
-    assert keys == {"batch.expiry", "printer.bufer_depth"}
+    assert keys == {"line.verdict_deadline_ms", "printer.bufer_depth"}
 
 
 def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # the example names a serial list, a token and a state directory of a line PC
+    # the example names an inbox, tokens and a state directory of a line PC
     example = str(ROOT / "config" / "line-example.toml")
     assert main(["check-config", "--file-only", example]) == 0
     assert "OK" in capsys.readouterr().out

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge_agent import registry
-from edge_agent.cli import main
 from edge_agent.config.loader import ConfigInvalid, parse_config
 from edge_agent.gs1.expiry import Gs1ExpiredError, check_expiry
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = (ROOT / "config" / "demo.toml").read_text()
-EXPIRY = 'expiry = "281231"'
 
 
 def problems(text: str, **kwargs: Any) -> dict[str, str]:
@@ -48,8 +44,8 @@ def yymmdd(day: date) -> str:
             None,
             "integer",
         ),
-        ("target_quantity = 2000", "target_quantity = 2000.5", None, "integer"),
-        ('lot = "DEMO24A"', "lot = 24", "batch.lot", "string"),
+        ("max_units_in_flight = 16", "max_units_in_flight = 16.5", None, "integer"),
+        ('site = "DEMO-SITE"', "site = 24", "line.site", "string"),
     ],
 )
 def test_values_are_never_coerced_from_another_type(
@@ -116,50 +112,12 @@ def test_every_builtin_driver_has_strict_fields_checked() -> None:
 
 
 def test_a_toml_date_is_refused_with_the_form_to_write() -> None:
-    found = problems(DEMO.replace(EXPIRY, "expiry = 2028-12-31"))
-    assert "TOML date/time 2028-12-31" in found["batch.expiry"]
-    assert '"YYMMDD"' in found["batch.expiry"]
+    found = problems(DEMO.replace('site = "DEMO-SITE"', "site = 2028-12-31"))
+    assert "TOML date/time 2028-12-31" in found["line.site"]
+    assert '"YYMMDD"' in found["line.site"]
 
 
-# --- expiry -------------------------------------------------------------------------------------
-
-
-def test_an_expiry_in_the_past_is_refused() -> None:
-    yesterday = yymmdd(date.today() - timedelta(days=1))
-    detail = problems(DEMO.replace(EXPIRY, f'expiry = "{yesterday}"'))["batch.expiry"]
-    assert "is in the past" in detail and "must not be packed" in detail
-
-
-def test_run_refuses_an_expired_batch_before_any_device(tmp_path: Path) -> None:
-    config = tmp_path / "line.toml"
-    state = tmp_path / "state"
-    config.write_text(
-        DEMO.replace(EXPIRY, 'expiry = "200131"').replace(
-            'state_dir = "demo-state"', f'state_dir = "{state}"'
-        )
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2, done.stderr
-    assert "batch.expiry" in done.stderr and "in the past" in done.stderr
-    assert not state.exists()  # no ledger opened, no serial allocated
-
-
-def test_a_near_expiry_is_valid_with_a_warning(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    soon = yymmdd(date.today() + timedelta(days=10))
-    path = tmp_path / "line.toml"
-    path.write_text(DEMO.replace(EXPIRY, f'expiry = "{soon}"'))
-    assert main(["check-config", str(path)]) == 0
-    err = capsys.readouterr().err
-    assert f"warning: {path}:" in err and "batch.expiry: the batch expires in 10 day(s)" in err
-    quiet = DEMO.replace(EXPIRY, f'expiry = "{soon}"\nexpiry_warn_days = 7')
-    assert parse_config(quiet, "line.toml").warnings == ()
+# --- expiry (the rule orders are checked with: tests/test_orders.py) ----------------------------
 
 
 def test_expiry_rule_is_one_reusable_function() -> None:

@@ -23,6 +23,7 @@ import pytest
 
 from edge_agent.db import open_reader
 from edge_agent.reconcile import reconcile
+from simulators.pytest_plugin import drop_order, order_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = (ROOT / "config" / "demo.toml").read_text()
@@ -37,7 +38,6 @@ def cli(*args: str) -> list[str]:
 
 def config_text(state_dir: Path, ports: dict[str, int] | None = None) -> str:
     text = re.sub(r'state_dir = "[^"]*"', f'state_dir = "{state_dir}"', DEMO)
-    text = text.replace("target_quantity = 2000", f"target_quantity = {UNITS}")
     text = text.replace("units_per_min = 300 ", "units_per_min = 1500 ")
     text = text.replace('log_format = "json"', 'log_format = "json"\nlog_level = "warning"')
     for kind in ("printer", "camera", "plc"):
@@ -75,14 +75,26 @@ def simulators(tmp_path: Path) -> Any:
             proc.stdout.close()
 
 
+def with_order(config: Path, state: Path) -> None:
+    """The config reads its orders from an inbox beside it, where an order of UNITS waits."""
+    inbox = config.parent / "inbox"
+    config.write_text(config.read_text() + f'\n[orders]\ninbox = "{inbox}"\ninbox_poll_s = 0.1\n')
+    drop_order(inbox, order_for(quantity=UNITS))
+
+
 def run_agent(config: Path, log: Path, crash_at: str | None = None) -> int:
+    """`run` as scripts and CI run it: until its orders are done (0) or one is held (3)."""
     env = dict(os.environ)
     env.pop("EDGE_AGENT_CRASH_AT", None)
     if crash_at:
         env["EDGE_AGENT_CRASH_AT"] = crash_at
     with log.open("a") as out:
         return subprocess.run(
-            cli("run", "--config", str(config)), env=env, stdout=out, stderr=out, timeout=120
+            cli("run", "--config", str(config), "--exit-when-idle", "--hold-timeout", "0"),
+            env=env,
+            stdout=out,
+            stderr=out,
+            timeout=120,
         ).returncode
 
 
@@ -96,6 +108,7 @@ def test_sigkill_mid_batch_then_resume(tmp_path: Path, crash_at: str) -> None:
     with simulators(tmp_path) as (ports, _proc, truth_file):
         config = tmp_path / "agent.toml"
         config.write_text(config_text(state, ports))
+        with_order(config, state)
         log = tmp_path / "agent.out"
         first = run_agent(config, log, crash_at)
         assert first == -signal.SIGKILL, log.read_text()[-3000:]

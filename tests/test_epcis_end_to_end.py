@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import epcis
-from edge_agent.app import Agent
 from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
 from edge_agent.db import open_reader
 from simulators.pytest_plugin import DEFAULT_ORDER
 from simulators.runner import SimulatorSet
 from simulators.upstream.capture_server import CaptureServerSim
 from tests.helpers.epcis import cbv_history_problems, history_by_epc
+from tests.helpers.line import run_order
 
 SCHEMA_FILE = (
     Path(__file__).resolve().parents[1].parent
@@ -49,7 +49,7 @@ async def test_line_events_reach_the_capture_server_as_valid_documents(
     async with SimulatorSet(line_simulators()) as sims:
         config = agent_config_factory(
             simulators=sims,
-            batch={"target_quantity": units},
+            order={"quantity": units},
             line={"verdict_deadline_ms": 500},
             upstream={
                 "forwarders": [forwarder],
@@ -58,7 +58,7 @@ async def test_line_events_reach_the_capture_server_as_valid_documents(
                 "drain_on_exit_s": 30,
             },
         )
-        await Agent(config).run()
+        await run_order(config)
     with contextlib.closing(open_reader(Path(config.model.agent.state_dir))) as conn:
         ledger = [
             (event_id, json.loads(payload))

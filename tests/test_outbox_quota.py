@@ -35,7 +35,7 @@ async def test_quota_stop_level_stops_the_line_and_loses_nothing(
         upstream = {"quota_alarm_mb": 0.15, "quota_stop_mb": 0.3}
         config = agent_config_factory(
             simulators=sims,
-            batch={"target_quantity": units},
+            order={"quantity": units},
             line={"verdict_deadline_ms": 500},
             upstream=upstream,
         )

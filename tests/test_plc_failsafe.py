@@ -44,11 +44,13 @@ from edge_agent.registry import driver_class
 from edge_agent.stops import StopReason
 from edge_agent.vision.pipeline import DecodePipeline
 from simulators.line import SimLine
+from simulators.pytest_plugin import drop_order, order_for
 from simulators.runner import SimulatorSet, simulator_class
 from tests.helpers.line import (
     check_gate_matches_ledger,
     column,
     gates_settled,
+    resume_agent,
     run_agent,
     state_db,
     units_by_trigger,
@@ -93,9 +95,10 @@ def make_config(factory: Any, sims: SimulatorSet, units: int, **line: Any) -> An
     sections["plc"] = sims.plc.driver_config(timeout_s=0.3)
     overrides = {
         "agent": {"state_dir": str(state_dir)},
-        "batch": {"target_quantity": units},
+        "orders": {"inbox": str(state_dir.parent / "inbox")},
         "line": line,
     }
+    drop_order(state_dir.parent / "inbox", order_for(quantity=units))
     return parse_config(demo_config_text(), "demo.toml", overrides, sections=sections)
 
 
@@ -135,19 +138,14 @@ async def test_killed_agent_stops_the_line(plc_type: str, tmp_path: Path) -> Non
                         "heartbeat_interval_ms": 100,
                         "read_point": "urn:epc:id:sgln:0950600.01340.DEMO",
                     },
-                    "batch": {
-                        "id": "KILL-1",
-                        "gtin": "09506000134352",
-                        "lot": "DEMO24A",
-                        "expiry": "281231",
-                        "target_quantity": 100_000,
-                    },
+                    "orders": {"inbox": str(tmp_path / "inbox")},
                     "printer": sims.printer.driver_config(),
                     "camera": sims.camera.driver_config(),
                     "plc": sims.plc.driver_config(),
                 }
             )
         )
+        drop_order(tmp_path / "inbox", order_for(id="KILL-1", quantity=100_000))
         log = (tmp_path / "agent.out").open("wb")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -235,7 +233,8 @@ async def test_cut_rtu_cable_stops_the_agent(agent_config_factory: Any) -> None:
         )
 
         sims.plc.restore_link()
-        assert await asyncio.wait_for(run_agent(config), 60) is None  # restart: resumes the batch
+        # restart, and the operator resumes the order: the lost writes are settled first
+        assert await asyncio.wait_for(resume_agent(config), 90) is None
         await gates_settled(sims)
         with state_db(config) as conn:
             report = reconcile(conn)

@@ -29,18 +29,19 @@ from structlog.testing import capture_logs
 from drivers.plc.contract import StopCause
 from drivers.plc.opcua import OpcUaPlc, OpcUaPlcConfig
 from drivers.plc.opcua import nodes as n
-from edge_agent.app import Agent
 from edge_agent.config import parse_config
 from edge_agent.contracts import PlcLink, Verdict
 from edge_agent.db import open_reader
 from edge_agent.demo import demo_config_text
-from edge_agent.errors import ConfigError, DeviceConnectionError, LineStopped, ProtocolError
+from edge_agent.errors import ConfigError, DeviceConnectionError, ProtocolError
 from edge_agent.line.stats import LineStats
 from edge_agent.reconcile import reconcile
 from edge_agent.registry import driver_class
 from simulators.line import SimLine
 from simulators.plc.opcua import OpcUaPlcSim
+from simulators.pytest_plugin import inbox_with
 from simulators.runner import SimulatorSet
+from tests.helpers.line import run_agent
 from tests.helpers.plc import free_port, send_unit
 from tests.helpers.waiting import until as _until
 
@@ -438,7 +439,7 @@ async def test_agent_over_opcua_a_lost_link_stops_the_line(tmp_path: Path) -> No
     stops the line, and every unit the gate passed is a commissioned serial."""
     overrides: dict[str, Any] = {
         "agent": {"state_dir": str(tmp_path)},
-        "batch": {"target_quantity": 400},
+        "orders": inbox_with(tmp_path / "inbox", quantity=400),
         "line": {"verdict_deadline_ms": 500},
         "simulators": {
             "units_per_min": None,
@@ -454,11 +455,11 @@ async def test_agent_over_opcua_a_lost_link_stops_the_line(tmp_path: Path) -> No
             demo_config_text(), "demo.toml", overrides, sections=sims.device_configs()
         )
         assert config.model.plc["type"] == "opcua"
-        agent = asyncio.create_task(Agent(config).run())
+        agent = asyncio.create_task(run_agent(config))
         await until(lambda: len(sims.plc.passed_triggers) >= 40, within=30.0, what="units passed")
         sims.plc.drop_link()
-        with pytest.raises(LineStopped) as stopped:
-            await asyncio.wait_for(agent, 30.0)
+        stopped = await asyncio.wait_for(agent, 30.0)
+        assert stopped is not None
         await until(
             lambda: (
                 len(sims.plc.passed_triggers) + len(sims.plc.rejected_triggers)
@@ -477,7 +478,7 @@ async def test_agent_over_opcua_a_lost_link_stops_the_line(tmp_path: Path) -> No
             ]
             report = reconcile(conn)
         assert sorted(sims.plc.passed_triggers) == sorted(commissioned)
-    assert stopped.value.reason == "device_error" and "plc" in str(stopped.value)
+    assert stopped.reason == "device_error" and "plc" in str(stopped)
     assert triggered < 400
     assert report["passed"] == report["serials_commissioned"] >= 40
 
@@ -496,7 +497,7 @@ async def test_drop_during_request_is_connection_error_not_timeout(
 async def test_missing_reject_confirms_stop_the_line_over_opcua(tmp_path: Path) -> None:
     overrides: dict[str, Any] = {
         "agent": {"state_dir": str(tmp_path)},
-        "batch": {"target_quantity": 200},
+        "orders": inbox_with(tmp_path / "inbox", quantity=200),
         "line": {
             "verdict_deadline_ms": 500,
             "max_missing_confirms": 3,
@@ -518,12 +519,12 @@ async def test_missing_reject_confirms_stop_the_line_over_opcua(tmp_path: Path) 
             demo_config_text(), "demo.toml", overrides, sections=sims.device_configs()
         )
         stats = LineStats()
-        with pytest.raises(LineStopped) as stopped:
-            await asyncio.wait_for(Agent(config, stats=stats).run(), 60.0)
+        stopped = await asyncio.wait_for(run_agent(config, stats), 60.0)
+        assert stopped is not None
         await until(lambda: bool(sims.plc.stops), what="the PLC acting on the stop request")
         status = await sims.plc.agent_status()
         stops = list(sims.plc.stops)
-    assert stopped.value.reason == "reject_confirm_missing"
+    assert stopped.reason == "reject_confirm_missing"
     assert StopCause.AGENT_REQUEST in [cause for _, cause in stops]
     assert status["stop_reason"] == 13  # StopReason.REJECT_CONFIRM_MISSING
     # The PLC reads where the agent stands: stopped (2), 3 confirms missing in a row.
@@ -536,7 +537,6 @@ async def test_killed_agent_stops_the_opcua_line(tmp_path: Path) -> None:
     """A real `edge-agent run` process drives the line over OPC UA; SIGKILL it."""
     overrides: dict[str, Any] = {
         "agent": {"state_dir": str(tmp_path / "state")},
-        "batch": {"target_quantity": 100_000},
         "simulators": {
             "units_per_min": 1200,
             "printer": {"port": 0},
@@ -555,7 +555,10 @@ async def test_killed_agent_stops_the_opcua_line(tmp_path: Path) -> None:
         for kind in ("printer", "camera", "plc"):  # drop the demo's own device sections
             text = _without_section(text, kind)
         text = text.replace('state_dir = "demo-state"', f'state_dir = "{tmp_path / "state"}"')
-        text = text.replace("target_quantity = 2000", "target_quantity = 100000")
+        text += "\n[orders]\n" + "".join(
+            f"{k} = {json.dumps(v)}\n"
+            for k, v in inbox_with(tmp_path / "inbox", quantity=100_000).items()
+        )
         config = tmp_path / "agent.toml"
         config.write_text(text)
         out = (tmp_path / "agent.out").open("wb")

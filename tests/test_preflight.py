@@ -76,28 +76,12 @@ def test_a_complete_environment_checks_ok(tmp_path: Path) -> None:
     assert "OK" in result.stdout and "the first run creates it" in result.stdout
 
 
-def test_a_missing_serial_list_is_found_before_run(tmp_path: Path) -> None:
-    """The original failure: check-config said OK, then run died with a traceback."""
-    missing = tmp_path / "serials" / "WO-1.txt"
-    config = config_file(
-        tmp_path,
-        **{'source = "generate"': f'source = "list"\nfile = "{missing}"'},
-    )
-    line = line_of(config, "file = ")
-    assert_both_refuse(
-        config,
-        f"{config}:{line}: batch.serials.file: cannot read the serial list {missing} "
-        "(No such file or directory)",
-    )
-
-
-def test_an_invalid_serial_in_the_list_is_named_with_its_line(tmp_path: Path) -> None:
-    serials = tmp_path / "serials.txt"
-    serials.write_text("# from L3\nAAA1\nAAA2\n\nBAD SERIAL\n")
-    config = config_file(
-        tmp_path, **{'source = "generate"': f'source = "list"\nfile = "{serials}"'}
-    )
-    assert_both_refuse(config, f"batch.serials.file: {serials}:5: serial 'BAD SERIAL' is invalid")
+def test_an_unusable_inbox_is_found_before_run(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    config = with_section(tmp_path, f'[orders]\ninbox = "{blocker}"\n')
+    line = line_of(config, f'inbox = "{blocker}"')
+    assert_both_refuse(config, f"{config}:{line}: orders.inbox: {blocker} is not a folder")
 
 
 @pytest.mark.parametrize("shape", ["a-file", "under-a-file"])
@@ -182,10 +166,9 @@ def test_opcua_files_are_checked_before_run(tmp_path: Path) -> None:
 
 
 def test_file_only_skips_the_environment(tmp_path: Path) -> None:
-    missing = tmp_path / "nowhere.txt"
-    config = config_file(
-        tmp_path, **{'source = "generate"': f'source = "list"\nfile = "{missing}"'}
-    )
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    config = with_section(tmp_path, f'[orders]\ninbox = "{blocker}"\n')
     result = cli("check-config", "--file-only", str(config))
     assert result.returncode == 0 and "--file-only" in result.stdout
 

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 
 from drivers.plc.modbus.registers import StopCause
-from edge_agent.app import Agent
 from edge_agent.db import open_reader
 from edge_agent.errors import LineStopped
 from edge_agent.line.printer_link import MAX_DELAY_S, next_delay
 from edge_agent.line.stats import LineStats
 from simulators.runner import SimulatorSet
+from tests.helpers.line import run_agent as run_until_done_or_held
 from tests.helpers.printer_faults import (
     FAULT_AFTER,
     KITS,
@@ -44,12 +44,8 @@ pytestmark = pytest.mark.slow
 
 
 async def run_agent(config: Any, stats: LineStats) -> LineStopped | None:
-    try:
-        async with asyncio.timeout(30):
-            await Agent(config, stats=stats).run()
-    except LineStopped as exc:
-        return exc
-    return None
+    async with asyncio.timeout(30):
+        return await run_until_done_or_held(config, stats)
 
 
 def reasons(state: Path, reason: str) -> list[str]:

@@ -24,6 +24,7 @@ from tests.helpers.line import (
     column,
     gates_settled,
     run_agent,
+    run_order,
     simulators,
     state_db,
     units_by_trigger,
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.slow
 def config_for(factory: Any, sims: SimulatorSet, units: int, **vision: Any) -> Any:
     return factory(
         simulators=sims,
-        batch={"target_quantity": units},
+        order={"quantity": units},
         line={"verdict_deadline_ms": 500},
         vision=vision,
     )
@@ -89,7 +90,7 @@ async def test_a_frame_repeated_after_a_restart_keeps_its_first_verdict(
         sims.camera._produce = keep
         config = config_for(agent_config_factory, sims, units)
         stats = LineStats()
-        first = asyncio.create_task(Agent(config, stats=stats).run())
+        first = asyncio.create_task(Agent(config, stats=stats).serve())
         await until(lambda: stats.units >= 30 or first.done(), "30 verdicts")
         first.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -99,7 +100,7 @@ async def test_a_frame_repeated_after_a_restart_keeps_its_first_verdict(
         old = passed_before[len(passed_before) // 2]
 
         again = LineStats()
-        second = asyncio.create_task(Agent(config, stats=again).run())
+        second = asyncio.create_task(run_order(config, again))
         await until(lambda: again.units >= 5 or second.done(), "verdicts after the restart")
         await sims.camera._deliver(frames[old])  # the old image again, over the camera's TCP
         await asyncio.wait_for(second, 60)

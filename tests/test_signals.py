@@ -76,6 +76,7 @@ async def test_a_signal_stops_the_line_cleanly(tmp_path: Path, signum: signal.Si
             stop_reason = await sims.plc._get(3, reg.HR_STOP_REASON, 1)
             with contextlib.closing(open_reader(state)) as conn:
                 report = reconcile(conn)
+                order_state = conn.execute("SELECT state FROM orders").fetchone()[0]
                 check_gate_matches_ledger(conn, sims)
                 unwritten = column(
                     conn, "SELECT trigger FROM units WHERE verdict = 'pass' AND verdict_written = 0"
@@ -97,4 +98,5 @@ async def test_a_signal_stops_the_line_cleanly(tmp_path: Path, signum: signal.Si
     # settled: every pass reached the PLC, and the ledger agrees with the gate (checked above)
     assert unwritten == []
     assert report["batch_state"] == "open"
+    assert order_state == "running"  # not held: the next start of the daemon resumes it
     assert report["passed"] == report["serials_commissioned"] > 0

@@ -173,7 +173,7 @@ async def test_free_disk_space_has_an_alarm_and_a_stop_level(
                 "disk_free_alarm_mb": 24,
                 "disk_free_stop_mb": 12,
             },
-            batch={"target_quantity": units},
+            order={"quantity": units},
             line={"verdict_deadline_ms": 500},
         )
         stats = LineStats()
@@ -231,7 +231,7 @@ async def test_an_outbox_storage_failure_stops_the_line(
     async with SimulatorSet(simulators()) as sims:
         config = agent_config_factory(
             simulators=sims,
-            batch={"target_quantity": units},
+            order={"quantity": units},
             line={"verdict_deadline_ms": 500},
             upstream={"forwarders": [forwarder], "backoff_initial_s": 0.05, "drain_on_exit_s": 1},
         )

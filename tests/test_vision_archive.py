@@ -17,6 +17,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.vision.archive import FailedFrameArchive
 from simulators.pytest_plugin import DEFAULT_ORDER
 from simulators.runner import SimulatorSet
+from tests.helpers.line import run_order
 
 
 def _frame(trigger: int, size: tuple[int, int] = (24, 32)) -> Frame:
@@ -82,7 +83,6 @@ def test_write_errors_are_counted_not_raised(tmp_path: Path) -> None:
 async def test_line_archives_exactly_the_rejected_units(
     agent_config_factory: Any, tmp_path: Path
 ) -> None:
-    from edge_agent.app import Agent
     from edge_agent.db import open_reader
 
     folder = tmp_path / "failed"
@@ -95,11 +95,11 @@ async def test_line_archives_exactly_the_rejected_units(
     async with SimulatorSet(section) as sims:
         config = agent_config_factory(
             simulators=sims,
-            batch={"target_quantity": 80},
+            order={"quantity": 80},
             line={"verdict_deadline_ms": 500},
             vision={"archive_dir": str(folder), "archive_max_files": 6},
         )
-        await Agent(config).run()
+        await run_order(config)
     conn = open_reader(Path(config.model.agent.state_dir))
     try:
         rows = conn.execute(

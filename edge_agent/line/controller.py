@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -102,6 +103,12 @@ class LineController:
         self._segment: _Segment | None = None
         self._shutdown: LineStopped | None = None
         self._start_refused: list[str] = []
+        # A stop asked for while no segment ran (a forwarder that cannot record): the next
+        # segment acts on it at once.
+        self._pending_stop: LineStopped | None = None
+        # What the last segment did, until the command path has recorded it (storage may fail)
+        self._unreported: tuple[str, LineStopped | None] | None = None
+        self._report_failed = False
         self.segments = 0  # segments run by this process (tests, status)
 
     @property
@@ -117,23 +124,46 @@ class LineController:
         """The order a segment runs for now, if any."""
         return None if self._segment is None else self._segment.order_id
 
+    @property
+    def unrecorded_stop(self) -> LineStopped | None:
+        """A line stop the state database could not record yet (it is full or failing): the
+        line stays stopped, and the hold is recorded as soon as storage works again."""
+        if self._unreported is None or not self._report_failed:
+            return None
+        return self._unreported[1]
+
+    def request_line_stop(self, stop: LineStopped) -> None:
+        """A stop from outside the line's tasks (a forwarder or retention that cannot write):
+        the running segment stops with it, or the next one does at once."""
+        if self._segment is not None:
+            self._segment.request_stop(stop)
+        elif self._pending_stop is None:
+            self._pending_stop = stop
+
     # --- the controller's own task ------------------------------------------------------------
 
     async def run(self) -> None:
         """Run orders until ``shutdown``; returns once the segment in progress has settled."""
         while self._shutdown is None:
+            if not await self._flush_report():
+                await self._idle()  # storage fails: the line stays stopped until it works
+                continue
             record = await self._runnable()
             if record is None:
                 await self._idle()
                 continue
             segment = _Segment(record.id)  # set before any await: a command sees it at once
+            if self._pending_stop is not None:
+                segment.request_stop(self._pending_stop)
+                self._pending_stop = None
             self._segment = segment
             try:
                 stopped = await self._run_segment(segment, record)
             finally:
                 self._segment = None
                 segment.done.set()
-            await self._report(record, stopped)
+            self._unreported = (record.id, stopped)
+            await self._flush_report()
 
     def shutdown(self, stop: LineStopped) -> bool:
         """Stop the line for the daemon's end (the order stays as it is); True when a segment
@@ -176,7 +206,8 @@ class LineController:
         systemd.notify_status(f"running order {job.id}")
         try:
             async with contextlib.AsyncExitStack() as stack:
-                if segment.stop is not None:
+                if segment.stop is not None:  # stopped before it began: the PLC still hears it
+                    await self._tell_plc(segment.stop)
                     return segment.stop
                 printer = await stack.enter_async_context(self._device("printer"))
                 camera = await stack.enter_async_context(self._device("camera"))
@@ -226,9 +257,29 @@ class LineController:
         except (EdgeAgentError, TimeoutError) as exc:  # it stops on the missing heartbeat
             log.error("line_stop_not_sent", device="plc", detail=str(exc))
 
-    async def _report(self, record: OrderRecord, stopped: LineStopped | None) -> None:
-        """Tell the command path what the line did by itself (never what a command asked)."""
-        order_id = record.id
+    async def _flush_report(self) -> bool:
+        """Tell the command path what the last segment did by itself (never what a command
+        asked); False while the state database cannot record it (retried)."""
+        if self._unreported is None:
+            return True
+        order_id, stopped = self._unreported
+        try:
+            await self._report(order_id, stopped)
+        except sqlite3.Error as exc:
+            if not self._report_failed:
+                log.error(
+                    "line_event_not_recorded",
+                    order=order_id,
+                    reason=None if stopped is None else stopped.reason,
+                    detail=str(exc),
+                    retry="until storage works again; the line stays stopped",
+                )
+            self._report_failed = True
+            return False
+        self._unreported, self._report_failed = None, False
+        return True
+
+    async def _report(self, order_id: str, stopped: LineStopped | None) -> None:
         try:
             if stopped is None:
                 await self.commands.line_event(order_id, LineEvent.QUANTITY_REACHED)

@@ -20,6 +20,8 @@ from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSe
 from edge_agent.db import open_reader
 from edge_agent.errors import LineStopped
 from edge_agent.line.stats import LineStats
+from edge_agent.orders import audit
+from edge_agent.orders.model import TERMINAL_STATES, OrderCommand, OrderState
 from edge_agent.stops import StopReason
 from simulators.runner import SimulatorSet
 from tests.helpers.waiting import until
@@ -62,8 +64,71 @@ async def gates_settled(sims: SimulatorSet) -> None:
 async def run_agent(config: Any, stats: LineStats | None = None) -> LineStopped | None:
     """Run the daemon until its orders are done (None) or one is held by a line stop: then the
     stop it was held with (``.reason``), checked to be on the alarm board, raised, not cleared."""
-    served = await Agent(config, stats=stats).serve(until_idle=UntilIdle(hold_timeout_s=0))
+    try:
+        served = await Agent(config, stats=stats).serve(until_idle=UntilIdle(hold_timeout_s=0))
+    except LineStopped as stop:  # before the daemon could open its state database (disk full)
+        return stop
     return held_stop(config, served)
+
+
+async def run_order(config: Any, stats: LineStats | None = None, on_tick: Any = None) -> None:
+    """Run the daemon until its orders are done; a hold fails the test with its stop."""
+    served = await Agent(config, stats=stats, on_tick=on_tick).serve(
+        until_idle=UntilIdle(hold_timeout_s=0)
+    )
+    stopped = held_stop(config, served)
+    assert stopped is None, f"the order was held: {stopped}"
+
+
+OPERATOR = audit.Actor("operator", "test")
+
+
+async def resume_agent(
+    config: Any, stats: LineStats | None = None, *, within: float = 120.0
+) -> LineStopped | None:
+    """Start the daemon again on its held order and resume it as an operator does (its alarms
+    acknowledged, then resume through the command path): the restart's path, then the
+    resume's. Returns as ``run_agent`` does once the order is done or held again."""
+    agent = Agent(config, stats=stats)
+    ready = asyncio.Event()
+    task = asyncio.create_task(agent.serve(ready), name="daemon")
+    try:
+        await until(lambda: ready.is_set() or task.done(), "the daemon to be up", within=30.0)
+        if task.done():
+            task.result()
+        commands = agent.commands
+        assert commands is not None
+        held = commands.store.active()
+        assert held is not None and held.state == OrderState.HELD, held
+        for alarm in commands.alarms.for_order(held.id):
+            if alarm.acknowledged_at is None:
+                commands.alarms.acknowledge(alarm.id, OPERATOR.name)
+        await commands.command(held.id, OrderCommand.RESUME, OPERATOR)
+        await until(
+            lambda: _done_or_held_again(agent, held.id, len(commands.store.holds(held.id))),
+            "the resumed order to end or to be held again",
+            within=within,
+        )
+        hold = commands.store.open_hold(held.id)
+        record = commands.store.get(held.id)
+    finally:
+        agent.request_stop(LineStopped(StopReason.SHUTDOWN, "test over"))
+        await asyncio.wait_for(task, 60.0)
+    if hold is None:
+        return None
+    return held_stop(config, Served("held", record, hold, hold.reason))
+
+
+def _done_or_held_again(agent: Agent, order_id: str, holds_before: int) -> bool:
+    assert agent.commands is not None and agent.controller is not None
+    if agent.controller.running is not None:
+        return False
+    record = agent.commands.store.get(order_id)
+    if record.state in TERMINAL_STATES or record.state == OrderState.COMPLETED:
+        return True
+    return (
+        record.state == OrderState.HELD and len(agent.commands.store.holds(order_id)) > holds_before
+    )
 
 
 def held_stop(config: Any, served: Served) -> LineStopped | None:
@@ -71,7 +136,9 @@ def held_stop(config: Any, served: Served) -> LineStopped | None:
     if served.ended == "idle":
         return None
     assert served.ended == "held" and served.waiting is not None, served
-    assert served.hold is not None, f"order {served.waiting.id} is {served.waiting.state}"
+    if served.hold is None:  # the state database could not record the hold (it is full)
+        assert served.waiting.state == "running" and served.reason is not None, served
+        return LineStopped(StopReason(served.reason), "the hold could not be recorded")
     reason = StopReason(served.hold.reason)
     with state_db(config) as conn:
         alarms = AlarmBoard(conn).for_order(served.waiting.id)

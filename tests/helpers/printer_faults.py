@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from edge_agent.app import Agent
 from edge_agent.config import parse_config
 from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
 from edge_agent.db import open_reader
@@ -24,7 +23,9 @@ from edge_agent.reconcile import reconcile
 from edge_agent.registry import driver_class
 from simulators.catalog import SIMULATOR_TYPES
 from simulators.printers.traits import PrinterSimTraits
+from simulators.pytest_plugin import inbox_with
 from simulators.runner import SimulatorSet, simulator_class
+from tests.helpers.line import run_agent as run_until_done_or_held
 from tests.helpers.waiting import until
 
 UNITS = 30
@@ -69,7 +70,7 @@ def agent_config(sims: SimulatorSet, state: Path, printer_type: str, **line: Any
     sections["printer"] = sections["printer"] | traits(printer_type).fast
     overrides = {
         "agent": {"state_dir": str(state)},
-        "batch": {"target_quantity": UNITS},
+        "orders": inbox_with(state.parent / "inbox", quantity=UNITS),
         "line": {"verdict_deadline_ms": 500, **line},
         "plc": {"ring_size": 512},
     }
@@ -77,12 +78,8 @@ def agent_config(sims: SimulatorSet, state: Path, printer_type: str, **line: Any
 
 
 async def run_agent(config: Any) -> LineStopped | None:
-    try:
-        async with asyncio.timeout(30):
-            await Agent(config).run()
-    except LineStopped as exc:
-        return exc
-    return None
+    async with asyncio.timeout(30):
+        return await run_until_done_or_held(config)
 
 
 @contextlib.asynccontextmanager
