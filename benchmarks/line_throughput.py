@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -21,9 +22,9 @@ import time
 from pathlib import Path
 
 from edge_agent import logs
-from edge_agent.app import Agent
+from edge_agent.app import Agent, UntilIdle
 from edge_agent.config import parse_config
-from edge_agent.demo import demo_config_text
+from edge_agent.demo import demo_config_text, demo_order, write_order_file
 from edge_agent.line.stats import LineStats
 
 
@@ -49,6 +50,8 @@ def machine() -> dict[str, object]:
 
 def start_simulators(workdir: Path, units: int) -> tuple[subprocess.Popen[str], dict[str, int]]:
     text = demo_config_text().replace("target_quantity = 2000", f"target_quantity = {units}")
+    # Free ports: two benchmarks on one machine must not meet at the demo's fixed ports
+    text = re.sub(r"(\n\[simulators\.\w+\][^\[]*?)port = \d+", r"\g<1>port = 0", text)
     config = workdir / "sim.toml"
     config.write_text(text)
     proc = subprocess.Popen(
@@ -65,12 +68,14 @@ async def run(units: int, workdir: Path, ports: dict[str, int], in_flight: int) 
     text = demo_config_text()
     overrides = {
         "agent": {"state_dir": str(workdir / "state")},
-        "batch": {"target_quantity": units},
+        "orders": {"inbox": str(workdir / "inbox")},
         "line": {"max_units_in_flight": in_flight},
         **{kind: {"port": port} for kind, port in ports.items()},
     }
+    write_order_file(workdir / "inbox", demo_order(units))
     stats = LineStats()
-    await Agent(parse_config(text, "demo.toml", overrides), stats=stats).run()
+    agent = Agent(parse_config(text, "demo.toml", overrides), stats=stats)
+    await agent.serve(until_idle=UntilIdle(hold_timeout_s=0))
     return stats
 
 

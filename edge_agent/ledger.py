@@ -440,12 +440,29 @@ class Ledger:
         bound.conn, bound.writer, bound._bound = writer.conn, None, None
         self.writer, self._bound = writer, bound
 
-    async def take_block(self, batch: BatchInfo, count: int) -> list[tuple[int, str]]:
-        """``take_for_print_block``, committed by the writer: the loop runs on meanwhile."""
+    async def take_block(
+        self, batch: BatchInfo, count: int, *, wait_s: float = 0.0
+    ) -> list[tuple[int, str]]:
+        """``take_for_print_block``, committed by the writer: the loop runs on meanwhile.
+        ``wait_s``: how long it may wait for other jobs to share its commit."""
         if self.writer is None or self._bound is None:
             return self.take_for_print_block(batch, count)
         bound = self._bound
-        return await self.writer.run(lambda _: bound.take_for_print_block(batch, count))
+        return await self.writer.run(
+            lambda _: bound.take_for_print_block(batch, count), wait_s=wait_s
+        )
+
+    async def generate(
+        self, batch: BatchInfo, count: int, *, length: int, alphabet: str, wait_s: float = 0.0
+    ) -> int:
+        """``ensure_allocated``, committed by the writer."""
+        if self.writer is None or self._bound is None:
+            return self.ensure_allocated(batch, count, length=length, alphabet=alphabet)
+        bound = self._bound
+        return await self.writer.run(
+            lambda _: bound.ensure_allocated(batch, count, length=length, alphabet=alphabet),
+            wait_s=wait_s,
+        )
 
     def note_printed(self, batch: BatchInfo, serial: str) -> bool:
         """The printer confirmed this serial; False if it was not a sent serial of this batch.
@@ -472,6 +489,13 @@ class Ledger:
             return
         bound = self._bound
         await self.writer.run(lambda _: bound.commit_outcomes(batch, outcomes))
+
+    async def gate_rejected(self, batch: BatchInfo, trigger: int) -> str | None:
+        """``confirm_rejected_at_gate``, committed by the writer."""
+        if self.writer is None or self._bound is None:
+            return self.confirm_rejected_at_gate(batch, trigger)
+        bound = self._bound
+        return await self.writer.run(lambda _: bound.confirm_rejected_at_gate(batch, trigger))
 
     def note_verdicts_written(self, batch: BatchInfo, triggers: Iterable[int]) -> None:
         """``mark_verdicts_written`` in the next group commit, unawaited. Lost in a crash, the

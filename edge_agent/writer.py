@@ -12,18 +12,21 @@ gets the exception), then ONE ``COMMIT``. A future resolves only after that comm
 resolved future means durable, and jobs are committed in the order they were submitted: when a
 job's future resolves, every job submitted before it is durable too.
 
-``defer`` submits a job nobody awaits (a print confirmation, a "verdict written" flag): it rides
-the next group commit. Only facts that recovery settles from device evidence when they are lost
-may be deferred (see the README, "Durability").
+A job may wait a little for company (``wait_s``): it starts a commit only once it has waited
+that long, and rides any commit started before. A refill of the printer, with half a buffer still
+to print, waits a few milliseconds for the next units' outcomes; a unit's outcome waits for
+nothing. ``defer`` submits a job nobody awaits (a print confirmation, a "verdict written" flag):
+it waits up to ``MAX_DEFER_S``. Only facts that recovery settles from device evidence when they
+are lost may be deferred (see the README, "Durability").
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -38,12 +41,14 @@ log = structlog.get_logger("edge_agent.writer")
 
 T = TypeVar("T")
 MAX_GROUP = 512  # jobs in one transaction: bounds how long one commit holds the write lock
+MAX_DEFER_S = 0.25  # how long a deferred job may wait for a commit someone waits for
 
 
 @dataclass
 class _Job:
     fn: Callable[[sqlite3.Connection], Any]
     future: Future[Any]
+    due: float  # monotonic time by which it starts a commit if no other job did
 
 
 @dataclass
@@ -62,30 +67,38 @@ class Writer:
         self.stats = WriterStats()
         # Fault injection for tests: runs in the writer thread just before every COMMIT.
         self.before_commit: Callable[[], None] | None = None
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: deque[_Job] = deque()  # in submission order, the order they commit in
+        self._due = float("inf")  # the earliest ``due`` of the jobs queued
+        self._changed = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     # --- the loop's side ---------------------------------------------------------------------
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
-        """Queue ``fn(conn)`` for the next group commit (thread-safe). Its future resolves with
-        the result once the transaction holding it is committed, or with the exception."""
-        if self._closed:
-            raise RuntimeError("the state writer is closed")
+    def submit(self, fn: Callable[[sqlite3.Connection], T], *, wait_s: float = 0.0) -> Future[T]:
+        """Queue ``fn(conn)`` for a group commit (thread-safe), at the latest ``wait_s`` from now.
+        Its future resolves with the result once the transaction holding it is committed, or
+        with the exception."""
         future: Future[T] = Future()
-        self._jobs.put(_Job(fn, future))
+        due = time.monotonic() + wait_s
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("the state writer is closed")
+            self._jobs.append(_Job(fn, future, due))
+            if due < self._due:
+                self._due = due
+                self._changed.notify()
         return future
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, wait_s: float = 0.0) -> T:
         """``fn(conn)`` committed durably; the event loop keeps running meanwhile."""
-        return await asyncio.wrap_future(self.submit(fn))
+        return await asyncio.wrap_future(self.submit(fn, wait_s=wait_s))
 
     def defer(self, fn: Callable[[sqlite3.Connection], Any], what: str) -> Future[Any]:
         """``fn(conn)`` in the next group commit, not awaited. A failure is logged; the caller's
         next awaited job (or recovery) meets the cause."""
-        future = self.submit(fn)
+        future = self.submit(fn, wait_s=MAX_DEFER_S)
         future.add_done_callback(lambda f: _log_failure(f, what))
         return future
 
@@ -95,10 +108,11 @@ class Writer:
 
     def close(self) -> None:
         """Commit what is queued, stop the thread and close the connection."""
-        if self._closed:
-            return
-        self._closed = True
-        self._jobs.put(None)
+        with self._changed:
+            if self._closed:
+                return
+            self._closed = True
+            self._changed.notify()
         self._thread.join()
         self.conn.close()
 
@@ -106,22 +120,25 @@ class Writer:
 
     def _run(self) -> None:
         while True:
-            first = self._jobs.get()
-            if first is None:
-                return
-            group, stop = [first], False
-            while len(group) < MAX_GROUP:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                group.append(job)
+            group = self._next_group()
+            if not group:
+                return  # closed, and nothing left
             self._commit(group)
-            if stop:
-                return
+
+    def _next_group(self) -> list[_Job]:
+        """Wait until a queued job is due (or the writer closes); then everything queued, in
+        submission order."""
+        with self._changed:
+            while not self._closed:
+                left = self._due - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(None if left == float("inf") else left)
+            group: list[_Job] = []
+            while self._jobs and len(group) < MAX_GROUP:
+                group.append(self._jobs.popleft())
+            self._due = min((job.due for job in self._jobs), default=float("inf"))
+            return group
 
     def _commit(self, group: list[_Job]) -> None:
         live = [job for job in group if job.future.set_running_or_notify_cancel()]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine
@@ -60,6 +61,9 @@ log = structlog.get_logger("edge_agent.line")
 _COMMIT_GROUP = 64
 _ALLOCATE_BLOCK = 64
 _CONFIRM_WAIT_S = 0.1  # how long a frame may wait for its print confirmation to arrive
+_COMMIT_COMPANY_S = 0.003  # how long a unit's commit waits for the frames decided behind it
+_COMPANY_POLL_S = 0.0005
+_REFILL_WAIT_S = 0.02  # how long a refill may wait to share the next outcomes' commit
 _MAX_UNACKNOWLEDGED = 3  # records in a row the printer did not acknowledge: it stopped answering
 
 
@@ -128,6 +132,7 @@ class LineRuntime:
             64
         )
         self._commit_q: asyncio.Queue[_Pending] = asyncio.Queue(256)
+        self._deciding = 0  # frames taken for a decision, not yet queued for the commit
         self._feed_done = asyncio.Event()
         self._last_activity = time.monotonic()
         # reject trigger → when its verdict was written
@@ -399,10 +404,11 @@ class LineRuntime:
             # (each taken record holds its place in both counts until it is settled).
             block = min(_refill_block(depth, window), batch.target - sent)
             async with self._flow:
-                await self._flow.wait_for(
-                    lambda n=block: self._unprinted + n <= depth and self._undecided + n <= window
-                )
-            taken = await self.ledger.take_block(batch, block)
+                await self._flow.wait_for(functools.partial(self._room_for, block, depth, window))
+            # With units in flight their outcomes commit within milliseconds: the block rides
+            # along (the printer still holds half a buffer meanwhile).
+            wait_s = _REFILL_WAIT_S if self._undecided else 0.0
+            taken = await self.ledger.take_block(batch, block, wait_s=wait_s)
             if not taken:
                 await self._replenish(batch.target - sent)
                 continue
@@ -416,6 +422,9 @@ class LineRuntime:
                     crash_point("printer_buffer_full")
         self._feed_done.set()
 
+    def _room_for(self, block: int, depth: int, window: int) -> bool:
+        return self._unprinted + block <= depth and self._undecided + block <= window
+
     async def _replenish(self, still_needed: int) -> None:
         """Make the next serials available (persisted before use), never more than the order
         still needs, so a normal order ends with no unused serial: generated here, or waited
@@ -424,8 +433,12 @@ class LineRuntime:
         batch, job = self._batch, self.job
         if job.serial_source == "generate":
             block = min(_ALLOCATE_BLOCK, still_needed)
-            self.ledger.ensure_allocated(
-                batch, block, length=job.serial_length, alphabet=job.serial_alphabet
+            await self.ledger.generate(
+                batch,
+                block,
+                length=job.serial_length,
+                alphabet=job.serial_alphabet,
+                wait_s=_REFILL_WAIT_S if self._undecided else 0.0,
             )
             return
         if job.serial_source == "l3":
@@ -511,6 +524,7 @@ class LineRuntime:
                 future.set_result(list(frame.reads))
             else:
                 future = loop.run_in_executor(executor, self._read, frame)
+            self._deciding += 1
             await self._decode_q.put((frame, future))
 
     def _repeated_frame(self, frame: Frame) -> None:
@@ -552,6 +566,7 @@ class LineRuntime:
             crash_point("decoded")
             outcome = await self._judge(frame, reads)
             await self._commit_q.put(_Pending(frame, outcome))
+            self._deciding -= 1
 
     async def _judge(self, frame: Frame, reads: list[CodeRead]) -> UnitOutcome:
         line = self.cfg.line
@@ -609,8 +624,15 @@ class LineRuntime:
         while True:
             _raise_if_cancel_lost()
             group = [await self._commit_q.get()]
-            while len(group) < _COMMIT_GROUP and not self._commit_q.empty():
-                group.append(self._commit_q.get_nowait())
+            # Group commit: outcomes of frames already being decided join this commit if they
+            # come within _COMMIT_COMPANY_S (one fsync for all); nothing waits when none is.
+            deadline = time.monotonic() + _COMMIT_COMPANY_S
+            while len(group) < _COMMIT_GROUP:
+                while len(group) < _COMMIT_GROUP and not self._commit_q.empty():
+                    group.append(self._commit_q.get_nowait())
+                if not self._deciding or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(_COMPANY_POLL_S)
             await self._commit_group(group)
 
     async def _commit_group(self, group: list[_Pending]) -> None:
@@ -641,7 +663,7 @@ class LineRuntime:
             raise storage_stop(exc, self.cfg.agent.state_dir) from exc
         # Committed passes must reach the PLC: a line stop (cancellation) waits for this group's
         # writes instead of cutting them off between the commit and the write.
-        self._gated_while_committing(group)
+        await self._gated_while_committing(group)
         writes = asyncio.ensure_future(self._write_verdicts(group))
         try:
             await asyncio.shield(writes)
@@ -657,14 +679,14 @@ class LineRuntime:
         settled = sum((o.serial is not None) + len(o.skipped_serials) for o in outcomes)
         await self._release(undecided=settled)
 
-    def _gated_while_committing(self, group: list[_Pending]) -> None:
+    async def _gated_while_committing(self, group: list[_Pending]) -> None:
         """A reject confirm that came in while the group was committing found no unit row yet:
         a pass among them reached the gate too late and is decommissioned now."""
         for item in group:
             trigger = item.frame.trigger
             if item.outcome.passed and trigger in self._gated_before_decided:
                 self._gated_before_decided.discard(trigger)
-                self._on_reject_confirmed(self._batch, trigger)
+                await self._on_reject_confirmed(self._batch, trigger)
 
     async def _write_verdicts(self, group: list[_Pending]) -> None:
         batch, line = self._batch, self.cfg.line
@@ -792,7 +814,7 @@ class LineRuntime:
                 )
             fresh = [t for t in log_ring if t > self._last_confirmed]
             for trigger in fresh:
-                self._on_reject_confirmed(batch, trigger)
+                await self._on_reject_confirmed(batch, trigger)
             if fresh:
                 self._last_confirmed = fresh[-1]
             self._confirms_seen = state.reject_confirms
@@ -813,10 +835,10 @@ class LineRuntime:
                     StopReason.REJECT_CONFIRM_MISSING, f"{self._missing_confirms} in a row"
                 )
 
-    def _on_reject_confirmed(self, batch: BatchInfo, trigger: int) -> None:
+    async def _on_reject_confirmed(self, batch: BatchInfo, trigger: int) -> None:
         self._awaiting_confirm.pop(trigger, None)
         self._missing_confirms = 0
-        change = self.ledger.confirm_rejected_at_gate(batch, trigger)
+        change = await self.ledger.gate_rejected(batch, trigger)
         if change is None and trigger > self._last_trigger:
             self._gated_before_decided.add(trigger)
         if change == "decommissioned":
