@@ -14,7 +14,8 @@ Both are generated at run time from the seed. With the third-party DataMatrix co
 (``../shared/conformance/datamatrix``, skipped when absent) its images get a report line of
 their own.
 
-Every frame is decoded with each strategy on one thread (one core); the JSON document gives,
+Every frame is decoded with each strategy on one thread (one core; OpenCV's own thread pool is
+set to one thread too); the JSON document gives,
 per strategy, overall and per category, the read rate, false reads, p50/p99/max ms of frames
 with a code and of frames without one, and the machine's load average before and after the
 strategy ran (the machine may be shared: quote the load with the figures). A read is correct
@@ -357,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-cases", action="store_true", help="skip the multi-code frames")
     parser.add_argument("--no-conformance", action="store_true", help="skip the corpus line")
     args = parser.parse_args(argv)
+    # One thread means one: OpenCV would otherwise spread a blur or a resize over its own pool,
+    # whose time neither the frame's CPU figure nor a single core's budget would show.
+    cv2.setNumThreads(1)
     if args.frame_set == "wide":
         count = args.frames or 40
         categories = [c for c in args.categories.split(",") if c] or list(wide.CATEGORIES)

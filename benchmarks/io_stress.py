@@ -69,18 +69,6 @@ def start_simulators(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, in
     return proc, json.loads(proc.stdout.readline())["simulators"]
 
 
-def latency_summary(stats: LineStats) -> dict[str, float]:
-    histogram = getattr(stats, "latency_ms", None)
-    if histogram is not None:
-        return dict(histogram.summary())
-    values = sorted(getattr(stats, "latencies_ms", []) or [0.0])
-
-    def pick(q: float) -> float:
-        return round(values[min(len(values) - 1, int(q / 100.0 * len(values)))], 3)
-
-    return {"p50": pick(50), "p99": pick(99), "max": round(values[-1], 3)}
-
-
 async def run_line(workdir: Path, units: int, ports: dict[str, int]) -> LineStats:
     overrides: dict[str, Any] = {
         "agent": {"state_dir": str(workdir / "state")},
@@ -124,7 +112,7 @@ def phase(workdir: Path, units: int, stress_procs: int) -> dict[str, Any]:
         "rejected": stats.rejected,
         "good_rejected_late": stats.by_reason.get("late_verdict", 0),
         "rejects_by_reason": {k: v for k, v in stats.by_reason.items() if k != "ok"},
-        "latency_frame_to_verdict_ms": latency_summary(stats),
+        "latency_frame_to_verdict_ms": stats.latency_ms.summary(),
         "wall_s": round(elapsed, 1),
         "load_average": {
             "before": [round(x, 2) for x in load_before],

@@ -1,7 +1,9 @@
 """Line throughput in fast mode: sustained units/min and frame→verdict latency.
 
 The simulators run in a separate process (`edge-agent simulate --fast`), as real devices would,
-so the figures are the agent's own. Prints one JSON object with the figures and the machine.
+so the figures are the agent's own. The agent is the resident daemon (``Agent.serve``): one work
+order (generated serials) is dropped into its inbox, and it serves until the order is closed and
+nothing is left to run. Prints one JSON object with the figures and the machine.
 
     .venv/bin/python benchmarks/line_throughput.py [--units 3000]
 """
@@ -24,13 +26,8 @@ from pathlib import Path
 from edge_agent import logs
 from edge_agent.app import Agent, UntilIdle
 from edge_agent.config import parse_config
-from edge_agent.demo import demo_config_text, demo_order, write_order_file
+from edge_agent.demo import demo_config_text
 from edge_agent.line.stats import LineStats
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100.0 * len(ordered)))]
 
 
 def machine() -> dict[str, object]:
@@ -48,11 +45,10 @@ def machine() -> dict[str, object]:
     }
 
 
-def start_simulators(workdir: Path, units: int) -> tuple[subprocess.Popen[str], dict[str, int]]:
-    text = demo_config_text().replace("target_quantity = 2000", f"target_quantity = {units}")
-    # Free ports: two benchmarks on one machine must not meet at the demo's fixed ports
-    text = re.sub(r"(\n\[simulators\.\w+\][^\[]*?)port = \d+", r"\g<1>port = 0", text)
+def start_simulators(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
     config = workdir / "sim.toml"
+    # Free ports: two benchmarks on one machine must not meet at the demo's fixed ports
+    text = re.sub(r"(\n\[simulators\.\w+\][^\[]*?)port = \d+", r"\g<1>port = 0", demo_config_text())
     config.write_text(text)
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_agent.cli", "simulate", "--fast", "--config", str(config)],
@@ -64,18 +60,39 @@ def start_simulators(workdir: Path, units: int) -> tuple[subprocess.Popen[str], 
     return proc, json.loads(proc.stdout.readline())["simulators"]
 
 
+def drop_order(inbox: Path, units: int) -> None:
+    """One work order in the inbox, written aside and renamed as the inbox expects."""
+    order = {
+        "id": "BENCH-1",
+        "product": {"gtin": "09506000134352", "description": "Benchmark tablets"},
+        "lot": "BENCH1",
+        "expiry": "301231",
+        "quantity": units,
+        "serials": {"source": "generate", "length": 12},
+        "market": "DE",
+    }
+    inbox.mkdir(parents=True, exist_ok=True)
+    part = inbox / ".BENCH-1.json.part"
+    part.write_text(json.dumps(order), encoding="utf-8")
+    part.replace(inbox / "BENCH-1.json")
+
+
 async def run(units: int, workdir: Path, ports: dict[str, int], in_flight: int) -> LineStats:
     text = demo_config_text()
+    inbox = workdir / "inbox"
     overrides = {
         "agent": {"state_dir": str(workdir / "state")},
-        "orders": {"inbox": str(workdir / "inbox")},
+        "orders": {"inbox": str(inbox)},
         "line": {"max_units_in_flight": in_flight},
+        "clock": {"check": False},
         **{kind: {"port": port} for kind, port in ports.items()},
     }
-    write_order_file(workdir / "inbox", demo_order(units))
+    drop_order(inbox, units)
     stats = LineStats()
     agent = Agent(parse_config(text, "demo.toml", overrides), stats=stats)
-    await agent.serve(until_idle=UntilIdle(hold_timeout_s=0))
+    served = await agent.serve(until_idle=UntilIdle(hold_timeout_s=0))
+    if served.ended != "idle":
+        raise SystemExit(f"the order did not run to its end: {served}")
     return stats
 
 
@@ -92,7 +109,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="edge-agent-bench-"))
     with (workdir / "agent.log").open("w") as log_file:
         logs.configure("json", "warning", stream=log_file)
-        proc, ports = start_simulators(workdir, args.units)
+        load_start = os.getloadavg()
+        proc, ports = start_simulators(workdir)
         try:
             started = time.monotonic()
             stats = asyncio.run(run(args.units, workdir, ports, args.in_flight))
@@ -101,7 +119,6 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=20)
     # Sustained rate: from the first to the last verdict, so start-up is not counted.
-    lat = stats.latencies_ms
     result = {
         "benchmark": "line_throughput",
         "mode": "fast",
@@ -111,12 +128,10 @@ def main() -> None:
         "rejected": stats.rejected,
         "units_per_min_sustained": round(stats.sustained_units_per_min(), 1),
         "wall_s": round(elapsed, 2),
-        "latency_frame_to_verdict_ms": {
-            "p50": round(percentile(lat, 50), 3),
-            "p99": round(percentile(lat, 99), 3),
-            "max": round(max(lat), 3),
-        },
+        "latency_frame_to_verdict_ms": stats.latency_ms.summary(),
         "targets": {"units_per_min": 3000, "p99_ms": 50},
+        # The machine's load beside the figures: on a shared machine they move with it.
+        "load_average_1_5_15": {"start": load_start, "end": os.getloadavg()},
         "machine": machine(),
     }
     print(json.dumps(result, indent=2))

@@ -26,7 +26,7 @@ from edge_agent.alarms import AlarmBoard
 from edge_agent.config import LoadedConfig
 from edge_agent.config.loader import DeviceSpec
 from edge_agent.config.models import L3Section, UpstreamSection
-from edge_agent.db import open_db, open_write_connection
+from edge_agent.db import close_db, open_db, open_write_connection
 from edge_agent.errors import EdgeAgentError, LineStopped, StorageFull
 from edge_agent.ledger import Ledger
 from edge_agent.line.controller import LineController
@@ -40,7 +40,7 @@ from edge_agent.orders.validation import OrderRules
 from edge_agent.outbox.forwarding import ForwarderLoop, QuotaGuard, prune_periodically
 from edge_agent.outbox.store import OutboxStore
 from edge_agent.stops import StopReason
-from edge_agent.storage import DiskGuard, storage_stop
+from edge_agent.storage import DiskGuard, log_capacity, storage_stop
 from edge_agent.vision.pipeline import build_reader
 from edge_agent.writer import Writer
 
@@ -49,6 +49,7 @@ log = structlog.get_logger("edge_agent.app")
 # Orders still to run, or on the line: the daemon is not idle while one is in these states.
 BUSY = frozenset({OrderState.WAITING, OrderState.READY, OrderState.RUNNING})
 IDLE_CHECK_S = 0.2
+WATCHDOG_S = 2.0  # well inside the unit's WatchdogSec=10s
 
 
 @dataclass(frozen=True)
@@ -147,12 +148,18 @@ class Agent:
             await self._stop_before_line(storage_stop(exc, model.agent.state_dir))
         except LineStopped as exc:
             await self._stop_before_line(exc)
+        log_capacity(
+            conn,
+            model.agent.state_dir,
+            disk_free_stop_mb=model.agent.disk_free_stop_mb,
+            quota_stop_mb=(model.upstream or UpstreamSection()).quota_stop_mb,
+        )
         try:
             async with contextlib.AsyncExitStack() as stack:
                 return await self._serve(conn, disk, stack, ready, until_idle)
         finally:
             self.commands = self.controller = None
-            conn.close()
+            close_db(conn)
 
     async def _serve(
         self,
@@ -239,6 +246,11 @@ class Agent:
             background.append(("backup", schedule.run()))
         if model.api is not None:
             await self._start_api(stack, commands, alarms, settlement, conn)
+        from edge_agent.opcua_server import open_packml
+
+        packml = await open_packml(stack, model, self.stats, commands, controller)
+        if packml is not None:
+            background.append(("packml", packml))
         tasks: list[asyncio.Task[Any]] = []
         try:
             for name, job in background:
@@ -247,6 +259,7 @@ class Agent:
             tasks.append(line)
             watcher = asyncio.create_task(self._watch(until_idle, commands), name="idle-watch")
             tasks.append(watcher)
+            tasks.append(asyncio.create_task(_feed_watchdog(controller), name="watchdog"))
             systemd.notify_ready(f"line {model.line.id} up")
             log.info("agent_ready", line=model.line.id, api=self.api_url)
             if ready is not None:
@@ -373,13 +386,23 @@ class Agent:
                 await asyncio.gather(*tasks, return_exceptions=True)
             return sum(s.pending for s in store.status())
         finally:
-            conn.close()
+            close_db(conn)
 
     def _forwarder(self, spec: DeviceSpec) -> Any:
         line = self.config.model.line
         accepts = inspect.signature(spec.driver).parameters
         context = {k: v for k, v in (("site", line.site), ("line", line.id)) if k in accepts}
         return spec.driver(spec.name, spec.config, **context)
+
+
+async def _feed_watchdog(controller: LineController) -> None:
+    """WATCHDOG=1 while no segment's heartbeat loop does it (idle, held, a segment opening its
+    devices): the daemon's loop is alive. Once the line runs, only the PLC heartbeat feeds it,
+    so a hung line is restarted by systemd."""
+    while True:
+        if not controller.beating:
+            systemd.notify_watchdog()
+        await asyncio.sleep(WATCHDOG_S)
 
 
 def _needs_person(commands: CommandPath) -> OrderRecord | None:

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "edge_agent.state_commands",
     "edge_agent.api.cli",
     "edge_agent.backup_commands",
+    "edge_agent.aggregation.commands",
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_LINE_STOPPED, EXIT_UNBALANCED = 0, 1, 2, 3, 4
@@ -64,13 +65,27 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     sub = parser.add_subparsers(metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run a whole line on in-process simulators")
-    demo.add_argument("--units", type=int, default=2000, help="units in the batch (default 2000)")
+    demo = sub.add_parser(
+        "demo",
+        help="run the line daemon on in-process simulators, with work orders from a simulated L3",
+    )
+    demo.add_argument(
+        "--orders",
+        type=_count_arg,
+        default=1,
+        help="work orders L3 sends, each another product and lot (default 1); from 2 on, a "
+        "run of unreadable codes holds order 2 and the demo resumes it through the REST API",
+    )
+    demo.add_argument(
+        "--units", type=_count_arg, default=2000, help="units per order (default 2000)"
+    )
     demo.add_argument(
         "--speed", type=float, default=300.0, help="line speed, units/min (default 300)"
     )
     demo.add_argument("--fast", action="store_true", help="run as fast as the agent can")
-    demo.add_argument("--report-json", type=Path, help="write the reconciliation as JSON here")
+    demo.add_argument(
+        "--report-json", type=Path, help="write the reconciliation of every order as JSON here"
+    )
     demo.add_argument("--state-dir", type=Path, help="keep the state database here")
     demo.add_argument("--seed", type=int, default=1, help="seed of the injected defects")
     demo.add_argument("--defect-rate", type=float, default=0.02, help="share of defective units")
@@ -162,11 +177,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _count_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def _demo(args: argparse.Namespace) -> int:
     from edge_agent.demo import run_demo
 
     return asyncio.run(
         run_demo(
+            orders=args.orders,
             units=args.units,
             speed=None if args.fast else args.speed,
             state_dir=args.state_dir,

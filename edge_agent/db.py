@@ -19,6 +19,7 @@ import getpass
 import os
 import secrets
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -27,7 +28,7 @@ from urllib.parse import quote
 
 import structlog
 
-from edge_agent import db_identity, proclocks
+from edge_agent import clean_stop, db_identity, proclocks
 from edge_agent.db_identity import (
     ADOPT,
     APPLICATION_ID,
@@ -40,7 +41,10 @@ from edge_agent.db_identity import (
 )
 from edge_agent.errors import LedgerError, StorageFull
 
-SCHEMA_VERSION = 3  # 2: per-forwarder delivery state of outbox events; 3: work orders, audit
+# 2: per-forwarder delivery state of outbox events; 3: work orders, audit; 4: outbox indexes by
+# batch and by acknowledgement; 5: aggregation (containers, packed, loose, identifier ranges and
+# pool)
+SCHEMA_VERSION = 5
 DB_NAME = db_identity.DB_NAME
 log = structlog.get_logger("edge_agent.db")
 
@@ -103,6 +107,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     acked_at REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox (state, seq);
+-- A batch's events (reconciliation, its event clock at start, export --batch) without a scan of
+-- the whole history (schema 4).
+CREATE INDEX IF NOT EXISTS outbox_by_batch ON outbox (batch_id, kind, created_at);
+-- Delivered events by acknowledgement time: retention finds what it prunes without walking the
+-- whole delivered history (schema 4).
+CREATE INDEX IF NOT EXISTS outbox_by_ack ON outbox (state, acked_at);
 -- One row per (forwarder, event) that forwarder has finished with: delivered or dead letter.
 -- Absence means pending. The cursor says "every event up to seq is finished" for a forwarder,
 -- so finding the pending ones never scans the delivered history.
@@ -200,13 +210,74 @@ CREATE TABLE IF NOT EXISTS serial_requests (
 );
 CREATE INDEX IF NOT EXISTS serial_requests_by_order ON serial_requests (order_id, state);
 CREATE INDEX IF NOT EXISTS serial_requests_by_state ON serial_requests (state, seq);
+-- Aggregation (edge_agent/aggregation): bundles, cases and pallets, and what each holds.
+CREATE TABLE IF NOT EXISTS containers (
+    epc TEXT PRIMARY KEY,
+    code TEXT NOT NULL UNIQUE,
+    order_id TEXT NOT NULL,
+    level TEXT NOT NULL CHECK (level IN ('bundle', 'case', 'pallet')),
+    kind TEXT NOT NULL CHECK (kind IN ('sscc', 'gtin_serial')),
+    gtin TEXT,
+    serial TEXT,
+    state TEXT NOT NULL
+        CHECK (state IN ('reserved', 'open', 'closed', 'scrapped', 'disaggregated')),
+    commissioned INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS containers_by_order ON containers (order_id, state);
+-- One row per child in a parent: the primary key is the rule "a child is in one parent at most".
+CREATE TABLE IF NOT EXISTS packed (
+    child TEXT PRIMARY KEY,
+    parent TEXT NOT NULL REFERENCES containers(epc),
+    order_id TEXT NOT NULL,
+    level TEXT NOT NULL,
+    gtin TEXT,
+    serial TEXT,
+    packed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS packed_by_parent ON packed (parent);
+CREATE INDEX IF NOT EXISTS packed_by_order ON packed (order_id, level);
+CREATE INDEX IF NOT EXISTS packed_by_unit ON packed (gtin, serial) WHERE gtin IS NOT NULL;
+-- Children in no parent, with why (removed in rework, partial case refused ...).
+CREATE TABLE IF NOT EXISTS loose (
+    child TEXT PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    level TEXT NOT NULL,
+    gtin TEXT,
+    serial TEXT,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS loose_by_order ON loose (order_id);
+CREATE INDEX IF NOT EXISTS loose_by_unit ON loose (gtin, serial) WHERE gtin IS NOT NULL;
+-- Local identifier ranges: the next number, moved in the transaction that reserves it.
+CREATE TABLE IF NOT EXISTS identifier_ranges (
+    key TEXT PRIMARY KEY,
+    next INTEGER NOT NULL,
+    last INTEGER NOT NULL
+);
+-- Identifiers L3 sent for an order's level, stored before any is used.
+CREATE TABLE IF NOT EXISTS identifier_pool (
+    code TEXT PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    level TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    taken INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS identifier_pool_by_order ON identifier_pool (order_id, level, taken);
 """
 
 
-def open_db(state_dir: Path, *, check: bool = True) -> sqlite3.Connection:
+def open_db(state_dir: Path, *, check: bool = True, announce: bool = False) -> sqlite3.Connection:
     """Open the writer connection to the state database. In a new (empty) state directory the
     database and its ``state.id`` are created first. StateRefused: not provably this directory's
-    database, damaged or not writable; LedgerError: locked by another process, disk full."""
+    database, damaged or not writable; LedgerError: locked by another process, disk full.
+
+    ``check``: the full integrity check unless the agent closed this database cleanly last time
+    (``close_db``); ``announce``: log whether it ran and why (the service's start, where an
+    operator waits for it; command-line tools stay quiet)."""
     files = StateFiles(state_dir)
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -216,12 +287,14 @@ def open_db(state_dir: Path, *, check: bool = True) -> sqlite3.Connection:
             f"cannot create the state directory {state_dir} ({exc.strerror})",
             f"Create it writable for user {user_name()}, or set agent.state_dir",
         )
+    created = False
     try:
         with storage_errors(state_dir):
             _finish_interrupted_creation(files)
             seen = db_identity.inspect(files)
             if seen.header is None:
                 _create(files)
+                created = True
                 seen = db_identity.inspect(files)
     except OSError as exc:
         refuse(
@@ -232,14 +305,76 @@ def open_db(state_dir: Path, *, check: bool = True) -> sqlite3.Connection:
     conn = _writer(files)
     try:
         with storage_errors(state_dir):
-            _confirm(conn, seen, writer=True)
-            if check:
-                _quick_check(conn, files)
+            # Taken (and removed) before anything is written: a crash from here on leaves none
+            last_stop = clean_stop.take(files)
+            database_id = _confirm(conn, seen, writer=True)
+            if check and not created:
+                _check_at_start(conn, files, last_stop, database_id, announce=announce)
             _migrate(conn)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def close_db(conn: sqlite3.Connection) -> None:
+    """Close the writer connection of ``open_db`` and record the clean stop
+    (``edge_agent.clean_stop``): one last commit stores the record's token, and only when it
+    succeeds is the record written, so the next start may skip the full integrity check.
+    Storage errors here are logged, never raised: the database then gets its check."""
+    record = None
+    path = ""
+    try:
+        path = conn.execute("PRAGMA database_list").fetchone()[2]
+        if not conn.in_transaction:
+            token = clean_stop.new_token()
+            with write(conn):
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    (clean_stop.META_KEY, token),
+                )
+            (counter,) = conn.execute("PRAGMA user_version").fetchone()
+            row = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
+            if row is not None:
+                record = clean_stop.CleanStop(str(row[0]), token, int(counter))
+    except sqlite3.Error as exc:
+        log.warning("clean_stop_not_recorded", database=path, detail=str(exc))
+    finally:
+        conn.close()
+    if record is not None and path:
+        try:
+            clean_stop.write_record(StateFiles(Path(path).parent), record)
+        except OSError as exc:
+            log.warning("clean_stop_not_recorded", database=path, detail=str(exc))
+
+
+def _check_at_start(
+    conn: sqlite3.Connection,
+    files: StateFiles,
+    last_stop: clean_stop.CleanStop | None,
+    database_id: str | None,
+    *,
+    announce: bool,
+) -> None:
+    """The full integrity check, unless the agent closed this very database cleanly."""
+    if clean_stop.describes(last_stop, conn, database_id):
+        if announce:
+            log.info("integrity_check_skipped", database=str(files.db), reason="closed cleanly")
+        return
+    if announce:
+        log.warning(
+            "integrity_check",
+            database=str(files.db),
+            reason="not closed cleanly last time (crash, power loss or killed process)"
+            if last_stop is None
+            else "the clean-stop record does not describe this database",
+            detail="checking every page before the line may run; this takes a while on a large "
+            "database",
+        )
+    started = time.monotonic()
+    _quick_check(conn, files)
+    if announce:
+        log.info("integrity_check_passed", seconds=round(time.monotonic() - started, 2))
 
 
 def adopt_existing(state_dir: Path) -> str:
@@ -592,10 +727,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
         elif int(row[0]) < SCHEMA_VERSION:
-            # Older files only lack tables the schema script above has just created.
+            # Older files only lack tables and indexes the schema script above has just created.
             conn.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
+            log.info("state_database_upgraded", schema_from=int(row[0]), schema_to=SCHEMA_VERSION)
         elif int(row[0]) > SCHEMA_VERSION:
             raise LedgerError(
                 f"state database schema version {row[0]} is newer than this agent "

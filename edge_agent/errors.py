@@ -6,6 +6,8 @@ so the core never needs to know which vendor library failed.
 
 from __future__ import annotations
 
+import enum
+
 from edge_agent.redaction import redact_url
 from edge_agent.stops import StopReason
 
@@ -144,4 +146,39 @@ class CommandRefused(OrderError):
     def __init__(self, message: str, *, order_id: str | None = None, state: str | None = None):
         self.order_id = order_id
         self.state = state
+        super().__init__(message)
+
+
+class RefusalReason(enum.StrEnum):
+    """Why the hierarchy refused an aggregation operation (``AggregationRefused.reason``)."""
+
+    NO_PLAN = "no_plan"  # the order has no aggregation plan, or not this level
+    UNKNOWN_ORDER = "unknown_order"
+    UNKNOWN_CODE = "unknown_code"  # not a unit or container known on this line, or unreadable
+    NOT_COMMISSIONED = "not_commissioned"  # rejected, sampled, destroyed, unused, in flight
+    ALREADY_PACKED = "already_packed"  # the child is in a parent already
+    NOT_IN_PARENT = "not_in_parent"  # unpack / replace of a child the parent does not hold
+    DUPLICATE = "duplicate"  # the same child twice in one request
+    WRONG_LEVEL = "wrong_level"  # not the level the plan puts below the parent
+    WRONG_GTIN = "wrong_gtin"
+    WRONG_LOT = "wrong_lot"
+    OTHER_ORDER = "other_order"  # a child of another order
+    CAPACITY = "capacity"  # more children than the level's capacity
+    PARTIAL_REFUSED = "partial_refused"  # closing a partial parent the plan does not allow
+    EMPTY = "empty"  # closing a parent with no children
+    CONTAINER_STATE = "container_state"  # the parent is not in a state that allows this
+    CHILD_NOT_CLOSED = "child_not_closed"  # a bundle or case packed before it was closed
+    IDENTIFIERS_EXHAUSTED = "identifiers_exhausted"
+    IDENTIFIER_USED = "identifier_used"  # an identifier from L3 was used before
+    ORDER_STATE = "order_state"  # the order has ended: its hierarchy is settled
+    REASON_MISSING = "reason_missing"
+
+
+class AggregationRefused(EdgeAgentError):
+    """The hierarchy refused an operation; nothing changed. ``reason`` says which rule, the
+    message what was refused, why and what to do."""
+
+    def __init__(self, reason: RefusalReason, message: str, *, order_id: str | None = None) -> None:
+        self.reason = reason
+        self.order_id = order_id
         super().__init__(message)

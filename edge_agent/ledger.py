@@ -6,6 +6,11 @@
                                     / rejected (destroying event)
     allocated / sent / printed ────► quarantined (restored from a backup: its fate after the
                                      backup is unknown here, so it is never used again)
+    commissioned ─► sampled (taken for QA samples: sampling, then decommissioning events)
+                 └► destroyed (destroyed after commissioning: destroying DELETE event)
+
+A commissioned unit that leaves that state while packed (rejected at the gate, sampled,
+destroyed) leaves its parent in the same transaction, with an unpacking event first.
 
 ``sent`` is written (committed) before a record goes to the printer, so a serial is never sent
 twice, even across a crash. A unit passes only after its ``commissioned`` transition and its
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import epcis, gs1, serialgen
+from edge_agent.aggregation import membership
 from edge_agent.clock import EventClock, last_event_time
 from edge_agent.crashpoints import crash_point
 from edge_agent.db import write
@@ -48,10 +54,19 @@ class SerialState(enum.StrEnum):
     UNUSED = "unused"
     RETURNED = "returned"  # unused, and given back to L3, which acknowledged it
     QUARANTINED = "quarantined"  # not settled when the restored backup was taken: never used
+    SAMPLED = "sampled"  # commissioned, then taken for QA samples (edge_agent.aggregation)
+    DESTROYED = "destroyed"  # commissioned, then destroyed (damaged, QA destruction)
 
 
 TERMINAL = frozenset(
-    {SerialState.REJECTED, SerialState.UNUSED, SerialState.RETURNED, SerialState.QUARANTINED}
+    {
+        SerialState.REJECTED,
+        SerialState.UNUSED,
+        SerialState.RETURNED,
+        SerialState.QUARANTINED,
+        SerialState.SAMPLED,
+        SerialState.DESTROYED,
+    }
 )
 IN_FLIGHT = (SerialState.ALLOCATED, SerialState.SENT, SerialState.PRINTED)
 
@@ -68,6 +83,8 @@ ALLOWED_FROM: dict[SerialState, tuple[SerialState, ...]] = {
     SerialState.UNUSED: (SerialState.ALLOCATED, SerialState.SENT),
     SerialState.RETURNED: (SerialState.UNUSED,),
     SerialState.QUARANTINED: IN_FLIGHT,
+    SerialState.SAMPLED: (SerialState.COMMISSIONED,),
+    SerialState.DESTROYED: (SerialState.COMMISSIONED,),
 }
 _MAX_DRAWS = 10_000  # consecutive generated serials that were all used already: space exhausted
 POOL_QUARANTINED = 2  # serial_pool.taken: 0 free, 1 allocated, 2 quarantined by a restore
@@ -423,6 +440,7 @@ class Ledger:
         was = self._move(batch.gtin, serial, SerialState.REJECTED, reason, trigger, now)
         epc, where = self._epc(batch, serial), self.biz_location
         if was == SerialState.COMMISSIONED:
+            self.leave_parent(batch, epc, reason, now)
             event = epcis.decommissioning(
                 epc, self.read_point, reason, biz_location=where, when=_moment(now)
             )
@@ -511,6 +529,74 @@ class Ledger:
         """Everything handed to the writer so far is committed: reads now see it."""
         if self.writer is not None:
             await self.writer.flush()
+
+    def leave_parent(self, batch: BatchInfo, epc: str, reason: str, now: float) -> str | None:
+        """Take a unit or container out of its parent, with the unpacking event (before any
+        event that ends it, so L3 can apply them in order). Returns the parent's EPC."""
+        parent = membership.release(self.conn, epc)
+        if parent is not None:
+            event = epcis.aggregation(
+                parent,
+                [epc],
+                self.read_point,
+                action="DELETE",
+                biz_step="unpacking",
+                biz_location=self.biz_location,
+                when=_moment(now),
+            )
+            event["edge:reason"] = reason
+            self._event(batch, "unpacking", event, now)
+        return parent
+
+    def end_commissioned(self, batch: BatchInfo, serial: str, to: SerialState, reason: str) -> None:
+        """A commissioned unit ends ``sampled`` or ``destroyed`` (inside the caller's write
+        transaction): out of its parent first, then its end-of-life events. Sampled: CBV
+        sampling, then decommissioning (the sample never returns to the supply chain);
+        destroyed: destroying (DELETE: the EPC was commissioned). LedgerError unless the
+        serial is commissioned in this batch."""
+        now = self.event_now(batch.id)
+        self._move(batch.gtin, serial, to, reason, None, now)
+        epc, where, when = self._epc(batch, serial), self.biz_location, _moment(now)
+        self.leave_parent(batch, epc, reason, now)
+        if to == SerialState.SAMPLED:
+            sampled = epcis.object_event(
+                epcs=[epc],
+                action="OBSERVE",
+                biz_step="sampling",
+                disposition="non_sellable_other",
+                read_point=self.read_point,
+                biz_location=where,
+                when=when,
+                extra={"edge:reason": reason},
+            )
+            self._event(batch, "sampling", sampled, now)
+            end = epcis.decommissioning(epc, self.read_point, reason, biz_location=where, when=when)
+            self._event(batch, "sample_decommissioning", end, now)
+        elif to == SerialState.DESTROYED:
+            end = epcis.object_event(
+                epcs=[epc],
+                action="DELETE",
+                biz_step="destroying",
+                disposition="destroyed",
+                read_point=self.read_point,
+                biz_location=where,
+                when=when,
+                extra={"edge:reason": reason},
+            )
+            self._event(batch, "destroying_commissioned", end, now)
+        else:
+            raise LedgerError(f"a commissioned unit ends sampled or destroyed, not {to}")
+
+    def emit(self, batch: BatchInfo, kind: str, event: dict[str, Any], now: float) -> None:
+        """Queue an event of the batch in the outbox (inside the caller's write transaction)."""
+        self._event(batch, kind, event, now)
+
+    def event_now(self, batch_id: str) -> float:
+        """An event time of the batch: never earlier than its previous event."""
+        return self._now(batch_id)
+
+    def epc(self, gtin: str, serial: str) -> str:
+        return epcis.sgtin_uri(gtin, serial, self.company_prefix_length)
 
     def mark_verdicts_written(self, batch: BatchInfo, triggers: Iterable[int]) -> None:
         with write(self.conn):
@@ -730,6 +816,11 @@ class Ledger:
             "INSERT INTO outbox (event_id, batch_id, kind, payload, created_at) VALUES (?, ?, ?, ?, ?)",
             (event["eventID"], batch.id, kind, json.dumps(event, separators=(",", ":")), now),
         )
+
+
+def moment(at: float) -> datetime:
+    """An event time (epoch seconds) as an aware datetime in the local time zone."""
+    return _moment(at)
 
 
 def _moment(at: float) -> datetime:

@@ -1,11 +1,14 @@
 """Batch reconciliation computed from the state database alone.
 
 Balanced means: every allocated serial is in exactly one state (allocated = commissioned +
-rejected + unused + returned + quarantined) and, for a closed batch, none is
-still in flight; every unit has one verdict; units passed equal serials commissioned; no serial
+rejected + unused + returned + quarantined + sampled + destroyed) and, for a closed batch, none
+is still in flight; every unit has one verdict; units passed equal serials commissioned (or
+sampled or destroyed after it); no serial
 was commissioned twice; every commissioning has its event in the outbox; and every rejected
 serial has the one event CBV has for it: decommissioning if it had been commissioned, destroying
-if it never was (never a decommissioning of an EPC that was not commissioned).
+if it never was (never a decommissioning of an EPC that was not commissioned); a sampled unit
+has its sampling and end-of-life events, a destroyed one its destroying event; and the order's
+hierarchy balances (``edge_agent.aggregation.balance``: ``hierarchy_balanced``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from edge_agent.aggregation.balance import hierarchy_report
 from edge_agent.errors import LedgerError
 
 
@@ -61,20 +65,15 @@ def _reconcile(conn: sqlite3.Connection, batch_id: str) -> dict[str, Any]:
             (batch_id,),
         ).fetchall()
     )
-    (duplicates,) = conn.execute(
-        "SELECT count(*) FROM (SELECT serial FROM transitions WHERE to_state = 'commissioned' "
-        "AND serial IN (SELECT serial FROM serials WHERE batch_id = ?) "
-        "GROUP BY gtin, serial HAVING count(*) > 1)",
-        (batch_id,),
-    ).fetchone()
-    (ever_commissioned,) = conn.execute(
-        "SELECT count(*) FROM transitions t JOIN serials s ON s.gtin = t.gtin AND s.serial = t.serial "
-        "WHERE s.batch_id = ? AND t.to_state = 'commissioned'",
-        (batch_id,),
-    ).fetchone()
-    (decommissioned,) = conn.execute(
-        "SELECT count(*) FROM transitions t JOIN serials s ON s.gtin = t.gtin AND s.serial = t.serial "
-        "WHERE s.batch_id = ? AND t.from_state = 'commissioned' AND t.to_state = 'rejected'",
+    # One walk from the batch's serials into the (gtin, serial) index of their transitions: the
+    # cost is the batch's, not the whole history's. Per serial: commissionings (more than one is
+    # a duplicate) and decommissionings (commissioned, then rejected).
+    ever_commissioned, decommissioned, duplicates = conn.execute(
+        "SELECT coalesce(sum(c), 0), coalesce(sum(d), 0), coalesce(sum(c > 1), 0) FROM ("
+        "SELECT sum(t.to_state = 'commissioned') AS c, "
+        "sum(t.from_state = 'commissioned' AND t.to_state = 'rejected') AS d "
+        "FROM serials s JOIN transitions t ON t.gtin = s.gtin AND t.serial = s.serial "
+        "WHERE s.batch_id = ? GROUP BY s.gtin, s.serial)",
         (batch_id,),
     ).fetchone()
     events = dict(
@@ -107,15 +106,23 @@ def _reconcile(conn: sqlite3.Connection, batch_id: str) -> dict[str, Any]:
         "serials_unused": states.get("unused", 0),
         "serials_returned": states.get("returned", 0),
         "serials_quarantined": states.get("quarantined", 0),  # after a restore from backup
+        "serials_sampled": states.get("sampled", 0),
+        "serials_destroyed": states.get("destroyed", 0),
         "serials_allocated_unsent": states.get("allocated", 0),
         "serials_in_flight": in_flight,
         "duplicates": duplicates,
         "events_commissioning": events.get("commissioning", 0),
         "events_decommissioning": events.get("decommissioning", 0),
         "events_destroying": events.get("destroying", 0),
+        "events_sampling": events.get("sampling", 0),
+        "events_sample_end": events.get("sample_decommissioning", 0),
+        "events_destroying_commissioned": events.get("destroying_commissioned", 0),
         "events_pending_delivery": pending,
     }
     problems = _problems(report, ever_commissioned)
+    hierarchy = hierarchy_report(conn, batch_id)
+    report.update(hierarchy)
+    problems += hierarchy["hierarchy_problems"]
     report["problems"] = problems
     report["balanced"] = not problems
     return report
@@ -129,14 +136,29 @@ def _problems(r: dict[str, Any], ever_commissioned: int) -> list[str]:
         + r["serials_unused"]
         + r["serials_returned"]
         + r["serials_quarantined"]
+        + r["serials_sampled"]
+        + r["serials_destroyed"]
     )
     if r["serials_allocated"] != terminal + r["serials_in_flight"] + r["serials_allocated_unsent"]:
         problems.append("serial states do not add up to the serials allocated")
     if r["batch_state"] == "closed" and (r["serials_in_flight"] or r["serials_allocated_unsent"]):
         problems.append(f"{r['serials_in_flight']} serials still in flight in a closed batch")
-    if r["passed"] != r["serials_commissioned"]:
+    after_pass = r["serials_commissioned"] + r["serials_sampled"] + r["serials_destroyed"]
+    if r["passed"] != after_pass:
         problems.append(
             f"{r['passed']} units passed but {r['serials_commissioned']} serials commissioned"
+            + (f" and {after_pass - r['serials_commissioned']} sampled or destroyed" if
+               after_pass != r["serials_commissioned"] else "")
+        )  # fmt: skip
+    if not r["events_sampling"] == r["events_sample_end"] == r["serials_sampled"]:
+        problems.append(
+            f"{r['serials_sampled']} serials sampled but {r['events_sampling']} sampling and "
+            f"{r['events_sample_end']} end-of-life events"
+        )
+    if r["events_destroying_commissioned"] != r["serials_destroyed"]:
+        problems.append(
+            f"{r['serials_destroyed']} serials destroyed after commissioning but "
+            f"{r['events_destroying_commissioned']} destroying events"
         )
     if r["duplicates"]:
         problems.append(f"{r['duplicates']} serials commissioned more than once")

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -99,3 +101,94 @@ class DiskGuard:
         while True:
             self.check()
             await asyncio.sleep(self.interval_s)
+
+
+# A unit of history (its serial, transitions, verdict, commissioning event and one forwarder's
+# delivery record, with their indexes): 1,790 bytes on the 2M-unit database of
+# benchmarks/history.py. Used until the database has history enough to measure its own.
+DEFAULT_BYTES_PER_UNIT = 1800
+_MEASURED_FROM_UNITS = 10_000
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """How much more history the state database can take before the line stops."""
+
+    database_bytes: int
+    free_bytes: int
+    room_bytes: int  # until the first stop level
+    limited_by: str  # the setting that sets that level
+    units_recorded: int
+    bytes_per_unit: int
+    units_fit: int
+    events_fit: int
+
+
+def capacity(
+    conn: sqlite3.Connection,
+    state_dir: Path,
+    *,
+    disk_free_stop_mb: float,
+    quota_stop_mb: float | None,
+) -> Capacity:
+    """Cheap at any size: page counts, the filesystem, and the highest row ids."""
+    from edge_agent.outbox.store import free_bytes, used_bytes
+
+    used, free = used_bytes(conn), free_bytes(conn)
+    room, limited_by = free - int(disk_free_stop_mb * _MB), "[agent] disk_free_stop_mb"
+    if quota_stop_mb is not None and quota_stop_mb * _MB - used < room:
+        room, limited_by = int(quota_stop_mb * _MB) - used, "[upstream] quota_stop_mb"
+    room = max(0, room)
+    (units,) = conn.execute("SELECT coalesce(max(id), 0) FROM units").fetchone()
+    (events,) = conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()
+    per_unit = used // units if units >= _MEASURED_FROM_UNITS else DEFAULT_BYTES_PER_UNIT
+    units_fit = room // max(1, per_unit)
+    events_per_unit = events / units if units >= _MEASURED_FROM_UNITS else 1.0
+    return Capacity(
+        used,
+        free,
+        room,
+        limited_by,
+        int(units),
+        int(per_unit),
+        int(units_fit),
+        int(units_fit * max(1.0, events_per_unit)),
+    )
+
+
+def log_capacity(
+    conn: sqlite3.Connection,
+    state_dir: Path,
+    *,
+    disk_free_stop_mb: float,
+    quota_stop_mb: float | None,
+    batch_target: int = 0,
+) -> Capacity:
+    """Tell the operator at start how much history still fits."""
+    try:
+        room = capacity(
+            conn, state_dir, disk_free_stop_mb=disk_free_stop_mb, quota_stop_mb=quota_stop_mb
+        )
+    except (OSError, sqlite3.Error) as exc:  # the guards meet the trouble; this is a notice
+        log.warning("storage_capacity_unknown", directory=str(state_dir), detail=str(exc))
+        return Capacity(0, 0, 0, "unknown", 0, DEFAULT_BYTES_PER_UNIT, 0, 0)
+    fields = {
+        "directory": str(state_dir),
+        "database_mb": round(room.database_bytes / _MB, 1),
+        "free_mb": round(room.free_bytes / _MB, 1),
+        "room_mb": round(room.room_bytes / _MB, 1),
+        "limited_by": room.limited_by,
+        "units_recorded": room.units_recorded,
+        "bytes_per_unit": room.bytes_per_unit,
+        "units_fit": room.units_fit,
+        "events_fit": room.events_fit,
+    }
+    detail = (
+        f"room for about {room.units_fit:,} more units ({room.events_fit:,} events) of "
+        f"history before the line stops at {room.limited_by}"
+    )
+    if room.units_fit < batch_target:
+        log.warning("storage_low", detail=detail + f"; this batch needs {batch_target:,}", **fields)
+    else:
+        log.info("storage_capacity", detail=detail, **fields)
+    return room

@@ -386,3 +386,44 @@ async def test_defect_rate_zero_reads_clean_with_high_contrast() -> None:
 def test_unknown_defect_kind_is_refused() -> None:
     with pytest.raises(ValueError):
         TcpCameraSim(SimLine(), defect_kinds=["smudge"])
+
+
+async def _burst_run(seed: int, units: list[SimUnit]) -> tuple[TcpCameraSim, list[Frame]]:
+    line = SimLine(units_per_min=None)
+    camera = TcpCameraSim(line, defect_rate=0.0, seed=seed)
+    burst = camera.add_burst(4, lot="LOT-B", start_within=(2, 6))
+    assert 2 <= burst.start <= 6
+    async with camera, _source(camera.port) as source:
+        await asyncio.wait_for(camera.wait_for_client(), STEP)
+        frames = source.frames()
+        for unit in units:
+            line.unit_printed(unit)
+        got = await _take(frames, len(units))
+        await frames.aclose()
+    return camera, got
+
+
+async def test_a_burst_makes_a_run_of_one_lot_unreadable_where_the_seed_says() -> None:
+    units = [
+        SimUnit(f"S{i:04d}", GTIN, "LOT-B" if i % 3 else "LOT-A", "281231", 0.0) for i in range(24)
+    ]
+    camera, frames = await _burst_run(5, units)
+    (burst,) = camera.bursts
+    lot_b = [i + 1 for i, u in enumerate(units) if u.lot == "LOT-B"]  # triggers of LOT-B units
+    expected = lot_b[burst.start : burst.start + 4]
+    assert burst.triggers == expected
+    assert camera.injected == dict.fromkeys(expected, "unreadable")
+    reader = ZxingReader()
+    for frame in frames:
+        reads = list(reader.read(frame.image))
+        assert (reads == []) == (frame.trigger in expected), frame.trigger
+    starts = {(await _burst_run(5, units[:3]))[0].bursts[0].start for _ in range(2)}
+    assert starts == {burst.start}  # the same seed, the same run
+
+
+def test_a_burst_is_refused_when_it_cannot_be_made() -> None:
+    camera = TcpCameraSim(SimLine())
+    with pytest.raises(ValueError, match="not offered"):
+        camera.add_burst(3, kind="duplicate_serial")
+    with pytest.raises(ValueError, match="length"):
+        camera.add_burst(0)

@@ -36,12 +36,9 @@ from drivers.plc.opcua.certs import make_test_pki
 from edge_agent.app import Agent
 from edge_agent.config import parse_config
 from edge_agent.config.models import OpcUaServerSection
-from edge_agent.contracts import PlcState, Verdict
 from edge_agent.demo import demo_config_text
 from edge_agent.errors import LineStopped
 from edge_agent.line.stats import LineStats
-from edge_agent.opcua_server import PackML, run_batch
-from edge_agent.opcua_server.control import BatchLine, OperatorPlc
 from edge_agent.opcua_server.controller import PackMLController
 from edge_agent.opcua_server.packml import (
     ACTING,
@@ -58,6 +55,7 @@ from edge_agent.opcua_server.packml import (
 from edge_agent.opcua_server.security import certificate_uri
 from edge_agent.opcua_server.server import PackMLServer
 from edge_agent.stops import StopReason
+from simulators.pytest_plugin import inbox_with
 from simulators.runner import SimulatorSet
 from tests.helpers.waiting import until
 
@@ -486,174 +484,6 @@ ControllerMachine.TestCase.settings = settings(
 test_controller_interleavings = ControllerMachine.TestCase
 
 
-# --- 2b. the one-batch line's actions, with a stand-in runtime and PLC -------------------------
-
-
-class MemoryPlc:
-    """A PLC that stops its conveyor on a line-stop request and runs while beats come."""
-
-    name = "plc"
-
-    def __init__(self) -> None:
-        self.stop_request = 0
-        self.beats = 0
-        self.requests: list[int] = []
-
-    async def write_verdict(self, trigger: int, verdict: Verdict) -> None:
-        return None
-
-    async def beat(self) -> None:
-        self.beats += 1
-
-    async def read_state(self) -> PlcState:
-        running = self.beats > 0 and self.stop_request == 0
-        return PlcState(0, running, 0, 0, 0, 0, self.stop_request)
-
-    async def recent_rejects(self) -> list[int]:
-        return []
-
-    async def request_line_stop(self, reason_code: int) -> None:
-        self.stop_request = reason_code
-        self.requests.append(reason_code)
-
-    async def clear_line_stop(self) -> None:
-        self.stop_request = 0
-
-
-class StandInRuntime:
-    """Beats like LineRuntime; a stop it is told about ends it through the line-stop path."""
-
-    def __init__(self, plc: OperatorPlc, *, beats: int | None = None) -> None:
-        self.plc, self.beats, self.fail = plc, beats, False
-
-    async def run(self) -> str:
-        n = 0
-        while self.beats is None or n < self.beats:
-            try:
-                if self.fail:
-                    raise LineStopped(StopReason.REPEATED_REJECTS, "5 rejects in a row")
-                await self.plc.beat()
-            except LineStopped as exc:
-                await self.plc.request_line_stop(exc.reason.code)
-                raise
-            n += 1
-            await asyncio.sleep(0.005)
-        return "batch"
-
-
-class StandIn:
-    def __init__(self, *, wait_for_start: bool, beats: int | None) -> None:
-        self.plc = MemoryPlc()
-        operator_plc = OperatorPlc(self.plc)  # type: ignore[arg-type]
-        self.line = BatchLine(operator_plc)
-        self.alarms: list[str] = []
-        self.c = PackMLController(self.line, alarm=self.alarms.append)
-        self.runtime = StandInRuntime(operator_plc, beats=beats)
-        packml = PackML(self.c, self.line, wait_for_start)
-        self.task = asyncio.create_task(run_batch(packml, self.runtime, "B1"))  # type: ignore[arg-type]
-
-    async def executing(self) -> None:
-        await until(lambda: self.c.state is S.EXECUTE, "Execute")
-
-
-@contextlib.asynccontextmanager
-async def stand_in(*, wait_for_start: bool, beats: int | None = None) -> AsyncIterator[StandIn]:
-    rig = StandIn(wait_for_start=wait_for_start, beats=beats)
-    try:
-        yield rig
-    finally:
-        rig.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, LineStopped):
-            await rig.task
-        await rig.c.close()
-
-
-async def test_batch_line_through_every_phase() -> None:
-    async with stand_in(wait_for_start=True) as r:
-        c, plc = r.c, r.plc
-        await spin()
-        assert (c.state, c.order_id, plc.beats) == (S.IDLE, "B1", 0)
-        await c.command(C.ABORT)  # before the batch: the conveyor must not move
-        assert await c.settled() is S.ABORTED and plc.stop_request == 22
-        await c.command(C.CLEAR)
-        assert await c.settled() is S.STOPPED
-        await c.command(C.RESET)
-        assert await c.settled() is S.IDLE and plc.beats == 0
-        await c.command(C.START)
-        assert await c.settled() is S.EXECUTE and plc.beats > 0
-        assert plc.stop_request == 0  # Start lifted the Abort's line-stop request
-        await c.command(C.HOLD)
-        assert await c.settled() is S.HELD and plc.stop_request == 20
-        await c.command(C.UNHOLD)
-        assert await c.settled() is S.EXECUTE and plc.stop_request == 0
-        await c.command(C.SUSPEND)
-        assert await c.settled() is S.SUSPENDED and plc.stop_request == 20
-        await c.command(C.UNSUSPEND)
-        assert await c.settled() is S.EXECUTE and plc.stop_request == 0
-        await c.command(C.STOP)
-        assert await c.settled() is S.STOPPED and plc.stop_request == 21
-        with pytest.raises(LineStopped, match="operator_stop"):
-            await r.task
-        await c.command(C.RESET)
-        assert await c.settled() is S.IDLE
-        with pytest.raises(CommandRefused, match="the batch has ended"):
-            await c.command(C.START)
-        assert c.state is S.IDLE and r.alarms == []
-
-
-async def test_batch_line_stop_before_the_batch_then_start() -> None:
-    async with stand_in(wait_for_start=True) as r:
-        await r.c.command(C.STOP)
-        assert await r.c.settled() is S.STOPPED and r.plc.requests == []
-        await r.c.command(C.RESET)
-        assert await r.c.settled() is S.IDLE
-        await r.c.command(C.START)
-        assert await r.c.settled() is S.EXECUTE and r.plc.beats > 0
-
-
-async def test_batch_line_abort_while_running() -> None:
-    async with stand_in(wait_for_start=False) as r:
-        await r.executing()
-        await r.c.command(C.ABORT)
-        with pytest.raises(LineStopped, match="operator_abort"):
-            await r.task
-        assert await r.c.settled() is S.ABORTED
-        assert r.plc.requests[0] == 22  # at once, before the runtime's own stop path
-
-
-async def test_batch_line_stop_of_its_own_aborts() -> None:
-    async with stand_in(wait_for_start=False) as r:
-        await r.executing()
-        r.runtime.fail = True
-        with pytest.raises(LineStopped, match="repeated_rejects"):
-            await r.task
-        assert await r.c.settled() is S.ABORTED
-        assert r.plc.requests == [10]  # the runtime's own reason stays on the PLC
-
-
-async def test_batch_line_completes() -> None:
-    async with stand_in(wait_for_start=False, beats=20) as r:
-        assert await r.task == "batch"
-        assert await r.c.settled() is S.COMPLETE
-
-
-async def test_batch_line_hold_aborts_when_the_plc_keeps_running() -> None:
-    async with stand_in(wait_for_start=False) as r:
-        r.line.pause_timeout_s = 0.1
-        await r.executing()
-
-        async def ignore(reason_code: int) -> None:
-            r.plc.requests.append(reason_code)
-
-        r.plc.request_line_stop = ignore  # type: ignore[method-assign]
-        await r.c.command(C.HOLD)
-        with pytest.raises(LineStopped, match="operator_abort"):
-            await r.task
-        assert await r.c.settled() is S.ABORTED
-        assert r.plc.requests[:2] == [20, 22]
-        assert len(r.alarms) == 1 and "the PLC still runs the line" in r.alarms[0]
-
-
 # --- 3. every command from every state over OPC UA ---------------------------------------------
 
 
@@ -821,10 +651,10 @@ async def test_line_refusal_and_failure_over_opcua(rig: Rig) -> None:
 @contextlib.asynccontextmanager
 async def running_agent(
     tmp_path: Path, server: dict[str, Any], *, quantity: int = 5000
-) -> AsyncIterator[tuple[SimulatorSet, asyncio.Task[Any], LineStats]]:
+) -> AsyncIterator[tuple[SimulatorSet, asyncio.Task[Any], LineStats, Agent]]:
     overrides: dict[str, Any] = {
         "agent": {"state_dir": str(tmp_path / "state")},
-        "batch": {"target_quantity": quantity},
+        "orders": {**inbox_with(tmp_path / "inbox", quantity=quantity), "inbox_poll_s": 0.05},
         "simulators": {
             "units_per_min": 900,
             "printer": {"port": 0},
@@ -840,13 +670,18 @@ async def running_agent(
             demo_config_text(), "demo.toml", overrides, sections=sims.device_configs()
         )
         stats = LineStats()
-        task = asyncio.create_task(Agent(config, stats=stats).run())
+        agent = Agent(config, stats=stats)
+        task = asyncio.create_task(agent.serve())
         try:
-            yield sims, task, stats
+            yield sims, task, stats, agent
         finally:
-            task.cancel()
+            agent.request_stop(LineStopped(StopReason.SHUTDOWN, "test over"))
             with contextlib.suppress(asyncio.CancelledError, LineStopped):
-                await task
+                await asyncio.wait_for(task, 30.0)
+
+
+def ready_order(agent: Agent) -> bool:
+    return agent.commands is not None and agent.commands.store.next_ready() is not None
 
 
 async def connect(url: str) -> Client:
@@ -909,10 +744,10 @@ def server_options(port: int, **extra: Any) -> dict[str, Any]:
 @pytest.mark.slow
 async def test_scada_drives_a_waiting_line_through_its_states(tmp_path: Path) -> None:
     """Stop and Abort while Idle, then Start, Hold, Suspend and Stop on the running line, and
-    Start refused once the batch has ended."""
+    Start refused once no order is left; the server stays up with the daemon."""
     port = free_port()
-    options = server_options(port, wait_for_start=True, linger_s=30.0)
-    async with running_agent(tmp_path, options) as (sims, agent, stats), scada(port) as ua:
+    options = server_options(port, wait_for_start=True)
+    async with running_agent(tmp_path, options) as (sims, task, stats, agent), scada(port) as ua:
         assert await ua.state() == "Idle"
         with pytest.raises(UaStatusCodeError, match="BadInvalidState"):
             await ua.call("Hold")
@@ -929,6 +764,7 @@ async def test_scada_drives_a_waiting_line_through_its_states(tmp_path: Path) ->
         await ua.wait("Idle")
         assert await ua.printed() == 0 and not sims.plc.running()
 
+        await until(lambda: ready_order(agent), "the order from the inbox")
         await ua.call("Start")
         await ua.wait("Execute")
         assert await ua.node("Status.BatchId").read_value() == "DEMO-BATCH-0001"
@@ -951,7 +787,7 @@ async def test_scada_drives_a_waiting_line_through_its_states(tmp_path: Path) ->
             await ua.call(resume)
             await ua.wait("Execute")
             await until(lambda at=held_at: sims.line.trigger_count > at + 3, "line moving again")
-        assert not agent.done()
+        assert not task.done()
 
         await ua.call("Stop")
         assert await ua.state() == "Stopping"
@@ -968,19 +804,19 @@ async def test_scada_drives_a_waiting_line_through_its_states(tmp_path: Path) ->
         await ua.call("Reset")
         await ua.wait("Idle")
         with pytest.raises(UaStatusCodeError, match="BadInvalidState"):
-            await ua.call("Start")  # the batch has ended: nothing to start
+            await ua.call("Start")  # the order has ended: nothing to start
         assert await ua.state() == "Idle"
         last = await ua.node("Status.LastCommand").read_value()
-        assert last.startswith("Start refused in state Idle: the batch has ended")
-        assert not agent.done()  # still lingering, serving the final state
+        assert last.startswith("Start refused in state Idle: no order is ready to start")
+        assert not task.done()  # the daemon, and its server, stay up
 
 
 @pytest.mark.slow
 async def test_scada_sees_a_batch_start_and_complete_by_itself(tmp_path: Path) -> None:
     port = free_port()
-    options = server_options(port, linger_s=30.0)
+    options = server_options(port)
     async with (
-        running_agent(tmp_path, options, quantity=40) as (_, agent, _stats),
+        running_agent(tmp_path, options, quantity=40) as (_, task, _stats, _agent),
         scada(port) as ua,
     ):
         await ua.wait("Complete", within=30.0)  # Starting → Execute → Completing → Complete
@@ -993,7 +829,7 @@ async def test_scada_sees_a_batch_start_and_complete_by_itself(tmp_path: Path) -
         await ua.wait("Idle")
         with pytest.raises(UaStatusCodeError, match="BadInvalidState"):
             await ua.call("Start")
-        assert not agent.done()
+        assert not task.done()
 
 
 async def _above(read: Awaitable[int], limit: int) -> bool:

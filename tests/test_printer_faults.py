@@ -26,6 +26,7 @@ from edge_agent.db import open_reader
 from simulators.catalog import SIMULATOR_TYPES
 from simulators.line import SimLine
 from simulators.runner import SimulatorSet, simulator_class
+from tests.helpers.line import resume_agent
 from tests.helpers.printer_faults import (
     FAULT_AFTER,
     KITS,
@@ -106,7 +107,7 @@ async def test_lost_link_stops_then_restart_reconciles_the_queue(
         printed_before = list(printer.printed)
 
         await operator_reset(sims)
-        restart = asyncio.create_task(run_agent(config))
+        restart = asyncio.create_task(resume_agent(config))  # restarted, the order resumed
 
         def reconciled() -> bool:
             with contextlib.closing(open_reader(tmp_path)) as conn:

@@ -20,14 +20,22 @@ from typing import Any
 
 import pytest
 
+from edge_agent.alarms import AlarmBoard
 from edge_agent.contracts import PrintJob, PrintRecord
 from edge_agent.db import open_db, open_reader
 from edge_agent.ledger import Ledger
+from edge_agent.orders import audit
+from edge_agent.orders.closing import OrderSettlement
+from edge_agent.orders.commands import CommandPath
+from edge_agent.orders.model import DEFAULT_ALPHABET, OrderCommand
+from edge_agent.orders.validation import OrderRules
 from edge_agent.registry import driver_class
+from simulators.pytest_plugin import order_for
 from simulators.runner import SimulatorSet
 from tests.helpers.printer_faults import (
     KITS,
     SETTLED,
+    UNITS,
     agent_config,
     check_invariants,
     printer_types,
@@ -52,8 +60,9 @@ class PrintQuota:
         self._sims.line.notify_run_state()
 
 
-def taken_for_print(config: Any, count: int) -> list[PrintRecord]:
-    """The first run's ledger work: open the batch and take ``count`` records for print."""
+async def taken_for_print(config: Any, count: int) -> list[PrintRecord]:
+    """The first run's work: the order stored and started (as its daemon did), then ``count``
+    records taken for print."""
     model = config.model
     with contextlib.closing(open_db(model.agent.state_dir)) as conn:
         ledger = Ledger(
@@ -62,9 +71,16 @@ def taken_for_print(config: Any, count: int) -> list[PrintRecord]:
             biz_location=model.line.biz_location,
             company_prefix_length=model.line.company_prefix_length,
         )
-        b = model.batch
-        batch = ledger.open_batch(b.id, b.gtin, b.lot, b.expiry, b.target_quantity)
-        ledger.ensure_allocated(batch, count, length=b.serials.length, alphabet=b.serials.alphabet)
+        settlement = OrderSettlement(conn, ledger, model.agent.state_dir / "reports", l3_link=False)
+        commands = CommandPath(conn, ledger, AlarmBoard(conn), settlement, OrderRules())
+        order = order_for(quantity=UNITS)  # the order the config's inbox holds too
+        await commands.submit(order, source="inbox", actor=audit.Actor("inbox", "inbox"))
+        await commands.command(order["id"], OrderCommand.START, audit.Actor("olga", "api"))
+        batch = ledger.batch(order["id"])
+        assert batch is not None
+        ledger.ensure_allocated(
+            batch, count, length=order["serials"]["length"], alphabet=DEFAULT_ALPHABET
+        )
         records = []
         for _ in range(count):
             taken = ledger.take_for_print(batch)
@@ -74,8 +90,8 @@ def taken_for_print(config: Any, count: int) -> list[PrintRecord]:
 
 
 def job(config: Any) -> PrintJob:
-    b = config.model.batch
-    return PrintJob("SERIAL", b.gtin, b.lot, b.expiry)
+    o = order_for()
+    return PrintJob("SERIAL", o["product"]["gtin"], o["lot"], o["expiry"])
 
 
 @contextlib.asynccontextmanager
@@ -136,7 +152,7 @@ async def test_restart_settles_the_queue_by_what_the_printer_names(
         quota = PrintQuota(sims)
         # The first run: s1..s6 taken for print; s1..s5 written; s1, s2 print while the
         # agent is dying (nobody processes their confirmations); s6 is never written.
-        records = taken_for_print(config, 6)
+        records = await taken_for_print(config, 6)
         serials = [r.serial for r in records]
         async with plc_alive(sims):
             printer = config.printer.driver("printer", config.printer.config)
@@ -176,7 +192,7 @@ async def test_another_hosts_record_in_the_queue_never_makes_a_printed_serial_un
     async with SimulatorSet(simulators(printer_type)) as sims:
         config = agent_config(sims, tmp_path, printer_type)
         quota = PrintQuota(sims)
-        records = taken_for_print(config, 3)
+        records = await taken_for_print(config, 3)
         serials = [r.serial for r in records]
         async with plc_alive(sims):
             async with config.printer.driver("printer", config.printer.config) as printer:

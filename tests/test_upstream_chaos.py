@@ -179,7 +179,7 @@ async def test_line_sigkilled_during_outbox_commit_then_resumed(
     """The whole agent (`edge-agent run` against `edge-agent simulate`) with an MQTT forwarder,
     killed inside a commit group's transaction, restarted: the batch completes and L3 has
     exactly the ledger's events."""
-    from test_crash import config_text, simulators
+    from test_crash import config_text, simulators, with_order
 
     await asyncio.wait_for(mqtt_consumer.connected.wait(), 10)
     state = tmp_path / "state"
@@ -188,11 +188,13 @@ async def test_line_sigkilled_during_outbox_commit_then_resumed(
         text = config_text(state, ports)
         tail = agent_config(state, mosquitto.port)
         config.write_text(text + tail[tail.index("\n[upstream]") :])
+        with_order(config, state)
+        run = ("run", "--config", str(config), "--exit-when-idle", "--hold-timeout", "0")
         log = tmp_path / "agent.log"
-        first = await run_cli("run", "--config", str(config), crash_at="outbox_commit:20", log=log)
+        first = await run_cli(*run, crash_at="outbox_commit:20", log=log)
         assert first == -signal.SIGKILL, log.read_text()[-3000:]
         await asyncio.sleep(1.5)  # the PLC notices the lost heartbeat and stops the line
-        second = await run_cli("run", "--config", str(config), log=log)
+        second = await run_cli(*run, log=log)
         assert second == 0, log.read_text()[-3000:]
     with contextlib.closing(open_reader(state)) as reader:
         (expected,) = reader.execute("SELECT count(*) FROM outbox").fetchone()

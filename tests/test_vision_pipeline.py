@@ -158,6 +158,7 @@ def test_budget_stops_the_fallbacks_not_the_fast_pass(monkeypatch: pytest.Monkey
     assert reader.read(np.full((100, 100), 200, dtype=np.uint8)) == []
     assert calls == ["zxing"] * 3 + ["denoise"] * 2 + ["global-binarizer"] * 2 + [
         "upscale",
+        "upscale",
         "grid",
         "grid",
         "clahe",

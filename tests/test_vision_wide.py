@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from edge_agent import gs1
 from edge_agent.config.models import VisionSection
-from edge_agent.vision.grid import read_sampled
+from edge_agent.vision.grid import _blobs, read_sampled
 from edge_agent.vision.locate import locate
 from edge_agent.vision.pipeline import DecodePipeline
 from simulators.cameras import wide
@@ -67,6 +67,10 @@ def test_locate_finds_rectangles_small_modules_and_low_contrast(category: str, i
         ("inkjet", 3),  # separated dots, missing dots: only the grid stage reads these
         ("inkjet", 8),
         ("dot_peen", 26),
+        # Brushed-metal streaks as dark as the craters, small dots: the blob map (issue 13)
+        ("dot_peen", 12),
+        ("dot_peen", 29),
+        ("dot_peen", 31),
         ("rectangular", 15),
     ],
 )
@@ -103,6 +107,19 @@ def test_wide_frames_are_deterministic() -> None:
     assert not np.array_equal(first.image, wide.wide_frame("inkjet", 5, seed=4).image)
     with pytest.raises(ValueError, match="unknown category"):
         wide.wide_frame("sideways", 0)
+
+
+@pytest.mark.parametrize(
+    ("category", "index"), [("inkjet", 20), ("dot_peen", 20), ("square", 30), ("curved", 16)]
+)
+def test_symbol_and_quiet_zone_stay_in_the_frame(category: str, index: int) -> None:
+    # These rotated symbols used to reach past the frame's edge (the placement bounded the
+    # unrotated sprite): a code the camera does not wholly see is a framing fault, not a print.
+    frame = wide.wide_frame(category, index)
+    height, width = frame.image.shape
+    quiet = wide.QUIET * frame.conditions["module_px"]
+    for x, y in frame.corners[0]:
+        assert quiet <= x <= width - quiet and quiet <= y <= height - quiet
 
 
 @pytest.mark.parametrize("shape", ["rectangular", "dmre"])
@@ -195,3 +212,25 @@ def test_grid_reads_nothing_where_there_is_no_symbol(seed: int, kind: str) -> No
             centre = (int(rng.integers(40, 160)), int(rng.integers(40, 120)))
             cv2.circle(crop, centre, int(rng.integers(2, 6)), 40, -1)
     assert read_sampled(crop) == []
+
+
+def test_blob_map_keeps_dots_and_drops_streaks() -> None:
+    import cv2
+
+    image = np.full((120, 160), 180, np.uint8)
+    image[40:43, :] = 140  # a streak of brushed metal, darker than the dot below
+    cv2.circle(image, (80, 85), 3, 150, -1)
+    blobs = _blobs(image)
+    assert blobs[80:91, 74:87].max() > 4 * blobs[36:47, 10:70].max()
+
+
+def test_grid_reads_a_long_dmre_seen_as_a_trapezoid() -> None:
+    # 8x120 under strong perspective: its outline is far from any rectangle, and the corners
+    # from the bounding rectangle put the far end four modules off; the hull's vertices do not.
+    frame = wide.wide_frame("perspective", 7)
+    xs = [x for x, _ in frame.corners[0]]
+    ys = [y for _, y in frame.corners[0]]
+    pad = 0.3 * max(max(xs) - min(xs), max(ys) - min(ys))
+    x0, y0 = int(min(xs) - pad), int(min(ys) - pad)
+    crop = np.ascontiguousarray(frame.image[y0 : int(max(ys) + pad), x0 : int(max(xs) + pad)])
+    assert [read.text for read in read_sampled(crop)] == list(frame.codes)

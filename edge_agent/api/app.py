@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from edge_agent.api import errors
 from edge_agent.api.auth import Authenticator
 from edge_agent.api.deps import ApiServices
-from edge_agent.api.routes import audit, line, orders
+from edge_agent.api.routes import aggregation, audit, line, orders
 from edge_agent.api.schemas import ErrorOut, HealthOut
 from edge_agent.orders.model import WorkOrder
 
@@ -38,6 +38,7 @@ def create_app(services: ApiServices, authenticators: Sequence[Authenticator]) -
     app.include_router(orders.router)
     app.include_router(line.router)
     app.include_router(audit.router)
+    app.include_router(aggregation.router)
 
     @app.get(
         "/health",

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Path, Request
 
+from edge_agent.aggregation.hierarchy import Hierarchy
 from edge_agent.alarms import AlarmBoard
 from edge_agent.api.auth import current_actor
 from edge_agent.api.errors import NotFound
@@ -30,6 +31,7 @@ class ApiServices:
     alarms: AlarmBoard
     line: LineStatus
     reports: Reports
+    hierarchy: Hierarchy | None = None  # None: the routes make one over commands.ledger
 
 
 def services(request: Request) -> ApiServices:

@@ -1,6 +1,7 @@
 """Errors mapped to HTTP answers in one place: each answer is an ``ErrorOut`` with a stable code.
 
-OrderInvalid → 422 with every problem; CommandRefused (and other order errors) → 409; an unknown
+OrderInvalid → 422 with every problem; CommandRefused (and other order errors) → 409;
+AggregationRefused → 409 with the rule as the problem's key; an unknown
 order or alarm → 404; no or a wrong token → 401; anything unexpected → 500 with a reference to
 the log line, never a traceback or a secret.
 """
@@ -20,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge_agent.api.auth import Unauthorized
 from edge_agent.api.schemas import ErrorOut, Problem
-from edge_agent.errors import EdgeAgentError, OrderError, OrderInvalid
+from edge_agent.errors import AggregationRefused, EdgeAgentError, OrderError, OrderInvalid
 
 log = structlog.get_logger("edge_agent.api")
 
@@ -47,6 +48,7 @@ def error_response(
 def install(app: FastAPI) -> None:
     app.add_exception_handler(OrderInvalid, _order_invalid)
     app.add_exception_handler(OrderError, _order_error)
+    app.add_exception_handler(AggregationRefused, _aggregation_refused)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(TooLarge, _too_large)
     app.add_exception_handler(Unauthorized, _unauthorized)
@@ -64,6 +66,12 @@ async def _order_invalid(request: Request, exc: Exception) -> JSONResponse:
 
 async def _order_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "command_refused", str(exc))
+
+
+async def _aggregation_refused(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AggregationRefused)
+    problem = Problem(key=str(exc.reason), message=str(exc))  # key: the rule that refused it
+    return error_response(409, "aggregation_refused", str(exc), [problem])
 
 
 async def _not_found(request: Request, exc: Exception) -> JSONResponse:

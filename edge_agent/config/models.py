@@ -318,15 +318,21 @@ class UpstreamSection(Strict):
     batch_size: int = Field(
         200, ge=1, le=10_000, description="Events handed to a forwarder per delivery call"
     )
-    quota_alarm_mb: float = Field(
-        1024.0, gt=0, le=1_000_000, description="State database size that raises an alarm"
+    quota_alarm_mb: float | None = Field(
+        None,
+        gt=0,
+        le=1_000_000,
+        description="State database size that raises an alarm and prunes delivered events "
+        "early; unset: when the disk's free space falls below [agent] disk_free_alarm_mb (half "
+        "of quota_stop_mb when only that is set)",
     )
-    quota_stop_mb: float = Field(
-        2048.0,
+    quota_stop_mb: float | None = Field(
+        None,
         gt=0,
         le=1_000_000,
         description="State database size that stops the line (nothing is dropped: the line "
-        "waits until upstream drains the outbox and retention frees space)",
+        "waits until upstream drains the outbox and retention frees space); unset: the "
+        "database may use the disk down to [agent] disk_free_stop_mb",
     )
     retention_days: float = Field(
         30.0, ge=0, le=3650, description="Keep delivered events this many days, then prune"
@@ -346,7 +352,11 @@ class UpstreamSection(Strict):
 
     @model_validator(mode="after")
     def _quota_order(self) -> UpstreamSection:
-        if self.quota_alarm_mb >= self.quota_stop_mb:
+        if (
+            self.quota_alarm_mb is not None
+            and self.quota_stop_mb is not None
+            and self.quota_alarm_mb >= self.quota_stop_mb
+        ):
             raise ValueError("quota_alarm_mb must be below quota_stop_mb")
         if self.backoff_initial_s > self.backoff_max_s:
             raise ValueError(
@@ -504,14 +514,16 @@ class OpcUaServerSection(OpcUaSecurity):
         250.0, ge=20, le=10_000, description="How often counters and state are refreshed"
     )
     wait_for_start: bool = Field(
-        False, description="Stay Idle until a client calls Start (MES-started batches)"
+        False,
+        description="Orders start only when a client calls Start (or through the REST API): "
+        "turns [orders] auto_start off",
     )
     linger_s: float = Field(
         2.0,
         ge=0,
         le=600,
-        description="Keep serving this long after the batch ended, so clients read the final "
-        "state (Complete, Stopped, Aborted) and counters",
+        description="Not used by the resident daemon: the server lives as long as the daemon "
+        "(kept so existing configs load)",
     )
 
     @model_validator(mode="after")

@@ -227,25 +227,44 @@ def document(
     stored. An event's own ``@context`` (a stored event stands alone, for MQTT) is lifted into
     the document's: inside a document an event carries none, and each prefix is declared once
     at the top. A prefix declared differently by two events is refused (ValueError)."""
-    urls: list[str] = [EPCIS_CONTEXT]
-    terms: dict[str, str] = dict(CONTEXT[1])
-    body = []
-    for event in events:
+    context = Context()
+    body = [context.lift(event) for event in events]
+    return context.envelope(body, sender=sender, receiver=receiver, when=when)
+
+
+class Context:
+    """The document's ``@context``, gathered from the events that go into it."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = [EPCIS_CONTEXT]
+        self.terms: dict[str, str] = dict(CONTEXT[1])
+
+    def lift(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """The event without its own ``@context``, which joins the document's."""
         inner = dict(event)
-        _merge_context(inner.pop("@context", None), urls, terms)
-        body.append(inner)
-    doc: dict[str, Any] = {
-        "@context": [*urls, terms],
-        "type": "EPCISDocument",
-        "schemaVersion": SCHEMA_VERSION,
-        "creationDate": event_time(when)[0],
-    }
-    if sender:
-        doc["sender"] = sender
-    if receiver:
-        doc["receiver"] = receiver
-    doc["epcisBody"] = {"eventList": body}
-    return doc
+        _merge_context(inner.pop("@context", None), self.urls, self.terms)
+        return inner
+
+    def envelope(
+        self,
+        body: list[dict[str, Any]],
+        *,
+        sender: str | None = None,
+        receiver: str | None = None,
+        when: datetime | None = None,
+    ) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "@context": [*self.urls, self.terms],
+            "type": "EPCISDocument",
+            "schemaVersion": SCHEMA_VERSION,
+            "creationDate": event_time(when)[0],
+        }
+        if sender:
+            doc["sender"] = sender
+        if receiver:
+            doc["receiver"] = receiver
+        doc["epcisBody"] = {"eventList": body}
+        return doc
 
 
 def _merge_context(context: Any, urls: list[str], terms: dict[str, str]) -> None:

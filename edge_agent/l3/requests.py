@@ -78,11 +78,13 @@ def for_order(conn: sqlite3.Connection, order_id: str) -> list[SerialRequest]:
     return [_request(row) for row in cur]
 
 
-def exhausted(conn: sqlite3.Connection, order_id: str) -> bool:
-    """L3 said it has no more serials for this order."""
+def exhausted(conn: sqlite3.Connection, order_id: str, gtin: str | None = None) -> bool:
+    """L3 said it has no more serials for this order (of this ``gtin``: the units', or a
+    packaging level's, edge_agent.aggregation.supply)."""
     row = conn.execute(
-        "SELECT 1 FROM serial_requests WHERE order_id = ? AND state = 'done' AND exhausted = 1",
-        (order_id,),
+        "SELECT 1 FROM serial_requests WHERE order_id = ? AND state = 'done' AND exhausted = 1 "
+        "AND (?2 IS NULL OR gtin = ?2)",
+        (order_id, gtin),
     ).fetchone()
     return row is not None
 

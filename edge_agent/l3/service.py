@@ -38,12 +38,19 @@ from typing import Any, TypeVar
 import structlog
 
 from edge_agent import gs1
+from edge_agent.aggregation import supply
 from edge_agent.alarms import AlarmBoard, AlarmKind
 from edge_agent.config.models import L3Section
 from edge_agent.contracts import L3Link, L3Message, SerialPage
 from edge_agent.crashpoints import crash_point
 from edge_agent.db import write
-from edge_agent.errors import CommandRefused, DeliveryError, EdgeAgentError, LedgerError
+from edge_agent.errors import (
+    AggregationRefused,
+    CommandRefused,
+    DeliveryError,
+    EdgeAgentError,
+    LedgerError,
+)
 from edge_agent.l3 import messages, requests
 from edge_agent.l3.messages import MessageKind
 from edge_agent.l3.requests import RequestState, SerialRequest
@@ -373,10 +380,42 @@ class L3Service:
             )
             await self._fetch(request)
             await self._promote(self.commands.store.get(record.id))
+        asked = await self._identifiers_round() or asked
         if not asked:
             self.health.through("serials")
 
-    def _supplied_orders(self) -> list[OrderRecord]:
+    async def _identifiers_round(self) -> bool:
+        """Pages of case and pallet identifiers for orders whose plan takes them from L3
+        (``edge_agent.aggregation.supply``). True when one was asked for."""
+        asked = False
+        prefix_length = self.commands.ledger.company_prefix_length
+        for record in self._supplied_orders(identifiers=True):
+            for level in supply.l3_levels(record.order):
+                key = supply.page_key(record.order, level, prefix_length)
+                if requests.exhausted(self.conn, record.id, key):
+                    continue
+                count = supply.shortfall(
+                    self.conn,
+                    record.order,
+                    level,
+                    low_water=self.settings.low_water,
+                    page_size=self.settings.page_size,
+                )
+                if count == 0:
+                    continue
+                asked = True
+                request = requests.create(self.conn, record.id, key, count)
+                log.info(
+                    "l3_identifiers_requested",
+                    order=record.id,
+                    level=level.level,
+                    count=count,
+                    request=request.request_id,
+                )
+                await self._fetch(request)
+        return asked
+
+    def _supplied_orders(self, *, identifiers: bool = False) -> list[OrderRecord]:
         """Orders that may still print and take their serials from L3 (read by state, not by
         loading every order the line ever ran)."""
         marks = ",".join("?" * len(SUPPLIED_STATES))
@@ -385,6 +424,8 @@ class L3Service:
             tuple(SUPPLIED_STATES),
         ).fetchall()
         found = [self.commands.store.find(order_id) for (order_id,) in rows]
+        if identifiers:
+            return [r for r in found if r is not None and supply.l3_levels(r.order)]
         return [r for r in found if r is not None and r.order.serials.source == "l3"]
 
     def _in_hand(self, order_id: str) -> dict[str, int]:
@@ -396,7 +437,7 @@ class L3Service:
     def _shortfall(self, record: OrderRecord) -> int:
         """Serials to ask for now: 0 while the order holds ``low_water`` (or all it still
         needs), else a page, never more than the order still needs."""
-        if requests.exhausted(self.conn, record.id):
+        if requests.exhausted(self.conn, record.id, record.order.product.gtin):
             return 0
         counts = self._in_hand(record.id)
         unsent = counts.get(SerialState.ALLOCATED, 0)
@@ -468,8 +509,8 @@ class L3Service:
                     )
             else:
                 try:
-                    self.commands.ledger.allocate(batch, serials, "l3_page")
-                except LedgerError as exc:
+                    self._store_page(record, request, serials)
+                except (LedgerError, AggregationRefused) as exc:
                     state, problems = RequestState.REFUSED, [str(exc)]
             requests.finish(
                 self.conn,
@@ -481,6 +522,20 @@ class L3Service:
             )
         self._report(request, page, state, problems, record)
         return state
+
+    def _store_page(self, record: OrderRecord, request: SerialRequest, serials: list[str]) -> None:
+        """Unit serials to the ledger batch; a packaging level's identifiers to its pool."""
+        level = supply.level_of(
+            record.order, request.gtin, self.commands.ledger.company_prefix_length
+        )
+        if level is None:
+            batch = self._batch(request.order_id)
+            assert batch is not None
+            self.commands.ledger.allocate(batch, serials, "l3_page")
+            return
+        supply.store_page(
+            self.conn, record.order, level, serials, self.commands.ledger.company_prefix_length
+        )
 
     def _report(
         self,
@@ -505,7 +560,14 @@ class L3Service:
             self._messages_wake.set()
             return
         log.info("l3_page_allocated", **where, serials=len(page.serials), exhausted=page.exhausted)
-        if page.exhausted and record is not None:
+        if page.exhausted and record is not None and request.gtin != record.order.product.gtin:
+            self.commands.alarms.raise_(
+                AlarmKind.SERIAL_POOL_EXHAUSTED,
+                f"L3 has no more identifiers {request.gtin} for order {record.id}: its cases "
+                "or pallets wait for identifiers",
+                order_id=record.id,
+            )
+        elif page.exhausted and record is not None:
             short = self._shortfall_ignoring_exhausted(record)
             if short > 0:
                 self.commands.alarms.raise_(

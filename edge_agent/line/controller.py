@@ -52,6 +52,7 @@ log = structlog.get_logger("edge_agent.line")
 
 AUTO_START = audit.Actor("auto-start", "line")
 IDLE_LOOK_S = 1.0  # the queue is looked at this often even without a wake-up
+COMMAND_MOVES_S = 10.0  # longest wait for the command path to move an order a command stopped
 DEVICE_CHECK_S = 10.0  # longest a resume check waits for one device to answer
 # Stops that end the order (stop, abort): what is still in flight is settled with the segment.
 ENDING = frozenset({StopReason.OPERATOR_STOP, StopReason.OPERATOR_ABORT})
@@ -125,6 +126,12 @@ class LineController:
         return None if self._segment is None else self._segment.order_id
 
     @property
+    def beating(self) -> bool:
+        """A segment's heartbeat loop runs (it feeds the systemd watchdog itself)."""
+        runtime = None if self._segment is None else self._segment.runtime
+        return runtime is not None and runtime.beating
+
+    @property
     def unrecorded_stop(self) -> LineStopped | None:
         """A line stop the state database could not record yet (it is full or failing): the
         line stays stopped, and the hold is recorded as soon as storage works again."""
@@ -162,6 +169,8 @@ class LineController:
             finally:
                 self._segment = None
                 segment.done.set()
+            if stopped is not None and stopped.reason in COMMANDED:
+                await self._until_moved(record.id)
             self._unreported = (record.id, stopped)
             await self._flush_report()
 
@@ -191,9 +200,20 @@ class LineController:
             return None
         return active
 
+    async def _until_moved(self, order_id: str) -> None:
+        """A command stopped the segment: the command path moves the order next (held,
+        completed, aborted). Until it has, the order still reads Running and must not get a new
+        segment. Bounded: a command that failed leaves it Running, and the line runs it again."""
+        deadline = time.monotonic() + COMMAND_MOVES_S
+        while time.monotonic() < deadline and self._shutdown is None:
+            if self.commands.store.get(order_id).state != OrderState.RUNNING:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.05)
+
     async def _idle(self) -> None:
-        """Nothing to run: wait for a wake-up (an order or a command), feeding the watchdog."""
-        systemd.notify_watchdog()
+        """Nothing to run: wait for a wake-up (an order or a command)."""
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), IDLE_LOOK_S)
@@ -207,7 +227,7 @@ class LineController:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if segment.stop is not None:  # stopped before it began: the PLC still hears it
-                    await self._tell_plc(segment.stop)
+                    await self.tell_plc(segment.stop)
                     return segment.stop
                 printer = await stack.enter_async_context(self._device("printer"))
                 camera = await stack.enter_async_context(self._device("camera"))
@@ -235,12 +255,12 @@ class LineController:
                     return stop
                 return None
         except LineStopped as stop:  # raised by a device while opening it
-            await self._tell_plc(stop)
+            await self.tell_plc(stop)
             return stop
         except EdgeAgentError as exc:  # a device could not be opened, the ledger refused
             failed = LineStopped(StopReason.DEVICE_ERROR, str(exc))
             log.error("line_stop", batch=job.id, reason=failed.reason, detail=str(exc))
-            await self._tell_plc(failed)
+            await self.tell_plc(failed)
             return failed
 
     async def _settle_in_flight(self, runtime: LineRuntime) -> None:
@@ -249,7 +269,7 @@ class LineController:
         except (EdgeAgentError, TimeoutError) as exc:  # settled by a resume, or at close
             log.error("in_flight_not_settled", batch=runtime.job.id, detail=str(exc))
 
-    async def _tell_plc(self, stop: LineStopped) -> None:
+    async def tell_plc(self, stop: LineStopped) -> None:
         """A stop before the runtime ran: the PLC still hears it (its stop code), when it can."""
         try:
             async with asyncio.timeout(DEVICE_CHECK_S), self._device("plc") as plc:
@@ -326,7 +346,7 @@ class LineController:
         if segment is None or segment.order_id != order_id:
             # No segment runs for it (held already, or not yet picked up): nothing is in
             # flight, but the PLC still hears the stop and why.
-            await self._tell_plc(stop)
+            await self.tell_plc(stop)
             return
         segment.request_stop(stop)
         await segment.done.wait()

@@ -175,6 +175,7 @@ class LineRuntime:
         self._stop_request: LineStopped | None = None
         self._stop_requested = asyncio.Event()
         self._active = False  # run() has started and not yet ended
+        self.beating = False  # the heartbeat loop runs (and feeds the systemd watchdog)
         # Serials whose frame was judged print_unconfirmed before the confirmation came
         self._judged_unconfirmed: set[str] = set()
         self._link = PrinterLink(
@@ -215,7 +216,7 @@ class LineRuntime:
         try:
             return await self._run()
         finally:
-            self._active = False
+            self._active = self.beating = False
 
     async def _run(self) -> BatchInfo:
         try:
@@ -263,6 +264,9 @@ class LineRuntime:
         log.info("batch_open", batch=j.id, gtin=j.gtin, lot=j.lot, target=j.quantity)
         await self._prepare_printer()
         await self._recover()
+        # Rejects in a row are counted within one segment: the operator who resumes after a
+        # repeated-rejects hold has dealt with the cause (a restart counts afresh too).
+        self.stats.consecutive_rejects = 0
         await self._release_line()
 
     async def _warm_up(self, executor: ThreadPoolExecutor) -> None:
@@ -690,6 +694,7 @@ class LineRuntime:
 
     async def _write_verdicts(self, group: list[_Pending]) -> None:
         batch, line = self._batch, self.cfg.line
+        run = 0  # the longest run of rejects in this group: a later pass must not hide it
         for item in group:
             outcome = item.outcome
             verdict = Verdict.PASS if outcome.passed else Verdict.REJECT
@@ -702,6 +707,7 @@ class LineRuntime:
             elif not outcome.passed:
                 self._awaiting_confirm[outcome.trigger] = written
             self.stats.record(outcome.passed, outcome.reason, latency_ms)
+            run = max(run, self.stats.consecutive_rejects)
             log.info(
                 "verdict",
                 batch=batch.id,
@@ -724,10 +730,8 @@ class LineRuntime:
                     read=outcome.read_text,
                 )
         self.on_tick()
-        if self.stats.consecutive_rejects >= line.max_consecutive_rejects:
-            raise LineStopped(
-                StopReason.REPEATED_REJECTS, f"{self.stats.consecutive_rejects} rejects in a row"
-            )
+        if run >= line.max_consecutive_rejects:
+            raise LineStopped(StopReason.REPEATED_REJECTS, f"{run} rejects in a row")
 
     # --- PLC supervision --------------------------------------------------------------------
 
@@ -750,9 +754,10 @@ class LineRuntime:
                     f"PLC heartbeat still {last_value} after {timeout:.1f}s",
                 )
             systemd.notify_watchdog(
-                f"batch {self._batch.id}: {self.stats.units} units, {self.stats.passed} passed, "
+                f"order {self._batch.id}: {self.stats.units} units, {self.stats.passed} passed, "
                 f"{self.stats.rejected} rejected"
             )
+            self.beating = True
             await asyncio.sleep(interval)
 
     async def _watch_silence(self) -> None:

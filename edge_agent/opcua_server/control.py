@@ -1,131 +1,89 @@
-"""The PackML actions of today's one-batch runtime, acting on the line through the PLC link.
+"""The PackML actions of the resident daemon: PackML commands become order commands.
 
-``BatchLine`` is the ``LineActions`` of an agent that runs one batch per start. Over the
-process's life the batch is first waiting (for Start), then running, then ended:
+``OrderLine`` is the ``LineActions`` of the line controller (``line/controller.py``). Every
+action goes through the one command path (``orders/commands.py``), audited with the OPC UA
+client as the actor, so a SCADA client and the REST API can never disagree about the order:
 
-* Start hands the batch to the runtime; Starting completes with the runtime's first heartbeat
-  to the PLC (it has opened the batch and settled recovery: units are decided from now on).
-  Once the batch has ended, Start is refused: there is nothing left to run.
-* Hold and Suspend set the PLC line-stop request (reason 20) and complete when the PLC reports
-  the line stopped; units already past the camera are still decided and gated. Unhold and
-  Unsuspend clear the request.
-* Stop and Abort end a running batch through the runtime's line-stop path (the runtime's next
-  heartbeat raises ``LineStopped`` with reason 21 or 22; units in flight are settled) and
-  complete when the runtime has returned. Abort first sets the line-stop request (reason 22), so
-  the conveyor stops at once. Before the batch runs they only withdraw a pending Start; Abort's
-  line-stop request then stays until the next Start.
-* Reset, Clear and Completing have nothing to do on this line: the runtime has settled every
-  unit before it returns.
+* Start starts the oldest Ready order (or resumes a Held one); it completes when the line's
+  segment runs (its first heartbeat to the PLC) → Execute. With nothing to start, Start is
+  refused (``BadInvalidState``, ``LastCommand`` says why).
+* Hold and Suspend hold the running order (PLC line-stop request, reason 20; units in flight
+  settled); Unhold and Unsuspend resume it (after the recovery checks) → Execute.
+* Stop stops the order (it ends short: completed, closed when it balances); Abort aborts it.
+  With no order on the line, Abort only sets the PLC line-stop request (reason 22).
+* Reset, Clear and Completing have nothing to do: the controller settles every unit itself.
 
-``OperatorPlc`` wraps the PLC link the runtime uses, so these actions reach the runtime without
-the runtime knowing about PackML.
+``follow_orders`` keeps the state machine where the orders are when they move without a PackML
+command (auto-start, a line stop holding the order, the quantity reached, a command through the
+REST API): Starting/Execute for a running order, Held for a held one, Complete when it ended.
+
+A command the order refuses (a resume before its alarms are acknowledged, a device not reachable)
+fails its acting state, which PackML answers with Aborting; that Abort then leaves the order as
+it is (held): only an Abort a client asked for aborts the order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
-from typing import Any, Self
+from collections.abc import Awaitable, Callable
 
-from edge_agent.contracts import PlcLink, PlcState, Verdict
-from edge_agent.errors import DeviceTimeout, LineStopped
-from edge_agent.opcua_server.packml import Command
+import structlog
+
+from edge_agent.errors import CommandRefused, LineStopped
+from edge_agent.line.controller import LineController
+from edge_agent.opcua_server.controller import PackMLController
+from edge_agent.opcua_server.packml import Command, State
+from edge_agent.orders import audit
+from edge_agent.orders.commands import CommandPath
+from edge_agent.orders.model import OrderCommand, OrderState
+from edge_agent.orders.store import OrderRecord, OrderStore
 from edge_agent.stops import StopReason
 
-PAUSE_TIMEOUT_S = 10.0  # how long the PLC may take to stop the conveyor on a hold request
-POLL_S = 0.05
+log = structlog.get_logger("edge_agent.packml")
+
+C, S = OrderCommand, State
+OPCUA = audit.Actor("opcua-client", "opcua")
+RUNS_WITHIN_S = 60.0  # a start or resume whose segment does not beat within this fails
+FOLLOW_S = 0.1
 
 
-class OperatorPlc:
-    """The runtime's PLC link, with a way for operator commands to end the batch: after
-    ``end_batch(reason)`` the runtime's next heartbeat raises ``LineStopped(reason)``."""
+class OrderLine:
+    """``LineActions`` over the command path (see the module docstring)."""
 
-    def __init__(self, plc: PlcLink) -> None:
-        self._plc = plc
-        self.name = plc.name
-        self._stop: StopReason | None = None
-        self.beating = asyncio.Event()  # set by the runtime's first heartbeat
+    def __init__(
+        self, commands: CommandPath, line: LineController, *, actor: audit.Actor = OPCUA
+    ) -> None:
+        self.commands = commands
+        self.line = line
+        self.actor = actor
+        self._failed = False  # an action failed: the Abort PackML answers with keeps the order
+        self.show: Callable[[str], None] = lambda order_id: None  # the order clients see
 
-    def __getattr__(self, attr: str) -> Any:
-        # Optional extensions of the link (e.g. write_status) stay visible to the runtime.
-        return getattr(self._plc, attr)
+    @property
+    def store(self) -> OrderStore:
+        return self.commands.store
 
-    async def __aenter__(self) -> Self:
-        return self  # the agent opens and closes the wrapped link itself
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    def end_batch(self, reason: StopReason) -> None:
-        self._stop = reason
-
-    # --- PlcLink --------------------------------------------------------------------------------
-
-    async def write_verdict(self, trigger: int, verdict: Verdict) -> None:
-        await self._plc.write_verdict(trigger, verdict)
-
-    async def beat(self) -> None:
-        if self._stop is not None:
-            raise LineStopped(self._stop, "operator command over OPC UA")
-        await self._plc.beat()
-        self.beating.set()
-
-    async def read_state(self) -> PlcState:
-        return await self._plc.read_state()
-
-    async def recent_rejects(self) -> Sequence[int]:
-        return await self._plc.recent_rejects()
-
-    async def request_line_stop(self, reason_code: int) -> None:
-        await self._plc.request_line_stop(reason_code)
-
-    async def clear_line_stop(self) -> None:
-        await self._plc.clear_line_stop()
-
-
-class BatchLine:
-    """``LineActions`` for one batch run by ``LineRuntime`` (see the module docstring)."""
-
-    def __init__(self, plc: OperatorPlc, *, pause_timeout_s: float = PAUSE_TIMEOUT_S) -> None:
-        self.plc = plc
-        self.pause_timeout_s = pause_timeout_s
-        self._go = asyncio.Event()  # Start asked for the batch
-        self._running = asyncio.Event()  # the runtime has the batch
-        self._ended = asyncio.Event()  # the runtime returned (any way)
-        self._stop_left = False  # an Abort before the batch ran left the line-stop request set
-
-    # --- the agent's side -----------------------------------------------------------------------
-
-    async def wait_for_start(self) -> None:
-        """Return when Start asks for the batch (the runtime runs it next)."""
-        while True:
-            await self._go.wait()
-            if self._go.is_set():  # a Stop may have withdrawn the Start meanwhile
-                break
-        self._running.set()
-
-    def ended(self) -> None:
-        """The runtime returned: the batch is over, whatever state the line is in."""
-        self._ended.set()
-
-    # --- LineActions ----------------------------------------------------------------------------
+    # --- LineActions --------------------------------------------------------------------------
 
     def refuses(self, command: Command) -> str | None:
-        if command is Command.START and self._ended.is_set():
+        if command is Command.START and self._startable() is None:
             return (
-                "the batch has ended; this agent runs one batch per start "
-                "(start the agent again for the next batch)"
+                "no order is ready to start; submit one (REST API, inbox folder or L3) or "
+                "resume the held one"
             )
         return None
 
     async def start(self) -> None:
-        if self._stop_left:
-            await self.plc.clear_line_stop()
-            self._stop_left = False
-        self._go.set()
-        await self._running.wait()
-        await _first(self.plc.beating.wait(), self._ended.wait())
+        record = self._startable()
+        if record is None:
+            return
+        self.show(record.id)
+        if record.state == OrderState.READY:
+            await self._command(record.id, C.START)
+        elif record.state == OrderState.HELD:
+            await self._command(record.id, C.RESUME)
+        await self._until_running(record.id)
 
     async def complete(self) -> None:
         return None
@@ -137,63 +95,122 @@ class BatchLine:
         return None
 
     async def hold(self) -> None:
-        await self._pause()
+        active = self.store.active()
+        if active is not None and active.state == OrderState.RUNNING:
+            await self._command(active.id, C.HOLD, "PackML Hold from an OPC UA client")
 
-    async def suspend(self) -> None:
-        await self._pause()
+    suspend = hold
 
     async def unhold(self) -> None:
-        await self._resume()
+        active = self.store.active()
+        if active is None:
+            return
+        if active.state == OrderState.HELD:
+            await self._command(active.id, C.RESUME)
+        await self._until_running(active.id)
 
-    async def unsuspend(self) -> None:
-        await self._resume()
+    unsuspend = unhold
 
     async def stop(self) -> None:
-        await self._end(StopReason.OPERATOR_STOP)
+        active = self.store.active()
+        if active is not None:
+            await self._command(active.id, C.STOP, "PackML Stop from an OPC UA client")
 
     async def abort(self) -> None:
-        await self._end(StopReason.OPERATOR_ABORT)
-
-    # --- how -----------------------------------------------------------------------------------
-
-    def _live(self) -> bool:
-        return self._running.is_set() and not self._ended.is_set()
-
-    async def _pause(self) -> None:
-        if not self._live():
+        failed, self._failed = self._failed, False
+        active = self.store.active()
+        if active is not None and not failed:
+            await self._command(active.id, C.ABORT, "PackML Abort from an OPC UA client")
             return
-        await self.plc.request_line_stop(StopReason.OPERATOR_HOLD.code)
-        deadline = time.monotonic() + self.pause_timeout_s
-        while (state := await self.plc.read_state()).running and self._live():
-            if time.monotonic() > deadline:
-                raise DeviceTimeout(
-                    self.plc.name,
-                    f"the PLC still runs the line {self.pause_timeout_s:.0f} s after the "
-                    f"line-stop request (stop cause {state.stop_cause})",
+        await self.line.tell_plc(LineStopped(StopReason.OPERATOR_ABORT, "PackML Abort"))
+
+    # --- how ----------------------------------------------------------------------------------
+
+    def _startable(self) -> OrderRecord | None:
+        active = self.store.active()
+        if active is not None:
+            return active
+        ready: OrderRecord | None = self.store.next_ready()
+        return ready
+
+    async def _command(
+        self, order_id: str, command: OrderCommand, reason: str | None = None
+    ) -> None:
+        try:
+            await self.commands.command(order_id, command, self.actor, reason=reason)
+        except CommandRefused:
+            self._failed = True
+            raise
+
+    async def _until_running(self, order_id: str) -> None:
+        """Until the order's segment beats (Execute); it failing to is the action failing."""
+        deadline = time.monotonic() + RUNS_WITHIN_S
+        while not (self.line.running == order_id and self.line.beating):
+            record = self.store.get(order_id)
+            if record.state != OrderState.RUNNING or time.monotonic() > deadline:
+                self._failed = True
+                raise CommandRefused(
+                    f"order {order_id} did not start running (it is {record.state})",
+                    order_id=order_id,
                 )
-            await asyncio.sleep(POLL_S)
-
-    async def _resume(self) -> None:
-        if self._live():
-            await self.plc.clear_line_stop()
-
-    async def _end(self, reason: StopReason) -> None:
-        self._go.clear()  # a Start not yet taken up by the runtime is withdrawn
-        if self._ended.is_set():
-            return  # the runtime already stopped the line, with its own reason
-        if reason is StopReason.OPERATOR_ABORT:
-            await self.plc.request_line_stop(reason.code)  # at once: abort waits for nothing
-            self._stop_left = not self._running.is_set()
-        if self._running.is_set():
-            self.plc.end_batch(reason)
-            await self._ended.wait()
+            await asyncio.sleep(0.02)
 
 
-async def _first(*waits: Any) -> None:
-    """Wait until the first of the awaitables finishes; cancel the others."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
+async def follow_orders(
+    packml: PackMLController, line: LineController, commands: CommandPath
+) -> None:
+    """Keep the state machine with the orders (see the module docstring); runs for the daemon's
+    life. Acts only between actions: an acting state finishes (or fails) first."""
+    store = commands.store
+    while True:
+        await asyncio.sleep(FOLLOW_S)
+        active = store.active()
+        if active is not None and active.id != packml.order_id:
+            packml.set_order(active.id)
+        if packml.acting is not None:
+            continue
+        step = _next_step(packml.state, active, running=line.beating)
+        if step is None:
+            continue
+        try:
+            await step(packml)
+        except Exception as exc:  # a command PackML refused meanwhile: look again
+            log.info("packml_follow_skipped", state=packml.state.title, detail=str(exc))
+
+
+Step = Callable[[PackMLController], Awaitable[None]]
+
+
+def _next_step(state: State, active: OrderRecord | None, *, running: bool) -> Step | None:
+    """The one PackML step that brings the state machine nearer to where the order is."""
+    if active is not None and active.state == OrderState.RUNNING and running:
+        to_execute = {
+            S.IDLE: Command.START,
+            S.COMPLETE: Command.RESET,
+            S.STOPPED: Command.RESET,
+            S.ABORTED: Command.CLEAR,
+            S.HELD: Command.UNHOLD,
+            S.SUSPENDED: Command.UNSUSPEND,
+        }
+        if state in to_execute:
+            return _command(to_execute[state])
+        return None
+    if active is not None and active.state == OrderState.HELD:
+        return _command(Command.HOLD) if state is S.EXECUTE else None
+    if active is None:
+        if state is S.EXECUTE:
+            return _complete
+        if state in (S.HELD, S.SUSPENDED):
+            return _command(Command.STOP)
+    return None
+
+
+def _command(command: Command) -> Step:
+    async def step(packml: PackMLController) -> None:
+        await packml.command(command, by="agent")
+
+    return step
+
+
+async def _complete(packml: PackMLController) -> None:
+    await packml.production_complete()

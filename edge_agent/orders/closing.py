@@ -15,6 +15,9 @@ from typing import Any
 
 import structlog
 
+from edge_agent.aggregation import supply
+from edge_agent.aggregation.hierarchy import Hierarchy
+from edge_agent.aggregation.plan import AggregationLevel, IdentifierKind
 from edge_agent.l3 import messages
 from edge_agent.ledger import Ledger, SerialState
 from edge_agent.orders import audit, report_html
@@ -42,6 +45,10 @@ class OrderSettlement:
         self, record: OrderRecord, final: OrderState, actor: audit.Actor, reason: str | None
     ) -> dict[str, Any]:
         order = record.order
+        # A container reserved and never committed (its label perhaps printed) ends scrapped
+        # with the order: its identifier is never used again. Open ones stay as they are (a
+        # close is refused with them; an abort reports them unbalanced).
+        Hierarchy(self.ledger).recover_reserved(order.id, reason=f"order_{final}")
         self.ledger.close_batch(order.id, reason=f"order_{final}")
         returned = 0
         if self.l3_link and order.serials.source in ("l3", "list"):
@@ -53,6 +60,17 @@ class OrderSettlement:
                 order.id,
                 {"order_id": order.id, "gtin": order.product.gtin, "serials": unused},
             )
+        for level in supply.l3_levels(order):  # identifiers L3 sent and the order never used
+            unused = supply.unused(self.conn, order.id, level.level)
+            if unused and self.l3_link:
+                key = supply.page_key(order, level, self.ledger.company_prefix_length)
+                messages.queue(
+                    self.conn,
+                    "serial_return",
+                    order.id,
+                    {"order_id": order.id, "gtin": key, "serials": _serials_of(level, unused)},
+                    key=f"identifiers-{level.level}",
+                )
         report = close_report(self.conn, record, final, actor, reason)
         report["serials_returned"] = returned
         self._write(order.id, report)
@@ -82,3 +100,10 @@ class OrderSettlement:
             report_html.write(report_html.html_path(self.report_path(order_id)), report)
         except Exception as exc:
             log.error("close_report_html_failed", order=order_id, error=str(exc), exc_info=exc)
+
+
+def _serials_of(level: AggregationLevel, codes: list[str]) -> list[str]:
+    """What L3 sent, back: the serial of a ``01<gtin>21<serial>`` code, an SSCC whole."""
+    if level.kind == IdentifierKind.GTIN_SERIAL:
+        return [code[18:] for code in codes]
+    return codes

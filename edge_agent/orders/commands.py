@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from edge_agent.aggregation.balance import open_containers
 from edge_agent.alarms import AlarmBoard, AlarmKind
 from edge_agent.db import write
 from edge_agent.errors import CommandRefused, OrderInvalid
@@ -224,6 +225,15 @@ class CommandPath:
     async def _close(
         self, record: OrderRecord, actor: audit.Actor, reason: str | None
     ) -> OrderRecord:
+        still_open = open_containers(self.conn, record.id)
+        if still_open:  # no reason overrides this: the case exists, half-aggregated
+            shown = ", ".join(f"{level} {code} ({state})" for level, code, state in still_open[:5])
+            raise CommandRefused(
+                f"order {record.id} has {len(still_open)} containers not closed: {shown}"
+                + (" ..." if len(still_open) > 5 else "")
+                + "; close or disaggregate them first (edge-agent case close|disaggregate)",
+                order_id=record.id,
+            )
         reconciliation = self.settlement.reconcile(record.id)
         if not reconciliation["balanced"] and reason is None:
             raise CommandRefused(
@@ -238,6 +248,9 @@ class CommandPath:
 
     async def _maybe_close(self, record: OrderRecord, actor: audit.Actor) -> OrderRecord:
         if not self.auto_close or record.state != OrderState.COMPLETED:
+            return record
+        if open_containers(self.conn, record.id):  # the case station still finishes its work
+            log.info("auto_close_waits_for_containers", order=record.id)
             return record
         reconciliation = self.settlement.reconcile(record.id)
         if not reconciliation["balanced"]:

@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from edge_agent import gs1
 
+# the plan lives with aggregation; re-exported for the order model's users
+from edge_agent.aggregation.plan import AggregationLevel as AggregationLevel
+from edge_agent.aggregation.plan import AggregationPlan
+
 DEFAULT_ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 MAX_GUESS_PROBABILITY = 1e-4  # EU FMD Delegated Regulation 2016/161 art. 4(b): below 1/10,000
 NATIONAL_CODE_AIS = ("710", "711", "712", "713", "714", "715", "716", "717")
@@ -125,25 +129,6 @@ class SerialSpec(Strict):
         return quantity / math.pow(len(self.alphabet), self.length)
 
 
-class AggregationLevel(Strict):
-    """One packaging level above the unit (bundle, case, pallet). Extended by the aggregation
-    stations; kept here so an order carries its whole plan from the start."""
-
-    level: Literal["bundle", "case", "pallet"]
-    capacity: int = Field(..., ge=1, le=100_000, description="Children per full parent")
-    identifier: Literal["sscc", "gtin_serial"] = Field(
-        "sscc", description="sscc = SSCC (AI 00); gtin_serial = a level GTIN with AI 21"
-    )
-    gtin: str | None = Field(None, description="gtin_serial: GTIN-14 of this packaging level")
-    partial: Literal["allowed", "refused"] = Field(
-        "allowed", description="What the last, partial parent gets"
-    )
-
-
-class AggregationPlan(Strict):
-    levels: list[AggregationLevel] = Field(default_factory=list, max_length=3)
-
-
 class WorkOrder(Strict):
     """A packaging order: one lot of one product, printed and verified on this line."""
 
@@ -199,6 +184,8 @@ class WorkOrder(Strict):
                         "use longer serials or a larger alphabet",
                     )
                 )
+        if self.aggregation is not None:
+            problems += self.aggregation.problems(self.product.gtin)
         return problems
 
 

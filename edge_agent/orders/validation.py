@@ -71,6 +71,15 @@ def check_order(
                 "send the serials in the order (source = 'list')",
             )
         )
+    for index, level in enumerate(order.aggregation.levels if order.aggregation else []):
+        if level.source == "l3" and not rules.l3_link:
+            problems.append(
+                (
+                    f"aggregation.levels.{index}.source",
+                    f"'l3' needs an L3 link, and this line has no [l3] section: configure one, "
+                    f"or allocate the {level.level} identifiers on this line (source = 'local')",
+                )
+            )
     if order.serials.serials:
         used = _known_serials(conn, order.product.gtin, order.serials.serials)
         if used:

@@ -8,7 +8,6 @@ short statements, writes one short ``BEGIN IMMEDIATE`` transaction each.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import sqlite3
@@ -149,13 +148,16 @@ def _age(seconds: float) -> str:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from edge_agent.db import open_db, storage_errors
+    from edge_agent.db import close_db, open_db, storage_errors
 
     state_dir, names = _resolve(args)
     since = parse_since(args.since)
     conn = open_db(state_dir)
-    with contextlib.closing(conn), storage_errors(state_dir):
-        count = _store(conn, names).replay(since, args.forwarder, dead=args.dead)
+    try:
+        with storage_errors(state_dir):
+            count = _store(conn, names).replay(since, args.forwarder, dead=args.dead)
+    finally:
+        close_db(conn)
     print(f"re-queued {count} deliveries of events created since {time.ctime(since)}")
     return 0
 
@@ -178,8 +180,10 @@ def _drain(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from edge_agent import epcis
+    """Streams: one event in memory at a time, spooled next to the output file (the document's
+    head needs every event) and copied behind its head once the last one is in."""
     from edge_agent.db import reading
+    from edge_agent.epcis import spool
 
     state_dir, _names = _resolve(args)
     sql, params = "SELECT payload FROM outbox WHERE 1 = 1", list[Any]()
@@ -189,18 +193,21 @@ def _export(args: argparse.Namespace) -> int:
         sql, params = sql + " AND batch_id = ?", [*params, args.batch]
     if args.state != "all":
         sql, params = sql + " AND state = ?", [*params, args.state]
+    to_stdout = str(args.out) == "-"
+    document = spool.json_document if args.format == "epcis-json" else spool.xml_document
     with reading(state_dir) as conn:
-        # one statement, read to the end: a short read transaction even for a large export
-        payloads = [row[0] for row in conn.execute(sql + " ORDER BY seq", params)]
-    if args.format == "epcis-json":
-        data = json.dumps(epcis.document_from_payloads(payloads), indent=1).encode() + b"\n"
-    else:
-        from edge_agent.epcis.xml12 import document_xml
-
-        data = document_xml([json.loads(p) for p in payloads])
-    if str(args.out) == "-":
-        sys.stdout.buffer.write(data)
-    else:
-        args.out.write_bytes(data)
-    print(f"exported {len(payloads)} events to {args.out}", file=sys.stderr)
+        # one statement, read to its end while the events are spooled (one snapshot)
+        events = (json.loads(payload) for (payload,) in conn.execute(sql + " ORDER BY seq", params))
+        spool_dir = None if to_stdout else args.out.resolve().parent
+        with document(events, spool_dir=spool_dir) as spooled:
+            newline = b"\n" if args.format == "epcis-json" else b""
+            if to_stdout:
+                spooled.write_to(sys.stdout.buffer)
+                sys.stdout.buffer.write(newline)
+                sys.stdout.buffer.flush()
+            else:
+                with args.out.open("wb") as out:
+                    spooled.write_to(out)
+                    out.write(newline)
+    print(f"exported {spooled.count} events to {args.out}", file=sys.stderr)
     return 0

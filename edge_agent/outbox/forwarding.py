@@ -15,6 +15,7 @@ database grows too big for the disk.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import sqlite3
 from collections.abc import Callable
@@ -25,7 +26,7 @@ import structlog
 from edge_agent.contracts import Delivery, Forwarder
 from edge_agent.crashpoints import crash_point
 from edge_agent.errors import DeliveryError, LineStopped
-from edge_agent.outbox.store import OutboxStore, used_bytes
+from edge_agent.outbox.store import OutboxStore, free_bytes, used_bytes
 from edge_agent.stops import StopReason
 from edge_agent.supervisor import Supervisor
 
@@ -179,29 +180,47 @@ class QuotaGuard:
     ``retention_days`` as a courtesy (replay, audit): from the alarm level on, they are pruned
     early, oldest first. If the database still reaches the stop level (upstream away too long),
     the line stops (LineStopped 'outbox_full') until deliveries free space again.
+
+    Without fixed levels (``quota_alarm_mb`` / ``quota_stop_mb`` unset, the default) the
+    database may use the disk: delivered events are pruned early once the filesystem's free
+    space is below ``free_alarm_mb`` (``[agent] disk_free_alarm_mb``, where ``DiskGuard`` raises
+    its alarm), and the line stops at ``DiskGuard``'s stop level. A fixed stop level alone gets
+    an alarm level at half of it.
     """
 
     def __init__(
         self,
         conn: sqlite3.Connection,
         *,
-        alarm_mb: float,
-        stop_mb: float,
+        alarm_mb: float | None,
+        stop_mb: float | None,
         store: OutboxStore | None = None,
         on_alarm: Callable[[str], None] | None = None,
         interval_s: float = 1.0,
+        free_alarm_mb: float = 0.0,
     ) -> None:
         self.conn = conn
         self.store = store
-        self.alarm_bytes = alarm_mb * _MB
-        self.stop_bytes = stop_mb * _MB
+        if alarm_mb is None and stop_mb is not None:
+            alarm_mb = stop_mb / 2
+        self.alarm_bytes = None if alarm_mb is None else alarm_mb * _MB
+        self.stop_bytes = math.inf if stop_mb is None else stop_mb * _MB
+        self.free_alarm_bytes = free_alarm_mb * _MB
         self.on_alarm = on_alarm or (lambda _msg: None)
         self.interval_s = interval_s
         self._alarmed = False
 
+    def _alarm_level(self, size: int) -> float:
+        if self.alarm_bytes is not None:
+            return self.alarm_bytes
+        if not self.free_alarm_bytes:
+            return math.inf
+        return size + free_bytes(self.conn) - self.free_alarm_bytes
+
     def check(self) -> None:
         size = used_bytes(self.conn)
-        if size >= self.alarm_bytes and self.store is not None:
+        alarm = self._alarm_level(size)
+        if size >= alarm and self.store is not None:
             pruned = self.store.prune(0)
             if pruned:
                 log.warning("outbox_pruned_early", events=pruned, reason="quota alarm level")
@@ -215,15 +234,17 @@ class QuotaGuard:
                 "(`edge-agent outbox status`), free disk or raise upstream.quota_stop_mb; "
                 "no event was dropped",
             )
-        if size >= self.alarm_bytes and not self._alarmed:
+        if self.alarm_bytes is None:  # following the disk: the disk guard raises the alarm
+            return
+        if size >= alarm and not self._alarmed:
             self._alarmed = True
             message = (
                 f"outbox: state database {size / _MB:.1f} MB passed the alarm level "
-                f"{self.alarm_bytes / _MB:g} MB"
+                f"{alarm / _MB:g} MB"
             )
             log.error("outbox_quota_alarm", size_mb=round(size / _MB, 1))
             self.on_alarm(message)
-        elif size < self.alarm_bytes:
+        elif size < alarm:
             self._alarmed = False
 
     def _shrink_wal(self) -> None:

@@ -208,7 +208,7 @@ class OutboxStore:
                     r[0]
                     for r in self.conn.execute(
                         "SELECT seq FROM outbox WHERE state = 'delivered' AND acked_at < ? "
-                        "ORDER BY seq LIMIT ?",
+                        "ORDER BY acked_at LIMIT ?",
                         (cutoff, _PRUNE_CHUNK),
                     )
                 ]
@@ -238,6 +238,13 @@ def used_bytes(conn: sqlite3.Connection) -> int:
         with contextlib.suppress(FileNotFoundError):
             wal = os.stat(path + "-wal").st_size
     return (pages - free) * page_size + wal
+
+
+def free_bytes(conn: sqlite3.Connection) -> int:
+    """Bytes an unprivileged writer may still use on the database's filesystem."""
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    stat = os.statvfs(os.path.dirname(path) or ".")
+    return stat.f_bavail * stat.f_frsize
 
 
 def database_bytes(state_dir: Path) -> int:

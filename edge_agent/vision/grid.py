@@ -7,21 +7,25 @@ finds nothing, even though the error correction would repair every missing dot. 
 replaces only the detector and the sampler:
 
 1. dark marks relative to the local background (black-hat: uneven light and glare cancel);
+   where that finds no symbol, dark blobs (the determinant of the Hessian): on brushed metal
+   the streaks are as dark as the dot-peen craters, but a streak is a ridge, not a blob;
 2. the symbol is the dark component at the centre of the crop once its dots are joined (the
    gap is found, not assumed: the closing grows until the component's outline stops growing);
 3. its outline (the convex hull, whose four sides are the finder and the timing pattern) gives
    the four corners;
 4. every ECC 200 size (square, rectangular, DMRE) whose aspect fits the outline is scored by its
    finder and timing modules in each of the four orientations;
-5. the best few are sampled module by module, redrawn as a clean symbol and handed to zxing-cpp
-   as a pure image: Reed-Solomon decides, so a wrong grid reads nothing rather than something
-   wrong.
+5. the best few are sampled module by module (as they are, then with every mark grown by a
+   quarter module: a dot smaller than its module, or a crater whose bright rim sits at the
+   centre, is then seen wherever in the module it is), redrawn as a clean symbol and handed to
+   zxing-cpp as a pure image: Reed-Solomon decides, so a wrong grid reads nothing rather than
+   something wrong.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 
 import cv2
@@ -45,14 +49,29 @@ SIZES: tuple[tuple[int, int], ...] = tuple((n, n) for n in SQUARE_SIZES) + RECTA
 MIN_MODULE_PX = 1.5  # a finer grid than this cannot be sampled
 MAX_PITCH_SKEW = 0.3  # modules are square: the two pitches of a candidate size agree this well
 ROUGH_BORDER_SCORE = 0.65  # below this no size fits at all (text, not a symbol): no refining
-GOOD_BORDER_SCORE = 0.95  # an outline this good is not refined
+GOOD_BORDER_SCORE = 0.99  # an outline this good is not refined
 MIN_BORDER_SCORE = 0.8  # share of finder and timing modules that must match
-REFINE = 2  # sizes and orientations whose corners are refined, best rough contrast first
+REFINE = 3  # sizes and orientations whose corners are refined, best border score first
+EXPAND = (0.0, 0.15, 0.3, 0.45)  # modules the outline is widened by on each side, best one kept
 CANDIDATES = 3  # grids sampled and decoded per symbol, best border score first
+# Sizes whose border is scored, best rough contrast first: on an outline half a module off, a
+# size with more modules than the symbol often has more contrast than the right one.
+ROUGH_CANDIDATES = 6
+ALTERNATIVE_PX = 2.0  # corners from the hull's vertices are tried if this far from the first
 INK_FLOOR = 0.33  # share of the darkest marks' darkness below which nothing is ink
-RENDER_PX = 3
-SEARCH_MS = 2.0  # about what the size search costs; not started with less of the budget left
-REFINE_MS = 3.0  # about what refining one outline costs  # pixels per module of the redrawn symbol
+RENDER_PX = 3  # pixels per module of the redrawn symbol
+SEARCH_MS = 3.0  # about what the size search costs; not started with less of the budget left
+REFINE_MS = 3.0  # about what refining one outline costs
+OUTLINE_MS = 3.0  # about what an outline costs
+BLOB_MS = 6.0  # about what the blob map and a second outline cost
+BLOB_TOP = 0.998  # the percentile of the blob map taken for its strongest marks
+BLOB_SIGMA = 0.85  # px: the scale of the smallest dots (0.6 of a 4 px module) the blob map finds
+HULL_TRIES = 24  # outlines looked at for the symbol's blob, longest first
+SPECK_PX = 2  # marks of fewer pixels are specks whatever the others are
+SPECK_SHARE = 0.25  # and so are those under this share of the median mark
+SCORE_GROW = 3.0  # px: blob centres grown so that the size search's module samples meet them
+GROW = 0.5  # marks grown to this share of a module for the second sampling (a disc across)
+OUTLINE_SHRINK_ABOVE = 240  # px: crops of more than this squared are outlined at half resolution
 
 
 def read_sampled(
@@ -64,31 +83,76 @@ def read_sampled(
 ) -> list[CodeRead]:
     """The DataMatrix at the centre of ``image`` (a crop of one candidate), if its grid fits.
 
-    ``time_left`` (ms of the frame budget) is asked between the steps: the costly ones (the
-    size search, refining an outline) are skipped when too little is left."""
+    ``time_left`` (ms of the frame budget) is asked between the steps: the costly ones (an
+    outline, the blob map, the size search, refining an outline) are skipped when too little is
+    left, and sampling stops when none is."""
     height, width = image.shape[:2]
     if min(height, width) < 16:
         return []
     darkness = _darkness(image)
-    mask = _ink(darkness)
-    if mask is None:
-        return []
-    outline = _outline(mask)
-    if outline is None:
-        return []
-    corners = _corners(outline)
-    if time_left() < SEARCH_MS:
-        return []
-    for rows, cols, _turn, fitted in _sizes(corners, darkness, time_left):
-        grid = _sample(darkness, fitted, rows, cols)
-        for barcode in _decode(grid):
-            quad = _symbol_corners(fitted)
-            read = barcode_read(barcode, offset=(0, 0), strategy=strategy)
-            dx, dy = offset
-            placed = tuple((round(x) + dx, round(y) + dy) for x, y in quad)
-            side = math.dist(quad[0], quad[1])
-            return [_with_geometry(read, placed, side / cols if cols else None, (rows, cols))]
+    blobs: Floats | None = None
+    for marks in (darkness, None):
+        if marks is None:  # the dark marks gave no symbol: try the dark blobs
+            if time_left() < BLOB_MS:
+                break
+            marks = blobs = _blobs(image)
+        mask = _ink(marks, 0.99 if blobs is None else BLOB_TOP)
+        if mask is None:
+            continue
+        if time_left() < OUTLINE_MS:
+            break
+        outline = _outline(mask)
+        if outline is None:
+            continue
+        # Finder and timing are scored on what found the outline: on brushed metal the streaks
+        # cross the darkness of the light modules.
+        scored = darkness if blobs is None else _grown(blobs, SCORE_GROW)
+        for corners in _corner_guesses(outline):
+            if time_left() < SEARCH_MS:
+                return []
+            for rows, cols, _turn, fitted in _sizes(corners, scored, time_left):
+                pitch = 0.5 * (
+                    _dist(fitted[0], fitted[1]) / cols + _dist(fitted[1], fitted[2]) / rows
+                )
+                grown = [_grown(darkness, GROW * pitch)]
+                if blobs is not None:  # small dots: their centres are clearer than their darkness
+                    grown.append(_grown(blobs, GROW * pitch))
+                for sampled in (darkness, *grown):
+                    for barcode in _decode(_sample(sampled, fitted, rows, cols)):
+                        return [_placed(barcode, fitted, rows, cols, offset, strategy)]
+                    if time_left() <= 0:
+                        return []
     return []
+
+
+def _corner_guesses(outline: npt.NDArray[np.int32]) -> Iterator[Floats]:
+    """The outline's corners from its bounding rectangle, then, if they differ, from the hull's
+    own vertices (a trapezoid under strong perspective is far from any rectangle)."""
+    first = _corners(outline)
+    yield first
+    second = _hull_corners(outline)
+    if (
+        second is not None
+        and min(float(np.abs(np.roll(second, -turn, axis=0) - first).max()) for turn in range(4))
+        > ALTERNATIVE_PX
+    ):
+        yield second
+
+
+def _placed(
+    barcode: zxingcpp.Barcode,
+    fitted: Floats,
+    rows: int,
+    cols: int,
+    offset: tuple[int, int],
+    strategy: str,
+) -> CodeRead:
+    quad = _symbol_corners(fitted)
+    read = barcode_read(barcode, offset=(0, 0), strategy=strategy)
+    dx, dy = offset
+    placed = tuple((round(x) + dx, round(y) + dy) for x, y in quad)
+    side = math.dist(quad[0], quad[1])
+    return _with_geometry(read, placed, side / cols if cols else None, (rows, cols))
 
 
 def _with_geometry(
@@ -123,22 +187,64 @@ def _darkness(image: GrayImage) -> Floats:
     background = cv2.dilate(small, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
     background = cv2.blur(background, (k, k))
     background = cv2.resize(background, (width, height), interpolation=cv2.INTER_LINEAR)
-    dark = background.astype(np.float32) - smooth.astype(np.float32)
-    return np.asarray(np.maximum(dark, 0.0), dtype=np.float32)
+    # Both are 8-bit: the saturating difference is the darkness, clipped at 0.
+    return np.asarray(cv2.subtract(background, smooth), dtype=np.float32)
 
 
-def _ink(darkness: Floats) -> npt.NDArray[np.uint8] | None:
+def _blobs(image: GrayImage) -> Floats:
+    """How strongly each pixel is the centre of a dark blob about a dot across: the square root
+    of the scale-normalised determinant of the Hessian where both curvatures are upward (in grey
+    levels, like ``_darkness``). Lines (brushed-metal streaks, scratches) have one curvature
+    near zero and vanish; so do the insides of solid printed modules (hence only a second
+    try)."""
+    # OpenCV calls throughout: numpy's temporaries cost several ms on a crop of a megapixel.
+    smooth = cv2.GaussianBlur(image, (0, 0), BLOB_SIGMA)
+    dxx = cv2.Sobel(smooth, cv2.CV_32F, 2, 0, ksize=3)
+    dyy = cv2.Sobel(smooth, cv2.CV_32F, 0, 2, ksize=3)
+    dxy = cv2.Sobel(smooth, cv2.CV_32F, 1, 1, ksize=3)
+    det = cv2.subtract(cv2.multiply(dxx, dyy), cv2.multiply(dxy, dxy))
+    _, upward = cv2.threshold(cv2.add(dxx, dyy), 0.0, 1.0, cv2.THRESH_BINARY)
+    _, det = cv2.threshold(
+        cv2.multiply(det, upward, scale=BLOB_SIGMA**4), 0.0, 0.0, cv2.THRESH_TOZERO
+    )
+    return np.asarray(cv2.sqrt(det), dtype=np.float32)
+
+
+def _grown(darkness: Floats, across: float) -> Floats:
+    """Every mark grown by a disc ``across`` px wide (the greyscale dilation of the darkness)."""
+    k = max(1, round(across)) | 1
+    return np.asarray(cv2.dilate(darkness, _disc(k)), dtype=np.float32)
+
+
+def _ink(darkness: Floats, top_share: float = 0.99) -> npt.NDArray[np.uint8] | None:
     """Marks: Otsu's split of the darkness, but no lower than a third of the darkest marks
-    (streaks of brushed metal and paper texture are faint beside any mark)."""
-    scaled = np.clip(darkness, 0, 255).astype(np.uint8)
+    (streaks of brushed metal and paper texture are faint beside any mark). The darkest marks
+    are the ``top_share`` percentile: a blob map is strong only at the dots' centres, a few
+    pixels each, a thousandth of a large crop around a long DMRE."""
+    # convertScaleAbs saturates to 0..255 (darkness is never negative): numpy's clip and cast
+    # cost several ms on a large crop.
+    scaled = _u8(cv2.convertScaleAbs(darkness))
     hist = cv2.calcHist([scaled], [0], None, [256], [0, 256]).ravel()
-    top = float(np.searchsorted(np.cumsum(hist), 0.99 * float(hist.sum())))
+    top = float(np.searchsorted(np.cumsum(hist), top_share * float(hist.sum())))
     if top < 6.0:  # nothing darker than sensor noise
         return None
-    scaled = np.clip(darkness * (255.0 / top), 0, 255).astype(np.uint8)
+    scaled = _u8(cv2.convertScaleAbs(darkness, alpha=255.0 / top))
     otsu, _ = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     _, mask = cv2.threshold(scaled, max(float(otsu), INK_FLOOR * 255.0), 255, cv2.THRESH_BINARY)
     return np.asarray(mask, dtype=np.uint8)
+
+
+def _despeckle(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """The mask without specks: marks much smaller than the typical one (sensor noise, grain of
+    the metal), which the closing below would otherwise join to the symbol across its quiet
+    zone."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count <= 2:
+        return mask
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    floor = max(SPECK_PX, SPECK_SHARE * float(np.median(areas)))
+    keep = np.concatenate([[0], (areas >= floor).astype(np.uint8) * 255]).astype(np.uint8)
+    return _u8(keep[labels])
 
 
 # --- 2. the symbol's outline ---------------------------------------------------------------
@@ -152,10 +258,19 @@ def _outline(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32] | None:
     which then reaches the edge of the crop (a candidate crop has margin around its symbol) and
     is no candidate any more. So: the largest central hull clear of the crop's edge.
     """
+    # A large crop is outlined at half resolution (the closings cost its area times the kernel;
+    # the corners are refined at full resolution afterwards).
+    shrink = 2 if mask.shape[0] * mask.shape[1] >= OUTLINE_SHRINK_ABOVE**2 else 1
+    if shrink > 1:
+        small = cv2.resize(
+            mask, (mask.shape[1] // 2, mask.shape[0] // 2), interpolation=cv2.INTER_AREA
+        )
+        mask = _u8(cv2.threshold(small, 63, 255, cv2.THRESH_BINARY)[1])
+    mask = _despeckle(mask)
     height, width = mask.shape
     best: npt.NDArray[np.int32] | None = None
     best_area = 0.0
-    for k in (1, 3, 5, 7, 9, 13, 17, 23):
+    for k in (1, 3, 5, 7, 9, 13, 17, 23)[: 6 if shrink > 1 else 8]:
         closed = mask if k == 1 else _u8(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disc(k)))
         hull = _central_hull(closed, width, height)
         area = 0.0 if hull is None else float(cv2.contourArea(hull))
@@ -163,7 +278,9 @@ def _outline(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32] | None:
             best, best_area = hull, area
         elif best_area > 0 and area < 0.5 * best_area:
             break  # the symbol has merged with its surroundings: only fragments are left
-    return best
+    if best is None or shrink == 1:
+        return best
+    return np.asarray(best * shrink + shrink // 2, dtype=np.int32)
 
 
 def _u8(image: object) -> npt.NDArray[np.uint8]:
@@ -180,8 +297,11 @@ def _central_hull(
 ) -> npt.NDArray[np.int32] | None:
     """Convex hull of the largest dark blob centred in the crop and clear of its edge."""
     contours, _ = cv2.findContours(closed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    # Only the longest outlines can be the largest blob: before the dots are joined there are
+    # hundreds of them, and a bounding box each costs more than the closing.
+    longest = sorted(contours, key=len, reverse=True)[:HULL_TRIES]
     best, best_area = None, 0
-    for contour in contours:
+    for contour in longest:
         x, y, w, h = cv2.boundingRect(contour)
         if x <= 1 or y <= 1 or x + w >= width - 1 or y + h >= height - 1:
             continue  # reaches the edge of the crop: not a symbol with its quiet zone
@@ -221,12 +341,51 @@ def _corners(hull: npt.NDArray[np.int32]) -> Floats:
         corner = _intersect(p, u, q, v)
         far = corner is None or np.linalg.norm(corner - box[i]) > 0.1 * max(rect[1])
         corners.append(box[i] if far else corner)
-    quad = np.asarray(corners, dtype=np.float32)
-    # Clockwise on screen (y down), so that a grid never comes out mirrored: the finder looks
-    # the same in a mirror, the data does not.
+    return _clockwise(np.asarray(corners, dtype=np.float32))
+
+
+def _hull_corners(hull: npt.NDArray[np.int32]) -> Floats | None:
+    """Four corners of the outline from its own vertices: the hull vertex nearest each corner of
+    the bounding rectangle, each side a line fitted to the hull points between two of them."""
+    rect = cv2.minAreaRect(hull)
+    box = np.asarray(cv2.boxPoints(rect), dtype=np.float32)
+    points = hull.reshape(-1, 2).astype(np.float32)
+    count = len(points)
+    index = [int(np.argmin(np.linalg.norm(points - corner, axis=1))) for corner in box]
+    if len(set(index)) < 4:
+        return None
+    vertices = points[index]
+    lines = []
+    for i in range(4):
+        a, b = index[i], index[(i + 1) % 4]
+        forward = [(a + k) % count for k in range(((b - a) % count) + 1)]
+        backward = [(a - k) % count for k in range(((a - b) % count) + 1)]
+        side = points[forward if len(forward) <= len(backward) else backward]
+        start, end = vertices[i], vertices[(i + 1) % 4]
+        length = float(np.linalg.norm(end - start))
+        direction = (end - start) / max(length, 1e-6)
+        normal = np.array([-direction[1], direction[0]], dtype=np.float32)
+        # Only points along the chord: the closing rounds the symbol's corners.
+        near = side[np.abs((side - start) @ normal) < max(2.0, 0.05 * length)]
+        if len(near) < 2:
+            near = np.stack([start, end])
+        vx, vy, x0, y0 = cv2.fitLine(near, cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
+        lines.append((np.array([x0, y0], np.float32), np.array([vx, vy], np.float32)))
+    corners = []
+    for i in range(4):
+        (p, u), (q, v) = lines[(i - 1) % 4], lines[i]
+        corner = _intersect(p, u, q, v)
+        far = corner is None or np.linalg.norm(corner - vertices[i]) > 0.1 * min(rect[1]) + 3
+        corners.append(vertices[i] if far else corner)
+    return _clockwise(np.asarray(corners, dtype=np.float32))
+
+
+def _clockwise(quad: Floats) -> Floats:
+    """Clockwise on screen (y down), so that a grid never comes out mirrored: the finder looks
+    the same in a mirror, the data does not."""
     (x0, y0), (x1, y1), (x2, y2) = quad[0], quad[1], quad[2]
     if (x1 - x0) * (y2 - y1) - (y1 - y0) * (x2 - x1) < 0:
-        quad = quad[::-1].copy()
+        return quad[::-1].copy()
     return quad
 
 
@@ -270,13 +429,22 @@ def _sizes(
             rough.append((contrast, rows, cols, turn))
     rough.sort(reverse=True)
     scored = []
-    for _, rows, cols, turn in rough[:CANDIDATES]:
+    for _, rows, cols, turn in rough[:ROUGH_CANDIDATES]:
         quad = np.roll(corners, -turn, axis=0)
-        scored.append((_border_score(darkness, quad, rows, cols), rows, cols, turn, quad))
+        # The outline runs along the marks' edges: round dots smaller than their modules leave
+        # it short of the grid by up to a third of a module on each side, which over a long
+        # DMRE row puts the far timing modules half a module off.
+        options = [_expand(quad, rows, cols, grow) for grow in EXPAND]
+        scores = _border_scores(darkness, options, rows, cols)
+        top = int(np.argmax(scores))
+        scored.append((scores[top], rows, cols, turn, options[top]))
+    scored.sort(key=lambda item: item[0], reverse=True)
     best = max((item[0] for item in scored), default=0.0)
     if ROUGH_BORDER_SCORE <= best < GOOD_BORDER_SCORE and time_left() >= REFINE_MS:
         # The outline is off somewhere: refine the likeliest sizes (refining costs a few ms).
         for index, (score, rows, cols, turn, quad) in enumerate(scored[:REFINE]):
+            if index and time_left() < REFINE_MS:
+                break
             better = _refine(darkness, quad, rows, cols)
             better_score = _border_score(darkness, better, rows, cols)
             if better_score > score:
@@ -284,6 +452,18 @@ def _sizes(
     refined = [item for item in scored if item[0] >= MIN_BORDER_SCORE]
     refined.sort(key=lambda item: item[0], reverse=True)
     return [(rows, cols, turn, quad) for _, rows, cols, turn, quad in refined[:CANDIDATES]]
+
+
+def _expand(quad: Floats, rows: int, cols: int, grow: float) -> Floats:
+    """``quad`` (top-left first) widened by ``grow`` modules on every side."""
+    if grow == 0:
+        return quad
+    src = np.array(
+        [[-grow, -grow], [cols + grow, -grow], [cols + grow, rows + grow], [-grow, rows + grow]],
+        dtype=np.float32,
+    )
+    mapped = cv2.perspectiveTransform(src.reshape(-1, 1, 2), _homography(quad, rows, cols))
+    return np.asarray(mapped.reshape(4, 2), dtype=np.float32)
 
 
 def _contrasts(darkness: Floats, quads: Sequence[Floats], rows: int, cols: int) -> list[float]:
@@ -347,21 +527,32 @@ def _border(rows: int, cols: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[
     return np.array(points, dtype=np.float32), np.array(dark, dtype=np.bool_)
 
 
+for _size in SIZES:  # built at import: the first frame of each size would pay some ms
+    _border(*_size)
+
+
 _SPREAD = np.array(
     [[0, 0], [-0.22, -0.22], [0.22, -0.22], [-0.22, 0.22], [0.22, 0.22]], dtype=np.float32
 )
+# Close to the centre: the data modules are read where a grid a third of a module off is still
+# inside them (the marks are grown instead where a dot misses the centre).
+_TIGHT = np.array(
+    [[0, 0], [-0.12, -0.12], [0.12, -0.12], [-0.12, 0.12], [0.12, 0.12]], dtype=np.float32
+)
 
 
-def _samples(darkness: Floats, matrix: Floats, points: Floats) -> Floats:
+def _samples(darkness: Floats, matrix: Floats, points: Floats, spread: Floats = _SPREAD) -> Floats:
     """Darkness of each module: the mean of five points inside it (a dot-peen dot has a
     highlight at its centre, an inkjet dot may sit off it)."""
-    return np.asarray(_samples_many(darkness, [matrix], points)[0], dtype=np.float32)
+    return np.asarray(_samples_many(darkness, [matrix], points, spread)[0], dtype=np.float32)
 
 
-def _samples_many(darkness: Floats, matrices: Sequence[Floats], points: Floats) -> Floats:
+def _samples_many(
+    darkness: Floats, matrices: Sequence[Floats], points: Floats, offsets: Floats = _SPREAD
+) -> Floats:
     """``_samples`` for several grids of the same points at once: one remap for all of them
     (a call per grid costs more than the sampling)."""
-    spread = (points[:, None, :] + _SPREAD[None, :, :]).reshape(-1, 2)
+    spread = (points[:, None, :] + offsets[None, :, :]).reshape(-1, 2)
     homogeneous = np.concatenate([spread, np.ones((len(spread), 1), np.float32)], axis=1)
     stacked = np.stack(matrices).astype(np.float32)  # (grids, 3, 3)
     mapped = np.matmul(homogeneous[None, :, :], stacked.transpose(0, 2, 1))
@@ -372,15 +563,19 @@ def _samples_many(darkness: Floats, matrices: Sequence[Floats], points: Floats) 
     values = cv2.remap(
         darkness, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0
     )
-    shaped = np.asarray(values, dtype=np.float32).reshape(len(matrices), len(points), len(_SPREAD))
+    shaped = np.asarray(values, dtype=np.float32).reshape(len(matrices), len(points), len(offsets))
     return np.asarray(shaped.mean(axis=2), dtype=np.float32)
 
 
 def _border_score(darkness: Floats, quad: Floats, rows: int, cols: int) -> float:
+    return _border_scores(darkness, [quad], rows, cols)[0]
+
+
+def _border_scores(darkness: Floats, quads: Sequence[Floats], rows: int, cols: int) -> list[float]:
+    """Share of the finder and timing modules that match, for each quad (one remap for all)."""
     points, dark = _border(rows, cols)
-    values = _samples(darkness, _homography(quad, rows, cols), points)
-    level = _level(values, dark)
-    return float(np.mean((values > level) == dark))
+    values = _samples_many(darkness, [_homography(quad, rows, cols) for quad in quads], points)
+    return [float(np.mean((row > _level(row, dark)) == dark)) for row in values]
 
 
 def _level(values: Floats, dark: npt.NDArray[np.bool_]) -> float:
@@ -397,7 +592,7 @@ def _sample(darkness: Floats, quad: Floats, rows: int, cols: int) -> npt.NDArray
     columns = np.arange(cols, dtype=np.float32) + 0.5
     cs, rs = np.meshgrid(columns, np.arange(rows, dtype=np.float32) + 0.5)
     points = np.stack([cs.ravel(), rs.ravel()], axis=1)
-    values = _samples(darkness, matrix, points)
+    values = _samples(darkness, matrix, points, _TIGHT)
     border, dark = _border(rows, cols)
     level = _level(_samples(darkness, matrix, border), dark)
     grid = (values > level).reshape(rows, cols)

@@ -40,13 +40,14 @@ log = structlog.get_logger("edge_agent.vision.pipeline")
 LOCATE_ABOVE_PX = 640 * 480  # frames larger than VGA are localised first
 MAX_UPSCALE_PX = LOCATE_ABOVE_PX  # a larger target is not worth enlarging
 # Fallbacks try only the best candidates: on a frame without a code every candidate is printed
-# text, and trying them all is what would make such frames slow. The costly ones (CLAHE, 2x
-# upscale: a few ms per crop) only the very best.
+# text, and trying them all is what would make such frames slow. CLAHE (a few ms per crop) only
+# the very best; the 2x upscale the best two (it is only done on small crops, and a symbol of
+# 2 px modules beside a line of text ranks second as often as first).
 FALLBACK_TARGETS = {
     "denoise": 2,
     "global-binarizer": 2,
     "clahe": 1,
-    "upscale": 1,
+    "upscale": 2,
     "grid": 2,
     "dmtx": 1,
 }
@@ -54,7 +55,7 @@ FALLBACK_TARGETS = {
 FAST_SHARE = 1 / 3
 # A stage that needs about this long is not started with less of the budget left: it would
 # only push the frame past its budget (the frame is a no-read either way).
-STAGE_MS = {"grid": 6.0, "upscale": 3.0, "dmtx": 2.0}
+STAGE_MS = {"grid": 6.0, "upscale": 3.0, "clahe": 3.0, "dmtx": 2.0}
 
 
 @dataclass(frozen=True)

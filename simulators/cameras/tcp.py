@@ -5,6 +5,11 @@ defect, renders a frame of the unit's GS1 DataMatrix in a worker thread and queu
 task writes the frames to the connected clients strictly in trigger order; frames that find no
 client connected are dropped and counted, as a real camera would.
 
+Besides scattered defects (``defect_rate``) a *burst* makes a run of consecutive units of one lot
+defective (``add_burst``: a smeared print head, a label web out of register), which is what holds a
+line on repeated rejects. Where it starts is drawn from the camera's seed, so a seed gives the same
+run every time.
+
 Standalone: ``python -m simulators.cameras.tcp --port 9200`` runs it with a free-running line.
 """
 
@@ -48,6 +53,26 @@ _ALNUM = string.ascii_uppercase + string.digits
 _GAP_WAIT_S = 0.5  # how long the sender waits for a missing trigger before sending later ones
 _DRAIN_TIMEOUT_S = 2.0  # a client that does not read for this long is dropped
 _GOOD_SERIALS_KEPT = 1000
+
+
+@dataclass
+class Burst:
+    """``length`` consecutive units of ``lot`` (any lot when None) get defect ``kind``, starting
+    after ``start`` units of that lot have passed the camera."""
+
+    length: int
+    start: int
+    kind: str = "unreadable"
+    lot: str | None = None
+    seen: int = 0  # units of its lot so far
+    triggers: list[int] = field(default_factory=list)  # the units it made defective
+
+    def applies(self, unit: SimUnit) -> bool:
+        """Count this unit; True when it falls inside the run."""
+        if self.lot is not None and unit.lot != self.lot:
+            return False
+        self.seen += 1
+        return self.start < self.seen <= self.start + self.length
 
 
 @dataclass
@@ -100,6 +125,7 @@ class TcpCameraSim:
         self.repeat_after_s = 0.05
         self.repeated: list[int] = []
         self.mute = False  # fault: connected, frames produced, none sent (counted as dropped)
+        self.bursts: list[Burst] = []
         self._repeats: set[asyncio.Task[None]] = set()
         self._rng = random.Random(seed)
         self._good_serials: deque[str] = deque(maxlen=_GOOD_SERIALS_KEPT)
@@ -185,6 +211,26 @@ class TcpCameraSim:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def add_burst(
+        self,
+        length: int,
+        *,
+        kind: str = "unreadable",
+        lot: str | None = None,
+        start_within: tuple[int, int] = (0, 0),
+    ) -> Burst:
+        """Make ``length`` consecutive units of ``lot`` defective; the run starts after a number
+        of that lot's units drawn (seeded) from ``start_within`` (inclusive)."""
+        kinds = [k for k in ALL_DEFECTS if k != "duplicate_serial"]  # needs a good unit first
+        if kind not in kinds:
+            raise ValueError(f"a burst of {kind!r} is not offered; known: {kinds}")
+        low, high = start_within
+        if length < 1 or low < 0 or high < low:
+            raise ValueError("a burst needs length >= 1 and 0 <= start_within[0] <= [1]")
+        burst = Burst(length, self._rng.randint(low, high), kind, lot)
+        self.bursts.append(burst)
+        return burst
+
     # --- production -------------------------------------------------------------------------
 
     def on_unit(self, trigger: int, unit: SimUnit) -> None:
@@ -194,7 +240,7 @@ class TcpCameraSim:
             self._last_queued = max(self._last_queued, trigger)
             self.frames_dropped += 1
             return
-        kind = self._pick_defect()
+        kind = self._burst_defect(trigger, unit) or self._pick_defect()
         look = self._look(unit, kind)
         if kind is None:
             self._good_serials.append(unit.serial)
@@ -221,6 +267,14 @@ class TcpCameraSim:
             # zxing refused the content: the camera still sees a unit, just no code on it.
             log.warning("cannot render code, sending empty frame", trigger=trigger, error=str(exc))
             return np.full((self.height, self.width), 220, dtype=np.uint8)
+
+    def _burst_defect(self, trigger: int, unit: SimUnit) -> str | None:
+        kind = None
+        for burst in self.bursts:  # every burst counts the unit, even when an earlier one hit
+            if burst.applies(unit) and kind is None:
+                burst.triggers.append(trigger)
+                kind = burst.kind
+        return kind
 
     def _pick_defect(self) -> str | None:
         if not self.defect_kinds or self._rng.random() >= self.defect_rate:

@@ -201,6 +201,7 @@ def render_params(params: Params, rng: np.random.Generator) -> Synth:
         conditions["module_px"] = px
         half = 0.5 * max(cover.shape) * px / SPRITE_PX * 1.1
         center = _free_center(rng, width, height, half, boxes)  # type: ignore[arg-type]
+        center = _inside(center, cover.shape, px / SPRITE_PX, params.perspective, width, height)
         matrix = _placement(cover.shape, px / SPRITE_PX, params, center, rng)
         ink = _warp(cover, matrix, width, height)
         canvas *= 1.0 - params.contrast * ink
@@ -300,6 +301,26 @@ def _fit(shape: tuple[int, ...], module_px: float, width: int, height: int) -> f
     """Shrink the modules if the rotated sprite would not fit well inside the frame."""
     longest = max(shape) / SPRITE_PX
     return float(min(module_px, 0.55 * min(width, height) / (longest * 1.1)))
+
+
+def _inside(
+    center: tuple[float, float],
+    shape: tuple[int, ...],
+    scale: float,
+    perspective: float,
+    width: int,
+    height: int,
+) -> tuple[float, float]:
+    """The centre moved (if need be) so that the whole symbol with its quiet zone is in the
+    frame at any rotation: ``half`` above bounds the unrotated sprite, and a rotated one reaches
+    out to its half diagonal (a line camera is set up to see the whole code; a code cut by the
+    edge of the frame is a framing fault no print is read through). Draws nothing from the
+    generator, so every other frame stays as it was."""
+    rows, cols = shape[:2]
+    reach = scale * (0.5 * math.hypot(rows, cols) + perspective * max(rows, cols)) + 1.0
+    x = min(max(center[0], reach), width - reach)
+    y = min(max(center[1], reach), height - reach)
+    return x, y
 
 
 def _placement(

@@ -16,6 +16,7 @@ from drivers.l3 import wire
 from edge_agent.contracts import SerialPage
 
 DEFAULT_ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+SSCC_KEY = "sscc:"  # a request for SSCCs names "sscc:<extension digit><company prefix>"
 
 
 @dataclass
@@ -100,7 +101,10 @@ class L3Site:
             serials.append(next(iter(self._issued)))
         left = None if self.pool_size is None else self.pool_size - len(given)
         while len(serials) < count and (left is None or left > 0):
-            serials.append(self._fresh())
+            if request.gtin.startswith(SSCC_KEY):  # a pool of SSCCs, not of serials of a GTIN
+                serials.append(_sscc(request.gtin[len(SSCC_KEY) :], len(given) + len(serials)))
+            else:
+                serials.append(self._fresh())
             if left is not None:
                 left -= 1
         given.extend(serials)
@@ -161,3 +165,11 @@ class L3Site:
             setattr(self.faults, name, left - 1)
             return True
         return False
+
+
+def _sscc(prefix: str, number: int) -> str:
+    """The ``number``-th SSCC of a pool: extension digit and company prefix, serial reference,
+    mod-10 check digit."""
+    body = f"{prefix}{number:0{17 - len(prefix)}d}"
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    return body + str(-total % 10)
