@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "edge_agent.api.cli",
     "edge_agent.backup_commands",
     "edge_agent.aggregation.commands",
+    "edge_agent.hmi.commands",
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_LINE_STOPPED, EXIT_UNBALANCED = 0, 1, 2, 3, 4

@@ -106,6 +106,68 @@ class Printer(Protocol):
         """Discard every buffered, unprinted record; returns which ones (see ``ClearResult``)."""
 
 
+# --- label printer (case and pallet labels) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogisticLabel:
+    """What one case or pallet label carries (a GS1 logistic label): the SSCC (AI 00) and the
+    content, the GTIN of the trade items inside (AI 02) with their count (AI 37), lot (10) and
+    expiry (17). ``seq`` is the agent's label number: its print confirmation names it."""
+
+    seq: int
+    sscc: str
+    gtin: str
+    count: int
+    lot: str
+    expiry: str  # YYMMDD
+
+
+@runtime_checkable
+class LabelPrinter(Protocol):
+    """A printer of case and pallet labels. ``async with`` connects."""
+
+    name: str
+
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def print_label(self, label: LogisticLabel) -> None:
+        """Send one label; returns once it is on the wire. Its print is confirmed through
+        ``confirmations()`` as (label seq, SSCC). Raises ``DeviceFault`` when the printer is in
+        a fault (not sent), ``ProtocolError`` for content it cannot print."""
+
+    def confirmations(self) -> AsyncIterator[PrintConfirmation]:
+        """Print-complete notifications (seq, SSCC), in print order."""
+        ...
+
+
+# --- scanner -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScannedCode:
+    """One code as an industrial scanner delivered it: its data, suffix removed."""
+
+    data: str  # what the scanner sent, e.g. "]C100095060001000000018" (AIM prefix if enabled)
+    received_at: float  # time.monotonic()
+
+
+@runtime_checkable
+class Scanner(Protocol):
+    """A handheld or fixed barcode scanner on a serial line or a TCP socket. ``async with``
+    connects."""
+
+    name: str
+
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    def codes(self) -> AsyncIterator[ScannedCode]:
+        """Codes in the order scanned. Raises ``DeviceConnectionError`` when the link drops."""
+        ...
+
+
 # --- camera --------------------------------------------------------------------------------
 
 

@@ -20,6 +20,13 @@ POINTS = (
     "forward_published",
     "forward_delivered",
     "forward_marked",
+    # aggregation stations: SSCC reserved (before print), label printed (confirmed, not yet
+    # read back), case committed (before its PASS), pallet reserved, pallet committed
+    "case_reserved",
+    "label_printed",
+    "case_committed",
+    "pallet_reserved",
+    "pallet_committed",
 )
 
 

@@ -43,7 +43,7 @@ from edge_agent.errors import LedgerError, StorageFull
 
 # 2: per-forwarder delivery state of outbox events; 3: work orders, audit; 4: outbox indexes by
 # batch and by acknowledgement; 5: aggregation (containers, packed, loose, identifier ranges and
-# pool)
+# pool; station_cases and pallet_scans of the stations)
 SCHEMA_VERSION = 5
 DB_NAME = db_identity.DB_NAME
 log = structlog.get_logger("edge_agent.db")
@@ -267,6 +267,23 @@ CREATE TABLE IF NOT EXISTS identifier_pool (
     taken INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS identifier_pool_by_order ON identifier_pool (order_id, level, taken);
+-- Aggregation stations (edge_agent/aggregation/station.py): each container a station reserved,
+-- with the case's trigger at the case PLC and what its gate did (pending until known), and the
+-- cases scanned onto the pallet being built: what a restart needs to finish or undo their work.
+CREATE TABLE IF NOT EXISTS station_cases (
+    container TEXT PRIMARY KEY REFERENCES containers(epc),
+    station TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    trigger INTEGER,
+    gate TEXT NOT NULL CHECK (gate IN ('pending', 'passed', 'rejected', 'scrapped')),
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS station_cases_by_gate ON station_cases (order_id, gate);
+CREATE TABLE IF NOT EXISTS pallet_scans (
+    case_epc TEXT PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    at REAL NOT NULL
+);
 """
 
 

@@ -2,8 +2,8 @@
 
 Built-in drivers are listed by import path so that the core never imports a vendor module until a
 config asks for it. Third-party drivers register under the entry-point groups
-``edge_agent.printers``, ``edge_agent.cameras``, ``edge_agent.plcs``, ``edge_agent.forwarders``
-and ``edge_agent.l3_links``.
+``edge_agent.printers``, ``edge_agent.cameras``, ``edge_agent.plcs``, ``edge_agent.forwarders``,
+``edge_agent.l3_links``, ``edge_agent.label_printers`` and ``edge_agent.scanners``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from edge_agent.contracts import Forwarder, ForwarderFactory, L3Link, L3LinkFactory, LineContext
 
-DeviceKind = Literal["printer", "camera", "plc", "forwarder", "l3"]
+DeviceKind = Literal["printer", "camera", "plc", "forwarder", "l3", "label_printer", "scanner"]
 
 BUILTIN: dict[DeviceKind, dict[str, str]] = {
     "printer": {
@@ -40,6 +40,12 @@ BUILTIN: dict[DeviceKind, dict[str, str]] = {
         "mqtt": "drivers.upstream.mqtt:MqttForwarder",
         "epcis-http": "drivers.upstream.http_capture:HttpCaptureForwarder",
     },
+    "label_printer": {
+        "zpl": "drivers.printers.zpl.driver:ZplLabelPrinter",
+    },
+    "scanner": {
+        "lines": "drivers.scanners.lines:LineScanner",
+    },
     "l3": {
         "http": "drivers.l3.http:HttpL3Link",
         "mqtt": "drivers.l3.mqtt:MqttL3Link",
@@ -53,6 +59,8 @@ _GROUPS: dict[DeviceKind, str] = {
     "plc": "edge_agent.plcs",
     "forwarder": "edge_agent.forwarders",
     "l3": "edge_agent.l3_links",
+    "label_printer": "edge_agent.label_printers",
+    "scanner": "edge_agent.scanners",
 }
 
 

@@ -138,6 +138,7 @@ class Supervisor:
         self.name = name
         self.backoff = Backoff(first_s, max_s, rng=rng, retry_after_cap_s=retry_after_cap_s)
         self.down_since: float | None = None  # time.monotonic() when the peer went away
+        self.reconnects = 0  # times the peer came back after it was lost (metrics)
         self._key = key
         self._lost_event = lost_event
         self._still_event = still_event or f"{lost_event}_still"
@@ -173,6 +174,7 @@ class Supervisor:
         since, self.down_since = self.down_since, None
         if since is None:
             return None
+        self.reconnects += 1
         away = time.monotonic() - since
         self._log.info(self._back_event, **{self._key: self.name}, down_s=round(away, 1))
         return away

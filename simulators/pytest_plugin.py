@@ -208,6 +208,53 @@ async def zpl_printer_sim(sim_line: SimLine) -> AsyncIterator[Any]:
         yield sim
 
 
+@pytest_asyncio.fixture
+async def case_station_sim() -> AsyncIterator[Any]:
+    """The simulated case station (``simulators.aggregation.station.CaseStationSim``): case
+    packer and 5 MP case camera (tcp-frames), case PLC (Modbus TCP, case count as trigger, gate
+    4 s after the camera), label printer (ZPL) and label camera. ``.packer.put(units)`` fills
+    cases of 12, ``.packer.force(defect, ...)`` injects case defects, ``.driver_configs()`` are
+    the ``[aggregation.case_station]`` device tables, ``.ground_truth()`` what each case holds."""
+    from simulators.aggregation.station import CaseStationSim
+
+    sim = CaseStationSim(gate_delay_s=4.0)
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+@pytest_asyncio.fixture
+async def pallet_station_sim(case_station_sim: Any) -> AsyncIterator[Any]:
+    """The simulated pallet station behind ``case_station_sim``: cases that pass the case gate
+    are scanned (lines over TCP, ``]C1`` + AI 00) onto the pallet being built; a pallet label
+    printer and camera. ``.driver_configs()`` are the ``[aggregation.pallet_station]`` tables."""
+    from simulators.aggregation.station import PalletStationSim
+
+    sim = PalletStationSim()
+    sim.attach(case_station_sim)
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+@pytest_asyncio.fixture
+async def scanner_sim() -> AsyncIterator[Any]:
+    """A barcode scanner sending one code per line over TCP; ``.scan(data)``, ``.driver_config()``
+    (a ``scanner`` device table, type ``lines``)."""
+    from simulators.aggregation.scanner import ScannerSim
+
+    sim = ScannerSim()
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
 Device = Any  # a simulator (anything with driver_config()) or a device section as a dict
 
 

@@ -43,6 +43,12 @@ TOOLS: dict[str, SystemTool] = {
             lambda: shutil.which("systemd-analyze"),
         ),
         SystemTool(
+            "chromium",
+            "chromium",
+            "a real browser for the operator screen tests (Playwright drives it)",
+            lambda: shutil.which("chromium"),
+        ),
+        SystemTool(
             "libdmtx",
             "libdmtx0b",
             "the libdmtx decoder backend (pylibdmtx)",

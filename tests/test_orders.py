@@ -214,6 +214,31 @@ async def test_close_with_exceptions_needs_a_reason(path: CommandPath) -> None:
     assert closed.state == S.CLOSED and settlement.settled == [("ORD-1", S.CLOSED)]
 
 
+async def test_a_person_with_the_operator_role_may_not_abort_or_close_with_exceptions(
+    path: CommandPath,
+) -> None:
+    anna = audit.Actor("anna", "hmi", audit.Role.OPERATOR)
+    sam = audit.Actor("sam", "hmi", audit.Role.SUPERVISOR)
+    await path.submit(order(), source="hmi", actor=anna)
+    await path.command("ORD-1", C.START, anna)
+    with pytest.raises(CommandRefused, match="'abort' needs a supervisor; anna is an operator"):
+        await path.command("ORD-1", C.ABORT, anna, reason="wrong lot")
+    await path.command("ORD-1", C.STOP, anna)
+    settlement = path.settlement
+    assert isinstance(settlement, FakeSettlement)
+    settlement.balanced = False
+    with pytest.raises(CommandRefused, match="close with exceptions needs a supervisor"):
+        await path.command("ORD-1", C.CLOSE, anna, reason="one pack taken by QA")
+    assert settlement.settled == []
+    closed = await path.command("ORD-1", C.CLOSE, sam, reason="one pack taken by QA")
+    assert closed.state == S.CLOSED
+    refused = [r for r in audit.rows(path.conn, order_id="ORD-1") if r.outcome == "refused"]
+    assert [(r.actor, r.source, r.action) for r in refused] == [
+        ("anna", "hmi", "abort"),
+        ("anna", "hmi", "close"),
+    ]
+
+
 # --- validation: each bad order is refused precisely and changes nothing ------------------------
 
 

@@ -30,6 +30,15 @@ STANDALONE = {
     "modbus plc": ["simulators.plc.modbus", "--port", "0"],
     "opcua plc": ["simulators.plc.opcua", "--port", "0"],
     "capture server": ["simulators.upstream.capture_server", "--port", "0"],
+    "case and pallet stations": ["simulators.aggregation.station"],
+    "label printer and camera": [
+        "simulators.aggregation.label",
+        "--printer-port",
+        "0",
+        "--camera-port",
+        "0",
+    ],
+    "pallet scanner": ["simulators.aggregation.scanner", "--port", "0"],
 }
 
 

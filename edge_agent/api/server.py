@@ -110,6 +110,9 @@ class ApiServer:
     ) -> None:
         assert self._server is not None and self._task is not None
         server, task = self._server, self._task
+        stopping = getattr(getattr(self.app, "state", None), "stopping", None)
+        if isinstance(stopping, asyncio.Event):
+            stopping.set()  # long-lived answers (event streams) end now
         server.should_exit = True  # stop accepting, let answers in progress finish
         try:
             await asyncio.wait({task}, timeout=self.shutdown_timeout_s + 2.0)

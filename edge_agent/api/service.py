@@ -2,20 +2,62 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from pydantic import SecretStr
 
 from edge_agent.api.app import create_app
 from edge_agent.api.auth import MIN_TOKEN_LENGTH, BearerTokens
 from edge_agent.api.deps import ApiServices
 from edge_agent.api.server import ApiServer, Tls
-from edge_agent.config.models import ApiSection, SecretRef
+from edge_agent.config.models import AgentConfig, ApiSection, SecretRef
 from edge_agent.errors import ConfigError
+from edge_agent.hmi.settings import HmiSettings, hmi_settings
+from edge_agent.line.stats import LineStats
+from edge_agent.monitoring.sources import MonitoringSources
+from edge_agent.outbox.store import ForwarderStatus
 
 
-def api_server(section: ApiSection, services: ApiServices) -> ApiServer:
-    """The server to enter (``async with``); secrets are resolved here, at start."""
-    app = create_app(services, [bearer_tokens(section)])
+def api_server(
+    section: ApiSection,
+    services: ApiServices,
+    *,
+    monitoring: MonitoringSources | None = None,
+    hmi: HmiSettings | None = None,
+) -> ApiServer:
+    """The server to enter (``async with``); secrets are resolved here, at start.
+    ``monitoring``: the live objects /metrics and /health read (see MonitoringSources);
+    ``hmi``: the operator screen (``edge_agent.hmi.settings.hmi_settings(config)``)."""
+    app = create_app(
+        services,
+        [bearer_tokens(section)],
+        monitoring=monitoring,
+        metrics_public=section.metrics_public,
+        hmi=hmi,
+    )
     return ApiServer(app, host=section.host, port=section.port, tls=_tls(section))
+
+
+def agent_api_server(
+    model: AgentConfig,
+    services: ApiServices,
+    *,
+    stats: Callable[[], LineStats | None],
+    outbox: Callable[[], Sequence[ForwarderStatus]],
+) -> ApiServer:
+    """The daemon's server: the REST API, /metrics and /health over the daemon's live objects
+    (its ``LineStats`` and ``OutboxStore.status``), and the operator screen when the config has
+    ``[hmi]``."""
+    assert model.api is not None
+    monitoring = MonitoringSources.of_agent(
+        model,
+        services.commands.conn,
+        services.line,
+        services.alarms,
+        stats=stats,
+        outbox=outbox,
+    )
+    return api_server(model.api, services, monitoring=monitoring, hmi=hmi_settings(model))
 
 
 def bearer_tokens(section: ApiSection) -> BearerTokens:

@@ -45,6 +45,7 @@ class DeviceLink(Snapshot):
     state: Literal["up", "down", "connecting", "unknown"]
     since: float | None = Field(None, description="When it entered this state (Unix time)")
     detail: str = ""
+    reconnects: int = Field(0, ge=0, description="Times the link came back after it was lost")
 
 
 class LineSnapshot(Snapshot):

@@ -616,6 +616,11 @@ class ApiSection(Strict):
     tls_key_password: SecretRef | None = Field(
         None, description="Password of an encrypted tls_key, by reference"
     )
+    metrics_public: bool = Field(
+        True,
+        description="/metrics answers without a token (counts and states only, never a secret "
+        "or a serial); false: a scraper sends one of the tokens",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ApiSection:
@@ -625,6 +630,18 @@ class ApiSection(Strict):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("give both tls_cert and tls_key for HTTPS, or neither")
         return self
+
+
+class HmiSection(Strict):
+    """``[hmi]``: the operator screen at /hmi of the API server (needs ``[api]``)."""
+
+    users_file: Path = Field(
+        Path("/etc/edge-agent/hmi-users.json"),
+        description="Users, roles and password hashes; `edge-agent user add` writes it",
+    )
+    session_minutes: int = Field(
+        480, ge=1, le=7 * 24 * 60, description="A login ends after this long (default a shift)"
+    )
 
 
 class OrdersSection(Strict):
@@ -706,6 +723,47 @@ class BackupSection(Strict):
     )
 
 
+class CaseStationSection(Strict):
+    """[aggregation.case_station]: the automatic case station's devices (each table validated
+    by the driver its ``type`` selects) and how long it waits for each step."""
+
+    camera: dict[str, Any] = Field(
+        description="Case camera (a camera type, e.g. tcp-frames): the read and closing read"
+    )
+    plc: dict[str, Any] = Field(
+        description="The case station's PLC (a PLC type): the PLC contract with the case count "
+        "as trigger; PASS lets a case through, anything else diverts it"
+    )
+    label_printer: dict[str, Any] = Field(description="Case label printer (a label_printer type)")
+    label_camera: dict[str, Any] = Field(description="Camera reading the printed case label back")
+    closing_read_s: float = Field(3.0, gt=0, le=60, description="Wait for the closing read")
+    label_confirm_s: float = Field(5.0, gt=0, le=60, description="Wait for a label's print")
+    label_read_s: float = Field(3.0, gt=0, le=60, description="Wait for the label camera's read")
+
+
+class PalletStationSection(Strict):
+    """[aggregation.pallet_station]: cases scanned onto pallets, pallet labels verified."""
+
+    scanner: dict[str, Any] = Field(description="Pallet scanner (a scanner type, e.g. lines)")
+    label_printer: dict[str, Any] = Field(description="Pallet label printer")
+    label_camera: dict[str, Any] = Field(description="Camera reading the pallet label back")
+    label_confirm_s: float = Field(5.0, gt=0, le=60, description="Wait for a label's print")
+    label_read_s: float = Field(3.0, gt=0, le=60, description="Wait for the label camera's read")
+    label_attempts: int = Field(
+        3, ge=1, le=10, description="Pallet labels tried (each with a new SSCC) before holding"
+    )
+
+
+class AggregationSection(Strict):
+    """[aggregation]: the case and pallet stations of the line end."""
+
+    order: str | None = Field(
+        None, description="Order whose cases and pallets are built; omit = the active order"
+    )
+    case_station: CaseStationSection | None = None
+    pallet_station: PalletStationSection | None = None
+
+
 class AgentConfig(Strict):
     agent: AgentSection = Field(default_factory=lambda: AgentSection())
     line: LineSection = Field(default_factory=lambda: LineSection())
@@ -720,6 +778,14 @@ class AgentConfig(Strict):
         None, description="[l3] link to the site server, validated by the driver its type selects"
     )
     api: ApiSection | None = None
+    hmi: HmiSection | None = None
     orders: OrdersSection = Field(default_factory=lambda: OrdersSection())
     clock: ClockSection = Field(default_factory=lambda: ClockSection())
     backup: BackupSection = Field(default_factory=lambda: BackupSection())
+    aggregation: AggregationSection | None = None
+
+    @model_validator(mode="after")
+    def _hmi_needs_api(self) -> AgentConfig:
+        if self.hmi is not None and self.api is None:
+            raise ValueError("[hmi] is served by the API server: add an [api] section")
+        return self

@@ -10,6 +10,7 @@ published in the close report of every order, which L3 keeps.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import sqlite3
@@ -23,10 +24,19 @@ GENESIS = hashlib.sha256(b"edge-agent audit trail").hexdigest()
 _COLUMNS = "seq, at, actor, source, action, order_id, reason, outcome, detail"
 
 
+class Role(enum.StrEnum):
+    """What a person may do (operator screen users): a supervisor signs off exceptions."""
+
+    OPERATOR = "operator"  # runs orders: submit, start, hold, resume, stop, close when balanced
+    SUPERVISOR = "supervisor"  # also abort, close with exceptions, rework
+
+
 @dataclass(frozen=True)
 class Actor:
     """Who asked: ``name`` as the source knows them (API token name, OPC UA user, 'l3', a local
-    user name), ``source`` the way in (api, cli, inbox, l3, opcua, hmi, line)."""
+    user name), ``source`` the way in (api, cli, inbox, l3, opcua, hmi, line). ``role`` is a
+    person's ``Role`` where the way in knows one (the operator screen); None for systems (API
+    tokens, L3, the inbox, the line), whose rights their configuration grants."""
 
     name: str
     source: str

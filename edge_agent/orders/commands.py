@@ -33,6 +33,8 @@ from edge_agent.orders.validation import OrderRules, check_order, parse_order
 log = structlog.get_logger("edge_agent.orders")
 
 C = OrderCommand
+# What a person needs the supervisor role for (actors without a role are systems: see Actor).
+SUPERVISOR_COMMANDS = frozenset({C.ABORT})
 
 
 class LineControl(Protocol):
@@ -154,6 +156,10 @@ class CommandPath:
         record = self.store.get(order_id)
         next_state(order_id, record.state, command)  # refuse early, before the line acts
         reason = (reason or "").strip() or None
+        if command in SUPERVISOR_COMMANDS and actor.role == audit.Role.OPERATOR:
+            raise CommandRefused(
+                f"'{command}' needs a supervisor; {actor.name} is an operator", order_id=order_id
+            )
         if command in NEEDS_REASON and reason is None:
             raise CommandRefused(
                 f"'{command}' needs a reason for the audit trail", order_id=order_id
@@ -239,6 +245,12 @@ class CommandPath:
             raise CommandRefused(
                 f"order {record.id} does not balance ({'; '.join(reconciliation['problems'])}); "
                 "closing it anyway is a close with exceptions and needs a reason",
+                order_id=record.id,
+            )
+        if not reconciliation["balanced"] and actor.role == audit.Role.OPERATOR:
+            raise CommandRefused(
+                f"order {record.id} does not balance: a close with exceptions needs a "
+                f"supervisor; {actor.name} is an operator",
                 order_id=record.id,
             )
         report = await self.settlement.settle(record, OrderState.CLOSED, actor, reason)

@@ -21,6 +21,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, Self, TypeVar
 
 from drivers.plc import contract
@@ -56,6 +57,9 @@ class GatePlcSim(ABC, Generic[ServerT]):
         self.rejected_triggers: list[int] = []
         self.stops: list[tuple[float, int]] = []
         self.withhold_confirms = False
+        # Called with (trigger, passed) as each unit leaves the gate: what comes after the gate
+        # (a case packer) takes the units that passed.
+        self.gate_listeners: list[Callable[[int, bool], None]] = []
         self.host = "127.0.0.1"
         self.port = 0
         self._server: ServerT | None = None
@@ -245,13 +249,27 @@ class GatePlcSim(ABC, Generic[ServerT]):
             self.passed_triggers.append(trigger)
             self._passed = (self._passed + 1) & contract.U32_MAX
             await self._write_passed(self._passed)
+            self._left_gate(trigger, True)
             return
         self.rejected_triggers.append(trigger)
+        self._left_gate(trigger, False)
         self._rejected = (self._rejected + 1) & contract.U32_MAX
         await self._write_rejected(self._rejected)
         if not self.withhold_confirms:
             self._confirms = (self._confirms + 1) & contract.U32_MAX
             await self._write_confirm(self._confirms, trigger)
+
+    async def verdict_for(self, trigger: int) -> int | None:
+        """The verdict the agent has written for ``trigger`` so far (None: none yet): what
+        the machine before the gate (a labeller holding the case) can see."""
+        slot = await self._read_slot(trigger & contract.U32_MAX)
+        if slot is None or slot[0] != trigger or slot[1] == contract.NO_VERDICT:
+            return None
+        return int(slot[1])  # type: ignore[call-overload]
+
+    def _left_gate(self, trigger: int, passed: bool) -> None:
+        for listener in self.gate_listeners:
+            listener(trigger, passed)
 
     def _reset_gate(self) -> None:
         """Back to power-up: no pending gates, counters and ground truth cleared, line stopped

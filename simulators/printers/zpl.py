@@ -329,12 +329,16 @@ class ZplPrinterSim:
         fmt, left = self._current
         self._current = (fmt, left - 1) if left > 1 else None
         data = codec.label_data(fmt)
+        self.labels.append(data or "")
+        self.odometer += 1
+        self._apply(data)
+
+    def _apply(self, data: str | None) -> None:
+        """The label just printed goes on what passes the print head (here: a unit)."""
         unit = _unit(data)
         if unit is None:
             self.bad_formats += 1
             unit = SimUnit("?", "00000000000000", "?", "000000", time.monotonic())
-        self.labels.append(data or "")
-        self.odometer += 1
         self.printed.append(unit.serial)
         self.line.unit_printed(unit)
 

@@ -332,6 +332,59 @@ def render_label(template: str, *, gtin: str, lot: str, expiry: str, serial: str
     return (text.removesuffix("^XZ") + "^PQ1,0,1,Y^XZ\r\n").encode("ascii")
 
 
+# --- logistic labels (cases and pallets) ------------------------------------------------------
+
+LABEL_PLACEHOLDERS: Final = ("sscc", "gtin", "count", "lot", "expiry")
+
+DEFAULT_LOGISTIC_TEMPLATE: Final = (
+    "^XA^CI28^PW812^LL1218"
+    "^FO60,40^A0N,44,44^FDSSCC^FS^FO220,40^A0N,44,44^FD(00) {sscc}^FS"
+    "^FO60,110^A0N,36,36^FDCONTENT (02) {gtin}  COUNT (37) {count}^FS"
+    "^FO60,160^A0N,36,36^FDBATCH (10) {lot}  EXPIRY (17) {expiry}^FS"
+    # GS1 DataMatrix with every AI: fixed-length AIs first, FNC1 (_1) after the variable (37)
+    "^FO200,240^BXN,10,200,,,,_^FD_100{sscc}02{gtin}17{expiry}37{count}_110{lot}^FS"
+    # GS1-128 of the SSCC alone (the logistic label's bottom barcode), HRI printed below it
+    "^FO60,860^BY4^BCN,220,Y,N,N^FD>;>800{sscc}^FS"
+    "^XZ"
+)
+"""A 4x6 in GS1 logistic label: SSCC in GS1 DataMatrix (with 02, 37, 10, 17) and GS1-128."""
+
+
+def check_label_template(template: str) -> str:
+    """Raise TemplateError unless the template makes one logistic label with its SSCC."""
+    body = template.strip()
+    if not (body.startswith("^XA") and body.endswith("^XZ")) or body.count("^XA") != 1:
+        raise TemplateError("must hold exactly one ^XA..^XZ label format")
+    if "^PQ" in body.upper() or "~" in body or not body.isascii():
+        raise TemplateError("must be ASCII without ^PQ or ~ commands (one label per SSCC)")
+    if "^BX" not in body.upper():
+        raise TemplateError("needs a ^BX DataMatrix field: the label camera verifies it")
+    names = set(_PLACEHOLDER.findall(body))
+    unknown = names - set(LABEL_PLACEHOLDERS)
+    if unknown:
+        raise TemplateError(
+            f"unknown placeholder(s) {sorted(unknown)}; known: {LABEL_PLACEHOLDERS}"
+        )
+    if "sscc" not in names:
+        raise TemplateError("needs the {sscc} placeholder")
+    return body
+
+
+def render_logistic_label(
+    template: str, *, sscc: str, gtin: str, count: int, lot: str, expiry: str
+) -> bytes:
+    """One logistic label format with the values filled in, ``^PQ1`` before ``^XZ``."""
+    if not (len(sscc) == 18 and sscc.isdigit()):
+        raise TemplateError(f"SSCC {sscc!r} is not 18 digits")
+    if not 1 <= count <= 99_999_999:
+        raise TemplateError(f"count {count} is outside 1..99999999 (AI 37)")
+    values = {"sscc": sscc, "gtin": gtin, "count": str(count), "lot": lot, "expiry": expiry}
+    for name, value in values.items():
+        check_value(name, value)
+    text = _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    return (text.removesuffix("^XZ") + "^PQ1,0,1,Y^XZ\r\n").encode("ascii")
+
+
 # --- printer side (simulator) ------------------------------------------------------------------
 
 

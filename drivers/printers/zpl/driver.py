@@ -25,7 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from drivers.printers.stream import Pending, StreamPrinter
 from drivers.transport import SerialTransport, TcpTransport, TransportConfig
-from edge_agent.contracts import ClearResult, PrinterStatus, PrintJob, PrintRecord
+from edge_agent.contracts import (
+    ClearResult,
+    LogisticLabel,
+    PrinterStatus,
+    PrintJob,
+    PrintRecord,
+)
 from edge_agent.errors import DeviceConnectionError, DeviceFault, DeviceTimeout, ProtocolError
 
 from . import codec
@@ -350,6 +356,10 @@ class ZplPrinter(StreamPrinter):
             )
         except codec.TemplateError as exc:
             raise ProtocolError(self.name, f"cannot put on the wire: {exc}") from exc
+        await self._send_format(record, data)
+
+    async def _send_format(self, record: PrintRecord, data: bytes) -> None:
+        """Write one label format whose print confirms ``record``."""
         async with self._wire():
             # Counted before the write: an answer to a later ~HS must see this format as sent
             self._unconfirmed.append(record)
@@ -413,3 +423,45 @@ class ZplPrinter(StreamPrinter):
                 return current
             previous = current
         raise DeviceTimeout(self.name, "queued label count did not settle after ~PP")
+
+
+class ZplLabelPrinter(ZplPrinter):
+    """A Zebra printing GS1 logistic labels (cases, pallets); implements
+    ``edge_agent.contracts.LabelPrinter``. Same link, status polling and counting as the unit
+    printer: a label's print is confirmed by the printer's own label counter, as (seq, SSCC)."""
+
+    class Config(ZplPrinter.Config):
+        template: str = Field(
+            codec.DEFAULT_LOGISTIC_TEMPLATE,
+            min_length=8,
+            max_length=codec.MAX_FORMAT,
+            description="ZPL label format with {sscc} {gtin} {count} {lot} {expiry} placeholders.",
+        )
+
+        @field_validator("template")
+        @classmethod
+        def _template(cls, value: str) -> str:
+            try:
+                return codec.check_label_template(value)
+            except codec.TemplateError as exc:
+                raise ValueError(f"label template {exc}") from exc
+
+    def __init__(self, name: str, config: ZplLabelPrinter.Config) -> None:
+        super().__init__(name, config)
+
+    async def print_label(self, label: LogisticLabel) -> None:
+        self._check_link()
+        if self.fault_code is not None:
+            raise DeviceFault(self.name, self.fault_code, "printer reports a fault; not sent")
+        try:
+            data = codec.render_logistic_label(
+                self.config.template,
+                sscc=label.sscc,
+                gtin=label.gtin,
+                count=label.count,
+                lot=label.lot,
+                expiry=label.expiry,
+            )
+        except codec.TemplateError as exc:
+            raise ProtocolError(self.name, f"cannot print label {label.sscc}: {exc}") from exc
+        await self._send_format(PrintRecord(label.seq, label.sscc), data)

@@ -1,0 +1,1 @@
+"""Barcode scanner drivers (``edge_agent.contracts.Scanner``)."""
