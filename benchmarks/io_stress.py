@@ -29,7 +29,7 @@ from typing import Any
 from edge_agent import logs
 from edge_agent.app import Agent, UntilIdle
 from edge_agent.config import parse_config
-from edge_agent.demo import demo_config_text, demo_order, write_order_file
+from edge_agent.demo import demo_config_text
 from edge_agent.line.stats import LineStats
 
 UNITS_PER_MIN = 600
@@ -69,16 +69,36 @@ def start_simulators(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, in
     return proc, json.loads(proc.stdout.readline())["simulators"]
 
 
+def drop_order(inbox: Path, units: int) -> None:
+    """One work order in the inbox, written aside and renamed as the inbox expects."""
+    order = {
+        "id": "IO-STRESS-1",
+        "product": {"gtin": "09506000134352", "description": "Benchmark tablets"},
+        "lot": "IOSTRESS1",
+        "expiry": "301231",
+        "quantity": units,
+        "serials": {"source": "generate", "length": 12},
+        "market": "DE",
+    }
+    inbox.mkdir(parents=True, exist_ok=True)
+    part = inbox / ".IO-STRESS-1.json.part"
+    part.write_text(json.dumps(order), encoding="utf-8")
+    part.replace(inbox / "IO-STRESS-1.json")
+
+
 async def run_line(workdir: Path, units: int, ports: dict[str, int]) -> LineStats:
     overrides: dict[str, Any] = {
         "agent": {"state_dir": str(workdir / "state")},
         "orders": {"inbox": str(workdir / "inbox")},
+        "clock": {"check": False},
         **{kind: {"port": port} for kind, port in ports.items()},
     }
-    write_order_file(workdir / "inbox", demo_order(units))
+    drop_order(workdir / "inbox", units)
     stats = LineStats()
     agent = Agent(parse_config(demo_config_text(), "demo.toml", overrides), stats=stats)
-    await agent.serve(until_idle=UntilIdle(hold_timeout_s=0))
+    served = await agent.serve(until_idle=UntilIdle(hold_timeout_s=0))
+    if served.ended != "idle":  # held: a line stop (repeated rejects, ...) ended the run early
+        print(f"the order did not run to its end: {served}", file=sys.stderr)
     return stats
 
 
