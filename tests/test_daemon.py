@@ -222,3 +222,49 @@ async def test_a_shutdown_while_running_settles_units_in_flight_and_the_order_re
             check_nothing_sent_twice(conn, sims)
     assert report["balanced"], report["problems"]
     assert report["batch_state"] == "closed" and report["serials_in_flight"] == 0
+
+
+async def test_an_l3_order_gets_its_serials_in_pages_and_closes_with_its_return(
+    agent_config_factory: Any, l3_sim: Any
+) -> None:
+    """The order comes from L3 with no serials; the daemon asks for pages at the low-water mark
+    while it prints, closes the order balanced, and L3 receives the return and the close report
+    once each."""
+    from tests.helpers.l3 import FAST, l3_order
+
+    units = 25
+    l3_sim.add_order(l3_order("ORD-L3", quantity=units, expiry="281231", lot="LOT-L3"))
+    async with SimulatorSet(simulators(defect_rate=0.0)) as sims:
+        config = agent_config_factory(
+            simulators=sims,
+            order=None,
+            line={"verdict_deadline_ms": 500},
+            l3={**l3_sim.driver_config(), **FAST},
+        )
+        async with daemon(config) as agent:
+            await until(
+                lambda: state_of(agent, "ORD-L3") == OrderState.CLOSED,
+                "the L3 order to close",
+                within=STEP_S * 2,
+            )
+            await until(
+                lambda: of_order(l3_sim.reports) and of_order(l3_sim.returns),
+                "the close report and the return at L3",
+                within=STEP_S,
+            )
+        await gates_settled(sims)
+        with state_db(config) as conn:
+            report = reconcile(conn, "ORD-L3")
+            check_gate_matches_ledger(conn, sims)
+            check_nothing_sent_twice(conn, sims)
+    assert report["balanced"], report["problems"]
+    assert report["units"] == units == len(sims.printer.printed)
+    assert len(l3_sim.site.pages) >= 3  # 25 units in pages of 10
+    [only_return] = of_order(l3_sim.returns)
+    returned = only_return["payload"]["serials"]
+    assert len(returned) == report["serials_unused"] and l3_sim.duplicates == 0
+    assert not set(returned) & set(sims.printer.printed)
+
+
+def of_order(messages: dict[str, dict[str, Any]], order_id: str = "ORD-L3") -> list[Any]:
+    return [m for m in messages.values() if m.get("order_id") == order_id]
