@@ -21,9 +21,13 @@ from typing import Any
 import pytest
 
 from drivers.plc.modbus.driver import ModbusPlcBase
+from edge_agent.contracts import ClearResult, PrintRecord
 from edge_agent.db import open_db, open_reader, open_write_connection, write
+from edge_agent.ledger import BatchInfo, Ledger, SerialState
+from edge_agent.line.printer_reconcile import settle
 from edge_agent.reconcile import reconcile
 from edge_agent.writer import Writer
+from tests.helpers.ledger import GTIN
 from tests.helpers.line import (
     check_gate_matches_ledger,
     check_nothing_sent_twice,
@@ -193,3 +197,60 @@ async def test_slow_commits_leave_the_plc_heartbeat_on_time(
     # The interval is 200 ms. Commits on the loop would add 120 ms to most gaps (the line
     # commits several times a second); the 90th percentile allows for a busy test machine.
     assert gaps[int(0.9 * len(gaps))] < 0.29, f"heartbeat gaps {gaps[len(gaps) // 2 :]}"
+
+
+# --- the ledger's hot path through the writer -------------------------------------------------
+
+
+@pytest.fixture
+def hot_ledger(tmp_path: Path) -> Iterator[tuple[Ledger, Writer, BatchInfo]]:
+    state_dir = tmp_path / "state"
+    ledger = Ledger(open_db(state_dir), read_point="urn:x", company_prefix_length=7)
+    writer = Writer(open_write_connection(state_dir))
+    ledger.attach(writer)
+    try:
+        batch = ledger.open_batch("B1", GTIN, "LOT1", "281200", 100)
+        ledger.ensure_allocated(batch, 20, length=10, alphabet="0123456789ABCDEF")
+        yield ledger, writer, batch
+    finally:
+        writer.close()
+        ledger.conn.close()
+
+
+async def test_a_block_not_handed_over_is_settled_like_any_unconfirmed_record(
+    hot_ledger: tuple[Ledger, Writer, BatchInfo],
+) -> None:
+    """One commit marks a block of 4 sent; only 2 reached the printer when the link (or the
+    process) died, the first printed unconfirmed, the second still queued. The reconcile makes
+    the queued one and the 2 never handed over unused, and leaves the first to be rejected."""
+    ledger, writer, batch = hot_ledger
+    block = await ledger.take_block(batch, 4)
+    assert writer.stats.commits == 1
+    seqs = [seq for seq, _ in block]
+    assert seqs == list(range(seqs[0], seqs[0] + 4))  # consecutive records, in send order
+    serials = [serial for _, serial in block]
+    queued = ClearResult(named=(PrintRecord(*block[1]),))
+    result = settle(ledger.unconfirmed_in_send_order(batch.id), queued)
+    assert result.unconfirmed == serials[:1]
+    assert result.cleared == serials[1:2] and result.not_received == serials[2:]
+
+
+async def test_a_confirmation_counts_at_once_and_is_durable_with_the_next_commit(
+    hot_ledger: tuple[Ledger, Writer, BatchInfo],
+) -> None:
+    ledger, _writer, batch = hot_ledger
+    [(_, serial), (_, other)] = await ledger.take_block(batch, 2)
+    assert ledger.note_printed(batch, serial)
+    assert not ledger.note_printed(batch, serial), "a repeated confirmation counted twice"
+    assert ledger.state_of(GTIN, serial) == SerialState.PRINTED  # the loop's view
+    # a lost link settles unconfirmed serials: the confirmed one is not among them
+    assert ledger.reject_sent(batch, [serial, other], "printer_link_lost") == [other]
+    await ledger.flush()
+    with contextlib.closing(open_reader(writer_state(ledger))) as conn:
+        (state,) = conn.execute("SELECT state FROM serials WHERE serial = ?", (serial,)).fetchone()
+    assert state == SerialState.PRINTED
+
+
+def writer_state(ledger: Ledger) -> Path:
+    path = ledger.conn.execute("PRAGMA database_list").fetchone()[2]
+    return Path(path).parent
