@@ -31,8 +31,9 @@ async def test_quota_stop_level_stops_the_line_and_loses_nothing(
 ) -> None:
     units = 2000
     async with SimulatorSet(simulators()) as sims:
-        # 0.3 MB: above the empty database, reached after a few hundred units
-        upstream = {"quota_alarm_mb": 0.15, "quota_stop_mb": 0.3}
+        # The empty database with its order (about 0.25 MB) is above the alarm level and below
+        # the stop level, which the line reaches within the guard's next look
+        upstream = {"quota_alarm_mb": 0.2, "quota_stop_mb": 0.6}
         config = agent_config_factory(
             simulators=sims,
             order={"quantity": units},

@@ -63,10 +63,13 @@ async def test_a_held_order_resumed_after_a_restart_runs_the_line_again(tmp_path
         before = sims.line.trigger_count
         assert 0 < before < units
 
-        # Restarted, the daemon keeps the order held and the line stopped: nothing moves.
+        # Restarted, the daemon keeps the order held and the line stopped: nothing moves, and
+        # the PLC hears again why (as after a PLC restart that lost the request).
+        await sims.plc._set(3, reg.HR_STOP_REASON, [0])
         async with AgentProcess(config, log, env=API_ENV) as agent:
             assert await agent.wait() == 3, agent.output()[-3000:]
         assert sims.line.trigger_count == before and not sims.plc.running()
+        assert (await sims.plc._get(3, reg.HR_STOP_REASON, 1)) == [10]
 
         sims.camera.defect_rate = 0.0  # the cause is fixed; the operator resets the PLC
         sims.plc.acknowledge()

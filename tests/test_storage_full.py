@@ -30,7 +30,13 @@ from edge_agent.outbox.store import OutboxStore
 from edge_agent.reconcile import reconcile
 from simulators.runner import SimulatorSet
 from simulators.upstream.capture_server import CaptureServerSim
-from tests.helpers.agent_process import AgentProcess, run_agent_process, write_agent_config
+from tests.helpers.agent_process import (
+    API_ENV,
+    AgentProcess,
+    Operator,
+    free_port,
+    write_agent_config,
+)
 from tests.helpers.line import (
     check_gate_matches_ledger,
     check_nothing_sent_twice,
@@ -107,6 +113,11 @@ def only_storage_stop(text: str, detail: str) -> None:
     assert "line stopped: storage_error" in text  # what the command prints on stderr
 
 
+def order_state(state: Path) -> str:
+    with contextlib.closing(open_reader(state)) as conn:
+        return str(conn.execute("SELECT state FROM orders").fetchone()[0])
+
+
 async def stop_reason(sims: SimulatorSet) -> int:
     return int((await sims.plc._get(3, reg.HR_STOP_REASON, 1))[0])
 
@@ -124,10 +135,11 @@ async def test_a_full_disk_stops_the_line_cleanly_and_so_does_a_restart(
             sims,
             state,
             units=units,
+            api_port=(port := free_port()),
             agent={"disk_free_alarm_mb": 0, "disk_free_stop_mb": 0},
         )
         running, restart, resumed = (tmp_path / f"agent-{n}.out" for n in (1, 2, 3))
-        async with AgentProcess(config, running) as agent:
+        async with AgentProcess(config, running, env=API_ENV) as agent:
             await until(
                 lambda: len(sims.plc.passed_triggers) >= 30 or agent.returncode is not None,
                 "units through the gate",
@@ -143,14 +155,26 @@ async def test_a_full_disk_stops_the_line_cleanly_and_so_does_a_restart(
         stopped_at = len(sims.printer.printed)
         assert stopped_at < units
 
+        # The hold is recorded when the full disk still took that write; else it is recorded
+        # later, and meanwhile the order still reads Running.
+        held = order_state(state) == "held"
         await sims.plc._set(3, reg.HR_STOP_REASON, [0])  # so the restart's code is seen anew
-        assert await run_agent_process(config, restart) == 3, restart.read_text()[-3000:]
-        only_storage_stop(restart.read_text(), "database or disk is full")
+        async with AgentProcess(config, restart, env=API_ENV) as agent:
+            assert await agent.wait(within=60.0) == 3, agent.output()[-3000:]
+        if held:  # a restarted daemon keeps a held order held: nothing runs
+            assert "line stopped: storage_error; order PROC-1 needs a person" in restart.read_text()
+        else:  # running: its new segment meets the full disk and stops the same way
+            only_storage_stop(restart.read_text(), "database or disk is full")
         assert await stop_reason(sims) == 11
         assert len(sims.printer.printed) == stopped_at
 
-        filler.unlink()  # room again: the batch resumes, nothing was lost
-        assert await run_agent_process(config, resumed) == 0, resumed.read_text()[-3000:]
+        filler.unlink()  # room again: the order resumes (an operator resumes a held one)
+        async with AgentProcess(config, resumed, env=API_ENV, args=["--exit-when-idle"]) as agent:
+            async with Operator(port) as operator:
+                await operator.wait_up(agent)
+                if (await operator.order("PROC-1"))["state"] == "held":
+                    await operator.resume("PROC-1")
+            assert await agent.wait(within=90.0) == 0, agent.output()[-3000:]
         await gates_settled(sims)
         with contextlib.closing(open_reader(state)) as conn:
             report = reconcile(conn)

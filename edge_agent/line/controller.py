@@ -151,6 +151,7 @@ class LineController:
 
     async def run(self) -> None:
         """Run orders until ``shutdown``; returns once the segment in progress has settled."""
+        await self._restate_hold()
         while self._shutdown is None:
             if not await self._flush_report():
                 await self._idle()  # storage fails: the line stays stopped until it works
@@ -173,6 +174,20 @@ class LineController:
                 await self._until_moved(record.id)
             self._unreported = (record.id, stopped)
             await self._flush_report()
+
+    async def _restate_hold(self) -> None:
+        """A daemon started on a held order tells the PLC again that the line stays stopped,
+        and why (the PLC may have been restarted, or its request cleared, meanwhile)."""
+        active = self.commands.store.active()
+        if active is None or active.state != OrderState.HELD:
+            return
+        hold = self.commands.store.open_hold(active.id)
+        why = hold.reason if hold is not None else ""
+        reason = StopReason(why) if why in StopReason.__members__.values() else None
+        await self.tell_plc(
+            LineStopped(reason or StopReason.OPERATOR_HOLD, f"order {active.id} is held: {why}")
+        )
+        log.warning("order_still_held", order=active.id, reason=why)
 
     def shutdown(self, stop: LineStopped) -> bool:
         """Stop the line for the daemon's end (the order stays as it is); True when a segment
