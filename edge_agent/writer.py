@@ -119,11 +119,22 @@ class Writer:
     # --- the writer thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            group = self._next_group()
-            if not group:
-                return  # closed, and nothing left
-            self._commit(group)
+        try:
+            while True:
+                group = self._next_group()
+                if not group:
+                    return  # closed, and nothing left
+                self._commit(group)
+        finally:
+            self._fail_queued()  # a writer that died must not leave anyone waiting forever
+
+    def _fail_queued(self) -> None:
+        with self._changed:
+            self._closed = True
+            left, self._jobs = list(self._jobs), deque()
+        for job in left:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(RuntimeError("the state writer stopped"))
 
     def _next_group(self) -> list[_Job]:
         """Wait until a queued job is due (or the writer closes); then everything queued, in
