@@ -5,7 +5,7 @@ Builds the databases once (``history_db.build_history``: one batch through the r
 copied by SQL into earlier batches) and caches them under ``$TMPDIR/edge-agent-history``. Each
 line run works on a copy. Prints one JSON object:
 
-- ``startup``: ``Agent.run()`` to READY (the systemd notification; the devices are connected
+- ``startup``: ``Agent.serve()`` to READY (the systemd notification; the devices are connected
   and the line may run) and to the first verdict, on the real open path, after a clean stop;
   ``open_db`` alone after a clean stop and after an unclean one (the full integrity check);
 - ``line``: sustained units/min and frame→verdict p50/p99 in fast mode, simulators in their own
@@ -39,7 +39,7 @@ from history_db import CURRENT, build_history  # type: ignore[import-not-found]
 from line_throughput import machine, start_simulators  # type: ignore[import-not-found]
 
 from edge_agent import logs, systemd
-from edge_agent.app import Agent
+from edge_agent.app import Agent, UntilIdle
 from edge_agent.config import parse_config
 from edge_agent.db import SCHEMA_VERSION, close_db, open_db, open_reader
 from edge_agent.demo import demo_config_text
@@ -91,9 +91,23 @@ def open_times(state: Path) -> dict[str, float]:
 
 async def line_run(state: Path, ports: dict[str, int], units: int) -> dict[str, Any]:
     text = demo_config_text()
+    order_id = f"RUN-{time.monotonic_ns()}"  # a new order each run: ids are never reused
+    inbox = state.parent / f"inbox-{order_id}"
+    inbox.mkdir(parents=True)
+    order = {
+        "id": order_id,
+        "product": {"gtin": "09506000134352"},
+        "lot": "BENCH1",
+        "expiry": "301231",
+        "quantity": units,
+        "serials": {"source": "generate", "length": 12},
+        "market": "DE",
+    }
+    (inbox / f".{order_id}.part").write_text(json.dumps(order), encoding="utf-8")
+    (inbox / f".{order_id}.part").replace(inbox / f"{order_id}.json")
     overrides = {
         "agent": {"state_dir": str(state)},
-        "batch": {"id": f"RUN-{time.monotonic_ns()}", "target_quantity": units},
+        "orders": {"inbox": str(inbox)},
         # a loaded machine makes late verdicts (rejects): the run goes on, they are counted
         "line": {"max_units_in_flight": 8, "max_consecutive_rejects": 1000},
         **{kind: {"port": port} for kind, port in ports.items()},
@@ -109,7 +123,8 @@ async def line_run(state: Path, ports: dict[str, int], units: int) -> dict[str, 
     systemd.notify_ready = noted  # type: ignore[assignment]
     try:
         started = time.monotonic()
-        await Agent(parse_config(text, "demo.toml", overrides), stats=stats).run()
+        agent = Agent(parse_config(text, "demo.toml", overrides), stats=stats)
+        await agent.serve(until_idle=UntilIdle(hold_timeout_s=0))
     finally:
         systemd.notify_ready = real_ready  # type: ignore[assignment]
     first = stats.first_verdict_at
@@ -124,7 +139,7 @@ async def line_run(state: Path, ports: dict[str, int], units: int) -> dict[str, 
 
 
 def one_line_run(state: Path, work: Path, units: int) -> dict[str, Any]:
-    proc, ports = start_simulators(work, units)
+    proc, ports = start_simulators(work)
     try:
         return asyncio.run(line_run(state, ports, units))
     finally:

@@ -245,7 +245,7 @@ class Agent:
             schedule = BackupSchedule(model.backup, state_dir, line_id=model.line.id, alarms=alarms)
             background.append(("backup", schedule.run()))
         if model.api is not None:
-            await self._start_api(stack, commands, alarms, settlement, conn)
+            await self._start_api(stack, commands, alarms, settlement, conn, store)
         from edge_agent.opcua_server import open_packml
 
         packml = await open_packml(stack, model, self.stats, commands, controller)
@@ -333,9 +333,10 @@ class Agent:
         alarms: AlarmBoard,
         settlement: OrderSettlement,
         conn: Any,
+        store: OutboxStore,
     ) -> None:
         from edge_agent.api.deps import ApiServices
-        from edge_agent.api.service import api_server
+        from edge_agent.api.service import agent_api_server
         from edge_agent.api.status import DbLineStatus
         from edge_agent.orders.report_html import StoredReports
 
@@ -347,7 +348,13 @@ class Agent:
             line=DbLineStatus(conn),
             reports=StoredReports(settlement.report_path),
         )
-        server = await stack.enter_async_context(api_server(section, services))
+        # The REST API with /metrics, /health and (with [hmi]) the operator screen, over the
+        # daemon's live counters and outbox
+        server = await stack.enter_async_context(
+            agent_api_server(
+                self.config.model, services, stats=lambda: self.stats, outbox=store.status
+            )
+        )
         self.api_url = server.url
 
     def _forwarder_loop(

@@ -231,12 +231,6 @@ async def test_a_shift_on_the_operator_screen(
                 await context.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="line controller: an operator hold stops the segment, and the controller starts the "
-    "next one before the command path records the order held (edge_agent/line/controller.py); "
-    "the line keeps packing a held order",
-)
 async def test_an_operator_hold_stops_the_line(agent_config_factory: Any) -> None:
     """What the screen shows of a hold must be true of the line: once the order is held, no unit
     is decided until it is resumed."""

@@ -74,12 +74,6 @@ def test_a_session_lifetime_out_of_range_names_its_key(
         agent_config_factory(order=None, api=_api(monkeypatch), hmi={"session_minutes": 0})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the daemon's Agent._start_api (edge_agent/app.py) still calls api_server(section, "
-    "services); it is to call agent_api_server(model, services, stats=lambda: self.stats, "
-    "outbox=store.status) so that it serves [hmi] and counts its units in /metrics",
-)
 async def test_the_daemon_serves_the_screen_and_counts_its_units_in_metrics(
     agent_config_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
