@@ -197,11 +197,19 @@ class StationRunner:
 
 async def _until_signal(runner: StationRunner) -> None:
     task = asyncio.ensure_future(runner.run())
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop.set)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([task, stopping], return_when="FIRST_COMPLETED")
+    stopping.cancel()
+    # Cancel until it ends: Python 3.11's wait_for (inside pymodbus) can lose one cancellation
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
     with contextlib.suppress(asyncio.CancelledError):
-        await task
+        task.result()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
