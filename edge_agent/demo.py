@@ -192,6 +192,7 @@ async def run_demo(
         report = orders_report(conn, run, truth, arrivals, documents)
         if "line_end" in truth:
             add_aggregation(report, aggregation_report(conn, run.order_ids, truth["line_end"]))
+            report["line_end"] = truth["line_end"]  # what physically happened at it
     if "upstream_received" in truth:
         report["events_received_upstream"] = truth["upstream_received"]
     report["state_dir"] = str(state_dir)
