@@ -141,7 +141,8 @@ class LineEnd:
         """Called with every poll of the orders: start the stations for the order that runs,
         finish the line end of one that completed. Returns the orders whose line end is done."""
         for order in orders:
-            running = order["state"] in ("running", "held")
+            # completed too: a fast order may end between two polls; its units wait in the packer
+            running = order["state"] in ("running", "held", "completed")
             if running and self._task is None and order["id"] not in self.finished:
                 await self._start_runner(model, order["id"])
         return sorted(self.finished)
@@ -334,6 +335,10 @@ def aggregation_report(
         "case_defects_rejected": truth["case_defects_rejected"],
         "case_defects_by_kind": _by_kind(truth["cases"]),
         "cases_rejected": sum(1 for c in cases.values() if c["passed"] is False),
+        # no defect, rejected all the same (its verdict late at the gate on a loaded machine)
+        "good_cases_rejected": sum(
+            1 for c in cases.values() if c["passed"] is False and not c["defect"]
+        ),
         "units_packed": sum(len(u) for u in closed["case"].values()),
         "units_loose": loose,
         "labels_scrapped": _scrapped(conn, order_ids),

@@ -163,3 +163,10 @@ def _sscc_of(case: dict[str, Any]) -> str:
 
 def _step(event: dict[str, Any]) -> str:
     return str(event.get("bizStep", "")).rsplit("/", 1)[-1].rsplit("-", 1)[-1]
+
+
+def test_aggregate_with_more_than_one_order_is_refused_with_a_clear_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "--orders", "2", "--aggregate", "--fast"]) == 2
+    assert "--aggregate runs one order: give --orders 1" in capsys.readouterr().err
