@@ -96,6 +96,9 @@ class StationRunner:
             company_prefix_length=line.company_prefix_length,
         )
         self.hierarchy = Hierarchy(self.ledger)
+        # the running stations, for a caller in the same process (the demo's line end)
+        self.case_station: CaseStation | None = None
+        self.pallet_station: PalletStation | None = None
 
     def close(self) -> None:
         self.conn.close()
@@ -166,6 +169,7 @@ class StationRunner:
                 timings=timings,
             )
             log.info("case_station_running", order=station.order_id, capacity=station.capacity)
+            self.case_station = station
             await station.run()
 
     async def _pallet_station(self) -> None:
@@ -192,6 +196,7 @@ class StationRunner:
                 attempts=s.label_attempts,
             )
             log.info("pallet_station_running", order=station.order_id, capacity=station.capacity)
+            self.pallet_station = station
             await station.run()
 
 
