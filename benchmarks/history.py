@@ -44,9 +44,9 @@ from edge_agent import logs, systemd
 from edge_agent.app import Agent, UntilIdle
 from edge_agent.config import parse_config
 from edge_agent.db import SCHEMA_VERSION, close_db, open_db, open_reader
-from edge_agent.demo import demo_config_text
 from edge_agent.line.stats import LineStats
 from edge_agent.reconcile import reconcile
+from simulators.demo.line import demo_config_text
 
 BATCH_UNITS = 10_000
 _CLI = (sys.executable, "-m", "edge_agent.cli")

@@ -29,8 +29,8 @@ from typing import Any
 from edge_agent import logs
 from edge_agent.app import Agent, UntilIdle
 from edge_agent.config import parse_config
-from edge_agent.demo import demo_config_text
 from edge_agent.line.stats import LineStats
+from simulators.demo.line import demo_config_text
 
 UNITS_PER_MIN = 600
 STRESS_CHUNK = 256 * 1024  # bytes written between two fsyncs

@@ -26,8 +26,8 @@ from pathlib import Path
 from edge_agent import logs
 from edge_agent.app import Agent, UntilIdle
 from edge_agent.config import parse_config
-from edge_agent.demo import demo_config_text
 from edge_agent.line.stats import LineStats
+from simulators.demo.line import demo_config_text
 
 
 def machine() -> dict[str, object]:

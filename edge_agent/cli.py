@@ -10,15 +10,14 @@ import json
 import os
 import signal
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from edge_agent.errors import ConfigError, EdgeAgentError, LineStopped, StateRefused
-from simulators.catalog import SIMULATOR_TYPES
 
-DEMO_DEFAULTS = {"printer": "ascii", "camera": "tcp-frames", "plc": "modbus-tcp"}
 # Subcommands that live beside the code they drive; each module has add_commands(subparsers).
 COMMAND_MODULES = (
     "edge_agent.vision.commands",
@@ -66,65 +65,6 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     sub = parser.add_subparsers(metavar="COMMAND")
 
-    demo = sub.add_parser(
-        "demo",
-        help="run the line daemon on in-process simulators, with work orders from a simulated L3",
-    )
-    demo.add_argument(
-        "--orders",
-        type=_count_arg,
-        default=1,
-        help="work orders L3 sends, each another product and lot (default 1); from 2 on, a "
-        "run of unreadable codes holds order 2 and the demo resumes it through the REST API",
-    )
-    demo.add_argument(
-        "--units", type=_count_arg, default=2000, help="units per order (default 2000)"
-    )
-    demo.add_argument(
-        "--speed", type=float, default=300.0, help="line speed, units/min (default 300)"
-    )
-    demo.add_argument("--fast", action="store_true", help="run as fast as the agent can")
-    demo.add_argument(
-        "--report-json", type=Path, help="write the reconciliation of every order as JSON here"
-    )
-    demo.add_argument("--state-dir", type=Path, help="keep the state database here")
-    demo.add_argument("--seed", type=int, default=1, help="seed of the injected defects")
-    demo.add_argument("--defect-rate", type=float, default=0.02, help="share of defective units")
-    for kind in ("printer", "camera", "plc"):
-        names = sorted(SIMULATOR_TYPES[kind])
-        demo.add_argument(
-            f"--{kind}",
-            choices=names,
-            help=f"{kind} protocol to simulate and drive (default {DEMO_DEFAULTS[kind]})",
-        )
-    demo.add_argument(
-        "--upstream",
-        choices=["epcis-http"],
-        help="also forward every event to an in-process EPCIS 2.0 capture server simulator",
-    )
-    demo.add_argument(
-        "--aggregate",
-        action="store_true",
-        help="pack the units into cases and pallets at the simulated line end (case and pallet "
-        "stations, case defects injected by --seed); one order (--orders 1)",
-    )
-    demo.add_argument(
-        "--case-size", type=_count_arg, default=4, help="--aggregate: units per case (default 4)"
-    )
-    demo.add_argument(
-        "--cases-per-pallet",
-        type=_count_arg,
-        default=2,
-        help="--aggregate: cases per pallet (default 2)",
-    )
-    demo.add_argument(
-        "--case-defect-rate",
-        type=float,
-        default=0.3,
-        help="--aggregate: share of cases the case packer makes defective (default 0.3)",
-    )
-    demo.set_defaults(handler=_demo)
-
     run = sub.add_parser(
         "run",
         help="run the line daemon from a config file (the service); orders come from the API, "
@@ -146,12 +86,6 @@ def _parser() -> argparse.ArgumentParser:
         "(held, or completed but not balanced); default: wait for the person",
     )
     run.set_defaults(handler=_run)
-
-    sim = sub.add_parser("simulate", help="start the simulators a config names, standalone")
-    sim.add_argument("--config", type=Path, required=True)
-    sim.add_argument("--report-json", type=Path, help="write what happened here on exit")
-    sim.add_argument("--fast", action="store_true", help="no line speed limit")
-    sim.set_defaults(handler=_simulate)
 
     check = sub.add_parser(
         "check-config",
@@ -196,10 +130,15 @@ def _parser() -> argparse.ArgumentParser:
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_commands(sub)
+    # Commands other packages bring (the simulators' demo and simulate): entry point group
+    # "edge_agent.commands", each a module with add_commands(subparsers)
+    for entry in sorted(entry_points(group="edge_agent.commands"), key=lambda e: e.name):
+        entry.load().add_commands(sub)
     return parser
 
 
-def _count_arg(text: str) -> int:
+def count_arg(text: str) -> int:
+    """argparse type: a whole number of 1 or more."""
     try:
         value = int(text)
     except ValueError:
@@ -207,41 +146,6 @@ def _count_arg(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
     return value
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from edge_agent.demo import run_demo
-    from edge_agent.demo_aggregation import AggregateOptions
-
-    aggregate = None
-    if args.aggregate:
-        if args.orders != 1:
-            raise ConfigError(
-                "--aggregate runs one order: give --orders 1 (the case packer is not changed "
-                "over between orders yet)",
-                key="--orders",
-            )
-        if not 0.0 <= args.case_defect_rate <= 1.0:
-            raise ConfigError(
-                "--case-defect-rate: give a share from 0 to 1", key="--case-defect-rate"
-            )
-        aggregate = AggregateOptions(args.case_size, args.cases_per_pallet, args.case_defect_rate)
-
-    return asyncio.run(
-        run_demo(
-            orders=args.orders,
-            units=args.units,
-            speed=None if args.fast else args.speed,
-            state_dir=args.state_dir,
-            report_json=args.report_json,
-            seed=args.seed,
-            defect_rate=args.defect_rate,
-            console=Console(stderr=False),
-            devices={k: getattr(args, k) for k in DEMO_DEFAULTS if getattr(args, k)},
-            upstream=args.upstream,
-            aggregate=aggregate,
-        )
-    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -337,37 +241,6 @@ def _run_until_signal(coro: Any) -> Any:
     return asyncio.run(runner())
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    from edge_agent import logs
-    from edge_agent.config import load_config
-    from simulators.runner import SimulatorSet
-    from simulators.standalone import run_until_signal
-
-    config = load_config(args.config)
-    logs.configure("console" if sys.stderr.isatty() else "json")
-    section = config.model.simulators
-    if section is None:
-        raise ConfigError("no [simulators] section: nothing to start", file=str(args.config))
-    if args.fast:
-        section = section.model_copy(update={"units_per_min": None})
-
-    async def serve() -> dict[str, Any]:
-        async with SimulatorSet(section) as sims:
-            print(
-                json.dumps({"simulators": sims.ports(), "devices": sims.device_configs()}),
-                flush=True,
-            )
-            try:
-                await asyncio.Event().wait()
-            finally:
-                truth = sims.ground_truth()
-                if args.report_json:
-                    args.report_json.write_text(json.dumps(truth, indent=2) + "\n")
-        return truth
-
-    return run_until_signal(serve())
-
-
 def _check_config(args: argparse.Namespace) -> int:
     from edge_agent import preflight
     from edge_agent.config import load_config
@@ -446,8 +319,8 @@ def _gs1_build(args: argparse.Namespace) -> int:
 
 
 def _batch_report(args: argparse.Namespace) -> int:
+    from edge_agent.batch_report import print_report
     from edge_agent.db import reading
-    from edge_agent.demo import print_report
     from edge_agent.reconcile import reconcile
 
     with reading(args.state_dir) as conn:

@@ -315,8 +315,8 @@ def agent_config_factory(tmp_path: Path) -> Callable[..., LoadedConfig]:
     under the test's ``tmp_path``.
     """
     from edge_agent.config import parse_config
-    from edge_agent.demo import demo_config_text
     from edge_agent.errors import ConfigError
+    from simulators.demo.line import demo_config_text
 
     def factory(
         *,

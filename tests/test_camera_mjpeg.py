@@ -145,7 +145,7 @@ async def test_injected_defects_are_rejected_by_the_agent(tmp_path: Path) -> Non
     from edge_agent.config import parse_config
     from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
     from edge_agent.db import open_reader
-    from edge_agent.demo import demo_config_text
+    from simulators.demo.line import demo_config_text
     from simulators.runner import SimulatorSet
 
     section = SimulatorsSection(
@@ -183,9 +183,9 @@ async def test_a_dropped_counted_stream_stops_the_line_balanced(tmp_path: Path) 
     from edge_agent.config import parse_config
     from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
     from edge_agent.db import open_reader
-    from edge_agent.demo import demo_config_text
     from edge_agent.line.stats import LineStats
     from edge_agent.reconcile import reconcile
+    from simulators.demo.line import demo_config_text
     from simulators.runner import SimulatorSet
 
     section = SimulatorsSection(

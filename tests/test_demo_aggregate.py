@@ -16,7 +16,7 @@ import pytest
 
 from edge_agent.cli import main
 from edge_agent.db import open_reader
-from edge_agent.demo_aggregation import aggregation_report
+from simulators.demo.aggregation import aggregation_report
 from tests.helpers.epcis import CONFORMANCE
 
 SCHEMA_FILE = CONFORMANCE / "epcis" / "EPCIS-JSON-Schema.json"

@@ -19,8 +19,8 @@ import pytest
 from edge_agent.cli import main
 from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
 from edge_agent.db import open_reader
-from edge_agent.demo_orders import HELD_ORDER, demo_orders
 from edge_agent.reconcile import reconcile
+from simulators.demo.orders import HELD_ORDER, demo_orders
 from simulators.runner import SimulatorSet
 from tests.helpers.agent_process import READ_POINT, AgentProcess, toml_text
 from tests.helpers.waiting import until

@@ -36,7 +36,6 @@ from drivers.plc.opcua.certs import make_test_pki
 from edge_agent.app import Agent
 from edge_agent.config import parse_config
 from edge_agent.config.models import OpcUaServerSection
-from edge_agent.demo import demo_config_text
 from edge_agent.errors import LineStopped
 from edge_agent.line.stats import LineStats
 from edge_agent.opcua_server.controller import PackMLController
@@ -55,6 +54,7 @@ from edge_agent.opcua_server.packml import (
 from edge_agent.opcua_server.security import certificate_uri
 from edge_agent.opcua_server.server import PackMLServer
 from edge_agent.stops import StopReason
+from simulators.demo.line import demo_config_text
 from simulators.pytest_plugin import inbox_with
 from simulators.runner import SimulatorSet
 from tests.helpers.waiting import until

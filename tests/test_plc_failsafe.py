@@ -87,7 +87,7 @@ def simulators(plc_type: str, *, defect_rate: float = 0.0, seed: int = 1, **line
 def make_config(factory: Any, sims: SimulatorSet, units: int, **line: Any) -> Any:
     """Agent config on these simulators, with every device section the simulator's own."""
     from edge_agent.config import parse_config
-    from edge_agent.demo import demo_config_text
+    from simulators.demo.line import demo_config_text
 
     line = {"verdict_deadline_ms": 500, **line}
     state_dir = factory().model.agent.state_dir  # the fixture's temporary state directory

@@ -32,11 +32,11 @@ from drivers.plc.opcua import nodes as n
 from edge_agent.config import parse_config
 from edge_agent.contracts import PlcLink, Verdict
 from edge_agent.db import open_reader
-from edge_agent.demo import demo_config_text
 from edge_agent.errors import ConfigError, DeviceConnectionError, ProtocolError
 from edge_agent.line.stats import LineStats
 from edge_agent.reconcile import reconcile
 from edge_agent.registry import driver_class
+from simulators.demo.line import demo_config_text
 from simulators.line import SimLine
 from simulators.plc.opcua import OpcUaPlcSim
 from simulators.pytest_plugin import inbox_with

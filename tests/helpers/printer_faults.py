@@ -17,11 +17,11 @@ from typing import Any
 from edge_agent.config import parse_config
 from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
 from edge_agent.db import open_reader
-from edge_agent.demo import demo_config_text
 from edge_agent.errors import LineStopped
 from edge_agent.reconcile import reconcile
 from edge_agent.registry import driver_class
 from simulators.catalog import SIMULATOR_TYPES
+from simulators.demo.line import demo_config_text
 from simulators.printers.traits import PrinterSimTraits
 from simulators.pytest_plugin import inbox_with
 from simulators.runner import SimulatorSet, simulator_class

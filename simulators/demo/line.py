@@ -31,10 +31,16 @@ from rich.table import Table
 from edge_agent import logs
 from edge_agent.api.client import ApiClient, Endpoint
 from edge_agent.app import Agent
+from edge_agent.batch_report import print_report
 from edge_agent.config import LoadedConfig, parse_config
 from edge_agent.db import open_reader
-from edge_agent.demo_aggregation import AggregateOptions, LineEnd, aggregation_report
-from edge_agent.demo_orders import (
+from edge_agent.errors import EdgeAgentError, LineStopped
+from edge_agent.line.stats import LineStats
+from edge_agent.orders.store import OrderStore
+from edge_agent.reconcile import reconcile
+from edge_agent.stops import StopReason
+from simulators.demo.aggregation import AggregateOptions, LineEnd, aggregation_report
+from simulators.demo.orders import (
     HELD_ORDER,
     Operator,
     burst_window,
@@ -42,11 +48,6 @@ from edge_agent.demo_orders import (
     ended,
     l3_settings,
 )
-from edge_agent.errors import EdgeAgentError, LineStopped
-from edge_agent.line.stats import LineStats
-from edge_agent.orders.store import OrderStore
-from edge_agent.reconcile import reconcile
-from edge_agent.stops import StopReason
 from simulators.runner import SimulatorSet
 
 API_TOKEN_NAME = "demo-operator"
@@ -617,41 +618,6 @@ def _count(values: Any) -> dict[str, int]:
     for value in values:
         counts[value] = counts.get(value, 0) + 1
     return dict(sorted(counts.items()))
-
-
-def print_report(report: dict[str, Any], console: Console) -> None:
-    what = f"order {report['order_id']}" if "order_id" in report else f"batch {report['batch_id']}"
-    table = Table(title=f"Reconciliation — {what}", show_header=True)
-    table.add_column("item")
-    table.add_column("count", justify="right")
-    rows = [
-        ("units", report["units"]),
-        ("passed", report["passed"]),
-        ("rejected", report["rejected"]),
-        *((f"  rejected: {k}", v) for k, v in report["rejected_by_reason"].items()),
-        ("injected defects", report.get("injected_defects", "-")),
-        ("defects rejected", report.get("defects_rejected", "-")),
-        ("good units rejected", report.get("good_rejected", "-")),
-        ("serials allocated", report["serials_allocated"]),
-        ("serials commissioned", report["serials_commissioned"]),
-        ("serials rejected", report["serials_rejected"]),
-        ("serials unused", report["serials_unused"]),
-        ("serials returned", report["serials_returned"]),
-        ("serials in flight", report["serials_in_flight"]),
-        ("duplicates", report["duplicates"]),
-        ("events waiting for upstream", report["events_pending_delivery"]),
-    ]
-    if "events_received_upstream" in report:
-        rows.append(("events received upstream", report["events_received_upstream"]))
-    for name, value in rows:
-        table.add_row(name, str(value))
-    balanced = "[bold green]yes" if report["balanced"] else "[bold red]NO"
-    table.add_row("balanced", balanced)
-    console.print(table)
-    for problem in report.get("problems", []):
-        console.print(f"[red]problem:[/] {problem}")
-    if "state_dir" in report and "order_id" not in report:
-        console.print(f"state database: {report['state_dir']}/state.db")
 
 
 def print_summary(report: dict[str, Any], console: Console) -> None:
