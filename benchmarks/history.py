@@ -5,8 +5,9 @@ Builds the databases once (``history_db.build_history``: one batch through the r
 copied by SQL into earlier batches) and caches them under ``$TMPDIR/edge-agent-history``. Each
 line run works on a copy. Prints one JSON object:
 
-- ``startup``: ``Agent.serve()`` to READY (the systemd notification; the devices are connected
-  and the line may run) and to the first verdict, on the real open path, after a clean stop;
+- ``startup``: the resident daemon (``Agent.serve``) to READY (the systemd notification: the
+  database is open and checked, the devices connected) and to the first verdict of the order
+  dropped into its inbox, on the real open path, after a clean stop;
   ``open_db`` alone after a clean stop and after an unclean one (the full integrity check);
 - ``line``: sustained units/min and frame→verdict p50/p99 in fast mode, simulators in their own
   process, runs alternating empty / history;
@@ -28,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from history_db import CURRENT, build_history  # type: ignore[import-not-found]
-from line_throughput import machine, start_simulators  # type: ignore[import-not-found]
+from line_throughput import machine  # type: ignore[import-not-found]
 
 from edge_agent import logs, systemd
 from edge_agent.app import Agent, UntilIdle
@@ -89,29 +91,37 @@ def open_times(state: Path) -> dict[str, float]:
     }
 
 
-async def line_run(state: Path, ports: dict[str, int], units: int) -> dict[str, Any]:
-    text = demo_config_text()
-    order_id = f"RUN-{time.monotonic_ns()}"  # a new order each run: ids are never reused
-    inbox = state.parent / f"inbox-{order_id}"
-    inbox.mkdir(parents=True)
+def drop_order(inbox: Path, order_id: str, units: int) -> None:
+    """One work order in the daemon's inbox, written aside and renamed as the inbox expects."""
     order = {
         "id": order_id,
-        "product": {"gtin": "09506000134352"},
-        "lot": "BENCH1",
+        "product": {"gtin": "09506000134352", "description": "Benchmark tablets"},
+        "lot": order_id[-10:],
         "expiry": "301231",
         "quantity": units,
         "serials": {"source": "generate", "length": 12},
         "market": "DE",
     }
-    (inbox / f".{order_id}.part").write_text(json.dumps(order), encoding="utf-8")
-    (inbox / f".{order_id}.part").replace(inbox / f"{order_id}.json")
+    inbox.mkdir(parents=True, exist_ok=True)
+    part = inbox / f".{order_id}.json.part"
+    part.write_text(json.dumps(order), encoding="utf-8")
+    part.replace(inbox / f"{order_id}.json")
+
+
+async def line_run(state: Path, work: Path, ports: dict[str, int], units: int) -> dict[str, Any]:
+    """The resident daemon (``Agent.serve``) on ``state``: one order from its inbox, served
+    until nothing is left to run."""
+    inbox = work / "inbox"
+    shutil.rmtree(inbox, ignore_errors=True)
     overrides = {
         "agent": {"state_dir": str(state)},
         "orders": {"inbox": str(inbox)},
         # a loaded machine makes late verdicts (rejects): the run goes on, they are counted
         "line": {"max_units_in_flight": 8, "max_consecutive_rejects": 1000},
+        "clock": {"check": False},
         **{kind: {"port": port} for kind, port in ports.items()},
     }
+    drop_order(inbox, f"HIST-{time.time_ns()}", units)
     stats = LineStats()
     ready: list[float] = []
     real_ready = systemd.notify_ready
@@ -123,12 +133,13 @@ async def line_run(state: Path, ports: dict[str, int], units: int) -> dict[str, 
     systemd.notify_ready = noted  # type: ignore[assignment]
     try:
         started = time.monotonic()
-        agent = Agent(parse_config(text, "demo.toml", overrides), stats=stats)
-        await agent.serve(until_idle=UntilIdle(hold_timeout_s=0))
+        agent = Agent(parse_config(demo_config_text(), "demo.toml", overrides), stats=stats)
+        served = await agent.serve(until_idle=UntilIdle(hold_timeout_s=0))
     finally:
         systemd.notify_ready = real_ready  # type: ignore[assignment]
     first = stats.first_verdict_at
     return {
+        "ended": served.ended,
         "to_ready_s": round(ready[0] - started, 3) if ready else None,
         "to_first_verdict_s": round(first - started, 3) if first else None,
         "units": stats.units,
@@ -138,10 +149,38 @@ async def line_run(state: Path, ports: dict[str, int], units: int) -> dict[str, 
     }
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_simulators(work: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    """`edge-agent simulate --fast` in its own process, on free ports (the demo's fixed ones
+    may be taken on a shared machine)."""
+    text = demo_config_text()
+    for fixed in (19100, 19200, 15020):
+        text = text.replace(f"port = {fixed}\n", f"port = {free_port()}\n")
+    config = work / "sim.toml"
+    config.write_text(text)
+    with (work / "simulators.log").open("a") as errors:
+        proc = subprocess.Popen(
+            [*_CLI, "simulate", "--fast", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit(f"the simulators did not start: {(work / 'simulators.log').read_text()}")
+    return proc, json.loads(line)["simulators"]
+
+
 def one_line_run(state: Path, work: Path, units: int) -> dict[str, Any]:
     proc, ports = start_simulators(work)
     try:
-        return asyncio.run(line_run(state, ports, units))
+        return asyncio.run(line_run(state, work, ports, units))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -226,6 +265,8 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="edge-agent-history-bench-"))
+    log_file = (work / "agent.log").open("w")
+    logs.configure("json", "info", stream=log_file)  # stdout carries the result alone
     databases = {
         "empty": cached(BATCH_UNITS, args.cache),
         "history": cached(args.units, args.cache),
@@ -237,8 +278,7 @@ def main() -> None:
             k: round((v / "state.db").stat().st_size / 2**20, 1) for k, v in databases.items()
         },
     }
-    with (work / "agent.log").open("w") as log_file:
-        logs.configure("json", "info", stream=log_file)
+    with log_file:
         result["batch_report"] = {k: batch_report(v, 3) for k, v in databases.items()}
         if not args.no_export:
             result["outbox_export"] = {k: outbox_export(v, work) for k, v in databases.items()}

@@ -142,7 +142,7 @@ class Agent:
                 # Before the database is opened: on a full disk it fails in ways that look like
                 # damage
                 disk.check()
-            conn = open_db(model.agent.state_dir)
+            conn = open_db(model.agent.state_dir, announce=True)
         except StorageFull as exc:
             await self._stop_before_line(storage_stop(exc, model.agent.state_dir))
         except LineStopped as exc:
@@ -191,6 +191,7 @@ class Agent:
             stop_mb=upstream.quota_stop_mb,
             store=store,
             on_alarm=self.stats.alarms.append,
+            free_alarm_mb=model.agent.disk_free_alarm_mb,
         )
         guards: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
             ("outbox-quota", quota.run)
@@ -371,7 +372,7 @@ class Agent:
         """Run only the forwarders until every one has nothing pending (or ``timeout_s``
         passes); returns how many (forwarder, event) deliveries are still pending."""
         model = self.config.model
-        conn = open_db(model.agent.state_dir)
+        conn = open_db(model.agent.state_dir, announce=True)
         try:
             store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
             upstream = model.upstream or UpstreamSection()

@@ -50,6 +50,7 @@ from simulators.runner import SimulatorSet
 
 API_TOKEN_NAME = "demo-operator"
 SETTLE_S = 60.0  # after the last order: the longest wait for L3 to have every return and report
+UNCLOSED_S = 10.0  # an order completed this long and not closed did not balance: a person decides
 # Counts of the per-order reports that the whole-demo report adds up.
 TOTALS = (
     "units",
@@ -259,6 +260,9 @@ async def _serve_orders(
                 if run.served is None and served.ended != "signal":
                     run.served = served.ended
             tick()
+            if stats.units:
+                lat = stats.latency_ms.summary()
+                console.print(f"frame→verdict: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms")
     return run
 
 
@@ -279,13 +283,25 @@ async def _until_orders_end(
     """Watch the orders through the API; resume a held one as an operator would."""
     deadline = time.monotonic() + limit_s
     seen_held: set[tuple[str, float]] = set()
+    completed_since: dict[str, float] = {}  # completed, not closed: it did not balance
+    last_error = ""
     while time.monotonic() < deadline:
         if serving.done():
             run.served = "ended early"
             run.error = "the daemon ended while orders were still to run"
             return
-        listed = await operator.orders()
+        try:
+            listed = await operator.orders()
+        except EdgeAgentError as exc:  # the API busy for a moment: asked again, bounded
+            last_error = f"; the API last said: {exc}"
+            await asyncio.sleep(1.0)
+            continue
         mine = [o for o in listed if o["id"] in run.order_ids]
+        now = time.monotonic()
+        for order in mine:
+            if order["state"] == "completed":
+                completed_since.setdefault(order["id"], now)
+        unclosed = [i for i, t in completed_since.items() if now - t > UNCLOSED_S]
         for order in mine:
             if order["state"] != "held":
                 continue
@@ -305,10 +321,10 @@ async def _until_orders_end(
                 run.error = f"order {order['id']} could not be resumed: {exc}"
                 return
             console.print(f"[green]order {order['id']} resumed[/]")
-        if len(mine) == len(run.order_ids) and ended(mine, run.order_ids):
+        if len(mine) == len(run.order_ids) and ended(mine, run.order_ids, also=unclosed):
             return
         await asyncio.sleep(0.2)
-    run.error = f"the orders had not ended after {limit_s:.0f} s"
+    run.error = f"the orders had not ended after {limit_s:.0f} s{last_error}"
 
 
 async def _until_l3_has_everything(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +112,7 @@ class Operator:
             self.acknowledged.append(int(alarm["id"]))
 
 
-def ended(orders: list[dict[str, Any]], ids: list[str]) -> bool:
+def ended(orders: list[dict[str, Any]], ids: list[str], *, also: Sequence[str] = ()) -> bool:
+    """Every order of ``ids`` is in a terminal state (or, ``also``, stuck for a person)."""
     states = {o["id"]: OrderState(o["state"]) for o in orders}
-    return all(states.get(i) in TERMINAL_STATES for i in ids)
+    return all(states.get(i) in TERMINAL_STATES or i in also for i in ids)

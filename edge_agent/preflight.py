@@ -7,6 +7,7 @@ same messages, before any device is opened), so a config that checks OK does not
   provably this directory's own (``db_identity``) and its files are writable;
 - the serial list file of ``source = "list"`` is readable UTF-8 and every serial valid;
 - the failed-frame archive folder is writable or can be created;
+- the operator screen's users file (``[hmi] users_file``) is readable and a users file, or absent;
 - every secret reference (``{ env = ... }`` / ``{ file = ... }``) anywhere resolves, non-empty;
 - every OPC UA security section in use has a readable certificate, private key and trust list;
 - every driver implementing ``contracts.Preflight`` reads its own files and secrets (TLS CA,
@@ -80,6 +81,8 @@ def check(config: LoadedConfig) -> Findings:
         _output_dir(report, "orders.inbox", model.orders.inbox, "order inbox")
     if model.vision.archive_dir is not None:
         _output_dir(report, "vision.archive_dir", model.vision.archive_dir, "failed-frame archive")
+    if model.hmi is not None:
+        _users_file(report, model.hmi.users_file)
     sections = list(_sections(config))
     for prefix, section in sections:
         for key, ref in _secret_refs(section, prefix):
@@ -196,6 +199,23 @@ def _creatable(report: _Report, key: str, path: Path, what: str) -> None:
             key,
             f"the {what} {path} does not exist and user {user_name()} cannot create it ({parent} "
             "is not writable); create it for that user",
+        )
+
+
+def _users_file(report: _Report, path: Path) -> None:
+    from edge_agent.hmi.users import UserFile
+
+    try:
+        users = UserFile(path).users()
+    except ConfigError as exc:
+        report.problem("hmi.users_file", exc.detail)
+        return
+    if users:
+        report.note(f"operator screen: {len(users)} users in {path}")
+    else:
+        report.note(
+            f"operator screen: nobody can log in yet ({path} has no users): "
+            "`edge-agent user add NAME --role supervisor`"
         )
 
 

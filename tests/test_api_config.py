@@ -122,10 +122,16 @@ def test_the_readme_order_examples_are_valid(tmp_path: Path) -> None:
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     section = readme[readme.index("## Work orders") : readme.index("## REST API")]
-    (example_json,) = re.findall(r"```json\n(.*?)```", section, re.S)
-    (example_toml,) = re.findall(r"```toml\n(.*?)```", section, re.S)
+    examples_json = re.findall(r"```json\n(.*?)```", section, re.S)
+    examples_toml = re.findall(r"```toml\n(.*?)```", section, re.S)
+    assert examples_json and examples_toml
+    whole = [json.loads(e) for e in examples_json if e.lstrip().startswith("{")]
+    # a fragment (one key of an order, e.g. its aggregation plan) goes into the first example
+    parts = [json.loads("{" + e + "}") for e in examples_json if not e.lstrip().startswith("{")]
+    documents = [*whole, *({**whole[0], **part} for part in parts)]
+    documents += [tomllib.loads(e) for e in examples_toml]
     conn: sqlite3.Connection = open_db(tmp_path)
-    for data in (json.loads(example_json), tomllib.loads(example_toml)):
+    for data in documents:
         order = parse_order(data, "readme")
         assert check_order(order, conn, "readme", OrderRules()) == []
 

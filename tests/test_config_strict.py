@@ -100,6 +100,10 @@ def test_every_driver_section_is_strict(
     if kind == "forwarder":
         sections: dict[str, Any] = {"upstream": {"forwarders": [table]}}
         key = f"upstream.forwarders[0].{name}"
+    elif kind in ("label_printer", "scanner"):  # devices of the aggregation stations only
+        station = "case_station" if kind == "label_printer" else "pallet_station"
+        sections = {"aggregation": {station: {kind: table}}}
+        key = f"aggregation.{station}.{kind}.{name}"
     else:
         sections, key = {kind: table}, f"{kind}.{name}"
     found = problems(DEMO, sections=sections)

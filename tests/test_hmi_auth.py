@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from edge_agent.cli import main
+from edge_agent.hmi.lockout import LoginGuard
 from edge_agent.hmi.sessions import COOKIE, SessionCodec
 from edge_agent.hmi.settings import HmiSettings
 from edge_agent.hmi.users import UserError, UserFile
@@ -256,3 +257,39 @@ async def test_the_login_page_says_how_to_add_the_first_user(rig: Rig, tmp_path:
         assert "edge-agent user add NAME --role operator" in page.text
         settings.users.add("anna", Role.OPERATOR, PASSWORDS["anna"])
         assert 'id="no-users"' not in (await client.get("/hmi/login")).text
+
+
+def test_wrong_passwords_lock_the_name_for_a_while() -> None:
+    now = [1000.0]
+    guard = LoginGuard(max_failures=3, window_s=60, lock_s=120, clock=lambda: now[0])
+    assert not guard.failed("anna") and not guard.failed("ANNA")
+    now[0] += 61  # the first two fell out of the window
+    assert not guard.failed("anna") and not guard.failed("anna")
+    assert guard.locked_for("anna") == 0
+    assert guard.failed("Anna")  # the third within a minute locks, whatever the case typed
+    assert guard.locked_for("anna") == 120 and guard.locked_for("sam") == 0
+    now[0] += 119
+    assert guard.locked_for("anna") == pytest.approx(1)
+    now[0] += 1
+    assert guard.locked_for("anna") == 0
+
+
+async def test_a_locked_name_is_refused_even_with_its_password(
+    rig: Rig, settings: HmiSettings
+) -> None:
+    async with serving_hmi(rig, settings), browser(rig) as client:
+        for _ in range(5):
+            token = csrf_of(await client.get("/hmi/login"))
+            answer = await client.post(
+                "/hmi/login", data={"name": "anna", "password": "guess-guess", "csrf": token}
+            )
+        assert "anna is locked for 5 min" in _error(answer)
+        token = csrf_of(await client.get("/hmi/login"))
+        answer = await client.post(
+            "/hmi/login", data={"name": "anna", "password": PASSWORDS["anna"], "csrf": token}
+        )
+        assert "too many wrong passwords" in _error(answer)
+        assert (await client.get("/hmi/line")).status_code == 303
+        await login(client, "sam")  # other names are not locked
+    refused = [r for r in audit.rows(rig.conn) if r.action == "login" and r.outcome == "refused"]
+    assert len(refused) == 6 and "too many wrong passwords" in refused[-1].detail["detail"]

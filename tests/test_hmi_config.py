@@ -102,3 +102,19 @@ async def test_the_daemon_serves_the_screen_and_counts_its_units_in_metrics(
     }
     assert found[("edge_agent_units_total", ())] >= 20
     assert found[("edge_agent_verdict_latency_seconds_count", ())] >= 20
+
+
+def test_check_config_reads_the_users_file(
+    agent_config_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_agent import preflight
+
+    path = tmp_path / "hmi-users.json"
+    config = agent_config_factory(order=None, api=_api(monkeypatch), hmi={"users_file": str(path)})
+    assert any("nobody can log in yet" in n for n in preflight.check(config).notes)
+    path.write_text("{not a users file")
+    problems = preflight.check(config).problems
+    assert [p.key for p in problems] == ["hmi.users_file"]
+    assert "edge-agent user add" in str(problems[0])
+    users_file(tmp_path)  # anna and sam
+    assert any("2 users" in n for n in preflight.check(config).notes)

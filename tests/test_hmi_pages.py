@@ -13,10 +13,12 @@ import httpx
 import numpy as np
 import pytest
 
+from edge_agent.aggregation.hierarchy import Hierarchy
 from edge_agent.alarms import AlarmKind
 from edge_agent.contracts import Frame
 from edge_agent.hmi.settings import HmiSettings
 from edge_agent.orders import audit
+from edge_agent.orders.model import OrderCommand
 from edge_agent.vision.archive import FailedFrameArchive
 from tests.helpers.api import Rig, make_rig, order_data
 from tests.helpers.hmi import browser, login, post, serving_hmi, users_file
@@ -191,12 +193,72 @@ async def test_close_as_supervisor_and_open_the_close_report(
         assert (await sam.get("/hmi/orders/NOPE")).status_code == 404
 
 
-async def test_aggregation_says_it_is_not_configured(rig: Rig, settings: HmiSettings) -> None:
-    async with serving_hmi(rig, settings), browser(rig) as client:
-        await login(client, "anna")
-        page = await client.get("/hmi/aggregation")
-        assert "Aggregation is not configured on this line." in page.text
-        assert page.headers["content-security-policy"].startswith("default-src 'self'")
+async def test_look_up_a_case_see_its_children_and_rework_it_as_supervisor(
+    rig: Rig, settings: HmiSettings
+) -> None:
+    serials = [f"S{n:04d}" for n in range(1, 9)]
+    plan = {"levels": [{"level": "case", "capacity": 3}, {"level": "pallet", "capacity": 2}]}
+    order = order_data(quantity=7, serials={"source": "list", "serials": serials}, aggregation=plan)
+    await rig.commands.submit(order, source="api", actor=audit.Actor("mes", "api"))
+    await rig.commands.command("ORD-1", OrderCommand.START, audit.Actor("mes", "api"))
+    rig.run_units("ORD-1", ["pass"] * 6)
+    hierarchy = Hierarchy(rig.ledger)
+    box = hierarchy.open_container("ORD-1", "case")
+    unit = "(01)09506000134352(21){}".format
+    hierarchy.pack(box.epc, [unit("S0001"), unit("S0002")], close=True)
+    label = box.identifier.hri
+    async with serving_hmi(rig, settings), browser(rig) as anna, browser(rig) as sam:
+        anna_csrf = await login(anna, "anna")
+        sam_csrf = await login(sam, "sam")
+        page = await anna.get("/hmi/aggregation", params={"code": label})
+        assert 'id="container-state">closed<' in page.text
+        assert unit("S0001") in page.text and unit("S0002") in page.text
+        assert "2 of 3" in page.text and "Rework needs a supervisor." in page.text
+        unknown = await anna.get("/hmi/aggregation", params={"code": "(00)095060000000000000"})
+        assert 'id="lookup-error"' in unknown.text
+
+        refused = flash(await post(anna, "/hmi/aggregation/reopen", anna_csrf, code=label))
+        assert "rework needs a supervisor" in refused["error"]
+        ok = flash(await post(sam, "/hmi/aggregation/reopen", sam_csrf, code=label))
+        assert ok["ok"] == f"reopen: case {label} is open"
+        children = hierarchy.children(box.epc)
+        ok = flash(
+            await post(
+                sam,
+                "/hmi/aggregation/replace",
+                sam_csrf,
+                code=label,
+                child=children[0],
+                new=unit("S0003"),
+                reason="smudged label",
+            )
+        )
+        assert "replace" in ok["ok"]
+        ok = flash(
+            await post(
+                sam,
+                "/hmi/aggregation/remove",
+                sam_csrf,
+                code=label,
+                child=children[1],
+                reason="damaged box",
+            )
+        )
+        assert ok["ok"] == f"remove: case {label} is open"
+        page = await sam.get("/hmi/aggregation", params={"code": label})
+        assert unit("S0003") in page.text and unit("S0001") not in page.text
+        assert "1 of 3" in page.text
+    rows = [
+        (r.actor, r.source, r.action, r.outcome, r.reason)
+        for r in audit.rows(rig.conn)
+        if r.action.startswith("container_") and r.source == "hmi"
+    ]
+    assert rows == [
+        ("anna", "hmi", "container_reopen", "refused", None),
+        ("sam", "hmi", "container_reopen", "done", None),
+        ("sam", "hmi", "container_replace", "done", "smudged label"),
+        ("sam", "hmi", "container_unpack", "done", "damaged box"),
+    ]
 
 
 async def test_an_open_live_stream_does_not_hold_up_the_servers_stop(

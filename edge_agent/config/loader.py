@@ -116,6 +116,7 @@ def parse_config(
         except ConfigInvalid as exc:
             problems.extend(exc.problems)
     forwarders = _forwarders(data, file, lines, problems)
+    _station_devices(data, file, lines, problems)
     if problems or model is None:
         raise _invalid(problems, redaction.secret_values(data))
     warnings = tuple(str(w) for w in _warnings(model, file, lines))
@@ -234,6 +235,39 @@ def _forwarders(
         name = str(table.get("name") or spec.type_name)
         specs.append(DeviceSpec("forwarder", spec.driver, spec.config, name))
     return tuple(specs)
+
+
+# The devices of the aggregation stations: (station, key in its table, driver kind).
+STATION_DEVICES: tuple[tuple[str, str, registry.DeviceKind], ...] = (
+    ("case_station", "camera", "camera"),
+    ("case_station", "plc", "plc"),
+    ("case_station", "label_printer", "label_printer"),
+    ("case_station", "label_camera", "camera"),
+    ("pallet_station", "scanner", "scanner"),
+    ("pallet_station", "label_printer", "label_printer"),
+    ("pallet_station", "label_camera", "camera"),
+)
+
+
+def _station_devices(
+    data: dict[str, Any], file: str, lines: dict[str, int], problems: list[ConfigError]
+) -> None:
+    """Check every station device table with the driver its type selects, as for the line's
+    own devices, so a wrong key is found by check-config and not first at the station's start."""
+    aggregation = data.get("aggregation")
+    if not isinstance(aggregation, dict):
+        return
+    for station, name, kind in STATION_DEVICES:
+        tables = aggregation.get(station)
+        table = tables.get(name) if isinstance(tables, dict) else None
+        if not isinstance(table, dict):
+            continue  # absent, or reported by the model
+        try:
+            _device(kind, table, file, lines)
+        except ConfigInvalid as exc:
+            for p in exc.problems:  # the driver names keys from its own table
+                key = f"aggregation.{station}.{name}" + (p.key or "").removeprefix(kind)
+                problems.append(ConfigError(p.detail, file=p.file, key=key, line=p.line))
 
 
 def _device(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from edge_agent.hmi.users import UserFile
 
@@ -18,11 +18,10 @@ class HmiSettings:
     session_minutes: float = 480.0  # a shift; a login ends after this long
     archive_dir: Path | None = None  # the failed-frame archive ([vision] archive_dir)
     line_name: str = ""  # shown in the header ([line] id)
-    aggregation: Any = None  # the aggregation service once it exists; None: not configured
     live_interval_s: float = 0.25  # how often the live stream looks at the line
 
 
-def hmi_settings(config: AgentConfig, aggregation: Any = None) -> HmiSettings | None:
+def hmi_settings(config: AgentConfig) -> HmiSettings | None:
     """The screen's settings from the config; None when it has no ``[hmi]`` section."""
     if config.hmi is None:
         return None
@@ -31,5 +30,4 @@ def hmi_settings(config: AgentConfig, aggregation: Any = None) -> HmiSettings | 
         session_minutes=float(config.hmi.session_minutes),
         archive_dir=config.vision.archive_dir,
         line_name=config.line.id,
-        aggregation=aggregation,
     )

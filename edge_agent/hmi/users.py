@@ -10,6 +10,7 @@ password, only argon2id hashes (argon2-cffi's defaults), and is written atomical
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -26,8 +27,14 @@ from edge_agent.orders.audit import Role
 MIN_PASSWORD_LENGTH = 8
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
 _HASHER = PasswordHasher()
-# Checked when the name is unknown, so that a wrong name takes as long as a wrong password.
-_DUMMY = _HASHER.hash("not a password of anyone")
+
+
+@functools.cache
+def _dummy() -> str:
+    """Checked when the name is unknown, so that a wrong name takes as long as a wrong password.
+    Made at the first check, not at import: a hash takes 64 MB and half a second, and every
+    `edge-agent` command imports this module to build its parser."""
+    return _HASHER.hash("not a password of anyone")
 
 
 class UserError(EdgeAgentError):
@@ -71,7 +78,7 @@ class UserFile:
         """The user whose name and password these are; None otherwise (same time either way)."""
         user = self.get(name)
         try:
-            _HASHER.verify(user.password_hash if user else _DUMMY, password)
+            _HASHER.verify(user.password_hash if user else _dummy(), password)
         except (VerificationError, InvalidHashError):
             return None
         return user

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_agent.aggregation.hierarchy import Hierarchy
 from edge_agent.alarms import Alarm
 from edge_agent.api.deps import ApiServices
+from edge_agent.api.status import LineMode
 
 SPEED_UNITS = 50  # speed over the last this many units of the order
 SPEED_STALE_S = 10.0  # no unit for this long: the line stands (speed 0)
@@ -37,7 +39,9 @@ def overview(services: ApiServices) -> dict[str, Any]:
             "quantity": record.order.quantity,
         },
         "counters": snapshot.counters.model_dump(mode="json"),
-        "speed": round(units_per_min(services.commands.conn, snapshot.order_id)),
+        "speed": round(units_per_min(services.commands.conn, snapshot.order_id))
+        if snapshot.state == LineMode.RUNNING
+        else 0,
         "devices": [d.model_dump(mode="json") for d in snapshot.devices],
         "alarms": [alarm_view(a) for a in open_alarms(services)],
         "hold": None
@@ -190,3 +194,37 @@ def clock(timestamp: float | None) -> str:
     if timestamp is None:
         return ""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+# --- aggregation ------------------------------------------------------------------------------
+
+
+def container_view(hierarchy: Hierarchy, code: str) -> dict[str, Any]:
+    """A case or pallet as its label names it: state, parent and each child (AggregationRefused
+    when the code names none)."""
+    box = hierarchy.container(code)
+    children = []
+    for epc in hierarchy.children(box.epc):
+        item = hierarchy.item(epc)
+        inner = None if item.is_unit else hierarchy.container(epc)
+        children.append(
+            {
+                "epc": epc,
+                "level": str(item.level),
+                "state": item.state,
+                "serial": item.serial,
+                "code": inner.identifier.hri if inner is not None else _unit_hri(item),
+                "is_unit": item.is_unit,
+            }
+        )
+    parent = hierarchy.container(box.parent) if box.parent else None
+    return {
+        **box.to_json(),
+        "capacity": hierarchy.capacity(box),
+        "parent_code": parent.identifier.hri if parent is not None else None,
+        "children_list": children,
+    }
+
+
+def _unit_hri(item: Any) -> str:
+    return f"(01){item.gtin}(21){item.serial}" if item.gtin and item.serial else item.epc

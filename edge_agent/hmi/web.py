@@ -3,8 +3,10 @@
 Pages are server-rendered (Jinja2, autoescaped); actions are plain HTML form posts answered
 with a redirect back (303), so every button works without script; the overview's live figures
 come from one small script reading a server-sent event stream. Every action goes through the
-command path (or the alarm board) with the logged-in user as the actor, source ``hmi`` and the
-user's role: the command path refuses what the role may not do, and audits the refusal.
+command path (or the alarm board, or the aggregation hierarchy) with the logged-in user as the
+actor, source ``hmi`` and the user's role: the command path refuses the order commands the role
+may not give (abort, close with exceptions), this screen the rework of cases and pallets to an
+operator (the hierarchy has no roles yet); every refusal is audited.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.responses import StreamingResponse
 
 from edge_agent.api.deps import ApiServices, services
+from edge_agent.api.routes.aggregation import hierarchy_of
 from edge_agent.db import write
 from edge_agent.errors import EdgeAgentError, OrderInvalid
 from edge_agent.hmi import views
+from edge_agent.hmi.lockout import LoginGuard
 from edge_agent.hmi.sessions import COOKIE, Session, SessionCodec
 from edge_agent.hmi.settings import HmiSettings
 from edge_agent.orders import audit
@@ -72,6 +76,7 @@ class Hmi:
     templates: Jinja2Templates
     stopping: asyncio.Event  # set when the server stops: the live streams end at once
     logins: asyncio.Semaphore  # password checks at a time
+    lockout: LoginGuard
     _latest: tuple[float, str] = (0.0, "")  # (due again at, overview)
 
     def overview_json(self, services: ApiServices) -> str:
@@ -113,6 +118,7 @@ def install(app: FastAPI, settings: HmiSettings) -> None:
         templates,
         app.state.stopping,
         asyncio.Semaphore(MAX_CONCURRENT_LOGINS),
+        LoginGuard(),
     )
     app.include_router(router)
     app.mount("/hmi/static", StaticFiles(directory=HERE / "static"), name="hmi-static")
@@ -277,31 +283,42 @@ async def login(
     request: Request, session: CurrentSession, form: Form, services: Services
 ) -> Response:
     hmi = _hmi(request)
-    name, password = str(form.get("name", "")).strip(), str(form.get("password", ""))
+    name, password = str(form.get("name", "")).strip()[:40], str(form.get("password", ""))
     target = _safe_next(str(form.get("next", "")))
+    conn = services.commands.conn
+    locked = hmi.lockout.locked_for(name)
+    if locked:
+        why = f"too many wrong passwords: {name} may try again in {locked / 60:.0f} min"
+        return _refused_login(conn, name, why, target)
     # argon2 takes tens of milliseconds of CPU and 64 MiB: not on the loop that runs the line,
     # and never many at once (a flood of logins must not starve the line PC)
     async with hmi.logins:
         user = await asyncio.to_thread(hmi.settings.users.verify, name, password)
-    conn = services.commands.conn
     if user is None:
-        with write(conn):
-            audit.append(
-                conn,
-                audit.Actor(name[:40] or "-", "hmi"),
-                "login",
-                outcome="refused",
-                detail={"detail": "wrong name or password"},
-            )
-        log.warning("hmi_login_refused", user=name[:40])
-        query = urlencode({"error": "wrong name or password", "next": target})
-        return RedirectResponse(f"/hmi/login?{query}", status_code=303)
+        why = "wrong name or password"
+        if hmi.lockout.failed(name):
+            why += f"; {name} is locked for {hmi.lockout.lock_s / 60:.0f} min"
+        return _refused_login(conn, name, why, target)
+    hmi.lockout.succeeded(name)
     with write(conn):
         audit.append(conn, audit.Actor(user.name, "hmi", str(user.role)), "login")
     log.info("hmi_login", user=user.name, role=str(user.role))
     answer = RedirectResponse(target, status_code=303)
     _set_cookie(request, answer, hmi.codec.new(user.name))  # a new nonce: no fixation
     return answer
+
+
+def _refused_login(conn: Any, name: str, why: str, target: str) -> RedirectResponse:
+    with write(conn):
+        audit.append(
+            conn,
+            audit.Actor(name or "-", "hmi"),
+            "login",
+            outcome="refused",
+            detail={"detail": why},
+        )
+    log.warning("hmi_login_refused", user=name, detail=why)
+    return RedirectResponse(f"/hmi/login?{urlencode({'error': why, 'next': target})}", 303)
 
 
 @router.post("/logout")
@@ -551,6 +568,78 @@ async def frame(request: Request, name: str, user: User) -> Response:
 
 @router.get("/aggregation")
 async def aggregation_page(request: Request, user: User) -> HTMLResponse:
-    configured = _hmi(request).settings.aggregation is not None
-    code = request.query_params.get("code", "").strip()[:100]
-    return _page(request, "aggregation.html", user.session, user, configured=configured, code=code)
+    code = request.query_params.get("code", "").strip()[:200]
+    found: dict[str, Any] | None = None
+    error = ""
+    if code:
+        try:
+            found = views.container_view(hierarchy_of(request), code)
+        except EdgeAgentError as exc:
+            error = str(exc)
+    return _page(
+        request,
+        "aggregation.html",
+        user.session,
+        user,
+        code=code,
+        box=found,
+        lookup_error=error,
+    )
+
+
+# Rework of a case or pallet (the supervisor's): action -> whether it needs a reason
+REWORK = {
+    "reopen": False,
+    "close": False,
+    "remove": True,
+    "replace": True,
+    "relabel": True,
+    "disaggregate": True,
+}
+
+
+@router.post("/aggregation/{action}")
+async def aggregation_rework(
+    request: Request, action: str, user: User, form: Form, services: Services
+) -> Response:
+    code = str(form.get("code", "")).strip()[:200]
+    back = f"/hmi/aggregation?{urlencode({'code': code})}"
+    if action not in REWORK:
+        return RedirectResponse(back, status_code=303)
+    reason = str(form.get("reason", "")).strip()[:500]
+    if not user.supervisor:
+        with write(services.commands.conn):
+            audit.append(
+                services.commands.conn,
+                user.actor,
+                f"container_{action}",
+                reason=reason or None,
+                outcome="refused",
+                detail={"parent": code, "message": "rework needs a supervisor"},
+            )
+        return _back_to(back, error=f"rework needs a supervisor; {user.name} is an operator")
+    hierarchy, actor = hierarchy_of(request), user.actor
+    child, new = str(form.get("child", "")).strip(), str(form.get("new", "")).strip()
+    try:
+        if action == "reopen":
+            box = hierarchy.reopen(code, actor=actor)
+        elif action == "close":
+            box = hierarchy.close_container(code, actor=actor)
+        elif action == "remove":
+            box = hierarchy.unpack(code, [child], reason=reason, actor=actor)
+        elif action == "replace":
+            box = hierarchy.replace(code, child, new, reason=reason, actor=actor)
+        elif action == "relabel":
+            box = hierarchy.relabel(code, reason=reason, actor=actor)
+        else:
+            box = hierarchy.disaggregate(code, reason=reason, actor=actor)
+    except EdgeAgentError as exc:
+        return _back_to(back, error=str(exc))
+    done = f"/hmi/aggregation?{urlencode({'code': box.identifier.hri})}"
+    return _back_to(done, ok=f"{action}: {box.level} {box.identifier.hri} is {box.state}")
+
+
+def _back_to(target: str, *, ok: str = "", error: str = "") -> RedirectResponse:
+    """Back to a page that has a query of its own, with the outcome added to it."""
+    extra = urlencode({k: v for k, v in (("ok", ok), ("error", error)) if v})
+    return RedirectResponse(f"{target}&{extra}" if extra else target, status_code=303)

@@ -56,6 +56,9 @@ FAST_SHARE = 1 / 3
 # A stage that needs about this long is not started with less of the budget left: it would
 # only push the frame past its budget (the frame is a no-read either way).
 STAGE_MS = {"grid": 6.0, "upscale": 3.0, "clahe": 3.0, "dmtx": 2.0}
+# CLAHE and its zxing pass cost about this per megapixel of the crop (a long text line of a 5 MP
+# frame is a third of one): started with less, the frame would end past its budget.
+STAGE_MS_PER_MPX = {"clahe": 16.0}
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ class DecodePipeline:
             # budget lasts: most of them are lines of text, and a long one costs as much as a
             # frame. Fallbacks stop when the budget is spent.
             for target in targets if fast else targets[: FALLBACK_TARGETS[name]]:
+                if not fast and self._left_ms(deadline) < _needs_ms(name, target):
+                    break
                 reads = _merge(reads, _STAGES[name](self, target, deadline))
                 if len(reads) >= self.section.max_codes:
                     break
@@ -271,6 +276,12 @@ _STAGES: dict[str, Stage] = {
     "grid": DecodePipeline._stage_grid,
     "dmtx": DecodePipeline._stage_dmtx,
 }
+
+
+def _needs_ms(name: str, target: _Target) -> float:
+    """About how long stage ``name`` takes on ``target``."""
+    pixels = float(target.image.shape[0] * target.image.shape[1])
+    return max(STAGE_MS.get(name, 0.0), STAGE_MS_PER_MPX.get(name, 0.0) * pixels / 1e6)
 
 
 def _roi(image: GrayImage, roi: tuple[int, int, int, int]) -> _Target:
