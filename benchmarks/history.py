@@ -290,7 +290,10 @@ def main() -> None:
                 runs[name].append(one_line_run(copy, work, args.line_units))
                 opens[name] = open_times(copy)
                 shutil.rmtree(copy)
-    events = [json.loads(line) for line in (work / "agent.log").read_text().splitlines() if line]
+    events = []
+    for line in (work / "agent.log").read_text().splitlines():
+        with contextlib.suppress(ValueError):  # libraries' plain lines (asyncio, pymodbus)
+            events.append(json.loads(line))
     result["startup"] = {
         name: {
             "to_ready_s": [r["to_ready_s"] for r in runs[name]],

@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -46,7 +47,9 @@ def machine() -> dict[str, object]:
 
 def start_simulators(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
     config = workdir / "sim.toml"
-    config.write_text(demo_config_text())
+    # Free ports: two benchmarks on one machine must not meet at the demo's fixed ports
+    text = re.sub(r"(\n\[simulators\.\w+\][^\[]*?)port = \d+", r"\g<1>port = 0", demo_config_text())
+    config.write_text(text)
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_agent.cli", "simulate", "--fast", "--config", str(config)],
         stdout=subprocess.PIPE,

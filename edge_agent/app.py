@@ -26,7 +26,7 @@ from edge_agent.alarms import AlarmBoard
 from edge_agent.config import LoadedConfig
 from edge_agent.config.loader import DeviceSpec
 from edge_agent.config.models import L3Section, UpstreamSection
-from edge_agent.db import close_db, open_db
+from edge_agent.db import close_db, open_db, open_write_connection
 from edge_agent.errors import EdgeAgentError, LineStopped, StorageFull
 from edge_agent.ledger import Ledger
 from edge_agent.line.controller import LineController
@@ -42,6 +42,7 @@ from edge_agent.outbox.store import OutboxStore
 from edge_agent.stops import StopReason
 from edge_agent.storage import DiskGuard, log_capacity, storage_stop
 from edge_agent.vision.pipeline import build_reader
+from edge_agent.writer import Writer
 
 log = structlog.get_logger("edge_agent.app")
 
@@ -176,6 +177,9 @@ class Agent:
             biz_location=model.line.biz_location,
             company_prefix_length=model.line.company_prefix_length,
         )
+        writer = Writer(open_write_connection(state_dir))  # the line's commits, off the loop
+        stack.callback(writer.close)
+        ledger.attach(writer)
         alarms = AlarmBoard(conn)
         l3_link = self.config.l3 is not None
         settlement = OrderSettlement(conn, ledger, state_dir / "reports", l3_link=l3_link)

@@ -102,6 +102,27 @@ def _parser() -> argparse.ArgumentParser:
         choices=["epcis-http"],
         help="also forward every event to an in-process EPCIS 2.0 capture server simulator",
     )
+    demo.add_argument(
+        "--aggregate",
+        action="store_true",
+        help="pack the units into cases and pallets at the simulated line end (case and pallet "
+        "stations, case defects injected by --seed); one order (--orders 1)",
+    )
+    demo.add_argument(
+        "--case-size", type=_count_arg, default=4, help="--aggregate: units per case (default 4)"
+    )
+    demo.add_argument(
+        "--cases-per-pallet",
+        type=_count_arg,
+        default=2,
+        help="--aggregate: cases per pallet (default 2)",
+    )
+    demo.add_argument(
+        "--case-defect-rate",
+        type=float,
+        default=0.3,
+        help="--aggregate: share of cases the case packer makes defective (default 0.3)",
+    )
     demo.set_defaults(handler=_demo)
 
     run = sub.add_parser(
@@ -190,6 +211,21 @@ def _count_arg(text: str) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from edge_agent.demo import run_demo
+    from edge_agent.demo_aggregation import AggregateOptions
+
+    aggregate = None
+    if args.aggregate:
+        if args.orders != 1:
+            raise ConfigError(
+                "--aggregate runs one order: give --orders 1 (the case packer is not changed "
+                "over between orders yet)",
+                key="--orders",
+            )
+        if not 0.0 <= args.case_defect_rate <= 1.0:
+            raise ConfigError(
+                "--case-defect-rate: give a share from 0 to 1", key="--case-defect-rate"
+            )
+        aggregate = AggregateOptions(args.case_size, args.cases_per_pallet, args.case_defect_rate)
 
     return asyncio.run(
         run_demo(
@@ -203,6 +239,7 @@ def _demo(args: argparse.Namespace) -> int:
             console=Console(stderr=False),
             devices={k: getattr(args, k) for k in DEMO_DEFAULTS if getattr(args, k)},
             upstream=args.upstream,
+            aggregate=aggregate,
         )
     )
 

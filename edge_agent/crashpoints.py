@@ -12,8 +12,10 @@ import signal
 
 POINTS = (
     "printer_buffer_full",
+    "block_taken",  # a block of serials marked sent, none of it handed to the printer yet
     "decoded",
     "outbox_commit",
+    "group_commit",  # the state writer's transaction complete, its COMMIT not yet issued
     # upstream path: published (PUBACKs not yet in), delivered (not yet recorded), recorded
     "forward_published",
     "forward_delivered",

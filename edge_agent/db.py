@@ -419,6 +419,13 @@ def adopt_existing(state_dir: Path) -> str:
         return adopt(conn, files)
 
 
+def open_write_connection(state_dir: Path) -> sqlite3.Connection:
+    """A second write connection to a database ``open_db`` opened (and proved) in this process:
+    the state writer's (edge_agent/writer.py). Same durability settings; SQLite's write lock
+    serializes its transactions with those of the first connection."""
+    return _writer(StateFiles(state_dir))
+
+
 def _writer(files: StateFiles) -> sqlite3.Connection:
     conn = sqlite3.connect(files.db, isolation_level=None, check_same_thread=False)
     try:

@@ -33,6 +33,7 @@ from edge_agent.api.client import ApiClient, Endpoint
 from edge_agent.app import Agent
 from edge_agent.config import LoadedConfig, parse_config
 from edge_agent.db import open_reader
+from edge_agent.demo_aggregation import AggregateOptions, LineEnd, aggregation_report
 from edge_agent.demo_orders import (
     HELD_ORDER,
     Operator,
@@ -91,6 +92,7 @@ class DemoRun:
     error: str | None = None  # why the demo gave up waiting, if it did
     resumed: list[str] = field(default_factory=list)
     segments: int = 0
+    problems: list[str] = field(default_factory=list)  # the line end's, if it failed
 
 
 async def run_demo(
@@ -105,10 +107,12 @@ async def run_demo(
     orders: int = 1,
     devices: dict[str, str] | None = None,
     upstream: str | None = None,
+    aggregate: AggregateOptions | None = None,
 ) -> int:
     """Run ``orders`` orders of ``units`` each; ``devices`` picks simulator/driver types, e.g.
-    plc=opcua. Exit status: 0 all balanced and every injected defect rejected, 3 an order did
-    not end (held, or the daemon stopped), 4 an order does not balance."""
+    plc=opcua; ``aggregate``: units into cases and pallets at the line end. Exit status: 0 all
+    balanced and every injected defect (unit or case) rejected, 3 an order did not end (held,
+    or the daemon stopped), 4 an order does not balance."""
     state_dir = state_dir or Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
     state_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(24)
@@ -130,10 +134,18 @@ async def run_demo(
     section = base.model.simulators
     assert section is not None
     documents = demo_orders(orders, units)
+    if aggregate is not None:
+        for document in documents:
+            document["aggregation"] = aggregate.plan()
     log_file = (state_dir / "agent.log").open("a", encoding="utf-8")
     logs.configure("json", "info", stream=log_file)
     try:
         async with SimulatorSet(section) as sims, contextlib.AsyncExitStack() as stack:
+            line_end = None
+            if aggregate is not None:
+                line_end = LineEnd(aggregate, seed)
+                await line_end.start(sims.line, sims.plc)
+                stack.push_async_callback(line_end.stop)
             arrivals: dict[int, tuple[str, str]] = {}  # trigger -> (GTIN, lot) as printed
             sims.line.on_trigger(lambda t, u: arrivals.__setitem__(t, (u.gtin, u.lot)))
             if orders >= HELD_ORDER:
@@ -158,9 +170,11 @@ async def run_demo(
                 capture = await stack.enter_async_context(CaptureServerSim())
                 forwarder = capture.driver_config(name="l3-capture")
                 sections["upstream"] = {"forwarders": [forwarder], "drain_on_exit_s": 60}
+            if line_end is not None:
+                sections["aggregation"] = line_end.config_section()
             config = parse_config(demo_config_text(), "demo.toml", overrides, sections=sections)
             run = await _serve_orders(
-                config, sims, documents, token, token_file, units, speed, console
+                config, sims, documents, token, token_file, units, speed, console, line_end
             )
             await asyncio.sleep(0)  # let the last gate decisions land
             truth = sims.ground_truth()
@@ -168,11 +182,17 @@ async def run_demo(
             truth["l3_returns"] = [dict(r) for r in sims.l3.returns.values()]
             if capture is not None:
                 truth["upstream_received"] = len(capture.events)
+            if line_end is not None:
+                truth["line_end"] = line_end.truth()
+                run.problems += line_end.errors
     finally:
         logs.configure("auto", "warning")  # nothing may keep logging into the closed file
         log_file.close()
     with contextlib.closing(open_reader(state_dir)) as conn:
         report = orders_report(conn, run, truth, arrivals, documents)
+        if "line_end" in truth:
+            add_aggregation(report, aggregation_report(conn, run.order_ids, truth["line_end"]))
+            report["line_end"] = truth["line_end"]  # what physically happened at it
     if "upstream_received" in truth:
         report["events_received_upstream"] = truth["upstream_received"]
     report["state_dir"] = str(state_dir)
@@ -185,6 +205,21 @@ async def run_demo(
         text = json.dumps(report, indent=2) + "\n"
         await asyncio.to_thread(report_json.write_text, text, encoding="utf-8")
     return exit_status(report, upstream is not None)
+
+
+def add_aggregation(report: dict[str, Any], figures: dict[str, Any]) -> None:
+    """The line end's figures into the report; a hierarchy that does not balance, a case
+    defect not rejected or a case whose ledger content differs from its physical one is a
+    problem of the run (exit 4)."""
+    balanced = all(o.get("hierarchy_balanced", False) for o in report["orders"])
+    problems = figures.pop("aggregation_problems")
+    missed = figures["case_defects_injected"] - figures["case_defects_rejected"]
+    if missed:
+        problems.insert(0, f"{missed} case defects were not rejected")
+    report.update(figures)
+    report["hierarchy_balanced"] = balanced
+    report["problems"] += problems
+    report["balanced"] = report["balanced"] and balanced and not problems
 
 
 def exit_status(report: dict[str, Any], upstream: bool) -> int:
@@ -219,6 +254,7 @@ async def _serve_orders(
     units: int,
     speed: float | None,
     console: Console,
+    line_end: LineEnd | None = None,
 ) -> DemoRun:
     """Start the daemon, hand L3 the orders, resume what holds, stop the daemon when every
     order has ended and L3 has its returns and close reports."""
@@ -244,7 +280,7 @@ async def _serve_orders(
                 sims.l3.add_order(document)
             with ApiClient(Endpoint(agent.api_url, token), timeout_s=30.0) as client:
                 operator = Operator(client)
-                await _until_orders_end(run, operator, serving, console, limit_s)
+                await _until_orders_end(run, operator, serving, console, limit_s, config, line_end)
                 run.resumed = operator.resumed
             if run.error is None and not serving.done():
                 await _until_l3_has_everything(run, sims, serving)
@@ -278,9 +314,16 @@ async def _until_ready(ready: asyncio.Event, serving: asyncio.Task[Any]) -> None
 
 
 async def _until_orders_end(
-    run: DemoRun, operator: Operator, serving: asyncio.Task[Any], console: Console, limit_s: float
+    run: DemoRun,
+    operator: Operator,
+    serving: asyncio.Task[Any],
+    console: Console,
+    limit_s: float,
+    config: LoadedConfig,
+    line_end: LineEnd | None,
 ) -> None:
-    """Watch the orders through the API; resume a held one as an operator would."""
+    """Watch the orders through the API; resume a held one as an operator would; with a line
+    end, finish its cases and pallets when the order's units are made, then close it."""
     deadline = time.monotonic() + limit_s
     seen_held: set[tuple[str, float]] = set()
     completed_since: dict[str, float] = {}  # completed, not closed: it did not balance
@@ -297,9 +340,13 @@ async def _until_orders_end(
             await asyncio.sleep(1.0)
             continue
         mine = [o for o in listed if o["id"] in run.order_ids]
+        if line_end is not None:
+            await _line_end(line_end, config, mine, operator, console)
         now = time.monotonic()
         for order in mine:
-            if order["state"] == "completed":
+            if order["state"] == "completed" and (
+                line_end is None or order["id"] in line_end.finished
+            ):
                 completed_since.setdefault(order["id"], now)
         unclosed = [i for i, t in completed_since.items() if now - t > UNCLOSED_S]
         for order in mine:
@@ -325,6 +372,27 @@ async def _until_orders_end(
             return
         await asyncio.sleep(0.2)
     run.error = f"the orders had not ended after {limit_s:.0f} s{last_error}"
+
+
+async def _line_end(
+    line_end: LineEnd,
+    config: LoadedConfig,
+    orders: list[dict[str, Any]],
+    operator: Operator,
+    console: Console,
+) -> None:
+    await line_end.watch(config.model, orders)
+    for order in orders:
+        if order["state"] != "completed" or order["id"] in line_end.finished:
+            continue
+        console.print(f"order {order['id']}: units made; finishing its cases and pallets")
+        await line_end.finish(order["id"])
+        try:
+            await operator.close(order["id"])
+        except EdgeAgentError as exc:
+            line_end.errors.append(f"order {order['id']} could not be closed: {exc}")
+            continue
+        console.print(f"[green]order {order['id']} closed[/] with its cases and pallets")
 
 
 async def _until_l3_has_everything(
@@ -435,7 +503,7 @@ def orders_report(
         for order in per_order:
             merged.update(order.get(key, {}))
         report[key] = dict(sorted(merged.items()))
-    problems = [p for o in per_order for p in o["problems"]]
+    problems = [p for o in per_order for p in o["problems"]] + run.problems
     if truth.get("printed_twice"):
         problems.append(f"{truth['printed_twice']} serials printed twice")
     if run.error is not None:
@@ -613,6 +681,13 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         f"{report['daemon']['segments']} line segments, "
         + ("never exited" if exits == 0 else "[red]ended before the demo stopped it[/]")
     )
+    if "cases" in report:
+        console.print(
+            f"line end: {report['cases']} cases, {report['pallets']} pallets; case defects "
+            f"injected {report['case_defects_injected']}, rejected "
+            f"{report['case_defects_rejected']}; units loose {report['units_loose']}; "
+            f"hierarchy balanced: {'yes' if report['hierarchy_balanced'] else 'NO'}"
+        )
     for problem in report["problems"]:
         console.print(f"[red]problem:[/] {problem}")
     balanced = "[bold green]yes" if report["balanced"] else "[bold red]NO"

@@ -103,6 +103,12 @@ class Operator:
             self.resumed.append(order_id)
             return
 
+    async def close(self, order_id: str) -> None:
+        """Close a completed order whose line end is done (its alarms acknowledged: the
+        auto-close found cases still to pack)."""
+        await self._acknowledge(order_id)
+        await asyncio.to_thread(self.client.post, f"/orders/{order_id}/commands/close", {})
+
     async def _acknowledge(self, order_id: str) -> None:
         alarms = await asyncio.to_thread(
             self.client.get, "/alarms", which="unacknowledged", order_id=order_id

@@ -15,13 +15,20 @@ destroyed) leaves its parent in the same transaction, with an unpacking event fi
 ``sent`` is written (committed) before a record goes to the printer, so a serial is never sent
 twice, even across a crash. A unit passes only after its ``commissioned`` transition and its
 event are committed together, in one transaction, with the outbox row.
+
+The line's hot path goes through the state writer when one is attached (``attach``): a block of
+serials is marked ``sent`` per printer refill in one commit, outcomes are group-committed off the
+event loop, and print confirmations and "verdict written" flags ride the next group commit
+(README, "Durability", says why each promise still holds).
 """
 
 from __future__ import annotations
 
+import copy
 import enum
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +42,7 @@ from edge_agent.clock import EventClock, last_event_time
 from edge_agent.crashpoints import crash_point
 from edge_agent.db import write
 from edge_agent.errors import LedgerError
+from edge_agent.writer import Writer
 
 
 class SerialState(enum.StrEnum):
@@ -127,7 +135,9 @@ def read_serial_list(path: Path) -> list[str]:
 
 
 class Ledger:
-    """Owns the single writer connection. Not thread-safe: call it from the event loop only."""
+    """Owns the event loop's connection. Call it from the event loop only; with a state writer
+    attached, the hot-path methods (``take_block``, ``note_printed``, ``record_outcomes``,
+    ``note_verdicts_written``) run their transactions in the writer's thread."""
 
     def __init__(
         self,
@@ -145,6 +155,11 @@ class Ledger:
         # line events of a batch get times that never go backwards (edge_agent.clock)
         self.event_clock = event_clock or EventClock()
         self._clock_seeded: set[str] = set()
+        self._clock_lock = threading.Lock()  # shared with the writer thread's copy
+        self.writer: Writer | None = None
+        self._bound: Ledger | None = None  # this ledger on the writer's connection
+        # (gtin, serial) confirmed printed, the transition not yet committed
+        self._printing: set[tuple[str, str]] = set()
 
     # --- batches ----------------------------------------------------------------------------
 
@@ -285,34 +300,44 @@ class Ledger:
 
     def take_for_print(self, batch: BatchInfo) -> tuple[int, str] | None:
         """Mark the next allocated serial sent (committed) and return (record seq, serial)."""
+        block = self.take_for_print_block(batch, 1)
+        return block[0] if block else None
+
+    def take_for_print_block(self, batch: BatchInfo, count: int) -> list[tuple[int, str]]:
+        """Mark the next ``count`` allocated serials sent in ONE commit; returns their (record
+        seq, serial), consecutive records in send order (fewer when fewer are allocated). A
+        serial of the block not yet handed to the printer at a crash is settled as any sent and
+        unconfirmed one (printer_reconcile.py): unused when the printer's queue proves it never
+        arrived, else rejected. Never sent again either way."""
         now = self._now(batch.id)
         with write(self.conn):
-            row = self.conn.execute(
+            rows = self.conn.execute(
                 "SELECT serial FROM serials WHERE batch_id = ? AND state = 'allocated' "
-                "ORDER BY rowid LIMIT 1",
-                (batch.id,),
-            ).fetchone()
-            if row is None:
-                return None
-            (seq,) = self.conn.execute(
+                "ORDER BY rowid LIMIT ?",
+                (batch.id, count),
+            ).fetchall()
+            if not rows:
+                return []
+            (first,) = self.conn.execute(
                 # Record numbers are unique in the state database, not only in the batch: a
                 # record of an earlier order left in a printer's queue never passes for one of
                 # this order (printer_reconcile.py matches the queue by record number).
-                "UPDATE batches SET next_seq = (SELECT MAX(next_seq) FROM batches) + 1 "
-                "WHERE id = ? RETURNING next_seq - 1",
-                (batch.id,),
+                "UPDATE batches SET next_seq = (SELECT MAX(next_seq) FROM batches) + ? "
+                "WHERE id = ? RETURNING next_seq - ?",
+                (len(rows), batch.id, len(rows)),
             ).fetchone()
-            self._move(
-                batch.gtin,
-                row[0],
-                SerialState.SENT,
-                "sent_to_printer",
-                None,
-                now,
-                seq=seq,
-                known=SerialState.ALLOCATED,
-            )
-        return seq, row[0]
+            for offset, (serial,) in enumerate(rows):
+                self._move(
+                    batch.gtin,
+                    serial,
+                    SerialState.SENT,
+                    "sent_to_printer",
+                    None,
+                    now,
+                    seq=first + offset,
+                    known=SerialState.ALLOCATED,
+                )
+        return [(first + offset, serial) for offset, (serial,) in enumerate(rows)]
 
     def mark_returned(self, batch_id: str, serials: Sequence[str]) -> int:
         """L3 acknowledged the return of these unused serials: unused → returned. Idempotent
@@ -424,6 +449,86 @@ class Ledger:
                 epc, self.read_point, reason, biz_location=where, when=_moment(now)
             )
         self._event(batch, event["bizStep"], event, now)
+
+    # --- the hot path through the state writer ------------------------------------------------
+
+    def attach(self, writer: Writer) -> None:
+        """Run the hot-path transactions in ``writer``'s thread, group-committed."""
+        bound = copy.copy(self)  # shares the clock, its lock and the pending confirmations
+        bound.conn, bound.writer, bound._bound = writer.conn, None, None
+        self.writer, self._bound = writer, bound
+
+    async def take_block(
+        self, batch: BatchInfo, count: int, *, wait_s: float = 0.0
+    ) -> list[tuple[int, str]]:
+        """``take_for_print_block``, committed by the writer: the loop runs on meanwhile.
+        ``wait_s``: how long it may wait for other jobs to share its commit."""
+        if self.writer is None or self._bound is None:
+            return self.take_for_print_block(batch, count)
+        bound = self._bound
+        return await self.writer.run(
+            lambda _: bound.take_for_print_block(batch, count), wait_s=wait_s
+        )
+
+    async def generate(
+        self, batch: BatchInfo, count: int, *, length: int, alphabet: str, wait_s: float = 0.0
+    ) -> int:
+        """``ensure_allocated``, committed by the writer."""
+        if self.writer is None or self._bound is None:
+            return self.ensure_allocated(batch, count, length=length, alphabet=alphabet)
+        bound = self._bound
+        return await self.writer.run(
+            lambda _: bound.ensure_allocated(batch, count, length=length, alphabet=alphabet),
+            wait_s=wait_s,
+        )
+
+    def note_printed(self, batch: BatchInfo, serial: str) -> bool:
+        """The printer confirmed this serial; False if it was not a sent serial of this batch.
+        With a writer the transition rides the next group commit, unawaited. Lost in a crash,
+        the serial is still ``sent`` after the restart, which recovery settles as it settles a
+        printed one: rejected (a printed record is no longer in the printer's queue, so
+        printer_reconcile never takes it for unused). The outcome that commissions it is
+        submitted after it, so it commits in the same or a later transaction."""
+        if self.writer is None or self._bound is None:
+            return self.mark_printed(batch, serial)
+        key = (batch.gtin, serial)
+        if key in self._printing or self._state(batch.gtin, serial, batch.id) != SerialState.SENT:
+            return False
+        self._printing.add(key)
+        bound = self._bound
+        future = self.writer.defer(lambda _: bound.mark_printed(batch, serial), "print_confirmed")
+        future.add_done_callback(lambda _: self._printing.discard(key))
+        return True
+
+    async def record_outcomes(self, batch: BatchInfo, outcomes: Sequence[UnitOutcome]) -> None:
+        """``commit_outcomes``, group-committed by the writer: returns once durable."""
+        if self.writer is None or self._bound is None:
+            self.commit_outcomes(batch, outcomes)
+            return
+        bound = self._bound
+        await self.writer.run(lambda _: bound.commit_outcomes(batch, outcomes))
+
+    async def gate_rejected(self, batch: BatchInfo, trigger: int) -> str | None:
+        """``confirm_rejected_at_gate``, committed by the writer."""
+        if self.writer is None or self._bound is None:
+            return self.confirm_rejected_at_gate(batch, trigger)
+        bound = self._bound
+        return await self.writer.run(lambda _: bound.confirm_rejected_at_gate(batch, trigger))
+
+    def note_verdicts_written(self, batch: BatchInfo, triggers: Iterable[int]) -> None:
+        """``mark_verdicts_written`` in the next group commit, unawaited. Lost in a crash, the
+        passes among them are settled from the PLC's reject log at the restart, as every pass
+        whose write was not recorded (``unwritten_passes``)."""
+        if self.writer is None or self._bound is None:
+            self.mark_verdicts_written(batch, triggers)
+            return
+        bound, done = self._bound, list(triggers)
+        self.writer.defer(lambda _: bound.mark_verdicts_written(batch, done), "verdicts_written")
+
+    async def flush(self) -> None:
+        """Everything handed to the writer so far is committed: reads now see it."""
+        if self.writer is not None:
+            await self.writer.flush()
 
     def leave_parent(self, batch: BatchInfo, epc: str, reason: str, now: float) -> str | None:
         """Take a unit or container out of its parent, with the unpacking event (before any
@@ -584,6 +689,8 @@ class Ledger:
         rejected = []
         with write(self.conn):
             for serial in serials:
+                if (batch.gtin, serial) in self._printing:
+                    continue  # confirmed printed meanwhile, the commit on its way
                 if self._state(batch.gtin, serial, batch.id) == SerialState.SENT:
                     self._reject(batch, serial, reason, None, now)
                     rejected.append(serial)
@@ -614,6 +721,11 @@ class Ledger:
         return [r[1] for r in self._in_states(batch_id, (state,))]
 
     def state_of(self, gtin: str, serial: str) -> SerialState | None:
+        if (gtin, serial) in self._printing:
+            return SerialState.PRINTED  # confirmed; the transition rides the next group commit
+        return self._stored_state(gtin, serial)
+
+    def _stored_state(self, gtin: str, serial: str) -> SerialState | None:
         row = self.conn.execute(
             "SELECT state FROM serials WHERE gtin = ? AND serial = ?", (gtin, serial)
         ).fetchone()
@@ -623,10 +735,11 @@ class Ledger:
 
     def _now(self, batch_id: str) -> float:
         """Never earlier than the batch's previous event, in this process or a previous one."""
-        if batch_id not in self._clock_seeded:
-            self.event_clock.seed(batch_id, last_event_time(self.conn, batch_id))
-            self._clock_seeded.add(batch_id)
-        return self.event_clock.now(batch_id)
+        with self._clock_lock:  # the writer thread's copy takes times too
+            if batch_id not in self._clock_seeded:
+                self.event_clock.seed(batch_id, last_event_time(self.conn, batch_id))
+                self._clock_seeded.add(batch_id)
+            return self.event_clock.now(batch_id)
 
     def _count(self, batch_id: str, state: SerialState) -> int:
         (n,) = self.conn.execute(
@@ -665,7 +778,7 @@ class Ledger:
     ) -> SerialState | None:
         """Returns the state moved from. ``known``: the serial's state as the caller read it in
         this transaction (hot path: take_for_print, mark_printed), so it is not read twice."""
-        current = known if known is not None else self.state_of(gtin, serial)
+        current = known if known is not None else self._stored_state(gtin, serial)
         if current not in ALLOWED_FROM[to]:
             raise LedgerError(
                 f"serial {serial} cannot move from {current or 'unknown'} to {to} ({reason}); "

@@ -90,6 +90,21 @@ def snapshot(setup: AggSetup) -> list[Any]:
             "both 'range_start' and 'range_end'",
         ),
         (
+            {
+                "levels": [
+                    {
+                        "level": "case",
+                        "capacity": 4,
+                        "company_prefix": "0950600134",
+                        "range_start": 0,
+                        "range_end": 10**6,
+                    }
+                ]
+            },
+            "aggregation.levels.0",
+            "6 digits of serial reference",
+        ),
+        (
             {"levels": [{"level": "case", "capacity": 4, "colour": "red"}]},
             "aggregation.levels.0.colour",
             "unknown key",

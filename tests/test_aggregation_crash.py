@@ -26,7 +26,7 @@ from edge_agent.ledger import Ledger
 from simulators.aggregation.station import CaseStationSim
 from simulators.line import SimUnit
 from tests.helpers.aggregation import PREFIX_LENGTH, READ_POINT, aggregation_db, order_spec, plan
-from tests.helpers.waiting import until
+from tests.helpers.waiting import bounded, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leaks")]
 
@@ -49,14 +49,7 @@ def write_config(path: Path, state_dir: Path, devices: dict[str, dict[str, Any]]
     tables: dict[str, dict[str, Any]] = {
         "agent": {"state_dir": str(state_dir), "log_format": "json"},
         "line": {"read_point": READ_POINT, "company_prefix_length": PREFIX_LENGTH},
-        # The unit station's sections (the stations process does not use them)
-        "batch": {
-            "id": "UNUSED",
-            "gtin": "09506000134352",
-            "lot": "X",
-            "expiry": "491231",
-            "target_quantity": 1,
-        },
+        # The unit station's devices (the stations process does not use them)
         "printer": {"type": "zpl", "link": {"kind": "tcp", "port": 9}},
         "camera": {"type": "tcp-frames", "port": 9},
         "plc": {"type": "modbus-tcp", "port": 9},
@@ -134,6 +127,7 @@ def pending_gates(state_dir: Path) -> int:
     ["case_reserved:2", "label_printed:2", "case_committed:2"],
     ids=["sscc-reserved", "label-printed", "case-committed"],
 )
+@bounded(200)
 async def test_sigkill_during_case_work_then_restart(tmp_path: Path, crash_at: str) -> None:
     state = tmp_path / "state"
     with aggregation_db(state) as setup:

@@ -205,3 +205,9 @@ def test_outbox_export_carries_the_hierarchy(tmp_path: Path) -> None:
     assert main([*args, "--out", str(xml_out)]) == 0
     events = ET.fromstring(xml_out.read_bytes()).findall("./EPCISBody/EventList/*")
     assert [e.tag for e in events] == [e["type"] for e in expected]
+
+
+def test_the_shared_cbv_history_check_accepts_the_hierarchy_s_events(worked: AggSetup) -> None:
+    from tests.helpers.epcis import cbv_history_problems
+
+    assert cbv_history_problems(stored(worked)) == []

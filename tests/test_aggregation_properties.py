@@ -1,6 +1,6 @@
 """Property: over random sequences of pack / unpack / close / reopen / reject / sample / destroy /
-disaggregate / restart, the hierarchy's rules always hold, and every refused operation leaves
-the ledger exactly as it was.
+disaggregate / relabel / restart, on plans with and without bundles, the hierarchy's rules always
+hold, and every refused operation leaves the ledger exactly as it was.
 
 At least 100,000 operations in total, in many short sequences (one order each) on one state
 database. The database runs with synchronous=OFF here only: the property is about the rules and
@@ -35,12 +35,14 @@ from tests.helpers.aggregation import (
 TOTAL_OPERATIONS = 100_000
 SEQUENCE = 200  # operations per sequence
 UNITS = 14  # commissioned units per order; 2 more rejected before commissioning
-CAPACITY = {"case": 3, "pallet": 2}
+CAPACITY = {"bundle": 2, "case": 3, "pallet": 2}
 
 # operation kinds by weight; restarts are rare (each reopens the database and runs the
 # recovery), every other kind comes often enough to meet every rule many times
 _WEIGHTS = {
     "pack_case": 40,
+    "pack_bundle": 14,
+    "open_bundle": 6,
     "pack_pallet": 12,
     "unpack": 12,
     "open_case": 12,
@@ -94,12 +96,17 @@ class World:
         self.setup = self._open()
         self.setup.hierarchy.recover_reserved()
 
-    def new_order(self, *, units: int = UNITS, partial: str = "allowed") -> tuple[str, list[str]]:
+    def new_order(
+        self, *, units: int = UNITS, partial: str = "allowed", bundles: bool = False
+    ) -> tuple[str, list[str]]:
         order_id = f"WO-P{next(self.orders)}"
-        spec = order_spec(
-            order_id,
-            aggregation=plan(case=CAPACITY["case"], pallet=CAPACITY["pallet"], partial=partial),
+        levels = plan(
+            case=CAPACITY["case"],
+            pallet=CAPACITY["pallet"],
+            bundle=CAPACITY["bundle"] if bundles else None,
+            partial=partial,
         )
+        spec = order_spec(order_id, aggregation=levels)
         batch = self.setup.add_order(spec)
         return order_id, self.setup.units(batch, units) + self.setup.units(batch, 2, passed=False)
 
@@ -131,20 +138,22 @@ SELECT
    WHERE p.order_id = :o AND p.level = 'unit' AND s.batch_id != :o),
  (SELECT count(*) FROM packed p JOIN containers c ON c.epc = p.parent
    WHERE p.order_id = :o AND (c.order_id != :o OR c.state NOT IN ('open', 'closed')
-   OR NOT ((c.level = 'case' AND p.level = 'unit') OR (c.level = 'pallet' AND p.level = 'case')))),
+   OR NOT ((c.level = 'bundle' AND p.level = 'unit') OR (c.level = 'case' AND p.level = :in_case)
+   OR (c.level = 'pallet' AND p.level = 'case')))),
  (SELECT count(*) FROM packed p JOIN containers c ON c.epc = p.child
    WHERE p.order_id = :o AND c.state NOT IN ('open', 'closed')),
  (SELECT count(*) FROM (SELECT p.parent, c.level, count(*) AS n FROM packed p
    JOIN containers c ON c.epc = p.parent WHERE p.order_id = :o GROUP BY p.parent)
-   WHERE (level = 'case' AND n > :case) OR (level = 'pallet' AND n > :pallet)),
+   WHERE (level = 'bundle' AND n > :bundle) OR (level = 'case' AND n > :case)
+   OR (level = 'pallet' AND n > :pallet)),
  (SELECT count(*) FROM loose l JOIN packed p ON p.child = l.child WHERE l.order_id = :o),
  (SELECT count(*) FROM loose l JOIN serials s ON s.gtin = l.gtin AND s.serial = l.serial
    WHERE l.order_id = :o AND s.state != 'commissioned')
 """
 
 
-def violations(conn: sqlite3.Connection, order_id: str) -> tuple[int, ...]:
-    args = {"o": order_id, "case": CAPACITY["case"], "pallet": CAPACITY["pallet"]}
+def violations(conn: sqlite3.Connection, order_id: str, bundles: bool) -> tuple[int, ...]:
+    args = {"o": order_id, "in_case": "bundle" if bundles else "unit", **CAPACITY}
     return tuple(conn.execute(_VIOLATIONS, args).fetchone())
 
 
@@ -163,6 +172,7 @@ def apply(world: World, order_id: str, units: list[str], op: Op) -> None:
             "SELECT code, level FROM containers WHERE order_id = ? ORDER BY rowid", (order_id,)
         )
     ]
+    bundles = [c for c in boxes if c.level == "bundle"]
     cases = [c for c in boxes if c.level == "case"]
     pallets = [c for c in boxes if c.level == "pallet"]
     refs = units + world.foreign_units + [c.code for c in boxes]
@@ -177,8 +187,13 @@ def apply(world: World, order_id: str, units: list[str], op: Op) -> None:
         h.open_container(order_id, "case")
     elif kind == "open_pallet":
         h.open_container(order_id, "pallet")
+    elif kind == "open_bundle":
+        h.open_container(order_id, "bundle")
+    elif kind == "pack_bundle" and bundles:
+        h.pack(pick(bundles, a).code, some(b, min(n, 3)), close=n == 2)
     elif kind == "pack_case" and cases:
-        h.pack(pick(cases, a).code, some(b, n), close=n == 3)
+        inner = [c.code for c in bundles][b % max(1, len(bundles)) :][:n] if b % 3 else []
+        h.pack(pick(cases, a).code, inner or some(b, n), close=n == 3)
     elif kind == "pack_pallet" and pallets:
         children = [c.code for c in cases][b % max(1, len(cases)) :][:n] or some(b, 1)
         h.pack(pick(pallets, a).code, children)
@@ -228,9 +243,9 @@ def test_hierarchy_rules_hold_over_random_sequences(tmp_path: Path) -> None:
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    @given(data=operations, partial=st.sampled_from(["allowed", "refused"]))
-    def sequence(data: bytes, partial: str) -> None:
-        order_id, units = world.new_order(partial=partial)
+    @given(data=operations, partial=st.sampled_from(["allowed", "refused"]), bundles=st.booleans())
+    def sequence(data: bytes, partial: str, bundles: bool) -> None:
+        order_id, units = world.new_order(partial=partial, bundles=bundles)
         for op in decode(data):
             conn = world.setup.conn
             before = snapshot(conn, order_id)
@@ -242,7 +257,7 @@ def test_hierarchy_rules_hold_over_random_sequences(tmp_path: Path) -> None:
                 assert snapshot(world.setup.conn, order_id) == before, f"{op} changed the ledger"
             else:
                 outcomes[op[0], "done"] += 1
-                assert violations(world.setup.conn, order_id) == (0,) * 7, op
+                assert violations(world.setup.conn, order_id, bundles) == (0,) * 7, op
             done["operations"] += 1
         settled = world.setup.hierarchy.containers(order_id, states=[ContainerState.RESERVED])
         assert all(c.children == 0 for c in settled)

@@ -22,7 +22,7 @@ from simulators.aggregation.case_packer import CaseDefect, CasePackerSim
 from simulators.aggregation.label import LabelStationSim
 from simulators.aggregation.scanner import ScannerSim
 from simulators.line import SimLine, SimUnit
-from tests.helpers.waiting import until
+from tests.helpers.waiting import bounded, until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -63,6 +63,7 @@ def serials(frame: Frame) -> list[str]:
     return sorted(found)
 
 
+@bounded(60)
 async def test_a_full_case_is_read_then_read_again_at_closing() -> None:
     async with packer(case_size=12) as (sim, source):
         sim.put(units(12))
@@ -85,6 +86,7 @@ async def test_a_full_case_is_read_then_read_again_at_closing() -> None:
         (CaseDefect.UNREADABLE_LABEL, 12, 12, 12),
     ],
 )
+@bounded(60)
 async def test_case_defects_show_in_the_frames_and_in_the_truth(
     defect: CaseDefect, read_count: int, closing_count: int, inside: int
 ) -> None:
@@ -105,6 +107,7 @@ async def test_case_defects_show_in_the_frames_and_in_the_truth(
         assert len(case.loose) == 1 and case.loose[0].serial not in case.serials()
 
 
+@bounded(60)
 async def test_seeded_defects_repeat_and_a_partial_case_is_flushed() -> None:
     def draw(seed: int) -> list[CaseDefect | None]:
         sim = CasePackerSim(SimLine(), case_size=3, defect_rate=0.5, seed=seed, size=SIZE)
@@ -141,6 +144,7 @@ def label(seq: int, sscc: str) -> LogisticLabel:
     return LogisticLabel(seq, sscc, GTIN, 12, "LOT7", "281231")
 
 
+@bounded(60)
 async def test_a_label_printed_in_zpl_is_confirmed_and_read_back_by_the_label_camera() -> None:
     sscc = "009506000100000018"
     async with label_station() as (station, printer, camera):
@@ -162,6 +166,7 @@ async def test_a_label_printed_in_zpl_is_confirmed_and_read_back_by_the_label_ca
     assert station.printer.printed == [sscc]
 
 
+@bounded(60)
 async def test_an_unreadable_label_reads_as_nothing() -> None:
     async with label_station() as (station, printer, camera):
         station.printer.unreadable_next()
@@ -172,6 +177,7 @@ async def test_an_unreadable_label_reads_as_nothing() -> None:
 
 
 @pytest.mark.parametrize("transport", ["tcp", "serial"])
+@bounded(60)
 async def test_the_scanner_delivers_one_code_per_line(transport: str) -> None:
     sim = ScannerSim(transport=transport, suffix="\r")
     await sim.start()
@@ -195,6 +201,7 @@ async def test_the_scanner_delivers_one_code_per_line(transport: str) -> None:
     assert scanner.malformed_count == 1
 
 
+@bounded(60)
 async def test_the_scanner_link_dropping_is_an_error_not_an_end() -> None:
     sim = ScannerSim()
     await sim.start()
@@ -211,6 +218,7 @@ async def test_the_scanner_link_dropping_is_an_error_not_an_end() -> None:
         await sim.stop()
 
 
+@bounded(60)
 async def test_units_the_unit_gate_passes_go_into_cases() -> None:
     from drivers.plc.modbus.driver import ModbusTcpPlc
     from edge_agent.contracts import Verdict
@@ -235,6 +243,7 @@ async def test_units_the_unit_gate_passes_go_into_cases() -> None:
     assert [sorted(c.serials()) for c in sim.cases] == [[made[0].serial, made[2].serial]]
 
 
+@bounded(60)
 async def test_the_station_fixtures_serve_what_their_tables_say(
     case_station_sim: Any, pallet_station_sim: Any
 ) -> None:

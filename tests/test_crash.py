@@ -100,8 +100,22 @@ def run_agent(config: Path, log: Path, crash_at: str | None = None) -> int:
 
 @pytest.mark.parametrize(
     "crash_at",
-    ["printer_buffer_full:40", "decoded:60", "outbox_commit:30"],
-    ids=["printer-buffer-full", "between-decode-and-verdict", "during-outbox-commit"],
+    [
+        "printer_buffer_full:20",  # reached once per refill (half a buffer), ~every 4 units
+        "block_taken:12",
+        "decoded:60",
+        "outbox_commit:30",
+        "group_commit:70",
+    ],
+    ids=[
+        "printer-buffer-full",
+        # a block of serials committed as sent, none handed to the printer yet
+        "block-sent-none-printed",
+        "between-decode-and-verdict",
+        "during-outbox-commit",
+        # the writer's group (outcomes, print confirmations, verdict-written flags) not committed
+        "before-group-commit",
+    ],
 )
 def test_sigkill_mid_batch_then_resume(tmp_path: Path, crash_at: str) -> None:
     state = tmp_path / "state"

@@ -35,11 +35,8 @@ or as scanned) with AI 00, or AI 01 + 21. Each operation given an ``actor`` is a
 
 from __future__ import annotations
 
-import enum
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from edge_agent import epcis, gs1
@@ -51,94 +48,26 @@ from edge_agent.aggregation.plan import (
     Level,
     PartialPolicy,
 )
+from edge_agent.aggregation.records import (
+    CONTAINER_COLUMNS,
+    LIVE,
+    Container,
+    ContainerState,
+    Item,
+    LooseReason,
+    container_of,
+)
+from edge_agent.aggregation.references import References
 from edge_agent.db import write
-from edge_agent.errors import AggregationRefused, Gs1Error, RefusalReason
-from edge_agent.gs1.check import gtin_check_digit
+from edge_agent.errors import AggregationRefused, RefusalReason
 from edge_agent.ledger import BatchInfo, Ledger, SerialState, moment
 from edge_agent.orders import audit
 from edge_agent.orders.model import TERMINAL_STATES, OrderState, WorkOrder
 
+# the values the hierarchy hands out live in records.py; its users take them from here
+__all__ = ["LIVE", "Container", "ContainerState", "Hierarchy", "Item", "LooseReason"]
 R = RefusalReason
 T = TypeVar("T")
-
-
-class ContainerState(enum.StrEnum):
-    RESERVED = "reserved"  # identifier allocated (a label may be printed); nothing packed yet
-    OPEN = "open"  # commissioned; children may be added and removed
-    CLOSED = "closed"  # complete; may itself be packed into the level above
-    SCRAPPED = "scrapped"  # reserved, never committed: the identifier is never used again
-    DISAGGREGATED = "disaggregated"  # emptied for good; its identifier decommissioned
-
-
-LIVE = (ContainerState.OPEN, ContainerState.CLOSED)
-
-
-class LooseReason(enum.StrEnum):
-    """Common reasons a commissioned unit (or closed case) is in no parent. Free text is
-    accepted too (an operator's reason for a removal)."""
-
-    REMOVED = "removed"  # taken out of its parent in rework
-    DISAGGREGATED = "disaggregated"  # its parent was disaggregated
-    PARTIAL_REFUSED = "partial_refused"  # the plan refuses a partial last parent
-    CASE_REJECTED = "case_rejected"  # its case was rejected by the case station
-    LEFT_OVER = "left_over"  # left when the order ended
-
-
-@dataclass(frozen=True)
-class Container:
-    epc: str
-    code: str  # 18 SSCC digits, or 01<gtin>21<serial>
-    order_id: str
-    level: Level
-    kind: IdentifierKind
-    state: ContainerState
-    gtin: str | None
-    serial: str | None
-    reason: str | None
-    children: int  # how many it holds now
-    parent: str | None  # EPC of the container holding it
-
-    @property
-    def identifier(self) -> ids.Identifier:
-        return ids.Identifier(self.kind, self.code, self.epc, self.gtin, self.serial)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "epc": self.epc,
-            "code": self.code,
-            "hri": self.identifier.hri,
-            "order_id": self.order_id,
-            "level": str(self.level),
-            "identifier": str(self.kind),
-            "state": str(self.state),
-            "reason": self.reason,
-            "children": self.children,
-            "parent": self.parent,
-        }
-
-
-@dataclass(frozen=True)
-class Item:
-    """A child as the ledger knows it: a unit (serial) or a container."""
-
-    epc: str
-    level: Level
-    order_id: str
-    state: str  # SerialState of a unit, ContainerState of a container
-    gtin: str | None = None
-    serial: str | None = None
-    lot: str | None = None
-
-    @property
-    def is_unit(self) -> bool:
-        return self.level == Level.UNIT
-
-
-_CONTAINER_COLUMNS = (
-    "c.epc, c.code, c.order_id, c.level, c.kind, c.state, c.gtin, c.serial, c.reason, "
-    "(SELECT count(*) FROM packed k WHERE k.parent = c.epc), "
-    "(SELECT p.parent FROM packed p WHERE p.child = c.epc)"
-)
 
 
 class Hierarchy:
@@ -148,6 +77,7 @@ class Hierarchy:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.conn = ledger.conn
+        self.references = References(ledger.conn, ledger.company_prefix_length)
         self._orders: dict[str, WorkOrder] = {}
 
     # --- containers ---------------------------------------------------------------------------
@@ -184,7 +114,7 @@ class Hierarchy:
                     now,
                 ),
             )
-            return self._container_by_epc(found.epc)
+            return self.references.container_by_epc(found.epc)
 
         return self._run("container_open", actor, order_id, run, detail={"level": str(level)})
 
@@ -203,8 +133,8 @@ class Hierarchy:
             box = self._live_parent(parent, allow_reserved=True)
             self._pack(box, children)
             if close:
-                self._close(self._container_by_epc(box.epc))
-            return self._container_by_epc(box.epc)
+                self._close(self.references.container_by_epc(box.epc))
+            return self.references.container_by_epc(box.epc)
 
         return self._run("container_pack", actor, None, run, parent, children=children)
 
@@ -223,7 +153,7 @@ class Hierarchy:
             why = _reason(reason)
             box = self._live_parent(parent)
             self._unpack(box, children, why)
-            return self._container_by_epc(box.epc)
+            return self.references.container_by_epc(box.epc)
 
         return self._run("container_unpack", actor, None, run, parent, children, reason)
 
@@ -242,8 +172,8 @@ class Hierarchy:
             why = _reason(reason)
             box = self._live_parent(parent)
             self._unpack(box, [old], why)
-            self._pack(self._container_by_epc(box.epc), [new])
-            return self._container_by_epc(box.epc)
+            self._pack(self.references.container_by_epc(box.epc), [new])
+            return self.references.container_by_epc(box.epc)
 
         return self._run("container_replace", actor, None, run, parent, [old, new], reason)
 
@@ -253,7 +183,7 @@ class Hierarchy:
         def run() -> Container:
             box = self._live_parent(parent)
             self._close(box)
-            return self._container_by_epc(box.epc)
+            return self.references.container_by_epc(box.epc)
 
         return self._run("container_close", actor, None, run, parent)
 
@@ -263,7 +193,7 @@ class Hierarchy:
         def run() -> Container:
             box = self._live_parent(parent, want=(ContainerState.CLOSED,))
             self._set_state(box, ContainerState.OPEN, None)
-            return self._container_by_epc(box.epc)
+            return self.references.container_by_epc(box.epc)
 
         return self._run("container_reopen", actor, None, run, parent)
 
@@ -278,7 +208,7 @@ class Hierarchy:
             box = self._live_parent(parent, allow_reserved=True, want=LIVE)
             if box.state == ContainerState.RESERVED:
                 self._set_state(box, ContainerState.SCRAPPED, why)
-                return self._container_by_epc(box.epc)
+                return self.references.container_by_epc(box.epc)
             batch = self._batch(box.order_id)
             now = self.ledger.event_now(batch.id)
             self.ledger.leave_parent(batch, box.epc, why, now)
@@ -287,7 +217,7 @@ class Hierarchy:
                 self._unpack(box, held, why)
             self._decommission(box, batch, why)
             self._set_state(box, ContainerState.DISAGGREGATED, why)
-            return self._container_by_epc(box.epc)
+            return self.references.container_by_epc(box.epc)
 
         return self._run("container_disaggregate", actor, None, run, parent, reason=reason)
 
@@ -298,7 +228,7 @@ class Hierarchy:
         def run() -> Container:
             box = self._live_parent(parent, allow_reserved=True, want=())
             self._set_state(box, ContainerState.SCRAPPED, _reason(reason))
-            return self._container_by_epc(box.epc)
+            return self.references.container_by_epc(box.epc)
 
         return self._run("container_scrap", actor, None, run, parent, reason=reason)
 
@@ -330,16 +260,16 @@ class Hierarchy:
             grand = old.parent
             self.ledger.leave_parent(batch, old.epc, why, self.ledger.event_now(batch.id))
             held = self._children_of(old.epc)
-            new = self._container_by_epc(found.epc)
+            new = self.references.container_by_epc(found.epc)
             if held:
                 self._unpack(old, held, why)
                 self._pack(new, held)
             self._decommission(old, batch, why)
             self._set_state(old, ContainerState.DISAGGREGATED, f"relabelled: {why}")
-            self._set_state(self._container_by_epc(new.epc), old.state, None)
+            self._set_state(self.references.container_by_epc(new.epc), old.state, None)
             if grand is not None:  # the new one takes the old one's place, whatever its state
-                self._pack(self._container_by_epc(grand), [new.epc], rework=True)
-            return self._container_by_epc(new.epc)
+                self._pack(self.references.container_by_epc(grand), [new.epc], rework=True)
+            return self.references.container_by_epc(new.epc)
 
         return self._run("container_relabel", actor, None, run, parent, reason=reason)
 
@@ -357,8 +287,10 @@ class Hierarchy:
                 r[0] for r in self.conn.execute(f"SELECT epc FROM containers WHERE {where}", args)
             ]
             for epc in epcs:
-                self._set_state(self._container_by_epc(epc), ContainerState.SCRAPPED, reason)
-        return [self._container_by_epc(epc) for epc in epcs]
+                self._set_state(
+                    self.references.container_by_epc(epc), ContainerState.SCRAPPED, reason
+                )
+        return [self.references.container_by_epc(epc) for epc in epcs]
 
     # --- units --------------------------------------------------------------------------------
 
@@ -409,12 +341,12 @@ class Hierarchy:
 
     def container(self, ref: str) -> Container:
         """The container ``ref`` names; AggregationRefused (unknown_code) when none."""
-        epc = self._container_epc(ref)
-        return self._container_by_epc(epc)
+        epc = self.references.container_epc(ref)
+        return self.references.container_by_epc(epc)
 
     def children(self, parent: str) -> list[str]:
         """EPCs of what ``parent`` holds, in packing order."""
-        return self._children_of(self._container_epc(parent))
+        return self._children_of(self.references.container_epc(parent))
 
     def parent_of(self, child: str) -> str | None:
         """EPC of the container holding ``child``, None when it is in none."""
@@ -439,13 +371,17 @@ class Hierarchy:
             where += f" AND c.state IN ({','.join('?' * len(wanted))})"
             args += wanted
         rows = self.conn.execute(
-            f"SELECT {_CONTAINER_COLUMNS} FROM containers c WHERE {where} ORDER BY c.rowid", args
+            f"SELECT {CONTAINER_COLUMNS} FROM containers c WHERE {where} ORDER BY c.rowid", args
         ).fetchall()
-        return [_container(r) for r in rows]
+        return [container_of(r) for r in rows]
 
     def capacity(self, box: Container) -> int:
         """How many children a full ``box`` holds, by its order's plan."""
         return _plan(self._order(box.order_id), box.order_id).level(box.level).capacity
+
+    def item(self, ref: str) -> Item:
+        """The unit or container ``ref`` names; AggregationRefused (unknown_code) when none."""
+        return self.references.item(ref)
 
     def loose(self, order_id: str) -> dict[str, str]:
         """EPC → reason of the order's children recorded as in no parent."""
@@ -453,30 +389,6 @@ class Hierarchy:
             "SELECT child, reason FROM loose WHERE order_id = ? ORDER BY rowid", (order_id,)
         ).fetchall()
         return {child: reason for child, reason in rows}
-
-    def item(self, ref: str) -> Item:
-        """The unit or container ``ref`` names; AggregationRefused (unknown_code) when none."""
-        text = ref.strip()
-        if text.startswith("urn:epc:id:sgtin:"):
-            gtin, serial = _sgtin_parts(text)
-            return self._unit_or_case(gtin, serial, ref)
-        if text.startswith("urn:epc:id:sscc:") or re.fullmatch(r"\d{18}", text):
-            return _as_item(self.container(text))
-        try:
-            parsed = gs1.parse(text, check_requisites=False)
-        except Gs1Error as exc:
-            raise AggregationRefused(
-                R.UNKNOWN_CODE,
-                f"cannot read {ref!r} as an SSCC, a GTIN with serial or an EPC ({exc})",
-            ) from None
-        if parsed.get("00") is not None:
-            return _as_item(self.container(str(parsed.get("00"))))
-        unit_gtin, unit_serial = parsed.get("01"), parsed.get("21")
-        if unit_gtin is None or unit_serial is None:
-            raise AggregationRefused(
-                R.UNKNOWN_CODE, f"{ref!r} holds neither an SSCC (AI 00) nor a GTIN + serial"
-            )
-        return self._unit_or_case(unit_gtin, unit_serial, ref)
 
     # --- the rules ----------------------------------------------------------------------------
 
@@ -819,57 +731,6 @@ class Hierarchy:
         ).fetchone()
         return str(row[0]) if row else None
 
-    def _container_epc(self, ref: str) -> str:
-        text = ref.strip()
-        row = None
-        if text.startswith("urn:epc:id:"):
-            row = self.conn.execute("SELECT epc FROM containers WHERE epc = ?", (text,)).fetchone()
-        else:
-            code = text
-            if not re.fullmatch(r"\d{18}", text):
-                try:
-                    parsed = gs1.parse(text, check_requisites=False)
-                except Gs1Error as exc:
-                    raise AggregationRefused(
-                        R.UNKNOWN_CODE, f"cannot read {ref!r} as a container label ({exc})"
-                    ) from None
-                sscc_code, gtin, serial = parsed.get("00"), parsed.get("01"), parsed.get("21")
-                code = sscc_code or (f"01{gtin}21{serial}" if gtin and serial else text)
-            row = self.conn.execute("SELECT epc FROM containers WHERE code = ?", (code,)).fetchone()
-        if row is None:
-            raise AggregationRefused(
-                R.UNKNOWN_CODE, f"no bundle, case or pallet {ref!r} on this line"
-            )
-        return str(row[0])
-
-    def _container_by_epc(self, epc: str) -> Container:
-        row = self.conn.execute(
-            f"SELECT {_CONTAINER_COLUMNS} FROM containers c WHERE c.epc = ?", (epc,)
-        ).fetchone()
-        if row is None:
-            raise AggregationRefused(R.UNKNOWN_CODE, f"no bundle, case or pallet {epc}")
-        return _container(row)
-
-    def _unit_or_case(self, gtin: str, serial: str, ref: str) -> Item:
-        row = self.conn.execute(
-            "SELECT epc FROM containers WHERE code = ?", (f"01{gtin}21{serial}",)
-        ).fetchone()
-        if row is not None:
-            return _as_item(self._container_by_epc(row[0]))
-        unit = self.conn.execute(
-            "SELECT s.state, s.batch_id, b.lot FROM serials s JOIN batches b ON b.id = s.batch_id "
-            "WHERE s.gtin = ? AND s.serial = ?",
-            (gtin, serial),
-        ).fetchone()
-        if unit is None:
-            raise AggregationRefused(
-                R.UNKNOWN_CODE,
-                f"{ref!r}: GTIN {gtin} serial {serial} is no unit or case of this line (a "
-                "foreign code)",
-            )
-        state, batch_id, lot = unit
-        return Item(self.ledger.epc(gtin, serial), Level.UNIT, batch_id, state, gtin, serial, lot)
-
 
 def _plan(order: WorkOrder, order_id: str) -> AggregationPlan:
     if order.aggregation is None:
@@ -881,21 +742,9 @@ def _plan(order: WorkOrder, order_id: str) -> AggregationPlan:
     return order.aggregation
 
 
-def _container(row: tuple[Any, ...]) -> Container:
-    epc, code, order_id, level, kind, state, gtin, serial, reason, children, parent = row
-    return Container(
-        epc, code, order_id, Level(level), IdentifierKind(kind), ContainerState(state), gtin,
-        serial, reason, int(children), parent,
-    )  # fmt: skip
-
-
 def _unit_key(item: Item) -> tuple[str | None, str | None]:
     """(gtin, serial) of a unit, to join with the serials table; (None, None) for a container."""
     return (item.gtin, item.serial) if item.is_unit else (None, None)
-
-
-def _as_item(box: Container) -> Item:
-    return Item(box.epc, box.level, box.order_id, str(box.state), box.gtin, box.serial)
 
 
 def _state_refusal(box: Container, verb: str) -> AggregationRefused:
@@ -918,17 +767,6 @@ def _reason(reason: str) -> str:
     if not text:
         raise AggregationRefused(R.REASON_MISSING, "give a reason (it goes into the audit trail)")
     return text
-
-
-def _sgtin_parts(epc: str) -> tuple[str, str]:
-    """(GTIN-14, serial) of ``urn:epc:id:sgtin:CompanyPrefix.IndicatorItemRef.Serial``."""
-    parts = epc.removeprefix("urn:epc:id:sgtin:").split(".", 2)
-    if len(parts) != 3 or not (parts[0] + parts[1]).isdigit() or len(parts[0] + parts[1]) != 13:
-        raise AggregationRefused(R.UNKNOWN_CODE, f"{epc!r} is not an SGTIN EPC URI")
-    prefix, item_ref, serial = parts
-    body = item_ref[0] + prefix + item_ref[1:]
-    serial = re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), serial)
-    return body + str(gtin_check_digit(body)), serial
 
 
 def _described(result: object) -> Any:

@@ -51,6 +51,7 @@ class CaseMatch:
     units: tuple[str, ...] = ()  # unit EPCs, in reading order, when accepted
     contents: frozenset[str] = frozenset()  # raw contents read (to compare two reads)
     detail: str = ""
+    packable: tuple[str, ...] = ()  # units of this order read that could be packed (loose now)
 
     @property
     def accepted(self) -> bool:
@@ -67,23 +68,37 @@ def match_case(
     """The case decision for one frame's reads (see the module docstring)."""
     contents = [read.raw for read in reads]
     seen = frozenset(contents)
+    refs = {raw: resolve(raw) for raw in seen}
+    packable = tuple(
+        dict.fromkeys(
+            unit.epc
+            for raw in contents
+            if (unit := refs[raw]) is not None
+            and unit.order_id == order_id
+            and unit.commissioned
+            and not unit.packed
+        )
+    )
+
+    def refuse(reason: CaseReason, detail: str) -> CaseMatch:
+        return CaseMatch(reason, contents=seen, detail=detail, packable=packable)
+
     if len(seen) != len(contents):
         twice = sorted({c for c in contents if contents.count(c) > 1})
-        return CaseMatch(CaseReason.DUPLICATE, contents=seen, detail=_shown(twice))
-    units: list[str] = []
+        return refuse(CaseReason.DUPLICATE, _shown(twice))
     for raw in contents:
-        unit = resolve(raw)
+        unit = refs[raw]
         if unit is None or unit.order_id != order_id:
-            return CaseMatch(CaseReason.FOREIGN, contents=seen, detail=_shown([raw]))
+            return refuse(CaseReason.FOREIGN, _shown([raw]))
         if not unit.commissioned:
-            return CaseMatch(CaseReason.NOT_COMMISSIONED, contents=seen, detail=unit.epc)
+            return refuse(CaseReason.NOT_COMMISSIONED, unit.epc)
         if unit.packed:
-            return CaseMatch(CaseReason.ALREADY_PACKED, contents=seen, detail=unit.epc)
-        units.append(unit.epc)
-    if len(units) != expected:
-        detail = f"read {len(units)} unit codes, the case holds {expected}"
-        return CaseMatch(CaseReason.COUNT, contents=seen, detail=detail)
-    return CaseMatch(CaseReason.ACCEPTED, tuple(units), seen)
+            return refuse(CaseReason.ALREADY_PACKED, unit.epc)
+    if len(packable) != expected:
+        return refuse(
+            CaseReason.COUNT, f"read {len(packable)} unit codes, the case holds {expected}"
+        )
+    return CaseMatch(CaseReason.ACCEPTED, packable, seen, packable=packable)
 
 
 def same_case(first: CaseMatch, closing: Sequence[CodeRead]) -> bool:

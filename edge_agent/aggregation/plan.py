@@ -121,6 +121,14 @@ class AggregationLevel(_Strict):
                 raise ValueError("a range is for source = 'local' only")
             if self.range_end < self.range_start:
                 raise ValueError("'range_end' is below 'range_start'")
+            if self.company_prefix is not None and self.range_end >= 10 ** (
+                16 - len(self.company_prefix)
+            ):
+                raise ValueError(
+                    f"'range_end' {self.range_end} does not fit the "
+                    f"{16 - len(self.company_prefix)} digits of serial reference that company "
+                    f"prefix {self.company_prefix} leaves"
+                )
             if self.identifier == "gtin_serial" and self.range_end >= 10**self.serial_length:
                 raise ValueError(
                     f"'range_end' {self.range_end} has more than serial_length = "

@@ -96,6 +96,9 @@ class StationRunner:
             company_prefix_length=line.company_prefix_length,
         )
         self.hierarchy = Hierarchy(self.ledger)
+        # the running stations, for a caller in the same process (the demo's line end)
+        self.case_station: CaseStation | None = None
+        self.pallet_station: PalletStation | None = None
 
     def close(self) -> None:
         self.conn.close()
@@ -166,6 +169,7 @@ class StationRunner:
                 timings=timings,
             )
             log.info("case_station_running", order=station.order_id, capacity=station.capacity)
+            self.case_station = station
             await station.run()
 
     async def _pallet_station(self) -> None:
@@ -192,16 +196,25 @@ class StationRunner:
                 attempts=s.label_attempts,
             )
             log.info("pallet_station_running", order=station.order_id, capacity=station.capacity)
+            self.pallet_station = station
             await station.run()
 
 
 async def _until_signal(runner: StationRunner) -> None:
     task = asyncio.ensure_future(runner.run())
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop.set)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([task, stopping], return_when="FIRST_COMPLETED")
+    stopping.cancel()
+    # Cancel until it ends: Python 3.11's wait_for (inside pymodbus) can lose one cancellation
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
     with contextlib.suppress(asyncio.CancelledError):
-        await task
+        task.result()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,7 +39,7 @@ from typing import Any
 import structlog
 
 from edge_agent import gs1
-from edge_agent.aggregation.hierarchy import Container, ContainerState, Hierarchy
+from edge_agent.aggregation.hierarchy import Container, ContainerState, Hierarchy, LooseReason
 from edge_agent.aggregation.matching import (
     CaseMatch,
     CaseReason,
@@ -309,6 +309,7 @@ class CaseStation(_Station):
         self.expected_next: int | None = None  # a partial last case announced by the operator
         self._reads = _Reads()
         self._pending: dict[int, str] = {}  # trigger -> case EPC, PASS written, gate unknown
+        self._read_units: tuple[str, ...] = ()  # packable units read in the case being decided
 
     def expect(self, count: int) -> None:
         """The next case holds ``count`` units (the last, partial case of the order)."""
@@ -366,6 +367,7 @@ class CaseStation(_Station):
     async def _case(self, trigger: int) -> None:
         frame = self._reads.by_trigger[trigger][0]
         self.stats.cases_read += 1
+        self._read_units = ()
         try:
             reason, detail, sscc = await self._decide(trigger, frame)
         except EdgeAgentError as exc:
@@ -388,11 +390,23 @@ class CaseStation(_Station):
         )
         with contextlib.suppress(EdgeAgentError):  # no verdict is a reject as well
             await self.plc.write_verdict(trigger, Verdict.REJECT)
+        self._leave_loose(self._read_units)
+
+    def _leave_loose(self, units: Sequence[str]) -> None:
+        """The units read in a rejected case go to rework: loose, with why (the reconciliation
+        lists them until they are packed)."""
+        if not units:
+            return
+        try:
+            self.hierarchy.leave_loose(self.order_id, list(units), reason=LooseReason.CASE_REJECTED)
+        except (AggregationRefused, EdgeAgentError) as exc:
+            log.warning("units_not_recorded_loose", order=self.order_id, detail=str(exc))
 
     async def _decide(self, trigger: int, frame: Frame) -> tuple[CaseReason, str, str | None]:
         expected = self.expected_next or self.capacity
         reads = await asyncio.to_thread(self.reader.read, frame.image)
         found = match_case(reads, expected=expected, order_id=self.order_id, resolve=self._unit)
+        self._read_units = found.packable
         if not found.accepted:
             return found.reason, found.detail, None
         closing = await self._reads.second(trigger, self.timings.closing_read_s)

@@ -216,6 +216,13 @@ class Reconciliation(ReportPart):
     serials_returned: int
     serials_in_flight: int
     duplicates: int
+    serials_sampled: int = 0
+    serials_destroyed: int = 0
+    aggregation: dict[str, Any] | None = Field(
+        None, description="The packaging hierarchy's figures (None: the order has no plan)"
+    )
+    hierarchy_balanced: bool = True
+    hierarchy_problems: list[str] = Field(default_factory=list)
     problems: list[str]
     balanced: bool
 

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -111,6 +111,9 @@ class LineController:
         self._unreported: tuple[str, LineStopped | None] | None = None
         self._report_failed = False
         self.segments = 0  # segments run by this process (tests, status)
+        # One connection per device at a time: a serial port is locked while open, so a check
+        # (start-up stop code, resume) must not race the segment or another check for it.
+        self._in_use = {kind: asyncio.Lock() for kind in ("printer", "camera", "plc")}
 
     @property
     def ledger(self) -> Ledger:
@@ -244,9 +247,9 @@ class LineController:
                 if segment.stop is not None:  # stopped before it began: the PLC still hears it
                     await self.tell_plc(segment.stop)
                     return segment.stop
-                printer = await stack.enter_async_context(self._device("printer"))
-                camera = await stack.enter_async_context(self._device("camera"))
-                plc = await stack.enter_async_context(self._device("plc"))
+                printer = await stack.enter_async_context(self._open("printer"))
+                camera = await stack.enter_async_context(self._open("camera"))
+                plc = await stack.enter_async_context(self._open("plc"))
                 runtime = LineRuntime(
                     self.config.model,
                     self.ledger,
@@ -287,7 +290,7 @@ class LineController:
     async def tell_plc(self, stop: LineStopped) -> None:
         """A stop before the runtime ran: the PLC still hears it (its stop code), when it can."""
         try:
-            async with asyncio.timeout(DEVICE_CHECK_S), self._device("plc") as plc:
+            async with asyncio.timeout(DEVICE_CHECK_S), self._open("plc") as plc:
                 await plc.request_line_stop(stop.reason.code)
         except (EdgeAgentError, TimeoutError) as exc:  # it stops on the missing heartbeat
             log.error("line_stop_not_sent", device="plc", detail=str(exc))
@@ -378,7 +381,7 @@ class LineController:
     async def _device_problem(self, kind: str) -> str | None:
         """Can the device be reached now? For the PLC also: is its heartbeat moving?"""
         try:
-            async with asyncio.timeout(DEVICE_CHECK_S), self._device(kind) as device:
+            async with asyncio.timeout(DEVICE_CHECK_S), self._open(kind) as device:
                 if kind == "plc":
                     return await self._heartbeat_problem(device)
         except (EdgeAgentError, TimeoutError, OSError) as exc:
@@ -397,6 +400,9 @@ class LineController:
                 return None
         return f"the PLC heartbeat did not move within {timeout_s:g} s; check the PLC program"
 
-    def _device(self, kind: str) -> Any:
-        spec = getattr(self.config, kind)
-        return spec.driver(kind, spec.config)
+    @contextlib.asynccontextmanager
+    async def _open(self, kind: str) -> AsyncIterator[Any]:
+        async with self._in_use[kind]:
+            spec = getattr(self.config, kind)
+            async with spec.driver(kind, spec.config) as device:
+                yield device

@@ -81,6 +81,7 @@ async def reconcile_printer_queue(
     printer: Printer, ledger: Ledger, batch: BatchInfo
 ) -> QueueReconciliation:
     """Cancel whatever the printer still queues and settle those serials in the ledger."""
+    await ledger.flush()  # confirmations on their way to the state writer count as confirmed
     sent = ledger.unconfirmed_in_send_order(batch.id)
     cleared = await printer.clear()
     result = settle(sent, cleared)

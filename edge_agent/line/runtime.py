@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine
@@ -60,11 +61,20 @@ log = structlog.get_logger("edge_agent.line")
 _COMMIT_GROUP = 64
 _ALLOCATE_BLOCK = 64
 _CONFIRM_WAIT_S = 0.1  # how long a frame may wait for its print confirmation to arrive
+_COMMIT_COMPANY_S = 0.003  # how long a unit's commit waits for the frames decided behind it
+_COMPANY_POLL_S = 0.0005
+_REFILL_WAIT_S = 0.02  # how long a refill may wait to share the next outcomes' commit
 _MAX_UNACKNOWLEDGED = 3  # records in a row the printer did not acknowledge: it stopped answering
 
 
 class _BatchComplete(Exception):
     pass
+
+
+def _refill_block(depth: int, window: int) -> int:
+    """Records marked sent per commit: half the printer's buffer (and of the in-flight window),
+    so the printer still has half a buffer to print while the block commits."""
+    return max(1, min(depth, window) // 2)
 
 
 def _raise_if_cancel_lost() -> None:
@@ -122,6 +132,7 @@ class LineRuntime:
             64
         )
         self._commit_q: asyncio.Queue[_Pending] = asyncio.Queue(256)
+        self._deciding = 0  # frames taken for a decision, not yet queued for the commit
         self._feed_done = asyncio.Event()
         self._last_activity = time.monotonic()
         # reject trigger → when its verdict was written
@@ -372,6 +383,7 @@ class LineRuntime:
     async def _settle_at_stop(self) -> None:
         # The stop may have cancelled a commit group between its ledger commit and its PLC
         # writes: those passes are committed but may never have reached the PLC.
+        await self.ledger.flush()  # the "verdict written" flags still on their way
         unwritten = self.ledger.unwritten_passes(self._batch)
         if unwritten:
             await self._settle_unwritten_passes(unwritten)
@@ -392,21 +404,30 @@ class LineRuntime:
         sent = self.ledger.sent_count(batch.id)
         while sent < batch.target:
             _raise_if_cancel_lost()
+            # One commit per printer refill: wait for room for a block, mark it sent at once
+            # (each taken record holds its place in both counts until it is settled).
+            block = min(_refill_block(depth, window), batch.target - sent)
             async with self._flow:
-                await self._flow.wait_for(
-                    lambda: self._unprinted < depth and self._undecided < window
-                )
-            taken = self.ledger.take_for_print(batch)
-            if taken is None:
+                await self._flow.wait_for(functools.partial(self._room_for, block, depth, window))
+            # With units in flight their outcomes commit within milliseconds: the block rides
+            # along (the printer still holds half a buffer meanwhile).
+            wait_s = _REFILL_WAIT_S if self._undecided else 0.0
+            taken = await self.ledger.take_block(batch, block, wait_s=wait_s)
+            if not taken:
                 await self._replenish(batch.target - sent)
                 continue
-            sent += 1
-            self._unprinted += 1
-            self._undecided += 1
-            await self._send(PrintRecord(*taken))
-            if self._unprinted >= depth:
-                crash_point("printer_buffer_full")
+            sent += len(taken)
+            self._unprinted += len(taken)
+            self._undecided += len(taken)
+            crash_point("block_taken")
+            for record in taken:
+                await self._send(PrintRecord(*record))
+                if self._unprinted >= depth:
+                    crash_point("printer_buffer_full")
         self._feed_done.set()
+
+    def _room_for(self, block: int, depth: int, window: int) -> bool:
+        return self._unprinted + block <= depth and self._undecided + block <= window
 
     async def _replenish(self, still_needed: int) -> None:
         """Make the next serials available (persisted before use), never more than the order
@@ -416,8 +437,12 @@ class LineRuntime:
         batch, job = self._batch, self.job
         if job.serial_source == "generate":
             block = min(_ALLOCATE_BLOCK, still_needed)
-            self.ledger.ensure_allocated(
-                batch, block, length=job.serial_length, alphabet=job.serial_alphabet
+            await self.ledger.generate(
+                batch,
+                block,
+                length=job.serial_length,
+                alphabet=job.serial_alphabet,
+                wait_s=_REFILL_WAIT_S if self._undecided else 0.0,
             )
             return
         if job.serial_source == "l3":
@@ -464,7 +489,7 @@ class LineRuntime:
                 self._judged_unconfirmed.discard(confirmation.serial)
                 log.warning("late_print_confirmation", batch=batch.id, serial=confirmation.serial)
                 continue
-            if self.ledger.mark_printed(batch, confirmation.serial):
+            if self.ledger.note_printed(batch, confirmation.serial):
                 await self.printed.push(confirmation.serial)
             else:
                 log.warning(
@@ -503,6 +528,7 @@ class LineRuntime:
                 future.set_result(list(frame.reads))
             else:
                 future = loop.run_in_executor(executor, self._read, frame)
+            self._deciding += 1
             await self._decode_q.put((frame, future))
 
     def _repeated_frame(self, frame: Frame) -> None:
@@ -544,6 +570,7 @@ class LineRuntime:
             crash_point("decoded")
             outcome = await self._judge(frame, reads)
             await self._commit_q.put(_Pending(frame, outcome))
+            self._deciding -= 1
 
     async def _judge(self, frame: Frame, reads: list[CodeRead]) -> UnitOutcome:
         line = self.cfg.line
@@ -601,8 +628,15 @@ class LineRuntime:
         while True:
             _raise_if_cancel_lost()
             group = [await self._commit_q.get()]
-            while len(group) < _COMMIT_GROUP and not self._commit_q.empty():
-                group.append(self._commit_q.get_nowait())
+            # Group commit: outcomes of frames already being decided join this commit if they
+            # come within _COMMIT_COMPANY_S (one fsync for all); nothing waits when none is.
+            deadline = time.monotonic() + _COMMIT_COMPANY_S
+            while len(group) < _COMMIT_GROUP:
+                while len(group) < _COMMIT_GROUP and not self._commit_q.empty():
+                    group.append(self._commit_q.get_nowait())
+                if not self._deciding or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(_COMPANY_POLL_S)
             await self._commit_group(group)
 
     async def _commit_group(self, group: list[_Pending]) -> None:
@@ -614,8 +648,16 @@ class LineRuntime:
             if item.outcome.passed and late:
                 item.outcome.passed, item.outcome.reason = False, "late_verdict"
         outcomes = [item.outcome for item in group]
+        # The commit runs in the writer thread; a line stop (cancellation) meanwhile waits for
+        # it, so a committed pass still gets its write below.
+        commit = asyncio.ensure_future(self.ledger.record_outcomes(batch, outcomes))
+        cancelled = False
         try:
-            self.ledger.commit_outcomes(batch, outcomes)
+            try:
+                await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                cancelled = True
+                await commit
         except Exception as exc:
             for item in group:  # no record, no pass
                 item.outcome.passed, item.outcome.reason = False, "storage_error"
@@ -625,18 +667,30 @@ class LineRuntime:
             raise storage_stop(exc, self.cfg.agent.state_dir) from exc
         # Committed passes must reach the PLC: a line stop (cancellation) waits for this group's
         # writes instead of cutting them off between the commit and the write.
+        await self._gated_while_committing(group)
         writes = asyncio.ensure_future(self._write_verdicts(group))
         try:
             await asyncio.shield(writes)
+            if cancelled:
+                raise asyncio.CancelledError
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await writes
             if writes.done() and not writes.cancelled() and writes.exception() is None:
-                self.ledger.mark_verdicts_written(batch, [i.frame.trigger for i in group])
+                self.ledger.note_verdicts_written(batch, [i.frame.trigger for i in group])
             raise
-        self.ledger.mark_verdicts_written(batch, [item.frame.trigger for item in group])
+        self.ledger.note_verdicts_written(batch, [item.frame.trigger for item in group])
         settled = sum((o.serial is not None) + len(o.skipped_serials) for o in outcomes)
         await self._release(undecided=settled)
+
+    async def _gated_while_committing(self, group: list[_Pending]) -> None:
+        """A reject confirm that came in while the group was committing found no unit row yet:
+        a pass among them reached the gate too late and is decommissioned now."""
+        for item in group:
+            trigger = item.frame.trigger
+            if item.outcome.passed and trigger in self._gated_before_decided:
+                self._gated_before_decided.discard(trigger)
+                await self._on_reject_confirmed(self._batch, trigger)
 
     async def _write_verdicts(self, group: list[_Pending]) -> None:
         batch, line = self._batch, self.cfg.line
@@ -765,7 +819,7 @@ class LineRuntime:
                 )
             fresh = [t for t in log_ring if t > self._last_confirmed]
             for trigger in fresh:
-                self._on_reject_confirmed(batch, trigger)
+                await self._on_reject_confirmed(batch, trigger)
             if fresh:
                 self._last_confirmed = fresh[-1]
             self._confirms_seen = state.reject_confirms
@@ -786,10 +840,10 @@ class LineRuntime:
                     StopReason.REJECT_CONFIRM_MISSING, f"{self._missing_confirms} in a row"
                 )
 
-    def _on_reject_confirmed(self, batch: BatchInfo, trigger: int) -> None:
+    async def _on_reject_confirmed(self, batch: BatchInfo, trigger: int) -> None:
         self._awaiting_confirm.pop(trigger, None)
         self._missing_confirms = 0
-        change = self.ledger.confirm_rejected_at_gate(batch, trigger)
+        change = await self.ledger.gate_rejected(batch, trigger)
         if change is None and trigger > self._last_trigger:
             self._gated_before_decided.add(trigger)
         if change == "decommissioned":
@@ -811,6 +865,7 @@ class LineRuntime:
             await asyncio.sleep(0.02)
         await self._await_gate()
         await self._poll_rejects()
+        await self.ledger.flush()  # the last group's confirmations and flags
         # The serial account stays open: closing it (unused serials, returns, the close report)
         # is the order's settlement, once the command path has completed the order.
         with contextlib.suppress(EdgeAgentError):  # informative only: every unit is decided

@@ -15,6 +15,10 @@ _STEPS = {
     ("ADD", "commissioning", "active"): (None, "commissioned"),
     ("DELETE", "decommissioning", "inactive"): ("commissioned", "decommissioned"),
     ("OBSERVE", "destroying", "destroyed"): (None, "destroyed"),
+    # aggregation: a QA sample is observed (it stays commissioned until its decommissioning);
+    # a commissioned unit destroyed is DELETEd
+    ("OBSERVE", "sampling", "non_sellable_other"): ("commissioned", "commissioned"),
+    ("DELETE", "destroying", "destroyed"): ("commissioned", "destroyed"),
 }
 
 
@@ -47,7 +51,8 @@ def reference_hashes(document: Mapping[str, Any]) -> list[str]:
 def cbv_history_problems(events: Iterable[Mapping[str, Any]]) -> list[str]:
     """What in this event stream contradicts the life of a serial in EPCIS/CBV: commissioning
     (ADD) first; decommissioning (DELETE) only of a commissioned EPC, once; destroying
-    (OBSERVE) only of an EPC never commissioned; nothing after either. Re-sent copies (same
+    (OBSERVE) only of an EPC never commissioned, (DELETE) only of a commissioned one; sampling
+    only of a commissioned EPC; nothing after an end. Re-sent copies (same
     eventID) count once."""
     seen: set[str] = set()
     state: dict[str, str] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -30,3 +31,20 @@ async def until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within} s waiting for {what or condition}")
         await asyncio.sleep(every)
+
+
+def bounded(
+    seconds: float,
+) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
+    """Decorate an async test: it fails with a TimeoutError (and the traceback of the await it
+    was stuck in) after ``seconds`` instead of hanging the suite."""
+
+    def wrap(test: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        @functools.wraps(test)
+        async def run(*args: object, **kwargs: object) -> None:
+            async with asyncio.timeout(seconds):
+                await test(*args, **kwargs)
+
+        return run
+
+    return wrap

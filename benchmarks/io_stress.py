@@ -1,0 +1,170 @@
+"""Verdict timing on a busy disk: the line at 600 units/min while another process hammers the same
+filesystem with fsync-heavy writes (a backup, log rotation, another service), against the same
+run without the stress.
+
+Every unit the simulators make is good (no injected defects), so every reject is a good pack
+lost; ``late_verdict`` ones are the disk's fault. The simulators run in their own process, the
+stress in a third. Prints one JSON object.
+
+    .venv/bin/python benchmarks/io_stress.py [--minutes 5] [--stress-procs 1]
+
+Takes 2 x ``--minutes`` (quiet run, then stressed run). The test suite does not run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_agent import logs
+from edge_agent.app import Agent, UntilIdle
+from edge_agent.config import parse_config
+from edge_agent.demo import demo_config_text
+from edge_agent.line.stats import LineStats
+
+UNITS_PER_MIN = 600
+STRESS_CHUNK = 256 * 1024  # bytes written between two fsyncs
+STRESS_FILE_MAX = 64 * 1024 * 1024  # the stress file starts over at this size
+
+
+def stress(path: Path) -> None:
+    """Write and fsync forever (the stress process's body)."""
+    block = os.urandom(STRESS_CHUNK)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    written = 0
+    while True:
+        os.write(fd, block)
+        os.fsync(fd)
+        written += len(block)
+        if written >= STRESS_FILE_MAX:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            written = 0
+
+
+def start_simulators(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    text = demo_config_text()
+    text = re.sub(r"units_per_min = \d+", f"units_per_min = {UNITS_PER_MIN}", text)
+    text = re.sub(r"defect_rate = [\d.]+", "defect_rate = 0.0", text)  # every unit is good
+    text = re.sub(r"(\n\[simulators\.\w+\][^\[]*?)port = \d+", r"\g<1>port = 0", text)
+    config = workdir / "sim.toml"
+    config.write_text(text)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent.cli", "simulate", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, json.loads(proc.stdout.readline())["simulators"]
+
+
+def drop_order(inbox: Path, units: int) -> None:
+    """One work order in the inbox, written aside and renamed as the inbox expects."""
+    order = {
+        "id": "IO-STRESS-1",
+        "product": {"gtin": "09506000134352", "description": "Benchmark tablets"},
+        "lot": "IOSTRESS1",
+        "expiry": "301231",
+        "quantity": units,
+        "serials": {"source": "generate", "length": 12},
+        "market": "DE",
+    }
+    inbox.mkdir(parents=True, exist_ok=True)
+    part = inbox / ".IO-STRESS-1.json.part"
+    part.write_text(json.dumps(order), encoding="utf-8")
+    part.replace(inbox / "IO-STRESS-1.json")
+
+
+async def run_line(workdir: Path, units: int, ports: dict[str, int]) -> LineStats:
+    overrides: dict[str, Any] = {
+        "agent": {"state_dir": str(workdir / "state")},
+        "orders": {"inbox": str(workdir / "inbox")},
+        "clock": {"check": False},
+        **{kind: {"port": port} for kind, port in ports.items()},
+    }
+    drop_order(workdir / "inbox", units)
+    stats = LineStats()
+    agent = Agent(parse_config(demo_config_text(), "demo.toml", overrides), stats=stats)
+    served = await agent.serve(until_idle=UntilIdle(hold_timeout_s=0))
+    if served.ended != "idle":  # held: a line stop (repeated rejects, ...) ended the run early
+        print(f"the order did not run to its end: {served}", file=sys.stderr)
+    return stats
+
+
+def phase(workdir: Path, units: int, stress_procs: int) -> dict[str, Any]:
+    workdir.mkdir(parents=True)
+    stressors = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--stress", str(workdir / f"stress-{n}.bin")],
+            stdout=subprocess.DEVNULL,
+        )
+        for n in range(stress_procs)
+    ]
+    load_before = os.getloadavg()
+    with (workdir / "agent.log").open("w") as log_file:
+        logs.configure("json", "warning", stream=log_file)
+        sims, ports = start_simulators(workdir)
+        try:
+            started = time.monotonic()
+            stats = asyncio.run(run_line(workdir, units, ports))
+            elapsed = time.monotonic() - started
+        finally:
+            sims.send_signal(signal.SIGTERM)
+            sims.wait(timeout=20)
+            for proc in stressors:
+                proc.kill()
+                proc.wait(timeout=20)
+    return {
+        "stress_procs": stress_procs,
+        "units": stats.units,
+        "passed": stats.passed,
+        "rejected": stats.rejected,
+        "good_rejected_late": stats.by_reason.get("late_verdict", 0),
+        "rejects_by_reason": {k: v for k, v in stats.by_reason.items() if k != "ok"},
+        "latency_frame_to_verdict_ms": stats.latency_ms.summary(),
+        "wall_s": round(elapsed, 1),
+        "load_average": {
+            "before": [round(x, 2) for x in load_before],
+            "after": [round(x, 2) for x in os.getloadavg()],
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minutes", type=float, default=5.0, help="per run (two runs)")
+    parser.add_argument("--stress-procs", type=int, default=1)
+    parser.add_argument("--stress", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stress:
+        stress(Path(args.stress))
+        return
+    units = max(1, round(UNITS_PER_MIN * args.minutes))
+    workdir = Path(tempfile.mkdtemp(prefix="edge-agent-io-stress-"))
+    quiet = phase(workdir / "quiet", units, 0)
+    stressed = phase(workdir / "stressed", units, args.stress_procs)
+    result = {
+        "benchmark": "io_stress",
+        "units_per_min": UNITS_PER_MIN,
+        "minutes": args.minutes,
+        "filesystem_of": str(workdir),
+        "with_stress": stressed,
+        "without_stress": quiet,
+        "targets": {"good_rejected_late": 0, "p99_ms": 30},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
