@@ -303,7 +303,7 @@ class LineController:
         order_id, stopped = self._unreported
         try:
             await self._report(order_id, stopped)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # the database, or the close report's file
             if not self._report_failed:
                 log.error(
                     "line_event_not_recorded",

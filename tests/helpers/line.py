@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from edge_agent.alarms import AlarmBoard
 from edge_agent.app import Agent, Served, UntilIdle
 from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
 from edge_agent.db import open_reader
-from edge_agent.errors import LineStopped
+from edge_agent.errors import CommandRefused, LineStopped
 from edge_agent.line.stats import LineStats
 from edge_agent.orders import audit
 from edge_agent.orders.model import TERMINAL_STATES, OrderCommand, OrderState
@@ -103,7 +104,7 @@ async def resume_agent(
         for alarm in commands.alarms.for_order(held.id):
             if alarm.acknowledged_at is None:
                 commands.alarms.acknowledge(alarm.id, OPERATOR.name)
-        await commands.command(held.id, OrderCommand.RESUME, OPERATOR)
+        await _resume(commands, held.id)
         await until(
             lambda: _done_or_held_again(agent, held.id, len(commands.store.holds(held.id))),
             "the resumed order to end or to be held again",
@@ -117,6 +118,20 @@ async def resume_agent(
     if hold is None:
         return None
     return held_stop(config, Served("held", record, hold, hold.reason))
+
+
+async def _resume(commands: Any, order_id: str, within: float = 20.0) -> None:
+    """Resume as an operator does: a resume refused because a device is not back yet is tried
+    again (a link just restored may take a moment to answer), anything else fails the test."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await commands.command(order_id, OrderCommand.RESUME, OPERATOR)
+            return
+        except CommandRefused as exc:
+            if "cannot resume yet" not in str(exc) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)
 
 
 def _done_or_held_again(agent: Agent, order_id: str, holds_before: int) -> bool:
