@@ -77,6 +77,12 @@ def add_commands(sub: Any) -> None:
         default=0.3,
         help="--aggregate: share of cases the case packer makes defective (default 0.3)",
     )
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the last order, keep the daemon (REST API, operator screen) up until "
+        "Ctrl-C, so the screens can be explored",
+    )
     demo.set_defaults(handler=_demo)
 
     sim = sub.add_parser("simulate", help="start the simulators a config names, standalone")
@@ -117,6 +123,7 @@ def _demo(args: argparse.Namespace) -> int:
             devices={k: getattr(args, k) for k in DEMO_DEFAULTS if getattr(args, k)},
             upstream=args.upstream,
             aggregate=aggregate,
+            keep_running=args.keep_running,
         )
     )
 

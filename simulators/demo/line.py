@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import tempfile
 import time
 from collections import Counter
@@ -109,6 +110,7 @@ async def run_demo(
     devices: dict[str, str] | None = None,
     upstream: str | None = None,
     aggregate: AggregateOptions | None = None,
+    keep_running: bool = False,
 ) -> int:
     """Run ``orders`` orders of ``units`` each; ``devices`` picks simulator/driver types, e.g.
     plc=opcua; ``aggregate``: units into cases and pallets at the line end. Exit status: 0 all
@@ -118,6 +120,7 @@ async def run_demo(
     state_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(24)
     token_file = _write_token(state_dir, token)
+    users_file, logins_file = _screen_users(state_dir)
     overrides: dict[str, Any] = {
         "agent": {"state_dir": str(state_dir)},
         "orders": {"inbox": str(state_dir / "inbox")},
@@ -164,6 +167,7 @@ async def run_demo(
                 "port": 0,
                 "tokens": [{"name": API_TOKEN_NAME, "token": {"file": str(token_file)}}],
             }
+            sections["hmi"] = {"users_file": str(users_file)}
             capture = None
             if upstream == "epcis-http":
                 from simulators.upstream.capture_server import CaptureServerSim
@@ -175,7 +179,15 @@ async def run_demo(
                 sections["aggregation"] = line_end.config_section()
             config = parse_config(demo_config_text(), "demo.toml", overrides, sections=sections)
             run = await _serve_orders(
-                config, sims, documents, token, token_file, units, speed, console, line_end
+                config,
+                sims,
+                documents,
+                Access(token, token_file, logins_file),
+                units,
+                speed,
+                console,
+                line_end,
+                keep_running=keep_running,
             )
             await asyncio.sleep(0)  # let the last gate decisions land
             truth = sims.ground_truth()
@@ -234,6 +246,52 @@ def exit_status(report: dict[str, Any], upstream: bool) -> int:
     return 3 if report["line_stopped"] else 4
 
 
+@dataclass
+class Access:
+    """How a person reaches this run's daemon: the API token and the screen's logins."""
+
+    token: str
+    token_file: Path
+    logins_file: Path
+
+
+def _screen_users(state_dir: Path) -> tuple[Path, Path]:
+    """An operator and a supervisor for the operator screen, with passwords made for this run:
+    the users file holds their hashes, ``hmi-logins`` (only the user may read it) the passwords,
+    which are never printed."""
+    from edge_agent.hmi.users import UserFile
+    from edge_agent.orders.audit import Role
+
+    users_file = state_dir / "hmi-users.json"
+    logins_file = state_dir / "hmi-logins"
+    users = UserFile(users_file)
+    lines = []
+    for name, role in (("operator", Role.OPERATOR), ("supervisor", Role.SUPERVISOR)):
+        password = secrets.token_urlsafe(12)
+        users.add(name, role, password, replace=True)
+        lines.append(f"{name} ({role}): {password}")
+    fd = os.open(logins_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return users_file, logins_file
+
+
+async def _until_interrupted(console: Console, url: str | None, serving: asyncio.Task[Any]) -> None:
+    """--keep-running: the orders are done; the daemon stays up for the screens until Ctrl-C."""
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupted.set)
+    console.print(f"every order has ended; the daemon stays up at {url}/hmi: Ctrl-C ends the demo")
+    try:
+        waiter = asyncio.create_task(interrupted.wait())
+        await asyncio.wait({waiter, serving}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 def _write_token(state_dir: Path, token: str) -> Path:
     """This run's API bearer token, in a file only the user may read (the config refers to it:
     a secret is never written into a config)."""
@@ -250,12 +308,13 @@ async def _serve_orders(
     config: LoadedConfig,
     sims: SimulatorSet,
     documents: list[dict[str, Any]],
-    token: str,
-    token_file: Path,
+    access: Access,
     units: int,
     speed: float | None,
     console: Console,
     line_end: LineEnd | None = None,
+    *,
+    keep_running: bool = False,
 ) -> DemoRun:
     """Start the daemon, hand L3 the orders, resume what holds, stop the daemon when every
     order has ended and L3 has its returns and close reports."""
@@ -272,10 +331,15 @@ async def _serve_orders(
             await _until_ready(ready, serving)
             assert agent.api_url is not None
             run.api_url = agent.api_url
+            token, token_file = access.token, access.token_file
             console.print(
                 f"REST API: {agent.api_url}  (bearer token in {token_file}; "
                 f'try: curl -H "Authorization: Bearer $(cat {token_file})" '
                 f"{agent.api_url}/orders)"
+            )
+            console.print(
+                f"Operator screen: {agent.api_url}/hmi  (logins for an operator and a "
+                f"supervisor in {access.logins_file})"
             )
             for document in documents:
                 sims.l3.add_order(document)
@@ -285,6 +349,8 @@ async def _serve_orders(
                 run.resumed = operator.resumed
             if run.error is None and not serving.done():
                 await _until_l3_has_everything(run, sims, serving)
+            if keep_running and not serving.done():
+                await _until_interrupted(console, agent.api_url, serving)
         finally:
             if agent.controller is not None:
                 run.segments = agent.controller.segments
