@@ -75,12 +75,16 @@ class FakeLine:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
         self.problems: list[str] = []
+        self.start_refusals: list[str] = []
 
     def wake(self) -> None:
         self.calls.append(("wake", ""))
 
     async def hold(self, order_id: str, reason: str) -> None:
         self.calls.append(("hold", order_id))
+
+    def start_problems(self) -> list[str]:
+        return self.start_refusals
 
     async def resume_problems(self, order_id: str) -> list[str]:
         return self.problems
@@ -155,6 +159,23 @@ async def test_commands_in_the_wrong_state_are_refused_and_audited(
     assert path.store.get("ORD-1").state == S.READY
     last = audit.rows(path.conn)[-1]
     assert (last.action, last.outcome) == (command, "refused")
+
+
+async def test_a_start_by_a_person_meets_the_same_checks_as_an_automatic_one(
+    path: CommandPath,
+) -> None:
+    """[clock] on_unsynchronised = "refuse" holds for a start from the API or the screen too."""
+    line = path.line
+    assert isinstance(line, FakeLine)
+    line.start_refusals = ["the system clock is not synchronised (chrony: NOT synchronised)"]
+    await path.submit(order(), source="api", actor=OPERATOR)
+    with pytest.raises(CommandRefused, match="cannot start now: the system clock is not"):
+        await path.command("ORD-1", C.START, OPERATOR)
+    assert path.store.get("ORD-1").state == S.READY
+    last = audit.rows(path.conn)[-1]
+    assert (last.action, last.outcome) == ("start", "refused")
+    line.start_refusals = []
+    assert (await path.command("ORD-1", C.START, OPERATOR)).state == S.RUNNING
 
 
 async def test_hold_and_abort_need_a_reason(path: CommandPath) -> None:

@@ -97,7 +97,7 @@ class LineController:
         self.stats = stats or LineStats()
         self.on_tick = on_tick
         self.guards = list(guards or [])
-        self.start_problems = start_problems or (lambda: [])
+        self._start_checks = start_problems or (lambda: [])
         self.resume_checks = resume_checks or (lambda: [])
         self.auto_start = config.model.orders.auto_start
         self._wake = asyncio.Event()
@@ -350,6 +350,9 @@ class LineController:
     async def abort(self, order_id: str) -> None:
         await self._stop_segment(order_id, LineStopped(StopReason.OPERATOR_ABORT, "order aborted"))
         await self._settle_without_segment(order_id)
+
+    def start_problems(self) -> list[str]:
+        return list(self._start_checks())
 
     async def resume_problems(self, order_id: str) -> list[str]:
         problems = list(self.resume_checks())

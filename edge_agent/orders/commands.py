@@ -43,6 +43,10 @@ class LineControl(Protocol):
     def wake(self) -> None:
         """Orders changed (one became ready or was started): look at the queue again."""
 
+    def start_problems(self) -> list[str]:
+        """Why no order may start now (e.g. the clock is not synchronised and the config says
+        refuse); empty when one may. Asked for every start, automatic or by a person."""
+
     async def hold(self, order_id: str, reason: str) -> None:
         """Stop the line (PLC line-stop request set) and settle units in flight; return held."""
 
@@ -174,6 +178,11 @@ class CommandPath:
     async def _start(
         self, record: OrderRecord, actor: audit.Actor, reason: str | None
     ) -> OrderRecord:
+        problems = self.line.start_problems() if self.line is not None else []
+        if problems:
+            raise CommandRefused(
+                f"order {record.id} cannot start now: " + "; ".join(problems), order_id=record.id
+            )
         return self.store.transition(record.id, C.START, actor, reason=reason)
 
     async def _hold(

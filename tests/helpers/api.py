@@ -58,6 +58,9 @@ class FakeLine:
     async def hold(self, order_id: str, reason: str) -> None:
         self.calls.append(("hold", order_id))
 
+    def start_problems(self) -> list[str]:
+        return []
+
     async def resume_problems(self, order_id: str) -> list[str]:
         return self.problems
 
