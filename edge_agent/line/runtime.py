@@ -61,9 +61,13 @@ log = structlog.get_logger("edge_agent.line")
 _COMMIT_GROUP = 64
 _ALLOCATE_BLOCK = 64
 _CONFIRM_WAIT_S = 0.1  # how long a frame may wait for its print confirmation to arrive
-_COMMIT_COMPANY_S = 0.003  # how long a unit's commit waits for the frames decided behind it
+# No deliberate waits for company: a commit groups what queued while the one before it ran,
+# so a slow disk groups more by itself. Measured on 2 quiet cores (line_throughput, 3000 units):
+# waits of 3 ms / 20 ms gave 14,000-15,900 units/min and 0.41 fsync per unit; none gives
+# 18,500-20,400 units/min and 0.50.
+_COMMIT_COMPANY_S = 0.0  # how long a unit's commit waits for the frames decided behind it
 _COMPANY_POLL_S = 0.0005
-_REFILL_WAIT_S = 0.02  # how long a refill may wait to share the next outcomes' commit
+_REFILL_WAIT_S = 0.0  # how long a refill may wait to share the next outcomes' commit (see above)
 _MAX_UNACKNOWLEDGED = 3  # records in a row the printer did not acknowledge: it stopped answering
 
 
