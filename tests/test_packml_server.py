@@ -832,6 +832,41 @@ async def test_scada_sees_a_batch_start_and_complete_by_itself(tmp_path: Path) -
         assert not task.done()
 
 
+@pytest.mark.slow
+async def test_the_server_stays_up_across_three_orders_and_shows_each(tmp_path: Path) -> None:
+    """One server for the daemon's life: each order in turn is the current one, runs to
+    Complete by itself, and the server answers all along (issue 11)."""
+    from simulators.pytest_plugin import drop_order, order_for
+
+    port = free_port()
+    async with (
+        running_agent(tmp_path, server_options(port), quantity=20) as (_, task, _stats, agent),
+        scada(port) as ua,
+    ):
+        seen = []
+        for number in (1, 2, 3):
+            if number > 1:  # the next order arrives once the one before has ended
+                order_id = f"WO-PACKML-{number}"
+                drop_order(tmp_path / "inbox", order_for(id=order_id, quantity=20))
+                await until(
+                    lambda: agent.commands is not None
+                    and agent.commands.store.find(order_id) is not None,
+                    "the next order stored",
+                    within=30,
+                )
+
+            async def current_order_completed(known: int = len(seen)) -> bool:
+                order = str(await ua.node("Status.BatchId").read_value())
+                done = await ua.state() == "Complete"
+                return done and bool(order) and order not in seen[:known]
+
+            await until(current_order_completed, f"order {number} complete", within=60)
+            seen.append(str(await ua.node("Status.BatchId").read_value()))
+            assert not task.done()
+        assert len(set(seen)) == 3, seen
+        assert await ua.printed() >= 20
+
+
 async def _above(read: Awaitable[int], limit: int) -> bool:
     return await read > limit
 
