@@ -849,7 +849,7 @@ async def test_the_server_stays_up_across_three_orders_and_shows_each(tmp_path: 
                 order_id = f"WO-PACKML-{number}"
                 drop_order(tmp_path / "inbox", order_for(id=order_id, quantity=20))
                 await until(
-                    lambda: agent.commands is not None
+                    lambda order_id=order_id: agent.commands is not None
                     and agent.commands.store.find(order_id) is not None,
                     "the next order stored",
                     within=30,
