@@ -199,12 +199,13 @@ async def test_free_disk_space_has_an_alarm_and_a_stop_level(
         run = asyncio.ensure_future(run_agent(config, stats))
         try:
             await until(lambda: stats.units >= 20 or run.done(), "units decided")
-            fill(disk, leave=18 * MB)  # below the alarm level: an alarm, the line runs on
+            # Another program fills the disk: in a thread, so the agent's loop (this test's) runs on
+            await asyncio.to_thread(fill, disk, 18 * MB)  # below the alarm level: the line runs on
             await until(lambda: any("disk_free_alarm_mb" in a for a in stats.alarms), "alarm")
             decided = stats.units
             await until(lambda: stats.units >= decided + 20 or run.done(), "units after the alarm")
             assert not run.done()
-            fill(disk, leave=8 * MB)  # below the stop level
+            await asyncio.to_thread(fill, disk, 8 * MB)  # below the stop level
             stopped = await asyncio.wait_for(run, 30)
         finally:
             run.cancel()
