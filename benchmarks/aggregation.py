@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from line_throughput import machine  # type: ignore[import-not-found]
 
 from edge_agent.aggregation.hierarchy import Hierarchy
 from edge_agent.aggregation.matching import match_case
@@ -38,21 +38,6 @@ ORDER = "BENCH-AGG"
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100.0 * len(ordered)))]
-
-
-def machine() -> dict[str, object]:
-    model = ""
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "load_avg_1m": os.getloadavg()[0],
-        "python": platform.python_version(),
-    }
 
 
 def setup(state_dir: Path, units: int, codes: int) -> tuple[Hierarchy, list[str]]:
@@ -135,7 +120,7 @@ def main() -> None:
         },
         "unit_station_units_per_min": "not measured: needs the resident daemon running the unit "
         "and case stations together (aggregation on vs off)",
-        "machine": machine(),
+        "machine": {**machine(), "load_avg_1m": os.getloadavg()[0]},
     }
     print(json.dumps(result, indent=2))
 

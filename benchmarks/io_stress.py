@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from line_throughput import drop_order, start_simulators  # type: ignore[import-not-found]
 
 from edge_agent import logs
 from edge_agent.app import Agent, UntilIdle
@@ -52,40 +53,6 @@ def stress(path: Path) -> None:
             written = 0
 
 
-def start_simulators(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
-    text = demo_config_text()
-    text = re.sub(r"units_per_min = \d+", f"units_per_min = {UNITS_PER_MIN}", text)
-    text = re.sub(r"defect_rate = [\d.]+", "defect_rate = 0.0", text)  # every unit is good
-    text = re.sub(r"(\n\[simulators\.\w+\][^\[]*?)port = \d+", r"\g<1>port = 0", text)
-    config = workdir / "sim.toml"
-    config.write_text(text)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.cli", "simulate", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    return proc, json.loads(proc.stdout.readline())["simulators"]
-
-
-def drop_order(inbox: Path, units: int) -> None:
-    """One work order in the inbox, written aside and renamed as the inbox expects."""
-    order = {
-        "id": "IO-STRESS-1",
-        "product": {"gtin": "09506000134352", "description": "Benchmark tablets"},
-        "lot": "IOSTRESS1",
-        "expiry": "301231",
-        "quantity": units,
-        "serials": {"source": "generate", "length": 12},
-        "market": "DE",
-    }
-    inbox.mkdir(parents=True, exist_ok=True)
-    part = inbox / ".IO-STRESS-1.json.part"
-    part.write_text(json.dumps(order), encoding="utf-8")
-    part.replace(inbox / "IO-STRESS-1.json")
-
-
 async def run_line(workdir: Path, units: int, ports: dict[str, int]) -> LineStats:
     overrides: dict[str, Any] = {
         "agent": {"state_dir": str(workdir / "state")},
@@ -93,7 +60,7 @@ async def run_line(workdir: Path, units: int, ports: dict[str, int]) -> LineStat
         "clock": {"check": False},
         **{kind: {"port": port} for kind, port in ports.items()},
     }
-    drop_order(workdir / "inbox", units)
+    drop_order(workdir / "inbox", units, "IO-STRESS-1")
     stats = LineStats()
     agent = Agent(parse_config(demo_config_text(), "demo.toml", overrides), stats=stats)
     served = await agent.serve(until_idle=UntilIdle(hold_timeout_s=0))
@@ -114,7 +81,7 @@ def phase(workdir: Path, units: int, stress_procs: int) -> dict[str, Any]:
     load_before = os.getloadavg()
     with (workdir / "agent.log").open("w") as log_file:
         logs.configure("json", "warning", stream=log_file)
-        sims, ports = start_simulators(workdir)
+        sims, ports = start_simulators(workdir, units_per_min=UNITS_PER_MIN, defect_rate=0.0)
         try:
             started = time.monotonic()
             stats = asyncio.run(run_line(workdir, units, ports))

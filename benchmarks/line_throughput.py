@@ -45,13 +45,22 @@ def machine() -> dict[str, object]:
     }
 
 
-def start_simulators(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
+def start_simulators(
+    workdir: Path, *, units_per_min: int | None = None, defect_rate: float | None = None
+) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    """The demo's simulators in a process of their own, on free ports: as fast as they go, or
+    at ``units_per_min``; ``defect_rate`` replaces the demo's."""
     config = workdir / "sim.toml"
     # Free ports: two benchmarks on one machine must not meet at the demo's fixed ports
     text = re.sub(r"(\n\[simulators\.\w+\][^\[]*?)port = \d+", r"\g<1>port = 0", demo_config_text())
+    if units_per_min is not None:
+        text = re.sub(r"units_per_min = \d+", f"units_per_min = {units_per_min}", text)
+    if defect_rate is not None:
+        text = re.sub(r"defect_rate = [\d.]+", f"defect_rate = {defect_rate}", text)
     config.write_text(text)
+    fast = ["--fast"] if units_per_min is None else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.cli", "simulate", "--fast", "--config", str(config)],
+        [sys.executable, "-m", "edge_agent.cli", "simulate", *fast, "--config", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -60,21 +69,21 @@ def start_simulators(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, in
     return proc, json.loads(proc.stdout.readline())["simulators"]
 
 
-def drop_order(inbox: Path, units: int) -> None:
+def drop_order(inbox: Path, units: int, order_id: str = "BENCH-1") -> None:
     """One work order in the inbox, written aside and renamed as the inbox expects."""
     order = {
-        "id": "BENCH-1",
+        "id": order_id,
         "product": {"gtin": "09506000134352", "description": "Benchmark tablets"},
-        "lot": "BENCH1",
+        "lot": re.sub(r"[^A-Z0-9]", "", order_id.upper())[:20],
         "expiry": "301231",
         "quantity": units,
         "serials": {"source": "generate", "length": 12},
         "market": "DE",
     }
     inbox.mkdir(parents=True, exist_ok=True)
-    part = inbox / ".BENCH-1.json.part"
+    part = inbox / f".{order_id}.json.part"
     part.write_text(json.dumps(order), encoding="utf-8")
-    part.replace(inbox / "BENCH-1.json")
+    part.replace(inbox / f"{order_id}.json")
 
 
 async def run(units: int, workdir: Path, ports: dict[str, int], in_flight: int) -> LineStats:
