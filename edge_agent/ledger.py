@@ -699,8 +699,13 @@ class Ledger:
     # --- queries ----------------------------------------------------------------------------
 
     def sent_count(self, batch_id: str) -> int:
+        """Serials sent to the printer that were, or may yet be, applied to a unit: what counts
+        toward the order's quantity. A record the printer discarded unprinted (a line stop,
+        a restart) ends ``unused`` and is made up for by another serial."""
         (n,) = self.conn.execute(
-            "SELECT count(*) FROM serials WHERE batch_id = ? AND seq IS NOT NULL", (batch_id,)
+            "SELECT count(*) FROM serials"
+            " WHERE batch_id = ? AND seq IS NOT NULL AND state NOT IN (?, ?)",
+            (batch_id, SerialState.UNUSED, SerialState.RETURNED),
         ).fetchone()
         return int(n)
 

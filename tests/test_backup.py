@@ -28,7 +28,6 @@ from edge_agent.alarms import AlarmBoard, AlarmKind
 from edge_agent.config.models import (
     BackupSection,
     CameraSim,
-    PlcSim,
     PrinterSim,
     SimulatorsSection,
 )
@@ -38,6 +37,7 @@ from edge_agent.ledger import BatchInfo, Ledger, SerialState, UnitOutcome
 from edge_agent.reconcile import reconcile
 from simulators.runner import SimulatorSet
 from tests.helpers.agent_process import AgentProcess, run_agent_process, write_agent_config
+from tests.helpers.margins import plc_sim
 from tests.helpers.waiting import until
 
 GTIN = "09506000134352"
@@ -442,7 +442,7 @@ async def test_a_backup_taken_while_the_line_runs_restores_and_the_order_finishe
         units_per_min=600,  # the live run: slow enough to be caught mid-order
         printer=PrinterSim(port=0, buffer_size=16),
         camera=CameraSim(port=0, defect_rate=0.02, seed=5),
-        plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
+        plc=plc_sim(),
     )
     live, fresh, backups = tmp_path / "live", tmp_path / "restored", tmp_path / "backups"
     async with SimulatorSet(section) as sims:

@@ -31,6 +31,7 @@ from simulators.cameras.stream import MjpegCameraSim
 from simulators.line import SimLine, SimUnit
 from simulators.pytest_plugin import inbox_with
 from tests.helpers.line import run_agent, run_order
+from tests.helpers.margins import plc_sim
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -143,7 +144,7 @@ async def test_stream_frames_carry_the_camera_trigger_and_repeats_are_discarded(
 
 async def test_injected_defects_are_rejected_by_the_agent(tmp_path: Path) -> None:
     from edge_agent.config import parse_config
-    from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
+    from edge_agent.config.models import CameraSim, PrinterSim, SimulatorsSection
     from edge_agent.db import open_reader
     from simulators.demo.line import demo_config_text
     from simulators.runner import SimulatorSet
@@ -152,7 +153,7 @@ async def test_injected_defects_are_rejected_by_the_agent(tmp_path: Path) -> Non
         units_per_min=None,
         printer=PrinterSim(port=0, buffer_size=16),
         camera=CameraSim(type="mjpeg", port=0, defect_rate=0.15, seed=3),
-        plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
+        plc=plc_sim(),
     )
     async with SimulatorSet(section) as sims:
         sims.camera.defect_kinds = ("unreadable", "wrong_gtin")
@@ -181,7 +182,7 @@ async def test_injected_defects_are_rejected_by_the_agent(tmp_path: Path) -> Non
 
 async def test_a_dropped_counted_stream_stops_the_line_balanced(tmp_path: Path) -> None:
     from edge_agent.config import parse_config
-    from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
+    from edge_agent.config.models import CameraSim, PrinterSim, SimulatorsSection
     from edge_agent.db import open_reader
     from edge_agent.line.stats import LineStats
     from edge_agent.reconcile import reconcile
@@ -192,7 +193,7 @@ async def test_a_dropped_counted_stream_stops_the_line_balanced(tmp_path: Path) 
         units_per_min=1200,
         printer=PrinterSim(port=0, buffer_size=16),
         camera=CameraSim(type="mjpeg", port=0, defect_rate=0.0),
-        plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
+        plc=plc_sim(),
     )
     stats = LineStats()
     async with SimulatorSet(section) as sims:

@@ -29,6 +29,7 @@ from edge_agent.line.verify import BatchIdentity, check_content
 from simulators.cameras.smart_reader import READER_DEFECTS, SmartReaderSim
 from simulators.line import SimLine, SimUnit
 from tests.helpers.line import run_order
+from tests.helpers.margins import VERDICT_DEADLINE_MS, plc_sim
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -248,7 +249,7 @@ async def test_line_with_a_smart_reader_rejects_exactly_the_defects(
     agent_config_factory: Any, tmp_path: Path
 ) -> None:
     """Agent + smart reader + printer + PLC simulators: low grades reject with min_grade set."""
-    from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
+    from edge_agent.config.models import CameraSim, PrinterSim, SimulatorsSection
     from edge_agent.db import open_reader
     from simulators.runner import SimulatorSet
 
@@ -256,14 +257,14 @@ async def test_line_with_a_smart_reader_rejects_exactly_the_defects(
         units_per_min=None,
         printer=PrinterSim(port=0, buffer_size=16),
         camera=CameraSim(type="smart-reader", port=0, defect_rate=0.1, seed=5),
-        plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
+        plc=plc_sim(),
     )
     async with SimulatorSet(section) as sims:
         sims.camera.defect_kinds = ("unreadable", "wrong_lot", "low_grade")
         config = agent_config_factory(
             simulators=sims,
             order={"quantity": 120},
-            line={"verdict_deadline_ms": 500},
+            line={"verdict_deadline_ms": VERDICT_DEADLINE_MS},
             vision={"min_grade": 1.5, "archive_dir": str(tmp_path / "failed")},
         )
         assert config.camera.type_name == "smart-reader"

@@ -138,14 +138,18 @@ def test_sigkill_mid_batch_then_resume(tmp_path: Path, crash_at: str) -> None:
         commissioned_triggers = {
             t for (t,) in conn.execute("SELECT trigger FROM serials WHERE state = 'commissioned'")
         }
-        sent = [s for (s,) in conn.execute("SELECT serial FROM serials WHERE seq IS NOT NULL")]
+        sent = dict(conn.execute("SELECT serial, state FROM serials WHERE seq IS NOT NULL"))
+        sent_count = conn.execute("SELECT count(*) FROM serials WHERE seq IS NOT NULL").fetchone()
         restart_rejects = conn.execute(
             "SELECT count(*) FROM serials WHERE reason = 'in_flight_at_restart'"
         ).fetchone()[0]
     assert report["balanced"], report["problems"]
     assert report["batch_state"] == "closed" and report["serials_in_flight"] == 0
     assert truth["printed_twice"] == 0
-    assert len(sent) == len(set(sent)) == UNITS
+    assert sent_count == (len(sent),), "a serial was sent twice"
+    # The order's quantity was made: records the restart cleared from the printer, unprinted,
+    # are unused and were made up for by other serials.
+    assert sum(state != "unused" for state in sent.values()) == UNITS
     # Never silently passed: the units the PLC let through are exactly the commissioned ones.
     assert set(truth["gate_passed"]) == commissioned_triggers
     assert restart_rejects > 0

@@ -29,11 +29,13 @@ from simulators.runner import SimulatorSet
 from tests.helpers.line import (
     check_gate_matches_ledger,
     check_nothing_sent_twice,
+    column,
     gates_settled,
     make_config,
     simulators,
     state_db,
 )
+from tests.helpers.margins import VERDICT_DEADLINE_MS
 from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.slow
@@ -144,10 +146,13 @@ async def test_a_line_stop_holds_the_order_and_a_resume_completes_it(
             report = reconcile(conn, order_id)
             check_gate_matches_ledger(conn, sims)
             check_nothing_sent_twice(conn, sims)
+            on_units = column(conn, "SELECT serial FROM serials WHERE state != 'unused'")
     assert report["balanced"], report["problems"]
     # Every serial printed once; units printed but undecided at the hold were settled by the
-    # resume's recovery (rejected: the PLC rejected them for lack of a verdict).
+    # resume's recovery (rejected: the PLC rejected them for lack of a verdict). Records the
+    # hold kept from the printer are unused, and made up for: the order has all its units.
     assert len(sims.printer.printed) == units
+    assert sorted(on_units) == sorted(sims.printer.printed)
     assert report["serials_commissioned"] + report["serials_rejected"] == units
 
 
@@ -238,7 +243,7 @@ async def test_an_l3_order_gets_its_serials_in_pages_and_closes_with_its_return(
         config = agent_config_factory(
             simulators=sims,
             order=None,
-            line={"verdict_deadline_ms": 500},
+            line={"verdict_deadline_ms": VERDICT_DEADLINE_MS},
             l3={**l3_sim.driver_config(), **FAST},
         )
         async with daemon(config) as agent:

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import epcis
-from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
+from edge_agent.config.models import CameraSim, PrinterSim, SimulatorsSection
 from edge_agent.db import open_reader
 from simulators.pytest_plugin import DEFAULT_ORDER
 from simulators.runner import SimulatorSet
 from simulators.upstream.capture_server import CaptureServerSim
 from tests.helpers.epcis import cbv_history_problems, history_by_epc
 from tests.helpers.line import run_order
+from tests.helpers.margins import VERDICT_DEADLINE_MS, plc_sim
 
 SCHEMA_FILE = (
     Path(__file__).resolve().parents[1].parent
@@ -33,7 +34,7 @@ def line_simulators() -> SimulatorsSection:
         units_per_min=None,
         printer=PrinterSim(port=0, buffer_size=16),
         camera=CameraSim(port=0, defect_rate=0.1, seed=7),
-        plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
+        plc=plc_sim(),
     )
 
 
@@ -50,7 +51,7 @@ async def test_line_events_reach_the_capture_server_as_valid_documents(
         config = agent_config_factory(
             simulators=sims,
             order={"quantity": units},
-            line={"verdict_deadline_ms": 500},
+            line={"verdict_deadline_ms": VERDICT_DEADLINE_MS},
             upstream={
                 "forwarders": [forwarder],
                 "backoff_initial_s": 0.05,

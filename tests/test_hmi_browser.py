@@ -28,7 +28,7 @@ from edge_agent.api.app import create_app
 from edge_agent.api.deps import ApiServices
 from edge_agent.api.server import ApiServer
 from edge_agent.api.status import DbLineStatus
-from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
+from edge_agent.config.models import CameraSim, PrinterSim, SimulatorsSection
 from edge_agent.hmi.settings import HmiSettings
 from edge_agent.monitoring.sources import MonitoringSources
 from edge_agent.orders.audit import Actor
@@ -38,6 +38,7 @@ from edge_agent.outbox.store import OutboxStore
 from simulators.pytest_plugin import order_for, require_tool
 from simulators.runner import SimulatorSet
 from tests.helpers.hmi import PASSWORDS, daemon, users_file
+from tests.helpers.margins import VERDICT_DEADLINE_MS, plc_sim
 from tests.helpers.waiting import until
 
 pytest.importorskip("playwright")
@@ -95,13 +96,15 @@ async def test_a_shift_on_the_operator_screen(
         units_per_min=UNITS_PER_S * 60,
         printer=PrinterSim(port=0, buffer_size=16),
         camera=CameraSim(port=0, defect_rate=0.1, seed=5),
-        plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
+        plc=plc_sim(),
     )
     async with SimulatorSet(sims_section) as sims:
         config = agent_config_factory(
             simulators=sims,
             order=None,  # the operator submits it
-            line={"verdict_deadline_ms": 500},  # margin under the gate delay on a loaded machine
+            line={
+                "verdict_deadline_ms": VERDICT_DEADLINE_MS
+            },  # margin under the gate delay on a loaded machine
             orders={"auto_start": False, "auto_close": False},
             vision={"archive_dir": str(frames)},
         )
@@ -244,13 +247,13 @@ async def test_an_operator_hold_stops_the_line(agent_config_factory: Any) -> Non
         units_per_min=UNITS_PER_S * 60,
         printer=PrinterSim(port=0, buffer_size=16),
         camera=CameraSim(port=0, defect_rate=0.0, seed=5),
-        plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
+        plc=plc_sim(),
     )
     async with SimulatorSet(sims_section) as sims:
         config = agent_config_factory(
             simulators=sims,
             order=None,
-            line={"verdict_deadline_ms": 500},
+            line={"verdict_deadline_ms": VERDICT_DEADLINE_MS},
             orders={"auto_start": False, "auto_close": False},
         )
         async with daemon(config) as agent:

@@ -19,6 +19,7 @@ from simulators.runner import SimulatorSet
 from tests.helpers.api import make_rig, services
 from tests.helpers.hmi import browser, daemon, login, users_file
 from tests.helpers.line import simulators
+from tests.helpers.margins import VERDICT_DEADLINE_MS
 from tests.helpers.waiting import until
 
 
@@ -83,7 +84,7 @@ async def test_the_daemon_serves_the_screen_and_counts_its_units_in_metrics(
         config = agent_config_factory(
             simulators=sims,
             order=None,
-            line={"verdict_deadline_ms": 500},
+            line={"verdict_deadline_ms": VERDICT_DEADLINE_MS},
             api=_api(monkeypatch),
             hmi={"users_file": str(users.path)},
         )

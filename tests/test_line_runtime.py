@@ -242,6 +242,11 @@ async def test_restart_after_cancel_resumes_the_batch(agent_config_factory: Any)
         stats = LineStats()
         first = asyncio.create_task(Agent(config, stats=stats).serve())
         await until(lambda: stats.units >= 40 or first.done(), "40 verdicts")
+        # Cancelled while the printer holds records: on an unpaced line whose refill waits on a
+        # slow fsync, everything sent can be decided meanwhile, and then nothing is in flight.
+        with state_db(config) as watch:
+            sent = "SELECT count(*) FROM serials WHERE state = 'sent'"
+            await until(lambda: column(watch, sent)[0] or first.done(), "records in the printer")
         first.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await first
@@ -267,6 +272,9 @@ async def test_restart_after_cancel_resumes_the_batch(agent_config_factory: Any)
                 ).fetchall()
             )
             sent = column(conn, "SELECT serial FROM serials WHERE seq IS NOT NULL")
+            applied = column(
+                conn, "SELECT serial FROM serials WHERE seq IS NOT NULL AND state != 'unused'"
+            )
             check_gate_matches_ledger(conn, sims)
             check_nothing_sent_twice(conn, sims)
 
@@ -275,7 +283,8 @@ async def test_restart_after_cancel_resumes_the_batch(agent_config_factory: Any)
     # Records still queued in the printer were cancelled: unused; the rest can no longer pass
     settled = {"rejected:in_flight_at_restart", "unused:cleared_from_printer"}
     assert set(in_flight_end) == set(in_flight) and set(in_flight_end.values()) <= settled
-    assert len(sent) == len(set(sent)) == units
+    # No serial sent twice; the cleared records were made up for: the order's quantity was made
+    assert len(sent) == len(set(sent)) and len(applied) == units
     assert report["serials_rejected_by_reason"].get("in_flight_at_restart", 0) == sum(
         v == "rejected:in_flight_at_restart" for v in in_flight_end.values()
     )

@@ -22,6 +22,7 @@ from tests.helpers.line import (
     simulators,
     state_db,
 )
+from tests.helpers.margins import VERDICT_DEADLINE_MS
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,7 @@ async def test_quota_stop_level_stops_the_line_and_loses_nothing(
         config = agent_config_factory(
             simulators=sims,
             order={"quantity": units},
-            line={"verdict_deadline_ms": 500},
+            line={"verdict_deadline_ms": VERDICT_DEADLINE_MS},
             upstream=upstream,
         )
         stats = LineStats()

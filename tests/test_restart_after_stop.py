@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from drivers.plc.modbus import registers as reg
-from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
+from edge_agent.config.models import CameraSim, PrinterSim, SimulatorsSection
 from edge_agent.db import open_reader
 from edge_agent.reconcile import reconcile
 from simulators.runner import SimulatorSet
@@ -28,6 +28,7 @@ from tests.helpers.agent_process import (
     write_agent_config,
 )
 from tests.helpers.line import check_gate_matches_ledger, check_nothing_sent_twice, gates_settled
+from tests.helpers.margins import plc_sim
 from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.slow
@@ -39,7 +40,7 @@ async def test_a_held_order_resumed_after_a_restart_runs_the_line_again(tmp_path
         units_per_min=1500,
         printer=PrinterSim(port=0, buffer_size=16),
         camera=CameraSim(port=0, defect_rate=1.0, seed=2),
-        plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
+        plc=plc_sim(),
     )
     async with SimulatorSet(section) as sims:
         sims.plc.auto_restart = False  # after any stop the line needs the operator's reset

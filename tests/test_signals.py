@@ -20,13 +20,14 @@ from pathlib import Path
 import pytest
 
 from drivers.plc.modbus import registers as reg
-from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
+from edge_agent.config.models import CameraSim, PrinterSim, SimulatorsSection
 from edge_agent.db import open_reader
 from edge_agent.reconcile import reconcile
 from edge_agent.stops import StopReason
 from simulators.runner import SimulatorSet
 from tests.helpers.agent_process import AgentProcess, write_agent_config
 from tests.helpers.line import check_gate_matches_ledger, column, gates_settled
+from tests.helpers.margins import plc_sim
 from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.slow
@@ -54,7 +55,7 @@ async def test_a_signal_stops_the_line_cleanly(tmp_path: Path, signum: signal.Si
         units_per_min=1200,
         printer=PrinterSim(port=0, buffer_size=16),
         camera=CameraSim(port=0, defect_rate=0.05, seed=7),
-        plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
+        plc=plc_sim(),
     )
     notify = tmp_path / "notify.sock"
     with notify_socket(notify) as messages:

@@ -122,7 +122,7 @@ async def test_a_full_disk_stops_the_line_cleanly_and_so_does_a_restart(
 ) -> None:
     disk = small_disk(16)
     state = disk / "state"
-    units = 3000  # far more than print before the filled disk stops the line
+    units = 400  # far more than print before the filled disk stops the line (about 50)
     async with SimulatorSet(simulators()) as sims:
         # The free-space watch off: what is tested here is the database's own failure.
         config = write_agent_config(

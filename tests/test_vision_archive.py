@@ -11,13 +11,14 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
+from edge_agent.config.models import CameraSim, PrinterSim, SimulatorsSection
 from edge_agent.contracts import Frame
 from edge_agent.errors import ConfigError
 from edge_agent.vision.archive import FailedFrameArchive
 from simulators.pytest_plugin import DEFAULT_ORDER
 from simulators.runner import SimulatorSet
 from tests.helpers.line import run_order
+from tests.helpers.margins import VERDICT_DEADLINE_MS, plc_sim
 
 
 def _frame(trigger: int, size: tuple[int, int] = (24, 32)) -> Frame:
@@ -90,13 +91,13 @@ async def test_line_archives_exactly_the_rejected_units(
         units_per_min=None,
         printer=PrinterSim(port=0, buffer_size=16),
         camera=CameraSim(port=0, defect_rate=0.1, seed=44),
-        plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
+        plc=plc_sim(),
     )
     async with SimulatorSet(section) as sims:
         config = agent_config_factory(
             simulators=sims,
             order={"quantity": 80},
-            line={"verdict_deadline_ms": 500},
+            line={"verdict_deadline_ms": VERDICT_DEADLINE_MS},
             vision={"archive_dir": str(folder), "archive_max_files": 6},
         )
         await run_order(config)

@@ -131,6 +131,10 @@ class LineRuntime:
         # The second bounds the whole line when it runs faster than the agent (fast mode).
         self._unprinted = 0
         self._undecided = 0
+        # The block marked sent, and how many of its records went to the printer: a line stop
+        # in the middle of a block leaves the rest of it never sent (settled unused at the stop).
+        self._block: list[tuple[int, str]] = []
+        self._handed = 0
         self._flow = asyncio.Condition()
         self._decode_q: asyncio.Queue[tuple[Frame, asyncio.Future[list[CodeRead]]]] = asyncio.Queue(
             64
@@ -388,11 +392,23 @@ class LineRuntime:
         # The stop may have cancelled a commit group between its ledger commit and its PLC
         # writes: those passes are committed but may never have reached the PLC.
         await self.ledger.flush()  # the "verdict written" flags still on their way
+        self._unuse_never_sent()
         unwritten = self.ledger.unwritten_passes(self._batch)
         if unwritten:
             await self._settle_unwritten_passes(unwritten)
         # Units already given a verdict still reach the gate: learn what it did with them.
         await asyncio.wait_for(self._await_gate(), timeout=5.0)
+
+    def _unuse_never_sent(self) -> None:
+        """The records of the block that the stop kept from the printer: this process never
+        wrote them, so no unit can carry them (after a crash nobody knows that, and recovery
+        rejects them instead). The next segment makes up for them with other serials."""
+        never_sent = [serial for _, serial in self._block[self._handed :]]
+        self._block = []
+        if never_sent:
+            self.ledger.unuse_cleared(self._batch, [], not_received=never_sent)
+            for serial in never_sent:
+                log.warning("never_sent_to_printer", batch=self._batch.id, serial=serial)
 
     @property
     def _batch(self) -> BatchInfo:
@@ -424,10 +440,13 @@ class LineRuntime:
             self._unprinted += len(taken)
             self._undecided += len(taken)
             crash_point("block_taken")
+            self._block, self._handed = taken, 0
             for record in taken:
+                self._handed += 1  # before the send: a record being sent may reach the printer
                 await self._send(PrintRecord(*record))
                 if self._unprinted >= depth:
                     crash_point("printer_buffer_full")
+            self._block = []
         self._feed_done.set()
 
     def _room_for(self, block: int, depth: int, window: int) -> bool:

@@ -24,6 +24,7 @@ import httpx
 
 from simulators.pytest_plugin import drop_order, order_for
 from simulators.runner import SimulatorSet
+from tests.helpers.margins import VERDICT_DEADLINE_MS
 from tests.helpers.waiting import until
 
 READ_POINT = "urn:epc:id:sgln:0950600.01340.DEMO"
@@ -62,7 +63,7 @@ def write_agent_config(
     base: dict[str, dict[str, Any]] = {
         "agent": {"state_dir": str(state_dir), "log_format": "json"},
         "line": {
-            "verdict_deadline_ms": 500,
+            "verdict_deadline_ms": VERDICT_DEADLINE_MS,
             "heartbeat_interval_ms": 100,
             "read_point": READ_POINT,
         },

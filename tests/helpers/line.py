@@ -17,7 +17,7 @@ from typing import Any
 
 from edge_agent.alarms import AlarmBoard
 from edge_agent.app import Agent, Served, UntilIdle
-from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
+from edge_agent.config.models import CameraSim, PrinterSim, SimulatorsSection
 from edge_agent.db import open_reader
 from edge_agent.errors import CommandRefused, LineStopped
 from edge_agent.line.stats import LineStats
@@ -25,16 +25,17 @@ from edge_agent.orders import audit
 from edge_agent.orders.model import TERMINAL_STATES, OrderCommand, OrderState
 from edge_agent.stops import StopReason
 from simulators.runner import SimulatorSet
+from tests.helpers.margins import VERDICT_DEADLINE_MS, plc_sim
 from tests.helpers.waiting import until
 
 
 def simulators(*, defect_rate: float = 0.0, seed: int = 1) -> SimulatorsSection:
-    """An unpaced line on free ports, with the demo's gate delay and verdict ring."""
+    """An unpaced line on free ports, with the test margins and a verdict ring for a batch."""
     return SimulatorsSection(
         units_per_min=None,
         printer=PrinterSim(port=0, buffer_size=16),
         camera=CameraSim(port=0, defect_rate=defect_rate, seed=seed),
-        plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
+        plc=plc_sim(),
     )
 
 
@@ -43,9 +44,8 @@ def make_config(
 ) -> Any:
     """A config on ``sims`` whose inbox holds the default order for ``units`` (``order=None``:
     no order; a dict: changes to it)."""
-    # A verdict deadline just under the gate delay (the demo's 300 ms leaves less margin): a slow
-    # test machine must not turn good units into late_verdict rejects.
-    line = {"verdict_deadline_ms": 500, **line}
+    # A verdict deadline under the gate delay with room for a stalled loop (helpers/margins.py).
+    line = {"verdict_deadline_ms": VERDICT_DEADLINE_MS, **line}
     if order is None:
         return factory(simulators=sims, order=None, line=line)
     return factory(simulators=sims, order={"quantity": units, **dict(order)}, line=line)

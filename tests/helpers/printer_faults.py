@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import parse_config
-from edge_agent.config.models import CameraSim, PlcSim, PrinterSim, SimulatorsSection
+from edge_agent.config.models import CameraSim, PrinterSim, SimulatorsSection
 from edge_agent.db import open_reader
 from edge_agent.errors import LineStopped
 from edge_agent.reconcile import reconcile
@@ -26,6 +26,7 @@ from simulators.printers.traits import PrinterSimTraits
 from simulators.pytest_plugin import inbox_with
 from simulators.runner import SimulatorSet, simulator_class
 from tests.helpers.line import run_agent as run_until_done_or_held
+from tests.helpers.margins import VERDICT_DEADLINE_MS, plc_sim
 from tests.helpers.waiting import until
 
 UNITS = 30
@@ -61,7 +62,7 @@ def simulators(printer_type: str, transport: str | None = None) -> SimulatorsSec
         transit_s=traits(printer_type).transit_s,
         printer=PrinterSim(type=printer_type, port=0, buffer_size=16, transport=transport),
         camera=CameraSim(port=0, defect_rate=0.0, seed=1),
-        plc=PlcSim(port=0, gate_delay_s=0.6, heartbeat_timeout_s=1.0, ring_size=512),
+        plc=plc_sim(),
     )
 
 
@@ -71,7 +72,7 @@ def agent_config(sims: SimulatorSet, state: Path, printer_type: str, **line: Any
     overrides = {
         "agent": {"state_dir": str(state)},
         "orders": inbox_with(state.parent / "inbox", quantity=UNITS),
-        "line": {"verdict_deadline_ms": 500, **line},
+        "line": {"verdict_deadline_ms": VERDICT_DEADLINE_MS, **line},
         "plc": {"ring_size": 512},
     }
     return parse_config(demo_config_text(), "demo.toml", overrides, sections=sections)
