@@ -150,7 +150,7 @@ async def run_demo(
         async with SimulatorSet(section) as sims, contextlib.AsyncExitStack() as stack:
             line_end = None
             if aggregate is not None:
-                line_end = LineEnd(aggregate, seed)
+                line_end = LineEnd(aggregate, seed, queue=[d["id"] for d in documents])
                 await line_end.start(sims.line, sims.plc)
                 stack.push_async_callback(line_end.stop)
             arrivals: dict[int, tuple[str, str]] = {}  # trigger -> (GTIN, lot) as printed
@@ -480,7 +480,10 @@ async def _line_end(
     unfinished = [
         o for o in orders if o["state"] == "completed" and o["id"] not in line_end.finished
     ]
-    ready = [o for o in orders if o["state"] == "ready"]
+    queue = {order_id: n for n, order_id in enumerate(line_end.queue)}
+    ready = sorted(
+        (o for o in orders if o["state"] == "ready"), key=lambda o: queue.get(o["id"], 0)
+    )
     if busy or unfinished or not ready:
         return
     try:
