@@ -280,3 +280,15 @@ def test_a_token_role_that_does_not_exist_names_the_file_key_and_the_choices() -
     assert problem.startswith("line.toml:") and "api.tokens.0.role: found 'admin'" in problem
     assert "'operator' or 'supervisor'" in problem
     assert parse_config(demo + extra.replace("admin", "supervisor")).model.api is not None
+
+
+async def test_the_station_routes_say_when_the_agent_runs_no_stations(agent: Agent) -> None:
+    async with api(agent) as client:
+        for answer in (
+            await client.get("/aggregation/stations"),
+            await client.post("/aggregation/stations/case/last", json={"count": 2}),
+            await client.post("/aggregation/stations/pallet/close"),
+            await client.post("/aggregation/stations/pallet/release"),
+        ):
+            assert answer.status_code == 404, answer.text
+            assert "[aggregation.case_station]" in answer.json()["message"]
