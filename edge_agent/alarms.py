@@ -39,6 +39,9 @@ class AlarmKind(enum.StrEnum):
     CLOCK_JUMP = "clock_jump"  # the wall clock stepped against the monotonic clock
     BACKUP_FAILED = "backup_failed"  # edge_agent/backup.py: a scheduled backup failed
     RESTORED_FROM_BACKUP = "restored_from_backup"  # serials of the lost window quarantined
+    CASE_STATION_DOWN = "case_station_down"  # edge_agent/aggregation/runner.py
+    PALLET_STATION_DOWN = "pallet_station_down"
+    PALLET_LABEL_FAILED = "pallet_label_failed"  # the pallet station holds for a person
 
 
 Kind = AlarmKind | StopReason

@@ -3,7 +3,8 @@
 ``Agent(config).serve()`` opens the state database once and runs, side by side for the daemon's
 life: the line controller (orders, one segment at a time, line/controller.py), the REST API,
 the order inbox, the L3 link, the forwarders and outbox pruning, the clock guard, the backup
-schedule and the PackML OPC UA server, each where the config asks for it. It returns only when
+schedule, the PackML OPC UA server and the aggregation stations (``[aggregation]``, following
+the order on the line: aggregation/runner.py), each where the config asks for it. It returns only when
 told to stop (a signal: the line stops cleanly, units in flight settled), or, with
 ``until_idle``, once the line has nothing left to do (see ``Idle``). A problem in the config
 found at start raises ConfigError before any device is opened.
@@ -22,6 +23,7 @@ from typing import Any, NoReturn
 import structlog
 
 from edge_agent import systemd
+from edge_agent.aggregation.runner import StationRunner
 from edge_agent.alarms import AlarmBoard
 from edge_agent.config import LoadedConfig
 from edge_agent.config.loader import DeviceSpec
@@ -89,6 +91,7 @@ class Agent:
         self._stopped: asyncio.Event | None = None
         self._loops: list[ForwarderLoop] = []
         self._inbox: Inbox | None = None
+        self.stations: StationRunner | None = None  # [aggregation]: the line end's stations
 
     def request_stop(self, stop: LineStopped) -> bool:
         """Stop the daemon (a signal): the line stops as any line stop does (units in flight
@@ -158,7 +161,7 @@ class Agent:
             async with contextlib.AsyncExitStack() as stack:
                 return await self._serve(conn, disk, stack, ready, until_idle)
         finally:
-            self.commands = self.controller = None
+            self.commands = self.controller = self.stations = None
             close_db(conn)
 
     async def _serve(
@@ -181,6 +184,8 @@ class Agent:
         stack.callback(writer.close)
         ledger.attach(writer)
         alarms = AlarmBoard(conn)
+        if model.aggregation is not None:  # its device tables are checked here, at the start
+            self.stations = StationRunner(model, ledger=ledger, alarms=alarms)
         l3_link = self.config.l3 is not None
         settlement = OrderSettlement(conn, ledger, state_dir / "reports", l3_link=l3_link)
         rules = OrderRules(expiry_warn_days=model.orders.expiry_warn_days, l3_link=l3_link)
@@ -245,6 +250,8 @@ class Agent:
 
             schedule = BackupSchedule(model.backup, state_dir, line_id=model.line.id, alarms=alarms)
             background.append(("backup", schedule.run()))
+        if self.stations is not None:
+            background.append(("aggregation", self.stations.run()))
         if model.api is not None:
             await self._start_api(stack, commands, alarms, settlement, conn, store)
         from edge_agent.opcua_server import open_packml
@@ -348,6 +355,7 @@ class Agent:
             alarms=alarms,
             line=DbLineStatus(conn),
             reports=StoredReports(settlement.report_path),
+            stations=self.stations,
         )
         # The REST API with /metrics, /health and (with [hmi]) the operator screen, over the
         # daemon's live counters and outbox

@@ -26,7 +26,7 @@ def unit(serial: str) -> str:
 
 @pytest.fixture
 async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
-    async for running in serve(tmp_path):
+    async for running in serve(tmp_path, role="supervisor"):  # rework is a supervisor's
         port = tomllib.loads(running.config.read_text())["api"]["port"]
         running.rig.url = f"http://127.0.0.1:{port}"
         order = order_data(
@@ -192,3 +192,103 @@ async def test_the_close_report_page_shows_the_hierarchy(agent: Agent) -> None:
     assert "<h2>Packaging hierarchy</h2>" in page
     assert "<tr><th>cases</th>" in page and "1 closed" in page
     assert "Hierarchy not balanced:" in page and "2 commissioned units are in no case" in page
+
+
+@pytest.fixture
+async def operator_agent(tmp_path: Path) -> AsyncIterator[Agent]:
+    """The same agent, its token without a role: an operator's."""
+    async for running in serve(tmp_path):
+        port = tomllib.loads(running.config.read_text())["api"]["port"]
+        running.rig.url = f"http://127.0.0.1:{port}"
+        order = order_data(
+            quantity=7, serials={"source": "list", "serials": SERIALS}, aggregation=PLAN
+        )
+        async with api(running) as client:
+            assert (await client.post("/orders", json=order)).status_code == 201
+            assert (await client.post("/orders/ORD-1/commands/start")).status_code == 200
+        running.rig.run_units("ORD-1", ["pass"] * 6 + ["no_read"])
+        yield running
+
+
+async def test_an_operator_token_aggregates_but_may_not_rework(operator_agent: Agent) -> None:
+    """Manual aggregation is an operator's; rework, samples and destruction answer 403 naming
+    the role needed and how to get it, change nothing, and are audited as refused."""
+    agent = operator_agent
+    async with api(agent) as client:
+        case = (await client.post("/containers", json={"order_id": "ORD-1"})).json()
+        units = [unit(s) for s in SERIALS[:3]]
+        added = await client.post(
+            "/containers/add", json={"container": case["code"], "children": units, "close": True}
+        )
+        assert added.status_code == 200 and added.json()["state"] == "closed"
+        before = agent.rig.conn.execute("SELECT count(*) FROM outbox").fetchone()
+        code = case["code"]
+        refused = [
+            ("/containers/open", {"container": code}),
+            ("/containers/remove", {"container": code, "children": units[:1], "reason": "x"}),
+            ("/containers/replace", {"container": code, "old": units[0], "new": unit("S0004"),
+                                     "reason": "x"}),
+            ("/containers/relabel", {"container": code, "reason": "torn"}),
+            ("/containers/disaggregate", {"container": code, "reason": "x"}),
+            ("/containers/scrap", {"container": code, "reason": "x"}),
+            ("/units/sample", {"unit": unit("S0005")}),
+            ("/units/destroy", {"unit": unit("S0005"), "reason": "crushed"}),
+        ]  # fmt: skip
+        for path, body in refused:
+            answer = await client.post(path, json=body)
+            assert answer.status_code == 403, (path, answer.text)
+            message = answer.json()["message"]
+            assert answer.json()["error"] == "forbidden"
+            assert "needs the supervisor role; operator has the operator role" in message
+            assert 'role = "supervisor"' in message and "[[api.tokens]]" in message
+        shown = (await client.get("/containers/detail", params={"code": code})).json()
+        assert (shown["state"], shown["children"]) == ("closed", 3)
+        assert agent.rig.conn.execute("SELECT count(*) FROM outbox").fetchone() == before
+        sample = await client.get("/orders/ORD-1/hierarchy")
+        assert sample.json()["aggregation"]["units_packed"] == 3
+        # the command path applies the same role: an operator may not abort
+        aborted = await client.post("/orders/ORD-1/commands/abort", json={"reason": "recall"})
+        assert aborted.status_code == 409 and "needs a supervisor" in aborted.json()["message"]
+    refusals = agent.rig.conn.execute(
+        "SELECT actor, action FROM audit WHERE outcome = 'refused' AND "
+        "(action LIKE 'container_%' OR action LIKE 'unit_%') ORDER BY seq"
+    ).fetchall()
+    assert refusals == [
+        ("operator", a)
+        for a in (
+            "container_reopen",
+            "container_remove",
+            "container_replace",
+            "container_relabel",
+            "container_disaggregate",
+            "container_scrap",
+            "unit_sample",
+            "unit_destroy",
+        )
+    ]
+
+
+def test_a_token_role_that_does_not_exist_names_the_file_key_and_the_choices() -> None:
+    from edge_agent.config import parse_config
+    from edge_agent.config.loader import ConfigInvalid
+
+    demo = (Path(__file__).parent.parent / "config" / "demo.toml").read_text()
+    extra = '\n[api]\n[[api.tokens]]\nname = "mes"\ntoken = { env = "X" }\nrole = "admin"\n'
+    with pytest.raises(ConfigInvalid) as raised:
+        parse_config(demo + extra, "line.toml")
+    (problem,) = [str(p) for p in raised.value.problems]
+    assert problem.startswith("line.toml:") and "api.tokens.0.role: found 'admin'" in problem
+    assert "'operator' or 'supervisor'" in problem
+    assert parse_config(demo + extra.replace("admin", "supervisor")).model.api is not None
+
+
+async def test_the_station_routes_say_when_the_agent_runs_no_stations(agent: Agent) -> None:
+    async with api(agent) as client:
+        for answer in (
+            await client.get("/aggregation/stations"),
+            await client.post("/aggregation/stations/case/last", json={"count": 2}),
+            await client.post("/aggregation/stations/pallet/close"),
+            await client.post("/aggregation/stations/pallet/release"),
+        ):
+            assert answer.status_code == 404, answer.text
+            assert "[aggregation.case_station]" in answer.json()["message"]

@@ -1,7 +1,9 @@
-"""`edge-agent demo --orders 1 --aggregate` (issue 12 acceptance): units, cases and pallets on the
-simulators with case defects injected by seed; the report's figures and exit 0; the outbox export
-of its state validates against the EPCIS 2.0 schema (when ../shared/conformance is there) and
-every child EPC is in exactly one open ADD."""
+"""`edge-agent demo --orders 2 --aggregate` (issue 12 acceptance, with a second order): units,
+cases and pallets on the simulators with case defects injected by seed, by the daemon's own
+stations following one order after the other (the second one held on repeated rejects and
+resumed); the report's figures and exit 0; the outbox export of its state validates against the
+EPCIS 2.0 schema (when ../shared/conformance is there) and every child EPC is in exactly one
+open ADD."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from simulators.demo.aggregation import aggregation_report
 from tests.helpers.epcis import CONFORMANCE
 
 SCHEMA_FILE = CONFORMANCE / "epcis" / "EPCIS-JSON-Schema.json"
-UNITS, CASE, PALLET = 24, 4, 2
+UNITS, CASE, PALLET, ORDERS = 24, 4, 2, 2
 SEED = 1  # draws a case defect or more among the 6 cases
 
 
@@ -29,7 +31,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, dict[s
     """One demo run (the expensive part) and what it left."""
     tmp = tmp_path_factory.mktemp("demo")
     report_file, state = tmp / "report.json", tmp / "state"
-    args = ["demo", "--orders", "1", "--aggregate", "--units", str(UNITS), "--fast"]
+    args = ["demo", "--orders", str(ORDERS), "--aggregate", "--units", str(UNITS), "--fast"]
     args += ["--case-size", str(CASE), "--cases-per-pallet", str(PALLET), "--seed", str(SEED)]
     code = main([*args, "--report-json", str(report_file), "--state-dir", str(state)])
     yield code, json.loads(report_file.read_text()), state
@@ -50,8 +52,10 @@ def test_the_demo_packs_cases_and_pallets_and_rejects_every_case_defect(
     code, report, state = demo
     assert code == 0, report["problems"]
     assert report["balanced"] and report["hierarchy_balanced"] and report["problems"] == []
-    (order,) = report["orders"]
-    assert order["state"] == "closed" and order["hierarchy_balanced"]
+    orders = report["orders"]
+    assert len(orders) == ORDERS
+    assert all(o["state"] == "closed" and o["hierarchy_balanced"] for o in orders)
+    assert orders[1]["order_id"] in {h["order_id"] for h in report["holds"]}  # and resumed
     assert report["case_defects_injected"] >= 1
     assert report["case_defects_rejected"] == report["case_defects_injected"]
     assert report["cases"] >= 1 and report["pallets"] >= 1
@@ -59,7 +63,8 @@ def test_the_demo_packs_cases_and_pallets_and_rejects_every_case_defect(
     assert report["cases"] == sum(1 for c in cases if c["passed"])
     assert report["cases"] + report["cases_rejected"] == len(cases)
     # Every commissioned unit is in exactly one case or listed loose.
-    assert report["units_packed"] + report["units_loose"] == order["serials_commissioned"]
+    commissioned = sum(o["serials_commissioned"] for o in orders)
+    assert report["units_packed"] + report["units_loose"] == commissioned
     with open_reader(state) as conn:
         packed = conn.execute(
             "SELECT count(*), count(DISTINCT child) FROM packed WHERE level = 'unit'"
@@ -77,12 +82,7 @@ def test_the_report_finds_a_case_whose_ledger_differs_from_its_content(
     _, report, state = demo
     truth = report["line_end"]
     with open_reader(state) as conn:
-        assert (
-            aggregation_report(conn, [report["orders"][0]["order_id"]], truth)[
-                "aggregation_problems"
-            ]
-            == []
-        )
+        assert aggregation_report(conn, _ids(report), truth)["aggregation_problems"] == []
         swapped = copy.deepcopy(truth)
         passed = next(c for c in swapped["cases"] if c["passed"])
         passed["serials"][0] = "NOT-IN-THE-LEDGER"
@@ -148,9 +148,13 @@ def test_every_child_epc_is_in_exactly_one_open_add(
 
 
 def _problems(conn: sqlite3.Connection, report: dict[str, Any], truth: dict[str, Any]) -> list[str]:
-    found = aggregation_report(conn, [report["orders"][0]["order_id"]], truth)
+    found = aggregation_report(conn, _ids(report), truth)
     problems: list[str] = found["aggregation_problems"]
     return problems
+
+
+def _ids(report: dict[str, Any]) -> list[str]:
+    return [o["order_id"] for o in report["orders"]]
 
 
 def _sscc_of(case: dict[str, Any]) -> str:
@@ -163,10 +167,3 @@ def _sscc_of(case: dict[str, Any]) -> str:
 
 def _step(event: dict[str, Any]) -> str:
     return str(event.get("bizStep", "")).rsplit("/", 1)[-1].rsplit("-", 1)[-1]
-
-
-def test_aggregate_with_more_than_one_order_is_refused_with_a_clear_message(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    assert main(["demo", "--orders", "2", "--aggregate", "--fast"]) == 2
-    assert "--aggregate runs one order: give --orders 1" in capsys.readouterr().err

@@ -31,7 +31,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(folder: Path, *, tls: bool = False, port: int | None = None) -> Path:
+def write_config(
+    folder: Path, *, tls: bool = False, port: int | None = None, role: str | None = None
+) -> Path:
     token = folder / "operator.token"
     token.write_text(TOKENS["operator"] + "\n")
     lines = [
@@ -45,7 +47,8 @@ def write_config(folder: Path, *, tls: bool = False, port: int | None = None) ->
     if tls:
         pair = self_signed(folder)
         lines += [f'tls_cert = "{pair.cert}"', f'tls_key = "{pair.key}"']
-    lines += ["[[api.tokens]]", 'name = "operator"', f'token = {{ file = "{token}" }}', ""]
+    lines += ["[[api.tokens]]", 'name = "operator"', f'token = {{ file = "{token}" }}']
+    lines += [f'role = "{role}"', ""] if role else [""]
     path = folder / "line.toml"
     path.write_text("\n".join(lines))
     return path
@@ -64,9 +67,11 @@ class Agent:
         return code, out, err
 
 
-async def serve(folder: Path, *, tls: bool = False) -> AsyncIterator[Agent]:
+async def serve(
+    folder: Path, *, tls: bool = False, role: str | None = None
+) -> AsyncIterator[Agent]:
     rig = make_rig(folder / "state")
-    config = write_config(folder, tls=tls)
+    config = write_config(folder, tls=tls, role=role)
     section = ApiSection.model_validate(tomllib.loads(config.read_text())["api"])
     # the agent's log lines would land in the CLI's captured stdout: keep them apart
     with structlog.testing.capture_logs():

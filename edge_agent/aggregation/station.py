@@ -50,6 +50,7 @@ from edge_agent.aggregation.matching import (
     same_case,
 )
 from edge_agent.aggregation.plan import Level
+from edge_agent.alarms import AlarmBoard, AlarmKind
 from edge_agent.contracts import (
     CodeReader,
     Frame,
@@ -473,6 +474,13 @@ class CaseStation(_Station):
 
 
 class PalletStation(_Station):
+    """Cases scanned onto the pallet being built; closed with a verified label.
+
+    After ``attempts`` pallet labels in a row failed (each SSCC scrapped), the station holds:
+    an alarm names what failed and what to do, the scanned cases stay recorded, and no code
+    is taken from the scanner until a person acknowledges the alarm (REST, CLI or operator
+    screen) or calls ``release``; then it tries again with new SSCCs."""
+
     level = Level.PALLET
 
     def __init__(
@@ -483,11 +491,18 @@ class PalletStation(_Station):
         scanner: Scanner,
         labels: LabelPath,
         attempts: int = 3,
+        alarms: AlarmBoard | None = None,
+        hold_poll_s: float = 0.5,
     ) -> None:
         super().__init__(hierarchy, order_id)
         self.scanner = scanner
         self.labels = labels
         self.attempts = attempts
+        self.alarms = alarms or AlarmBoard(self.conn)
+        self.hold_poll_s = hold_poll_s
+        self.held: str | None = None  # the alarm's message while the station holds
+        self._released = asyncio.Event()
+        self._closing = asyncio.Lock()  # the scanner's full pallet and an operator's close
 
     async def run(self) -> None:
         self.recover_reserved()
@@ -498,6 +513,12 @@ class PalletStation(_Station):
             async for code in self.scanner.codes():
                 if self.on_scan(code.data) and len(self.scanned()) >= self.capacity:
                     await self.close_pallet()
+
+    def release(self) -> bool:
+        """A person cleared the hold (the alarm's acknowledgement does the same); True when
+        the station was holding."""
+        self._released.set()
+        return self.held is not None
 
     def scanned(self) -> list[str]:
         """Cases recorded on the pallet being built, in scan order."""
@@ -543,23 +564,36 @@ class PalletStation(_Station):
         return "", case
 
     async def close_pallet(self, *, partial: bool = False) -> Container | None:
-        """Complete (or, ``partial``, the last) pallet: label verified, then committed."""
-        cases = self.scanned()
-        if not cases:
-            return None
-        if len(cases) != self.capacity and not (partial and self.partial_allowed):
-            raise EdgeAgentError(
-                f"pallet holds {len(cases)} of {self.capacity} cases; it closes only full"
-                + (" (the plan refuses partial pallets)" if partial else "")
-            )
-        units = sum(self.hierarchy.container(epc).children for epc in cases)
+        """Complete (or, ``partial``, the last) pallet: label verified, then committed. Holds
+        (see the class) while its labels fail; returns once the pallet is closed."""
+        async with self._closing:
+            cases = self.scanned()  # again under the lock: the other closer may have closed it
+            if not cases:
+                return None
+            if len(cases) != self.capacity and not (partial and self.partial_allowed):
+                raise EdgeAgentError(
+                    f"pallet holds {len(cases)} of {self.capacity} cases; it closes only full"
+                    + (" (the plan refuses partial pallets)" if partial else "")
+                )
+            units = sum(self.hierarchy.container(epc).children for epc in cases)
+            while True:
+                failed = await self._label_attempts(units)
+                if isinstance(failed, Container):
+                    return self._commit(failed, cases)
+                await self._hold(len(cases), failed)
+
+    async def _label_attempts(self, units: int) -> Container | str:
+        """Up to ``attempts`` labels, each on a new SSCC: the verified one's container, or
+        what went wrong with the last."""
+        failed = ""
         for attempt in range(1, self.attempts + 1):
             box = self._reserve(None)
             reason, detail = await self.labels.print_and_verify(
                 box.code, **self._label_values(units)
             )
             if reason is CaseReason.ACCEPTED:
-                return self._commit(box, cases)
+                crash_point("pallet_label_verified")
+                return box
             self._scrap(box, str(reason))
             log.warning(
                 "pallet_label_failed",
@@ -569,10 +603,36 @@ class PalletStation(_Station):
                 detail=detail,
                 attempt=attempt,
             )
-        raise EdgeAgentError(
-            f"order {self.order_id}: {self.attempts} pallet labels in a row failed; check the "
-            "pallet label printer and camera, then close the pallet again"
+            failed = f"{reason}" + (f" ({detail})" if detail else "") + f", SSCC {box.code}"
+        return failed
+
+    async def _hold(self, cases: int, failed: str) -> None:
+        """Alarm, then wait (bounded polls, for as long as it takes) for a person."""
+        kind = AlarmKind.PALLET_LABEL_FAILED
+        self.alarms.clear(kind, order_id=self.order_id)  # a former hold's, acknowledged
+        message = (
+            f"pallet station holds: {self.attempts} pallet labels in a row failed for order "
+            f"{self.order_id} (last: {failed}; every SSCC printed is scrapped). The {cases} "
+            "scanned cases stay on the pallet. Check the pallet label printer (media, ribbon, "
+            "link) and the label camera (aim, light), then acknowledge this alarm to print a "
+            "label with a new SSCC."
         )
+        alarm = self.alarms.raise_(kind, message, order_id=self.order_id)
+        self.held = message
+        self._released.clear()
+        log.error("pallet_station_held", order=self.order_id, alarm=alarm.id, last=failed)
+        try:
+            while not self._released.is_set():
+                now = self.alarms.get(alarm.id)
+                if now is None or now.acknowledged_at is not None or not now.active:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.hold_poll_s):
+                        await self._released.wait()
+        finally:
+            self.held = None
+        self.alarms.clear(kind, order_id=self.order_id)
+        log.info("pallet_station_released", order=self.order_id, alarm=alarm.id)
 
     def _commit(self, box: Container, cases: Sequence[str]) -> Container:
         with write(self.conn):

@@ -2,8 +2,10 @@
 actor the audit trail records.
 
 Authentication is a list of ``Authenticator``s tried in turn; the REST API has bearer tokens
-from the config. The operator screen adds its session login beside them, and roles (operator,
-supervisor) are checked on the ``Actor`` a dependency returns.
+from the config, each with a role (``[[api.tokens]] role``, default operator). The operator
+screen adds its session login beside them. Roles (operator, supervisor) are checked on the
+``Actor`` a dependency returns: the command path refuses an operator the abort and the close
+with exceptions, and the rework routes need a supervisor (``require_role``, 403 otherwise).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from edge_agent.orders.audit import Actor
+from edge_agent.orders.audit import Actor, Role
 
 MIN_TOKEN_LENGTH = 16
 
@@ -32,6 +34,23 @@ class Unauthorized(Exception):
     """No credentials, or credentials nobody issued."""
 
 
+class Forbidden(Exception):
+    """Valid credentials whose role may not do this (403); the message names the role needed."""
+
+
+def require_role(actor: Actor, role: Role, what: str) -> None:
+    """Forbidden unless ``actor`` has ``role`` (a supervisor may do what an operator may)."""
+    if role == Role.OPERATOR or actor.role == Role.SUPERVISOR:
+        return
+    has = f"the {actor.role} role" if actor.role else "no role"
+    fix = (
+        'give its [[api.tokens]] entry role = "supervisor", or use a supervisor\'s token'
+        if actor.source == "api"
+        else "log in as a supervisor"
+    )
+    raise Forbidden(f"{what} needs the {role} role; {actor.name} has {has} ({fix})")
+
+
 class Authenticator(Protocol):
     async def authenticate(self, request: Request) -> Actor | None:
         """The actor the request's credentials prove, None when they prove none."""
@@ -40,11 +59,17 @@ class Authenticator(Protocol):
 class BearerTokens:
     """Named tokens; compared in constant time, each in full, so timing tells nothing."""
 
-    def __init__(self, tokens: Mapping[str, SecretStr], source: str = "api") -> None:
+    def __init__(
+        self,
+        tokens: Mapping[str, SecretStr],
+        source: str = "api",
+        roles: Mapping[str, Role] | None = None,
+    ) -> None:
         self._digests = [
             (name, _digest(secret.get_secret_value())) for name, secret in tokens.items()
         ]
         self.source = source
+        self._roles = dict(roles or {})  # a token not named here is an operator's
 
     async def authenticate(self, request: Request) -> Actor | None:
         header = request.headers.get("authorization", "")
@@ -56,7 +81,9 @@ class BearerTokens:
         for name, expected in self._digests:  # no early exit: every token is compared
             if hmac.compare_digest(digest, expected):
                 found = name
-        return Actor(found, self.source) if found is not None else None
+        if found is None:
+            return None
+        return Actor(found, self.source, str(self._roles.get(found, Role.OPERATOR)))
 
 
 async def current_actor(

@@ -32,6 +32,7 @@ class ApiServices:
     line: LineStatus
     reports: Reports
     hierarchy: Hierarchy | None = None  # None: the routes make one over commands.ledger
+    stations: Any = None  # the daemon's StationRunner ([aggregation]), for the station routes
 
 
 def services(request: Request) -> ApiServices:
@@ -79,6 +80,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     described = {
         400: "The body cannot be parsed (not UTF-8 JSON)",
         401: "No token, or a token nobody issued",
+        403: "The token's role may not do this (the message names the role needed)",
         404: "No such order, alarm or report",
         409: "The command is refused (wrong state, reason missing, checks failed)",
         413: "The body is too large",

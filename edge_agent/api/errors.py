@@ -1,9 +1,9 @@
 """Errors mapped to HTTP answers in one place: each answer is an ``ErrorOut`` with a stable code.
 
 OrderInvalid → 422 with every problem; CommandRefused (and other order errors) → 409;
-AggregationRefused → 409 with the rule as the problem's key; an unknown
-order or alarm → 404; no or a wrong token → 401; anything unexpected → 500 with a reference to
-the log line, never a traceback or a secret.
+AggregationRefused → 409 with the rule as the problem's key; an unknown order or alarm → 404;
+no or a wrong token → 401; a token whose role may not → 403; anything unexpected → 500 with a
+reference to the log line, never a traceback or a secret.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edge_agent.api.auth import Unauthorized
+from edge_agent.api.auth import Forbidden, Unauthorized
 from edge_agent.api.schemas import ErrorOut, Problem
 from edge_agent.errors import AggregationRefused, EdgeAgentError, OrderError, OrderInvalid
 
@@ -52,6 +52,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(TooLarge, _too_large)
     app.add_exception_handler(Unauthorized, _unauthorized)
+    app.add_exception_handler(Forbidden, _forbidden)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(EdgeAgentError, _agent_error)
@@ -89,6 +90,10 @@ async def _unauthorized(request: Request, exc: Exception) -> JSONResponse:
         "give a valid token: 'Authorization: Bearer <token>' (see [[api.tokens]])",
         headers={"WWW-Authenticate": "Bearer"},
     )
+
+
+async def _forbidden(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(403, "forbidden", str(exc))
 
 
 async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:

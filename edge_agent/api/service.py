@@ -62,6 +62,7 @@ def agent_api_server(
 
 def bearer_tokens(section: ApiSection) -> BearerTokens:
     tokens: dict[str, SecretStr] = {}
+    roles = {entry.name: entry.role for entry in section.tokens}
     for index, entry in enumerate(section.tokens):
         key = f"api.tokens[{index}].token"
         secret = _resolve(entry.token, key)
@@ -72,7 +73,7 @@ def bearer_tokens(section: ApiSection) -> BearerTokens:
                 key=key,
             )
         tokens[entry.name] = secret
-    return BearerTokens(tokens)
+    return BearerTokens(tokens, roles=roles)
 
 
 def _tls(section: ApiSection) -> Tls | None:

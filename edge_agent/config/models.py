@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from edge_agent.errors import ConfigError
+from edge_agent.orders.audit import Role
 
 
 class Strict(BaseModel):
@@ -599,6 +600,12 @@ class ApiToken(Strict):
         description="Who uses this token (mes, operator-cli ...); recorded as the audit actor",
     )
     token: SecretRef = Field(..., description="The token, by reference (env or file)")
+    role: Role = Field(
+        Role.OPERATOR,
+        description="operator (default): runs orders and manual aggregation; supervisor: also "
+        "abort, close with exceptions, rework (reopen, remove, replace, relabel, disaggregate, "
+        "scrap) and sample/destroy units",
+    )
 
 
 class ApiSection(Strict):

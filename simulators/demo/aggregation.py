@@ -2,15 +2,17 @@
 
 Units the unit gate passes go into a simulated case packer; the case station (case camera, case
 PLC over Modbus TCP, ZPL label printer and label camera) and the pallet station (TCP scanner,
-pallet label printer and camera) are simulators on loopback, driven by the agent's own
-``StationRunner`` in the demo process, beside the daemon, on the same state database. The case
-packer injects case-level defects drawn by the seed (missing unit, foreign code, duplicate,
-unreadable code, unreadable label, a unit removed after the read).
+pallet label printer and camera) are simulators on loopback, driven by the daemon's own
+stations (``[aggregation]``: ``Agent.stations``, following the order on the line) as with
+``edge-agent run``. The case packer injects case-level defects drawn by the seed (missing unit,
+foreign code, duplicate, unreadable code, unreadable label, a unit removed after the read).
 
-When the unit line has made the order's quantity, the demo finishes the line end as the people
-at it would: the last, partial case is announced to the case station and packed, the partial
-last pallet is closed, the units that fell out of rejected cases (never read in any case) are
-recorded loose for rework, the stations stop and the order is closed through the REST API.
+Orders do not start by themselves (``[orders] auto_start = false``): as at a real line end, the
+next order starts after the line clearance of the previous one. When the unit line has made an
+order's quantity, the demo finishes its line end as the people at it would, through the REST
+API: the last, partial case is announced to the case station and packed, the partial last
+pallet is closed, the units that fell out of rejected cases (never read in any case) are
+recorded loose for rework; then the order is closed and the next one started.
 
 The report compares the ledger's hierarchy with the simulators' physical truth: every defective
 case rejected, every accepted case holding exactly the units physically in it, every pallet
@@ -20,7 +22,6 @@ holding exactly the cases on it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,6 @@ import structlog
 from edge_agent import gs1
 from edge_agent.aggregation.hierarchy import ContainerState, Hierarchy, LooseReason
 from edge_agent.aggregation.runner import StationRunner
-from edge_agent.config.models import AgentConfig
 from edge_agent.errors import AggregationRefused, EdgeAgentError
 from edge_agent.ledger import Ledger
 from edge_agent.orders import audit
@@ -68,22 +68,37 @@ class AggregateOptions:
         }
 
 
+class Api:
+    """What the line end asks the daemon's REST API (the demo's ``ApiClient``)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return await asyncio.to_thread(self.client.post, path, body or {})
+
+    async def get(self, path: str) -> Any:
+        return await asyncio.to_thread(self.client.get, path)
+
+
 @dataclass
 class LineEnd:
-    """The case and pallet station simulators and the station runner of the order on the line."""
+    """The case and pallet station simulators, fed with the units of the order whose line end
+    the daemon's stations work on."""
 
     options: AggregateOptions
     seed: int
+    queue: list[str] = field(default_factory=list)  # the orders, in the order they run
     cases: CaseStationSim = field(init=False)
     pallets: PalletStationSim = field(init=False)
-    runner: StationRunner | None = None
-    order_id: str | None = None
+    stations: StationRunner | None = None  # the daemon's, once it serves
+    order_id: str | None = None  # the order whose units go into the case packer
     finished: set[str] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
-    _task: asyncio.Task[None] | None = None
     _seen: dict[int, SimUnit] = field(default_factory=dict)  # at the unit camera, not gated yet
     _waiting: list[SimUnit] = field(default_factory=list)  # passed before the stations ran
-    _passed: int = 0
+    _passed: int = 0  # units of this order into the case packer
+    _first_case: int = 0  # the packer's cases before this order's
 
     def __post_init__(self) -> None:
         size = SMALL_FRAME if self.options.case_size <= 12 else None
@@ -109,15 +124,17 @@ class LineEnd:
         await self.pallets.start()
 
     async def stop(self) -> None:
-        await self._stop_runner()
         await self.pallets.stop()
         await self.cases.stop()
 
     def config_section(self) -> dict[str, Any]:
         """``[aggregation]`` of the demo config: the stations' device tables."""
+        configs = self.cases.driver_configs()
+        # a loaded machine answers late at times: the case gate is seconds away
+        configs["plc"]["timeout_s"] = 3.0
         return {
             "case_station": {
-                **self.cases.driver_configs(),
+                **configs,
                 "closing_read_s": 3.0,
                 "label_confirm_s": 5.0,
                 "label_read_s": 3.0,
@@ -129,74 +146,87 @@ class LineEnd:
         unit = self._seen.pop(trigger, None)
         if not passed or unit is None:
             return
-        self._passed += 1
-        if self._task is None:
+        if self.order_id is None:
             self._waiting.append(unit)
         else:
+            self._passed += 1
             self.cases.packer.put([unit])
 
     # --- the order on the line ----------------------------------------------------------------
 
-    async def watch(self, model: AgentConfig, orders: list[dict[str, Any]]) -> list[str]:
-        """Called with every poll of the orders: start the stations for the order that runs,
-        finish the line end of one that completed. Returns the orders whose line end is done."""
+    def watch(self, orders: list[dict[str, Any]]) -> None:
+        """Called with every poll of the orders: once the daemon's stations work on the order
+        that runs (connected to their devices), its units go into the case packer."""
+        if self.order_id is not None or self.stations is None:
+            return
         for order in orders:
-            # completed too: a fast order may end between two polls; its units wait in the packer
+            # completed too: a fast order may end between two polls; its units wait
             running = order["state"] in ("running", "held", "completed")
-            if running and self._task is None and order["id"] not in self.finished:
-                await self._start_runner(model, order["id"])
-        return sorted(self.finished)
+            if running and order["id"] not in self.finished and self._stations_on(order["id"]):
+                self._accept(order["id"])
 
-    async def _start_runner(self, model: AgentConfig, order_id: str) -> None:
-        self.runner = StationRunner(model, order_id)
-        self.order_id = order_id
-        self._task = asyncio.create_task(self.runner.run(), name="stations")
-        await self._until(
-            lambda: all(
-                sim.clients
-                for sim in (
-                    self.cases.packer,
-                    self.cases.labels.camera,
-                    self.pallets.scanner,
-                    self.pallets.labels.camera,
-                )
-            ),
-            "the stations connected to their devices",
+    def _stations_on(self, order_id: str) -> bool:
+        runner = self.stations
+        return (
+            runner is not None
+            and runner.case_station is not None
+            and runner.case_station.order_id == order_id
+            and runner.pallet_station is not None
+            and runner.pallet_station.order_id == order_id
         )
+
+    def _accept(self, order_id: str) -> None:
+        log.info("line_end_accepts", order=order_id)
+        self.order_id = order_id
+        self._passed = 0
+        self._first_case = len(self.cases.packer.cases)
         waiting, self._waiting = self._waiting, []
+        self._passed += len(waiting)
         self.cases.packer.put(waiting)
 
-    async def finish(self, order_id: str) -> None:
+    async def finish(self, order_id: str, api: Api) -> None:
         """The order's quantity is made: pack the partial last case, close the partial last
-        pallet, record the units that fell out of cases loose, stop the stations."""
-        runner = self.runner
-        if runner is None or self.order_id != order_id:
+        pallet, record the units that fell out of cases loose (the next order's units wait)."""
+        if self.order_id != order_id:
             self.finished.add(order_id)
+            if self.order_id is None:
+                self.errors.append(f"order {order_id}: the stations never worked on it")
             return
         try:
             await self._until(lambda: not self._seen, "every unit through the unit gate")
             await self._until(self._cases_decided, "every case decided at its gate")
             remainder = self._passed % self.options.case_size
             if remainder:
-                station = runner.case_station
-                assert station is not None
-                station.expect(remainder)
+                await api.post("/aggregation/stations/case/last", {"count": remainder})
                 self.cases.packer.flush()
                 await self._until(self._cases_decided, "the partial last case decided")
             await self._until(self._cases_scanned, "every passed case scanned onto a pallet")
-            pallet = runner.pallet_station
-            if pallet is not None and pallet.scanned():
-                await pallet.close_pallet(partial=True)
-            self._record_loose(runner.hierarchy, order_id)
+            await self._close_last_pallet(api)
+            assert self.stations is not None
+            self._record_loose(self.stations.hierarchy, order_id)
         except EdgeAgentError as exc:
             self.errors.append(f"order {order_id}: {exc}")
         finally:
-            await self._stop_runner()
+            self.order_id = None
             self.finished.add(order_id)
 
+    async def _close_last_pallet(self, api: Api) -> None:
+        """The partial last pallet, closed through the REST API (a 202: still printing its
+        label, or the station holds on failed labels: waited for)."""
+        answer = await api.post("/aggregation/stations/pallet/close")
+        if answer.get("closed") is None and "still closing" in answer.get("detail", ""):
+            await self._until(lambda: not self._scanned_now(), "the last pallet closed")
+
+    def _scanned_now(self) -> list[str]:
+        pallet = self.stations.pallet_station if self.stations is not None else None
+        return pallet.scanned() if pallet is not None else []
+
+    def _cases(self) -> list[Any]:
+        return self.cases.packer.cases[self._first_case :]
+
     def _cases_decided(self) -> bool:
-        station = self.runner.case_station if self.runner is not None else None
-        cases = self.cases.packer.cases
+        station = self.stations.case_station if self.stations is not None else None
+        cases = self._cases()
         formed = self._passed // self.options.case_size
         return (
             len(cases) >= formed
@@ -205,10 +235,10 @@ class LineEnd:
         )
 
     def _cases_scanned(self) -> bool:
-        runner = self.runner
+        runner = self.stations
         if runner is None or runner.pallet_station is None:
             return True
-        passed = sum(1 for c in self.cases.packer.cases if c.verdict)
+        passed = sum(1 for c in self._cases() if c.verdict)
         h = runner.hierarchy
         assert self.order_id is not None
         closed = h.containers(self.order_id, level="pallet", states=[ContainerState.CLOSED])
@@ -222,7 +252,7 @@ class LineEnd:
         ledger: Ledger = hierarchy.ledger
         known = hierarchy.loose(order_id)
         epcs: list[str] = []
-        for case in self.cases.packer.cases:
+        for case in self._cases():
             units = case.loose + ([] if case.verdict else case.inside)
             for unit in units:
                 epc = ledger.epc(unit.gtin, unit.serial)
@@ -238,27 +268,21 @@ class LineEnd:
             except AggregationRefused as exc:
                 self.errors.append(f"order {order_id}: loose units not recorded: {exc}")
 
-    async def _stop_runner(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            # Cancel until it ends: Python 3.11's wait_for (inside pymodbus) can lose one
-            while not task.done():
-                task.cancel()
-                await asyncio.wait([task], timeout=1.0)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                task.result()
-        if self.runner is not None:
-            self.runner.close()
-            self.runner = None
-
     async def _until(self, condition: Any, what: str) -> None:
+        """Wait for ``condition``; bounded by STEP_S without progress (a case decided, a case
+        scanned), however long the cases still on the conveyor take."""
         deadline = time.monotonic() + STEP_S
+        progress = self._progress()
         while not condition():
-            if self._task is not None and self._task.done():
-                raise EdgeAgentError(f"the stations stopped before {what}")
+            if (now := self._progress()) != progress:
+                progress, deadline = now, time.monotonic() + STEP_S
             if time.monotonic() > deadline:
-                raise EdgeAgentError(f"not {what} after {STEP_S:.0f} s")
+                raise EdgeAgentError(f"not {what} after {STEP_S:.0f} s without progress")
             await asyncio.sleep(0.05)
+
+    def _progress(self) -> tuple[int, int]:
+        cases = self._cases()
+        return sum(1 for c in cases if c.verdict is not None), len(self._scanned_now())
 
     def truth(self) -> dict[str, Any]:
         truth = self.cases.ground_truth()
@@ -323,7 +347,8 @@ def aggregation_report(
         if sscc is None or sscc not in closed["pallet"]:
             problems.append(f"pallet {pallet['number']} carries no closed pallet's label")
             continue
-        physical = {_sscc(cases[n]["labels"][-1]) for n in pallet["cases"]}
+        physical = {_sscc(cases[n]["labels"][-1]) if cases[n]["labels"] else None
+                    for n in pallet["cases"]}  # fmt: skip
         if closed["pallet"][sscc] != physical:
             problems.append(f"pallet {pallet['number']} (SSCC {sscc}): ledger and pallet differ")
     if len(pallets) != len(closed["pallet"]):

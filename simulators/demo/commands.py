@@ -60,7 +60,7 @@ def add_commands(sub: Any) -> None:
         "--aggregate",
         action="store_true",
         help="pack the units into cases and pallets at the simulated line end (case and pallet "
-        "stations, case defects injected by --seed); one order (--orders 1)",
+        "stations of the daemon, case defects injected by --seed); any --orders",
     )
     demo.add_argument(
         "--case-size", type=count_arg, default=4, help="--aggregate: units per case (default 4)"
@@ -98,12 +98,6 @@ def _demo(args: argparse.Namespace) -> int:
 
     aggregate = None
     if args.aggregate:
-        if args.orders != 1:
-            raise ConfigError(
-                "--aggregate runs one order: give --orders 1 (the case packer is not changed "
-                "over between orders yet)",
-                key="--orders",
-            )
         if not 0.0 <= args.case_defect_rate <= 1.0:
             raise ConfigError(
                 "--case-defect-rate: give a share from 0 to 1", key="--case-defect-rate"

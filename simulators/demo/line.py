@@ -40,7 +40,7 @@ from edge_agent.line.stats import LineStats
 from edge_agent.orders.store import OrderStore
 from edge_agent.reconcile import reconcile
 from edge_agent.stops import StopReason
-from simulators.demo.aggregation import AggregateOptions, LineEnd, aggregation_report
+from simulators.demo.aggregation import AggregateOptions, Api, LineEnd, aggregation_report
 from simulators.demo.orders import (
     HELD_ORDER,
     Operator,
@@ -132,6 +132,9 @@ async def run_demo(
             "l3": {"type": "http", "port": 0, "seed": seed},
         },
     }
+    if aggregate is not None:
+        # line clearance: the next order starts once the line end of the last one is done
+        overrides["orders"]["auto_start"] = False
     for kind, type_name in (devices or {}).items():
         overrides["simulators"][kind]["type"] = type_name
     base = parse_config(demo_config_text(), "demo.toml", overrides)
@@ -147,7 +150,7 @@ async def run_demo(
         async with SimulatorSet(section) as sims, contextlib.AsyncExitStack() as stack:
             line_end = None
             if aggregate is not None:
-                line_end = LineEnd(aggregate, seed)
+                line_end = LineEnd(aggregate, seed, queue=[d["id"] for d in documents])
                 await line_end.start(sims.line, sims.plc)
                 stack.push_async_callback(line_end.stop)
             arrivals: dict[int, tuple[str, str]] = {}  # trigger -> (GTIN, lot) as printed
@@ -165,7 +168,14 @@ async def run_demo(
             sections["api"] = {
                 "host": "127.0.0.1",
                 "port": 0,
-                "tokens": [{"name": API_TOKEN_NAME, "token": {"file": str(token_file)}}],
+                # the demo acts as the line's supervisor too (rework, closing with exceptions)
+                "tokens": [
+                    {
+                        "name": API_TOKEN_NAME,
+                        "token": {"file": str(token_file)},
+                        "role": "supervisor",
+                    }
+                ],
             }
             sections["hmi"] = {"users_file": str(users_file)}
             capture = None
@@ -331,6 +341,8 @@ async def _serve_orders(
             await _until_ready(ready, serving)
             assert agent.api_url is not None
             run.api_url = agent.api_url
+            if line_end is not None:
+                line_end.stations = agent.stations
             token, token_file = access.token, access.token_file
             console.print(
                 f"REST API: {agent.api_url}  (bearer token in {token_file}; "
@@ -448,18 +460,47 @@ async def _line_end(
     operator: Operator,
     console: Console,
 ) -> None:
-    await line_end.watch(config.model, orders)
+    """The people at the line end: finish the cases and pallets of an order whose units are
+    made, close it, then start the next one (line clearance: orders do not start by
+    themselves with aggregation)."""
+    line_end.watch(orders)
+    api = Api(operator.client)
     for order in orders:
         if order["state"] != "completed" or order["id"] in line_end.finished:
             continue
         console.print(f"order {order['id']}: units made; finishing its cases and pallets")
-        await line_end.finish(order["id"])
+        await line_end.finish(order["id"], api)
         try:
             await operator.close(order["id"])
         except EdgeAgentError as exc:
             line_end.errors.append(f"order {order['id']} could not be closed: {exc}")
             continue
         console.print(f"[green]order {order['id']} closed[/] with its cases and pallets")
+    busy = [o for o in orders if o["state"] in ("running", "held")]
+    unfinished = [
+        o for o in orders if o["state"] == "completed" and o["id"] not in line_end.finished
+    ]
+    queue = {order_id: n for n, order_id in enumerate(line_end.queue)}
+    ready = sorted(
+        (o for o in orders if o["state"] == "ready"), key=lambda o: queue.get(o["id"], 0)
+    )
+    if busy or unfinished or not ready:
+        return
+    try:
+        await api.post(f"/orders/{ready[0]['id']}/commands/start")
+    except EdgeAgentError as exc:  # refused for now (a device coming back): the next poll
+        log_once(console, f"order {ready[0]['id']} not started yet: {exc}")
+        return
+    console.print(f"order {ready[0]['id']} started (the line end is clear)")
+
+
+_said: set[str] = set()
+
+
+def log_once(console: Console, message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        console.print(message)
 
 
 async def _until_l3_has_everything(
