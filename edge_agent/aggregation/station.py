@@ -3,13 +3,18 @@
 Case station, per case (the case camera sends two frames with the case's trigger: the read of the
 open case, then the closing read as the flaps close)::
 
-    read ─ exact match? ─ closing read the same? ─ SSCC reserved (persisted) ─ label printed ─
-    label read back the same? ─ case committed (units packed, case closed: one transaction) ─
-    PASS to the case PLC
+    read ─ exact match? ─ closing read the same? ─ identifier reserved (persisted) ─ label
+    printed ─ label read back the same? ─ case committed (units packed, case closed: one
+    transaction) ─ PASS to the case PLC
+
+The case identifier is the plan's: an SSCC (a logistic label: AI 00 with 02, 37, 10, 17) or
+the case's own GTIN with a serial (a homogeneous case: AI 01, 21, 10, 17), allocated the same
+way (a local range persisted before use, or L3 pages) and commissioned as an SSCC or an SGTIN
+in the commit's transaction, before its units are packed.
 
 Anything else rejects the case through the case station's PLC (the PLC contract's verdict ring,
 the case count as trigger: no verdict in time is a reject too), its units stay unpacked, and an
-SSCC already reserved is scrapped, never used again. After the PASS the station follows the case
+identifier already reserved is scrapped, never used again. After the PASS the station follows the case
 to its gate: a case the gate rejected anyway (the verdict came too late) is disaggregated, so the
 ledger matches what left the line.
 
@@ -49,7 +54,7 @@ from edge_agent.aggregation.matching import (
     refusal_reason,
     same_case,
 )
-from edge_agent.aggregation.plan import Level
+from edge_agent.aggregation.plan import IdentifierKind, Level
 from edge_agent.contracts import (
     CodeReader,
     Frame,
@@ -170,11 +175,19 @@ class LabelPath:
             self._frames.put_nowait(frame)
 
     async def print_and_verify(
-        self, sscc: str, *, gtin: str, count: int, lot: str, expiry: str
+        self,
+        sscc: str,
+        *,
+        gtin: str,
+        count: int,
+        lot: str,
+        expiry: str,
+        serial: str | None = None,
     ) -> tuple[CaseReason, str]:
         """Print the label, wait for its print, read it back: ACCEPTED only when the label
-        camera read exactly this label."""
-        label = LogisticLabel(next(self._seq), sscc, gtin, count, lot, expiry)
+        camera read exactly this label. With ``serial``: a case's own GTIN + serial label
+        (``sscc`` empty, ``gtin`` the case GTIN)."""
+        label = LogisticLabel(next(self._seq), sscc, gtin, count, lot, expiry, serial)
         while not self._frames.empty():  # frames of labels before this one are not its read
             self._frames.get_nowait()
         done = self._confirmed.setdefault(label.seq, asyncio.Event())
@@ -227,11 +240,7 @@ class _Station:
                 f"{self.level} station needs one"
             )
         self.plan_level = order.aggregation.level(self.level)
-        if self.plan_level.identifier != "sscc":
-            raise EdgeAgentError(
-                f"order {order_id}: the {self.level} station labels SSCCs; the plan gives "
-                f"{self.level}s {self.plan_level.identifier} identifiers"
-            )
+        # the plan allows gtin_serial for bundles and cases only; each station labels either
         self.capacity = self.plan_level.capacity
         self.partial_allowed = self.plan_level.partial == "allowed"
         batch = hierarchy.ledger.batch(order_id)
@@ -265,6 +274,15 @@ class _Station:
     def _label_values(self, count: int) -> dict[str, Any]:
         b = self.batch
         return {"gtin": b.gtin, "count": count, "lot": b.lot, "expiry": b.expiry}
+
+    def _label_of(self, box: Container, count: int) -> dict[str, Any]:
+        """What ``print_and_verify`` prints for ``box``: an SSCC's logistic label, or the
+        case's own GTIN + serial (a homogeneous case, a serialised trade item)."""
+        values = self._label_values(count)
+        if box.kind == IdentifierKind.GTIN_SERIAL:
+            assert box.gtin is not None and box.serial is not None
+            return {"sscc": "", **values, "gtin": box.gtin, "serial": box.serial}
+        return {"sscc": box.code, **values}
 
     def recover_reserved(self) -> list[Container]:
         """SSCCs reserved and never committed (a label may be on a case): scrapped."""
@@ -415,9 +433,7 @@ class CaseStation(_Station):
         if not same_case(found, await asyncio.to_thread(self.reader.read, closing.image)):
             return CaseReason.CHANGED, "the case changed between read and closing read", None
         box = self._reserve(trigger)
-        reason, detail = await self.labels.print_and_verify(
-            box.code, **self._label_values(len(found.units))
-        )
+        reason, detail = await self.labels.print_and_verify(**self._label_of(box, len(found.units)))
         if reason is not CaseReason.ACCEPTED:
             self._scrap(box, str(reason))
             return reason, detail, box.code
@@ -523,13 +539,15 @@ class PalletStation(_Station):
 
     def _check_scan(self, data: str) -> tuple[str, Container | None]:
         try:
-            sscc = gs1.parse_scanned(data, check_requisites=False).get("00")
+            parsed = gs1.parse_scanned(data, check_requisites=False)
         except gs1.Gs1Error:
             return "not_gs1", None
-        if sscc is None:
+        sscc, gtin, serial = parsed.get("00"), parsed.get("01"), parsed.get("21")
+        ref = sscc or (f"01{gtin}21{serial}" if gtin and serial else None)  # a case: SSCC or SGTIN
+        if ref is None:
             return "no_sscc", None
         try:
-            case = self.hierarchy.container(sscc)
+            case = self.hierarchy.container(ref)
         except AggregationRefused:
             return "unknown_case", None
         if case.level != Level.CASE or case.order_id != self.order_id:

@@ -8,8 +8,9 @@ the labeller: the label printer's next label goes onto the case standing there, 
 camera reads it back. A case whose defect is ``unreadable_label`` gets an unreadable label.
 
 Pallet station: cases that passed the case gate reach the palletiser, where the pallet scanner
-reads each case's label (the SSCC's GS1-128) as it goes onto the pallet; the pallet label printer's
-next label closes the pallet being built and a new one starts.
+reads each case's label (the SSCC's GS1-128, or the DataMatrix of a case's GTIN + serial) as it
+goes onto the pallet; the pallet label printer's next label closes the pallet being built and a
+new one starts.
 
 ``ground_truth()`` is what physically happened: which units each case holds, which label is on it,
 what the gate did; which cases each pallet holds and its label.
@@ -31,7 +32,7 @@ from typing import Any
 
 from edge_agent import gs1
 from simulators.aggregation.case_packer import ALL_CASE_DEFECTS, CaseDefect, CasePackerSim, SimCase
-from simulators.aggregation.label import LabelStationSim
+from simulators.aggregation.label import LabelStationSim, label_code
 from simulators.aggregation.scanner import ScannerSim
 from simulators.line import SimLine, SimUnit
 from simulators.plc.modbus import ModbusPlcSim
@@ -184,11 +185,15 @@ class PalletStationSim:
             self.put(case)
 
     def put(self, case: SimCase) -> None:
-        """A case goes onto the pallet; the scanner reads its (last) label's SSCC."""
+        """A case goes onto the pallet; the scanner reads its (last) label: the SSCC's GS1-128
+        (``]C1``), or a case GTIN + serial label's GS1 DataMatrix (``]d2``, all its content)."""
         self.pallets[-1].cases.append(case)
-        sscc = _sscc(case.labels[-1]) if case.labels else None
+        data = case.labels[-1] if case.labels else ""
+        sscc = _sscc(data)
         if sscc is not None:
             self.scanner.scan("00" + sscc)
+        elif label_code(data) is not None:
+            self.scanner.scan(data, symbology="]d2")
 
     def _label_pallet(self, data: str, unreadable: bool) -> bool:
         """The label goes onto the pallet being built; a readable one sends it away (wrapped

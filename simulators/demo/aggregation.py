@@ -28,14 +28,16 @@ from typing import Any
 
 import structlog
 
-from edge_agent import gs1
 from edge_agent.aggregation.hierarchy import ContainerState, Hierarchy, LooseReason
 from edge_agent.aggregation.runner import StationRunner
 from edge_agent.config.models import AgentConfig
 from edge_agent.errors import AggregationRefused, EdgeAgentError
+from edge_agent.gs1.check import gtin_check_digit
 from edge_agent.ledger import Ledger
 from edge_agent.orders import audit
+from simulators.aggregation.label import label_code
 from simulators.aggregation.station import CaseStationSim, PalletStationSim
+from simulators.demo.orders import PRODUCTS
 from simulators.line import SimUnit
 
 log = structlog.get_logger(__name__)
@@ -52,12 +54,18 @@ class AggregateOptions:
     case_size: int = 4
     cases_per_pallet: int = 2
     case_defect_rate: float = 0.3
+    case_identifier: str = "sscc"  # or "gtin_serial": the case's own GTIN with a serial
 
-    def plan(self) -> dict[str, Any]:
-        """The order's aggregation plan: SSCC cases and pallets, partial last ones allowed."""
+    def plan(self, product_gtin: str | None = None) -> dict[str, Any]:
+        """The order's aggregation plan: SSCC (or GTIN + serial) cases and SSCC pallets,
+        partial last ones allowed."""
+        case: dict[str, Any] = {"level": "case", "capacity": self.case_size, "partial": "allowed"}
+        if self.case_identifier == "gtin_serial":
+            gtin = product_gtin or PRODUCTS[0][0]  # --aggregate runs the first demo product
+            case |= {"identifier": "gtin_serial", "gtin": case_gtin(gtin)}
         return {
             "levels": [
-                {"level": "case", "capacity": self.case_size, "partial": "allowed"},
+                case,
                 {
                     "level": "pallet",
                     "capacity": self.cases_per_pallet,
@@ -376,7 +384,12 @@ def _by_kind(cases: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def _sscc(data: str) -> str | None:
-    try:
-        return gs1.parse(data, check_requisites=False).get("00")
-    except gs1.Gs1Error:
-        return None
+    """The code a label carries (an SSCC, or a case's ``01<gtin>21<serial>``)."""
+    return label_code(data)
+
+
+def case_gtin(product_gtin: str) -> str:
+    """The case GTIN of the demo's homogeneous cases: the unit's GTIN with indicator digit 1
+    (another packaging level of the same product), its check digit recomputed."""
+    body = "1" + product_gtin[1:13]
+    return body + str(gtin_check_digit(body))
