@@ -224,6 +224,21 @@ def resolve_unit(hierarchy: Hierarchy, raw: str) -> UnitRef | None:
     return UnitRef(item.epc, item.order_id, commissioned, packed)
 
 
+def resolve_child(hierarchy: Hierarchy, raw: str, level: Level) -> UnitRef | None:
+    """The ledger's child of ``level`` for a code read in a frame: a unit, or a bundle by its
+    label (packable once closed); None when it is nothing of that level the ledger knows."""
+    if level == Level.UNIT:
+        return resolve_unit(hierarchy, raw)
+    try:
+        item = hierarchy.item(raw)
+    except AggregationRefused:
+        return None
+    if item.level != level:
+        return None
+    packed = hierarchy.parent_of(item.epc) is not None
+    return UnitRef(item.epc, item.order_id, item.state == ContainerState.CLOSED, packed)
+
+
 class _Station:
     """What both stations share: the ledger's hierarchy, the order and its batch."""
 
@@ -239,6 +254,7 @@ class _Station:
                 f"order {order_id} has no {self.level} level in its aggregation plan; the "
                 f"{self.level} station needs one"
             )
+        self.plan = order.aggregation
         self.plan_level = order.aggregation.level(self.level)
         # the plan allows gtin_serial for bundles and cases only; each station labels either
         self.capacity = self.plan_level.capacity
@@ -275,14 +291,42 @@ class _Station:
         b = self.batch
         return {"gtin": b.gtin, "count": count, "lot": b.lot, "expiry": b.expiry}
 
-    def _label_of(self, box: Container, count: int) -> dict[str, Any]:
-        """What ``print_and_verify`` prints for ``box``: an SSCC's logistic label, or the
-        case's own GTIN + serial (a homogeneous case, a serialised trade item)."""
-        values = self._label_values(count)
+    def _label_of(self, box: Container, children: Sequence[str]) -> dict[str, Any]:
+        """What ``print_and_verify`` prints for ``box`` holding ``children``: an SSCC's
+        logistic label (AI 02 + 37: the trade items inside and how many), or the container's own
+        GTIN + serial (a homogeneous case or bundle, itself a serialised trade item)."""
+        gtin, count = self._content(children)
+        values = {**self._label_values(count), "gtin": gtin}
         if box.kind == IdentifierKind.GTIN_SERIAL:
             assert box.gtin is not None and box.serial is not None
             return {"sscc": "", **values, "gtin": box.gtin, "serial": box.serial}
         return {"sscc": box.code, **values}
+
+    def _content(self, children: Sequence[str]) -> tuple[str, int]:
+        """The trade items ``children`` are or hold, as AI 02 + 37 count them: a unit, or a
+        bundle or case of its own GTIN, is one trade item; an SSCC container counts by what it
+        holds. The plan's levels make the content homogeneous: one GTIN."""
+        if self.plan.child_level(self.level) == Level.UNIT:
+            return self.batch.gtin, len(children)
+        found: dict[str, int] = {}
+        todo = list(children)
+        while todo:
+            item = self.hierarchy.item(todo.pop())
+            if item.is_unit or item.gtin is not None:  # a trade item: counts as one
+                key = item.gtin or self.batch.gtin
+                found[key] = found.get(key, 0) + 1
+            elif self.plan.child_level(item.level) == Level.UNIT:  # an SSCC box of units
+                held = self.hierarchy.container(item.epc).children
+                found[self.batch.gtin] = found.get(self.batch.gtin, 0) + held
+            else:
+                todo.extend(self.hierarchy.children(item.epc))
+        if len(found) != 1:
+            raise EdgeAgentError(
+                f"order {self.order_id}: the {self.level}'s content is not one GTIN "
+                f"({', '.join(sorted(found)) or 'empty'}); it cannot be labelled"
+            )
+        ((gtin, count),) = found.items()
+        return gtin, count
 
     def recover_reserved(self) -> list[Container]:
         """SSCCs reserved and never committed (a label may be on a case): scrapped."""
@@ -328,6 +372,8 @@ class CaseStation(_Station):
         self._reads = _Reads()
         self._pending: dict[int, str] = {}  # trigger -> case EPC, PASS written, gate unknown
         self._read_units: tuple[str, ...] = ()  # packable units read in the case being decided
+        # what the frame shows: units, or the labels of the bundles a case of bundles holds
+        self.child_level = self.plan.child_level(self.level)
 
     def expect(self, count: int) -> None:
         """The next case holds ``count`` units (the last, partial case of the order)."""
@@ -365,17 +411,17 @@ class CaseStation(_Station):
         outcome is unknown get their PASS again and are followed to the gate."""
         reserved = self.conn.execute(
             "SELECT s.trigger FROM station_cases s JOIN containers c ON c.epc = s.container "
-            "WHERE s.station = 'case' AND s.order_id = ? AND c.state = 'reserved'",
-            (self.order_id,),
+            "WHERE s.station = ? AND s.order_id = ? AND c.state = 'reserved'",
+            (str(self.level), self.order_id),
         ).fetchall()
         self.recover_reserved()
         for (trigger,) in reserved:  # the gate diverts them anyway; say so now
             await self.plc.write_verdict(int(trigger), Verdict.REJECT)
         rows = self.conn.execute(
             "SELECT s.trigger, s.container FROM station_cases s JOIN containers c "
-            "ON c.epc = s.container WHERE s.station = 'case' AND s.order_id = ? AND "
+            "ON c.epc = s.container WHERE s.station = ? AND s.order_id = ? AND "
             "s.gate = ? AND c.state = 'closed' ORDER BY s.rowid",
-            (self.order_id, PENDING),
+            (str(self.level), self.order_id, PENDING),
         ).fetchall()
         for trigger, epc in rows:
             await self.plc.write_verdict(int(trigger), Verdict.PASS)
@@ -395,11 +441,11 @@ class CaseStation(_Station):
             self._reads.forget(trigger)
         if reason is CaseReason.ACCEPTED:
             self.stats.cases_accepted += 1
-            log.info("case_accepted", order=self.order_id, trigger=trigger, sscc=sscc)
+            log.info(f"{self.level}_accepted", order=self.order_id, trigger=trigger, sscc=sscc)
             return
         self.stats.rejected(reason)
         log.warning(
-            "case_rejected",
+            f"{self.level}_rejected",
             order=self.order_id,
             trigger=trigger,
             reason=str(reason),
@@ -433,14 +479,14 @@ class CaseStation(_Station):
         if not same_case(found, await asyncio.to_thread(self.reader.read, closing.image)):
             return CaseReason.CHANGED, "the case changed between read and closing read", None
         box = self._reserve(trigger)
-        reason, detail = await self.labels.print_and_verify(**self._label_of(box, len(found.units)))
+        reason, detail = await self.labels.print_and_verify(**self._label_of(box, found.units))
         if reason is not CaseReason.ACCEPTED:
             self._scrap(box, str(reason))
             return reason, detail, box.code
         reason, detail = self._commit(box, found)
         if reason is not CaseReason.ACCEPTED:
             return reason, detail, box.code
-        crash_point("case_committed")
+        crash_point(f"{self.level}_committed")
         self.expected_next = None
         await self.plc.write_verdict(trigger, Verdict.PASS)
         self._pending[trigger] = box.epc
@@ -455,7 +501,7 @@ class CaseStation(_Station):
         return CaseReason.ACCEPTED, ""
 
     def _unit(self, raw: str) -> UnitRef | None:
-        return resolve_unit(self.hierarchy, raw)
+        return resolve_child(self.hierarchy, raw, self.child_level)
 
     # --- following cases to the gate ----------------------------------------------------------
 
@@ -486,6 +532,16 @@ class CaseStation(_Station):
                 log.error("case_rejected_at_gate", order=self.order_id, trigger=trigger, case=epc)
             else:
                 self._set_gate(epc, PASSED)
+
+
+class BundleStation(CaseStation):
+    """The bundler's station (units shrink-wrapped into bundles, before the case packer): the
+    case station's path one level down. Its camera frame shows every unit code of the bundle;
+    an exact match (read and closing read), the bundle's identifier reserved, its label printed
+    and read back, then the bundle committed (units packed, closed) and PASS to the bundle
+    PLC. The case station behind it then reads the bundle labels in each case."""
+
+    level = Level.BUNDLE
 
 
 class PalletStation(_Station):
@@ -570,12 +626,9 @@ class PalletStation(_Station):
                 f"pallet holds {len(cases)} of {self.capacity} cases; it closes only full"
                 + (" (the plan refuses partial pallets)" if partial else "")
             )
-        units = sum(self.hierarchy.container(epc).children for epc in cases)
         for attempt in range(1, self.attempts + 1):
             box = self._reserve(None)
-            reason, detail = await self.labels.print_and_verify(
-                box.code, **self._label_values(units)
-            )
+            reason, detail = await self.labels.print_and_verify(**self._label_of(box, cases))
             if reason is CaseReason.ACCEPTED:
                 return self._commit(box, cases)
             self._scrap(box, str(reason))

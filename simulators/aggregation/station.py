@@ -27,6 +27,7 @@ import asyncio
 import json
 import random
 import string
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,6 +148,40 @@ class CaseStationSim:
         truth["stray_labels"] = list(self.stray_labels)
         truth["unreadable_labels"] = sorted(self.labels.printer.unreadable)
         return truth
+
+
+@dataclass(frozen=True)
+class SimBundle(SimUnit):
+    """A bundle leaving the bundler's gate, as the case packer handles it: ``serial`` is its
+    code (as the ledger holds it), its label on top is what the case camera reads."""
+
+    label: str = ""  # the element string of the label on it
+    units: tuple[SimUnit, ...] = ()  # the units physically in it
+
+    def hri(self) -> str:
+        return gs1.parse(self.label, check_requisites=False).bracketed
+
+
+class BundleStationSim(CaseStationSim):
+    """The bundler (units shrink-wrapped into bundles) with its bundle camera, bundle PLC and
+    labeller: a case station one level down, the same devices and defects (a missing or
+    foreign unit, a duplicate, an unreadable code or label, a unit removed after the read).
+    ``feed(cases)``: every bundle its gate passes goes on to the case packer, whose case
+    camera then sees the bundles' labels."""
+
+    def feed(self, cases: CaseStationSim) -> None:
+        self.packer.case_listeners.append(lambda bundle: self._passed(bundle, cases))
+
+    def _passed(self, bundle: SimCase, cases: CaseStationSim) -> None:
+        label = bundle.labels[-1] if bundle.labels else ""
+        code = label_code(label)
+        if not bundle.verdict or code is None or not bundle.inside:
+            return
+        first = bundle.inside[0]
+        cases.packer.put(
+            [SimBundle(code, first.gtin, first.lot, first.expiry, time.monotonic(), label,
+                       tuple(bundle.inside))]
+        )  # fmt: skip
 
 
 @dataclass

@@ -260,13 +260,22 @@ class LineEnd:
             self.runner = None
 
     async def _until(self, condition: Any, what: str) -> None:
-        deadline = time.monotonic() + STEP_S
+        """Wait for ``condition``; bounded by ``STEP_S`` without progress (a case decided or
+        scanned): in fast mode the unit line outruns the case conveyor by far, and the cases
+        it filled take their time, one after the other."""
+        deadline, seen = time.monotonic() + STEP_S, self._progress()
         while not condition():
             if self._task is not None and self._task.done():
                 raise EdgeAgentError(f"the stations stopped before {what}")
+            if (now := self._progress()) != seen:
+                deadline, seen = time.monotonic() + STEP_S, now
             if time.monotonic() > deadline:
-                raise EdgeAgentError(f"not {what} after {STEP_S:.0f} s")
+                raise EdgeAgentError(f"not {what} after {STEP_S:.0f} s without progress")
             await asyncio.sleep(0.05)
+
+    def _progress(self) -> tuple[int, int]:
+        decided = sum(1 for c in self.cases.packer.cases if c.verdict is not None)
+        return decided, len(self.pallets.scanner.scanned)
 
     def truth(self) -> dict[str, Any]:
         truth = self.cases.ground_truth()
