@@ -76,7 +76,8 @@ def work(agg: AggSetup, case_identifier: str = "sscc") -> None:
     ).fetchone()
     agg.ledger.confirm_rejected_at_gate(batch, trigger)
     spare = h.open_container(ORDER, "case")
-    h.pack(spare.code, units[10:12], close=True)
+    # a partial case: closed only where the plan allows it (a fixed-measure case GTIN refuses)
+    h.pack(spare.code, units[10:12], close=case_identifier == "sscc")
     h.disaggregate(spare.code, reason="wrong pallet")
     h.leave_loose(ORDER, [units[0], *units[10:12]], reason="left_over")
     h.open_container(ORDER, "case")  # reserved, never packed: no event at all

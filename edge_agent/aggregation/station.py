@@ -54,7 +54,7 @@ from edge_agent.aggregation.matching import (
     refusal_reason,
     same_case,
 )
-from edge_agent.aggregation.plan import IdentifierKind, Level
+from edge_agent.aggregation.plan import IdentifierKind, Level, PartialPolicy
 from edge_agent.contracts import (
     CodeReader,
     Frame,
@@ -258,7 +258,7 @@ class _Station:
         self.plan_level = order.aggregation.level(self.level)
         # the plan allows gtin_serial for bundles and cases only; each station labels either
         self.capacity = self.plan_level.capacity
-        self.partial_allowed = self.plan_level.partial == "allowed"
+        self.partial_allowed = self.plan_level.partial_policy == PartialPolicy.ALLOWED
         batch = hierarchy.ledger.batch(order_id)
         if batch is None:
             raise EdgeAgentError(f"order {order_id} has no serial batch yet; start it first")

@@ -61,8 +61,11 @@ class AggregateOptions:
         partial last ones allowed."""
         case: dict[str, Any] = {"level": "case", "capacity": self.case_size, "partial": "allowed"}
         if self.case_identifier == "gtin_serial":
+            # a fixed-measure case GTIN fixes the count: the partial last case is refused, its
+            # units stay loose (partial_refused)
             gtin = product_gtin or PRODUCTS[0][0]  # --aggregate runs the first demo product
-            case |= {"identifier": "gtin_serial", "gtin": case_gtin(gtin)}
+            case = {"level": "case", "capacity": self.case_size, "partial": "refused",
+                    "identifier": "gtin_serial", "gtin": case_gtin(gtin)}  # fmt: skip
         return {
             "levels": [
                 case,
@@ -185,8 +188,10 @@ class LineEnd:
             await self._until(lambda: not self._seen, "every unit through the unit gate")
             await self._until(self._cases_decided, "every case decided at its gate")
             remainder = self._passed % self.options.case_size
-            if remainder:
-                station = runner.case_station
+            station = runner.case_station
+            if remainder and station is not None and not station.partial_allowed:
+                self._leave_partial_loose(runner.hierarchy, order_id)
+            elif remainder:
                 assert station is not None
                 station.expect(remainder)
                 self.cases.packer.flush()
@@ -201,6 +206,15 @@ class LineEnd:
         finally:
             await self._stop_runner()
             self.finished.add(order_id)
+
+    def _leave_partial_loose(self, hierarchy: Hierarchy, order_id: str) -> None:
+        """The plan refuses a partial case: the units left in the packer are recorded loose."""
+        ledger: Ledger = hierarchy.ledger
+        left = [ledger.epc(u.gtin, u.serial) for u in self.cases.packer.filling]
+        if left:
+            hierarchy.leave_loose(
+                order_id, left, reason=LooseReason.PARTIAL_REFUSED, actor=OPERATOR
+            )
 
     def _cases_decided(self) -> bool:
         station = self.runner.case_station if self.runner is not None else None
