@@ -626,9 +626,12 @@ class PalletStation(_Station):
                 f"pallet holds {len(cases)} of {self.capacity} cases; it closes only full"
                 + (" (the plan refuses partial pallets)" if partial else "")
             )
+        units = sum(self.hierarchy.container(epc).children for epc in cases)
         for attempt in range(1, self.attempts + 1):
             box = self._reserve(None)
-            reason, detail = await self.labels.print_and_verify(**self._label_of(box, cases))
+            reason, detail = await self.labels.print_and_verify(
+                box.code, **self._label_values(units)
+            )
             if reason is CaseReason.ACCEPTED:
                 return self._commit(box, cases)
             self._scrap(box, str(reason))
