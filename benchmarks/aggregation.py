@@ -171,12 +171,16 @@ async def _feed(state: Path, packer: Any, order: dict[str, Any], done: asyncio.E
 
 
 class _Stations:
-    """The case station, started in the daemon's process once the order's batch exists (the
-    station needs it; the daemon creates the state database first)."""
+    """The case station in the daemon's process: the daemon's own when it runs the
+    ``[aggregation]`` stations itself (``Agent.stations``), else a ``StationRunner`` started
+    beside it once the order's batch exists (the station needs it; the daemon creates the
+    state database first)."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, agent: Agent) -> None:
         self.config = config
+        self.agent = agent
         self.runner: StationRunner | None = None
+        self.own = False  # a runner this benchmark started (and closes)
 
     async def run(self, state: Path) -> None:
         deadline = time.monotonic() + 120.0
@@ -184,7 +188,11 @@ class _Stations:
             if time.monotonic() > deadline:
                 raise SystemExit(f"order {LINE_ORDER} did not start within 120 s")
             await asyncio.sleep(0.05)
-        self.runner = StationRunner(self.config.model, LINE_ORDER)
+        if hasattr(self.agent, "stations"):  # the daemon runs them: keep hold of its runner
+            while True:
+                self.runner = getattr(self.agent, "stations", None) or self.runner
+                await asyncio.sleep(0.2)
+        self.runner, self.own = StationRunner(self.config.model, LINE_ORDER), True
         await self.runner.run()
 
     @staticmethod
@@ -231,7 +239,7 @@ async def line_run(
     agent = Agent(config, stats=stats)
     done = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
-    stations = _Stations(config)
+    stations = _Stations(config, agent)
     if sim is not None:
         tasks = [
             asyncio.create_task(stations.run(state)),
@@ -260,7 +268,8 @@ async def line_run(
     if (runner := stations.runner) is not None:
         station = runner.case_station
         figures["case_station"] = station.stats.to_json() if station is not None else None
-        runner.close()
+        if stations.own:
+            runner.close()
     return figures
 
 

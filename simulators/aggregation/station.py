@@ -12,6 +12,10 @@ reads each case's label (the SSCC's GS1-128, or the DataMatrix of a case's GTIN 
 goes onto the pallet; the pallet label printer's next label closes the pallet being built and a
 new one starts.
 
+Bundles (``BundleStationSim``): the bundler is a case station one level down (bundle camera,
+bundle PLC, labeller); ``feed(case_station)`` sends every bundle its gate passes, its label on
+top, to the case packer, whose case camera then sees the bundle labels (``SimBundle``).
+
 ``ground_truth()`` is what physically happened: which units each case holds, which label is on it,
 what the gate did; which cases each pallet holds and its label.
 
