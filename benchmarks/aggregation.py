@@ -26,6 +26,8 @@ import json
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +54,7 @@ from simulators.aggregation.case_frame import FIVE_MP, Slot, render_case
 from simulators.aggregation.station import CaseStationSim
 from simulators.demo.line import demo_config_text
 from simulators.line import SimUnit
+from simulators.standalone import run_until_signal
 
 GTIN = "09506000134352"
 ORDER = "BENCH-AGG"
@@ -143,31 +146,63 @@ LINE_ORDER = "BENCH-1"
 CASE_GATE_S = 60.0  # the case conveyor waits for the station's verdict: no case lost to timing
 
 
-async def _feed(state: Path, packer: Any, order: dict[str, Any], done: asyncio.Event) -> None:
+async def _feed(state: Path, packer: Any, order: dict[str, Any]) -> None:
     """Units the unit gate passed go into the case packer, as on the line: each unit the ledger
     passed (a pass is committed before the gate lets it through), in order."""
     import sqlite3
 
     last = 0
     conn: sqlite3.Connection | None = None
-    while not done.is_set():
-        await asyncio.sleep(0.05)
-        if conn is None:
-            with contextlib.suppress(sqlite3.Error):
-                conn = sqlite3.connect(f"file:{state / 'state.db'}?mode=ro", uri=True)
+    gtin, lot, expiry = order["gtin"], order["lot"], order["expiry"]
+    try:
+        while True:
+            await asyncio.sleep(0.05)
             if conn is None:
-                continue
-        with contextlib.suppress(sqlite3.OperationalError):  # not created yet
-            rows = conn.execute(
-                "SELECT id, serial FROM units WHERE verdict = 'pass' AND id > ? ORDER BY id",
-                (last,),
-            ).fetchall()
-            if rows:
-                last = rows[-1][0]
-                gtin, lot, expiry = order["product"]["gtin"], order["lot"], order["expiry"]
-                packer.put([SimUnit(serial, gtin, lot, expiry, 0.0) for _, serial in rows])
-    if conn is not None:
-        conn.close()
+                with contextlib.suppress(sqlite3.Error):
+                    conn = sqlite3.connect(f"file:{state / 'state.db'}?mode=ro", uri=True)
+                if conn is None:
+                    continue
+            with contextlib.suppress(sqlite3.OperationalError):  # not created yet, or busy
+                rows = conn.execute(
+                    "SELECT id, serial FROM units WHERE verdict = 'pass' AND id > ? ORDER BY id",
+                    (last,),
+                ).fetchall()
+                if rows:
+                    last = rows[-1][0]
+                    packer.put([SimUnit(serial, gtin, lot, expiry, 0.0) for _, serial in rows])
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+async def _case_simulators(args: argparse.Namespace) -> None:
+    """``--case-sims``: the case station's simulators (case packer and 5 MP case camera, case
+    PLC, label printer and camera) in this process, apart from the daemon's, as devices are;
+    prints their device tables as one JSON line, then feeds the packer until SIGTERM."""
+    sim = CaseStationSim(case_size=args.line_case_size, gate_delay_s=CASE_GATE_S)
+    await sim.start()
+    try:
+        print(json.dumps(sim.driver_configs()), flush=True)
+        order = {"gtin": args.gtin, "lot": args.lot, "expiry": args.expiry}
+        await _feed(Path(args.case_sims), sim.packer, order)
+    finally:
+        await sim.stop()
+
+
+def start_case_simulators(state: Path, case_size: int, order: dict[str, Any]) -> tuple[Any, Any]:
+    """The case station's simulators in a process of their own; (process, device tables)."""
+    proc = subprocess.Popen(
+        [
+            sys.executable, __file__, "--case-sims", str(state),
+            "--line-case-size", str(case_size), "--gtin", order["product"]["gtin"],
+            "--lot", order["lot"], "--expiry", order["expiry"],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    return proc, json.loads(proc.stdout.readline())
 
 
 class _Stations:
@@ -219,15 +254,14 @@ async def line_run(
     order_file = inbox / f"{LINE_ORDER}.json"
     order = json.loads(order_file.read_text())
     sections: dict[str, Any] = {}
-    sim: CaseStationSim | None = None
+    sims = None
     if aggregate:
         order["aggregation"] = {"levels": [{"level": "case", "capacity": case_size}]}
         part = inbox / f".{LINE_ORDER}.json.part"
         part.write_text(json.dumps(order))
         part.replace(order_file)
-        sim = CaseStationSim(case_size=case_size, gate_delay_s=CASE_GATE_S)
-        await sim.start()
-        sections["aggregation"] = {"case_station": sim.driver_configs()}
+        sims, tables = start_case_simulators(state, case_size, order)
+        sections["aggregation"] = {"case_station": tables}
     overrides = {
         "agent": {"state_dir": str(state)},
         "orders": {"inbox": str(inbox)},
@@ -237,34 +271,32 @@ async def line_run(
     config = parse_config(demo_config_text(), "demo.toml", overrides, sections=sections)
     stats = LineStats()
     agent = Agent(config, stats=stats)
-    done = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     stations = _Stations(config, agent)
-    if sim is not None:
-        tasks = [
-            asyncio.create_task(stations.run(state)),
-            asyncio.create_task(_feed(state, sim.packer, order, done)),
-        ]
+    if sims is not None:
+        tasks = [asyncio.create_task(stations.run(state))]
     load = os.getloadavg()[0]
     try:
         served = await agent.serve(until_idle=UntilIdle(hold_timeout_s=0))
     finally:
-        done.set()
         for task in tasks:  # pymodbus (Python 3.11) can lose a cancellation: cancel until done
             while not task.done():
                 task.cancel()
                 await asyncio.wait([task], timeout=1.0)
-        if sim is not None:
-            await sim.stop()
-    # with aggregation the order waits, Completed, for its loose units to be cased: "held"
-    if served.ended not in ("idle", "held") or stats.units < units:
-        raise SystemExit(f"the order did not run to its end: {served}, {stats.units} units")
+        if sims is not None:
+            sims.send_signal(signal.SIGTERM)
+            sims.wait(timeout=20)
     figures: dict[str, Any] = {
         "aggregation": aggregate,
         "units": stats.units,
         "units_per_min": round(stats.sustained_units_per_min(), 1),
         "load_avg_1m": [round(load, 2), round(os.getloadavg()[0], 2)],
     }
+    # with aggregation the order waits, Completed, for its loose units to be cased ("held"
+    # with no hold); a real hold (a line stop) before the quantity is a figure too
+    if served.ended not in ("idle", "held") or stats.units < units:
+        figures["ended"] = served.ended
+        figures["stopped"] = served.reason or (served.hold.reason if served.hold else None)
     if (runner := stations.runner) is not None:
         station = runner.case_station
         figures["case_station"] = station.stats.to_json() if station is not None else None
@@ -315,7 +347,14 @@ def main() -> None:
     parser.add_argument("--line-case-size", type=int, default=100, help="units per case, on")
     parser.add_argument("--skip-line", action="store_true", help="case frame figures only")
     parser.add_argument("--skip-frame", action="store_true", help="unit-line figures only")
+    parser.add_argument("--case-sims", metavar="STATE_DIR", help=argparse.SUPPRESS)
+    for name in ("--gtin", "--lot", "--expiry"):
+        parser.add_argument(name, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.case_sims:  # the child process of start_case_simulators: stdout is its tables
+        logs.configure("json", "warning", stream=sys.stderr)
+        run_until_signal(_case_simulators(args))
+        return
     load_start = os.getloadavg()
     result: dict[str, Any] = {"benchmark": "aggregation"}
     if not args.skip_frame:
