@@ -18,6 +18,7 @@ from edge_agent.aggregation.matching import CaseReason
 from edge_agent.aggregation.runner import case_reader, device, label_reader
 from edge_agent.aggregation.station import BundleStation, CaseStation, LabelPath, StationTimings
 from edge_agent.config.models import VisionSection
+from edge_agent.gs1.check import gtin_check_digit
 from simulators.aggregation.case_packer import CaseDefect
 from simulators.aggregation.label import label_code
 from simulators.aggregation.station import BundleStationSim, CaseStationSim, SimBundle
@@ -146,3 +147,43 @@ async def test_units_are_bundled_and_bundles_cased_each_with_a_verified_label(
             bundle = h.container(sim_bundle.serial)
             assert bundle.state == ContainerState.CLOSED and bundle.parent is None
             assert loose.get(bundle.epc) == "case_rejected"
+
+
+def test_a_label_counts_the_trade_items_inside(tmp_path: Path) -> None:
+    """AI 02 + 37 name the trade items a container holds: units; bundles of their own GTIN
+    (each a trade item); or, for SSCC bundles, the units in them. A case of its own GTIN carries
+    that GTIN and its serial instead."""
+    bundle_gtin = "2950600013435" + str(gtin_check_digit("2950600013435"))
+    levels = {
+        "sscc": {"level": "bundle", "capacity": 2},
+        "gtin_serial": {"level": "bundle", "capacity": 2, "identifier": "gtin_serial",
+                        "gtin": bundle_gtin},
+    }  # fmt: skip
+    expected = {"sscc": (GTIN, 4), "gtin_serial": (bundle_gtin, 2)}
+    for kind, bundle_level in levels.items():
+        with aggregation_db(tmp_path / kind) as setup:
+            aggregation = {"levels": [bundle_level, {"level": "case", "capacity": 2}]}
+            batch = setup.add_order(order_spec(quantity=4, aggregation=aggregation))
+            units = setup.units(batch, 4)
+            h = setup.hierarchy
+            bundles = []
+            for pair in (units[:2], units[2:]):
+                bundle = h.open_container(batch.id, "bundle")
+                bundles.append(h.pack(bundle.epc, pair, close=True))
+            case_station = CaseStation(h, batch.id, camera=None, plc=None, labels=None,  # type: ignore[arg-type]
+                                       reader=None)  # fmt: skip
+            case = h.open_container(batch.id, "case")
+            label = case_station._label_of(case, [b.epc for b in bundles])
+            assert (label["gtin"], label["count"]) == expected[kind], kind
+            assert label["sscc"] == case.code and "serial" not in label
+            bundler = BundleStation(h, batch.id, camera=None, plc=None, labels=None,  # type: ignore[arg-type]
+                                    reader=None)  # fmt: skip
+            own = bundler._label_of(bundles[0], units[:2])
+            if kind == "gtin_serial":  # the bundle's own GTIN + serial
+                assert (own["sscc"], own["gtin"], own["serial"]) == (
+                    "",
+                    bundle_gtin,
+                    bundles[0].serial,
+                )
+            else:
+                assert (own["sscc"], own["gtin"], own["count"]) == (bundles[0].code, GTIN, 2)

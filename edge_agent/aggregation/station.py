@@ -256,7 +256,7 @@ class _Station:
             )
         self.plan = order.aggregation
         self.plan_level = order.aggregation.level(self.level)
-        # the plan allows gtin_serial for bundles and cases only; each station labels either
+        # an SSCC or (bundles, cases) the level's own GTIN + serial: _label_of prints either
         self.capacity = self.plan_level.capacity
         self.partial_allowed = self.plan_level.partial_policy == PartialPolicy.ALLOWED
         batch = hierarchy.ledger.batch(order_id)
