@@ -57,8 +57,8 @@ class AggregateOptions:
     case_identifier: str = "sscc"  # or "gtin_serial": the case's own GTIN with a serial
 
     def plan(self, product_gtin: str | None = None) -> dict[str, Any]:
-        """The order's aggregation plan: SSCC (or GTIN + serial) cases and SSCC pallets,
-        partial last ones allowed."""
+        """The order's aggregation plan: SSCC cases (partial last one allowed) or cases of
+        their own GTIN + serial (partial refused: the GTIN fixes the count), SSCC pallets."""
         case: dict[str, Any] = {"level": "case", "capacity": self.case_size, "partial": "allowed"}
         if self.case_identifier == "gtin_serial":
             # a fixed-measure case GTIN fixes the count: the partial last case is refused, its
