@@ -111,9 +111,12 @@ class Printer(Protocol):
 
 @dataclass(frozen=True)
 class LogisticLabel:
-    """What one case or pallet label carries (a GS1 logistic label): the SSCC (AI 00) and the
+    """What one case or pallet label carries. A GS1 logistic label: the SSCC (AI 00) and the
     content, the GTIN of the trade items inside (AI 02) with their count (AI 37), lot (10) and
-    expiry (17). ``seq`` is the agent's label number: its print confirmation names it."""
+    expiry (17). With ``serial`` (``sscc`` empty) it is the label of a serialised trade item, a
+    homogeneous case: the case's own GTIN (AI 01) and serial (21) with lot and expiry; no count,
+    which the case GTIN fixes (AI 37 goes with an SSCC only; AI 30 only with a variable-measure
+    GTIN, indicator digit 9). ``seq`` is the agent's label number: its confirmation names it."""
 
     seq: int
     sscc: str
@@ -121,6 +124,23 @@ class LogisticLabel:
     count: int
     lot: str
     expiry: str  # YYMMDD
+    serial: str | None = None
+
+    @property
+    def code(self) -> str:
+        """The container's code as the ledger holds it: the SSCC, or ``01<gtin>21<serial>``."""
+        return self.sscc if self.serial is None else f"01{self.gtin}21{self.serial}"
+
+    @property
+    def ais(self) -> dict[str, str]:
+        """The label's GS1 content, AI -> value: what its barcodes must read back as."""
+        if self.serial is None:
+            return {"00": self.sscc, "02": self.gtin, "37": str(self.count),
+                    "10": self.lot, "17": self.expiry}  # fmt: skip
+        content = {"01": self.gtin, "21": self.serial, "10": self.lot, "17": self.expiry}
+        if self.gtin.startswith("9"):  # a variable-measure case GTIN: its count is data
+            content["30"] = str(self.count)
+        return content
 
 
 @runtime_checkable
@@ -134,11 +154,11 @@ class LabelPrinter(Protocol):
 
     async def print_label(self, label: LogisticLabel) -> None:
         """Send one label; returns once it is on the wire. Its print is confirmed through
-        ``confirmations()`` as (label seq, SSCC). Raises ``DeviceFault`` when the printer is in
+        ``confirmations()`` as (label seq, ``label.code``). Raises ``DeviceFault`` when the printer is in
         a fault (not sent), ``ProtocolError`` for content it cannot print."""
 
     def confirmations(self) -> AsyncIterator[PrintConfirmation]:
-        """Print-complete notifications (seq, SSCC), in print order."""
+        """Print-complete notifications (seq, label code), in print order."""
         ...
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from edge_agent.aggregation import sscc
 from edge_agent.aggregation.hierarchy import ContainerState
+from edge_agent.aggregation.plan import PartialPolicy
 from edge_agent.db import write
 from edge_agent.errors import AggregationRefused, OrderInvalid, RefusalReason
 from edge_agent.ledger import SerialState
@@ -124,6 +125,26 @@ def test_a_case_gtin_equal_to_the_unit_gtin_is_a_rule_problem() -> None:
     )  # fmt: skip
     problems = parse_order(spec, "test").rule_problems()
     assert [k for k, _ in problems] == ["aggregation.levels.0.gtin"]
+
+
+def test_a_fixed_measure_case_gtin_refuses_partial_cases() -> None:
+    """GS1: a case GTIN fixes its content; a partial case would carry a wrong GTIN. Refused by
+    default, and a plan that allows it is a rule problem; a variable-measure GTIN may be partial."""
+    fixed = parse_order(order_spec(aggregation=plan(case_identifier="gtin_serial")), "test")
+    assert fixed.aggregation is not None
+    assert fixed.aggregation.level("case").partial_policy == PartialPolicy.REFUSED
+    allowed = order_spec(aggregation=plan(case_identifier="gtin_serial", partial="allowed"))
+    problems = parse_order(allowed, "test").rule_problems()
+    assert [k for k, _ in problems] == ["aggregation.levels.0.partial"]
+    assert "fixed-measure" in problems[0][1]
+    variable = {"levels": [{"level": "case", "capacity": 4, "identifier": "gtin_serial",
+                            "gtin": "99506000134355", "partial": "allowed"}]}  # fmt: skip
+    order = parse_order(order_spec(aggregation=variable), "test")
+    assert order.rule_problems() == []
+    assert order.aggregation is not None
+    assert order.aggregation.level("case").partial_policy == PartialPolicy.ALLOWED
+    default = parse_order(order_spec(), "test").aggregation
+    assert default is not None and default.level("case").partial_policy == PartialPolicy.ALLOWED
 
 
 def test_plan_levels() -> None:

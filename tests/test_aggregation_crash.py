@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from edge_agent import gs1
 from edge_agent.aggregation.hierarchy import ContainerState, Hierarchy
 from edge_agent.db import open_reader
 from edge_agent.ledger import Ledger
+from simulators.aggregation.label import label_code
 from simulators.aggregation.station import CaseStationSim
 from simulators.line import SimUnit
 from tests.helpers.aggregation import PREFIX_LENGTH, READ_POINT, aggregation_db, order_spec, plan
@@ -110,7 +110,8 @@ class Station:
 
 
 def sscc_of(label: str) -> str | None:
-    return gs1.parse(label, check_requisites=False).get("00")
+    """The case's code on its label: the SSCC, or ``01<gtin>21<serial>``."""
+    return label_code(label)
 
 
 def pending_gates(state_dir: Path) -> int:
@@ -123,15 +124,23 @@ def pending_gates(state_dir: Path) -> int:
 
 
 @pytest.mark.parametrize(
-    "crash_at",
-    ["case_reserved:2", "label_printed:2", "case_committed:2"],
-    ids=["sscc-reserved", "label-printed", "case-committed"],
+    ("crash_at", "identifier"),
+    [
+        ("case_reserved:2", "sscc"),
+        ("label_printed:2", "sscc"),
+        ("case_committed:2", "sscc"),
+        ("label_printed:2", "gtin_serial"),  # a case serial printed, never committed: scrapped
+    ],
+    ids=["sscc-reserved", "label-printed", "case-committed", "case-serial-label-printed"],
 )
 @bounded(200)
-async def test_sigkill_during_case_work_then_restart(tmp_path: Path, crash_at: str) -> None:
+async def test_sigkill_during_case_work_then_restart(
+    tmp_path: Path, crash_at: str, identifier: str
+) -> None:
     state = tmp_path / "state"
     with aggregation_db(state) as setup:
-        batch = setup.add_order(order_spec(quantity=CASE * CASES, aggregation=plan(case=CASE)))
+        aggregation = plan(case=CASE, case_identifier=identifier)
+        batch = setup.add_order(order_spec(quantity=CASE * CASES, aggregation=aggregation))
         units = []
         for epc in setup.units(batch, CASE * CASES):
             item = setup.hierarchy.item(epc)

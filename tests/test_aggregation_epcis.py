@@ -41,18 +41,20 @@ def validator() -> Any:
     return Draft7Validator(json.loads(SCHEMA_FILE.read_text()), format_checker=FormatChecker())
 
 
-@pytest.fixture
-def worked(tmp_path: Path) -> Iterator[AggSetup]:
+@pytest.fixture(params=["sscc", "gtin_serial"])
+def worked(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[AggSetup]:
+    """Cases identified by SSCC, or by their own GTIN + serial (SGTIN parents)."""
     with aggregation_db(tmp_path / "state") as agg:
-        work(agg)
+        work(agg, request.param)
         yield agg
 
 
-def work(agg: AggSetup) -> None:
+def work(agg: AggSetup, case_identifier: str = "sscc") -> None:
     """An order through everything the hierarchy does: cases, a pallet, rework, a relabel, a
     sample, a destroyed unit, a unit the gate rejected after packing, a disaggregation."""
     h = agg.hierarchy
-    batch = agg.add_order(order_spec(aggregation=plan(case=3, pallet=3)))
+    aggregation = plan(case=3, pallet=3, case_identifier=case_identifier)
+    batch = agg.add_order(order_spec(aggregation=aggregation))
     units = agg.units(batch, 12)
     agg.units(batch, 1, passed=False)
     cases = []
@@ -74,7 +76,8 @@ def work(agg: AggSetup) -> None:
     ).fetchone()
     agg.ledger.confirm_rejected_at_gate(batch, trigger)
     spare = h.open_container(ORDER, "case")
-    h.pack(spare.code, units[10:12], close=True)
+    # a partial case: closed only where the plan allows it (a fixed-measure case GTIN refuses)
+    h.pack(spare.code, units[10:12], close=case_identifier == "sscc")
     h.disaggregate(spare.code, reason="wrong pallet")
     h.leave_loose(ORDER, [units[0], *units[10:12]], reason="left_over")
     h.open_container(ORDER, "case")  # reserved, never packed: no event at all
@@ -127,13 +130,14 @@ def test_l3_can_apply_the_events_in_order_and_ends_with_the_ledger_hierarchy(
 
 
 def test_parents_get_one_commissioning_and_reserved_ones_none(worked: AggSetup) -> None:
-    commissioned = [
-        epc
+    kinds = dict(worked.conn.execute("SELECT epc, kind FROM containers").fetchall())
+    commissionings = [
+        e
         for e in stored(worked)
         if e["type"] == "ObjectEvent" and e["bizStep"] == "commissioning"
-        for epc in e["epcList"]
-        if epc.startswith("urn:epc:id:sscc:")
-    ]
+        and any(epc in kinds for epc in e["epcList"])
+    ]  # fmt: skip
+    commissioned = [epc for e in commissionings for epc in e["epcList"]]
     used = [
         epc
         for (epc,) in worked.conn.execute(
@@ -142,6 +146,18 @@ def test_parents_get_one_commissioning_and_reserved_ones_none(worked: AggSetup) 
     ]
     assert sorted(commissioned) == sorted(used)
     assert len(set(commissioned)) == len(commissioned)
+    for event in commissionings:
+        (epc,) = event["epcList"]
+        if kinds[epc] == "gtin_serial":  # a case of its own GTIN: an SGTIN with lot and expiry
+            assert epc.startswith("urn:epc:id:sgtin:9506000.1")
+            assert event["ilmd"] == {
+                "cbvmda:lotNumber": "LOT1", "cbvmda:itemExpirationDate": "2049-12-31"
+            }  # fmt: skip
+        else:
+            assert epc.startswith("urn:epc:id:sscc:") and "ilmd" not in event
+    assert {kinds[epc] for epc in commissioned} == {"sscc"} | {
+        k for k in kinds.values() if k == "gtin_serial"
+    }
 
 
 def test_epcis_1_2_xml_export_carries_the_aggregation(worked: AggSetup) -> None:

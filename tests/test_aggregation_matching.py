@@ -83,3 +83,21 @@ def test_the_label_read_back_must_be_the_label_printed() -> None:
     assert check_label(label, [read(other_count)])[0] is CaseReason.LABEL_MISMATCH
     assert check_label(label, [read(printed), read(printed)])[0] is CaseReason.LABEL_MISMATCH
     assert check_label(label, [read("garbage")])[0] is CaseReason.LABEL_MISMATCH
+
+
+def test_a_case_gtin_serial_label_must_read_back_exactly_and_carries_no_sscc_content() -> None:
+    label = LogisticLabel(1, "", "19506000134359", 12, "LOT7", "281231", "0000000042")
+    assert label.code == "01195060001343592100000000" + "42"
+    printed = "011950600013435917281231" + "10LOT7\x1d210000000042"
+    assert check_label(label, [read(printed)])[0] is CaseReason.ACCEPTED
+    # AI 37 (and 02) describe the content of an SSCC; on a case's own GTIN they are wrong
+    with_count = "0119506000134359172812313712\x1d10LOT7\x1d210000000042"
+    assert check_label(label, [read(with_count)])[0] is CaseReason.LABEL_MISMATCH
+    other_serial = printed.replace("0042", "0043")
+    reason, detail = check_label(label, [read(other_serial)])
+    assert reason is CaseReason.LABEL_MISMATCH and label.code in detail
+
+
+def test_a_variable_measure_case_gtin_label_carries_its_count_in_ai_30() -> None:
+    label = LogisticLabel(1, "", "99506000134355", 7, "LOT7", "281231", "5")
+    assert label.ais == {"01": "99506000134355", "21": "5", "10": "LOT7", "17": "281231", "30": "7"}

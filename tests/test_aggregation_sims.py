@@ -167,6 +167,46 @@ async def test_a_label_printed_in_zpl_is_confirmed_and_read_back_by_the_label_ca
 
 
 @bounded(60)
+async def test_a_case_gtin_serial_label_is_printed_in_datamatrix_and_gs1_128_and_read_back() -> (
+    None
+):
+    case_gtin, serial = "19506000134359", "0000000042"
+    async with label_station() as (station, printer, camera):
+        await printer.print_label(LogisticLabel(1, "", case_gtin, 12, "LOT7", "281231", serial))
+        confirmation = await asyncio.wait_for(anext(printer.confirmations()), STEP)
+        frame = await asyncio.wait_for(anext(camera.frames()), STEP)
+    code = f"01{case_gtin}21{serial}"
+    assert (confirmation.seq, confirmation.serial) == (1, code)
+    reads = read_case(frame.image).codes
+    assert len(reads) == 1
+    content = dict(gs1.parse_scanned(reads[0].read.raw).ais)
+    assert content == {"01": case_gtin, "21": serial, "10": "LOT7", "17": "281231"}
+    assert station.printer.printed == [code]
+    # the GS1-128 of the format holds the same element string, with its HRI printed
+    from drivers.printers.zpl import codec
+
+    fmt = codec.render_case_label(
+        codec.DEFAULT_CASE_TEMPLATE, gtin=case_gtin, serial=serial, lot="LOT7", expiry="281231",
+        count=12,
+    ).decode()  # fmt: skip
+    assert f"^BCN,200,Y,N,N^FD>;>801{case_gtin}17281231>610LOT7>821{serial}^FS" in fmt
+
+
+def test_a_case_label_template_must_carry_gtin_serial_and_datamatrix() -> None:
+    from drivers.printers.zpl import codec
+
+    with pytest.raises(codec.TemplateError, match="serial"):
+        codec.check_case_template("^XA^BXN,10,200^FD_101{gtin}^FS^XZ")
+    with pytest.raises(codec.TemplateError, match="DataMatrix"):
+        codec.check_case_template("^XA^FD{gtin}{serial}^FS^XZ")
+    with pytest.raises(codec.TemplateError, match="AI 30"):  # variable measure: count is data
+        codec.render_case_label(
+            codec.DEFAULT_CASE_TEMPLATE, gtin="99506000134355", serial="1", lot="L",
+            expiry="281231", count=3,
+        )  # fmt: skip
+
+
+@bounded(60)
 async def test_an_unreadable_label_reads_as_nothing() -> None:
     async with label_station() as (station, printer, camera):
         station.printer.unreadable_next()

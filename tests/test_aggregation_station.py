@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,9 +22,10 @@ from edge_agent.aggregation.runner import case_reader, device, label_reader
 from edge_agent.aggregation.station import CaseStation, LabelPath, PalletStation, StationTimings
 from edge_agent.config.models import VisionSection
 from simulators.aggregation.case_packer import CaseDefect
+from simulators.aggregation.label import label_code
 from simulators.aggregation.station import CaseStationSim, PalletStationSim
 from simulators.line import SimUnit
-from tests.helpers.aggregation import AggSetup, aggregation_db, order_spec, plan
+from tests.helpers.aggregation import CASE_GTIN, AggSetup, aggregation_db, order_spec, plan
 from tests.helpers.waiting import bounded, until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -52,9 +54,12 @@ def sim_units(setup: AggSetup, epcs: list[str], lot: str, expiry: str) -> list[S
 
 
 @contextlib.asynccontextmanager
-async def case_rig(tmp_path: Path, units: int, **sim: Any) -> AsyncIterator[Rig]:
+async def case_rig(
+    tmp_path: Path, units: int, *, case_identifier: str = "sscc", **sim: Any
+) -> AsyncIterator[Rig]:
     with aggregation_db(tmp_path / "state") as setup:
-        spec = order_spec(quantity=units, aggregation=plan(case=CASE, pallet=2))
+        aggregation = plan(case=CASE, pallet=2, case_identifier=case_identifier)
+        spec = order_spec(quantity=units, aggregation=aggregation)
         batch = setup.add_order(spec)
         epcs = setup.units(batch, units)
         sim_line_end = CaseStationSim(
@@ -117,7 +122,8 @@ async def stop_task(task: asyncio.Task[None]) -> None:
 
 
 def sscc_of(label: str) -> str | None:
-    return gs1.parse(label, check_requisites=False).get("00")
+    """The container code on a label: its SSCC, or ``01<gtin>21<serial>``."""
+    return label_code(label)
 
 
 def check_against_truth(rig: Rig) -> None:
@@ -302,3 +308,77 @@ async def test_a_pallet_interrupted_after_its_sscc_was_reserved_closes_with_a_ne
             assert boxes[1].children == 2
         finally:
             await pallets.stop()
+
+
+@bounded(150)
+async def test_cases_identified_by_gtin_and_serial_are_labelled_verified_and_palletised(
+    tmp_path: Path,
+) -> None:
+    """A homogeneous case carries its own GTIN with a serial (AI 01 + 21, lot, expiry; no SSCC
+    content): the station allocates the serial, prints and reads back that label, commissions the
+    case as an SGTIN before packing, and the pallet scanner reads the case labels onto a pallet.
+    An unreadable label scraps its serial, never used again."""
+    async with case_rig(tmp_path, CASE * 3, case_identifier="gtin_serial", cases_per_min=90) as rig:
+        rig.sim.packer.force(None, CaseDefect.UNREADABLE_LABEL, CaseDefect.FOREIGN_CODE)
+        pallets = PalletStationSim()
+        pallets.attach(rig.sim)
+        await pallets.start()
+        try:
+            configs = pallets.driver_configs()
+            async with contextlib.AsyncExitStack() as stack:
+                scanner = await stack.enter_async_context(
+                    device("scanner", configs["scanner"], "s")
+                )
+                printer = await stack.enter_async_context(
+                    device("label_printer", configs["label_printer"], "plp")
+                )
+                camera = await stack.enter_async_context(
+                    device("camera", configs["label_camera"], "plc")
+                )
+                await until(lambda: pallets.scanner.clients, "scanner connected")
+                labels = LabelPath(printer, camera, label_reader(VisionSection()), TIMINGS)
+                station = PalletStation(
+                    rig.setup.hierarchy, rig.order_id, scanner=scanner, labels=labels
+                )
+                cases = rig.sim.packer.cases
+                async with running(rig.station), running(station):
+                    rig.sim.packer.put(rig.units)
+                    await until(
+                        lambda: len(cases) == 3 and all(c.verdict is not None for c in cases),
+                        "every case reached its gate",
+                        within=60,
+                    )
+                    await until(lambda: len(station.scanned()) == 1, "the good case scanned")
+                    pallet = await station.close_pallet(partial=True)
+        finally:
+            await pallets.stop()
+        assert [c.verdict for c in cases] == [True, False, False]
+        check_against_truth(rig)
+        h = rig.setup.hierarchy
+        boxes = h.containers(rig.order_id, level="case")
+        assert [b.state for b in boxes] == [ContainerState.CLOSED, ContainerState.SCRAPPED]
+        good, scrapped = boxes
+        assert good.code.startswith("01" + CASE_GTIN + "21") and good.epc.startswith(
+            "urn:epc:id:sgtin:9506000.1"
+        )
+        assert scrapped.serial != good.serial
+        label = gs1.parse(cases[0].labels[-1], check_requisites=False)
+        assert dict(label.ais) == {
+            "01": CASE_GTIN, "21": good.serial, "10": "LOT1", "17": "491231"
+        }  # fmt: skip
+        assert pallet is not None and h.children(pallet.epc) == [good.epc]
+        events = [
+            (kind, json.loads(payload))
+            for kind, payload in rig.setup.conn.execute(
+                "SELECT kind, payload FROM outbox WHERE kind IN "
+                "('container_commissioning', 'packing') ORDER BY seq"
+            )
+        ]
+        case_events = [
+            kind
+            for kind, e in events
+            if good.epc in [*e.get("epcList", []), *e.get("childEPCs", []), e.get("parentID")]
+        ]
+        # commissioned before its units are packed, then packed onto the pallet
+        assert case_events == ["container_commissioning", "packing", "packing"]
+        assert not any(scrapped.epc in json.dumps(e) for _, e in events)

@@ -107,16 +107,6 @@ def same_case(first: CaseMatch, closing: Sequence[CodeRead]) -> bool:
     return len(contents) == len(first.contents) and frozenset(contents) == first.contents
 
 
-def label_ais(label: LogisticLabel) -> dict[str, str]:
-    return {
-        "00": label.sscc,
-        "02": label.gtin,
-        "37": str(label.count),
-        "10": label.lot,
-        "17": label.expiry,
-    }
-
-
 def check_label(label: LogisticLabel, reads: Sequence[CodeRead]) -> tuple[CaseReason, str]:
     """ACCEPTED when the label camera read exactly the label printed."""
     if not reads:
@@ -127,8 +117,8 @@ def check_label(label: LogisticLabel, reads: Sequence[CodeRead]) -> tuple[CaseRe
         content = dict(gs1.parse_scanned(reads[0].raw, check_requisites=False).ais)
     except gs1.Gs1Error as exc:
         return CaseReason.LABEL_MISMATCH, f"not GS1 data ({exc})"
-    if content != label_ais(label):
-        return CaseReason.LABEL_MISMATCH, f"read {_shown([reads[0].text])}, printed {label.sscc}"
+    if content != label.ais:
+        return CaseReason.LABEL_MISMATCH, f"read {_shown([reads[0].text])}, printed {label.code}"
     return CaseReason.ACCEPTED, ""
 
 

@@ -57,8 +57,10 @@ class AggregationLevel(_Strict):
         "sscc", description="sscc = SSCC (AI 00); gtin_serial = a level GTIN with AI 21"
     )
     gtin: str | None = Field(None, description="gtin_serial: GTIN-14 of this packaging level")
-    partial: Literal["allowed", "refused"] = Field(
-        "allowed", description="What the last, partial parent gets"
+    partial: Literal["allowed", "refused"] | None = Field(
+        None,
+        description="What the last, partial parent gets; default: allowed, except for a "
+        "gtin_serial level of a fixed-measure GTIN (its GTIN fixes the count): refused",
     )
     source: Literal["local", "l3"] = Field(
         "local",
@@ -141,7 +143,15 @@ class AggregationLevel(_Strict):
         return IdentifierKind(self.identifier)
 
     @property
+    def fixed_measure(self) -> bool:
+        """A gtin_serial level whose GTIN fixes its content (indicator digit 1-8): every one
+        of them holds exactly ``capacity`` children (GS1: another count is another GTIN)."""
+        return self.gtin is not None and not self.gtin.startswith("9")
+
+    @property
     def partial_policy(self) -> PartialPolicy:
+        if self.partial is None:
+            return PartialPolicy.REFUSED if self.fixed_measure else PartialPolicy.ALLOWED
         return PartialPolicy(self.partial)
 
     def sscc_prefix(self, product_gtin: str, company_prefix_length: int) -> str:
@@ -201,6 +211,17 @@ class AggregationPlan(_Strict):
                         f"aggregation.levels.{index}.gtin",
                         f"{entry.gtin} is the unit's GTIN; a {entry.level} of it needs its own "
                         "GTIN (another packaging level)",
+                    )
+                )
+            if entry.fixed_measure and entry.partial == "allowed":
+                found.append(
+                    (
+                        f"aggregation.levels.{index}.partial",
+                        f"GTIN {entry.gtin} is a fixed-measure {entry.level} GTIN: it always "
+                        f"holds {entry.capacity}, so a partial {entry.level} of it would carry a "
+                        "wrong GTIN; set partial = 'refused' (the last children stay loose, "
+                        "partial_refused), use identifier 'sscc', or a variable-measure GTIN "
+                        "(indicator digit 9, the count in AI 30)",
                     )
                 )
         gtins = [e.gtin for e in self.levels if e.gtin is not None]

@@ -3,13 +3,18 @@
 Case station, per case (the case camera sends two frames with the case's trigger: the read of the
 open case, then the closing read as the flaps close)::
 
-    read ─ exact match? ─ closing read the same? ─ SSCC reserved (persisted) ─ label printed ─
-    label read back the same? ─ case committed (units packed, case closed: one transaction) ─
-    PASS to the case PLC
+    read ─ exact match? ─ closing read the same? ─ identifier reserved (persisted) ─ label
+    printed ─ label read back the same? ─ case committed (units packed, case closed: one
+    transaction) ─ PASS to the case PLC
+
+The case identifier is the plan's: an SSCC (a logistic label: AI 00 with 02, 37, 10, 17) or
+the case's own GTIN with a serial (a homogeneous case: AI 01, 21, 10, 17), allocated the same
+way (a local range persisted before use, or L3 pages) and commissioned as an SSCC or an SGTIN
+in the commit's transaction, before its units are packed.
 
 Anything else rejects the case through the case station's PLC (the PLC contract's verdict ring,
 the case count as trigger: no verdict in time is a reject too), its units stay unpacked, and an
-SSCC already reserved is scrapped, never used again. After the PASS the station follows the case
+identifier already reserved is scrapped, never used again. After the PASS the station follows the case
 to its gate: a case the gate rejected anyway (the verdict came too late) is disaggregated, so the
 ledger matches what left the line.
 
@@ -49,7 +54,7 @@ from edge_agent.aggregation.matching import (
     refusal_reason,
     same_case,
 )
-from edge_agent.aggregation.plan import Level
+from edge_agent.aggregation.plan import IdentifierKind, Level, PartialPolicy
 from edge_agent.alarms import AlarmBoard, AlarmKind
 from edge_agent.contracts import (
     CodeReader,
@@ -171,11 +176,19 @@ class LabelPath:
             self._frames.put_nowait(frame)
 
     async def print_and_verify(
-        self, sscc: str, *, gtin: str, count: int, lot: str, expiry: str
+        self,
+        sscc: str,
+        *,
+        gtin: str,
+        count: int,
+        lot: str,
+        expiry: str,
+        serial: str | None = None,
     ) -> tuple[CaseReason, str]:
         """Print the label, wait for its print, read it back: ACCEPTED only when the label
-        camera read exactly this label."""
-        label = LogisticLabel(next(self._seq), sscc, gtin, count, lot, expiry)
+        camera read exactly this label. With ``serial``: a case's own GTIN + serial label
+        (``sscc`` empty, ``gtin`` the case GTIN)."""
+        label = LogisticLabel(next(self._seq), sscc, gtin, count, lot, expiry, serial)
         while not self._frames.empty():  # frames of labels before this one are not its read
             self._frames.get_nowait()
         done = self._confirmed.setdefault(label.seq, asyncio.Event())
@@ -212,6 +225,21 @@ def resolve_unit(hierarchy: Hierarchy, raw: str) -> UnitRef | None:
     return UnitRef(item.epc, item.order_id, commissioned, packed)
 
 
+def resolve_child(hierarchy: Hierarchy, raw: str, level: Level) -> UnitRef | None:
+    """The ledger's child of ``level`` for a code read in a frame: a unit, or a bundle by its
+    label (packable once closed); None when it is nothing of that level the ledger knows."""
+    if level == Level.UNIT:
+        return resolve_unit(hierarchy, raw)
+    try:
+        item = hierarchy.item(raw)
+    except AggregationRefused:
+        return None
+    if item.level != level:
+        return None
+    packed = hierarchy.parent_of(item.epc) is not None
+    return UnitRef(item.epc, item.order_id, item.state == ContainerState.CLOSED, packed)
+
+
 class _Station:
     """What both stations share: the ledger's hierarchy, the order and its batch."""
 
@@ -227,14 +255,11 @@ class _Station:
                 f"order {order_id} has no {self.level} level in its aggregation plan; the "
                 f"{self.level} station needs one"
             )
+        self.plan = order.aggregation
         self.plan_level = order.aggregation.level(self.level)
-        if self.plan_level.identifier != "sscc":
-            raise EdgeAgentError(
-                f"order {order_id}: the {self.level} station labels SSCCs; the plan gives "
-                f"{self.level}s {self.plan_level.identifier} identifiers"
-            )
+        # an SSCC or (bundles, cases) the level's own GTIN + serial: _label_of prints either
         self.capacity = self.plan_level.capacity
-        self.partial_allowed = self.plan_level.partial == "allowed"
+        self.partial_allowed = self.plan_level.partial_policy == PartialPolicy.ALLOWED
         batch = hierarchy.ledger.batch(order_id)
         if batch is None:
             raise EdgeAgentError(f"order {order_id} has no serial batch yet; start it first")
@@ -266,6 +291,43 @@ class _Station:
     def _label_values(self, count: int) -> dict[str, Any]:
         b = self.batch
         return {"gtin": b.gtin, "count": count, "lot": b.lot, "expiry": b.expiry}
+
+    def _label_of(self, box: Container, children: Sequence[str]) -> dict[str, Any]:
+        """What ``print_and_verify`` prints for ``box`` holding ``children``: an SSCC's
+        logistic label (AI 02 + 37: the trade items inside and how many), or the container's own
+        GTIN + serial (a homogeneous case or bundle, itself a serialised trade item)."""
+        gtin, count = self._content(children)
+        values = {**self._label_values(count), "gtin": gtin}
+        if box.kind == IdentifierKind.GTIN_SERIAL:
+            assert box.gtin is not None and box.serial is not None
+            return {"sscc": "", **values, "gtin": box.gtin, "serial": box.serial}
+        return {"sscc": box.code, **values}
+
+    def _content(self, children: Sequence[str]) -> tuple[str, int]:
+        """The trade items ``children`` are or hold, as AI 02 + 37 count them: a unit, or a
+        bundle or case of its own GTIN, is one trade item; an SSCC container counts by what it
+        holds. The plan's levels make the content homogeneous: one GTIN."""
+        if self.plan.child_level(self.level) == Level.UNIT:
+            return self.batch.gtin, len(children)
+        found: dict[str, int] = {}
+        todo = list(children)
+        while todo:
+            item = self.hierarchy.item(todo.pop())
+            if item.is_unit or item.gtin is not None:  # a trade item: counts as one
+                key = item.gtin or self.batch.gtin
+                found[key] = found.get(key, 0) + 1
+            elif self.plan.child_level(item.level) == Level.UNIT:  # an SSCC box of units
+                held = self.hierarchy.container(item.epc).children
+                found[self.batch.gtin] = found.get(self.batch.gtin, 0) + held
+            else:
+                todo.extend(self.hierarchy.children(item.epc))
+        if len(found) != 1:
+            raise EdgeAgentError(
+                f"order {self.order_id}: the {self.level}'s content is not one GTIN "
+                f"({', '.join(sorted(found)) or 'empty'}); it cannot be labelled"
+            )
+        ((gtin, count),) = found.items()
+        return gtin, count
 
     def recover_reserved(self) -> list[Container]:
         """SSCCs reserved and never committed (a label may be on a case): scrapped."""
@@ -311,6 +373,8 @@ class CaseStation(_Station):
         self._reads = _Reads()
         self._pending: dict[int, str] = {}  # trigger -> case EPC, PASS written, gate unknown
         self._read_units: tuple[str, ...] = ()  # packable units read in the case being decided
+        # what the frame shows: units, or the labels of the bundles a case of bundles holds
+        self.child_level = self.plan.child_level(self.level)
 
     def expect(self, count: int) -> None:
         """The next case holds ``count`` units (the last, partial case of the order)."""
@@ -348,17 +412,17 @@ class CaseStation(_Station):
         outcome is unknown get their PASS again and are followed to the gate."""
         reserved = self.conn.execute(
             "SELECT s.trigger FROM station_cases s JOIN containers c ON c.epc = s.container "
-            "WHERE s.station = 'case' AND s.order_id = ? AND c.state = 'reserved'",
-            (self.order_id,),
+            "WHERE s.station = ? AND s.order_id = ? AND c.state = 'reserved'",
+            (str(self.level), self.order_id),
         ).fetchall()
         self.recover_reserved()
         for (trigger,) in reserved:  # the gate diverts them anyway; say so now
             await self.plc.write_verdict(int(trigger), Verdict.REJECT)
         rows = self.conn.execute(
             "SELECT s.trigger, s.container FROM station_cases s JOIN containers c "
-            "ON c.epc = s.container WHERE s.station = 'case' AND s.order_id = ? AND "
+            "ON c.epc = s.container WHERE s.station = ? AND s.order_id = ? AND "
             "s.gate = ? AND c.state = 'closed' ORDER BY s.rowid",
-            (self.order_id, PENDING),
+            (str(self.level), self.order_id, PENDING),
         ).fetchall()
         for trigger, epc in rows:
             await self.plc.write_verdict(int(trigger), Verdict.PASS)
@@ -378,11 +442,11 @@ class CaseStation(_Station):
             self._reads.forget(trigger)
         if reason is CaseReason.ACCEPTED:
             self.stats.cases_accepted += 1
-            log.info("case_accepted", order=self.order_id, trigger=trigger, sscc=sscc)
+            log.info(f"{self.level}_accepted", order=self.order_id, trigger=trigger, sscc=sscc)
             return
         self.stats.rejected(reason)
         log.warning(
-            "case_rejected",
+            f"{self.level}_rejected",
             order=self.order_id,
             trigger=trigger,
             reason=str(reason),
@@ -416,16 +480,14 @@ class CaseStation(_Station):
         if not same_case(found, await asyncio.to_thread(self.reader.read, closing.image)):
             return CaseReason.CHANGED, "the case changed between read and closing read", None
         box = self._reserve(trigger)
-        reason, detail = await self.labels.print_and_verify(
-            box.code, **self._label_values(len(found.units))
-        )
+        reason, detail = await self.labels.print_and_verify(**self._label_of(box, found.units))
         if reason is not CaseReason.ACCEPTED:
             self._scrap(box, str(reason))
             return reason, detail, box.code
         reason, detail = self._commit(box, found)
         if reason is not CaseReason.ACCEPTED:
             return reason, detail, box.code
-        crash_point("case_committed")
+        crash_point(f"{self.level}_committed")
         self.expected_next = None
         await self.plc.write_verdict(trigger, Verdict.PASS)
         self._pending[trigger] = box.epc
@@ -440,7 +502,7 @@ class CaseStation(_Station):
         return CaseReason.ACCEPTED, ""
 
     def _unit(self, raw: str) -> UnitRef | None:
-        return resolve_unit(self.hierarchy, raw)
+        return resolve_child(self.hierarchy, raw, self.child_level)
 
     # --- following cases to the gate ----------------------------------------------------------
 
@@ -471,6 +533,16 @@ class CaseStation(_Station):
                 log.error("case_rejected_at_gate", order=self.order_id, trigger=trigger, case=epc)
             else:
                 self._set_gate(epc, PASSED)
+
+
+class BundleStation(CaseStation):
+    """The bundler's station (units shrink-wrapped into bundles, before the case packer): the
+    case station's path one level down. Its camera frame shows every unit code of the bundle;
+    an exact match (read and closing read), the bundle's identifier reserved, its label printed
+    and read back, then the bundle committed (units packed, closed) and PASS to the bundle
+    PLC. The case station behind it then reads the bundle labels in each case."""
+
+    level = Level.BUNDLE
 
 
 class PalletStation(_Station):
@@ -544,13 +616,15 @@ class PalletStation(_Station):
 
     def _check_scan(self, data: str) -> tuple[str, Container | None]:
         try:
-            sscc = gs1.parse_scanned(data, check_requisites=False).get("00")
+            parsed = gs1.parse_scanned(data, check_requisites=False)
         except gs1.Gs1Error:
             return "not_gs1", None
-        if sscc is None:
+        sscc, gtin, serial = parsed.get("00"), parsed.get("01"), parsed.get("21")
+        ref = sscc or (f"01{gtin}21{serial}" if gtin and serial else None)  # a case: SSCC or SGTIN
+        if ref is None:
             return "no_sscc", None
         try:
-            case = self.hierarchy.container(sscc)
+            case = self.hierarchy.container(ref)
         except AggregationRefused:
             return "unknown_case", None
         if case.level != Level.CASE or case.order_id != self.order_id:

@@ -143,6 +143,11 @@ class CasePackerSim(TcpCameraSim):
             if len(self._filling) == self.case_size:
                 self._close_case()
 
+    @property
+    def filling(self) -> list[SimUnit]:
+        """Units in the case being filled (not a case yet)."""
+        return list(self._filling)
+
     def flush(self) -> SimCase | None:
         """Pack what is left as a partial last case."""
         return self._close_case() if self._filling else None

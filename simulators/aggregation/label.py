@@ -1,11 +1,12 @@
 """Simulated label printer (a Zebra on raw TCP 9100, ZPL) and the label camera that reads back
 what it printed ("tcp-frames").
 
-The printer is ``ZplPrinterSim`` with one difference: a label goes onto what stands at the
-labeller (``apply_to``: a case or a pallet) instead of onto a unit. Every printed label then
-passes the label camera (one frame per label, its trigger = the label's number), which renders the
-label's GS1 DataMatrix as printed; a label marked unreadable (``unreadable_next`` or
-``apply_to`` returning True) comes out smeared, as a label printed without ribbon or torn would.
+The printer is ``ZplPrinterSim`` with one difference: a label (an SSCC's logistic label, or a
+case's own GTIN + serial) goes onto what stands at the labeller (``apply_to``: a case or a pallet)
+instead of onto a unit. Every printed label then passes the label camera (one frame per label, its
+trigger = the label's number), which renders the label's GS1 DataMatrix as printed; a label marked
+unreadable (``unreadable_next`` or ``apply_to`` returning True) comes out smeared, as a label
+printed without ribbon or torn would.
 
 Standalone: ``python -m simulators.aggregation.label --printer-port 9101 --camera-port 9201``.
 """
@@ -47,10 +48,10 @@ class LabelPrinterSim(ZplPrinterSim):
 
     def _apply(self, data: str | None) -> None:
         number = len(self.labels)  # this label's number: it was just appended
-        sscc = _sscc(data)
-        if sscc is None:
+        code = label_code(data)
+        if code is None:
             self.bad_formats += 1
-        self.printed.append(sscc or "?")
+        self.printed.append(code or "?")
         smear = self._unreadable_next > 0
         self._unreadable_next = max(0, self._unreadable_next - 1)
         if self.apply_to is not None:
@@ -86,13 +87,19 @@ class LabelCameraSim(TcpCameraSim):
         )
 
 
-def _sscc(data: str | None) -> str | None:
+def label_code(data: str | None) -> str | None:
+    """The container code a label's element string carries: the SSCC, or ``01<gtin>21<serial>``
+    of a case identified by its own GTIN; None when it holds neither."""
     if not data:
         return None
     try:
-        return gs1.parse(data, check_requisites=False).get("00")
+        parsed = gs1.parse(data, check_requisites=False)
     except gs1.Gs1Error:
         return None
+    sscc, gtin, serial = parsed.get("00"), parsed.get("01"), parsed.get("21")
+    if sscc is not None:
+        return sscc
+    return f"01{gtin}21{serial}" if gtin and serial else None
 
 
 class LabelStationSim:

@@ -8,8 +8,13 @@ the labeller: the label printer's next label goes onto the case standing there, 
 camera reads it back. A case whose defect is ``unreadable_label`` gets an unreadable label.
 
 Pallet station: cases that passed the case gate reach the palletiser, where the pallet scanner
-reads each case's label (the SSCC's GS1-128) as it goes onto the pallet; the pallet label printer's
-next label closes the pallet being built and a new one starts.
+reads each case's label (the SSCC's GS1-128, or the DataMatrix of a case's GTIN + serial) as it
+goes onto the pallet; the pallet label printer's next label closes the pallet being built and a
+new one starts.
+
+Bundles (``BundleStationSim``): the bundler is a case station one level down (bundle camera,
+bundle PLC, labeller); ``feed(case_station)`` sends every bundle its gate passes, its label on
+top, to the case packer, whose case camera then sees the bundle labels (``SimBundle``).
 
 ``ground_truth()`` is what physically happened: which units each case holds, which label is on it,
 what the gate did; which cases each pallet holds and its label.
@@ -26,12 +31,13 @@ import asyncio
 import json
 import random
 import string
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent import gs1
 from simulators.aggregation.case_packer import ALL_CASE_DEFECTS, CaseDefect, CasePackerSim, SimCase
-from simulators.aggregation.label import LabelStationSim
+from simulators.aggregation.label import LabelStationSim, label_code
 from simulators.aggregation.scanner import ScannerSim
 from simulators.line import SimLine, SimUnit
 from simulators.plc.modbus import ModbusPlcSim
@@ -148,6 +154,40 @@ class CaseStationSim:
         return truth
 
 
+@dataclass(frozen=True)
+class SimBundle(SimUnit):
+    """A bundle leaving the bundler's gate, as the case packer handles it: ``serial`` is its
+    code (as the ledger holds it), its label on top is what the case camera reads."""
+
+    label: str = ""  # the element string of the label on it
+    units: tuple[SimUnit, ...] = ()  # the units physically in it
+
+    def hri(self) -> str:
+        return gs1.parse(self.label, check_requisites=False).bracketed
+
+
+class BundleStationSim(CaseStationSim):
+    """The bundler (units shrink-wrapped into bundles) with its bundle camera, bundle PLC and
+    labeller: a case station one level down, the same devices and defects (a missing or
+    foreign unit, a duplicate, an unreadable code or label, a unit removed after the read).
+    ``feed(cases)``: every bundle its gate passes goes on to the case packer, whose case
+    camera then sees the bundles' labels."""
+
+    def feed(self, cases: CaseStationSim) -> None:
+        self.packer.case_listeners.append(lambda bundle: self._passed(bundle, cases))
+
+    def _passed(self, bundle: SimCase, cases: CaseStationSim) -> None:
+        label = bundle.labels[-1] if bundle.labels else ""
+        code = label_code(label)
+        if not bundle.verdict or code is None or not bundle.inside:
+            return
+        first = bundle.inside[0]
+        cases.packer.put(
+            [SimBundle(code, first.gtin, first.lot, first.expiry, time.monotonic(), label,
+                       tuple(bundle.inside))]
+        )  # fmt: skip
+
+
 @dataclass
 class SimPallet:
     number: int
@@ -184,11 +224,15 @@ class PalletStationSim:
             self.put(case)
 
     def put(self, case: SimCase) -> None:
-        """A case goes onto the pallet; the scanner reads its (last) label's SSCC."""
+        """A case goes onto the pallet; the scanner reads its (last) label: the SSCC's GS1-128
+        (``]C1``), or a case GTIN + serial label's GS1 DataMatrix (``]d2``, all its content)."""
         self.pallets[-1].cases.append(case)
-        sscc = _sscc(case.labels[-1]) if case.labels else None
+        data = case.labels[-1] if case.labels else ""
+        sscc = _sscc(data)
         if sscc is not None:
             self.scanner.scan("00" + sscc)
+        elif label_code(data) is not None:
+            self.scanner.scan(data, symbology="]d2")
 
     def _label_pallet(self, data: str, unreadable: bool) -> bool:
         """The label goes onto the pallet being built; a readable one sends it away (wrapped

@@ -29,13 +29,15 @@ from typing import Any
 
 import structlog
 
-from edge_agent import gs1
 from edge_agent.aggregation.hierarchy import ContainerState, Hierarchy, LooseReason
 from edge_agent.aggregation.runner import StationRunner
 from edge_agent.errors import AggregationRefused, EdgeAgentError
+from edge_agent.gs1.check import gtin_check_digit
 from edge_agent.ledger import Ledger
 from edge_agent.orders import audit
+from simulators.aggregation.label import label_code
 from simulators.aggregation.station import CaseStationSim, PalletStationSim
+from simulators.demo.orders import PRODUCTS
 from simulators.line import SimUnit
 
 log = structlog.get_logger(__name__)
@@ -52,12 +54,21 @@ class AggregateOptions:
     case_size: int = 4
     cases_per_pallet: int = 2
     case_defect_rate: float = 0.3
+    case_identifier: str = "sscc"  # or "gtin_serial": the case's own GTIN with a serial
 
-    def plan(self) -> dict[str, Any]:
-        """The order's aggregation plan: SSCC cases and pallets, partial last ones allowed."""
+    def plan(self, product_gtin: str | None = None) -> dict[str, Any]:
+        """The order's aggregation plan: SSCC cases (partial last one allowed) or cases of
+        their own GTIN + serial (partial refused: the GTIN fixes the count), SSCC pallets."""
+        case: dict[str, Any] = {"level": "case", "capacity": self.case_size, "partial": "allowed"}
+        if self.case_identifier == "gtin_serial":
+            # a fixed-measure case GTIN fixes the count: the partial last case is refused, its
+            # units stay loose (partial_refused)
+            gtin = product_gtin or PRODUCTS[0][0]  # --aggregate runs the first demo product
+            case = {"level": "case", "capacity": self.case_size, "partial": "refused",
+                    "identifier": "gtin_serial", "gtin": case_gtin(gtin)}  # fmt: skip
         return {
             "levels": [
-                {"level": "case", "capacity": self.case_size, "partial": "allowed"},
+                case,
                 {
                     "level": "pallet",
                     "capacity": self.cases_per_pallet,
@@ -196,7 +207,11 @@ class LineEnd:
             await self._until(lambda: not self._seen, "every unit through the unit gate")
             await self._until(self._cases_decided, "every case decided at its gate")
             remainder = self._passed % self.options.case_size
-            if remainder:
+            station = self.stations.case_station if self.stations is not None else None
+            if remainder and station is not None and not station.partial_allowed:
+                assert self.stations is not None
+                self._leave_partial_loose(self.stations.hierarchy, order_id)
+            elif remainder:
                 await api.post("/aggregation/stations/case/last", {"count": remainder})
                 self.cases.packer.flush()
                 await self._until(self._cases_decided, "the partial last case decided")
@@ -223,6 +238,15 @@ class LineEnd:
 
     def _cases(self) -> list[Any]:
         return self.cases.packer.cases[self._first_case :]
+
+    def _leave_partial_loose(self, hierarchy: Hierarchy, order_id: str) -> None:
+        """The plan refuses a partial case: the units left in the packer are recorded loose."""
+        ledger: Ledger = hierarchy.ledger
+        left = [ledger.epc(u.gtin, u.serial) for u in self.cases.packer.filling]
+        if left:
+            hierarchy.leave_loose(
+                order_id, left, reason=LooseReason.PARTIAL_REFUSED, actor=OPERATOR
+            )
 
     def _cases_decided(self) -> bool:
         station = self.stations.case_station if self.stations is not None else None
@@ -401,7 +425,12 @@ def _by_kind(cases: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def _sscc(data: str) -> str | None:
-    try:
-        return gs1.parse(data, check_requisites=False).get("00")
-    except gs1.Gs1Error:
-        return None
+    """The code a label carries (an SSCC, or a case's ``01<gtin>21<serial>``)."""
+    return label_code(data)
+
+
+def case_gtin(product_gtin: str) -> str:
+    """The case GTIN of the demo's homogeneous cases: the unit's GTIN with indicator digit 1
+    (another packaging level of the same product), its check digit recomputed."""
+    body = "1" + product_gtin[1:13]
+    return body + str(gtin_check_digit(body))

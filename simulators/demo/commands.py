@@ -78,6 +78,13 @@ def add_commands(sub: Any) -> None:
         help="--aggregate: share of cases the case packer makes defective (default 0.3)",
     )
     demo.add_argument(
+        "--case-identifier",
+        choices=["sscc", "gtin_serial"],
+        default="sscc",
+        help="--aggregate: how cases are identified: sscc (AI 00 logistic label, default) or "
+        "gtin_serial (the case's own GTIN with a serial, AI 01 + 21, commissioned as an SGTIN)",
+    )
+    demo.add_argument(
         "--keep-running",
         action="store_true",
         help="after the last order, keep the daemon (REST API, operator screen) up until "
@@ -102,7 +109,12 @@ def _demo(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "--case-defect-rate: give a share from 0 to 1", key="--case-defect-rate"
             )
-        aggregate = AggregateOptions(args.case_size, args.cases_per_pallet, args.case_defect_rate)
+        aggregate = AggregateOptions(
+            args.case_size,
+            args.cases_per_pallet,
+            args.case_defect_rate,
+            case_identifier=args.case_identifier,
+        )
 
     return asyncio.run(
         run_demo(

@@ -30,12 +30,15 @@ def plan(
     bundle: int | None = None,
     *,
     case_identifier: str = "sscc",
-    partial: str = "allowed",
+    partial: str | None = None,
 ) -> dict[str, Any]:
+    """None: the plan's default (allowed; refused for a fixed-measure case GTIN)."""
     levels: list[dict[str, Any]] = []
     if bundle is not None:
         levels.append({"level": "bundle", "capacity": bundle})
-    case_level: dict[str, Any] = {"level": "case", "capacity": case, "partial": partial}
+    case_level: dict[str, Any] = {"level": "case", "capacity": case}
+    if partial is not None:
+        case_level["partial"] = partial
     if case_identifier == "gtin_serial":
         case_level |= {"identifier": "gtin_serial", "gtin": CASE_GTIN}
     levels.append(case_level)

@@ -385,6 +385,64 @@ def render_logistic_label(
     return (text.removesuffix("^XZ") + "^PQ1,0,1,Y^XZ\r\n").encode("ascii")
 
 
+# --- trade item labels (a case identified by its own GTIN and a serial) ------------------------
+
+CASE_PLACEHOLDERS: Final = ("gtin", "serial", "lot", "expiry", "count")
+
+DEFAULT_CASE_TEMPLATE: Final = (
+    "^XA^CI28^PW812^LL1218"
+    "^FO60,40^A0N,44,44^FDGTIN (01) {gtin}^FS"
+    "^FO60,100^A0N,44,44^FDSN (21) {serial}^FS"
+    "^FO60,160^A0N,36,36^FDBATCH (10) {lot}  EXPIRY (17) {expiry}^FS"
+    # GS1 DataMatrix: fixed-length AIs first, FNC1 (_1) after the variable lot, serial last
+    "^FO200,240^BXN,10,200,,,,_^FD_101{gtin}17{expiry}10{lot}_121{serial}^FS"
+    # GS1-128 with the same content (>8 FNC1, >6 subset B for the alphanumeric values), HRI below
+    "^FO40,860^BY3^BCN,200,Y,N,N^FD>;>801{gtin}17{expiry}>610{lot}>821{serial}^FS"
+    "^XZ"
+)
+"""A 4x6 in label of a homogeneous case: (01) case GTIN, (21) serial, (10) lot, (17) expiry in
+GS1 DataMatrix and GS1-128, with the HRI. No count: the case GTIN fixes it (AI 37 is for the
+content of an SSCC; a variable-measure case GTIN, indicator 9, needs its own template with
+``30{count}``)."""
+
+
+def check_case_template(template: str) -> str:
+    """Raise TemplateError unless the template makes one case label with its GTIN and serial."""
+    body = template.strip()
+    if not (body.startswith("^XA") and body.endswith("^XZ")) or body.count("^XA") != 1:
+        raise TemplateError("must hold exactly one ^XA..^XZ label format")
+    if "^PQ" in body.upper() or "~" in body or not body.isascii():
+        raise TemplateError("must be ASCII without ^PQ or ~ commands (one label per case)")
+    if "^BX" not in body.upper():
+        raise TemplateError("needs a ^BX DataMatrix field: the label camera verifies it")
+    names = set(_PLACEHOLDER.findall(body))
+    unknown = names - set(CASE_PLACEHOLDERS)
+    if unknown:
+        raise TemplateError(f"unknown placeholder(s) {sorted(unknown)}; known: {CASE_PLACEHOLDERS}")
+    missing = {"gtin", "serial"} - names
+    if missing:
+        raise TemplateError(f"needs the {', '.join(sorted(missing))} placeholder(s)")
+    return body
+
+
+def render_case_label(
+    template: str, *, gtin: str, serial: str, lot: str, expiry: str, count: int
+) -> bytes:
+    """One case label format with the values filled in, ``^PQ1`` before ``^XZ``."""
+    if not (len(gtin) == 14 and gtin.isdigit()):
+        raise TemplateError(f"case GTIN {gtin!r} is not 14 digits")
+    if gtin.startswith("9") and "{count}" not in template:
+        raise TemplateError(
+            f"case GTIN {gtin} is variable measure (indicator 9): its label carries the count "
+            "(AI 30); give case_template a 30{count} in its barcodes"
+        )
+    values = {"gtin": gtin, "serial": serial, "lot": lot, "expiry": expiry, "count": str(count)}
+    for name, value in values.items():
+        check_value(name, value)
+    text = _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    return (text.removesuffix("^XZ") + "^PQ1,0,1,Y^XZ\r\n").encode("ascii")
+
+
 # --- printer side (simulator) ------------------------------------------------------------------
 
 

@@ -446,6 +446,22 @@ class ZplLabelPrinter(ZplPrinter):
             except codec.TemplateError as exc:
                 raise ValueError(f"label template {exc}") from exc
 
+        case_template: str = Field(
+            codec.DEFAULT_CASE_TEMPLATE,
+            min_length=8,
+            max_length=codec.MAX_FORMAT,
+            description="ZPL format of a case identified by GTIN + serial (plan identifier "
+            "gtin_serial): {gtin} {serial} {lot} {expiry} {count} placeholders.",
+        )
+
+        @field_validator("case_template")
+        @classmethod
+        def _case_template(cls, value: str) -> str:
+            try:
+                return codec.check_case_template(value)
+            except codec.TemplateError as exc:
+                raise ValueError(f"case label template {exc}") from exc
+
     def __init__(self, name: str, config: ZplLabelPrinter.Config) -> None:
         super().__init__(name, config)
 
@@ -454,14 +470,26 @@ class ZplLabelPrinter(ZplPrinter):
         if self.fault_code is not None:
             raise DeviceFault(self.name, self.fault_code, "printer reports a fault; not sent")
         try:
-            data = codec.render_logistic_label(
-                self.config.template,
-                sscc=label.sscc,
+            data = self._render(label)
+        except codec.TemplateError as exc:
+            raise ProtocolError(self.name, f"cannot print label {label.code}: {exc}") from exc
+        await self._send_format(PrintRecord(label.seq, label.code), data)
+
+    def _render(self, label: LogisticLabel) -> bytes:
+        if label.serial is not None:
+            return codec.render_case_label(
+                self.config.case_template,
                 gtin=label.gtin,
-                count=label.count,
+                serial=label.serial,
                 lot=label.lot,
                 expiry=label.expiry,
+                count=label.count,
             )
-        except codec.TemplateError as exc:
-            raise ProtocolError(self.name, f"cannot print label {label.sscc}: {exc}") from exc
-        await self._send_format(PrintRecord(label.seq, label.sscc), data)
+        return codec.render_logistic_label(
+            self.config.template,
+            sscc=label.sscc,
+            gtin=label.gtin,
+            count=label.count,
+            lot=label.lot,
+            expiry=label.expiry,
+        )
