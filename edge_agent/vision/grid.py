@@ -71,6 +71,7 @@ SPECK_PX = 2  # marks of fewer pixels are specks whatever the others are
 SPECK_SHARE = 0.25  # and so are those under this share of the median mark
 SCORE_GROW = 3.0  # px: blob centres grown so that the size search's module samples meet them
 GROW = 0.5  # marks grown to this share of a module for the second sampling (a disc across)
+REMAP_ROW = 8192  # points per row of a batched remap
 OUTLINE_SHRINK_ABOVE = 240  # px: crops of more than this squared are outlined at half resolution
 
 
@@ -402,16 +403,15 @@ def _intersect(p: Floats, u: Floats, q: Floats, v: Floats) -> Floats | None:
 
 def _sizes(
     corners: Floats, darkness: Floats, time_left: Callable[[], float] = lambda: math.inf
-) -> list[tuple[int, int, int, Floats]]:
+) -> Iterator[tuple[int, int, int, Floats]]:
     """(rows, columns, turn, corners) candidates, best border score first. ``turn`` says which
     corner is the symbol's top-left (above the finder's L); the corners are refined so that the
     finder and timing modules match best when the outline is off (it misses the light module
     at the timing corner, or takes in a speck beside the symbol)."""
     side_a = 0.5 * (_dist(corners[0], corners[1]) + _dist(corners[2], corners[3]))
     side_b = 0.5 * (_dist(corners[1], corners[2]) + _dist(corners[3], corners[0]))
-    rough: list[tuple[float, int, int, int]] = []
+    candidates: list[tuple[int, int, int]] = []
     for rows, cols in SIZES:
-        turns = []
         for turn in range(4):
             # turn t: corners[t] is the symbol's top-left, corners[t+1] its top-right.
             across = side_a if turn % 2 == 0 else side_b  # length of the top edge
@@ -421,37 +421,124 @@ def _sizes(
                 continue
             if abs(pitch_x - pitch_y) > MAX_PITCH_SKEW * max(pitch_x, pitch_y):
                 continue
-            turns.append(turn)
-        if not turns:
-            continue
-        quads = [np.roll(corners, -turn, axis=0) for turn in turns]
-        for turn, contrast in zip(turns, _contrasts(darkness, quads, rows, cols), strict=True):
-            rough.append((contrast, rows, cols, turn))
+            candidates.append((rows, cols, turn))
+    rough = [
+        (contrast, rows, cols, turn)
+        for (rows, cols, turn), contrast in zip(
+            candidates, _rough_contrasts(darkness, corners, candidates), strict=True
+        )
+    ]
     rough.sort(reverse=True)
+    top_rough = rough[:ROUGH_CANDIDATES]
+    # The outline runs along the marks' edges: round dots smaller than their modules leave it
+    # short of the grid by up to a third of a module on each side, which over a long DMRE row
+    # puts the far timing modules half a module off. Every widening of every likely size is
+    # scored in one remap.
+    options = [
+        [_expand(np.roll(corners, -turn, axis=0), rows, cols, grow) for grow in EXPAND]
+        for _, rows, cols, turn in top_rough
+    ]
+    items = [
+        (quad, rows, cols)
+        for (_, rows, cols, _), quads in zip(top_rough, options, strict=True)
+        for quad in quads
+    ]
+    all_scores = _border_scores_of(darkness, items)
     scored = []
-    for _, rows, cols, turn in rough[:ROUGH_CANDIDATES]:
-        quad = np.roll(corners, -turn, axis=0)
-        # The outline runs along the marks' edges: round dots smaller than their modules leave
-        # it short of the grid by up to a third of a module on each side, which over a long
-        # DMRE row puts the far timing modules half a module off.
-        options = [_expand(quad, rows, cols, grow) for grow in EXPAND]
-        scores = _border_scores(darkness, options, rows, cols)
+    for index, (_, rows, cols, turn) in enumerate(top_rough):
+        scores = all_scores[index * len(EXPAND) : (index + 1) * len(EXPAND)]
         top = int(np.argmax(scores))
-        scored.append((scores[top], rows, cols, turn, options[top]))
+        scored.append((scores[top], rows, cols, turn, options[index][top]))
     scored.sort(key=lambda item: item[0], reverse=True)
     best = max((item[0] for item in scored), default=0.0)
-    if ROUGH_BORDER_SCORE <= best < GOOD_BORDER_SCORE and time_left() >= REFINE_MS:
-        # The outline is off somewhere: refine the likeliest sizes (refining costs a few ms).
-        for index, (score, rows, cols, turn, quad) in enumerate(scored[:REFINE]):
-            if index and time_left() < REFINE_MS:
-                break
+    refine = ROUGH_BORDER_SCORE <= best < GOOD_BORDER_SCORE
+    # Lazily, best first: the caller stops at the first grid that decodes, and refining an
+    # outline (when it is off somewhere: it misses the light module at the timing corner, or
+    # takes in a speck beside the symbol) costs a few ms.
+    given = 0
+    for index, (score, rows, cols, turn, quad) in enumerate(scored):
+        if given >= CANDIDATES or (index >= REFINE and score < MIN_BORDER_SCORE):
+            return
+        if refine and index < REFINE and (index == 0 or time_left() >= REFINE_MS):
             better = _refine(darkness, quad, rows, cols)
             better_score = _border_score(darkness, better, rows, cols)
             if better_score > score:
-                scored[index] = (better_score, rows, cols, turn, better)
-    refined = [item for item in scored if item[0] >= MIN_BORDER_SCORE]
-    refined.sort(key=lambda item: item[0], reverse=True)
-    return [(rows, cols, turn, quad) for _, rows, cols, turn, quad in refined[:CANDIDATES]]
+                score, quad = better_score, better
+        if score >= MIN_BORDER_SCORE:
+            given += 1
+            yield rows, cols, turn, quad
+
+
+def _rough_contrasts(
+    darkness: Floats, corners: Floats, candidates: Sequence[tuple[int, int, int]]
+) -> list[float]:
+    """``_contrasts`` of every candidate (rows, columns, turn) on one outline, in one remap.
+
+    A size's module grid is the unit square's scaled by 1/cols, 1/rows; so the finder and
+    timing points of all sizes, in unit coordinates, go through the four homographies of the
+    turns at once (a call per size costs ten times the sampling)."""
+    if not candidates:
+        return []
+    by_turn: dict[int, list[int]] = {}
+    for index, (_, _, turn) in enumerate(candidates):
+        by_turn.setdefault(turn, []).append(index)
+    unit = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=np.float32)
+    xs: list[Floats] = []
+    ys: list[Floats] = []
+    spans: list[tuple[int, int, int]] = []  # candidate index, start, count (in modules)
+    start = 0
+    for turn, indices in by_turn.items():
+        quad = np.ascontiguousarray(np.roll(corners, -turn, axis=0), dtype=np.float32)
+        matrix = np.asarray(cv2.getPerspectiveTransform(unit, quad), dtype=np.float32)
+        pieces = []
+        for index in indices:
+            rows, cols, _ = candidates[index]
+            pieces.append(_unit_border(rows, cols))
+            spans.append((index, start, len(pieces[-1]) // len(_SPREAD)))
+            start += len(pieces[-1])
+        points = np.concatenate(pieces)
+        mapped = points @ matrix.T
+        w = mapped[:, 2]
+        w = np.where(np.abs(w) < 1e-9, 1e-9, w)
+        xs.append(mapped[:, 0] / w)
+        ys.append(mapped[:, 1] / w)
+    flat = _remap_points(darkness, np.concatenate(xs), np.concatenate(ys))
+    flat = flat.reshape(-1, len(_SPREAD)).mean(axis=1)
+    out = [0.0] * len(candidates)
+    for index, first, count in spans:
+        rows, cols, _ = candidates[index]
+        module = flat[first // len(_SPREAD) : first // len(_SPREAD) + count]
+        dark = _border(rows, cols)[1]
+        out[index] = float(module[dark].mean() - module[~dark].mean())
+    return out
+
+
+def _remap_points(image: Floats, xs: Floats, ys: Floats) -> Floats:
+    """``image`` sampled (bilinear, 0 outside) at the points (xs, ys): one remap, the points in
+    rows of ``REMAP_ROW`` (OpenCV's maps are at most 32767 wide)."""
+    count = len(xs)
+    rows = -(-count // REMAP_ROW)
+    map_x = np.full(rows * REMAP_ROW, -1.0, dtype=np.float32)
+    map_y = np.full(rows * REMAP_ROW, -1.0, dtype=np.float32)
+    map_x[:count], map_y[:count] = xs, ys
+    sampled = cv2.remap(
+        image,
+        map_x.reshape(rows, REMAP_ROW),
+        map_y.reshape(rows, REMAP_ROW),
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0.0,
+    )
+    return np.asarray(sampled, dtype=np.float32).reshape(-1)[:count]
+
+
+@lru_cache(maxsize=256)
+def _unit_border(rows: int, cols: int) -> Floats:
+    """``_border``'s sample points (five per module) in unit-square coordinates, homogeneous."""
+    points, _ = _border(rows, cols)
+    spread = (points[:, None, :] + _SPREAD[None, :, :]).reshape(-1, 2) / (cols, rows)
+    ones = np.ones((len(spread), 1), np.float32)
+    return np.asarray(np.concatenate([spread, ones], axis=1), dtype=np.float32)
 
 
 def _expand(quad: Floats, rows: int, cols: int, grow: float) -> Floats:
@@ -469,8 +556,13 @@ def _expand(quad: Floats, rows: int, cols: int, grow: float) -> Floats:
 def _contrasts(darkness: Floats, quads: Sequence[Floats], rows: int, cols: int) -> list[float]:
     """For each quad (top-left first): how much darker the finder and timing pattern's dark
     modules are than its light ones."""
-    points, dark = _border(rows, cols)
-    values = _samples_many(darkness, [_homography(quad, rows, cols) for quad in quads], points)
+    dark = _border(rows, cols)[1]
+    values = _samples_spread(
+        darkness,
+        [_homography(quad, rows, cols) for quad in quads],
+        _border_spread(rows, cols),
+        len(_SPREAD),
+    )
     difference = values[:, dark].mean(axis=1) - values[:, ~dark].mean(axis=1)
     return [float(d) for d in difference]
 
@@ -552,19 +644,33 @@ def _samples_many(
 ) -> Floats:
     """``_samples`` for several grids of the same points at once: one remap for all of them
     (a call per grid costs more than the sampling)."""
-    spread = (points[:, None, :] + offsets[None, :, :]).reshape(-1, 2)
-    homogeneous = np.concatenate([spread, np.ones((len(spread), 1), np.float32)], axis=1)
+    return _samples_spread(darkness, matrices, _spread(points, offsets), len(offsets))
+
+
+def _samples_spread(
+    darkness: Floats, matrices: Sequence[Floats], homogeneous: Floats, per_point: int
+) -> Floats:
+    """Mean darkness per point of ``homogeneous`` (``per_point`` consecutive rows a point) under
+    each of ``matrices``: one matmul and one remap for all."""
     stacked = np.stack(matrices).astype(np.float32)  # (grids, 3, 3)
-    mapped = np.matmul(homogeneous[None, :, :], stacked.transpose(0, 2, 1))
-    w = mapped[..., 2]
+    mapped = np.matmul(homogeneous[None, :, :], stacked.transpose(0, 2, 1)).reshape(-1, 3)
+    w = mapped[:, 2]
     w = np.where(np.abs(w) < 1e-9, 1e-9, w)
-    map_x = np.ascontiguousarray((mapped[..., 0] / w).reshape(1, -1), dtype=np.float32)
-    map_y = np.ascontiguousarray((mapped[..., 1] / w).reshape(1, -1), dtype=np.float32)
-    values = cv2.remap(
-        darkness, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0
-    )
-    shaped = np.asarray(values, dtype=np.float32).reshape(len(matrices), len(points), len(offsets))
+    values = _remap_points(darkness, mapped[:, 0] / w, mapped[:, 1] / w)
+    shaped = values.reshape(len(matrices), -1, per_point)
     return np.asarray(shaped.mean(axis=2), dtype=np.float32)
+
+
+def _spread(points: Floats, offsets: Floats) -> Floats:
+    """Each point with ``offsets`` added, as homogeneous rows (len(offsets) rows a point)."""
+    spread = (points[:, None, :] + offsets[None, :, :]).reshape(-1, 2)
+    ones = np.ones((len(spread), 1), np.float32)
+    return np.asarray(np.concatenate([spread, ones], axis=1), dtype=np.float32)
+
+
+@lru_cache(maxsize=256)
+def _border_spread(rows: int, cols: int) -> Floats:
+    return _spread(_border(rows, cols)[0], _SPREAD)
 
 
 def _border_score(darkness: Floats, quad: Floats, rows: int, cols: int) -> float:
@@ -573,9 +679,41 @@ def _border_score(darkness: Floats, quad: Floats, rows: int, cols: int) -> float
 
 def _border_scores(darkness: Floats, quads: Sequence[Floats], rows: int, cols: int) -> list[float]:
     """Share of the finder and timing modules that match, for each quad (one remap for all)."""
-    points, dark = _border(rows, cols)
-    values = _samples_many(darkness, [_homography(quad, rows, cols) for quad in quads], points)
-    return [float(np.mean((row > _level(row, dark)) == dark)) for row in values]
+    dark = _border(rows, cols)[1]
+    values = _samples_spread(
+        darkness,
+        [_homography(quad, rows, cols) for quad in quads],
+        _border_spread(rows, cols),
+        len(_SPREAD),
+    )
+    levels = 0.5 * (np.median(values[:, dark], axis=1) + np.median(values[:, ~dark], axis=1))
+    matches = (values > levels[:, None]) == dark[None, :]
+    return [float(share) for share in matches.mean(axis=1)]
+
+
+def _border_scores_of(darkness: Floats, items: Sequence[tuple[Floats, int, int]]) -> list[float]:
+    """``_border_scores`` of (quad, rows, columns) items of any sizes, in one remap."""
+    if not items:
+        return []
+    xs, ys, counts = [], [], []
+    for quad, rows, cols in items:
+        points = _border_spread(rows, cols)
+        mapped = points @ _homography(quad, rows, cols).T
+        w = mapped[:, 2]
+        w = np.where(np.abs(w) < 1e-9, 1e-9, w)
+        xs.append(mapped[:, 0] / w)
+        ys.append(mapped[:, 1] / w)
+        counts.append(len(points) // len(_SPREAD))
+    values = _remap_points(darkness, np.concatenate(xs), np.concatenate(ys))
+    modules = values.reshape(-1, len(_SPREAD)).mean(axis=1)
+    out = []
+    start = 0
+    for (_, rows, cols), count in zip(items, counts, strict=True):
+        row = modules[start : start + count]
+        start += count
+        dark = _border(rows, cols)[1]
+        out.append(float(np.mean((row > _level(row, dark)) == dark)))
+    return out
 
 
 def _level(values: Floats, dark: npt.NDArray[np.bool_]) -> float:
