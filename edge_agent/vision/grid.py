@@ -102,7 +102,7 @@ def read_sampled(
             continue
         if time_left() < OUTLINE_MS:
             break
-        outline = _outline(mask)
+        outline = _outline(mask, time_left)
         if outline is None:
             continue
         # Finder and timing are scored on what found the outline: on brushed metal the streaks
@@ -251,7 +251,9 @@ def _despeckle(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
 # --- 2. the symbol's outline ---------------------------------------------------------------
 
 
-def _outline(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32] | None:
+def _outline(
+    mask: npt.NDArray[np.uint8], time_left: Callable[[], float] = lambda: math.inf
+) -> npt.NDArray[np.int32] | None:
     """Hull points of the dark component at the centre, with its dots joined.
 
     Closing joins more of the symbol the wider it is, and its hull only grows, up to the
@@ -279,6 +281,8 @@ def _outline(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32] | None:
             best, best_area = hull, area
         elif best_area > 0 and area < 0.5 * best_area:
             break  # the symbol has merged with its surroundings: only fragments are left
+        if time_left() <= 0:
+            break  # the frame's budget is spent: the outline so far, if any
     if best is None or shrink == 1:
         return best
     return np.asarray(best * shrink + shrink // 2, dtype=np.int32)
@@ -459,7 +463,7 @@ def _sizes(
     for index, (score, rows, cols, turn, quad) in enumerate(scored):
         if given >= CANDIDATES or (index >= REFINE and score < MIN_BORDER_SCORE):
             return
-        if refine and index < REFINE and (index == 0 or time_left() >= REFINE_MS):
+        if refine and index < REFINE and time_left() >= REFINE_MS:
             better = _refine(darkness, quad, rows, cols)
             better_score = _border_score(darkness, better, rows, cols)
             if better_score > score:
@@ -619,10 +623,6 @@ def _border(rows: int, cols: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[
     return np.array(points, dtype=np.float32), np.array(dark, dtype=np.bool_)
 
 
-for _size in SIZES:  # built at import: the first frame of each size would pay some ms
-    _border(*_size)
-
-
 _SPREAD = np.array(
     [[0, 0], [-0.22, -0.22], [0.22, -0.22], [-0.22, 0.22], [0.22, 0.22]], dtype=np.float32
 )
@@ -679,40 +679,40 @@ def _border_score(darkness: Floats, quad: Floats, rows: int, cols: int) -> float
 
 def _border_scores(darkness: Floats, quads: Sequence[Floats], rows: int, cols: int) -> list[float]:
     """Share of the finder and timing modules that match, for each quad (one remap for all)."""
-    dark = _border(rows, cols)[1]
-    values = _samples_spread(
-        darkness,
-        [_homography(quad, rows, cols) for quad in quads],
-        _border_spread(rows, cols),
-        len(_SPREAD),
-    )
-    levels = 0.5 * (np.median(values[:, dark], axis=1) + np.median(values[:, ~dark], axis=1))
-    matches = (values > levels[:, None]) == dark[None, :]
-    return [float(share) for share in matches.mean(axis=1)]
+    return _border_scores_of(darkness, [(quad, rows, cols) for quad in quads])
 
 
 def _border_scores_of(darkness: Floats, items: Sequence[tuple[Floats, int, int]]) -> list[float]:
-    """``_border_scores`` of (quad, rows, columns) items of any sizes, in one remap."""
+    """``_border_scores`` of (quad, rows, columns) items of any sizes, in one remap; the
+    thresholds of the quads of one size at once (a median per quad costs more than its
+    sampling)."""
     if not items:
         return []
-    xs, ys, counts = [], [], []
-    for quad, rows, cols in items:
-        points = _border_spread(rows, cols)
-        mapped = points @ _homography(quad, rows, cols).T
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, (_, rows, cols) in enumerate(items):
+        groups.setdefault((rows, cols), []).append(index)
+    xs, ys = [], []
+    for (rows, cols), indices in groups.items():
+        matrices = np.stack([_homography(items[i][0], rows, cols) for i in indices])
+        mapped = np.matmul(_border_spread(rows, cols)[None], matrices.transpose(0, 2, 1))
+        mapped = mapped.reshape(-1, 3)
         w = mapped[:, 2]
         w = np.where(np.abs(w) < 1e-9, 1e-9, w)
         xs.append(mapped[:, 0] / w)
         ys.append(mapped[:, 1] / w)
-        counts.append(len(points) // len(_SPREAD))
     values = _remap_points(darkness, np.concatenate(xs), np.concatenate(ys))
     modules = values.reshape(-1, len(_SPREAD)).mean(axis=1)
-    out = []
+    out = [0.0] * len(items)
     start = 0
-    for (_, rows, cols), count in zip(items, counts, strict=True):
-        row = modules[start : start + count]
-        start += count
+    for (rows, cols), indices in groups.items():
         dark = _border(rows, cols)[1]
-        out.append(float(np.mean((row > _level(row, dark)) == dark)))
+        count = len(dark) * len(indices)
+        block = modules[start : start + count].reshape(len(indices), len(dark))
+        start += count
+        levels = 0.5 * (np.median(block[:, dark], axis=1) + np.median(block[:, ~dark], axis=1))
+        shares = ((block > levels[:, None]) == dark[None, :]).mean(axis=1)
+        for index, share in zip(indices, shares, strict=True):
+            out[index] = float(share)
     return out
 
 
@@ -757,3 +757,10 @@ def _decode(grid: npt.NDArray[np.bool_]) -> Sequence[zxingcpp.Barcode]:
         binarizer=zxingcpp.Binarizer.FixedThreshold,
     )
     return [barcode for barcode in barcodes if barcode.valid]
+
+
+for _size in SIZES:  # tables built at import: the first frame of each size would pay some ms
+    _border(*_size)
+    _border_spread(*_size)
+# numpy's first median along an axis costs some 10 ms (measured): paid here, not by a frame.
+np.median(np.zeros((2, 4), dtype=np.float32), axis=1)
