@@ -71,6 +71,8 @@ SPECK_PX = 2  # marks of fewer pixels are specks whatever the others are
 SPECK_SHARE = 0.25  # and so are those under this share of the median mark
 SCORE_GROW = 3.0  # px: blob centres grown so that the size search's module samples meet them
 GROW = 0.5  # marks grown to this share of a module for the second sampling (a disc across)
+REMAP_ROW = 8192  # points per row of a batched remap
+PLATEAU = 1.005  # hull areas within this ratio are the same outline
 OUTLINE_SHRINK_ABOVE = 240  # px: crops of more than this squared are outlined at half resolution
 
 
@@ -101,7 +103,7 @@ def read_sampled(
             continue
         if time_left() < OUTLINE_MS:
             break
-        outline = _outline(mask)
+        outline = _outline(mask, time_left)
         if outline is None:
             continue
         # Finder and timing are scored on what found the outline: on brushed metal the streaks
@@ -250,7 +252,9 @@ def _despeckle(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
 # --- 2. the symbol's outline ---------------------------------------------------------------
 
 
-def _outline(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32] | None:
+def _outline(
+    mask: npt.NDArray[np.uint8], time_left: Callable[[], float] = lambda: math.inf
+) -> npt.NDArray[np.int32] | None:
     """Hull points of the dark component at the centre, with its dots joined.
 
     Closing joins more of the symbol the wider it is, and its hull only grows, up to the
@@ -270,14 +274,26 @@ def _outline(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32] | None:
     height, width = mask.shape
     best: npt.NDArray[np.int32] | None = None
     best_area = 0.0
+    areas: list[float] = []
     for k in (1, 3, 5, 7, 9, 13, 17, 23)[: 6 if shrink > 1 else 8]:
         closed = mask if k == 1 else _u8(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disc(k)))
         hull = _central_hull(closed, width, height)
         area = 0.0 if hull is None else float(cv2.contourArea(hull))
+        areas.append(area)
+        if len(areas) >= 3 and area > 0 and max(areas[-3:]) <= PLATEAU * min(areas[-3:]):
+            # Three closings in a row gave the same outline: the symbol's dots are joined and
+            # the wider (costlier) closings would only find the same hull, or bridge past the
+            # quiet zone (measured on the wide set: the outline grows in one or two closings,
+            # then stays for four or five).
+            if area > best_area:
+                best, best_area = hull, area
+            break
         if hull is not None and area > best_area:
             best, best_area = hull, area
         elif best_area > 0 and area < 0.5 * best_area:
             break  # the symbol has merged with its surroundings: only fragments are left
+        if time_left() <= 0:
+            break  # the frame's budget is spent: the outline so far, if any
     if best is None or shrink == 1:
         return best
     return np.asarray(best * shrink + shrink // 2, dtype=np.int32)
@@ -402,16 +418,15 @@ def _intersect(p: Floats, u: Floats, q: Floats, v: Floats) -> Floats | None:
 
 def _sizes(
     corners: Floats, darkness: Floats, time_left: Callable[[], float] = lambda: math.inf
-) -> list[tuple[int, int, int, Floats]]:
+) -> Iterator[tuple[int, int, int, Floats]]:
     """(rows, columns, turn, corners) candidates, best border score first. ``turn`` says which
     corner is the symbol's top-left (above the finder's L); the corners are refined so that the
     finder and timing modules match best when the outline is off (it misses the light module
     at the timing corner, or takes in a speck beside the symbol)."""
     side_a = 0.5 * (_dist(corners[0], corners[1]) + _dist(corners[2], corners[3]))
     side_b = 0.5 * (_dist(corners[1], corners[2]) + _dist(corners[3], corners[0]))
-    rough: list[tuple[float, int, int, int]] = []
+    candidates: list[tuple[int, int, int]] = []
     for rows, cols in SIZES:
-        turns = []
         for turn in range(4):
             # turn t: corners[t] is the symbol's top-left, corners[t+1] its top-right.
             across = side_a if turn % 2 == 0 else side_b  # length of the top edge
@@ -421,37 +436,131 @@ def _sizes(
                 continue
             if abs(pitch_x - pitch_y) > MAX_PITCH_SKEW * max(pitch_x, pitch_y):
                 continue
-            turns.append(turn)
-        if not turns:
-            continue
-        quads = [np.roll(corners, -turn, axis=0) for turn in turns]
-        for turn, contrast in zip(turns, _contrasts(darkness, quads, rows, cols), strict=True):
-            rough.append((contrast, rows, cols, turn))
+            candidates.append((rows, cols, turn))
+    rough = [
+        (contrast, rows, cols, turn)
+        for (rows, cols, turn), contrast in zip(
+            candidates, _rough_contrasts(darkness, corners, candidates), strict=True
+        )
+    ]
     rough.sort(reverse=True)
+    top_rough = rough[:ROUGH_CANDIDATES]
+    # The outline runs along the marks' edges: round dots smaller than their modules leave it
+    # short of the grid by up to a third of a module on each side, which over a long DMRE row
+    # puts the far timing modules half a module off. Every widening of every likely size is
+    # scored in one remap.
+    options = [
+        [_expand(np.roll(corners, -turn, axis=0), rows, cols, grow) for grow in EXPAND]
+        for _, rows, cols, turn in top_rough
+    ]
+    items = [
+        (quad, rows, cols)
+        for (_, rows, cols, _), quads in zip(top_rough, options, strict=True)
+        for quad in quads
+    ]
+    all_scores = _border_scores_of(darkness, items)
     scored = []
-    for _, rows, cols, turn in rough[:ROUGH_CANDIDATES]:
-        quad = np.roll(corners, -turn, axis=0)
-        # The outline runs along the marks' edges: round dots smaller than their modules leave
-        # it short of the grid by up to a third of a module on each side, which over a long
-        # DMRE row puts the far timing modules half a module off.
-        options = [_expand(quad, rows, cols, grow) for grow in EXPAND]
-        scores = _border_scores(darkness, options, rows, cols)
+    for index, (_, rows, cols, turn) in enumerate(top_rough):
+        scores = all_scores[index * len(EXPAND) : (index + 1) * len(EXPAND)]
         top = int(np.argmax(scores))
-        scored.append((scores[top], rows, cols, turn, options[top]))
+        scored.append((scores[top], rows, cols, turn, options[index][top]))
     scored.sort(key=lambda item: item[0], reverse=True)
     best = max((item[0] for item in scored), default=0.0)
-    if ROUGH_BORDER_SCORE <= best < GOOD_BORDER_SCORE and time_left() >= REFINE_MS:
-        # The outline is off somewhere: refine the likeliest sizes (refining costs a few ms).
-        for index, (score, rows, cols, turn, quad) in enumerate(scored[:REFINE]):
-            if index and time_left() < REFINE_MS:
-                break
+    refine = ROUGH_BORDER_SCORE <= best < GOOD_BORDER_SCORE
+    # Lazily, best first: the caller stops at the first grid that decodes, and refining an
+    # outline (when it is off somewhere: it misses the light module at the timing corner, or
+    # takes in a speck beside the symbol) costs a few ms.
+    given = 0
+    for index, (score, rows, cols, turn, quad) in enumerate(scored):
+        if given >= CANDIDATES or (index >= REFINE and score < MIN_BORDER_SCORE):
+            return
+        if refine and index < REFINE and time_left() >= REFINE_MS:
             better = _refine(darkness, quad, rows, cols)
             better_score = _border_score(darkness, better, rows, cols)
             if better_score > score:
-                scored[index] = (better_score, rows, cols, turn, better)
-    refined = [item for item in scored if item[0] >= MIN_BORDER_SCORE]
-    refined.sort(key=lambda item: item[0], reverse=True)
-    return [(rows, cols, turn, quad) for _, rows, cols, turn, quad in refined[:CANDIDATES]]
+                score, quad = better_score, better
+        if score >= MIN_BORDER_SCORE:
+            given += 1
+            yield rows, cols, turn, quad
+
+
+def _rough_contrasts(
+    darkness: Floats, corners: Floats, candidates: Sequence[tuple[int, int, int]]
+) -> list[float]:
+    """``_contrasts`` of every candidate (rows, columns, turn) on one outline, in one remap.
+
+    A size's module grid is the unit square's scaled by 1/cols, 1/rows; so the finder and
+    timing points of all sizes, in unit coordinates, go through the four homographies of the
+    turns at once (a call per size costs ten times the sampling)."""
+    if not candidates:
+        return []
+    by_turn: dict[int, list[int]] = {}
+    for index, (_, _, turn) in enumerate(candidates):
+        by_turn.setdefault(turn, []).append(index)
+    unit = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=np.float32)
+    xs: list[Floats] = []
+    ys: list[Floats] = []
+    spans: list[tuple[int, int, int]] = []  # candidate index, start, count (in modules)
+    start = 0
+    for turn, indices in by_turn.items():
+        quad = np.ascontiguousarray(np.roll(corners, -turn, axis=0), dtype=np.float32)
+        matrix = np.asarray(cv2.getPerspectiveTransform(unit, quad), dtype=np.float32)
+        pieces = []
+        for index in indices:
+            rows, cols, _ = candidates[index]
+            pieces.append(_unit_border(rows, cols))
+            spans.append((index, start, len(pieces[-1]) // len(_SPREAD)))
+            start += len(pieces[-1])
+        points = np.concatenate(pieces)
+        mapped = points @ matrix.T
+        w = mapped[:, 2]
+        w = np.where(np.abs(w) < 1e-9, 1e-9, w)
+        xs.append(mapped[:, 0] / w)
+        ys.append(mapped[:, 1] / w)
+    flat = _remap_points(darkness, np.concatenate(xs), np.concatenate(ys))
+    modules = flat.reshape(-1, len(_SPREAD)).mean(axis=1)
+    # Mean of the dark and of the light modules of every candidate: sums over the segments
+    # (a mean per candidate is a numpy call each, and there are a hundred candidates).
+    dark = np.concatenate([_border(*candidates[index][:2])[1] for index, _, _ in spans])
+    starts = np.array([first // len(_SPREAD) for _, first, _ in spans])
+    weights = dark.astype(np.float32)
+    dark_sum = np.add.reduceat(modules * weights, starts)
+    dark_count = np.add.reduceat(weights, starts)
+    total = np.add.reduceat(modules, starts)
+    counts = np.array([count for _, _, count in spans], dtype=np.float32)
+    difference = dark_sum / dark_count - (total - dark_sum) / (counts - dark_count)
+    out = [0.0] * len(candidates)
+    for (index, _, _), value in zip(spans, difference, strict=True):
+        out[index] = float(value)
+    return out
+
+
+def _remap_points(image: Floats, xs: Floats, ys: Floats) -> Floats:
+    """``image`` sampled (bilinear, 0 outside) at the points (xs, ys): one remap, the points in
+    rows of ``REMAP_ROW`` (OpenCV's maps are at most 32767 wide)."""
+    count = len(xs)
+    rows = -(-count // REMAP_ROW)
+    map_x = np.full(rows * REMAP_ROW, -1.0, dtype=np.float32)
+    map_y = np.full(rows * REMAP_ROW, -1.0, dtype=np.float32)
+    map_x[:count], map_y[:count] = xs, ys
+    sampled = cv2.remap(
+        image,
+        map_x.reshape(rows, REMAP_ROW),
+        map_y.reshape(rows, REMAP_ROW),
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0.0,
+    )
+    return np.asarray(sampled, dtype=np.float32).reshape(-1)[:count]
+
+
+@lru_cache(maxsize=256)
+def _unit_border(rows: int, cols: int) -> Floats:
+    """``_border``'s sample points (five per module) in unit-square coordinates, homogeneous."""
+    points, _ = _border(rows, cols)
+    spread = (points[:, None, :] + _SPREAD[None, :, :]).reshape(-1, 2) / (cols, rows)
+    ones = np.ones((len(spread), 1), np.float32)
+    return np.asarray(np.concatenate([spread, ones], axis=1), dtype=np.float32)
 
 
 def _expand(quad: Floats, rows: int, cols: int, grow: float) -> Floats:
@@ -469,8 +578,13 @@ def _expand(quad: Floats, rows: int, cols: int, grow: float) -> Floats:
 def _contrasts(darkness: Floats, quads: Sequence[Floats], rows: int, cols: int) -> list[float]:
     """For each quad (top-left first): how much darker the finder and timing pattern's dark
     modules are than its light ones."""
-    points, dark = _border(rows, cols)
-    values = _samples_many(darkness, [_homography(quad, rows, cols) for quad in quads], points)
+    dark = _border(rows, cols)[1]
+    values = _samples_spread(
+        darkness,
+        [_homography(quad, rows, cols) for quad in quads],
+        _border_spread(rows, cols),
+        len(_SPREAD),
+    )
     difference = values[:, dark].mean(axis=1) - values[:, ~dark].mean(axis=1)
     return [float(d) for d in difference]
 
@@ -527,10 +641,6 @@ def _border(rows: int, cols: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[
     return np.array(points, dtype=np.float32), np.array(dark, dtype=np.bool_)
 
 
-for _size in SIZES:  # built at import: the first frame of each size would pay some ms
-    _border(*_size)
-
-
 _SPREAD = np.array(
     [[0, 0], [-0.22, -0.22], [0.22, -0.22], [-0.22, 0.22], [0.22, 0.22]], dtype=np.float32
 )
@@ -552,19 +662,33 @@ def _samples_many(
 ) -> Floats:
     """``_samples`` for several grids of the same points at once: one remap for all of them
     (a call per grid costs more than the sampling)."""
-    spread = (points[:, None, :] + offsets[None, :, :]).reshape(-1, 2)
-    homogeneous = np.concatenate([spread, np.ones((len(spread), 1), np.float32)], axis=1)
+    return _samples_spread(darkness, matrices, _spread(points, offsets), len(offsets))
+
+
+def _samples_spread(
+    darkness: Floats, matrices: Sequence[Floats], homogeneous: Floats, per_point: int
+) -> Floats:
+    """Mean darkness per point of ``homogeneous`` (``per_point`` consecutive rows a point) under
+    each of ``matrices``: one matmul and one remap for all."""
     stacked = np.stack(matrices).astype(np.float32)  # (grids, 3, 3)
-    mapped = np.matmul(homogeneous[None, :, :], stacked.transpose(0, 2, 1))
-    w = mapped[..., 2]
+    mapped = np.matmul(homogeneous[None, :, :], stacked.transpose(0, 2, 1)).reshape(-1, 3)
+    w = mapped[:, 2]
     w = np.where(np.abs(w) < 1e-9, 1e-9, w)
-    map_x = np.ascontiguousarray((mapped[..., 0] / w).reshape(1, -1), dtype=np.float32)
-    map_y = np.ascontiguousarray((mapped[..., 1] / w).reshape(1, -1), dtype=np.float32)
-    values = cv2.remap(
-        darkness, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0
-    )
-    shaped = np.asarray(values, dtype=np.float32).reshape(len(matrices), len(points), len(offsets))
+    values = _remap_points(darkness, mapped[:, 0] / w, mapped[:, 1] / w)
+    shaped = values.reshape(len(matrices), -1, per_point)
     return np.asarray(shaped.mean(axis=2), dtype=np.float32)
+
+
+def _spread(points: Floats, offsets: Floats) -> Floats:
+    """Each point with ``offsets`` added, as homogeneous rows (len(offsets) rows a point)."""
+    spread = (points[:, None, :] + offsets[None, :, :]).reshape(-1, 2)
+    ones = np.ones((len(spread), 1), np.float32)
+    return np.asarray(np.concatenate([spread, ones], axis=1), dtype=np.float32)
+
+
+@lru_cache(maxsize=256)
+def _border_spread(rows: int, cols: int) -> Floats:
+    return _spread(_border(rows, cols)[0], _SPREAD)
 
 
 def _border_score(darkness: Floats, quad: Floats, rows: int, cols: int) -> float:
@@ -573,9 +697,41 @@ def _border_score(darkness: Floats, quad: Floats, rows: int, cols: int) -> float
 
 def _border_scores(darkness: Floats, quads: Sequence[Floats], rows: int, cols: int) -> list[float]:
     """Share of the finder and timing modules that match, for each quad (one remap for all)."""
-    points, dark = _border(rows, cols)
-    values = _samples_many(darkness, [_homography(quad, rows, cols) for quad in quads], points)
-    return [float(np.mean((row > _level(row, dark)) == dark)) for row in values]
+    return _border_scores_of(darkness, [(quad, rows, cols) for quad in quads])
+
+
+def _border_scores_of(darkness: Floats, items: Sequence[tuple[Floats, int, int]]) -> list[float]:
+    """``_border_scores`` of (quad, rows, columns) items of any sizes, in one remap; the
+    thresholds of the quads of one size at once (a median per quad costs more than its
+    sampling)."""
+    if not items:
+        return []
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, (_, rows, cols) in enumerate(items):
+        groups.setdefault((rows, cols), []).append(index)
+    xs, ys = [], []
+    for (rows, cols), indices in groups.items():
+        matrices = np.stack([_homography(items[i][0], rows, cols) for i in indices])
+        mapped = np.matmul(_border_spread(rows, cols)[None], matrices.transpose(0, 2, 1))
+        mapped = mapped.reshape(-1, 3)
+        w = mapped[:, 2]
+        w = np.where(np.abs(w) < 1e-9, 1e-9, w)
+        xs.append(mapped[:, 0] / w)
+        ys.append(mapped[:, 1] / w)
+    values = _remap_points(darkness, np.concatenate(xs), np.concatenate(ys))
+    modules = values.reshape(-1, len(_SPREAD)).mean(axis=1)
+    out = [0.0] * len(items)
+    start = 0
+    for (rows, cols), indices in groups.items():
+        dark = _border(rows, cols)[1]
+        count = len(dark) * len(indices)
+        block = modules[start : start + count].reshape(len(indices), len(dark))
+        start += count
+        levels = 0.5 * (np.median(block[:, dark], axis=1) + np.median(block[:, ~dark], axis=1))
+        shares = ((block > levels[:, None]) == dark[None, :]).mean(axis=1)
+        for index, share in zip(indices, shares, strict=True):
+            out[index] = float(share)
+    return out
 
 
 def _level(values: Floats, dark: npt.NDArray[np.bool_]) -> float:
@@ -619,3 +775,10 @@ def _decode(grid: npt.NDArray[np.bool_]) -> Sequence[zxingcpp.Barcode]:
         binarizer=zxingcpp.Binarizer.FixedThreshold,
     )
     return [barcode for barcode in barcodes if barcode.valid]
+
+
+for _size in SIZES:  # tables built at import: the first frame of each size would pay some ms
+    _border(*_size)
+    _border_spread(*_size)
+# numpy's first median along an axis costs some 10 ms (measured): paid here, not by a frame.
+np.median(np.zeros((2, 4), dtype=np.float32), axis=1)
