@@ -39,6 +39,7 @@ class AlarmKind(enum.StrEnum):
     CLOCK_JUMP = "clock_jump"  # the wall clock stepped against the monotonic clock
     BACKUP_FAILED = "backup_failed"  # edge_agent/backup.py: a scheduled backup failed
     RESTORED_FROM_BACKUP = "restored_from_backup"  # serials of the lost window quarantined
+    DATABASE_DAMAGED = "database_damaged"  # edge_agent/integrity.py: the background check
 
 
 Kind = AlarmKind | StopReason

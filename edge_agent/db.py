@@ -373,8 +373,10 @@ def _check_at_start(
     *,
     announce: bool,
 ) -> None:
-    """The full integrity check, unless the agent closed this very database cleanly."""
-    if clean_stop.describes(last_stop, conn, database_id):
+    """The full integrity check, unless the agent closed this very database cleanly (and no
+    background check found damage in it since: ``edge_agent.integrity``)."""
+    suspect = clean_stop.is_suspect(files)
+    if not suspect and clean_stop.describes(last_stop, conn, database_id):
         if announce:
             log.info("integrity_check_skipped", database=str(files.db), reason="closed cleanly")
         return
@@ -382,7 +384,9 @@ def _check_at_start(
         log.warning(
             "integrity_check",
             database=str(files.db),
-            reason="not closed cleanly last time (crash, power loss or killed process)"
+            reason="the background integrity check found damage while it ran"
+            if suspect
+            else "not closed cleanly last time (crash, power loss or killed process)"
             if last_stop is None
             else "the clean-stop record does not describe this database",
             detail="checking every page before the line may run; this takes a while on a large "
@@ -390,8 +394,13 @@ def _check_at_start(
         )
     started = time.monotonic()
     _quick_check(conn, files)
+    seconds = time.monotonic() - started
+    from edge_agent import integrity  # it reads through this module
+
+    integrity.record(conn, integrity.IntegrityResult(time.time(), True, seconds, 0, kind="start"))
+    clean_stop.clear_suspect(files)
     if announce:
-        log.info("integrity_check_passed", seconds=round(time.monotonic() - started, 2))
+        log.info("integrity_check_passed", seconds=round(seconds, 2))
 
 
 def adopt_existing(state_dir: Path) -> str:
