@@ -43,7 +43,7 @@ from line_throughput import machine  # type: ignore[import-not-found]
 from edge_agent import logs, systemd
 from edge_agent.app import Agent, UntilIdle
 from edge_agent.config import parse_config
-from edge_agent.db import SCHEMA_VERSION, close_db, open_db, open_reader
+from edge_agent.db import close_db, open_db, open_reader
 from edge_agent.line.stats import LineStats
 from edge_agent.reconcile import reconcile
 from simulators.demo.line import demo_config_text
@@ -55,7 +55,7 @@ _CLI = (sys.executable, "-m", "edge_agent.cli")
 def cached(units: int, root: Path) -> Path:
     """The state directory of a database with ``units`` units, built once; ready to start
     (schema migrated, closed cleanly)."""
-    state = root / f"v{SCHEMA_VERSION}-{units}" / "state"
+    state = root / f"{units}" / "state"  # built at any schema: open_db below migrates it
     if not state.exists():
         building = state.with_name("state.building")
         shutil.rmtree(building, ignore_errors=True)

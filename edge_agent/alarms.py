@@ -42,6 +42,7 @@ class AlarmKind(enum.StrEnum):
     CASE_STATION_DOWN = "case_station_down"  # edge_agent/aggregation/runner.py
     PALLET_STATION_DOWN = "pallet_station_down"
     PALLET_LABEL_FAILED = "pallet_label_failed"  # the pallet station holds for a person
+    DATABASE_DAMAGED = "database_damaged"  # edge_agent/integrity.py: the background check
 
 
 Kind = AlarmKind | StopReason

@@ -30,6 +30,7 @@ from edge_agent.config.loader import DeviceSpec
 from edge_agent.config.models import L3Section, UpstreamSection
 from edge_agent.db import close_db, open_db, open_write_connection
 from edge_agent.errors import EdgeAgentError, LineStopped, StorageFull
+from edge_agent.integrity import IntegrityWatch
 from edge_agent.ledger import Ledger
 from edge_agent.line.controller import LineController
 from edge_agent.line.stats import LineStats
@@ -208,6 +209,13 @@ class Agent:
         if disk.enabled:
             guards.append(("disk-space", disk.run))
         clock = self._clock_guard(alarms)
+        integrity = IntegrityWatch(
+            conn,
+            state_dir,
+            interval_h=model.agent.integrity_check_interval_h,
+            alarms=alarms,
+            stop_line=lambda stop: controller.request_line_stop(stop),
+        )
         reader = build_reader(model.vision)
         stack.callback(reader.close)
         await asyncio.to_thread(reader.start)  # libdmtx workers, if configured
@@ -218,8 +226,8 @@ class Agent:
             stats=self.stats,
             on_tick=self.on_tick,
             guards=guards,
-            start_problems=clock.start_problems if clock is not None else None,
-            resume_checks=lambda: _disk_problems(disk),
+            start_problems=lambda: (clock.start_problems() if clock else []) + integrity.problems(),
+            resume_checks=lambda: _disk_problems(disk) + integrity.problems(),
         )
         commands.line = controller
         self.commands, self.controller = commands, controller
@@ -245,6 +253,7 @@ class Agent:
             background.append(("l3", self._l3_service(commands, conn).run()))
         if clock is not None:
             background.append(("clock", clock.run()))
+        background.append(("integrity-check", integrity.run()))
         if model.backup.dir is not None:
             from edge_agent.backup import BackupSchedule
 

@@ -101,3 +101,38 @@ def write_record(files: StateFiles, record: CleanStop) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(files.dir)
+
+
+# --- damage found while the database was open (edge_agent/integrity.py) -------------------------
+
+SUSPECT_NAME = "integrity-failed.json"
+
+
+def suspect_path(files: StateFiles) -> Path:
+    return files.dir / SUSPECT_NAME
+
+
+def mark_suspect(files: StateFiles, detail: str) -> None:
+    """The background check found damage: the next start checks the whole database whatever
+    the clean-stop record says (``db.open_db``). Written durably; removed once a full check at
+    start passed."""
+    path = suspect_path(files)
+    tmp = path.with_name(SUSPECT_NAME + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(detail + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(files.dir)
+
+
+def is_suspect(files: StateFiles) -> bool:
+    return suspect_path(files).exists()
+
+
+def clear_suspect(files: StateFiles) -> None:
+    try:
+        suspect_path(files).unlink()
+    except FileNotFoundError:
+        return
+    fsync_dir(files.dir)

@@ -43,8 +43,9 @@ from edge_agent.errors import LedgerError, StorageFull
 
 # 2: per-forwarder delivery state of outbox events; 3: work orders, audit; 4: outbox indexes by
 # batch and by acknowledgement; 5: aggregation (containers, packed, loose, identifier ranges and
-# pool; station_cases and pallet_scans of the stations)
-SCHEMA_VERSION = 5
+# pool; station_cases and pallet_scans of the stations); 6: the transitions index covers the
+# states (transitions_by_serial_state replaces transitions_by_serial)
+SCHEMA_VERSION = 6
 DB_NAME = db_identity.DB_NAME
 log = structlog.get_logger("edge_agent.db")
 
@@ -82,7 +83,10 @@ CREATE TABLE IF NOT EXISTS transitions (
     from_state TEXT, to_state TEXT NOT NULL,
     reason TEXT, trigger INTEGER, at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS transitions_by_serial ON transitions (gtin, serial);
+-- A serial's transitions with their states in the index itself (schema 6): the reconciliation
+-- reads a batch's transitions from the index alone, one probe per serial, never a table row.
+CREATE INDEX IF NOT EXISTS transitions_by_serial_state
+    ON transitions (gtin, serial, to_state, from_state);
 CREATE TABLE IF NOT EXISTS units (
     id INTEGER PRIMARY KEY,
     batch_id TEXT NOT NULL,
@@ -373,8 +377,10 @@ def _check_at_start(
     *,
     announce: bool,
 ) -> None:
-    """The full integrity check, unless the agent closed this very database cleanly."""
-    if clean_stop.describes(last_stop, conn, database_id):
+    """The full integrity check, unless the agent closed this very database cleanly (and no
+    background check found damage in it since: ``edge_agent.integrity``)."""
+    suspect = clean_stop.is_suspect(files)
+    if not suspect and clean_stop.describes(last_stop, conn, database_id):
         if announce:
             log.info("integrity_check_skipped", database=str(files.db), reason="closed cleanly")
         return
@@ -382,7 +388,9 @@ def _check_at_start(
         log.warning(
             "integrity_check",
             database=str(files.db),
-            reason="not closed cleanly last time (crash, power loss or killed process)"
+            reason="the background integrity check found damage while it ran"
+            if suspect
+            else "not closed cleanly last time (crash, power loss or killed process)"
             if last_stop is None
             else "the clean-stop record does not describe this database",
             detail="checking every page before the line may run; this takes a while on a large "
@@ -390,8 +398,13 @@ def _check_at_start(
         )
     started = time.monotonic()
     _quick_check(conn, files)
+    seconds = time.monotonic() - started
+    from edge_agent import integrity  # it reads through this module
+
+    integrity.record(conn, integrity.IntegrityResult(time.time(), True, seconds, 0, kind="start"))
+    clean_stop.clear_suspect(files)
     if announce:
-        log.info("integrity_check_passed", seconds=round(time.monotonic() - started, 2))
+        log.info("integrity_check_passed", seconds=round(seconds, 2))
 
 
 def adopt_existing(state_dir: Path) -> str:
@@ -734,23 +747,63 @@ def _quick_check(conn: sqlite3.Connection, files: StateFiles) -> None:
         )
 
 
+# What each version changes besides the objects the schema script creates: run, in the schema
+# script's transaction, on a database older than that version.
+_UPGRADES = {
+    6: "DROP INDEX IF EXISTS transitions_by_serial;",  # a prefix of transitions_by_serial_state
+}
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
+    version = _schema_version(conn)
+    if version is not None and version > SCHEMA_VERSION:
+        raise LedgerError(
+            f"state database schema version {version} is newer than this agent "
+            f"({SCHEMA_VERSION}); upgrade the agent"
+        )
+    upgrades = (
+        "".join(sql for v, sql in sorted(_UPGRADES.items()) if v > version)
+        if version is not None
+        else ""
+    )
+    started = time.monotonic()
+    if version is not None and version < SCHEMA_VERSION:
+        log.warning(
+            "state_database_upgrading",
+            schema_from=version,
+            schema_to=SCHEMA_VERSION,
+            detail="new indexes are built once: 1 to 2 minutes for 2M units of history",
+        )
     # executescript commits any open transaction itself, so the schema goes in its own script
-    conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+    (cache,) = conn.execute("PRAGMA cache_size").fetchone()
+    if upgrades:
+        conn.execute("PRAGMA cache_size=-65536")  # index builds sort in it: half the time
+    try:
+        conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + upgrades + "COMMIT;")
+    finally:
+        conn.execute(f"PRAGMA cache_size={int(cache)}")
     with write(conn):
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
+        if version is None:
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
-        elif int(row[0]) < SCHEMA_VERSION:
-            # Older files only lack tables and indexes the schema script above has just created.
+        elif version < SCHEMA_VERSION:
+            # Older files lack tables and indexes the schema script has just created, and hold
+            # those the upgrades have just dropped.
             conn.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
-            log.info("state_database_upgraded", schema_from=int(row[0]), schema_to=SCHEMA_VERSION)
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise LedgerError(
-                f"state database schema version {row[0]} is newer than this agent "
-                f"({SCHEMA_VERSION}); upgrade the agent"
+            log.info(
+                "state_database_upgraded",
+                schema_from=version,
+                schema_to=SCHEMA_VERSION,
+                seconds=round(time.monotonic() - started, 1),
             )
+
+
+def _schema_version(conn: sqlite3.Connection) -> int | None:
+    """None for a database that has no schema yet (being created)."""
+    if not conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'meta'").fetchone():
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return None if row is None else int(row[0])

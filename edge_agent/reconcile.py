@@ -65,15 +65,17 @@ def _reconcile(conn: sqlite3.Connection, batch_id: str) -> dict[str, Any]:
             (batch_id,),
         ).fetchall()
     )
-    # One walk from the batch's serials into the (gtin, serial) index of their transitions: the
-    # cost is the batch's, not the whole history's. Per serial: commissionings (more than one is
-    # a duplicate) and decommissionings (commissioned, then rejected).
+    # One walk from the batch's serials into the index of their transitions, which holds their
+    # states (transitions_by_serial_state): the cost is the batch's, not the whole history's, and
+    # no transition row is read. Per serial: commissionings (more than one is a duplicate) and
+    # decommissionings (commissioned, then rejected). Grouped in the order the batch's index
+    # gives its serials (state, rowid: one group per serial), so nothing is sorted.
     ever_commissioned, decommissioned, duplicates = conn.execute(
         "SELECT coalesce(sum(c), 0), coalesce(sum(d), 0), coalesce(sum(c > 1), 0) FROM ("
         "SELECT sum(t.to_state = 'commissioned') AS c, "
         "sum(t.from_state = 'commissioned' AND t.to_state = 'rejected') AS d "
         "FROM serials s JOIN transitions t ON t.gtin = s.gtin AND t.serial = s.serial "
-        "WHERE s.batch_id = ? GROUP BY s.gtin, s.serial)",
+        "WHERE s.batch_id = ? GROUP BY s.state, s.rowid)",
         (batch_id,),
     ).fetchone()
     events = dict(
@@ -81,8 +83,10 @@ def _reconcile(conn: sqlite3.Connection, batch_id: str) -> dict[str, Any]:
             "SELECT kind, count(*) FROM outbox WHERE batch_id = ? GROUP BY kind", (batch_id,)
         ).fetchall()
     )
+    # Through the batch's index (``+state``: not the state index, which would walk every
+    # pending event of every batch while the upstream is away)
     (pending,) = conn.execute(
-        "SELECT count(*) FROM outbox WHERE batch_id = ? AND state = 'pending'", (batch_id,)
+        "SELECT count(*) FROM outbox WHERE batch_id = ? AND +state = 'pending'", (batch_id,)
     ).fetchone()
     allocated = sum(states.values())
     in_flight = sum(states.get(s, 0) for s in ("sent", "printed"))

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from benchmarks.history_db import CURRENT, build_history
 from edge_agent.clock import last_event_time
@@ -69,7 +70,9 @@ def test_the_old_duplicate_query_would_have_been_caught(history: Path) -> None:
             "'commissioned' AND serial IN (SELECT serial FROM serials WHERE batch_id = 'B') "
             "GROUP BY gtin, serial HAVING count(*) > 1)"
         )
-        assert scans(conn, old) == ["SCAN transitions USING INDEX transitions_by_serial"]
+        assert scans(conn, old) == [
+            "SCAN transitions USING COVERING INDEX transitions_by_serial_state"
+        ]
 
 
 def test_duplicates_are_counted_per_serial_of_the_batch(tmp_path: Path) -> None:
@@ -129,3 +132,86 @@ def test_retention_finds_what_it_prunes_without_walking_the_history(history: Pat
         assert plan == [
             "SEARCH outbox USING COVERING INDEX outbox_by_ack (state=? AND acked_at<?)"
         ], plan
+
+
+def test_a_schema_5_database_gets_the_covering_transitions_index(tmp_path: Path) -> None:
+    """Schema 6 replaces transitions_by_serial with transitions_by_serial_state; the report is
+    the same before and after, and reads no transition row."""
+    state = tmp_path / "state"
+    build_history(state, 3_000, batch_units=1_000)
+    conn = open_db(state)
+    with write(conn):  # the database as schema 5 made it
+        conn.execute("DROP INDEX transitions_by_serial_state")
+        conn.execute("CREATE INDEX transitions_by_serial ON transitions (gtin, serial)")
+        conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    with write(conn):  # a serial commissioned twice, one decommissioned: what the report counts
+        (first, second) = conn.execute(
+            "SELECT serial FROM serials WHERE batch_id = 'H00001' AND state = 'commissioned' "
+            "ORDER BY rowid LIMIT 2"
+        ).fetchall()
+        conn.execute(
+            "INSERT INTO transitions (gtin, serial, from_state, to_state, reason, at) "
+            "SELECT gtin, serial, 'printed', 'commissioned', 'verified', 0 FROM serials "
+            "WHERE serial = ?",
+            first,
+        )
+        conn.execute(
+            "INSERT INTO transitions (gtin, serial, from_state, to_state, reason, at) "
+            "SELECT gtin, serial, 'commissioned', 'rejected', 'rework', 0 FROM serials "
+            "WHERE serial = ?",
+            second,
+        )
+    before = {b: reconcile(conn, b) for b in (CURRENT, "H00001", "H00002")}
+    [join] = [s for s in statements(conn, lambda: reconcile(conn, CURRENT)) if "JOIN" in s]
+    assert _counts(conn, join) == _counts(conn, _OLD_JOIN)  # the rewrite counts the same
+    conn.close()
+    with capture_logs() as logs:
+        conn = open_db(state)
+    with contextlib.closing(conn):
+        events = [e["event"] for e in logs]
+        assert "state_database_upgrading" in events and "state_database_upgraded" in events
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert version == (str(SCHEMA_VERSION),) and SCHEMA_VERSION >= 6
+        indexes = {
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'transitions'"
+            )
+        }
+        assert indexes == {"transitions_by_serial_state"}
+        after = {b: reconcile(conn, b) for b in before}
+        assert after == before
+        assert after["H00001"]["duplicates"] == 1 and after["H00001"]["serials_decommissioned"] == 1
+        assert after[CURRENT]["balanced"] is True
+        sql = statements(conn, lambda: reconcile(conn, CURRENT))
+        [join] = [s for s in sql if "JOIN transitions" in s]
+        plan = [d for *_, d in conn.execute("EXPLAIN QUERY PLAN " + join)]
+        assert any("COVERING INDEX transitions_by_serial_state" in d for d in plan), plan
+        assert not any("TEMP B-TREE" in d for d in plan), plan
+        assert _counts(conn, join) == _counts(conn, _OLD_JOIN)
+        (pending,) = [s for s in sql if "'pending'" in s]
+        plan = [d for *_, d in conn.execute("EXPLAIN QUERY PLAN " + pending)]
+        assert plan == ["SEARCH outbox USING INDEX outbox_by_batch (batch_id=?)"], plan
+    # opened again: nothing left to upgrade
+    with capture_logs() as logs:
+        open_db(state).close()
+    assert "state_database_upgrading" not in [e["event"] for e in logs]
+
+
+# The join as schema 5's reconciliation ran it
+_OLD_JOIN = (
+    "SELECT coalesce(sum(c), 0), coalesce(sum(d), 0), coalesce(sum(c > 1), 0) FROM ("
+    "SELECT sum(t.to_state = 'commissioned') AS c, "
+    "sum(t.from_state = 'commissioned' AND t.to_state = 'rejected') AS d "
+    "FROM serials s JOIN transitions t ON t.gtin = s.gtin AND t.serial = s.serial "
+    "WHERE s.batch_id = ? GROUP BY s.gtin, s.serial)"
+)
+
+
+def _counts(conn: sqlite3.Connection, join: str) -> list[tuple[int, ...]]:
+    """(commissionings, decommissionings, duplicates) of every batch, by ``join``."""
+    sql = re.sub(r"batch_id = '[^']*'", "batch_id = ?", join)  # the trace has the value in
+    batches = [b for (b,) in conn.execute("SELECT id FROM batches ORDER BY id")]
+    counts = [tuple(conn.execute(sql, (b,)).fetchone()) for b in batches]
+    assert any(c[2] for c in counts) and any(c[1] for c in counts)  # both kinds were counted
+    return counts

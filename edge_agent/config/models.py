@@ -108,6 +108,15 @@ class AgentSection(Strict):
         "(storage_error) before the database fails; 0 = no stop level (a failed write still "
         "stops the line)",
     )
+    integrity_check_interval_h: float = Field(
+        24.0,
+        ge=0,
+        le=8760,
+        allow_inf_nan=False,
+        description="Hours between two integrity checks of the state database while the daemon "
+        "runs (in the background, at low priority; 0 = none, only the check at start after an "
+        "unclean stop)",
+    )
 
     @model_validator(mode="after")
     def _disk_levels_in_order(self) -> AgentSection:

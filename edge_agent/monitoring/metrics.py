@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from edge_agent.api.status import LineMode, LineSnapshot
+from edge_agent.integrity import integrity_metrics
 from edge_agent.line.stats import LineStats
 from edge_agent.monitoring.sources import MonitoringSources
 from edge_agent.orders.model import OrderState
@@ -120,6 +121,7 @@ class LineCollector(Collector):
         yield from self._outbox()
         yield from self._alarms()
         yield from self._disk()
+        yield from integrity_metrics(self.sources.conn)
         info = GaugeMetricFamily(
             "edge_agent_info", "The agent's version", labels=["version", *self.sources.extra]
         )
