@@ -140,6 +140,7 @@ class LineRuntime:
             64
         )
         self._commit_q: asyncio.Queue[_Pending] = asyncio.Queue(256)
+        self._tasks: asyncio.TaskGroup | None = None  # the line's tasks, while run() runs them
         self._deciding = 0  # frames taken for a decision, not yet queued for the commit
         self._feed_done = asyncio.Event()
         self._last_activity = time.monotonic()
@@ -236,6 +237,7 @@ class LineRuntime:
         stop: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tasks = tg
                 # Stop requests and guards first: a stop already due acts before any record is
                 # sent (a task's first step runs in creation order).
                 for name, job in (
@@ -648,21 +650,54 @@ class LineRuntime:
     # --- commit and verdicts ----------------------------------------------------------------
 
     async def _commit(self) -> None:
+        """Group commit, pipelined: a group's outcomes commit while the group before it is
+        still being written to the PLC. Verdicts reach the PLC in decision order, each only
+        after its own group is durable."""
+        delivering: asyncio.Task[None] | None = None
         while True:
             _raise_if_cancel_lost()
-            group = [await self._commit_q.get()]
-            # Group commit: outcomes of frames already being decided join this commit if they
-            # come within _COMMIT_COMPANY_S (one fsync for all); nothing waits when none is.
-            deadline = time.monotonic() + _COMMIT_COMPANY_S
-            while len(group) < _COMMIT_GROUP:
-                while len(group) < _COMMIT_GROUP and not self._commit_q.empty():
-                    group.append(self._commit_q.get_nowait())
-                if not self._deciding or time.monotonic() >= deadline:
-                    break
-                await asyncio.sleep(_COMPANY_POLL_S)
-            await self._commit_group(group)
+            group = await self._next_group()
+            try:
+                await self._make_durable(group, delivering)
+            except asyncio.CancelledError:
+                # A line stop while the group committed: committed passes must still reach
+                # the PLC, after the group before them.
+                await self._after(delivering)
+                await self._deliver(group)
+                raise
+            if delivering is not None:
+                await asyncio.shield(delivering)  # in order; its LineStopped stops the line
+            # In the line's TaskGroup: a failed delivery stops the line at once, and a line
+            # stop waits for the delivery under way (see _deliver).
+            assert self._tasks is not None
+            delivering = self._tasks.create_task(self._deliver(group), name="verdicts")
 
-    async def _commit_group(self, group: list[_Pending]) -> None:
+    async def _next_group(self) -> list[_Pending]:
+        group = [await self._commit_q.get()]
+        # Group commit: outcomes of frames already being decided join this commit if they
+        # come within _COMMIT_COMPANY_S (one fsync for all); nothing waits when none is.
+        deadline = time.monotonic() + _COMMIT_COMPANY_S
+        while len(group) < _COMMIT_GROUP:
+            while len(group) < _COMMIT_GROUP and not self._commit_q.empty():
+                group.append(self._commit_q.get_nowait())
+            if not self._deciding or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(_COMPANY_POLL_S)
+        return group
+
+    @staticmethod
+    async def _after(delivering: asyncio.Task[None] | None) -> None:
+        """Wait for the delivery under way to end, whatever its end (a line stop is already
+        under way when this is called; the TaskGroup reports the delivery's own failure)."""
+        if delivering is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await delivering
+
+    async def _make_durable(
+        self, group: list[_Pending], delivering: asyncio.Task[None] | None
+    ) -> None:
+        """Commit the group's outcomes (late ones first become rejects). Cancelled, it still
+        waits for the commit, so a committed pass is never left behind unknown."""
         batch, deadline_s = self._batch, self.cfg.line.verdict_deadline_ms / 1000.0
         now = time.monotonic()
         for item in group:
@@ -672,7 +707,7 @@ class LineRuntime:
                 item.outcome.passed, item.outcome.reason = False, "late_verdict"
         outcomes = [item.outcome for item in group]
         # The commit runs in the writer thread; a line stop (cancellation) meanwhile waits for
-        # it, so a committed pass still gets its write below.
+        # it, so a committed pass still gets its write.
         commit = asyncio.ensure_future(self.ledger.record_outcomes(batch, outcomes))
         cancelled = False
         try:
@@ -684,25 +719,30 @@ class LineRuntime:
         except Exception as exc:
             for item in group:  # no record, no pass
                 item.outcome.passed, item.outcome.reason = False, "storage_error"
+            await self._after(delivering)
             # Rejecting the group can reach max_consecutive_rejects: the cause is still storage.
             with contextlib.suppress(LineStopped):
                 await self._write_verdicts(group)
             raise storage_stop(exc, self.cfg.agent.state_dir) from exc
-        # Committed passes must reach the PLC: a line stop (cancellation) waits for this group's
-        # writes instead of cutting them off between the commit and the write.
-        await self._gated_while_committing(group)
-        writes = asyncio.ensure_future(self._write_verdicts(group))
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _deliver(self, group: list[_Pending]) -> None:
+        """Write a committed group's verdicts. Committed passes must reach the PLC: a line stop
+        (cancellation) waits for these writes instead of cutting them off."""
+        writes = asyncio.ensure_future(self._write_committed(group))
         try:
             await asyncio.shield(writes)
-            if cancelled:
-                raise asyncio.CancelledError
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await writes
-            if writes.done() and not writes.cancelled() and writes.exception() is None:
-                self.ledger.note_verdicts_written(batch, [i.frame.trigger for i in group])
             raise
-        self.ledger.note_verdicts_written(batch, [item.frame.trigger for item in group])
+
+    async def _write_committed(self, group: list[_Pending]) -> None:
+        await self._gated_while_committing(group)
+        await self._write_verdicts(group)
+        self.ledger.note_verdicts_written(self._batch, [item.frame.trigger for item in group])
+        outcomes = (item.outcome for item in group)
         settled = sum((o.serial is not None) + len(o.skipped_serials) for o in outcomes)
         await self._release(undecided=settled)
 
