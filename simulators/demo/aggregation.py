@@ -198,6 +198,9 @@ class LineEnd:
                 await self._until(self._cases_decided, "the partial last case decided")
             await self._until(self._cases_scanned, "every passed case scanned onto a pallet")
             pallet = runner.pallet_station
+            if pallet is not None:  # a full pallet is its station's to close: not twice
+                full = pallet.capacity
+                await self._until(lambda: len(pallet.scanned()) < full, "the full pallet closed")
             if pallet is not None and pallet.scanned():
                 await pallet.close_pallet(partial=True)
             self._record_loose(runner.hierarchy, order_id)
