@@ -298,3 +298,11 @@ async def test_the_station_routes_say_when_the_agent_runs_no_stations(agent: Age
         ):
             assert answer.status_code == 404, answer.text
             assert "[aggregation.case_station]" in answer.json()["message"]
+
+
+async def test_the_station_cli_says_when_the_agent_runs_no_stations(
+    agent: Agent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv in (("status",), ("last-case", "2"), ("close-pallet",), ("release",)):
+        code, _, err = await agent.cli("station", *argv, capsys=capsys)
+        assert code == 1 and "no aggregation stations run in this agent" in err, (argv, err)
