@@ -5,6 +5,7 @@ full check at the next start whatever the clean-stop record says."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sqlite3
 import threading
@@ -244,3 +245,17 @@ async def test_the_daemon_finds_damage_and_holds_the_line(
     [failed] = [e for e in logs if e["event"] == "integrity_check_failed"]
     assert any(p.startswith("units:") for p in failed["problems"])
     assert clean_stop.is_suspect(StateFiles(state))
+
+
+async def test_only_the_checks_own_thread_runs_at_low_priority(state: Path) -> None:
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = await asyncio.to_thread(priority)
+    conn = open_db(state)
+    try:
+        assert await watch_of(conn, state, []).run_once()
+    finally:
+        close_db(conn)
+    # the loop's shared worker threads keep their priority (a niced one could not be restored)
+    assert [await asyncio.to_thread(priority) for _ in range(4)] == [before] * 4
