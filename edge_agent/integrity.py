@@ -318,7 +318,10 @@ def _damage_text(state_dir: Path, result: IntegrityResult) -> str:
 
 def integrity_metrics(conn: sqlite3.Connection) -> Iterator[Metric]:
     """The last completed check (background, or the full one at start): none before the first."""
-    last = last_result(conn)
+    try:
+        last = last_result(conn)
+    except sqlite3.Error:  # a scrape never fails for it: the storage guards report trouble
+        return
     if last is None:
         return
     yield GaugeMetricFamily(
