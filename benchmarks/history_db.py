@@ -106,9 +106,9 @@ def _copy(conn: sqlite3.Connection, k: int, *, shift: float) -> None:
             "INSERT INTO batches (id, gtin, lot, expiry, target, state, next_seq, opened_at, "
             "closed_at) SELECT :b, gtin, lot || :sfx, expiry, target, state, next_seq, "
             "opened_at - :shift, closed_at - :shift FROM batches WHERE id = :t",
-            "INSERT INTO transitions (gtin, serial, from_state, to_state, reason, trigger, at) "
-            "SELECT t.gtin, t.serial || :sfx, t.from_state, t.to_state, t.reason, t.trigger, "
-            "t.at - :shift FROM serials s JOIN transitions t ON t.gtin = s.gtin "
+            "INSERT INTO transitions (gtin, serial, from_state, to_state, reason, trigger, at, "
+            "batch_id) SELECT t.gtin, t.serial || :sfx, t.from_state, t.to_state, t.reason, "
+            "t.trigger, t.at - :shift, :b FROM serials s JOIN transitions t ON t.gtin = s.gtin "
             "AND t.serial = s.serial WHERE s.batch_id = :t ORDER BY t.id",
             "INSERT INTO serials (gtin, serial, batch_id, state, seq, trigger, reason, "
             "updated_at) SELECT gtin, serial || :sfx, :b, state, seq, trigger, reason, "

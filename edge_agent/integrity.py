@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,19 +247,25 @@ class IntegrityWatch:
     async def run_once(self) -> bool:
         """One whole check; False when it could not run (it is tried again later)."""
         log.info("integrity_check_started", database=str(StateFiles(self.state_dir).db))
+        # A thread of its own, not the loop's shared executor: it lowers its own priority, and
+        # an unprivileged process cannot raise it back for the next job of a shared thread.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="integrity-check")
+        check = functools.partial(
+            check_database,
+            self.state_dir,
+            slice_s=self.slice_s,
+            pause_s=self.pause_s,
+            cancel=self._cancel,
+        )
         try:
-            result = await asyncio.to_thread(
-                check_database,
-                self.state_dir,
-                slice_s=self.slice_s,
-                pause_s=self.pause_s,
-                cancel=self._cancel,
-            )
+            result = await asyncio.get_running_loop().run_in_executor(pool, check)
         except CheckCancelled:
             return False
         except (EdgeAgentError, sqlite3.Error, OSError) as exc:
             log.warning("integrity_check_not_run", detail=str(exc))
             return False
+        finally:
+            pool.shutdown(wait=False)  # cancelled: the check ends at its next progress call
         self.checks += 1
         try:
             record(self.conn, result)
@@ -310,7 +318,10 @@ def _damage_text(state_dir: Path, result: IntegrityResult) -> str:
 
 def integrity_metrics(conn: sqlite3.Connection) -> Iterator[Metric]:
     """The last completed check (background, or the full one at start): none before the first."""
-    last = last_result(conn)
+    try:
+        last = last_result(conn)
+    except sqlite3.Error:  # a scrape never fails for it: the storage guards report trouble
+        return
     if last is None:
         return
     yield GaugeMetricFamily(

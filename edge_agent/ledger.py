@@ -807,10 +807,11 @@ class Ledger:
         trigger: int | None,
         now: float,
     ) -> None:
-        self.conn.execute(
-            "INSERT INTO transitions (gtin, serial, from_state, to_state, reason, trigger, at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (gtin, serial, from_state, to, reason, trigger, now),
+        self.conn.execute(  # with the serial's batch: the reconciliation reads by batch
+            "INSERT INTO transitions (gtin, serial, from_state, to_state, reason, trigger, at, "
+            "batch_id) VALUES (?, ?, ?, ?, ?, ?, ?, "
+            "(SELECT batch_id FROM serials WHERE gtin = ? AND serial = ?))",
+            (gtin, serial, from_state, to, reason, trigger, now, gtin, serial),
         )
 
     def _epc(self, batch: BatchInfo, serial: str) -> str:
@@ -856,9 +857,9 @@ def quarantine_unsettled(conn: sqlite3.Connection, reason: str) -> Quarantine:
             [(SerialState.QUARANTINED, reason, now, gtin, serial) for _, gtin, serial, _ in rows],
         )
         conn.executemany(
-            "INSERT INTO transitions (gtin, serial, from_state, to_state, reason, trigger, at) "
-            "VALUES (?, ?, ?, ?, ?, NULL, ?)",
-            [(g, s, state, SerialState.QUARANTINED, reason, now) for _, g, s, state in rows],
+            "INSERT INTO transitions (gtin, serial, from_state, to_state, reason, trigger, at, "
+            "batch_id) VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
+            [(g, s, state, SerialState.QUARANTINED, reason, now, b) for b, g, s, state in rows],
         )
         pool = dict(
             conn.execute(

@@ -65,17 +65,15 @@ def _reconcile(conn: sqlite3.Connection, batch_id: str) -> dict[str, Any]:
             (batch_id,),
         ).fetchall()
     )
-    # One walk from the batch's serials into the index of their transitions, which holds their
-    # states (transitions_by_serial_state): the cost is the batch's, not the whole history's, and
-    # no transition row is read. Per serial: commissionings (more than one is a duplicate) and
-    # decommissionings (commissioned, then rejected). Grouped in the order the batch's index
-    # gives its serials (state, rowid: one group per serial), so nothing is sorted.
+    # One range of the batch's transitions index (transitions_by_batch: they carry their
+    # serial's batch), states included: the cost is the batch's, not the whole history's, and
+    # nothing is sorted. Per serial: commissionings (more than one is a duplicate) and
+    # decommissionings (commissioned, then rejected).
     ever_commissioned, decommissioned, duplicates = conn.execute(
         "SELECT coalesce(sum(c), 0), coalesce(sum(d), 0), coalesce(sum(c > 1), 0) FROM ("
-        "SELECT sum(t.to_state = 'commissioned') AS c, "
-        "sum(t.from_state = 'commissioned' AND t.to_state = 'rejected') AS d "
-        "FROM serials s JOIN transitions t ON t.gtin = s.gtin AND t.serial = s.serial "
-        "WHERE s.batch_id = ? GROUP BY s.state, s.rowid)",
+        "SELECT sum(to_state = 'commissioned') AS c, "
+        "sum(from_state = 'commissioned' AND to_state = 'rejected') AS d "
+        "FROM transitions WHERE batch_id = ? GROUP BY gtin, serial)",
         (batch_id,),
     ).fetchone()
     events = dict(

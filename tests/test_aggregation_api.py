@@ -210,7 +210,9 @@ async def operator_agent(tmp_path: Path) -> AsyncIterator[Agent]:
         yield running
 
 
-async def test_an_operator_token_aggregates_but_may_not_rework(operator_agent: Agent) -> None:
+async def test_an_operator_token_aggregates_but_may_not_rework(
+    operator_agent: Agent, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Manual aggregation is an operator's; rework, samples and destruction answer 403 naming
     the role needed and how to get it, change nothing, and are audited as refused."""
     agent = operator_agent
@@ -249,6 +251,9 @@ async def test_an_operator_token_aggregates_but_may_not_rework(operator_agent: A
         # the command path applies the same role: an operator may not abort
         aborted = await client.post("/orders/ORD-1/commands/abort", json={"reason": "recall"})
         assert aborted.status_code == 409 and "needs a supervisor" in aborted.json()["message"]
+    # the CLI, with the operator's token from the config, says the same
+    status, _, err = await agent.cli("case", "disaggregate", code, "--reason", "x", capsys=capsys)
+    assert status == 1 and "needs the supervisor role" in err and "Traceback" not in err
     refusals = agent.rig.conn.execute(
         "SELECT actor, action FROM audit WHERE outcome = 'refused' AND "
         "(action LIKE 'container_%' OR action LIKE 'unit_%') ORDER BY seq"
@@ -264,6 +269,7 @@ async def test_an_operator_token_aggregates_but_may_not_rework(operator_agent: A
             "container_scrap",
             "unit_sample",
             "unit_destroy",
+            "container_disaggregate",
         )
     ]
 
@@ -292,3 +298,11 @@ async def test_the_station_routes_say_when_the_agent_runs_no_stations(agent: Age
         ):
             assert answer.status_code == 404, answer.text
             assert "[aggregation.case_station]" in answer.json()["message"]
+
+
+async def test_the_station_cli_says_when_the_agent_runs_no_stations(
+    agent: Agent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv in (("status",), ("last-case", "2"), ("close-pallet",), ("release",)):
+        code, _, err = await agent.cli("station", *argv, capsys=capsys)
+        assert code == 1 and "no aggregation stations run in this agent" in err, (argv, err)

@@ -70,9 +70,7 @@ def test_the_old_duplicate_query_would_have_been_caught(history: Path) -> None:
             "'commissioned' AND serial IN (SELECT serial FROM serials WHERE batch_id = 'B') "
             "GROUP BY gtin, serial HAVING count(*) > 1)"
         )
-        assert scans(conn, old) == [
-            "SCAN transitions USING COVERING INDEX transitions_by_serial_state"
-        ]
+        assert scans(conn, old) == ["SCAN transitions USING COVERING INDEX transitions_by_batch"]
 
 
 def test_duplicates_are_counted_per_serial_of_the_batch(tmp_path: Path) -> None:
@@ -134,36 +132,45 @@ def test_retention_finds_what_it_prunes_without_walking_the_history(history: Pat
         ], plan
 
 
-def test_a_schema_5_database_gets_the_covering_transitions_index(tmp_path: Path) -> None:
-    """Schema 6 replaces transitions_by_serial with transitions_by_serial_state; the report is
-    the same before and after, and reads no transition row."""
+@pytest.mark.parametrize("old_index", ["transitions_by_serial", "transitions_by_serial_state"])
+def test_an_older_database_gets_the_batch_of_every_transition(
+    tmp_path: Path, old_index: str
+) -> None:
+    """Schema 7 gives every transition its serial's batch and indexes them by batch (replacing
+    schema 5's index by serial, or schema 6's covering one); the report counts the same before
+    and after, and reads one range of that index."""
     state = tmp_path / "state"
     build_history(state, 3_000, batch_units=1_000)
     conn = open_db(state)
-    with write(conn):  # the database as schema 5 made it
-        conn.execute("DROP INDEX transitions_by_serial_state")
-        conn.execute("CREATE INDEX transitions_by_serial ON transitions (gtin, serial)")
-        conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    columns = (
+        "gtin, serial"
+        if old_index == "transitions_by_serial"
+        else ("gtin, serial, to_state, from_state")
+    )
+    with write(conn):  # the database as schema 5 or 6 made it
+        conn.execute("DROP TRIGGER transitions_batch")
+        conn.execute("DROP INDEX transitions_by_batch")
+        conn.execute("ALTER TABLE transitions DROP COLUMN batch_id")
+        conn.execute(f"CREATE INDEX {old_index} ON transitions ({columns})")
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+            ("5" if old_index == "transitions_by_serial" else "6",),
+        )
     with write(conn):  # a serial commissioned twice, one decommissioned: what the report counts
         (first, second) = conn.execute(
             "SELECT serial FROM serials WHERE batch_id = 'H00001' AND state = 'commissioned' "
             "ORDER BY rowid LIMIT 2"
         ).fetchall()
-        conn.execute(
-            "INSERT INTO transitions (gtin, serial, from_state, to_state, reason, at) "
-            "SELECT gtin, serial, 'printed', 'commissioned', 'verified', 0 FROM serials "
-            "WHERE serial = ?",
-            first,
-        )
-        conn.execute(
-            "INSERT INTO transitions (gtin, serial, from_state, to_state, reason, at) "
-            "SELECT gtin, serial, 'commissioned', 'rejected', 'rework', 0 FROM serials "
-            "WHERE serial = ?",
-            second,
-        )
-    before = {b: reconcile(conn, b) for b in (CURRENT, "H00001", "H00002")}
-    [join] = [s for s in statements(conn, lambda: reconcile(conn, CURRENT)) if "JOIN" in s]
-    assert _counts(conn, join) == _counts(conn, _OLD_JOIN)  # the rewrite counts the same
+        for serial, change in (
+            (first, "'printed', 'commissioned'"),
+            (second, "'commissioned', 'rejected'"),
+        ):
+            conn.execute(
+                "INSERT INTO transitions (gtin, serial, from_state, to_state, reason, at) "
+                f"SELECT gtin, serial, {change}, 'test', 0 FROM serials WHERE serial = ?",
+                serial,
+            )
+    before = _counts(conn, _OLD_JOIN)
     conn.close()
     with capture_logs() as logs:
         conn = open_db(state)
@@ -171,24 +178,27 @@ def test_a_schema_5_database_gets_the_covering_transitions_index(tmp_path: Path)
         events = [e["event"] for e in logs]
         assert "state_database_upgrading" in events and "state_database_upgraded" in events
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        assert version == (str(SCHEMA_VERSION),) and SCHEMA_VERSION >= 6
+        assert version == (str(SCHEMA_VERSION),) and SCHEMA_VERSION >= 7
         indexes = {
             name
             for (name,) in conn.execute(
                 "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'transitions'"
             )
         }
-        assert indexes == {"transitions_by_serial_state"}
-        after = {b: reconcile(conn, b) for b in before}
-        assert after == before
-        assert after["H00001"]["duplicates"] == 1 and after["H00001"]["serials_decommissioned"] == 1
-        assert after[CURRENT]["balanced"] is True
+        assert indexes == {"transitions_by_batch"}
+        (unbatched,) = conn.execute(
+            "SELECT count(*) FROM transitions WHERE batch_id IS NULL"
+        ).fetchone()
+        assert unbatched == 0
         sql = statements(conn, lambda: reconcile(conn, CURRENT))
-        [join] = [s for s in sql if "JOIN transitions" in s]
-        plan = [d for *_, d in conn.execute("EXPLAIN QUERY PLAN " + join)]
-        assert any("COVERING INDEX transitions_by_serial_state" in d for d in plan), plan
+        [walk] = [s for s in sql if "FROM transitions" in s]
+        assert _counts(conn, walk) == before  # the same counts as the join of schema 5
+        plan = [d for *_, d in conn.execute("EXPLAIN QUERY PLAN " + walk)]
+        assert any("COVERING INDEX transitions_by_batch" in d for d in plan), plan
         assert not any("TEMP B-TREE" in d for d in plan), plan
-        assert _counts(conn, join) == _counts(conn, _OLD_JOIN)
+        report = reconcile(conn, "H00001")
+        assert report["duplicates"] == 1 and report["serials_decommissioned"] == 1
+        assert reconcile(conn, CURRENT)["balanced"] is True
         (pending,) = [s for s in sql if "'pending'" in s]
         plan = [d for *_, d in conn.execute("EXPLAIN QUERY PLAN " + pending)]
         assert plan == ["SEARCH outbox USING INDEX outbox_by_batch (batch_id=?)"], plan
@@ -196,6 +206,30 @@ def test_a_schema_5_database_gets_the_covering_transitions_index(tmp_path: Path)
     with capture_logs() as logs:
         open_db(state).close()
     assert "state_database_upgrading" not in [e["event"] for e in logs]
+
+
+def test_a_transition_recorded_without_its_batch_gets_it(tmp_path: Path) -> None:
+    """The ledger writes every transition's batch; any other writer's gets it from the serial."""
+    state = tmp_path / "state"
+    build_history(state, 1_000, batch_units=1_000)
+    conn = open_db(state)
+    with contextlib.closing(conn):
+        ((gtin, serial, batch),) = conn.execute(
+            "SELECT gtin, serial, batch_id FROM serials LIMIT 1"
+        ).fetchall()
+        with write(conn):
+            conn.execute(
+                "INSERT INTO transitions (gtin, serial, to_state, reason, at) "
+                "VALUES (?, ?, 'commissioned', 'test', 0)",
+                (gtin, serial),
+            )
+        assert conn.execute(
+            "SELECT batch_id FROM transitions ORDER BY id DESC LIMIT 1"
+        ).fetchone() == (batch,)
+        (unbatched,) = conn.execute(
+            "SELECT count(*) FROM transitions WHERE batch_id IS NULL"
+        ).fetchone()
+        assert unbatched == 0  # the ledger gave every one of them its batch
 
 
 # The join as schema 5's reconciliation ran it

@@ -4,11 +4,14 @@ full check at the next start whatever the clean-stop record says."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
 import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -188,3 +191,71 @@ def test_the_check_never_blocks_the_writer(state: Path) -> None:
         thread.join(timeout=60)
         close_db(conn)
     assert not thread.is_alive() and len(cancelled) == 1  # it was still checking meanwhile
+
+
+@pytest.mark.slow
+async def test_the_daemon_finds_damage_and_holds_the_line(
+    agent_config_factory: Any, built: Path, tmp_path: Path
+) -> None:
+    """The daemon's own check (due at once: no check recorded) finds a damaged index while it
+    runs: the alarm is on the board, and an order that arrives is not started."""
+    from edge_agent.app import Agent
+    from simulators.pytest_plugin import drop_order, order_for
+    from simulators.runner import SimulatorSet
+    from tests.helpers.line import simulators
+    from tests.helpers.waiting import until
+
+    state = Path(shutil.copytree(built, tmp_path / "damaged"))
+    conn = open_db(state)
+    with write(conn):
+        conn.execute("DELETE FROM meta WHERE key = ?", (integrity.META_KEY,))
+    close_db(conn)
+    damage(state)
+    async with SimulatorSet(simulators()) as sims:
+        config = agent_config_factory(
+            simulators=sims,
+            order=None,
+            agent={"state_dir": str(state)},
+            line={"verdict_deadline_ms": 500},
+        )
+        agent = Agent(config)
+        ready = asyncio.Event()
+        with capture_logs() as logs:
+            task = asyncio.create_task(agent.serve(ready))
+            try:
+                await until(lambda: ready.is_set() or task.done(), "the daemon up", within=60)
+                assert not task.done(), task.result()
+                assert agent.commands is not None
+                alarms = agent.commands.alarms
+
+                def damaged() -> bool:
+                    return any(a.kind == AlarmKind.DATABASE_DAMAGED for a in alarms.active())
+
+                await until(damaged, "the damage found", within=120)
+                drop_order(config.model.orders.inbox, order_for(id="ORD-DMG", quantity=10))
+
+                def refused() -> bool:
+                    return any(e["event"] == "auto_start_refused" for e in logs)
+
+                await until(refused, "the order's start refused", within=60)
+                assert sims.line.trigger_count == 0
+            finally:
+                agent.request_stop(LineStopped(StopReason.SHUTDOWN, "test over"))
+                await asyncio.wait_for(task, 60)
+    [failed] = [e for e in logs if e["event"] == "integrity_check_failed"]
+    assert any(p.startswith("units:") for p in failed["problems"])
+    assert clean_stop.is_suspect(StateFiles(state))
+
+
+async def test_only_the_checks_own_thread_runs_at_low_priority(state: Path) -> None:
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = await asyncio.to_thread(priority)
+    conn = open_db(state)
+    try:
+        assert await watch_of(conn, state, []).run_once()
+    finally:
+        close_db(conn)
+    # the loop's shared worker threads keep their priority (a niced one could not be restored)
+    assert [await asyncio.to_thread(priority) for _ in range(4)] == [before] * 4

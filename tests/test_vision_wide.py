@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from edge_agent import gs1
 from edge_agent.config.models import VisionSection
+from edge_agent.vision import grid
 from edge_agent.vision.grid import _blobs, read_sampled
 from edge_agent.vision.locate import locate
 from edge_agent.vision.pipeline import DecodePipeline
@@ -234,3 +235,34 @@ def test_grid_reads_a_long_dmre_seen_as_a_trapezoid() -> None:
     x0, y0 = int(min(xs) - pad), int(min(ys) - pad)
     crop = np.ascontiguousarray(frame.image[y0 : int(max(ys) + pad), x0 : int(max(xs) + pad)])
     assert [read.text for read in read_sampled(crop)] == list(frame.codes)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_batched_size_scores_equal_the_per_size_ones(seed: int) -> None:
+    # The size search scores every size and turn in one remap, and every widening of the
+    # likely sizes in another: the figures must be those of one size and one quad at a time.
+    rng = np.random.default_rng(seed)
+    darkness = (rng.random((240, 320)) * 60).astype(np.float32)
+    centre = rng.uniform(100, 160, size=2)
+    corners = np.float32(
+        [centre + rng.uniform(40, 90, size=2) * (sx, sy) for sx, sy in grid_signs()]
+    )
+    candidates = [(rows, cols, turn) for rows, cols in grid.SIZES[::3] for turn in range(4)]
+    batched = grid._rough_contrasts(darkness, corners, candidates)
+    for (rows, cols, turn), value in zip(candidates, batched, strict=True):
+        quad = np.roll(corners, -turn, axis=0)
+        assert value == pytest.approx(grid._contrasts(darkness, [quad], rows, cols)[0], abs=1e-3)
+    items = [(np.roll(corners, -turn, axis=0), rows, cols) for rows, cols, turn in candidates[:12]]
+    for (quad, rows, cols), share in zip(
+        items, grid._border_scores_of(darkness, items), strict=True
+    ):
+        points, dark = grid._border(rows, cols)
+        values = grid._samples(darkness, grid._homography(quad, rows, cols), points)
+        expected = float(np.mean((values > grid._level(values, dark)) == dark))
+        assert share == pytest.approx(expected, abs=1e-6)
+
+
+def grid_signs() -> list[tuple[float, float]]:
+    """Corner directions in order around a quad: top-left, top-right, bottom-right, bottom-left."""
+    return [(-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0)]

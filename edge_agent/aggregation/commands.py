@@ -1,6 +1,7 @@
 """`edge-agent case ...` and `edge-agent unit sample|destroy`: manual aggregation and rework
 through the running agent's REST API (so each step is audited with who did it, and emits its
-events, exactly as from the operator screen).
+events, exactly as from the operator screen); `edge-agent station ...`: the daemon's case and
+pallet stations at the end of an order (the last, partial case and pallet; a pallet hold).
 
 A container or unit is given as its label reads: the 18 SSCC digits, the GS1 element string as
 a scanner types it or bracketed (``(00)...``, ``(01)...(21)...``), or its EPC URI. Children can
@@ -79,6 +80,8 @@ def add_commands(sub: Any) -> None:
         _client_options(command)
         command.set_defaults(handler=_container_action, action=name)
 
+    _station_commands(sub)
+
     unit = sub.add_parser("unit", help="a commissioned unit taken out of the supply chain")
     unit_actions = unit.add_subparsers(metavar="ACTION")
     for name, text in (
@@ -92,6 +95,75 @@ def add_commands(sub: Any) -> None:
         )
         _client_options(command)
         command.set_defaults(handler=_unit_action, action=name)
+
+
+def _station_commands(sub: Any) -> None:
+    station = sub.add_parser(
+        "station", help="the agent's case and pallet stations (through its API)"
+    )
+    actions = station.add_subparsers(metavar="ACTION")
+    status = actions.add_parser("status", help="order, state, the pallet being built, a hold")
+    _client_options(status)
+    status.set_defaults(handler=_station_status)
+    last = actions.add_parser("last-case", help="the next case is the order's last: N units")
+    last.add_argument("count", type=int, metavar="N")
+    _client_options(last)
+    last.set_defaults(handler=_last_case)
+    closing = actions.add_parser("close-pallet", help="close the pallet being built now")
+    _client_options(closing)
+    closing.set_defaults(handler=_close_pallet)
+    release = actions.add_parser(
+        "release", help="the pallet station prints again after failed labels"
+    )
+    _client_options(release)
+    release.set_defaults(handler=_release)
+
+
+def _station_status(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        found = api.get("/aggregation/stations")
+    if args.json:
+        return _print_json(found)
+    print(f"order: {found['order_id'] or 'none (no order with an aggregation plan)'}")
+    for name in ("case", "pallet"):
+        one = found[name]
+        if one is None:
+            continue
+        state = "running" if one["running"] else "not running"
+        extra = ""
+        if name == "case" and one.get("last_case"):
+            extra = f", last case announced: {one['last_case']} units"
+        if name == "pallet" and one["running"]:
+            extra = f", {len(one['scanned'])} of {one['capacity']} cases on the pallet"
+        print(f"{name} station: {state}{extra}")
+        if name == "pallet" and one.get("held"):
+            print(f"  HOLDS: {one['held']}")
+    return EXIT_OK
+
+
+def _last_case(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        found = api.post("/aggregation/stations/case/last", {"count": args.count})
+    if args.json:
+        return _print_json(found)
+    print(f"the next case is the last one: {found['last_case']} units")
+    return EXIT_OK
+
+
+def _close_pallet(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        found = api.post("/aggregation/stations/pallet/close")
+    if args.json:
+        return _print_json(found)
+    print(found["detail"])
+    return EXIT_OK
+
+
+def _release(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        api.post("/aggregation/stations/pallet/release")
+    print("pallet station released: it prints a label with a new SSCC")
+    return EXIT_OK
 
 
 def _children(parser: argparse.ArgumentParser) -> None:

@@ -398,7 +398,7 @@ class PalletCloseOut(BaseModel):
     detail: str
 
 
-PALLET_CLOSE_WAIT_S = 60.0  # a close still printing after this answers 202 and goes on
+PALLET_CLOSE_WAIT_S = 20.0  # still printing after this: 202, and it goes on (clients wait 30 s)
 
 
 def _runner(request: Request) -> Any:
