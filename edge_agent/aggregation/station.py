@@ -649,22 +649,19 @@ class PalletStation(_Station):
                     f"pallet holds {len(cases)} of {self.capacity} cases; it closes only full"
                     + (" (the plan refuses partial pallets)" if partial else "")
                 )
-            units = sum(self.hierarchy.container(epc).children for epc in cases)
             while True:
-                failed = await self._label_attempts(units)
+                failed = await self._label_attempts(cases)
                 if isinstance(failed, Container):
                     return self._commit(failed, cases)
                 await self._hold(len(cases), failed)
 
-    async def _label_attempts(self, units: int) -> Container | str:
+    async def _label_attempts(self, cases: Sequence[str]) -> Container | str:
         """Up to ``attempts`` labels, each on a new SSCC: the verified one's container, or
         what went wrong with the last."""
         failed = ""
         for attempt in range(1, self.attempts + 1):
             box = self._reserve(None)
-            reason, detail = await self.labels.print_and_verify(
-                box.code, **self._label_values(units)
-            )
+            reason, detail = await self.labels.print_and_verify(**self._label_of(box, cases))
             if reason is CaseReason.ACCEPTED:
                 crash_point("pallet_label_verified")
                 return box
