@@ -320,12 +320,21 @@ class StationRunner:
             await station.run()
 
 
+CANCEL_TRIES = 15  # 1 s each: then the stations are left behind, logged (the daemon exits)
+
+
 async def _cancel(task: asyncio.Task[Any]) -> None:
-    """Cancel until it ends: Python 3.11's wait_for (inside pymodbus) can lose a cancellation."""
-    while not task.done():
+    """Cancel until it ends: Python 3.11's wait_for (inside pymodbus) can lose a cancellation,
+    and a TaskGroup passes its parent's cancellation on to its tasks only once. Bounded: a
+    station that never ends must not keep the daemon from stopping."""
+    for _ in range(CANCEL_TRIES):
+        if task.done():
+            break
         task.cancel()
         await asyncio.wait([task], timeout=1.0)
-    if not task.cancelled() and task.exception() is not None:
+    if not task.done():
+        log.error("stations_not_stopped", task=task.get_name(), detail="left behind")
+    elif not task.cancelled() and task.exception() is not None:
         log.error("stations_ended", detail=str(task.exception()))
 
 
