@@ -16,12 +16,14 @@ import json
 import os
 import platform
 import re
+import resource
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from edge_agent import logs
 from edge_agent.app import Agent, UntilIdle
@@ -86,23 +88,33 @@ def drop_order(inbox: Path, units: int, order_id: str = "BENCH-1") -> None:
     part.replace(inbox / f"{order_id}.json")
 
 
-async def run(units: int, workdir: Path, ports: dict[str, int], in_flight: int) -> LineStats:
+async def run(
+    units: int, workdir: Path, ports: dict[str, int], in_flight: int | None
+) -> tuple[LineStats, int]:
+    """The order run to its end; returns the stats and the in-flight window it ran with."""
     text = demo_config_text()
     inbox = workdir / "inbox"
-    overrides = {
+    overrides: dict[str, Any] = {
         "agent": {"state_dir": str(workdir / "state")},
         "orders": {"inbox": str(inbox)},
-        "line": {"max_units_in_flight": in_flight},
         "clock": {"check": False},
         **{kind: {"port": port} for kind, port in ports.items()},
     }
+    if in_flight is not None:
+        overrides["line"] = {"max_units_in_flight": in_flight}
     drop_order(inbox, units)
     stats = LineStats()
-    agent = Agent(parse_config(text, "demo.toml", overrides), stats=stats)
+    config = parse_config(text, "demo.toml", overrides)
+    agent = Agent(config, stats=stats)
     served = await agent.serve(until_idle=UntilIdle(hold_timeout_s=0))
     if served.ended != "idle":
         raise SystemExit(f"the order did not run to its end: {served}")
-    return stats
+    return stats, config.model.line.max_units_in_flight
+
+
+def cpu_s(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -111,8 +123,9 @@ def main() -> None:
     parser.add_argument(
         "--in-flight",
         type=int,
-        default=8,
-        help="max units printed but undecided: in fast mode this trades throughput for latency",
+        default=None,
+        help="max units printed but undecided (default: the demo config's [line] "
+        "max_units_in_flight): in fast mode this trades throughput for latency",
     )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="edge-agent-bench-"))
@@ -122,22 +135,29 @@ def main() -> None:
         proc, ports = start_simulators(workdir)
         try:
             started = time.monotonic()
-            stats = asyncio.run(run(args.units, workdir, ports, args.in_flight))
+            stats, in_flight = asyncio.run(run(args.units, workdir, ports, args.in_flight))
             elapsed = time.monotonic() - started
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=20)
+    units = max(1, stats.units)
     # Sustained rate: from the first to the last verdict, so start-up is not counted.
     result = {
         "benchmark": "line_throughput",
         "mode": "fast",
-        "max_units_in_flight": args.in_flight,
+        "max_units_in_flight": in_flight,
         "units": stats.units,
         "passed": stats.passed,
         "rejected": stats.rejected,
         "units_per_min_sustained": round(stats.sustained_units_per_min(), 1),
         "wall_s": round(elapsed, 2),
         "latency_frame_to_verdict_ms": stats.latency_ms.summary(),
+        # CPU per unit of each process, start-up included: unlike the rate it hardly moves
+        # with the machine's load, so it shows what a change costs or saves.
+        "cpu_ms_per_unit": {
+            "agent": round(cpu_s(resource.RUSAGE_SELF) * 1000.0 / units, 3),
+            "simulators": round(cpu_s(resource.RUSAGE_CHILDREN) * 1000.0 / units, 3),
+        },
         "targets": {"units_per_min": 3000, "p99_ms": 50},
         # The machine's load beside the figures: on a shared machine they move with it.
         "load_average_1_5_15": {"start": load_start, "end": os.getloadavg()},

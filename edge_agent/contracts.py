@@ -306,6 +306,14 @@ class PlcLink(Protocol):
 
 
 @runtime_checkable
+class PlcVerdictsLink(Protocol):
+    """Optional for a PlcLink: several verdicts in as few requests as the link allows, in the
+    order given; each slot still lands whole, in one request."""
+
+    async def write_verdicts(self, verdicts: Sequence[tuple[int, Verdict]]) -> None: ...
+
+
+@runtime_checkable
 class PlcStatusLink(Protocol):
     """Optional for a PlcLink: publish the agent's line state and counters to the PLC."""
 

@@ -84,6 +84,30 @@ async def test_smaller_ring_maps_slots_modulo_n(line: SimLine) -> None:
         assert (await raw.read_holding_registers(103, count=3)).registers == [0, 9, 1]
 
 
+async def test_verdicts_of_a_group_land_in_their_slots_in_few_requests(line: SimLine) -> None:
+    """Consecutive slots share one FC16; a skipped trigger and the ring's wrap start another."""
+    async with (
+        ModbusPlcSim(line, gate_delay_s=GATE_DELAY_S, ring_size=8) as sim,
+        ModbusTcpPlc("plc", sim.driver_config()) as plc,
+        raw_client(sim) as raw,
+    ):
+        requests: list[tuple[int, int]] = []
+        write = plc._write_registers
+
+        async def counted(address: int, values: list[int]) -> None:
+            requests.append((address, len(values)))
+            await write(address, values)
+
+        plc._write_registers = counted  # type: ignore[method-assign]
+        verdicts = [(5, Verdict.PASS), (6, Verdict.REJECT), (7, Verdict.PASS), (8, Verdict.PASS)]
+        await plc.write_verdicts([*verdicts, (10, Verdict.REJECT)])
+        # 5..7 are slots 5..7 (HR 115..123); 8 wraps to slot 0; 10 skips 9
+        assert requests == [(115, 9), (100, 3), (106, 3)]
+        slots = (await raw.read_holding_registers(100, count=24)).registers
+        held = {(slots[3 * k + 1], slots[3 * k + 2]) for k in range(8)}
+        assert {(5, 1), (6, 2), (7, 1), (8, 1), (10, 2)} <= held
+
+
 async def test_reject_log_size_is_configurable_and_checked(line: SimLine) -> None:
     async with ModbusPlcSim(line, gate_delay_s=GATE_DELAY_S, reject_log_size=4) as sim:
         assert sim.driver_config()["reject_log_size"] == 4

@@ -36,6 +36,7 @@ from edge_agent.contracts import (
     LineStatus,
     PlcLink,
     PlcStatusLink,
+    PlcVerdictsLink,
     Printer,
     PrintJob,
     PrintRecord,
@@ -140,7 +141,7 @@ class LineRuntime:
             64
         )
         self._commit_q: asyncio.Queue[_Pending] = asyncio.Queue(256)
-        self._tasks: asyncio.TaskGroup | None = None  # the line's tasks, while run() runs them
+        self._committed_q: asyncio.Queue[list[_Pending]] = asyncio.Queue(1)  # to be written
         self._deciding = 0  # frames taken for a decision, not yet queued for the commit
         self._feed_done = asyncio.Event()
         self._last_activity = time.monotonic()
@@ -237,7 +238,6 @@ class LineRuntime:
         stop: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as tg:
-                self._tasks = tg
                 # Stop requests and guards first: a stop already due acts before any record is
                 # sent (a task's first step runs in creation order).
                 for name, job in (
@@ -249,6 +249,7 @@ class LineRuntime:
                     ("frames", lambda: self._frames(executor)),
                     ("decide", self._decide),
                     ("commit", self._commit),
+                    ("verdicts", self._verdicts),
                     ("reject-confirms", self._watch_rejects),
                     ("device-silence", self._watch_silence),
                     ("batch-end", self._finish),
@@ -650,27 +651,36 @@ class LineRuntime:
     # --- commit and verdicts ----------------------------------------------------------------
 
     async def _commit(self) -> None:
-        """Group commit, pipelined: a group's outcomes commit while the group before it is
-        still being written to the PLC. Verdicts reach the PLC in decision order, each only
-        after its own group is durable."""
-        delivering: asyncio.Task[None] | None = None
+        """Group commit, pipelined with the PLC writes: a group commits while the group before
+        it is still being written (``_verdicts``). Every verdict is written after its own
+        group is durable, in decision order."""
         while True:
             _raise_if_cancel_lost()
             group = await self._next_group()
             try:
-                await self._make_durable(group, delivering)
+                await self._make_durable(group)
+                await self._committed_q.put(group)  # waits while a committed group still waits
             except asyncio.CancelledError:
-                # A line stop while the group committed: committed passes must still reach
-                # the PLC, after the group before them.
-                await self._after(delivering)
-                await self._deliver(group)
+                # A line stop after the group committed: its passes must still reach the PLC.
+                with contextlib.suppress(Exception):
+                    await self._deliver(group)
                 raise
-            if delivering is not None:
-                await asyncio.shield(delivering)  # in order; its LineStopped stops the line
-            # In the line's TaskGroup: a failed delivery stops the line at once, and a line
-            # stop waits for the delivery under way (see _deliver).
-            assert self._tasks is not None
-            delivering = self._tasks.create_task(self._deliver(group), name="verdicts")
+
+    async def _verdicts(self) -> None:
+        while True:
+            _raise_if_cancel_lost()
+            group = await self._committed_q.get()
+            try:
+                await self._deliver(group)
+            except asyncio.CancelledError:
+                # A line stop: groups committed and handed over still reach the PLC.
+                while not self._committed_q.empty():
+                    with contextlib.suppress(Exception):
+                        await self._deliver(self._committed_q.get_nowait())
+                    self._committed_q.task_done()
+                raise
+            finally:
+                self._committed_q.task_done()
 
     async def _next_group(self) -> list[_Pending]:
         group = [await self._commit_q.get()]
@@ -685,17 +695,7 @@ class LineRuntime:
             await asyncio.sleep(_COMPANY_POLL_S)
         return group
 
-    @staticmethod
-    async def _after(delivering: asyncio.Task[None] | None) -> None:
-        """Wait for the delivery under way to end, whatever its end (a line stop is already
-        under way when this is called; the TaskGroup reports the delivery's own failure)."""
-        if delivering is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await delivering
-
-    async def _make_durable(
-        self, group: list[_Pending], delivering: asyncio.Task[None] | None
-    ) -> None:
+    async def _make_durable(self, group: list[_Pending]) -> None:
         """Commit the group's outcomes (late ones first become rejects). Cancelled, it still
         waits for the commit, so a committed pass is never left behind unknown."""
         batch, deadline_s = self._batch, self.cfg.line.verdict_deadline_ms / 1000.0
@@ -719,7 +719,7 @@ class LineRuntime:
         except Exception as exc:
             for item in group:  # no record, no pass
                 item.outcome.passed, item.outcome.reason = False, "storage_error"
-            await self._after(delivering)
+            await self._committed_q.join()  # the groups before it are written first
             # Rejecting the group can reach max_consecutive_rejects: the cause is still storage.
             with contextlib.suppress(LineStopped):
                 await self._write_verdicts(group)
@@ -758,11 +758,20 @@ class LineRuntime:
     async def _write_verdicts(self, group: list[_Pending]) -> None:
         batch, line = self._batch, self.cfg.line
         run = 0  # the longest run of rejects in this group: a later pass must not hide it
-        for item in group:
-            outcome = item.outcome
-            verdict = Verdict.PASS if outcome.passed else Verdict.REJECT
-            await self.plc.write_verdict(outcome.trigger, verdict)
+        verdicts = [
+            (item.outcome.trigger, Verdict.PASS if item.outcome.passed else Verdict.REJECT)
+            for item in group
+        ]
+        batched = isinstance(self.plc, PlcVerdictsLink)
+        written = time.monotonic()
+        if isinstance(self.plc, PlcVerdictsLink):  # one round trip for the group
+            await self.plc.write_verdicts(verdicts)
             written = time.monotonic()
+        for item, (trigger, verdict) in zip(group, verdicts, strict=True):
+            outcome = item.outcome
+            if not batched:
+                await self.plc.write_verdict(trigger, verdict)
+                written = time.monotonic()
             latency_ms = (written - item.frame.received_at) * 1000.0
             self._last_trigger = max(self._last_trigger, outcome.trigger)
             if outcome.trigger in self._gated_before_decided:  # rejected and confirmed already

@@ -41,6 +41,7 @@ _GATEWAY_PATH_UNAVAILABLE = 0x0A
 _GATEWAY_TARGET_NO_RESPONSE = 0x0B
 _RESYNC_QUIET_S = 0.2
 _MAX_READ = 124  # registers per FC4 read (the protocol allows 125); even, so u32s stay whole
+_MAX_WRITE = 123  # registers per FC16 write (the protocol's limit): 41 whole verdict slots
 
 
 class ModbusCommonConfig(BaseModel):
@@ -236,6 +237,17 @@ class ModbusPlcBase:
         )
         await self._write_registers(address, values)
 
+    async def write_verdicts(self, verdicts: Sequence[tuple[int, Verdict]]) -> None:
+        """Verdicts of consecutive ring slots in one FC16 each (at most _MAX_WRITE registers):
+        every slot still arrives whole in one request, and one round trip serves a commit
+        group instead of one per unit."""
+        try:
+            runs = _verdict_runs(verdicts, self.config.ring_size)
+        except ValueError as exc:
+            raise ProtocolError(self.name, f"cannot encode for the PLC: {exc}") from exc
+        for address, values in runs:
+            await self._write_registers(address, values)
+
     async def beat(self) -> None:
         # Advance before writing: after a lost answer the PLC may hold the new value already,
         # and writing it again would look like a stalled heartbeat.
@@ -411,3 +423,27 @@ class ModbusTcpPlc(ModbusPlcBase):
             reconnect_delay=0,  # 0 disables pymodbus's background reconnect task
             trace_connect=self._on_link_change,
         )
+
+
+def _verdict_runs(
+    verdicts: Sequence[tuple[int, Verdict]], ring_size: int
+) -> list[tuple[int, list[int]]]:
+    """(first register, values) per FC16: runs of verdicts whose slots follow one another in
+    the ring (a run breaks where the ring wraps, a trigger is skipped or the request is full)."""
+    per_request = _MAX_WRITE // reg.VERDICT_SLOT_WIDTH
+    runs: list[tuple[int, list[int]]] = []
+    next_address = -1
+    for trigger, verdict in verdicts:
+        address = reg.verdict_slot_address(trigger, ring_size)
+        values = reg.encode_verdict_slot(trigger, int(verdict))
+        last = runs[-1][1] if runs else None
+        if (
+            last is not None
+            and address == next_address
+            and len(last) < per_request * reg.VERDICT_SLOT_WIDTH
+        ):
+            last.extend(values)
+        else:
+            runs.append((address, values))
+        next_address = address + reg.VERDICT_SLOT_WIDTH
+    return runs
