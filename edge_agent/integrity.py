@@ -51,6 +51,7 @@ log = structlog.get_logger("edge_agent.integrity")
 META_KEY = "integrity_check"  # JSON: at, ok, seconds, tables, problems (the first few), kind
 MAX_PROBLEMS = 20  # per table: the first ones say enough, the full list can be very long
 _PROGRESS_STEPS = 20_000  # SQLite VM steps between two looks at the clock (well under 1 ms)
+FIRST_CHECK_S = 600.0  # after the start, for a database with no check recorded
 _RETRY_S = 3600.0  # a check that could not run (database locked, unreadable) is tried again
 
 
@@ -227,9 +228,12 @@ class IntegrityWatch:
         return [_damage_text(self.state_dir, self.damage)]
 
     def due_in(self, now: float | None = None) -> float:
+        """Seconds to the next check: ``interval_h`` after the last one; a database never checked
+        (new, or upgraded from an agent without this check) a while after the start, not while
+        the line starts."""
         last = last_result(self.conn)
         if last is None:
-            return 0.0
+            return min(FIRST_CHECK_S, self.interval_s)
         now = time.time() if now is None else now
         return max(0.0, last.at + self.interval_s - now)
 

@@ -142,6 +142,9 @@ async def test_the_next_check_is_due_an_interval_after_the_last_one(state: Path)
         )
         await off.run()  # returns at once: no check
         assert off.checks == 0
+        with write(conn):
+            conn.execute("DELETE FROM meta WHERE key = ?", (integrity.META_KEY,))
+        assert watch.due_in() == integrity.FIRST_CHECK_S  # never checked: not at the start
     finally:
         close_db(conn)
 
@@ -197,8 +200,8 @@ def test_the_check_never_blocks_the_writer(state: Path) -> None:
 async def test_the_daemon_finds_damage_and_holds_the_line(
     agent_config_factory: Any, built: Path, tmp_path: Path
 ) -> None:
-    """The daemon's own check (due at once: no check recorded) finds a damaged index while it
-    runs: the alarm is on the board, and an order that arrives is not started."""
+    """The daemon's own check (due at once: the last one was two days ago) finds a damaged
+    index while it runs: the alarm is on the board, and an order that arrives is not started."""
     from edge_agent.app import Agent
     from simulators.pytest_plugin import drop_order, order_for
     from simulators.runner import SimulatorSet
@@ -207,8 +210,8 @@ async def test_the_daemon_finds_damage_and_holds_the_line(
 
     state = Path(shutil.copytree(built, tmp_path / "damaged"))
     conn = open_db(state)
-    with write(conn):
-        conn.execute("DELETE FROM meta WHERE key = ?", (integrity.META_KEY,))
+    long_ago = integrity.IntegrityResult(time.time() - 48 * 3600, True, 1.0, 23)
+    integrity.record(conn, long_ago)
     close_db(conn)
     damage(state)
     async with SimulatorSet(simulators()) as sims:
