@@ -40,6 +40,7 @@ from edge_agent.db_identity import (
     write_identity,
 )
 from edge_agent.errors import LedgerError, StorageFull
+from edge_agent.integrity_record import META_KEY, IntegrityResult
 
 # 2: per-forwarder delivery state of outbox events; 3: work orders, audit; 4: outbox indexes by
 # batch and by acknowledgement; 5: aggregation (containers, packed, loose, identifier ranges and
@@ -409,12 +410,18 @@ def _check_at_start(
     started = time.monotonic()
     _quick_check(conn, files)
     seconds = time.monotonic() - started
-    from edge_agent import integrity  # it reads through this module
-
-    integrity.record(conn, integrity.IntegrityResult(time.time(), True, seconds, 0, kind="start"))
+    record_integrity(conn, IntegrityResult(time.time(), True, seconds, 0, kind="start"))
     clean_stop.clear_suspect(files)
     if announce:
         log.info("integrity_check_passed", seconds=round(seconds, 2))
+
+
+def record_integrity(conn: sqlite3.Connection, result: IntegrityResult) -> None:
+    """Record a completed integrity check in ``meta`` (``edge_agent.integrity_record``)."""
+    with write(conn):
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (META_KEY, result.as_json())
+        )
 
 
 def adopt_existing(state_dir: Path) -> str:

@@ -26,14 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -41,54 +39,18 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from edge_agent.alarms import AlarmBoard, AlarmKind
 from edge_agent.clean_stop import mark_suspect, suspect_path
-from edge_agent.db import open_reader, write
+from edge_agent.db import open_reader
+from edge_agent.db import record_integrity as record
 from edge_agent.db_identity import StateFiles
 from edge_agent.errors import EdgeAgentError, LineStopped
+from edge_agent.integrity_record import MAX_PROBLEMS, IntegrityResult, last_result
 from edge_agent.stops import StopReason
 
 log = structlog.get_logger("edge_agent.integrity")
 
-META_KEY = "integrity_check"  # JSON: at, ok, seconds, tables, problems (the first few), kind
-MAX_PROBLEMS = 20  # per table: the first ones say enough, the full list can be very long
 _PROGRESS_STEPS = 20_000  # SQLite VM steps between two looks at the clock (well under 1 ms)
+FIRST_CHECK_S = 600.0  # after the start, for a database with no check recorded
 _RETRY_S = 3600.0  # a check that could not run (database locked, unreadable) is tried again
-
-
-@dataclass(frozen=True)
-class IntegrityResult:
-    at: float  # wall time the check completed
-    ok: bool
-    seconds: float
-    tables: int  # tables checked one by one (0: the whole file at once)
-    problems: tuple[str, ...] = ()
-    kind: str = "background"  # or "start": the full quick_check after an unclean stop
-
-    def as_json(self) -> str:
-        return json.dumps(
-            {
-                "at": self.at,
-                "ok": self.ok,
-                "seconds": round(self.seconds, 3),
-                "tables": self.tables,
-                "problems": list(self.problems[:MAX_PROBLEMS]),
-                "kind": self.kind,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> IntegrityResult | None:
-        try:
-            data = json.loads(text)
-            return cls(
-                float(data["at"]),
-                bool(data["ok"]),
-                float(data["seconds"]),
-                int(data["tables"]),
-                tuple(str(p) for p in data.get("problems", [])),
-                str(data.get("kind", "background")),
-            )
-        except (ValueError, KeyError, TypeError):
-            return None
 
 
 class CheckCancelled(Exception):
@@ -174,21 +136,6 @@ def _check_table(conn: sqlite3.Connection, table: str, cancel: threading.Event) 
     return [f"{table}: {row[0]}" for row in rows if row[0] != "ok"]
 
 
-# --- the record in meta, the suspect file --------------------------------------------------------
-
-
-def last_result(conn: sqlite3.Connection) -> IntegrityResult | None:
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (META_KEY,)).fetchone()
-    return IntegrityResult.from_json(str(row[0])) if row else None
-
-
-def record(conn: sqlite3.Connection, result: IntegrityResult) -> None:
-    with write(conn):
-        conn.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (META_KEY, result.as_json())
-        )
-
-
 # --- the daemon's side task --------------------------------------------------------------------
 
 
@@ -227,9 +174,12 @@ class IntegrityWatch:
         return [_damage_text(self.state_dir, self.damage)]
 
     def due_in(self, now: float | None = None) -> float:
+        """Seconds to the next check: ``interval_h`` after the last one; a database never checked
+        (new, or upgraded from an agent without this check) a while after the start, not while
+        the line starts."""
         last = last_result(self.conn)
         if last is None:
-            return 0.0
+            return min(FIRST_CHECK_S, self.interval_s)
         now = time.time() if now is None else now
         return max(0.0, last.at + self.interval_s - now)
 

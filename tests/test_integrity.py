@@ -17,9 +17,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from benchmarks.history_db import build_history
-from edge_agent import clean_stop, integrity
+from edge_agent import clean_stop, integrity, integrity_record
 from edge_agent.alarms import AlarmBoard, AlarmKind
-from edge_agent.db import close_db, open_db, write
+from edge_agent.db import close_db, open_db, record_integrity, write
 from edge_agent.db_identity import StateFiles
 from edge_agent.errors import LineStopped, StateRefused
 from edge_agent.integrity import IntegrityWatch, check_database
@@ -98,7 +98,7 @@ async def test_damage_found_raises_an_alarm_holds_the_line_and_the_next_start_ch
     assert "restore" in str(stops[0])
     # starts and resumes are refused while the damage stands
     assert watch.problems() and "units" in watch.problems()[0]
-    last = integrity.last_result(conn)
+    last = integrity_record.last_result(conn)
     assert last is not None and not last.ok and last.kind == "background"
     close_db(conn)  # a clean stop: its record alone would skip the check next time
     assert clean_stop.path_of(StateFiles(state)).exists()
@@ -116,7 +116,7 @@ def test_a_full_check_that_passes_clears_the_suspicion(state: Path) -> None:
     close_db(conn)
     assert not clean_stop.is_suspect(files)
     conn = open_db(state)
-    last = integrity.last_result(conn)
+    last = integrity_record.last_result(conn)
     close_db(conn)
     assert last is not None and last.ok and last.kind == "start"  # the start's check counts
 
@@ -130,7 +130,7 @@ async def test_the_next_check_is_due_an_interval_after_the_last_one(state: Path)
         # the check at start (the fixture's first opening) counts as the last one
         assert 23 * 3600 < watch.due_in(now) <= 24 * 3600
         assert await watch.run_once() and watch.checks == 1 and stops == []
-        last = integrity.last_result(conn)
+        last = integrity_record.last_result(conn)
         assert last is not None and last.ok and last.kind == "background" and last.tables > 20
         assert watch.due_in(last.at) == 24 * 3600
         assert watch.due_in(last.at + 25 * 3600) == 0
@@ -142,6 +142,9 @@ async def test_the_next_check_is_due_an_interval_after_the_last_one(state: Path)
         )
         await off.run()  # returns at once: no check
         assert off.checks == 0
+        with write(conn):
+            conn.execute("DELETE FROM meta WHERE key = ?", (integrity_record.META_KEY,))
+        assert watch.due_in() == integrity.FIRST_CHECK_S  # never checked: not at the start
     finally:
         close_db(conn)
 
@@ -197,8 +200,8 @@ def test_the_check_never_blocks_the_writer(state: Path) -> None:
 async def test_the_daemon_finds_damage_and_holds_the_line(
     agent_config_factory: Any, built: Path, tmp_path: Path
 ) -> None:
-    """The daemon's own check (due at once: no check recorded) finds a damaged index while it
-    runs: the alarm is on the board, and an order that arrives is not started."""
+    """The daemon's own check (due at once: the last one was two days ago) finds a damaged
+    index while it runs: the alarm is on the board, and an order that arrives is not started."""
     from edge_agent.app import Agent
     from simulators.pytest_plugin import drop_order, order_for
     from simulators.runner import SimulatorSet
@@ -207,8 +210,8 @@ async def test_the_daemon_finds_damage_and_holds_the_line(
 
     state = Path(shutil.copytree(built, tmp_path / "damaged"))
     conn = open_db(state)
-    with write(conn):
-        conn.execute("DELETE FROM meta WHERE key = ?", (integrity.META_KEY,))
+    long_ago = integrity_record.IntegrityResult(time.time() - 48 * 3600, True, 1.0, 23)
+    record_integrity(conn, long_ago)
     close_db(conn)
     damage(state)
     async with SimulatorSet(simulators()) as sims:
