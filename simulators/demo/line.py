@@ -239,6 +239,10 @@ def add_aggregation(report: dict[str, Any], figures: dict[str, Any]) -> None:
     missed = figures["case_defects_injected"] - figures["case_defects_rejected"]
     if missed:
         problems.insert(0, f"{missed} case defects were not rejected")
+    if missed := figures.get("bundle_defects_injected", 0) - figures.get(
+        "bundle_defects_rejected", 0
+    ):
+        problems.insert(0, f"{missed} bundle defects were not rejected")
     report.update(figures)
     report["hierarchy_balanced"] = balanced
     report["problems"] += problems
