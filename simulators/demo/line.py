@@ -474,6 +474,9 @@ async def _line_end(
             continue
         console.print(f"order {order['id']}: units made; finishing its cases and pallets")
         await line_end.finish(order["id"], api)
+        if await _auto_closed(api, order["id"]):
+            console.print(f"[green]order {order['id']} closed[/] by the agent (auto-close)")
+            continue
         try:
             await operator.close(order["id"])
         except EdgeAgentError as exc:
@@ -496,6 +499,23 @@ async def _line_end(
         log_once(console, f"order {ready[0]['id']} not started yet: {exc}")
         return
     console.print(f"order {ready[0]['id']} started (the line end is clear)")
+
+
+AUTO_CLOSE_WAIT_S = 20.0  # the agent looks at a completed order every second
+
+
+async def _auto_closed(api: Api, order_id: str) -> bool:
+    """The line end is finished: the agent's auto-close closes the order once it balances;
+    False when it has not within AUTO_CLOSE_WAIT_S (then a person closes it)."""
+    deadline = time.monotonic() + AUTO_CLOSE_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            if (await api.get(f"/orders/{order_id}"))["state"] == "closed":
+                return True
+        except EdgeAgentError:  # the API busy for a moment: asked again
+            pass
+        await asyncio.sleep(0.2)
+    return False
 
 
 _said: set[str] = set()
