@@ -778,6 +778,11 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         f"{report['daemon']['segments']} line segments, "
         + ("never exited" if exits == 0 else "[red]ended before the demo stopped it[/]")
     )
+    if "bundles" in report:
+        console.print(
+            f"bundler: {report['bundles']} bundles; bundle defects injected "
+            f"{report['bundle_defects_injected']}, rejected {report['bundle_defects_rejected']}"
+        )
     if "cases" in report:
         console.print(
             f"line end: {report['cases']} cases, {report['pallets']} pallets; case defects "
