@@ -331,6 +331,8 @@ class CommandPath:
                 await self._retry_line_ends()
             except (EdgeAgentError, sqlite3.Error) as exc:  # storage trouble: the next poll
                 log.error("auto_close_retry_failed", detail=str(exc))
+            except Exception:  # a bug here must not end the auto-close (nor the daemon)
+                log.exception("auto_close_retry_error")
 
     async def _retry_line_ends(self) -> None:
         async with self._lock:
