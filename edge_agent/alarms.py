@@ -39,7 +39,8 @@ class AlarmKind(enum.StrEnum):
     CLOCK_JUMP = "clock_jump"  # the wall clock stepped against the monotonic clock
     BACKUP_FAILED = "backup_failed"  # edge_agent/backup.py: a scheduled backup failed
     RESTORED_FROM_BACKUP = "restored_from_backup"  # serials of the lost window quarantined
-    CASE_STATION_DOWN = "case_station_down"  # edge_agent/aggregation/runner.py
+    BUNDLE_STATION_DOWN = "bundle_station_down"  # edge_agent/aggregation/runner.py
+    CASE_STATION_DOWN = "case_station_down"
     PALLET_STATION_DOWN = "pallet_station_down"
     PALLET_LABEL_FAILED = "pallet_label_failed"  # the pallet station holds for a person
     DATABASE_DAMAGED = "database_damaged"  # edge_agent/integrity.py: the background check

@@ -191,7 +191,13 @@ class Agent:
         settlement = OrderSettlement(conn, ledger, state_dir / "reports", l3_link=l3_link)
         rules = OrderRules(expiry_warn_days=model.orders.expiry_warn_days, l3_link=l3_link)
         commands = CommandPath(
-            conn, ledger, alarms, settlement, rules, auto_close=model.orders.auto_close
+            conn,
+            ledger,
+            alarms,
+            settlement,
+            rules,
+            auto_close=model.orders.auto_close,
+            line_end_wait_s=model.orders.line_end_wait_s,
         )
         upstream = model.upstream or UpstreamSection()
         store = OutboxStore(conn, [spec.name for spec in self.config.forwarders])
@@ -261,6 +267,7 @@ class Agent:
             background.append(("backup", schedule.run()))
         if self.stations is not None:
             background.append(("aggregation", self.stations.run()))
+        background.append(("auto-close", commands.finish_line_ends()))
         if model.api is not None:
             await self._start_api(stack, commands, alarms, settlement, conn, store)
         from edge_agent.opcua_server import open_packml

@@ -83,3 +83,23 @@ def test_the_runner_refuses_a_bad_device_table_at_start(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "aggregation.pallet_station.scanner" in result.stderr and "lines" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_bundle_station_is_read_and_its_device_tables_checked_at_load() -> None:
+    loaded = parse_config(DEMO + "\n" + readme_section())
+    section = loaded.model.aggregation
+    assert section is not None and section.bundle_station is not None
+    assert section.bundle_station.closing_read_s == 3.0
+    assert section.bundle_station.plc["type"] == "modbus-tcp"
+    bad = readme_section().replace(
+        'plc = { type = "modbus-tcp", host = "10.0.0.42"',
+        'plc = { type = "modbus-tcpp", host = "10.0.0.42"',
+    )
+    assert bad != readme_section()
+    with pytest.raises(ConfigInvalid) as raised:
+        parse_config(DEMO + "\n" + bad)
+    text = str(raised.value)
+    assert "aggregation.bundle_station.plc.type" in text and "modbus-tcp" in text  # the fix
+    unknown = readme_section().replace('host = "10.0.0.41", port', 'host = "10.0.0.41", prot')
+    with pytest.raises(ConfigInvalid, match=r"aggregation\.bundle_station\.camera\.prot"):
+        parse_config(DEMO + "\n" + unknown)

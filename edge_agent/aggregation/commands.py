@@ -109,6 +109,10 @@ def _station_commands(sub: Any) -> None:
     last.add_argument("count", type=int, metavar="N")
     _client_options(last)
     last.set_defaults(handler=_last_case)
+    bundle = actions.add_parser("last-bundle", help="the next bundle is the order's last: N units")
+    bundle.add_argument("count", type=int, metavar="N")
+    _client_options(bundle)
+    bundle.set_defaults(handler=_last_bundle)
     closing = actions.add_parser("close-pallet", help="close the pallet being built now")
     _client_options(closing)
     closing.set_defaults(handler=_close_pallet)
@@ -125,14 +129,14 @@ def _station_status(args: argparse.Namespace) -> int:
     if args.json:
         return _print_json(found)
     print(f"order: {found['order_id'] or 'none (no order with an aggregation plan)'}")
-    for name in ("case", "pallet"):
-        one = found[name]
+    for name in ("bundle", "case", "pallet"):
+        one = found.get(name)
         if one is None:
             continue
         state = "running" if one["running"] else "not running"
         extra = ""
-        if name == "case" and one.get("last_case"):
-            extra = f", last case announced: {one['last_case']} units"
+        if name in ("bundle", "case") and one.get("last_case"):
+            extra = f", last {name} announced: {one['last_case']}"
         if name == "pallet" and one["running"]:
             extra = f", {len(one['scanned'])} of {one['capacity']} cases on the pallet"
         print(f"{name} station: {state}{extra}")
@@ -147,6 +151,15 @@ def _last_case(args: argparse.Namespace) -> int:
     if args.json:
         return _print_json(found)
     print(f"the next case is the last one: {found['last_case']} units")
+    return EXIT_OK
+
+
+def _last_bundle(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        found = api.post("/aggregation/stations/bundle/last", {"count": args.count})
+    if args.json:
+        return _print_json(found)
+    print(f"the next bundle is the last one: {found['last_case']} units")
     return EXIT_OK
 
 

@@ -1,4 +1,4 @@
-"""The case and pallet stations of ``[aggregation]``, following the order on the line.
+"""The bundle, case and pallet stations of ``[aggregation]``, following the order on the line.
 
 The resident daemon (``edge-agent run``, ``Agent.serve``) runs a ``StationRunner`` as one of its
 side tasks over its own state database connection; standalone, beside a daemon on the same
@@ -12,7 +12,8 @@ and its last, partial pallet are finished (the batch close is refused while a co
 and does not balance while a closed case is on no pallet). ``[aggregation] order`` or
 ``--order`` pins one order instead. Each station recovers what a crash left at its start
 (``recover``), connects its devices and decides cases and pallets. A station that fails raises
-an alarm (``case_station_down``, ``pallet_station_down``) and is reconnected with the usual
+an alarm (``bundle_station_down``, ``case_station_down``, ``pallet_station_down``) and is
+reconnected with the usual
 backoff, never ending the daemon; a config error ends the start (standalone: exit 2).
 """
 
@@ -33,11 +34,22 @@ import structlog
 from edge_agent import registry
 from edge_agent.aggregation.hierarchy import Hierarchy
 from edge_agent.aggregation.plan import Level
-from edge_agent.aggregation.station import CaseStation, LabelPath, PalletStation, StationTimings
+from edge_agent.aggregation.station import (
+    BundleStation,
+    CaseStation,
+    LabelPath,
+    PalletStation,
+    StationTimings,
+)
 from edge_agent.alarms import AlarmBoard, AlarmKind
 from edge_agent.config import load_config
 from edge_agent.config.loader import validate_table
-from edge_agent.config.models import AgentConfig, AggregationSection, VisionSection
+from edge_agent.config.models import (
+    AgentConfig,
+    AggregationSection,
+    CaseStationSection,
+    VisionSection,
+)
 from edge_agent.db import open_db
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.ledger import Ledger
@@ -66,12 +78,13 @@ def device(kind: registry.DeviceKind, table: dict[str, Any], key: str) -> Any:
 
 def check_devices(section: AggregationSection) -> None:
     """Validate every station device table (ConfigError naming the key), connecting nothing."""
-    key = "aggregation.case_station"
-    if (case := section.case_station) is not None:
-        device("camera", case.camera, f"{key}.camera")
-        device("plc", case.plc, f"{key}.plc")
-        device("label_printer", case.label_printer, f"{key}.label_printer")
-        device("camera", case.label_camera, f"{key}.label_camera")
+    for name, case in (("bundle", section.bundle_station), ("case", section.case_station)):
+        key = f"aggregation.{name}_station"
+        if case is not None:
+            device("camera", case.camera, f"{key}.camera")
+            device("plc", case.plc, f"{key}.plc")
+            device("label_printer", case.label_printer, f"{key}.label_printer")
+            device("camera", case.label_camera, f"{key}.label_camera")
     key = "aggregation.pallet_station"
     if (pallet := section.pallet_station) is not None:
         device("scanner", pallet.scanner, f"{key}.scanner")
@@ -90,6 +103,7 @@ def label_reader(vision: VisionSection) -> DecodePipeline:
 
 FOLLOW_S = 0.5  # how often the stations look which order they should work on
 STATIONS = {
+    Level.BUNDLE: ("bundle", AlarmKind.BUNDLE_STATION_DOWN),
     Level.CASE: ("case", AlarmKind.CASE_STATION_DOWN),
     Level.PALLET: ("pallet", AlarmKind.PALLET_STATION_DOWN),
 }
@@ -124,8 +138,9 @@ class StationRunner:
     ) -> None:
         if model.aggregation is None:
             raise ConfigError(
-                "no [aggregation] section: add [aggregation.case_station] and/or "
-                "[aggregation.pallet_station] (see config/line-example.toml)"
+                "no [aggregation] section: add [aggregation.case_station] (and "
+                "[aggregation.bundle_station], [aggregation.pallet_station] as the line has "
+                "them; see config/line-example.toml)"
             )
         self.model = model
         self.section: AggregationSection = model.aggregation
@@ -146,6 +161,7 @@ class StationRunner:
         self.alarms = alarms or AlarmBoard(self.conn)
         self.order_id: str | None = None  # the order the stations work on now
         # the running stations (the REST API's station routes, the demo's line end)
+        self.bundle_station: BundleStation | None = None
         self.case_station: CaseStation | None = None
         self.pallet_station: PalletStation | None = None
         self._links: dict[str, Supervisor] = {}
@@ -190,6 +206,8 @@ class StationRunner:
 
     async def _run_order(self, order: str) -> None:
         jobs: list[tuple[Level, Callable[[str], Coroutine[Any, Any, None]]]] = []
+        if self.section.bundle_station is not None:
+            jobs.append((Level.BUNDLE, self._bundle_station))
         if self.section.case_station is not None:
             jobs.append((Level.CASE, self._case_station))
         if self.section.pallet_station is not None:
@@ -235,7 +253,9 @@ class StationRunner:
                     )
                 await link.pause()
             finally:
-                if level is Level.CASE:
+                if level is Level.BUNDLE:
+                    self.bundle_station = None
+                elif level is Level.CASE:
                     self.case_station = None
                 else:
                     self.pallet_station = None
@@ -255,16 +275,24 @@ class StationRunner:
         except (EdgeAgentError, sqlite3.Error) as exc:  # storage trouble: the log has it
             log.error("alarm_not_recorded", kind=str(kind), detail=str(exc))
 
+    async def _bundle_station(self, order: str) -> None:
+        assert self.section.bundle_station is not None
+        await self._boxing_station(Level.BUNDLE, self.section.bundle_station, order)
+
     async def _case_station(self, order: str) -> None:
-        s = self.section.case_station
-        assert s is not None
+        assert self.section.case_station is not None
+        await self._boxing_station(Level.CASE, self.section.case_station, order)
+
+    async def _boxing_station(self, level: Level, s: CaseStationSection, order: str) -> None:
+        """The case station, or the bundle station (the same path one level down)."""
         vision = self.model.vision
         timings = StationTimings(
             closing_read_s=s.closing_read_s,
             label_confirm_s=s.label_confirm_s,
             label_read_s=s.label_read_s,
         )
-        key = "aggregation.case_station"
+        name = STATIONS[level][0]
+        key = f"aggregation.{name}_station"
         async with contextlib.AsyncExitStack() as stack:
             camera = await stack.enter_async_context(device("camera", s.camera, f"{key}.camera"))
             plc = await stack.enter_async_context(device("plc", s.plc, f"{key}.plc"))
@@ -276,7 +304,8 @@ class StationRunner:
             )
             reader = case_reader(vision)
             labels = LabelPath(printer, label_camera, label_reader(vision), timings)
-            station = CaseStation(
+            kind = BundleStation if level is Level.BUNDLE else CaseStation
+            station = kind(
                 self.hierarchy,
                 order,
                 camera=camera,
@@ -285,9 +314,12 @@ class StationRunner:
                 reader=reader,
                 timings=timings,
             )
-            log.info("case_station_running", order=station.order_id, capacity=station.capacity)
-            self.case_station = station
-            self._up(Level.CASE, order)
+            log.info(f"{name}_station_running", order=order, capacity=station.capacity)
+            if isinstance(station, BundleStation):
+                self.bundle_station = station
+            else:
+                self.case_station = station
+            self._up(level, order)
             await station.run()
 
     async def _pallet_station(self, order: str) -> None:
@@ -353,7 +385,8 @@ async def _until_signal(runner: StationRunner) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m edge_agent.aggregation.runner",
-        description="Run the case and pallet stations of the config's [aggregation] section.",
+        description="Run the bundle, case and pallet stations of the config's [aggregation] "
+        "section.",
     )
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument(

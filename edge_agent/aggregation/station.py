@@ -56,6 +56,7 @@ from edge_agent.aggregation.matching import (
 )
 from edge_agent.aggregation.plan import IdentifierKind, Level, PartialPolicy
 from edge_agent.alarms import AlarmBoard, AlarmKind
+from edge_agent.asyncio_support import raise_if_cancel_lost
 from edge_agent.contracts import (
     CodeReader,
     Frame,
@@ -169,10 +170,12 @@ class LabelPath:
 
     async def _confirmations(self) -> None:
         async for confirmation in self.printer.confirmations():
+            raise_if_cancel_lost()
             self._confirmed.setdefault(confirmation.seq, asyncio.Event()).set()
 
     async def _camera(self) -> None:
         async for frame in self.camera.frames():
+            raise_if_cancel_lost()
             self._frames.put_nowait(frame)
 
     async def print_and_verify(
@@ -194,6 +197,7 @@ class LabelPath:
         done = self._confirmed.setdefault(label.seq, asyncio.Event())
         try:
             await self.printer.print_label(label)
+            raise_if_cancel_lost()
             async with asyncio.timeout(self.timings.label_confirm_s):
                 await done.wait()
         except TimeoutError:
@@ -377,11 +381,14 @@ class CaseStation(_Station):
         self.child_level = self.plan.child_level(self.level)
 
     def expect(self, count: int) -> None:
-        """The next case holds ``count`` units (the last, partial case of the order)."""
+        """The next case holds ``count`` units (the last, partial case of the order); a bundle
+        station's next bundle, a case of bundles' next case, ``count`` of its children."""
         if not 1 <= count <= self.capacity:
-            raise ValueError(f"a case holds 1..{self.capacity} units, not {count}")
+            raise ValueError(
+                f"a {self.level} holds 1..{self.capacity} {self.child_level}s, not {count}"
+            )
         if count < self.capacity and not self.partial_allowed:
-            raise EdgeAgentError(f"order {self.order_id}: the plan refuses partial cases")
+            raise EdgeAgentError(f"order {self.order_id}: the plan refuses partial {self.level}s")
         self.expected_next = count
 
     # --- running ----------------------------------------------------------------------------
@@ -389,6 +396,7 @@ class CaseStation(_Station):
     async def run(self) -> None:
         """Decide cases until cancelled; device errors leave as ``EdgeAgentError``."""
         await self.recover()
+        raise_if_cancel_lost()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._beat())
             tasks.create_task(self._collect())
@@ -397,14 +405,17 @@ class CaseStation(_Station):
             while True:
                 trigger = await self._reads.arrivals.get()
                 await self._case(trigger)
+                raise_if_cancel_lost()  # every loop here checks after its device calls
 
     async def _beat(self) -> None:
         while True:
             await self.plc.beat()
+            raise_if_cancel_lost()
             await asyncio.sleep(self.timings.heartbeat_s)
 
     async def _collect(self) -> None:
         async for frame in self.camera.frames():
+            raise_if_cancel_lost()
             await self._reads.add(frame)
 
     async def recover(self) -> None:
@@ -511,6 +522,7 @@ class CaseStation(_Station):
             await asyncio.sleep(self.timings.follow_s)
             if self._pending:
                 await self.follow_once()
+                raise_if_cancel_lost()
 
     async def follow_once(self) -> None:
         """Settle the pending cases whose gate has fired: passed, or rejected (then the case
@@ -583,8 +595,10 @@ class PalletStation(_Station):
             if len(self.scanned()) >= self.capacity:
                 await self.close_pallet()
             async for code in self.scanner.codes():
+                raise_if_cancel_lost()
                 if self.on_scan(code.data) and len(self.scanned()) >= self.capacity:
                     await self.close_pallet()
+                    raise_if_cancel_lost()
 
     def release(self) -> bool:
         """A person cleared the hold (the alarm's acknowledgement does the same); True when
@@ -651,6 +665,7 @@ class PalletStation(_Station):
                 )
             while True:
                 failed = await self._label_attempts(cases)
+                raise_if_cancel_lost()
                 if isinstance(failed, Container):
                     return self._commit(failed, cases)
                 await self._hold(len(cases), failed)

@@ -239,6 +239,10 @@ def _forwarders(
 
 # The devices of the aggregation stations: (station, key in its table, driver kind).
 STATION_DEVICES: tuple[tuple[str, str, registry.DeviceKind], ...] = (
+    ("bundle_station", "camera", "camera"),
+    ("bundle_station", "plc", "plc"),
+    ("bundle_station", "label_printer", "label_printer"),
+    ("bundle_station", "label_camera", "camera"),
     ("case_station", "camera", "camera"),
     ("case_station", "plc", "plc"),
     ("case_station", "label_printer", "label_printer"),

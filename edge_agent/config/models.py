@@ -674,6 +674,14 @@ class OrdersSection(Strict):
     )
     auto_start: bool = Field(True, description="Start the next Ready order when the line is free")
     auto_close: bool = Field(True, description="Close a completed order when it balances")
+    line_end_wait_s: float = Field(
+        600.0,
+        gt=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="Auto-close of an aggregated order waits this long for the line end (last "
+        "partial case and pallet) before an alarm; it still closes once it balances",
+    )
     expiry_warn_days: int = Field(
         30, ge=0, le=3650, description="Alarm for an order whose expiry is closer than this"
     )
@@ -757,6 +765,13 @@ class CaseStationSection(Strict):
     label_read_s: float = Field(3.0, gt=0, le=60, description="Wait for the label camera's read")
 
 
+class BundleStationSection(CaseStationSection):
+    """[aggregation.bundle_station]: the bundler's station (units shrink-wrapped into bundles
+    before the case packer), the case station's devices one level down: bundle camera (read and
+    closing read of every unit code), bundle PLC (the bundle count as trigger), bundle label
+    printer and the camera reading the bundle label back."""
+
+
 class PalletStationSection(Strict):
     """[aggregation.pallet_station]: cases scanned onto pallets, pallet labels verified."""
 
@@ -771,11 +786,12 @@ class PalletStationSection(Strict):
 
 
 class AggregationSection(Strict):
-    """[aggregation]: the case and pallet stations of the line end."""
+    """[aggregation]: the bundle, case and pallet stations of the line end."""
 
     order: str | None = Field(
         None, description="Order whose cases and pallets are built; omit = the active order"
     )
+    bundle_station: BundleStationSection | None = None
     case_station: CaseStationSection | None = None
     pallet_station: PalletStationSection | None = None
 

@@ -228,3 +228,34 @@ def container_view(hierarchy: Hierarchy, code: str) -> dict[str, Any]:
 
 def _unit_hri(item: Any) -> str:
     return f"(01){item.gtin}(21){item.serial}" if item.gtin and item.serial else item.epc
+
+
+def line_end_view(runner: Any) -> dict[str, Any] | None:
+    """The daemon's stations as the aggregation screen shows them (None: no [aggregation])."""
+    if runner is None:
+        return None
+
+    def boxing(station: Any) -> dict[str, Any] | None:
+        if station is None:
+            return None
+        return {
+            "capacity": station.capacity,
+            "last": station.expected_next,
+            "partial_allowed": station.partial_allowed,
+            "child": str(station.child_level),
+        }
+
+    pallet = runner.pallet_station
+    return {
+        "order_id": runner.order_id,
+        "bundle": boxing(getattr(runner, "bundle_station", None)),
+        "case": boxing(runner.case_station),
+        "pallet": None
+        if pallet is None
+        else {
+            "capacity": pallet.capacity,
+            "scanned": len(pallet.scanned()),
+            "held": pallet.held,
+            "partial_allowed": pallet.partial_allowed,
+        },
+    }

@@ -30,7 +30,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.responses import StreamingResponse
 
 from edge_agent.api.deps import ApiServices, services
-from edge_agent.api.routes.aggregation import hierarchy_of
+from edge_agent.api.routes.aggregation import PALLET_CLOSE_WAIT_S, hierarchy_of
 from edge_agent.db import write
 from edge_agent.errors import EdgeAgentError, OrderInvalid
 from edge_agent.hmi import views
@@ -567,7 +567,7 @@ async def frame(request: Request, name: str, user: User) -> Response:
 
 
 @router.get("/aggregation")
-async def aggregation_page(request: Request, user: User) -> HTMLResponse:
+async def aggregation_page(request: Request, user: User, services: Services) -> HTMLResponse:
     code = request.query_params.get("code", "").strip()[:200]
     found: dict[str, Any] | None = None
     error = ""
@@ -584,7 +584,79 @@ async def aggregation_page(request: Request, user: User) -> HTMLResponse:
         code=code,
         box=found,
         lookup_error=error,
+        line_end=views.line_end_view(getattr(services, "stations", None)),
     )
+
+
+# The line end's station actions: action -> (station, audit action, needs a supervisor). Closing
+# the pallet being built ends it short of the plan's count: a supervisor's decision.
+LINE_END = {
+    "last-case": ("case", "station_last_case", False),
+    "last-bundle": ("bundle", "station_last_bundle", False),
+    "close-pallet": ("pallet", "station_close_pallet", True),
+    "release": ("pallet", "station_release_pallet", False),
+}
+
+
+@router.post("/aggregation/stations/{action}")
+async def line_end_action(
+    request: Request, action: str, user: User, form: Form, services: Services
+) -> Response:
+    back = "/hmi/aggregation?line_end=1"
+    if action not in LINE_END:
+        return RedirectResponse(back, status_code=303)
+    name, audited, supervisor = LINE_END[action]
+    runner = getattr(services, "stations", None)
+    station = getattr(runner, f"{name}_station", None) if runner is not None else None
+    conn = services.commands.conn
+    detail: dict[str, Any] = {}
+    try:
+        if supervisor and not user.supervisor:
+            raise EdgeAgentError(f"{action.replace('-', ' ')} needs a supervisor; {user.name} is "
+                                 "an operator")  # fmt: skip
+        if station is None:
+            raise EdgeAgentError(
+                f"the {name} station is not running (no order for it, or its devices are down: "
+                "see the alarms)"
+            )
+        ok = await _line_end(request, action, station, form, detail)
+    except (ValueError, EdgeAgentError) as exc:
+        with write(conn):
+            audit.append(conn, user.actor, audited, outcome="refused",
+                         order_id=getattr(station, "order_id", None),
+                         detail={**detail, "message": str(exc)})  # fmt: skip
+        return _back_to(back, error=str(exc))
+    with write(conn):
+        audit.append(conn, user.actor, audited, order_id=station.order_id, detail=detail)
+    return _back_to(back, ok=ok)
+
+
+async def _line_end(
+    request: Request, action: str, station: Any, form: FormData, detail: dict[str, Any]
+) -> str:
+    """Do ``action`` on ``station``; what the screen says. ValueError/EdgeAgentError: refused."""
+    if action in ("last-case", "last-bundle"):
+        raw = str(form.get("count", "")).strip()
+        if not raw.isdigit():
+            raise ValueError(f"give the count of the last {station.level} (a whole number)")
+        station.expect(int(raw))
+        detail["count"] = int(raw)
+        child = station.child_level
+        return f"the next {station.level} the station reads holds {raw} {child}s"
+    if action == "release":
+        if not station.release():
+            raise EdgeAgentError("the pallet station does not hold")
+        return "pallet station released: it prints a label with a new SSCC"
+    detail["cases"] = len(station.scanned())
+    closing = asyncio.ensure_future(station.close_pallet(partial=True))
+    done, _ = await asyncio.wait([asyncio.shield(closing)], timeout=PALLET_CLOSE_WAIT_S)
+    if not done:
+        request.app.state.closing_pallet = closing  # kept: it goes on until it is closed
+        return f"still closing: {station.held or 'the pallet label is still printing'}"
+    box = closing.result()
+    if box is None:
+        raise EdgeAgentError("no case is scanned onto the pallet")
+    return f"pallet {box.identifier.hri} closed with {box.children} cases"
 
 
 # Rework of a case or pallet (the supervisor's): action -> whether it needs a reason

@@ -26,6 +26,7 @@ import numpy as np
 import structlog
 
 from edge_agent import systemd
+from edge_agent.asyncio_support import raise_if_cancel_lost as _raise_if_cancel_lost
 from edge_agent.config.models import AgentConfig
 from edge_agent.contracts import (
     AgentLineState,
@@ -80,20 +81,6 @@ def _refill_block(depth: int, window: int) -> int:
     """Records marked sent per commit: half the printer's buffer (and of the in-flight window),
     so the printer still has half a buffer to print while the block commits."""
     return max(1, min(depth, window) // 2)
-
-
-def _raise_if_cancel_lost() -> None:
-    """Re-raise a cancellation that was requested but swallowed on the way.
-
-    On Python 3.11 ``asyncio.wait_for`` (used inside pymodbus for every request, and by
-    ``PrintedQueue.wait_for``) returns the result instead of raising CancelledError when its
-    inner future completes in the same loop iteration as the cancel. A task of the TaskGroup that
-    loses its cancellation that way loops on forever, and the TaskGroup waits for it forever: the
-    line stop (or the batch end) never completes. Every loop of the runtime's tasks checks this.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -22,7 +23,7 @@ import structlog
 from edge_agent.aggregation.balance import open_containers
 from edge_agent.alarms import AlarmBoard, AlarmKind
 from edge_agent.db import write
-from edge_agent.errors import CommandRefused, OrderInvalid
+from edge_agent.errors import CommandRefused, EdgeAgentError, OrderInvalid
 from edge_agent.ledger import Ledger
 from edge_agent.orders import audit
 from edge_agent.orders.lifecycle import NEEDS_REASON, LineEvent, next_state
@@ -31,6 +32,8 @@ from edge_agent.orders.store import OrderRecord, OrderStore
 from edge_agent.orders.validation import OrderRules, check_order, parse_order
 
 log = structlog.get_logger("edge_agent.orders")
+
+LINE_END_POLL_S = 1.0  # how often a completed aggregated order is looked at for its auto-close
 
 C = OrderCommand
 # What a person needs the supervisor role for (actors without a role are systems: see Actor).
@@ -84,6 +87,7 @@ class CommandPath:
         rules: OrderRules,
         *,
         auto_close: bool = True,
+        line_end_wait_s: float = 600.0,
     ) -> None:
         self.conn = conn
         self.store = OrderStore(conn)
@@ -92,6 +96,11 @@ class CommandPath:
         self.settlement = settlement
         self.rules = rules
         self.auto_close = auto_close
+        # Completed aggregated orders whose auto-close waits for the line end (its last partial
+        # case and pallet): order -> when the wait began (monotonic); alarmed after the wait.
+        self.line_end_wait_s = line_end_wait_s
+        self._line_end_since: dict[str, float] = {}
+        self._line_end_alarmed: set[str] = set()
         self.line: LineControl | None = None  # set by the agent once the line controller exists
         self._lock = asyncio.Lock()
 
@@ -270,10 +279,23 @@ class CommandPath:
     async def _maybe_close(self, record: OrderRecord, actor: audit.Actor) -> OrderRecord:
         if not self.auto_close or record.state != OrderState.COMPLETED:
             return record
+        aggregated = record.order.aggregation is not None
         if open_containers(self.conn, record.id):  # the case station still finishes its work
+            if aggregated:
+                self._wait_for_line_end(record.id)
             log.info("auto_close_waits_for_containers", order=record.id)
             return record
         reconciliation = self.settlement.reconcile(record.id)
+        if not reconciliation["balanced"] and aggregated and _only_hierarchy(reconciliation):
+            # the line end still finishes its last partial case and pallet (and the units of
+            # rejected cases are not recorded loose yet): closed once the hierarchy balances
+            self._wait_for_line_end(record.id)
+            log.info(
+                "auto_close_waits_for_line_end",
+                order=record.id,
+                problems=reconciliation["problems"],
+            )
+            return record
         if not reconciliation["balanced"]:
             problems = "; ".join(reconciliation["problems"])
             self.alarms.raise_(
@@ -283,7 +305,69 @@ class CommandPath:
                 order_id=record.id,
             )
             return record
-        return await self._close(record, audit.Actor("auto-close", actor.source), None)
+        closed = await self._close(record, audit.Actor("auto-close", actor.source), None)
+        self._line_end_since.pop(record.id, None)
+        if self._line_end_alarmed:
+            self._line_end_alarmed.discard(record.id)
+            self.alarms.clear(AlarmKind.CLOSE_UNBALANCED, order_id=record.id)
+        return closed
+
+    def _wait_for_line_end(self, order_id: str) -> None:
+        self._line_end_since.setdefault(order_id, time.monotonic())
+
+    async def finish_line_ends(self, poll_s: float = LINE_END_POLL_S) -> None:
+        """Run for the life of the daemon: auto-close each completed aggregated order once its
+        line end has finished (the hierarchy balances); an alarm when it has not after
+        ``line_end_wait_s`` (the order still closes by itself when it then balances)."""
+        if self.auto_close:  # completed before a restart: their wait starts again now
+            for record in self.store.all(frozenset({OrderState.COMPLETED})):
+                if record.order.aggregation is not None:
+                    self._wait_for_line_end(record.id)
+        while True:
+            await asyncio.sleep(poll_s)
+            if not self._line_end_since:
+                continue
+            try:
+                await self._retry_line_ends()
+            except (EdgeAgentError, sqlite3.Error) as exc:  # storage trouble: the next poll
+                log.error("auto_close_retry_failed", detail=str(exc))
+            except Exception:  # a bug here must not end the auto-close (nor the daemon)
+                log.exception("auto_close_retry_error")
+
+    async def _retry_line_ends(self) -> None:
+        async with self._lock:
+            for order_id, since in list(self._line_end_since.items()):
+                record = self.store.get(order_id)
+                if record.state != OrderState.COMPLETED:  # closed or aborted by a person
+                    self._line_end_since.pop(order_id, None)
+                    self._line_end_alarmed.discard(order_id)
+                    continue
+                try:
+                    record = await self._maybe_close(record, audit.LINE)
+                except CommandRefused as exc:  # a container opened again meanwhile
+                    log.info("auto_close_refused", order=order_id, detail=str(exc))
+                if record.state != OrderState.COMPLETED or order_id not in self._line_end_since:
+                    continue
+                waited = time.monotonic() - since
+                if waited > self.line_end_wait_s and order_id not in self._line_end_alarmed:
+                    self._line_end_alarmed.add(order_id)
+                    self._line_end_alarm(order_id, waited)
+        self._wake()
+
+    def _line_end_alarm(self, order_id: str, waited: float) -> None:
+        still_open = open_containers(self.conn, order_id)
+        problems = self.settlement.reconcile(order_id)["problems"]
+        shown = ", ".join(f"{level} {code} ({state})" for level, code, state in still_open[:5])
+        what = f"containers not closed: {shown}" if still_open else "; ".join(problems)
+        self.alarms.raise_(
+            AlarmKind.CLOSE_UNBALANCED,
+            f"order {order_id} completed {waited:.0f} s ago but its line end has not finished "
+            f"({what}). Finish the last, partial case and pallet (edge-agent station last-case "
+            "N, edge-agent station close-pallet) and record units of rejected cases loose; the "
+            "order then closes by itself, or a supervisor closes it with a reason",
+            order_id=order_id,
+        )
+        log.warning("auto_close_line_end_unfinished", order=order_id, waited_s=round(waited))
 
     # --- what the line reports ----------------------------------------------------------------
 
@@ -318,6 +402,12 @@ class CommandPath:
     def _wake(self) -> None:
         if self.line is not None:
             self.line.wake()
+
+
+def _only_hierarchy(reconciliation: dict[str, Any]) -> bool:
+    """The serial account balances; only the hierarchy does not (yet)."""
+    hierarchy = set(reconciliation.get("hierarchy_problems", ()))
+    return bool(hierarchy) and set(reconciliation["problems"]) <= hierarchy
 
 
 def _close_detail(report: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,10 @@ pallet label printer and camera) are simulators on loopback, driven by the daemo
 stations (``[aggregation]``: ``Agent.stations``, following the order on the line) as with
 ``edge-agent run``. The case packer injects case-level defects drawn by the seed (missing unit,
 foreign code, duplicate, unreadable code, unreadable label, a unit removed after the read).
+With ``--bundle N`` a bundler (``BundleStationSim``: bundle camera, bundle PLC, bundle label
+printer and camera) shrink-wraps every N units into a bundle before the case packer, driven by
+the daemon's bundle station (``[aggregation.bundle_station]``); its bundles, defects injected the
+same way, go into the cases (bundle -> case -> pallet).
 
 Orders do not start by themselves (``[orders] auto_start = false``): as at a real line end, the
 next order starts after the line clearance of the previous one. When the unit line has made an
@@ -36,7 +40,12 @@ from edge_agent.gs1.check import gtin_check_digit
 from edge_agent.ledger import Ledger
 from edge_agent.orders import audit
 from simulators.aggregation.label import label_code
-from simulators.aggregation.station import CaseStationSim, PalletStationSim
+from simulators.aggregation.station import (
+    BundleStationSim,
+    CaseStationSim,
+    PalletStationSim,
+    SimBundle,
+)
 from simulators.demo.orders import PRODUCTS
 from simulators.line import SimUnit
 
@@ -55,6 +64,7 @@ class AggregateOptions:
     cases_per_pallet: int = 2
     case_defect_rate: float = 0.3
     case_identifier: str = "sscc"  # or "gtin_serial": the case's own GTIN with a serial
+    bundle_size: int | None = None  # units per bundle: bundle -> case -> pallet (cases of bundles)
 
     def plan(self, product_gtin: str | None = None) -> dict[str, Any]:
         """The order's aggregation plan: SSCC cases (partial last one allowed) or cases of
@@ -66,8 +76,12 @@ class AggregateOptions:
             gtin = product_gtin or PRODUCTS[0][0]  # --aggregate runs the first demo product
             case = {"level": "case", "capacity": self.case_size, "partial": "refused",
                     "identifier": "gtin_serial", "gtin": case_gtin(gtin)}  # fmt: skip
+        bundle: list[dict[str, Any]] = []
+        if self.bundle_size is not None:
+            bundle = [{"level": "bundle", "capacity": self.bundle_size, "partial": "allowed"}]
         return {
             "levels": [
+                *bundle,
                 case,
                 {
                     "level": "pallet",
@@ -101,6 +115,7 @@ class LineEnd:
     seed: int
     queue: list[str] = field(default_factory=list)  # the orders, in the order they run
     cases: CaseStationSim = field(init=False)
+    bundles: BundleStationSim | None = field(init=False, default=None)
     pallets: PalletStationSim = field(init=False)
     stations: StationRunner | None = None  # the daemon's, once it serves
     order_id: str | None = None  # the order whose units go into the case packer
@@ -110,6 +125,7 @@ class LineEnd:
     _waiting: list[SimUnit] = field(default_factory=list)  # passed before the stations ran
     _passed: int = 0  # units of this order into the case packer
     _first_case: int = 0  # the packer's cases before this order's
+    _first_bundle: int = 0  # the bundler's bundles before this order's
 
     def __post_init__(self) -> None:
         size = SMALL_FRAME if self.options.case_size <= 12 else None
@@ -123,6 +139,16 @@ class LineEnd:
         )
         self.pallets = PalletStationSim(seed=self.seed + 1)
         self.pallets.attach(self.cases)
+        if self.options.bundle_size is not None:
+            self.bundles = BundleStationSim(
+                case_size=self.options.bundle_size,
+                defect_rate=self.options.case_defect_rate,
+                seed=self.seed + 2,
+                gate_delay_s=CASE_GATE_S,
+                cases_per_min=CASES_PER_MIN,
+                size=SMALL_FRAME if self.options.bundle_size <= 12 else None,
+            )
+            self.bundles.feed(self.cases)
 
     # --- wiring -----------------------------------------------------------------------------
 
@@ -133,8 +159,12 @@ class LineEnd:
         unit_gate.gate_listeners.append(self._left_unit_gate)
         await self.cases.start()
         await self.pallets.start()
+        if self.bundles is not None:
+            await self.bundles.start()
 
     async def stop(self) -> None:
+        if self.bundles is not None:
+            await self.bundles.stop()
         await self.pallets.stop()
         await self.cases.stop()
 
@@ -143,15 +173,21 @@ class LineEnd:
         configs = self.cases.driver_configs()
         # a loaded machine answers late at times: the case gate is seconds away
         configs["plc"]["timeout_s"] = 3.0
-        return {
-            "case_station": {
-                **configs,
-                "closing_read_s": 3.0,
-                "label_confirm_s": 5.0,
-                "label_read_s": 3.0,
-            },
+        timings = {"closing_read_s": 3.0, "label_confirm_s": 5.0, "label_read_s": 3.0}
+        section: dict[str, Any] = {
+            "case_station": {**configs, **timings},
             "pallet_station": self.pallets.driver_configs(),
         }
+        if self.bundles is not None:
+            bundler = self.bundles.driver_configs()
+            bundler["plc"]["timeout_s"] = 3.0
+            section["bundle_station"] = {**bundler, **timings}
+        return section
+
+    @property
+    def _packer(self) -> Any:
+        """Where the units the unit gate passes go: the bundler, else the case packer."""
+        return (self.bundles or self.cases).packer
 
     def _left_unit_gate(self, trigger: int, passed: bool) -> None:
         unit = self._seen.pop(trigger, None)
@@ -161,7 +197,7 @@ class LineEnd:
             self._waiting.append(unit)
         else:
             self._passed += 1
-            self.cases.packer.put([unit])
+            self._packer.put([unit])
 
     # --- the order on the line ----------------------------------------------------------------
 
@@ -178,9 +214,13 @@ class LineEnd:
 
     def _stations_on(self, order_id: str) -> bool:
         runner = self.stations
+        if runner is None:
+            return False
+        bundles = runner.bundle_station
+        if self.bundles is not None and (bundles is None or bundles.order_id != order_id):
+            return False
         return (
-            runner is not None
-            and runner.case_station is not None
+            runner.case_station is not None
             and runner.case_station.order_id == order_id
             and runner.pallet_station is not None
             and runner.pallet_station.order_id == order_id
@@ -191,9 +231,10 @@ class LineEnd:
         self.order_id = order_id
         self._passed = 0
         self._first_case = len(self.cases.packer.cases)
+        self._first_bundle = len(self.bundles.packer.cases) if self.bundles is not None else 0
         waiting, self._waiting = self._waiting, []
         self._passed += len(waiting)
-        self.cases.packer.put(waiting)
+        self._packer.put(waiting)
 
     async def finish(self, order_id: str, api: Api) -> None:
         """The order's quantity is made: pack the partial last case, close the partial last
@@ -205,8 +246,10 @@ class LineEnd:
             return
         try:
             await self._until(lambda: not self._seen, "every unit through the unit gate")
+            if self.bundles is not None:
+                await self._finish_bundles(api)
             await self._until(self._cases_decided, "every case decided at its gate")
-            remainder = self._passed % self.options.case_size
+            remainder = self._into_cases() % self.options.case_size
             station = self.stations.case_station if self.stations is not None else None
             if remainder and station is not None and not station.partial_allowed:
                 assert self.stations is not None
@@ -225,6 +268,40 @@ class LineEnd:
             self.order_id = None
             self.finished.add(order_id)
 
+    async def _finish_bundles(self, api: Api) -> None:
+        """The bundler's last, partial bundle, announced through the REST API and wrapped."""
+        size = self.options.bundle_size
+        assert size is not None and self.bundles is not None
+        await self._until(self._bundles_decided, "every bundle decided at its gate")
+        if remainder := self._passed % size:
+            await api.post("/aggregation/stations/bundle/last", {"count": remainder})
+            self.bundles.packer.flush()
+            await self._until(self._bundles_decided, "the partial last bundle decided")
+
+    def _bundles(self) -> list[Any]:
+        return self.bundles.packer.cases[self._first_bundle :] if self.bundles is not None else []
+
+    def _bundles_decided(self) -> bool:
+        station = self.stations.bundle_station if self.stations is not None else None
+        bundles = self._bundles()
+        assert self.options.bundle_size is not None
+        return (
+            len(bundles) >= self._passed // self.options.bundle_size
+            and all(b.verdict is not None for b in bundles)
+            and (station is None or not station._pending)
+        )
+
+    def _into_cases(self) -> int:
+        """What the case packer got for this order: units, or the bundles the bundler passed
+        (with a label: the ones ``BundleStationSim.feed`` sends on)."""
+        if self.bundles is None:
+            return self._passed
+        return sum(
+            1
+            for b in self._bundles()
+            if b.verdict and b.inside and b.labels and label_code(b.labels[-1]) is not None
+        )
+
     async def _close_last_pallet(self, api: Api) -> None:
         """The partial last pallet, closed through the REST API (a 202: still printing its
         label, or the station holds on failed labels: waited for)."""
@@ -241,8 +318,7 @@ class LineEnd:
 
     def _leave_partial_loose(self, hierarchy: Hierarchy, order_id: str) -> None:
         """The plan refuses a partial case: the units left in the packer are recorded loose."""
-        ledger: Ledger = hierarchy.ledger
-        left = [ledger.epc(u.gtin, u.serial) for u in self.cases.packer.filling]
+        left = [_epc_of(hierarchy, u) for u in self.cases.packer.filling]
         if left:
             hierarchy.leave_loose(
                 order_id, left, reason=LooseReason.PARTIAL_REFUSED, actor=OPERATOR
@@ -251,7 +327,7 @@ class LineEnd:
     def _cases_decided(self) -> bool:
         station = self.stations.case_station if self.stations is not None else None
         cases = self._cases()
-        formed = self._passed // self.options.case_size
+        formed = self._into_cases() // self.options.case_size
         return (
             len(cases) >= formed
             and all(c.verdict is not None for c in cases)
@@ -272,14 +348,14 @@ class LineEnd:
     def _record_loose(self, hierarchy: Hierarchy, order_id: str) -> None:
         """The units of rejected cases go to rework, as the operator records them: the station
         recorded those it read; this adds those no case frame showed (a slot left empty, an
-        unreadable code, a foreign or duplicate code in their place)."""
-        ledger: Ledger = hierarchy.ledger
+        unreadable code, a foreign or duplicate code in their place). With bundles: the units
+        of rejected bundles, and the bundles of rejected cases."""
         known = hierarchy.loose(order_id)
         epcs: list[str] = []
-        for case in self._cases():
+        for case in self._bundles() + self._cases():
             units = case.loose + ([] if case.verdict else case.inside)
             for unit in units:
-                epc = ledger.epc(unit.gtin, unit.serial)
+                epc = _epc_of(hierarchy, unit)
                 if not _of_order(hierarchy, epc, order_id):
                     continue  # a foreign unit goes back where it came from
                 if epc not in known and epc not in epcs and hierarchy.parent_of(epc) is None:
@@ -305,13 +381,26 @@ class LineEnd:
             await asyncio.sleep(0.05)
 
     def _progress(self) -> tuple[int, int]:
-        cases = self._cases()
-        return sum(1 for c in cases if c.verdict is not None), len(self._scanned_now())
+        boxes = self._bundles() + self._cases()
+        return sum(1 for c in boxes if c.verdict is not None), len(self._scanned_now())
 
     def truth(self) -> dict[str, Any]:
         truth = self.cases.ground_truth()
         truth["pallets"] = self.pallets.ground_truth()["pallets"]
+        if self.bundles is not None:
+            truth["bundles"] = self.bundles.ground_truth()
         return truth
+
+
+def _epc_of(hierarchy: Hierarchy, item: SimUnit) -> str:
+    """The ledger's EPC of what the packer handled: a unit, or a bundle by its code."""
+    if isinstance(item, SimBundle):
+        try:
+            return hierarchy.container(item.serial).epc
+        except AggregationRefused:
+            return item.serial  # not the ledger's: refused as such where it is used
+    ledger: Ledger = hierarchy.ledger
+    return ledger.epc(item.gtin, item.serial)
 
 
 def _of_order(hierarchy: Hierarchy, epc: str, order_id: str) -> bool:
@@ -377,7 +466,9 @@ def aggregation_report(
             problems.append(f"pallet {pallet['number']} (SSCC {sscc}): ledger and pallet differ")
     if len(pallets) != len(closed["pallet"]):
         problems.append(f"{len(pallets)} pallets built, {len(closed['pallet'])} closed")
+    bundles = _bundle_figures(conn, order_ids, truth.get("bundles"), problems)
     return {
+        **bundles,
         "cases": len(closed["case"]),
         "pallets": len(closed["pallet"]),
         "case_defects_injected": truth["case_defects_injected"],
@@ -388,23 +479,82 @@ def aggregation_report(
         "good_cases_rejected": sum(
             1 for c in cases.values() if c["passed"] is False and not c["defect"]
         ),
-        "units_packed": sum(len(u) for u in closed["case"].values()),
+        "units_packed": _units_packed(conn, order_ids),
         "units_loose": loose,
         "labels_scrapped": _scrapped(conn, order_ids),
         "aggregation_problems": problems,
     }
 
 
-def _children(conn: sqlite3.Connection, epc: str, level: str) -> set[str]:
-    """A closed case's unit serials, or a closed pallet's case SSCCs."""
-    if level == "case":
-        rows = conn.execute("SELECT serial FROM packed WHERE parent = ?", (epc,))
-    else:
-        rows = conn.execute(
-            "SELECT c.code FROM packed p JOIN containers c ON c.epc = p.child WHERE p.parent = ?",
-            (epc,),
+def _bundle_figures(
+    conn: sqlite3.Connection,
+    order_ids: list[str],
+    truth: dict[str, Any] | None,
+    problems: list[str],
+) -> dict[str, Any]:
+    """With a bundler: every defective bundle rejected, every bundle that passed its gate closed
+    in the ledger with exactly the units physically in it, each unit in one bundle only."""
+    if truth is None:
+        return {}
+    marks = ",".join("?" * len(order_ids))
+    closed = {
+        code: _children(conn, epc, "bundle")
+        for code, epc in conn.execute(
+            f"SELECT code, epc FROM containers WHERE level = 'bundle' AND state = 'closed' "
+            f"AND order_id IN ({marks})",
+            order_ids,
         )
+    }
+    seen: dict[str, str] = {}
+    for bundle in truth["cases"]:
+        number = bundle["number"]
+        if bundle["passed"] is None:
+            problems.append(f"bundle {number} never reached its gate")
+        elif bundle["passed"] and bundle["defect"]:
+            problems.append(f"bundle {number} ({bundle['defect']}) passed its gate")
+        if not bundle["passed"]:
+            continue
+        code = _sscc(bundle["labels"][-1]) if bundle["labels"] else None
+        if code is None or code not in closed:
+            problems.append(f"bundle {number} passed without a closed bundle for its label")
+        elif closed[code] != set(bundle["serials"]):
+            problems.append(
+                f"bundle {number} ({code}): the ledger's units differ from those physically in it"
+            )
+    for code, units in closed.items():
+        for serial in units:
+            if serial in seen:
+                problems.append(f"unit {serial} is in bundles {seen[serial]} and {code}")
+            seen[serial] = code
+    return {
+        "bundles": len(closed),
+        "bundle_defects_injected": truth["case_defects_injected"],
+        "bundle_defects_rejected": truth["case_defects_rejected"],
+        "bundle_defects_by_kind": _by_kind(truth["cases"]),
+        "bundles_rejected": sum(1 for b in truth["cases"] if b["passed"] is False),
+    }
+
+
+def _children(conn: sqlite3.Connection, epc: str, level: str) -> set[str]:
+    """A closed bundle's or case's unit serials (a case of bundles: their codes), or a closed
+    pallet's case SSCCs."""
+    rows = conn.execute(
+        "SELECT coalesce(p.serial, c.code) FROM packed p LEFT JOIN containers c "
+        "ON c.epc = p.child WHERE p.parent = ?",
+        (epc,),
+    )
     return {str(value) for (value,) in rows}
+
+
+def _units_packed(conn: sqlite3.Connection, order_ids: list[str]) -> int:
+    """Units in a closed container (a case, or a bundle in one)."""
+    marks = ",".join("?" * len(order_ids))
+    (n,) = conn.execute(
+        f"SELECT count(*) FROM packed p JOIN containers c ON c.epc = p.parent WHERE "
+        f"p.level = 'unit' AND c.state = 'closed' AND p.order_id IN ({marks})",
+        order_ids,
+    ).fetchone()
+    return int(n)
 
 
 def _scrapped(conn: sqlite3.Connection, order_ids: list[str]) -> int:

@@ -85,6 +85,13 @@ def add_commands(sub: Any) -> None:
         "gtin_serial (the case's own GTIN with a serial, AI 01 + 21, commissioned as an SGTIN)",
     )
     demo.add_argument(
+        "--bundle",
+        type=count_arg,
+        metavar="N",
+        help="--aggregate: bundle every N units at a bundler (bundle station) before the case "
+        "packer: bundle -> case -> pallet, --case-size then counts bundles per case",
+    )
+    demo.add_argument(
         "--keep-running",
         action="store_true",
         help="after the last order, keep the daemon (REST API, operator screen) up until "
@@ -114,6 +121,7 @@ def _demo(args: argparse.Namespace) -> int:
             args.cases_per_pallet,
             args.case_defect_rate,
             case_identifier=args.case_identifier,
+            bundle_size=args.bundle,
         )
 
     return asyncio.run(

@@ -239,6 +239,10 @@ def add_aggregation(report: dict[str, Any], figures: dict[str, Any]) -> None:
     missed = figures["case_defects_injected"] - figures["case_defects_rejected"]
     if missed:
         problems.insert(0, f"{missed} case defects were not rejected")
+    if missed := figures.get("bundle_defects_injected", 0) - figures.get(
+        "bundle_defects_rejected", 0
+    ):
+        problems.insert(0, f"{missed} bundle defects were not rejected")
     report.update(figures)
     report["hierarchy_balanced"] = balanced
     report["problems"] += problems
@@ -470,6 +474,9 @@ async def _line_end(
             continue
         console.print(f"order {order['id']}: units made; finishing its cases and pallets")
         await line_end.finish(order["id"], api)
+        if await _auto_closed(api, order["id"]):
+            console.print(f"[green]order {order['id']} closed[/] by the agent (auto-close)")
+            continue
         try:
             await operator.close(order["id"])
         except EdgeAgentError as exc:
@@ -492,6 +499,23 @@ async def _line_end(
         log_once(console, f"order {ready[0]['id']} not started yet: {exc}")
         return
     console.print(f"order {ready[0]['id']} started (the line end is clear)")
+
+
+AUTO_CLOSE_WAIT_S = 20.0  # the agent looks at a completed order every second
+
+
+async def _auto_closed(api: Api, order_id: str) -> bool:
+    """The line end is finished: the agent's auto-close closes the order once it balances;
+    False when it has not within AUTO_CLOSE_WAIT_S (then a person closes it)."""
+    deadline = time.monotonic() + AUTO_CLOSE_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            if (await api.get(f"/orders/{order_id}"))["state"] == "closed":
+                return True
+        except EdgeAgentError:  # the API busy for a moment: asked again
+            pass
+        await asyncio.sleep(0.2)
+    return False
 
 
 _said: set[str] = set()
@@ -754,6 +778,11 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         f"{report['daemon']['segments']} line segments, "
         + ("never exited" if exits == 0 else "[red]ended before the demo stopped it[/]")
     )
+    if "bundles" in report:
+        console.print(
+            f"bundler: {report['bundles']} bundles; bundle defects injected "
+            f"{report['bundle_defects_injected']}, rejected {report['bundle_defects_rejected']}"
+        )
     if "cases" in report:
         console.print(
             f"line end: {report['cases']} cases, {report['pallets']} pallets; case defects "

@@ -387,10 +387,13 @@ class StationsOut(BaseModel):
     order_id: str | None = Field(..., description="The order the stations work on")
     case: CaseStationOut | None
     pallet: PalletStationOut | None
+    bundle: CaseStationOut | None = Field(None, description="The bundle station, when configured")
 
 
 class LastCaseIn(_In):
-    count: int = Field(..., ge=1, le=100_000, description="Units in the last, partial case")
+    count: int = Field(
+        ..., ge=1, le=100_000, description="Units (or bundles) in the last, partial case or bundle"
+    )
 
 
 class PalletCloseOut(BaseModel):
@@ -431,17 +434,11 @@ def _station(request: Request, name: str) -> Any:
 async def stations(request: Request, _: CurrentActor) -> StationsOut:
     runner = _runner(request)
     section = runner.section
-    case = pallet = None
+    case = pallet = bundle = None
     if section.case_station is not None:
-        c = runner.case_station
-        case = CaseStationOut(running=c is not None)
-        if c is not None:
-            case = CaseStationOut(
-                running=True,
-                capacity=c.capacity,
-                stats=c.stats.to_json(),
-                last_case=c.expected_next,
-            )
+        case = _boxing_out(runner.case_station)
+    if section.bundle_station is not None:
+        bundle = _boxing_out(runner.bundle_station)
     if section.pallet_station is not None:
         p = runner.pallet_station
         pallet = PalletStationOut(running=p is not None)
@@ -453,7 +450,19 @@ async def stations(request: Request, _: CurrentActor) -> StationsOut:
                 scanned=[runner.hierarchy.container(epc).code for epc in p.scanned()],
                 held=p.held,
             )
-    return StationsOut(order_id=runner.order_id, case=case, pallet=pallet)
+    return StationsOut(order_id=runner.order_id, case=case, pallet=pallet, bundle=bundle)
+
+
+def _boxing_out(station: Any) -> CaseStationOut:
+    """A case (or bundle) station's state."""
+    if station is None:
+        return CaseStationOut(running=False)
+    return CaseStationOut(
+        running=True,
+        capacity=station.capacity,
+        stats=station.stats.to_json(),
+        last_case=station.expected_next,
+    )
 
 
 @router.post(
@@ -464,12 +473,27 @@ async def stations(request: Request, _: CurrentActor) -> StationsOut:
     operation_id="last_case",
 )
 async def last_case(body: LastCaseIn, request: Request, actor: CurrentActor) -> CaseStationOut:
-    station = _station(request, "case")
+    return _expect(request, actor, "case", body.count)
+
+
+@router.post(
+    "/aggregation/stations/bundle/last",
+    response_model=CaseStationOut,
+    responses=errors(400, 404, 409, 422),
+    summary="Announce the last, partial bundle of the order: the next bundle holds count units",
+    operation_id="last_bundle",
+)
+async def last_bundle(body: LastCaseIn, request: Request, actor: CurrentActor) -> CaseStationOut:
+    return _expect(request, actor, "bundle", body.count)
+
+
+def _expect(request: Request, actor: Actor, name: str, count: int) -> CaseStationOut:
+    station = _station(request, name)
     try:
-        station.expect(body.count)
+        station.expect(count)
     except (ValueError, EdgeAgentError) as exc:
         raise CommandRefused(str(exc)) from None
-    _audit(request, actor, "station_last_case", station.order_id, {"count": body.count})
+    _audit(request, actor, f"station_last_{name}", station.order_id, {"count": count})
     return CaseStationOut(
         running=True, capacity=station.capacity, stats=station.stats.to_json(),
         last_case=station.expected_next,
