@@ -514,6 +514,8 @@ async def close_pallet(request: Request, actor: CurrentActor) -> Any:
     from fastapi.responses import JSONResponse
 
     station = _station(request, "pallet")
+    # A pallet closed now is short of its plan: a supervisor's decision, as on the screen
+    supervisor_only(request, actor, "station_close_pallet", station.order_id or "")
     _audit(
         request, actor, "station_close_pallet", station.order_id, {"cases": len(station.scanned())}
     )
