@@ -69,6 +69,7 @@ _CONFIRM_WAIT_S = 0.1  # how long a frame may wait for its print confirmation to
 _COMMIT_COMPANY_S = 0.0  # how long a unit's commit waits for the frames decided behind it
 _COMPANY_POLL_S = 0.0005
 _REFILL_WAIT_S = 0.0  # how long a refill may wait to share the next outcomes' commit (see above)
+_REFILL_AT_STOP_S = 2.0  # how long a line stop waits for the block under way to reach the printer
 _MAX_UNACKNOWLEDGED = 3  # records in a row the printer did not acknowledge: it stopped answering
 
 
@@ -416,22 +417,41 @@ class LineRuntime:
             block = min(_refill_block(depth, window), batch.target - sent)
             async with self._flow:
                 await self._flow.wait_for(functools.partial(self._room_for, block, depth, window))
-            # With units in flight their outcomes commit within milliseconds: the block rides
-            # along (the printer still holds half a buffer meanwhile).
-            wait_s = _REFILL_WAIT_S if self._undecided else 0.0
-            taken = await self.ledger.take_block(batch, block, wait_s=wait_s)
+            # A line stop (cancellation) lets the block under way reach the printer: a block
+            # committed sent and never handed over would be settled as rejected, though
+            # nothing was printed (only a crash leaves that, see printer_reconcile.py).
+            refill = asyncio.ensure_future(self._refill(batch, block, depth))
+            try:
+                taken = await asyncio.shield(refill)
+            except asyncio.CancelledError:
+                # Bounded: a printer refusing records (buffer full) must not hold the stop.
+                await asyncio.wait([refill], timeout=_REFILL_AT_STOP_S)
+                if refill.done() and not refill.cancelled():
+                    refill.exception()  # retrieved: the stop already has its cause
+                refill.cancel()
+                raise
             if not taken:
                 await self._replenish(batch.target - sent)
                 continue
-            sent += len(taken)
-            self._unprinted += len(taken)
-            self._undecided += len(taken)
-            crash_point("block_taken")
-            for record in taken:
-                await self._send(PrintRecord(*record))
-                if self._unprinted >= depth:
-                    crash_point("printer_buffer_full")
+            sent += taken
         self._feed_done.set()
+
+    async def _refill(self, batch: BatchInfo, block: int, depth: int) -> int:
+        """Take a block of serials (committed ``sent``) and hand it to the printer; returns how
+        many were taken (0: none allocated)."""
+        # With units in flight their outcomes commit within milliseconds: the block rides
+        # along (the printer still holds half a buffer meanwhile).
+        wait_s = _REFILL_WAIT_S if self._undecided else 0.0
+        taken = await self.ledger.take_block(batch, block, wait_s=wait_s)
+        self._unprinted += len(taken)
+        self._undecided += len(taken)
+        if taken:
+            crash_point("block_taken")
+        for record in taken:
+            await self._send(PrintRecord(*record))
+            if self._unprinted >= depth:
+                crash_point("printer_buffer_full")
+        return len(taken)
 
     def _room_for(self, block: int, depth: int, window: int) -> bool:
         return self._unprinted + block <= depth and self._undecided + block <= window
