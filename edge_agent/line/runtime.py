@@ -422,7 +422,14 @@ class LineRuntime:
             # With units in flight their outcomes commit within milliseconds: the block rides
             # along (the printer still holds half a buffer meanwhile).
             wait_s = _REFILL_WAIT_S if self._undecided else 0.0
-            taken = await self.ledger.take_block(batch, block, wait_s=wait_s)
+            taking = asyncio.ensure_future(self.ledger.take_block(batch, block, wait_s=wait_s))
+            try:
+                taken = await asyncio.shield(taking)
+            except asyncio.CancelledError:
+                # A line stop while the block commits: none of it reached the printer
+                with contextlib.suppress(Exception):
+                    self._block, self._handed = await taking, 0
+                raise
             if not taken:
                 await self._replenish(batch.target - sent)
                 continue
