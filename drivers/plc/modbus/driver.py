@@ -104,9 +104,6 @@ class ModbusPlcBase:
     and reject log sizes; exit closes. Subclasses make the client."""
 
     transport: ClassVar[str] = "Modbus"
-    # RTU answers carry no transaction id: after an abandoned request (timeout, cancellation)
-    # its late answer would be taken for the next request's. The next request waits a moment.
-    answers_carry_no_id: ClassVar[bool] = False
     config: Any  # a ModbusCommonConfig subclass with device_id
 
     def __init__(self, name: str) -> None:
@@ -121,6 +118,11 @@ class ModbusPlcBase:
         # request that arrives before the first is answered, which looks like a timeout. On a
         # serial bus it is the protocol itself: one master, one outstanding request.
         self._request_lock = asyncio.Lock()
+        # After an abandoned request (timeout, cancellation) the next one waits a moment: the
+        # PLC may still be answering it, and would drop a request arriving meanwhile (seen with
+        # pymodbus's server: a line-stop request sent right after a cancelled read went
+        # unanswered); over RTU, whose answers carry no transaction id, the late answer would
+        # even be taken for the next request's.
         self._out_of_step = False
 
     def _new_client(self) -> ModbusBaseClient:
@@ -362,10 +364,10 @@ class ModbusPlcBase:
                     self._out_of_step = False
                 response = await send(client)
         except asyncio.CancelledError:
-            self._out_of_step = self.answers_carry_no_id
+            self._out_of_step = True
             raise
         except (TimeoutError, ModbusException, OSError) as exc:
-            self._out_of_step = self.answers_carry_no_id
+            self._out_of_step = True
             self._raise_mapped(what, exc)
         if response is None:
             raise ProtocolError(self.name, f"{what}: no response PDU")

@@ -44,7 +44,6 @@ class ModbusRtuPlc(ModbusPlcBase):
 
     Config: ClassVar[type[ModbusRtuPlcConfig]] = ModbusRtuPlcConfig
     transport = "Modbus RTU"
-    answers_carry_no_id = True
 
     def __init__(self, name: str, config: ModbusRtuPlcConfig | Mapping[str, Any]) -> None:
         super().__init__(name)
