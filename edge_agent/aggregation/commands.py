@@ -11,6 +11,7 @@ also come from a file, one code per line (``--from -`` reads a scanner's lines f
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -105,14 +106,13 @@ def _station_commands(sub: Any) -> None:
     status = actions.add_parser("status", help="order, state, the pallet being built, a hold")
     _client_options(status)
     status.set_defaults(handler=_station_status)
-    last = actions.add_parser("last-case", help="the next case is the order's last: N units")
-    last.add_argument("count", type=int, metavar="N")
-    _client_options(last)
-    last.set_defaults(handler=_last_case)
-    bundle = actions.add_parser("last-bundle", help="the next bundle is the order's last: N units")
-    bundle.add_argument("count", type=int, metavar="N")
-    _client_options(bundle)
-    bundle.set_defaults(handler=_last_bundle)
+    for level in ("case", "bundle"):  # the partial last container of a station's level
+        last = actions.add_parser(
+            f"last-{level}", help=f"the next {level} is the order's last: N units"
+        )
+        last.add_argument("count", type=int, metavar="N")
+        _client_options(last)
+        last.set_defaults(handler=functools.partial(_last, level))
     closing = actions.add_parser("close-pallet", help="close the pallet being built now")
     _client_options(closing)
     closing.set_defaults(handler=_close_pallet)
@@ -145,21 +145,12 @@ def _station_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _last_case(args: argparse.Namespace) -> int:
+def _last(level: str, args: argparse.Namespace) -> int:
     with _client(args) as api:
-        found = api.post("/aggregation/stations/case/last", {"count": args.count})
+        found = api.post(f"/aggregation/stations/{level}/last", {"count": args.count})
     if args.json:
         return _print_json(found)
-    print(f"the next case is the last one: {found['last_case']} units")
-    return EXIT_OK
-
-
-def _last_bundle(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        found = api.post("/aggregation/stations/bundle/last", {"count": args.count})
-    if args.json:
-        return _print_json(found)
-    print(f"the next bundle is the last one: {found['last_case']} units")
+    print(f"the next {level} is the last one: {found['last_case']} units")
     return EXIT_OK
 
 
