@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -436,15 +437,8 @@ def aggregation_report(
         loose += n
     by_sscc: dict[str, int] = {}
     for case in cases.values():
-        if case["passed"] is None:
-            problems.append(f"case {case['number']} never reached its gate")
-        elif case["passed"] and case["defect"]:
-            problems.append(f"case {case['number']} ({case['defect']}) passed its gate")
-        if not case["passed"]:
-            continue
-        sscc = _sscc(case["labels"][-1]) if case["labels"] else None
-        if sscc is None or sscc not in closed["case"]:
-            problems.append(f"case {case['number']} passed without a closed case for its label")
+        sscc = _passed_and_closed("case", case, closed["case"], problems)
+        if sscc is None:
             continue
         by_sscc[sscc] = case["number"]
         if closed["case"][sscc] != set(case["serials"]):
@@ -507,19 +501,11 @@ def _bundle_figures(
     }
     seen: dict[str, str] = {}
     for bundle in truth["cases"]:
-        number = bundle["number"]
-        if bundle["passed"] is None:
-            problems.append(f"bundle {number} never reached its gate")
-        elif bundle["passed"] and bundle["defect"]:
-            problems.append(f"bundle {number} ({bundle['defect']}) passed its gate")
-        if not bundle["passed"]:
-            continue
-        code = _sscc(bundle["labels"][-1]) if bundle["labels"] else None
-        if code is None or code not in closed:
-            problems.append(f"bundle {number} passed without a closed bundle for its label")
-        elif closed[code] != set(bundle["serials"]):
+        code = _passed_and_closed("bundle", bundle, closed, problems)
+        if code is not None and closed[code] != set(bundle["serials"]):
             problems.append(
-                f"bundle {number} ({code}): the ledger's units differ from those physically in it"
+                f"bundle {bundle['number']} ({code}): the ledger's units differ from those "
+                "physically in it"
             )
     for code, units in closed.items():
         for serial in units:
@@ -572,6 +558,27 @@ def _by_kind(cases: list[dict[str, Any]]) -> dict[str, int]:
         if case["defect"]:
             counts[case["defect"]] = counts.get(case["defect"], 0) + 1
     return dict(sorted(counts.items()))
+
+
+def _passed_and_closed(
+    kind: str, made: dict[str, Any], closed: Mapping[str, Any], problems: list[str]
+) -> str | None:
+    """The label code of a container the line made (``made``, physical truth) that passed its
+    gate and is closed in the ledger under that label; None, with what is wrong in
+    ``problems``, for one that never reached its gate, passed with a defect, or has no closed
+    container for its label (a rejected one: None, nothing wrong)."""
+    number = made["number"]
+    if made["passed"] is None:
+        problems.append(f"{kind} {number} never reached its gate")
+    elif made["passed"] and made["defect"]:
+        problems.append(f"{kind} {number} ({made['defect']}) passed its gate")
+    if not made["passed"]:
+        return None
+    code = _sscc(made["labels"][-1]) if made["labels"] else None
+    if code is None or code not in closed:
+        problems.append(f"{kind} {number} passed without a closed {kind} for its label")
+        return None
+    return str(code)
 
 
 def _sscc(data: str) -> str | None:
