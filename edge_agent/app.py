@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import structlog
 
-from edge_agent import systemd
+from edge_agent import shutdown, systemd
 from edge_agent.aggregation.runner import StationRunner
 from edge_agent.alarms import AlarmBoard
 from edge_agent.config import LoadedConfig
@@ -93,6 +93,8 @@ class Agent:
         self._loops: list[ForwarderLoop] = []
         self._inbox: Inbox | None = None
         self.stations: StationRunner | None = None  # [aggregation]: the line end's stations
+        # Called once the daemon begins to stop (the process bounds its exit from there)
+        self.on_stopping: Callable[[], None] | None = None
 
     def request_stop(self, stop: LineStopped) -> bool:
         """Stop the daemon (a signal): the line stops as any line stop does (units in flight
@@ -102,6 +104,21 @@ class Agent:
         if self._stopped is not None:
             self._stopped.set()
         return self.controller is not None and self.controller.shutdown(stop)
+
+    @property
+    def line_settle_s(self) -> float:
+        """Longest the line's stop path may take at the daemon's exit: units in flight are
+        printed, reach the gate and have their verdicts recorded."""
+        line = self.config.model.line
+        waits = line.print_confirm_timeout_s + line.reject_confirm_timeout_ms / 1000
+        return waits + shutdown.LINE_SETTLE_S
+
+    @property
+    def exit_bound_s(self) -> float:
+        """Longest the daemon may take from a stop request to its end."""
+        upstream = self.config.model.upstream or UpstreamSection()
+        steps = self.line_settle_s + upstream.drain_on_exit_s + 2 * shutdown.TASKS_END_S
+        return steps + shutdown.RESOURCES_CLOSE_S
 
     def _device(self, kind: str) -> Any:
         spec = getattr(self.config, kind)
@@ -290,17 +307,24 @@ class Agent:
                 ready.set()
             await asyncio.wait({line, watcher}, return_when=asyncio.FIRST_COMPLETED)
             served = watcher.result() if watcher.done() else Served("signal")
+            log.info("agent_stopping", ended=served.ended)
+            if self.on_stopping is not None:
+                self.on_stopping()
             if not line.done():
                 controller.shutdown(self._stop or LineStopped(StopReason.SHUTDOWN, served.ended))
-            await line  # the segment in progress settles its units in flight
-            await _drain(self._loops, upstream.drain_on_exit_s)
+            # The segment in progress settles its units in flight; what a cut-short settle
+            # leaves is settled at the next start (in flight at restart)
+            await shutdown.within("line stop", line, self.line_settle_s)
+            await shutdown.step(
+                "outbox drain",
+                _drain(self._loops, upstream.drain_on_exit_s),
+                upstream.drain_on_exit_s + shutdown.TASKS_END_S,
+            )
             return served
         finally:
             for loop in self._loops:
                 loop.stop()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await shutdown.end_tasks(tasks, step="background tasks", bound_s=shutdown.TASKS_END_S)
 
     async def _watch(self, until_idle: UntilIdle | None, commands: CommandPath) -> Served:
         """Returns when the daemon is told to stop, or (``until_idle``) when it is idle."""

@@ -191,9 +191,14 @@ def _serve_agent(agent: Any, until_idle: Any) -> tuple[Any, int | None]:
     import structlog
 
     from edge_agent import systemd
+    from edge_agent.shutdown import TEARDOWN_S, ExitGuard
     from edge_agent.stops import StopReason
 
     log = structlog.get_logger("edge_agent.cli")
+    # Every step of the exit has a bound of its own; this one ends the process (exit 1, the
+    # stack of every thread logged) if the whole exit still overruns
+    guard = ExitGuard()
+    agent.on_stopping = lambda: guard.arm(agent.exit_bound_s, EXIT_ERROR, "daemon stop")
 
     async def runner() -> tuple[Any, int | None]:
         task = asyncio.ensure_future(agent.serve(until_idle=until_idle))
@@ -205,6 +210,7 @@ def _serve_agent(agent: Any, until_idle: Any) -> tuple[Any, int | None]:
                 task.cancel()
                 return
             received.append(sig)
+            guard.arm(agent.exit_bound_s, EXIT_ERROR, f"stop on {sig.name}")
             log.warning("shutdown_requested", signal=sig.name)
             systemd.notify_stopping(f"stopping on {sig.name}")
             agent.request_stop(LineStopped(StopReason.SHUTDOWN, f"{sig.name} received"))
@@ -218,6 +224,8 @@ def _serve_agent(agent: Any, until_idle: Any) -> tuple[Any, int | None]:
             if not received:
                 raise
             return None, int(received[0])
+        finally:  # what is left: the event loop's and the interpreter's teardown
+            guard.arm(TEARDOWN_S, EXIT_ERROR, "process teardown")
         if received:
             return None, int(received[0])
         return served, None
