@@ -38,6 +38,35 @@ STRESS_CHUNK = 256 * 1024  # bytes written between two fsyncs
 STRESS_FILE_MAX = 64 * 1024 * 1024  # the stress file starts over at this size
 
 
+def probe(path: Path, out: Path) -> None:
+    """The disk's own commit latency (the probe process's body): append 4 KiB and fdatasync,
+    20 times a second, as a commit of the state database does, until SIGTERM; then the
+    figures go to ``out`` as JSON. Beside the verdict times it tells what the disk alone costs."""
+    stopped = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopped
+        stopped = True
+
+    signal.signal(signal.SIGTERM, stop)
+    block = os.urandom(4096)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    took: list[float] = []
+    while not stopped:
+        os.write(fd, block)
+        started = time.perf_counter()
+        os.fdatasync(fd)
+        took.append((time.perf_counter() - started) * 1000)
+        time.sleep(max(0.0, 0.05 - took[-1] / 1000))
+    took.sort()
+
+    def at(share: float) -> float:
+        return round(took[min(len(took) - 1, int(share * len(took)))], 2) if took else 0.0
+
+    figures = {"samples": len(took), "p50": at(0.5), "p99": at(0.99), "max": at(1.0)}
+    out.write_text(json.dumps(figures))
+
+
 def stress(path: Path) -> None:
     """Write and fsync forever (the stress process's body)."""
     block = os.urandom(STRESS_CHUNK)
@@ -78,6 +107,10 @@ def phase(workdir: Path, units: int, stress_procs: int) -> dict[str, Any]:
         )
         for n in range(stress_procs)
     ]
+    prober = subprocess.Popen(
+        [sys.executable, __file__, "--probe", str(workdir / "probe.bin")],
+        stdout=subprocess.DEVNULL,
+    )
     load_before = os.getloadavg()
     with (workdir / "agent.log").open("w") as log_file:
         logs.configure("json", "warning", stream=log_file)
@@ -92,6 +125,9 @@ def phase(workdir: Path, units: int, stress_procs: int) -> dict[str, Any]:
             for proc in stressors:
                 proc.kill()
                 proc.wait(timeout=20)
+            prober.send_signal(signal.SIGTERM)
+            prober.wait(timeout=20)
+    disk = workdir / "probe.bin.json"
     return {
         "stress_procs": stress_procs,
         "units": stats.units,
@@ -100,6 +136,7 @@ def phase(workdir: Path, units: int, stress_procs: int) -> dict[str, Any]:
         "good_rejected_late": stats.by_reason.get("late_verdict", 0),
         "rejects_by_reason": {k: v for k, v in stats.by_reason.items() if k != "ok"},
         "latency_frame_to_verdict_ms": stats.latency_ms.summary(),
+        "disk_fdatasync_4k_ms": json.loads(disk.read_text()) if disk.exists() else None,
         "wall_s": round(elapsed, 1),
         "load_average": {
             "before": [round(x, 2) for x in load_before],
@@ -113,9 +150,13 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0, help="per run (two runs)")
     parser.add_argument("--stress-procs", type=int, default=1)
     parser.add_argument("--stress", help=argparse.SUPPRESS)
+    parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stress:
         stress(Path(args.stress))
+        return
+    if args.probe:
+        probe(Path(args.probe), Path(args.probe + ".json"))
         return
     units = max(1, round(UNITS_PER_MIN * args.minutes))
     workdir = Path(tempfile.mkdtemp(prefix="edge-agent-io-stress-"))
