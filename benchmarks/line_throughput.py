@@ -11,7 +11,6 @@ nothing is left to run. Prints one JSON object with the figures and the machine.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent import logs
+from edge_agent import asyncio_support, logs
 from edge_agent.app import Agent, UntilIdle
 from edge_agent.config import parse_config
 from edge_agent.line.stats import LineStats
@@ -135,7 +134,7 @@ def main() -> None:
         proc, ports = start_simulators(workdir)
         try:
             started = time.monotonic()
-            stats, in_flight = asyncio.run(run(args.units, workdir, ports, args.in_flight))
+            stats, in_flight = asyncio_support.run(run(args.units, workdir, ports, args.in_flight))
             elapsed = time.monotonic() - started
         finally:
             proc.send_signal(signal.SIGTERM)

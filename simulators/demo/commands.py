@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
+from edge_agent import asyncio_support
 from edge_agent.cli import count_arg
 from edge_agent.errors import ConfigError
 from simulators.catalog import SIMULATOR_TYPES
@@ -124,7 +125,7 @@ def _demo(args: argparse.Namespace) -> int:
             bundle_size=args.bundle,
         )
 
-    return asyncio.run(
+    return asyncio_support.run(
         run_demo(
             orders=args.orders,
             units=args.units,
