@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from line_throughput import drop_order, machine, start_simulators  # type: ignore[import-not-found]
 
-from edge_agent import asyncio_support, logs
+from edge_agent import logs
 from edge_agent.aggregation.hierarchy import Hierarchy
 from edge_agent.aggregation.matching import match_case
 from edge_agent.aggregation.runner import StationRunner, case_reader
@@ -315,7 +315,7 @@ def line_figures(units: int, pairs: int, case_size: int) -> dict[str, Any]:
             proc, ports = start_simulators(workdir)
             try:
                 runs.append(
-                    asyncio_support.run(
+                    asyncio.run(
                         line_run(units, workdir, ports, aggregate=aggregate, case_size=case_size)
                     )
                 )

@@ -22,6 +22,7 @@ line run works on a copy. Prints one JSON object:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -39,7 +40,7 @@ from typing import Any
 from history_db import CURRENT, build_history  # type: ignore[import-not-found]
 from line_throughput import machine  # type: ignore[import-not-found]
 
-from edge_agent import asyncio_support, logs, systemd
+from edge_agent import logs, systemd
 from edge_agent.app import Agent, UntilIdle
 from edge_agent.config import parse_config
 from edge_agent.db import close_db, open_db, open_reader
@@ -182,7 +183,7 @@ def start_simulators(work: Path) -> tuple[subprocess.Popen[str], dict[str, int]]
 def one_line_run(state: Path, work: Path, units: int) -> dict[str, Any]:
     proc, ports = start_simulators(work)
     try:
-        return asyncio_support.run(line_run(state, work, ports, units))
+        return asyncio.run(line_run(state, work, ports, units))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

@@ -14,6 +14,7 @@ Takes 2 x ``--minutes`` (quiet run, then stressed run). The test suite does not 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from typing import Any
 
 from line_throughput import drop_order, start_simulators  # type: ignore[import-not-found]
 
-from edge_agent import asyncio_support, logs
+from edge_agent import logs
 from edge_agent.app import Agent, UntilIdle
 from edge_agent.config import parse_config
 from edge_agent.line.stats import LineStats
@@ -116,7 +117,7 @@ def phase(workdir: Path, units: int, stress_procs: int) -> dict[str, Any]:
         sims, ports = start_simulators(workdir, units_per_min=UNITS_PER_MIN, defect_rate=0.0)
         try:
             started = time.monotonic()
-            stats = asyncio_support.run(run_line(workdir, units, ports))
+            stats = asyncio.run(run_line(workdir, units, ports))
             elapsed = time.monotonic() - started
         finally:
             sims.send_signal(signal.SIGTERM)

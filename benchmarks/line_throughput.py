@@ -11,6 +11,7 @@ nothing is left to run. Prints one JSON object with the figures and the machine.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent import asyncio_support, logs
+from edge_agent import logs
 from edge_agent.app import Agent, UntilIdle
 from edge_agent.config import parse_config
 from edge_agent.line.stats import LineStats
@@ -134,7 +135,7 @@ def main() -> None:
         proc, ports = start_simulators(workdir)
         try:
             started = time.monotonic()
-            stats, in_flight = asyncio_support.run(run(args.units, workdir, ports, args.in_flight))
+            stats, in_flight = asyncio.run(run(args.units, workdir, ports, args.in_flight))
             elapsed = time.monotonic() - started
         finally:
             proc.send_signal(signal.SIGTERM)

@@ -3,35 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
-
-T = TypeVar("T")
-# Opt out of uvloop (diagnosis, a platform without it): EDGE_AGENT_EVENT_LOOP=asyncio
-EVENT_LOOP_ENV = "EDGE_AGENT_EVENT_LOOP"
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    """The event loop the agent, its commands and the simulators run on: uvloop (libuv) when it
-    is installed, asyncio's own otherwise. The per-unit path is mostly event-loop work (sockets,
-    futures, wake-ups from the decode and writer threads), and uvloop does it with about a tenth
-    less CPU per unit than asyncio's selector loop."""
-    if os.environ.get(EVENT_LOOP_ENV, "").strip().lower() != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-            return factory
-    return asyncio.new_event_loop
-
-
-def run(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` on the agent's event loop (``loop_factory``)."""
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(main)
 
 
 def raise_if_cancel_lost() -> None:

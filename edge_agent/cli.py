@@ -16,7 +16,6 @@ from typing import Any
 
 from rich.console import Console
 
-from edge_agent import asyncio_support
 from edge_agent.errors import ConfigError, EdgeAgentError, LineStopped, StateRefused
 
 # Subcommands that live beside the code they drive; each module has add_commands(subparsers).
@@ -231,7 +230,7 @@ def _serve_agent(agent: Any, until_idle: Any) -> tuple[Any, int | None]:
             return None, int(received[0])
         return served, None
 
-    result: tuple[Any, int | None] = asyncio_support.run(runner())
+    result: tuple[Any, int | None] = asyncio.run(runner())
     return result
 
 
@@ -247,7 +246,7 @@ def _run_until_signal(coro: Any) -> Any:
             return await task
         return None
 
-    return asyncio_support.run(runner())
+    return asyncio.run(runner())
 
 
 def _check_config(args: argparse.Namespace) -> int:

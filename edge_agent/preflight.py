@@ -18,6 +18,7 @@ Each problem is a ConfigError with the config file, line and key path, what is w
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from edge_agent import asyncio_support, db, proclocks
+from edge_agent import db, proclocks
 from edge_agent.config.loader import ConfigInvalid, LoadedConfig, _key_lines
 from edge_agent.config.models import OpcUaSecurity, SecretRef
 from edge_agent.contracts import Preflight
@@ -89,7 +90,7 @@ def check(config: LoadedConfig) -> Findings:
                 ref.resolve()
             except ConfigError as exc:
                 report.problem(key, exc.detail)
-    asyncio_support.run(_async_checks(report, config, sections))
+    asyncio.run(_async_checks(report, config, sections))
     return report.findings
 
 

@@ -15,8 +15,6 @@ import signal
 from collections.abc import Coroutine
 from typing import Any
 
-from edge_agent import asyncio_support
-
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -27,7 +25,7 @@ def run_until_signal(main: Coroutine[Any, Any, object]) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio_support.run(_until_signal(main))
+        asyncio.run(_until_signal(main))
     return 0
 
 

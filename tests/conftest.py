@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import structlog
@@ -20,11 +19,3 @@ def _fresh_logging() -> Iterator[None]:
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
-
-
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
-    """The async tests run on the event loop the agent runs on (uvloop when installed), so what
-    passes here is what runs on a line."""
-    from edge_agent.asyncio_support import loop_factory
-
-    return {"agent_loop": loop_factory()}

@@ -31,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from edge_agent import asyncio_support, registry
+from edge_agent import registry
 from edge_agent.aggregation.hierarchy import Hierarchy
 from edge_agent.aggregation.plan import Level
 from edge_agent.aggregation.station import (
@@ -403,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        asyncio_support.run(_until_signal(runner))
+        asyncio.run(_until_signal(runner))
     except KeyboardInterrupt:
         pass
     finally:

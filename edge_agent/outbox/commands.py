@@ -17,7 +17,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from edge_agent import asyncio_support
 from edge_agent.errors import ConfigError
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -165,6 +164,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _drain(args: argparse.Namespace) -> int:
     """Exit 0 when every forwarder delivered everything, 1 when events are still pending."""
+    import asyncio
 
     from edge_agent import logs
     from edge_agent.app import Agent
@@ -174,7 +174,7 @@ def _drain(args: argparse.Namespace) -> int:
     logs.configure(config.model.agent.log_format, config.model.agent.log_level)
     if not config.forwarders:
         raise ConfigError("no [[upstream.forwarders]] configured", file=str(args.config))
-    left = asyncio_support.run(Agent(config).drain_outbox(args.timeout))
+    left = asyncio.run(Agent(config).drain_outbox(args.timeout))
     print(json.dumps({"pending": left}))
     return 0 if left == 0 else 1
 

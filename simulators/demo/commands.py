@@ -12,7 +12,6 @@ from typing import Any
 
 from rich.console import Console
 
-from edge_agent import asyncio_support
 from edge_agent.cli import count_arg
 from edge_agent.errors import ConfigError
 from simulators.catalog import SIMULATOR_TYPES
@@ -125,7 +124,7 @@ def _demo(args: argparse.Namespace) -> int:
             bundle_size=args.bundle,
         )
 
-    return asyncio_support.run(
+    return asyncio.run(
         run_demo(
             orders=args.orders,
             units=args.units,

@@ -16,7 +16,6 @@ import json
 import os
 from pathlib import Path
 
-from edge_agent import asyncio_support
 from simulators.l3.server import L3Sim
 
 
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folder", type=Path, help="also serve through this exchange folder")
     parser.add_argument("--orders", type=Path, help="JSON file: a list of orders to hand out")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio_support.run(_run(parser.parse_args(argv)))
+        asyncio.run(_run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":
