@@ -285,6 +285,38 @@ async def test_silent_printer_raises_device_timeout(sim: ZplPrinterSim, line: Si
                 await take(it, 1)
 
 
+async def test_a_missed_answer_at_connect_is_asked_again(sim: ZplPrinterSim) -> None:
+    # A host or printer busy for one status timeout at connect is not a lost printer: the
+    # baseline is asked again (max_missed_status in a row), and the counts start from it.
+    sim.faults.lose_status_answers(1)
+    async with ZplPrinter("p", config(sim, status_timeout_s=0.2)) as printer:
+        await printer.select_job(JOB)
+        for i in range(1, 4):
+            await printer.send(rec(i))
+        async with aclosing(printer.confirmations()) as it:
+            assert await take(it, 3) == confirmed(1, 2, 3)
+
+
+async def test_a_late_answer_at_connect_counts_once(sim: ZplPrinterSim) -> None:
+    # The first baseline answer comes after its timeout, so the question is asked again and
+    # both answers arrive; the counts start from one of them and no confirmation is invented.
+    sim.faults.delay_replies(0.3)
+    asyncio.get_running_loop().call_later(0.25, sim.faults.delay_replies, 0.0)
+    async with ZplPrinter("p", config(sim, status_timeout_s=0.2, max_missed_status=3)) as printer:
+        await printer.select_job(JOB)
+        for i in range(1, 3):
+            await printer.send(rec(i))
+        async with aclosing(printer.confirmations()) as it:
+            assert await take(it, 2) == confirmed(1, 2)
+
+
+async def test_a_printer_silent_at_connect_raises_device_timeout(sim: ZplPrinterSim) -> None:
+    sim.faults.lose_status_answers(1000)
+    with pytest.raises(DeviceTimeout, match="~HS"):
+        async with ZplPrinter("p", config(sim, status_timeout_s=0.1, max_missed_status=2)):
+            pass
+
+
 async def test_batch_values_zpl_cannot_carry_fail_at_job_selection(sim: ZplPrinterSim) -> None:
     async with ZplPrinter("p", config(sim)) as printer:
         with pytest.raises(ProtocolError, match="lot"):

@@ -170,9 +170,23 @@ class ZplPrinter(StreamPrinter):
         self._unconfirmed = deque()
         self._written = self._printed = 0
         # Before anything is sent: the counter to count from, and what is queued already
-        status = await self._ask(baseline=True)
+        status = await self._baseline_status()
         log.info("printer status", device=self.name, queued=status.pending)
         self._spawn(self._poll_loop(), "poll")
+
+    async def _baseline_status(self) -> codec.HostStatus:
+        """The baseline ~HS, a missed answer asked again as the poll does (a printer or host
+        busy for one timeout is not a lost link); nothing is written until one is answered."""
+        missed = 0
+        while True:
+            try:
+                return await self._ask(baseline=True)
+            except DeviceTimeout:
+                missed += 1
+                log.warning("printer status missed", device=self.name, in_a_row=missed)
+                if missed >= self.config.max_missed_status:
+                    raise
+                await self._resync()
 
     def _answered(self, entry: Pending, reply: Any) -> None:
         """Every answer counts, a late one to an abandoned question too (in question order)."""
@@ -203,7 +217,11 @@ class ZplPrinter(StreamPrinter):
 
     def _baseline(self, hs: codec.HostStatus, odometer: int) -> None:
         """Count from here. Records of the last connection that the printer still queues stay
-        ours (so ``clear()`` can name them), if the counts place them beyond doubt."""
+        ours (so ``clear()`` can name them), if the counts place them beyond doubt. The first
+        baseline answer counts: a late one to a question asked again is the same state, since
+        nothing is written before the baseline, and must not count the placed records again."""
+        if self._based:
+            return
         carried, self._carried, self._based = self._carried, None, True
         self._odometer_base, self._foreign = odometer, hs.pending
         if carried is None:
