@@ -59,7 +59,15 @@ def test_module_centres_land_on_the_modules() -> None:
 
 
 @pytest.mark.parametrize(
-    ("category", "index"), [("square", 1), ("rectangular", 0), ("dmre", 2), ("curved", 3)]
+    ("category", "index"),
+    [
+        ("square", 1),
+        ("rectangular", 0),
+        ("dmre", 2),
+        ("curved", 3),
+        ("dot_peen", 4),  # craters dark only on their shadow side
+        ("glare", 5),  # a highlight over much of the symbol: read relative to the light around
+    ],
 )
 def test_clean_and_warped_frames_are_readable(category: str, index: int) -> None:
     frame = wide.wide_frame(category, index)

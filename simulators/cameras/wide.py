@@ -460,9 +460,11 @@ def oracle_read(synth: Synth) -> str | None:
     if synth.module_centres is None:
         return None
     samples = module_samples(synth.image, synth.module_centres)
-    # The mean of a module's points, then their darkest: a dot-peen crater is as bright on its
-    # lit side as the metal around it is, and dark only on its shadow side.
-    for values in (samples.mean(axis=0), samples.min(axis=0)):
+    mean = samples.mean(axis=0)
+    # The mean of a module's points, then their darkest (a dot-peen crater is as bright on its
+    # lit side as the metal around it is, and dark only on its shadow side), then the mean
+    # relative to the light around (``_flat_field``: what a specular highlight leaves alone).
+    for values in (mean, samples.min(axis=0), _flat_field(mean)):
         otsu = _otsu_dark(values)
         for dark in (otsu, *(_local_dark(values, otsu, window) for window in ORACLE_WINDOWS)):
             if border_share(dark) < ORACLE_BORDER:
@@ -520,6 +522,17 @@ def module_samples(image: GrayImage, centres: Float) -> Float:
         borderMode=cv2.BORDER_REPLICATE,
     )
     return np.asarray(samples.reshape(points.shape[:-1]), dtype=np.float32)
+
+
+def _flat_field(values: Float) -> Float:
+    """Each module's distance from white over that of the light modules around it, negated
+    (dark stays low): glare mixes a share b of white into the reflected light, v -> v + (255 -
+    v) b, so this ratio is the same with and without it."""
+    kernel = np.ones((ORACLE_WINDOWS[-1], ORACLE_WINDOWS[-1]), np.uint8)
+    light = cv2.dilate(values, kernel, borderType=cv2.BORDER_REPLICATE)
+    light = cv2.GaussianBlur(light, (0, 0), ORACLE_WINDOWS[-1] / 4)
+    ratio = (255.0 - values) / np.maximum(255.0 - light, 1.0)
+    return np.asarray(-ratio, dtype=np.float32)
 
 
 def _otsu_dark(values: Float) -> npt.NDArray[np.bool_]:
