@@ -120,3 +120,20 @@ def test_no_code_and_no_geometry_are_not_readable() -> None:
     assert wide.oracle_read(empty) is None
     assert not wide.oracle_readable(empty)
     assert not wide.oracle_readable(replace(_clean(), module_centres=None))
+
+
+def test_the_benchmark_reports_readable_beside_the_raw_rate() -> None:
+    from benchmarks.decode import Tally
+
+    read, missed, destroyed = _clean(1), _clean(3), _clean(5)
+    tally = Tally()
+    tally.add(read, {read.codes[0]}, 1.0, 1.0, 0, True)
+    tally.add(missed, set(), 1.0, 1.0, 1, True)
+    tally.add(destroyed, set(), 1.0, 1.0, 2, False)
+    report = tally.report()
+    assert report["read_rate"] == round(1 / 3, 4)  # the headline stays the raw rate
+    assert report["readable"] == 2
+    assert report["read_of_readable"] == 0.5
+    assert report["missed_readable"] == [1]
+    assert report["read_but_oracle_unreadable"] == []
+    assert "readable" not in Tally().report()  # no verdicts (the synth set): no such fields
