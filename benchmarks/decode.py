@@ -26,6 +26,15 @@ wall time, as on the line; on a loaded machine that starves the fallbacks, and
 ``--budget-clock cpu`` counts this thread's CPU time instead (what a core of its own does).
 libdmtx runs in a worker process, so its time shows in ``ms`` only.
 
+Beside the raw read rate (the headline), the wide set's frames are judged by a
+physical-readability oracle (``wide.oracle_readable``): the frame sampled at the module centres
+the generator put the symbol at, thresholded by the symbol's own levels and decoded with
+Reed-Solomon correction. ``readable`` counts the frames it decodes, ``read_of_readable`` is the
+read rate over those, ``missed_readable`` lists the readable frames not read (indices in the
+set's order) and ``read_but_oracle_unreadable`` the reads of frames it calls unreadable (where
+it is too strict). ``read_rate_of_readable`` is the older, decoder-based stand-in: frames no
+strategy read and no decoder reads from a crop at the symbol's place count as unreadable.
+
 The frames are generated once, before any timing, so generation costs are not measured.
 """
 
@@ -144,18 +153,40 @@ def readable(synth: Synth, dmtx: DmtxPool) -> bool:
     return any(read.text == synth.codes[0] for read in dmtx.read(crop, budget_ms=3000.0))
 
 
+def oracle(frame_set: list[Frame]) -> list[bool | None]:
+    """Per frame, whether the symbol is physically readable (``wide.oracle_readable``: decoded
+    at the module centres the generator put it at); None where there is no code or the set
+    does not record where its modules are (``--set synth``)."""
+    return [
+        wide.oracle_readable(synth) if synth.codes and synth.module_centres is not None else None
+        for _, _, synth in frame_set
+    ]
+
+
 class Tally:
     """Reads and times of one group of frames (a category, a size, or all)."""
 
     def __init__(self) -> None:
         self.correct = self.false = self.coded = self.empty = 0
+        self.judged = self.readable = self.read_of_readable = 0
+        self.missed_readable: list[int] = []
+        self.read_unreadable: list[int] = []
         self.code_ms: list[float] = []
         self.empty_ms: list[float] = []
         self.code_cpu: list[float] = []
         self.empty_cpu: list[float] = []
 
-    def add(self, synth: Synth, texts: set[str], ms: float, cpu: float) -> bool:
-        """Count one frame; True when it had a code that was not read."""
+    def add(
+        self,
+        synth: Synth,
+        texts: set[str],
+        ms: float,
+        cpu: float,
+        index: int = -1,
+        readable: bool | None = None,
+    ) -> bool:
+        """Count one frame (``index`` in the set, ``readable`` the oracle's verdict); True when
+        it had a code that was not read."""
         self.false += len(texts - set(synth.codes))
         if not synth.codes:
             self.empty += 1
@@ -167,6 +198,14 @@ class Tally:
         self.code_cpu.append(cpu)
         hit = synth.codes[0] in texts
         self.correct += hit
+        if readable is not None:
+            self.judged += 1
+            self.readable += readable
+            self.read_of_readable += hit and readable
+            if readable and not hit:
+                self.missed_readable.append(index)
+            if hit and not readable:
+                self.read_unreadable.append(index)
         return not hit
 
     def report(self) -> dict[str, object]:
@@ -178,6 +217,17 @@ class Tally:
                 frames_with_code=self.coded,
             )
         out["false_reads"] = self.false
+        if self.judged:
+            # Beside the raw rate, never instead of it: the oracle's verdict on the print.
+            out.update(
+                readable=self.readable,
+                read_of_readable=round(self.read_of_readable / self.readable, 4)
+                if self.readable
+                else None,
+                missed_readable=self.missed_readable,
+                # Reads of frames the oracle calls unreadable: where the oracle is too strict.
+                read_but_oracle_unreadable=self.read_unreadable,
+            )
         if self.coded:
             out["ms_frames_with_code"] = percentiles(self.code_ms)
             out["cpu_ms_frames_with_code"] = percentiles(self.code_cpu)
@@ -188,7 +238,11 @@ class Tally:
         return out
 
 
-def run(reader: Reader, frame_set: list[Frame]) -> dict[str, object]:
+def run(
+    reader: Reader, frame_set: list[Frame], verdicts: Sequence[bool | None] = ()
+) -> dict[str, object]:
+    """``verdicts``: the oracle's per frame (``oracle``), none for no readable-rate fields."""
+    verdicts = list(verdicts) or [None] * len(frame_set)
     reader(frame_set[0][2].image)  # warm-up: first call loads tables
     load_before = _load()
     total = Tally()
@@ -205,9 +259,10 @@ def run(reader: Reader, frame_set: list[Frame]) -> dict[str, object]:
         texts = {read.text for read in reads}
         for read in reads:
             by_stage[read.strategy] = by_stage.get(read.strategy, 0) + 1
-        total.add(synth, texts, ms, cpu)
-        by_size.setdefault(size, Tally()).add(synth, texts, ms, cpu)
-        if by_category.setdefault(category, Tally()).add(synth, texts, ms, cpu):
+        verdict = verdicts[index]
+        total.add(synth, texts, ms, cpu, index, verdict)
+        by_size.setdefault(size, Tally()).add(synth, texts, ms, cpu, index, verdict)
+        if by_category.setdefault(category, Tally()).add(synth, texts, ms, cpu, index, verdict):
             missed_frames.append(index)
             conditions = {k: round(v, 2) for k, v in synth.conditions.items()}
             missed.append({"category": category, "index": index, **conditions})
@@ -372,13 +427,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     dmtx.start()
     results: dict[str, object] = {}
     corpus: dict[str, object] = {}
+    verdicts = oracle(frame_set)  # before any timing, like the frames themselves
     try:
         clock = time.thread_time if args.budget_clock == "cpu" else time.perf_counter
         chosen = strategies(dmtx, clock)
         names = [n for n in args.strategies.split(",") if n] or list(chosen)
         for name in names:
             pipeline = chosen[name]()
-            results[name] = run(pipeline.read, frame_set)
+            results[name] = run(pipeline.read, frame_set, verdicts)
             print(f"{name}: done", file=sys.stderr)
         _rate_of_readable(results, frame_set, dmtx)
         if not args.no_conformance:

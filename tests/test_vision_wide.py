@@ -266,3 +266,32 @@ def test_batched_size_scores_equal_the_per_size_ones(seed: int) -> None:
 def grid_signs() -> list[tuple[float, float]]:
     """Corner directions in order around a quad: top-left, top-right, bottom-right, bottom-left."""
     return [(-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0)]
+
+
+def test_grid_reads_a_symbol_half_under_a_glare_spot() -> None:
+    # glare 6 of the wide set (frame 286): the spot lifts the dark modules under it to the light
+    # ones' level elsewhere, so one threshold for the symbol misreads a corner of it; the local
+    # one (against the 3x3 modules around) reads it. zxing-cpp's own passes read it only after
+    # CLAHE, which the grid stage used to leave no time for.
+    frame = wide.wide_frame("glare", 6)
+    region = locate(frame.image, max_regions=1)[0]
+    crop = np.ascontiguousarray(region.crop(frame.image))
+    # Darkness of a checkerboard whose right half is under the spot: its dark modules fall
+    # below the symbol's one level (0.65) but stay darker than the light ones around them.
+    checker = np.indices((6, 6)).sum(axis=0) % 2 == 0
+    darkness = np.where(checker, 0.9, 0.1).astype(np.float32)
+    darkness[:, 3:] = np.where(checker[:, 3:], 0.6, 0.1)
+    one_level = darkness > 0.65
+    assert not one_level[:, 3:].any()
+    assert np.array_equal(grid._local_dark(darkness, one_level), checker)
+    assert [read.text for read in read_sampled(crop)] == list(frame.codes)
+
+
+def test_a_thin_dmre_ranked_fifth_is_still_tried(reader: DecodePipeline) -> None:
+    # low_contrast 13 (frame 133): an 8x120 DMRE of 13 % contrast at 5 MP ranks fifth behind
+    # lines of bold text; the fast pass reads it at once when it is among the candidates (and
+    # no fallback, whatever its time, reads it from the four before).
+    frame = wide.wide_frame("low_contrast", 13)
+    reads = reader.read(frame.image)
+    assert [read.text for read in reads] == list(frame.codes)
+    assert reads[0].strategy == "zxing"

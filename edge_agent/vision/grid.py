@@ -73,6 +73,7 @@ SCORE_GROW = 3.0  # px: blob centres grown so that the size search's module samp
 GROW = 0.5  # marks grown to this share of a module for the second sampling (a disc across)
 REMAP_ROW = 8192  # points per row of a batched remap
 PLATEAU = 1.005  # hull areas within this ratio are the same outline
+LOCAL_KERNEL = np.ones((3, 3), np.uint8)  # modules around one that its local level is learnt from
 OUTLINE_SHRINK_ABOVE = 240  # px: crops of more than this squared are outlined at half resolution
 
 
@@ -120,8 +121,11 @@ def read_sampled(
                 if blobs is not None:  # small dots: their centres are clearer than their darkness
                     grown.append(_grown(blobs, GROW * pitch))
                 for sampled in (darkness, *grown):
-                    for barcode in _decode(_sample(sampled, fitted, rows, cols)):
-                        return [_placed(barcode, fitted, rows, cols, offset, strategy)]
+                    for module_grid in _sample(
+                        sampled, fitted, rows, cols, local=sampled is darkness
+                    ):
+                        for barcode in _decode(module_grid):
+                            return [_placed(barcode, fitted, rows, cols, offset, strategy)]
                     if time_left() <= 0:
                         return []
     return []
@@ -743,22 +747,41 @@ def _level(values: Floats, dark: npt.NDArray[np.bool_]) -> float:
 # --- 4. sample and decode ------------------------------------------------------------------
 
 
-def _sample(darkness: Floats, quad: Floats, rows: int, cols: int) -> npt.NDArray[np.bool_]:
+def _sample(
+    darkness: Floats, quad: Floats, rows: int, cols: int, *, local: bool = False
+) -> list[npt.NDArray[np.bool_]]:
+    """The module grid thresholded at the level of the finder and timing modules; with
+    ``local``, then also against the modules around each one (``_local_dark``)."""
     matrix = _homography(quad, rows, cols)
     columns = np.arange(cols, dtype=np.float32) + 0.5
     cs, rs = np.meshgrid(columns, np.arange(rows, dtype=np.float32) + 0.5)
     points = np.stack([cs.ravel(), rs.ravel()], axis=1)
-    values = _samples(darkness, matrix, points, _TIGHT)
+    values = _samples(darkness, matrix, points, _TIGHT).reshape(rows, cols)
     border, dark = _border(rows, cols)
     level = _level(_samples(darkness, matrix, border), dark)
-    grid = (values > level).reshape(rows, cols)
-    # The finder and timing pattern are known once the size is: a dot missing there would only
-    # make zxing-cpp miscount the size of the clean redrawn symbol.
-    grid[-1, :] = True
-    grid[:, 0] = True
-    grid[0, :] = np.arange(cols) % 2 == 0
-    grid[:, -1] = (rows - 1 - np.arange(rows)) % 2 == 0
-    return grid
+    grids = [values > level]
+    if local:
+        grids.append(_local_dark(values, grids[0]))
+    for grid in grids:
+        # The finder and timing pattern are known once the size is: a dot missing there would
+        # only make zxing-cpp miscount the size of the clean redrawn symbol.
+        grid[-1, :] = True
+        grid[:, 0] = True
+        grid[0, :] = np.arange(cols) % 2 == 0
+        grid[:, -1] = (rows - 1 - np.arange(rows)) % 2 == 0
+    return grids
+
+
+def _local_dark(values: Floats, dark: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Dark against the midpoint of the darkest and lightest of the 3x3 modules around each:
+    under a glare spot the darkness of the dark modules falls to that of the light ones a few
+    modules away, so one level for the symbol reads the spot as light. Where the 3x3 spans less
+    than half the symbol's contrast (all dark or all light around), ``dark`` stands."""
+    low = cv2.erode(values, LOCAL_KERNEL, borderType=cv2.BORDER_REPLICATE)
+    high = cv2.dilate(values, LOCAL_KERNEL, borderType=cv2.BORDER_REPLICATE)
+    spread = float(np.percentile(values, 95) - np.percentile(values, 5))
+    local = values > 0.5 * (low + high)
+    return np.asarray(np.where(high - low >= 0.5 * spread, local, dark), dtype=np.bool_)
 
 
 def _decode(grid: npt.NDArray[np.bool_]) -> Sequence[zxingcpp.Barcode]:

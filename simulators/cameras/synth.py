@@ -30,6 +30,9 @@ class Synth:
     codes: tuple[str, ...]  # HRI of every code in the frame (empty: no code)
     corners: tuple[Corners, ...] = ()
     conditions: dict[str, float] = field(default_factory=dict)
+    # Where the generator put every module centre of the (single) code, frame pixels (x, y),
+    # rows x columns x 2; None where the generator does not record it (``wide`` does).
+    module_centres: npt.NDArray[np.float32] | None = field(default=None, compare=False)
 
 
 def random_hri(rng: np.random.Generator) -> str:

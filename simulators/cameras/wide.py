@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import numpy.typing as npt
+import zxingcpp
 
 from simulators.cameras.render import fitting_versions, symbol_modules
 from simulators.cameras.synth import (
@@ -189,14 +190,18 @@ def render_params(params: Params, rng: np.random.Generator) -> Synth:
         "5MP": float(params.size == "5MP"),
     }
     symbol_box: tuple[float, float, float] | None = None
+    module_centres: Float | None = None
     if params.code:
         hri = random_hri(rng)
         modules = _pick_symbol(hri, params.shape, rng)
         conditions["rows"], conditions["cols"] = float(modules.shape[0]), float(modules.shape[1])
         conditions["dmre"] = float(params.shape == "dmre")
         cover, relief, inner = _sprite(modules, params, rng)
+        centres = _sprite_centres(modules.shape, params.look)
         if params.curve > 0:
+            width_before = cover.shape[1]
             cover, relief, inner = _curve(cover, relief, inner, params.curve)
+            centres[..., 0] = _curved_x(centres[..., 0], width_before, cover.shape[1], params.curve)
         px = _fit(cover.shape, params.module_px, width, height)
         conditions["module_px"] = px
         half = 0.5 * max(cover.shape) * px / SPRITE_PX * 1.1
@@ -210,11 +215,14 @@ def render_params(params: Params, rng: np.random.Generator) -> Synth:
         pts = cv2.perspectiveTransform(np.float32(inner).reshape(-1, 1, 2), matrix)
         corner = tuple((float(x), float(y)) for x, y in pts.reshape(-1, 2))
         codes, corners = (hri,), (corner,)
+        module_centres = cv2.perspectiveTransform(centres.reshape(-1, 1, 2), matrix).reshape(
+            centres.shape
+        )
         symbol_box = (center[0], center[1], half)
     if params.glare > 0:
         _glare(canvas, rng, params.glare, symbol_box)
     image = _finish(canvas, rng, params)
-    return Synth(image, codes, corners, conditions)
+    return Synth(image, codes, corners, conditions, module_centres)
 
 
 def _pick_symbol(hri: str, shape: str, rng: np.random.Generator) -> npt.NDArray[np.bool_]:
@@ -272,6 +280,25 @@ def _sprite(
     q = QUIET * s
     inner = [(q, q), (width - q, q), (width - q, height - q), (q, height - q)]
     return cover, relief, [(float(x), float(y)) for x, y in inner]
+
+
+def _sprite_centres(shape: tuple[int, ...], look: str) -> Float:
+    """Module centres in the sprite's pixel coordinates (x, y), rows x columns x 2: a printed
+    module fills pixels (c + QUIET) * s ... + s - 1 (centre at -0.5 of its edge mid-point), a
+    dot is drawn at (c + QUIET + 0.5) * s (before its jitter, which stays under a module)."""
+    rows, cols = shape[:2]
+    shift = -0.5 if look == "print" else 0.0
+    xs = (np.arange(cols, dtype=np.float32) + QUIET + 0.5) * SPRITE_PX + shift
+    ys = (np.arange(rows, dtype=np.float32) + QUIET + 0.5) * SPRITE_PX + shift
+    grid_x, grid_y = np.meshgrid(xs, ys)
+    return np.stack([grid_x, grid_y], axis=-1).astype(np.float32)
+
+
+def _curved_x(x: Float, width: int, out_width: int, half_arc: float) -> Float:
+    """Where ``_curve`` moves sprite column ``x`` (pixel coordinates): the inverse of its remap."""
+    radius = width / 2 / half_arc
+    edge = x + 0.5  # pixel index -> continuous coordinate, as the remap's arithmetic counts
+    return (radius * np.sin((edge - width / 2) / radius) + out_width / 2 - 0.5).astype(np.float32)
 
 
 def _curve(
@@ -404,3 +431,139 @@ def _finish(canvas: Float, rng: np.random.Generator, params: Params) -> GrayImag
     if params.noise > 0:
         canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * params.noise
     return np.clip(canvas, 0, 255).astype(np.uint8)
+
+
+# --- the physical-readability oracle -------------------------------------------------------
+
+ORACLE_SPREAD = 0.2  # modules: the 3x3 points sampled around each centre (inside a 0.6 dot)
+ORACLE_PX = 8  # pixels per module of the clean redrawn symbol
+# Modules: the neighbourhoods local thresholds learn dark and light from, smallest first (a
+# glare spot lifts the dark modules under it to the light ones' level a few modules away).
+ORACLE_WINDOWS = (3, 5, 9)
+# Share of the outer finder and timing modules that must sample right for the symbol to be
+# found at all (as grid.MIN_BORDER_SCORE); then the fixed pattern, which carries no data, is
+# redrawn (a missing dot in the timing track must not miscount the size of the redrawn symbol).
+ORACLE_BORDER = 0.8
+
+
+def oracle_read(synth: Synth) -> str | None:
+    """What the frame's symbol says when read at the module centres the generator put it at:
+    the grey level sampled there (3x3 points ``ORACLE_SPREAD`` of a module apart), thresholded
+    by the symbol's own levels, redrawn clean and decoded by zxing-cpp with its Reed-Solomon
+    correction. None: error correction cannot recover it (a print no reader may pass), or the
+    outer finder and timing pattern sample too wrong for the symbol to be found.
+
+    Honest by construction: the bits come from the frame alone (the content is never looked
+    at; the caller compares the text). A global Otsu threshold first, then a local one (uneven
+    light, glare); the first that decodes at all is the answer, right or wrong: RS correction
+    does not accept a wrong threshold's bits."""
+    if synth.module_centres is None:
+        return None
+    samples = module_samples(synth.image, synth.module_centres)
+    mean = samples.mean(axis=0)
+    # The mean of a module's points, then their darkest (a dot-peen crater is as bright on its
+    # lit side as the metal around it is, and dark only on its shadow side), then the mean
+    # relative to the light around (``_flat_field``: what a specular highlight leaves alone).
+    for values in (mean, samples.min(axis=0), _flat_field(mean)):
+        otsu = _otsu_dark(values)
+        for dark in (otsu, *(_local_dark(values, otsu, window) for window in ORACLE_WINDOWS)):
+            if border_share(dark) < ORACLE_BORDER:
+                continue
+            text = _decode_modules(with_border(dark))
+            if text is not None:
+                return text
+    return None
+
+
+def _border_mask(rows: int, cols: int) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Where the outer finder (L: left column, bottom row) and timing (top row, right column)
+    modules are, and which of them are dark (ISO/IEC 16022: the timing starts dark top left)."""
+    where = np.zeros((rows, cols), np.bool_)
+    where[0, :] = where[-1, :] = where[:, 0] = where[:, -1] = True
+    dark = np.zeros((rows, cols), np.bool_)
+    dark[0, :] = np.arange(cols) % 2 == 0
+    dark[:, -1] = (rows - 1 - np.arange(rows)) % 2 == 0
+    dark[-1, :] = True
+    dark[:, 0] = True
+    return where, dark
+
+
+def border_share(dark: npt.NDArray[np.bool_]) -> float:
+    """Share of the outer finder and timing modules ``dark`` has right."""
+    where, truth = _border_mask(*dark.shape)
+    return float(np.mean(dark[where] == truth[where]))
+
+
+def with_border(dark: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    where, truth = _border_mask(*dark.shape)
+    return np.where(where, truth, dark)
+
+
+def oracle_readable(synth: Synth) -> bool:
+    """Whether ``oracle_read`` gives back the frame's content (False for a frame without one)."""
+    return bool(synth.codes) and oracle_read(synth) == synth.codes[0]
+
+
+def module_samples(image: GrayImage, centres: Float) -> Float:
+    """Grey levels at 3x3 points around each module centre (9 x rows x columns), the points
+    spread along the local module axes (so perspective and curvature are followed)."""
+    col_step = np.gradient(centres, axis=1) if centres.shape[1] > 1 else np.zeros_like(centres)
+    row_step = np.gradient(centres, axis=0) if centres.shape[0] > 1 else np.zeros_like(centres)
+    steps = (-ORACLE_SPREAD, 0.0, ORACLE_SPREAD)
+    points = np.stack(
+        [centres + a * col_step + b * row_step for a in steps for b in steps], axis=0
+    ).astype(np.float32)
+    flat = points.reshape(-1, 1, 2)
+    samples = cv2.remap(
+        image.astype(np.float32),
+        np.ascontiguousarray(flat[..., 0]),
+        np.ascontiguousarray(flat[..., 1]),
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    return np.asarray(samples.reshape(points.shape[:-1]), dtype=np.float32)
+
+
+def _flat_field(values: Float) -> Float:
+    """Each module's distance from white over that of the light modules around it, negated
+    (dark stays low): glare mixes a share b of white into the reflected light, v -> v + (255 -
+    v) b, so this ratio is the same with and without it."""
+    kernel = np.ones((ORACLE_WINDOWS[-1], ORACLE_WINDOWS[-1]), np.uint8)
+    light = cv2.dilate(values, kernel, borderType=cv2.BORDER_REPLICATE)
+    light = cv2.GaussianBlur(light, (0, 0), ORACLE_WINDOWS[-1] / 4)
+    ratio = (255.0 - values) / np.maximum(255.0 - light, 1.0)
+    return np.asarray(-ratio, dtype=np.float32)
+
+
+def _otsu_dark(values: Float) -> npt.NDArray[np.bool_]:
+    scaled = cv2.normalize(values, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    level, _ = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return np.asarray(scaled <= level, dtype=np.bool_)
+
+
+def _local_dark(values: Float, otsu: npt.NDArray[np.bool_], window: int) -> npt.NDArray[np.bool_]:
+    """Dark against the midpoint of the darkest and lightest modules around each one; where
+    those differ by under half the symbol's contrast (all dark or all light around), the global
+    threshold's decision stands (the midpoint there is noise)."""
+    kernel = np.ones((window, window), np.uint8)
+    low = cv2.erode(values, kernel, borderType=cv2.BORDER_REPLICATE)
+    high = cv2.dilate(values, kernel, borderType=cv2.BORDER_REPLICATE)
+    spread = float(np.percentile(values, 95) - np.percentile(values, 5))
+    local = values < 0.5 * (low + high)
+    return np.asarray(np.where(high - low >= 0.5 * spread, local, otsu), dtype=np.bool_)
+
+
+def _decode_modules(dark: npt.NDArray[np.bool_]) -> str | None:
+    symbol = np.where(np.pad(dark, 2 * QUIET), 0, 255).astype(np.uint8)
+    image = cv2.resize(symbol, None, fx=ORACLE_PX, fy=ORACLE_PX, interpolation=cv2.INTER_NEAREST)
+    for barcode in zxingcpp.read_barcodes(
+        np.ascontiguousarray(image),
+        formats=zxingcpp.BarcodeFormat.DataMatrix,
+        try_rotate=False,
+        try_invert=False,
+        text_mode=zxingcpp.TextMode.HRI,
+        binarizer=zxingcpp.Binarizer.FixedThreshold,
+    ):
+        if barcode.valid:
+            return str(barcode.text)
+    return None
