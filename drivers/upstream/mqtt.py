@@ -223,7 +223,8 @@ class MqttForwarder:
         self._refused: dict[str, str] = {}
         self._sent_at: dict[str, float] = {}
         self._ack_arrived = asyncio.Event()
-        self._probing = False  # end-to-end: the receiver is silent, send one event at a time
+        # end-to-end: one event at a time while the receiver is silent or not yet heard on a connection
+        self._probing = False
 
     async def __aenter__(self) -> Self:
         return self
@@ -388,6 +389,11 @@ class MqttForwarder:
         self._client = client
         if self.config.delivery == "end-to-end":
             await self._subscribe_acks(client)
+            # A broker that restarted may have lost the receiver's session: until the
+            # receiver is back on its subscription, what is published is dropped and only
+            # comes again after its confirmation timeout, behind later events of its batch.
+            # So one event goes first, alone, and the window opens when it is confirmed.
+            self._probing = True
         log.debug("mqtt_connected", forwarder=self.name, client_id=self.client_id)
         return client
 

@@ -68,4 +68,4 @@ def check_oracle(conn: sqlite3.Connection, received: list[Any]) -> None:
     for event_id in first:
         per_batch[expected[event_id][0]].append(order[event_id])
     for batch, seqs in per_batch.items():
-        assert seqs == sorted(seqs), f"batch {batch}: events arrived out of order"
+        assert seqs == sorted(seqs), f"batch {batch}: events arrived out of order {seqs}"
