@@ -170,23 +170,9 @@ class ZplPrinter(StreamPrinter):
         self._unconfirmed = deque()
         self._written = self._printed = 0
         # Before anything is sent: the counter to count from, and what is queued already
-        status = await self._baseline_status()
+        status = await self._ask_until_answered(baseline=True)
         log.info("printer status", device=self.name, queued=status.pending)
         self._spawn(self._poll_loop(), "poll")
-
-    async def _baseline_status(self) -> codec.HostStatus:
-        """The baseline ~HS, a missed answer asked again as the poll does (a printer or host
-        busy for one timeout is not a lost link); nothing is written until one is answered."""
-        missed = 0
-        while True:
-            try:
-                return await self._ask(baseline=True)
-            except DeviceTimeout:
-                missed += 1
-                log.warning("printer status missed", device=self.name, in_a_row=missed)
-                if missed >= self.config.max_missed_status:
-                    raise
-                await self._resync()
 
     def _answered(self, entry: Pending, reply: Any) -> None:
         """Every answer counts, a late one to an abandoned question too (in question order)."""
@@ -297,21 +283,29 @@ class ZplPrinter(StreamPrinter):
         )
         return answer.status
 
+    async def _ask_until_answered(self, *, baseline: bool = False) -> codec.HostStatus:
+        """~HS, a missed answer asked again: a printer or host busy for one timeout is not a
+        lost link. DeviceTimeout after ``max_missed_status`` misses in a row."""
+        missed = 0
+        while True:
+            try:
+                return await self._ask(baseline=baseline)
+            except DeviceTimeout:
+                missed += 1
+                log.warning("printer status missed", device=self.name, in_a_row=missed)
+                if missed >= self.config.max_missed_status:
+                    raise
+                await self._resync()
+
     async def _poll_loop(self) -> None:
-        cfg, missed = self.config, 0
+        cfg = self.config
         try:
             while self._down is None:
                 try:
-                    status = await self._ask()
+                    status = await self._ask_until_answered()
                 except DeviceTimeout as exc:
-                    missed += 1
-                    log.warning("printer status missed", device=self.name, in_a_row=missed)
-                    if missed >= cfg.max_missed_status:
-                        self._raise_later(exc)
-                        return
-                    await self._resync()
-                    continue
-                missed = 0
+                    self._raise_later(exc)
+                    return
                 self._check_faults(status)
                 await asyncio.sleep(cfg.poll_interval_s)
                 if not (self._unconfirmed or status.pending):
