@@ -34,7 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from line_throughput import drop_order, machine, start_simulators  # type: ignore[import-not-found]
+from line_throughput import (  # type: ignore[import-not-found]
+    drop_order,
+    machine,
+    scratch_dir,
+    start_simulators,
+)
 
 from edge_agent import logs
 from edge_agent.aggregation.hierarchy import Hierarchy
@@ -309,8 +314,10 @@ def line_figures(units: int, pairs: int, case_size: int) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     for index in range(2 * pairs):
         aggregate = index % 2 == 1  # off, on, off, on: a drift of the load falls on both
-        workdir = Path(tempfile.mkdtemp(prefix="edge-agent-bench-agg-"))
-        with (workdir / "agent.log").open("w") as log_file:
+        with (
+            scratch_dir("edge-agent-bench-agg-") as workdir,
+            (workdir / "agent.log").open("w") as log_file,
+        ):
             logs.configure("json", "warning", stream=log_file)
             proc, ports = start_simulators(workdir)
             try:

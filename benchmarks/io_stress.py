@@ -20,12 +20,15 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from line_throughput import drop_order, start_simulators  # type: ignore[import-not-found]
+from line_throughput import (  # type: ignore[import-not-found]
+    drop_order,
+    scratch_dir,
+    start_simulators,
+)
 
 from edge_agent import logs
 from edge_agent.app import Agent, UntilIdle
@@ -159,9 +162,9 @@ def main() -> None:
         probe(Path(args.probe), Path(args.probe + ".json"))
         return
     units = max(1, round(UNITS_PER_MIN * args.minutes))
-    workdir = Path(tempfile.mkdtemp(prefix="edge-agent-io-stress-"))
-    quiet = phase(workdir / "quiet", units, 0)
-    stressed = phase(workdir / "stressed", units, args.stress_procs)
+    with scratch_dir("edge-agent-io-stress-") as workdir:
+        quiet = phase(workdir / "quiet", units, 0)
+        stressed = phase(workdir / "stressed", units, args.stress_procs)
     result = {
         "benchmark": "io_stress",
         "units_per_min": UNITS_PER_MIN,

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,23 @@ def machine() -> dict[str, object]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, *, keep: bool = False) -> Iterator[Path]:
+    """A working directory for one run, removed after it (a state database and logs of a few
+    MB each: runs must not pile them up in /tmp); kept, and named on stderr, when ``keep`` or
+    when the run failed (its agent log says why)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    except BaseException:
+        print(f"the run failed; its state and log are in {path}", file=sys.stderr)
+        raise
+    if keep:
+        print(f"kept {path}", file=sys.stderr)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def start_simulators(
@@ -127,9 +147,12 @@ def main() -> None:
         help="max units printed but undecided (the demo config has 16): in fast mode this "
         "trades throughput for latency; 8 keeps the figures comparable with earlier ones",
     )
+    parser.add_argument("--keep", action="store_true", help="keep the state and the agent's log")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="edge-agent-bench-"))
-    with (workdir / "agent.log").open("w") as log_file:
+    with (
+        scratch_dir("edge-agent-bench-", keep=args.keep) as workdir,
+        (workdir / "agent.log").open("w") as log_file,
+    ):
         logs.configure("json", "warning", stream=log_file)
         load_start = os.getloadavg()
         proc, ports = start_simulators(workdir)
