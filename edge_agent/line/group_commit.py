@@ -17,7 +17,7 @@ INFINITE = float("inf")
 class CommitCompany:
     """The moving average of the time between frames decides whether commits wait."""
 
-    window_s: float = 0.007  # the longest wait; the line is at full speed below it
+    window_s: float  # the longest wait; the line is at full speed below it
     weight: float = 0.1  # of the newest gap in the moving average
     _last_frame_at: float | None = field(default=None, repr=False)
     _gap_s: float = field(default=INFINITE, repr=False)
