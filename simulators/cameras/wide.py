@@ -544,7 +544,9 @@ def _otsu_dark(values: Float) -> npt.NDArray[np.bool_]:
 def _local_dark(values: Float, otsu: npt.NDArray[np.bool_], window: int) -> npt.NDArray[np.bool_]:
     """Dark against the midpoint of the darkest and lightest modules around each one; where
     those differ by under half the symbol's contrast (all dark or all light around), the global
-    threshold's decision stands (the midpoint there is noise)."""
+    threshold's decision stands (the midpoint there is noise). The reader's ``grid._local_dark``
+    does the like on its own samples; the oracle keeps its own so as never to share a defect
+    with the reader it judges."""
     kernel = np.ones((window, window), np.uint8)
     low = cv2.erode(values, kernel, borderType=cv2.BORDER_REPLICATE)
     high = cv2.dilate(values, kernel, borderType=cv2.BORDER_REPLICATE)
