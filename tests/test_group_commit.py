@@ -16,17 +16,8 @@ from hypothesis import strategies as st
 from edge_agent.ledger import Ledger
 from edge_agent.line import runtime
 from edge_agent.line.group_commit import CommitCompany
-from edge_agent.reconcile import reconcile
 from edge_agent.writer import Writer
-from simulators.runner import SimulatorSet
-from tests.helpers.line import (
-    check_gate_matches_ledger,
-    gates_settled,
-    make_config,
-    run_agent,
-    simulators,
-    state_db,
-)
+from tests.helpers.line import run_balanced, simulators
 
 # --- the policy -------------------------------------------------------------------------------
 
@@ -110,19 +101,6 @@ def company_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
     monkeypatch.setattr(CommitCompany, "wait_s", spy)
     return waits
-
-
-async def run_balanced(factory: Any, sims_config: Any, units: int) -> None:
-    """One order of ``units`` on ``sims_config``, run to its end: balanced, and the gate did
-    what the ledger says."""
-    async with SimulatorSet(sims_config) as sims:
-        config = make_config(factory, sims, units)
-        assert await run_agent(config) is None
-        await gates_settled(sims)
-        with state_db(config) as conn:
-            report = reconcile(conn)
-            check_gate_matches_ledger(conn, sims)
-    assert report["balanced"], report["problems"]
 
 
 @pytest.mark.slow

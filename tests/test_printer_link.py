@@ -104,8 +104,8 @@ def make_link(
 ) -> tuple[PrinterLink, FakePlc, list[int], list[str]]:
     plc, settled, alarms = FakePlc(), [], []
 
-    async def on_settled(n: int) -> None:
-        settled.append(n)
+    async def on_settled(serials: list[str]) -> None:
+        settled.append(len(serials))
 
     link = PrinterLink(
         printer,  # type: ignore[arg-type]

@@ -74,7 +74,7 @@ class PrinterLink:
         max_recoveries_per_hour: int = 6,
         stop_code: int,
         judged: Callable[[], Collection[str]],
-        on_settled: Callable[[int], Awaitable[None]],
+        on_settled: Callable[[list[str]], Awaitable[None]],
         alarm: Callable[[str], None],
     ) -> None:
         self.printer = printer
@@ -165,7 +165,7 @@ class PrinterLink:
             )
         deadline = started + self.max_outage_s
         await self._await_halt(batch, min(HALT_WAIT_S, self.max_outage_s))
-        attempt, last, settled = 0, str(cause), 0
+        attempt, last, settled = 0, str(cause), list[str]()
         while True:
             await self._close()
             remaining = deadline - time.monotonic()
@@ -217,8 +217,8 @@ class PrinterLink:
         except DeviceError as exc:  # the link is gone already; closing it cannot do more
             log.info("printer close failed", device=self.printer.name, error=str(exc))
 
-    async def _reconcile(self, batch: BatchInfo) -> int:
-        """Settle every serial of the lost link, as at a restart; returns how many were settled
+    async def _reconcile(self, batch: BatchInfo) -> list[str]:
+        """Settle every serial of the lost link, as at a restart; returns the serials settled
         (each held a place in the runtime's feed-ahead and in-flight counts)."""
         result = await reconcile_printer_queue(self.printer, self.ledger, batch)
         judged = self._judged()
@@ -226,7 +226,7 @@ class PrinterLink:
         rejected = self.ledger.reject_sent(batch, doubtful, REASON)
         for serial in rejected:
             log.warning("unconfirmed_at_link_loss", batch=batch.id, serial=serial, verdict="reject")
-        return len(result.unused) + len(rejected)
+        return [*result.unused, *rejected]
 
     def _settled_meanwhile(self, record: PrintRecord) -> bool:
         batch = self._batch()

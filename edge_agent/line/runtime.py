@@ -13,6 +13,7 @@ storage error, lost link) is a reject, and ``max_consecutive_rejects`` in a row 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import sqlite3
@@ -79,7 +80,7 @@ class _BatchComplete(Exception):
 
 def _refill_block(depth: int, window: int) -> int:
     """Records marked sent per commit: half the printer's buffer (and of the in-flight window),
-    so the printer still has half a buffer to print while the block commits."""
+    so a block fits whenever the printer has printed half of what it holds."""
     return max(1, min(depth, window) // 2)
 
 
@@ -119,10 +120,13 @@ class LineRuntime:
         # The second bounds the whole line when it runs faster than the agent (fast mode).
         self._unprinted = 0
         self._undecided = 0
-        # The block marked sent, and how many of its records went to the printer: a line stop
-        # in the middle of a block leaves the rest of it never sent (settled unused at the stop).
-        self._block: list[tuple[int, str]] = []
-        self._handed = 0
+        # Records marked sent but not yet handed to the printer (the rest of the block being
+        # sent): a line stop leaves them never sent (settled unused at the stop). ``_reserved``
+        # counts them and the block being taken ahead: each holds its places in both counts from
+        # before its commit, so a reconnect that settles it releases places it holds.
+        self._taken: collections.deque[tuple[int, str]] = collections.deque()
+        self._reserved = 0
+        self._void: set[str] = set()  # settled by a reconnect before they were handed over
         self._flow = asyncio.Condition()
         self._decode_q: asyncio.Queue[tuple[Frame, asyncio.Future[list[CodeRead]]]] = asyncio.Queue(
             64
@@ -394,8 +398,8 @@ class LineRuntime:
         """The records of the block that the stop kept from the printer: this process never
         wrote them, so no unit can carry them (after a crash nobody knows that, and recovery
         rejects them instead). The next segment makes up for them with other serials."""
-        never_sent = [serial for _, serial in self._block[self._handed :]]
-        self._block = []
+        never_sent = [serial for _, serial in self._taken]
+        self._taken.clear()
         if never_sent:
             self.ledger.unuse_cleared(self._batch, [], not_received=never_sent)
             for serial in never_sent:
@@ -412,43 +416,94 @@ class LineRuntime:
         batch = self._batch
         depth = getattr(self.printer, "buffer_depth", 8)
         window = self.cfg.line.max_units_in_flight
-        sent = self.ledger.sent_count(batch.id)
-        while sent < batch.target:
-            _raise_if_cancel_lost()
-            # One commit per printer refill: wait for room for a block, mark it sent at once
-            # (each taken record holds its place in both counts until it is settled).
-            block = min(_refill_block(depth, window), batch.target - sent)
-            async with self._flow:
-                await self._flow.wait_for(functools.partial(self._room_for, block, depth, window))
-            # At full speed the outcomes of the units in flight commit within milliseconds:
-            # the block rides along (the printer still holds half a buffer meanwhile).
-            wait_s = self._company.wait_s() if self._undecided else 0.0
-            taking = asyncio.ensure_future(self.ledger.take_block(batch, block, wait_s=wait_s))
-            try:
-                taken = await asyncio.shield(taking)
-            except asyncio.CancelledError:
-                # A line stop while the block commits: none of it reached the printer
+        block = _refill_block(depth, window)
+        sent = self.ledger.sent_count(batch.id)  # marked sent: handed over or taken ahead
+        # One commit per printer refill, taken one block ahead: the next block commits while
+        # this one waits for room and goes to the printer, so the printer never waits for a
+        # commit (at full speed the take waits for company; it was two thirds of the feed).
+        ahead: asyncio.Future[list[tuple[int, str]]] | None = None
+        try:
+            while sent < batch.target:
+                _raise_if_cancel_lost()
+                if ahead is None:
+                    ahead = self._take_ahead(min(block, batch.target - sent))
+                taken = await asyncio.shield(ahead)
+                ahead = None
+                if not taken:
+                    await self._replenish(batch.target - sent)
+                    continue
+                sent += len(taken)
+                self._keep_taken(taken)
+                crash_point("block_taken")
+                if sent < batch.target:
+                    ahead = self._take_ahead(min(block, batch.target - sent))
+                await self._hand_over(depth, window)
+        except asyncio.CancelledError:
+            # A line stop while a block commits: none of it reached the printer
+            if ahead is not None:
                 with contextlib.suppress(Exception):
-                    self._block, self._handed = await taking, 0
-                raise
-            if not taken:
-                await self._replenish(batch.target - sent)
-                continue
-            sent += len(taken)
-            self._unprinted += len(taken)
-            self._undecided += len(taken)
-            crash_point("block_taken")
-            self._block, self._handed = taken, 0
-            for record in taken:
-                self._handed += 1  # before the send: a record being sent may reach the printer
-                await self._send(PrintRecord(*record))
-                if self._unprinted >= depth:
-                    crash_point("printer_buffer_full")
-            self._block = []
+                    self._keep_taken(await ahead)
+            raise
         self._feed_done.set()
 
+    def _take_ahead(self, count: int) -> asyncio.Future[list[tuple[int, str]]]:
+        self._reserved += count
+        self._unprinted += count
+        self._undecided += count
+        return asyncio.ensure_future(self._take(count))
+
+    async def _take(self, count: int) -> list[tuple[int, str]]:
+        # At full speed the outcomes of the units in flight commit within milliseconds: the
+        # block rides along.
+        wait_s = self._company.wait_s() if self._handed_undecided else 0.0
+        taken: list[tuple[int, str]] = []
+        try:
+            taken = await self.ledger.take_block(self._batch, count, wait_s=wait_s)
+        finally:
+            short = count - len(taken)  # places asked for that no serial took
+            self._reserved -= short
+            self._unprinted -= short
+            self._undecided -= short
+        return taken
+
+    def _keep_taken(self, taken: list[tuple[int, str]]) -> None:
+        """Queue a taken block for the printer."""
+        self._taken.extend(self._unvoided(taken))
+        self._void.clear()
+
+    def _unvoided(self, taken: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """``taken`` without what a reconnect settled before it was handed over (its places
+        were released then, and a settled serial never reaches the printer)."""
+        kept = [record for record in taken if record[1] not in self._void]
+        self._reserved -= len(taken) - len(kept)
+        return kept
+
+    async def _hand_over(self, depth: int, window: int) -> None:
+        """Send the taken records once the printer's buffer and the in-flight window have room
+        for all of them."""
+        count = len(self._taken)
+        async with self._flow:
+            await self._flow.wait_for(functools.partial(self._room_for, count, depth, window))
+        while self._taken:
+            # Off the list before the send: a record being sent may reach the printer
+            record = self._taken.popleft()
+            self._reserved -= 1
+            await self._send(PrintRecord(*record))
+            if self._in_printer >= depth:
+                crash_point("printer_buffer_full")
+
+    @property
+    def _in_printer(self) -> int:
+        """Records handed to the printer and not yet confirmed printed."""
+        return self._unprinted - self._reserved
+
+    @property
+    def _handed_undecided(self) -> int:
+        """Units handed to the printer and not yet decided."""
+        return self._undecided - self._reserved
+
     def _room_for(self, block: int, depth: int, window: int) -> bool:
-        return self._unprinted + block <= depth and self._undecided + block <= window
+        return self._in_printer + block <= depth and self._handed_undecided + block <= window
 
     async def _replenish(self, still_needed: int) -> None:
         """Make the next serials available (persisted before use), never more than the order
@@ -463,7 +518,7 @@ class LineRuntime:
                 block,
                 length=job.serial_length,
                 alphabet=job.serial_alphabet,
-                wait_s=self._company.wait_s() if self._undecided else 0.0,
+                wait_s=self._company.wait_s() if self._handed_undecided else 0.0,
             )
             return
         if job.serial_source == "l3":
@@ -523,10 +578,13 @@ class LineRuntime:
         j = self.job
         return PrintJob("SERIAL", j.gtin, j.lot, j.expiry)
 
-    async def _after_printer_reconnect(self, settled: int) -> None:
-        # The serials the reconcile settled will never be confirmed nor decided by the camera
+    async def _after_printer_reconnect(self, settled: list[str]) -> None:
+        # The serials the reconcile settled will never be confirmed nor decided by the camera;
+        # those not handed over yet must never reach the printer.
         self._last_activity = time.monotonic()
-        await self._release(unprinted=settled, undecided=settled)
+        self._void = set(settled)  # kept for the block still being taken ahead, if any
+        self._taken = collections.deque(self._unvoided(list(self._taken)))
+        await self._release(unprinted=len(settled), undecided=len(settled))
 
     async def _release(self, *, unprinted: int = 0, undecided: int = 0) -> None:
         async with self._flow:
@@ -849,7 +907,7 @@ class LineRuntime:
             self._printer_silence.check(
                 now,
                 device=self.printer.name,
-                expecting=working and self._unprinted > 0,
+                expecting=working and self._in_printer > 0,
                 alarm=alarm,
             )
             self._camera_silence.check(

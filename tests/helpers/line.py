@@ -23,6 +23,7 @@ from edge_agent.errors import CommandRefused, LineStopped
 from edge_agent.line.stats import LineStats
 from edge_agent.orders import audit
 from edge_agent.orders.model import TERMINAL_STATES, OrderCommand, OrderState
+from edge_agent.reconcile import reconcile
 from edge_agent.stops import StopReason
 from simulators.runner import SimulatorSet
 from tests.helpers.margins import VERDICT_DEADLINE_MS, plc_sim
@@ -205,3 +206,16 @@ def check_nothing_sent_twice(conn: sqlite3.Connection, sims: SimulatorSet) -> No
     seqs = column(conn, "SELECT seq FROM serials WHERE seq IS NOT NULL")
     assert len(seqs) == len(set(seqs)), "a record number was used twice"
     assert set(printed) <= set(column(conn, "SELECT serial FROM serials WHERE seq IS NOT NULL"))
+
+
+async def run_balanced(factory: Any, sims_config: Any, units: int) -> None:
+    """One order of ``units`` on ``sims_config``, run to its end: balanced, and the gate did
+    what the ledger says."""
+    async with SimulatorSet(sims_config) as sims:
+        config = make_config(factory, sims, units)
+        assert await run_agent(config) is None
+        await gates_settled(sims)
+        with state_db(config) as conn:
+            report = reconcile(conn)
+            check_gate_matches_ledger(conn, sims)
+    assert report["balanced"], report["problems"]
