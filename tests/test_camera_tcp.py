@@ -8,6 +8,7 @@ import itertools
 import re
 import struct
 import time
+import unittest.mock
 from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
@@ -193,6 +194,52 @@ def test_garbage_between_frames_is_skipped_and_reported(
     malformed = [item for item in items if isinstance(item, Malformed)]
     assert sum(m.skipped for m in malformed) == sum(len(junk) for junk in garbage)
     assert len(malformed) == sum(1 for junk in garbage if junk)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(_frame_spec, st.binary(max_size=40)), min_size=1, max_size=5),
+    st.lists(st.integers(0, 10**6), max_size=30),
+)
+def test_a_feed_that_decodes_a_png_was_announced(
+    pieces: list[tuple[tuple[int, int, int, int, int], bytes]], cuts: list[int]
+) -> None:
+    # The driver frames on the event loop unless may_decode_png says a PNG may be decoded:
+    # a PNG decoded by a feed it called False would have stalled the loop.
+    from drivers.cameras.tcp import codec
+
+    decoded: list[int] = []
+    real = codec.decode_png
+
+    def counted(payload: bytes, width: int, height: int) -> np.ndarray | None:
+        decoded.append(1)
+        return real(payload, width, height)
+
+    junks = [junk for _, junk in pieces]
+    frames = _make_frames([spec for spec, _ in pieces])
+    stream = b"".join(junk + data for junk, (_, _, data) in zip(junks, frames, strict=True))
+    decoder = FrameDecoder()
+    bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
+    with unittest.mock.patch.object(codec, "decode_png", counted):
+        for start, end in itertools.pairwise(bounds):
+            chunk = stream[start:end]
+            announced = decoder.may_decode_png(chunk)
+            decoded.clear()
+            decoder.feed(chunk)
+            assert announced or not decoded
+
+
+def test_a_raw_stream_is_framed_without_a_thread() -> None:
+    # Flat images: no magic can hide in their pixels, so no feed needs a thread.
+    frames = [encode_frame(t, np.full((30, 40), 200, np.uint8)) for t in range(5)]
+    stream = b"".join(frames)
+    decoder = FrameDecoder()
+    for start in range(0, len(stream), 500):
+        chunk = stream[start : start + 500]
+        # A chunk that splits a header is announced (its encoding is not known yet).
+        split = 0 < len(decoder._buf) < HEADER.size
+        assert decoder.may_decode_png(chunk) is split
+        decoder.feed(chunk)
 
 
 # --- driver against the simulator ----------------------------------------------------------

@@ -24,6 +24,7 @@ from edge_agent.errors import ProtocolError
 MAGIC = b"FRM1"
 HEADER = struct.Struct(">4sIHHBBI")
 HEADER_SIZE = HEADER.size  # 16
+_ENCODING_AT = 12  # offset of the encoding byte in the header
 ENCODING_RAW = 0
 ENCODING_PNG = 1
 DEFAULT_MAX_FRAME_BYTES = 32 * 1024 * 1024
@@ -99,6 +100,24 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes held while waiting for the rest of a frame."""
         return len(self._buf)
+
+    def may_decode_png(self, data: bytes | bytearray) -> bool:
+        """Whether feeding ``data`` could decode a PNG payload (milliseconds on a big frame:
+        the caller runs such a feed off the event loop; framing raw frames costs a copy).
+        Conservative: True whenever a PNG header may be among the bytes, whatever the chunking."""
+        if self._header is not None:
+            if self._header.encoding == ENCODING_PNG:
+                return True
+        elif self._buf:  # a header split across feeds: its encoding is not known yet
+            return True
+        # Every magic counts, also one inside a raw payload the framer will skip: at worst a
+        # feed goes to a thread for nothing.
+        at = data.find(MAGIC)
+        while at >= 0:
+            if at + _ENCODING_AT >= len(data) or data[at + _ENCODING_AT] == ENCODING_PNG:
+                return True
+            at = data.find(MAGIC, at + 1)
+        return False
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[DecodedFrame | Malformed]:
         self._buf += data

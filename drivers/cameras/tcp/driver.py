@@ -91,8 +91,13 @@ class TcpFrameSource:
             if not data:
                 self._count_malformed(decoder.close())
                 raise DeviceConnectionError(self.name, "camera closed the connection")
-            # PNG decoding can take tens of ms on big frames: keep it off the event loop.
-            for item in await asyncio.to_thread(decoder.feed, data):
+            # PNG decoding can take tens of ms on big frames: keep it off the event loop. Raw
+            # frames are framed here: a thread hop per chunk cost more than the copy.
+            if decoder.may_decode_png(data):
+                items = await asyncio.to_thread(decoder.feed, data)
+            else:
+                items = decoder.feed(data)
+            for item in items:
                 if isinstance(item, Malformed):
                     self._count_malformed([item])
                 else:
