@@ -38,7 +38,11 @@ class SerialSpace:
     epoch: int
 
     def draw(self, length: int, alphabet: str) -> str:
-        body = "".join(secrets.choice(alphabet) for _ in range(length - TAG_WIDTH))
+        # One draw for the whole body (uniform over every body, as a draw per character is):
+        # one getrandom call a serial instead of one a character.
+        body = _digits(
+            secrets.randbelow(len(alphabet) ** (length - TAG_WIDTH)), length - TAG_WIDTH, alphabet
+        )
         return body + _encode((self._hash(body) + self.epoch) % _tags(alphabet), alphabet)
 
     def epoch_of(self, serial: str, alphabet: str) -> int:
@@ -108,8 +112,13 @@ def _tags(alphabet: str) -> int:
 
 
 def _encode(value: int, alphabet: str) -> str:
+    return _digits(value, TAG_WIDTH, alphabet)
+
+
+def _digits(value: int, width: int, alphabet: str) -> str:
+    """``value`` written in ``width`` characters of ``alphabet`` (its digits, most significant first)."""
     base, out = len(alphabet), []
-    for _ in range(TAG_WIDTH):
+    for _ in range(width):
         value, digit = divmod(value, base)
         out.append(alphabet[digit])
     return "".join(reversed(out))
