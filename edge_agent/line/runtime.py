@@ -70,7 +70,6 @@ _CONFIRM_WAIT_S = 0.1  # how long a frame may wait for its print confirmation to
 # per unit, 16,200-18,100 units/min, p99 20-23 ms; 7 ms at full speed 0.47 per unit, 17,100-17,700
 # units/min, p99 19.5-20.3 ms, and less CPU per unit.
 _COMMIT_COMPANY_S = 0.007
-_COMPANY_POLL_S = 0.0005
 _MAX_UNACKNOWLEDGED = 3  # records in a row the printer did not acknowledge: it stopped answering
 
 
@@ -82,6 +81,11 @@ def _refill_block(depth: int, window: int) -> int:
     """Records marked sent per commit: half the printer's buffer (and of the in-flight window),
     so a block fits whenever the printer has printed half of what it holds."""
     return max(1, min(depth, window) // 2)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 @dataclass
@@ -134,6 +138,7 @@ class LineRuntime:
         self._commit_q: asyncio.Queue[_Pending] = asyncio.Queue(256)
         self._committed_q: asyncio.Queue[list[_Pending]] = asyncio.Queue(1)  # to be written
         self._deciding = 0  # frames taken for a decision, not yet queued for the commit
+        self._decision_waiter: asyncio.Future[None] | None = None  # a commit waiting for company
         self._company = CommitCompany(_COMMIT_COMPANY_S)
         self._feed_done = asyncio.Event()
         self._last_activity = time.monotonic()
@@ -651,6 +656,8 @@ class LineRuntime:
             outcome = await self._judge(frame, reads)
             await self._commit_q.put(_Pending(frame, outcome))
             self._deciding -= 1
+            if self._decision_waiter is not None:
+                _wake(self._decision_waiter)
 
     async def _judge(self, frame: Frame, reads: list[CodeRead]) -> UnitOutcome:
         line = self.cfg.line
@@ -745,12 +752,23 @@ class LineRuntime:
         while len(group) < _COMMIT_GROUP:
             while len(group) < _COMMIT_GROUP and not self._commit_q.empty():
                 group.append(self._commit_q.get_nowait())
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0 or (len(group) > 1 and not self._deciding):
                 break
-            if len(group) > 1 and not self._deciding:
-                break
-            await asyncio.sleep(_COMPANY_POLL_S)
+            await self._next_decision(left)
         return group
+
+    async def _next_decision(self, timeout_s: float) -> None:
+        """Until the next frame's outcome is queued, or ``timeout_s``: woken by ``_decide``
+        rather than polled (a poll every half millisecond cost the loop more than the wait)."""
+        loop = asyncio.get_running_loop()
+        waiter = self._decision_waiter = loop.create_future()
+        timer = loop.call_later(timeout_s, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._decision_waiter = None
 
     async def _make_durable(self, group: list[_Pending]) -> None:
         """Commit the group's outcomes (late ones first become rejects). Cancelled, it still
