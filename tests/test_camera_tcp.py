@@ -196,9 +196,18 @@ def test_garbage_between_frames_is_skipped_and_reported(
     assert len(malformed) == sum(1 for junk in garbage if junk)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Garbage that may hold a header-like run: a magic and random fields (a spurious PNG header too).
+_junk = st.one_of(
+    st.binary(max_size=40),
+    st.tuples(
+        st.binary(max_size=8), st.binary(min_size=12, max_size=12), st.binary(max_size=30)
+    ).map(lambda parts: parts[0] + MAGIC + parts[1] + parts[2]),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.lists(st.tuples(_frame_spec, st.binary(max_size=40)), min_size=1, max_size=5),
+    st.lists(st.tuples(_frame_spec, _junk), min_size=1, max_size=5),
     st.lists(st.integers(0, 10**6), max_size=30),
 )
 def test_a_feed_that_decodes_a_png_was_announced(
