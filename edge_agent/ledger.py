@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import functools
 import json
 import sqlite3
 import threading
@@ -160,6 +161,9 @@ class Ledger:
         self._bound: Ledger | None = None  # this ledger on the writer's connection
         # (gtin, serial) confirmed printed, the transition not yet committed
         self._printing: set[tuple[str, str]] = set()
+        # Those not yet taken by the writer: one writer job for all of them, not one each
+        self._marks: list[tuple[BatchInfo, str]] = []
+        self._marks_lock = threading.Lock()  # the loop appends, the writer takes
 
     # --- batches ----------------------------------------------------------------------------
 
@@ -364,19 +368,39 @@ class Ledger:
     def mark_printed(self, batch: BatchInfo, serial: str) -> bool:
         """The printer confirmed this serial. False if it was not a sent serial of this batch."""
         with write(self.conn):
-            state = self._state(batch.gtin, serial, batch.id)
-            if state != SerialState.SENT:
-                return False
-            self._move(
+            return self._mark_printed(batch, serial, self._now(batch.id))
+
+    def _mark_printed(self, batch: BatchInfo, serial: str, now: float) -> bool:
+        # One statement moves it only from sent (what _move does in two: read, then write).
+        moved = self.conn.execute(
+            "UPDATE serials SET state = ?, reason = ?, updated_at = ? "
+            "WHERE gtin = ? AND serial = ? AND batch_id = ? AND state = ?",
+            (
+                SerialState.PRINTED,
+                "print_confirmed",
+                now,
                 batch.gtin,
                 serial,
+                batch.id,
+                SerialState.SENT,
+            ),
+        ).rowcount
+        if moved:
+            self._record(
+                batch.gtin,
+                serial,
+                SerialState.SENT,
                 SerialState.PRINTED,
                 "print_confirmed",
                 None,
-                self._now(batch.id),
-                known=state,
+                now,
             )
-        return True
+        return bool(moved)
+
+    def _mark_printed_all(self, marks: list[tuple[BatchInfo, str]]) -> None:
+        """The print confirmations queued since the last commit, in one job of the writer."""
+        for batch, serial in marks:
+            self._mark_printed(batch, serial, self._now(batch.id))
 
     def commit_outcomes(self, batch: BatchInfo, outcomes: Sequence[UnitOutcome]) -> None:
         """Record verdicts, serial transitions and their events in ONE durable transaction."""
@@ -495,10 +519,33 @@ class Ledger:
         if key in self._printing or self._state(batch.gtin, serial, batch.id) != SerialState.SENT:
             return False
         self._printing.add(key)
-        bound = self._bound
-        future = self.writer.defer(lambda _: bound.mark_printed(batch, serial), "print_confirmed")
-        future.add_done_callback(lambda _: self._printing.discard(key))
+        with self._marks_lock:
+            first = not self._marks
+            self._marks.append((batch, serial))
+        if first:  # the confirmations that follow before the writer starts it ride this job
+            taken: list[tuple[BatchInfo, str]] = []
+            future = self.writer.defer(
+                functools.partial(self._commit_marks, taken), "print_confirmed"
+            )
+            future.add_done_callback(lambda _: self._marks_settled(taken))
         return True
+
+    def _commit_marks(self, taken: list[tuple[BatchInfo, str]], conn: sqlite3.Connection) -> None:
+        """Writer thread: the confirmations queued so far, marked printed."""
+        with self._marks_lock:
+            taken.extend(self._marks)
+            self._marks.clear()
+        assert self._bound is not None
+        self._bound._mark_printed_all(taken)
+
+    def _marks_settled(self, taken: list[tuple[BatchInfo, str]]) -> None:
+        """Committed or failed (the writer logs a failure), they are no longer pending. A job
+        the writer never ran (it stopped) took nothing: what it would have taken is dropped."""
+        if not taken:
+            with self._marks_lock:
+                taken.extend(self._marks)
+                self._marks.clear()
+        self._printing.difference_update((batch.gtin, serial) for batch, serial in taken)
 
     async def record_outcomes(self, batch: BatchInfo, outcomes: Sequence[UnitOutcome]) -> None:
         """``commit_outcomes``, group-committed by the writer: returns once durable."""

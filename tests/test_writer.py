@@ -251,6 +251,35 @@ async def test_a_confirmation_counts_at_once_and_is_durable_with_the_next_commit
     assert state == SerialState.PRINTED
 
 
+async def test_confirmations_before_a_commit_ride_one_writer_job(
+    hot_ledger: tuple[Ledger, Writer, BatchInfo],
+) -> None:
+    # One job (and one savepoint) for every confirmation queued before the writer starts it,
+    # not one each: each job cost the writer thread GIL round trips on the line.
+    ledger, writer, batch = hot_ledger
+    serials = [serial for _, serial in await ledger.take_block(batch, 5)]
+    jobs = writer.stats.jobs
+    assert all(ledger.note_printed(batch, serial) for serial in serials)
+    assert not ledger.note_printed(batch, serials[0]), "a repeated confirmation counted twice"
+    await ledger.flush()
+    assert writer.stats.jobs == jobs + 2  # the confirmations' job and the flush
+    assert not ledger.note_printed(batch, serials[0]), "committed: printed, not sent"
+    with contextlib.closing(open_reader(writer_state(ledger))) as conn:
+        marks = ",".join("?" * len(serials))
+        states = conn.execute(
+            f"SELECT DISTINCT state FROM serials WHERE serial IN ({marks})", serials
+        ).fetchall()
+        moves = conn.execute(
+            "SELECT count(*) FROM transitions WHERE to_state = 'printed' AND from_state = 'sent'"
+        ).fetchone()
+    assert states == [(SerialState.PRINTED,)] and moves == (5,)
+    # the next confirmation after the commit starts a job of its own
+    [(_, later)] = await ledger.take_block(batch, 1)
+    assert ledger.note_printed(batch, later)
+    await ledger.flush()
+    assert ledger.state_of(GTIN, later) == SerialState.PRINTED
+
+
 def writer_state(ledger: Ledger) -> Path:
     path = ledger.conn.execute("PRAGMA database_list").fetchone()[2]
     return Path(path).parent
