@@ -358,7 +358,9 @@ async def test_standalone_simulator_serves_and_stops_on_ctrl_c() -> None:
             await printer.select_job(JOB)
             assert (await printer.status()).state == "ready"
         proc.send_signal(signal.SIGINT)
-        async with asyncio.timeout(STEP_S):
+        # A process exit, interpreter teardown included: as long as its start may take (it
+        # took more than STEP_S once, with the suite and a benchmark on the 2 cores)
+        async with asyncio.timeout(10):
             assert await proc.wait() == 0
     finally:
         if proc.returncode is None:
