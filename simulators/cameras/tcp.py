@@ -361,7 +361,8 @@ class TcpCameraSim:
         for writer in list(self._clients):
             try:
                 writer.write(data)
-                await asyncio.wait_for(writer.drain(), _DRAIN_TIMEOUT_S)
+                async with asyncio.timeout(_DRAIN_TIMEOUT_S):  # no task a frame, as wait_for makes
+                    await writer.drain()
                 delivered = True
             except (OSError, TimeoutError) as exc:
                 log.warning("camera client lost", error=repr(exc))
