@@ -511,8 +511,10 @@ class Ledger:
         With a writer the transition rides the next group commit, unawaited. Lost in a crash,
         the serial is still ``sent`` after the restart, which recovery settles as it settles a
         printed one: rejected (a printed record is no longer in the printer's queue, so
-        printer_reconcile never takes it for unused). The outcome that commissions it is
-        submitted after it, so it commits in the same or a later transaction."""
+        printer_reconcile never takes it for unused). It joins the confirmations' job queued
+        and not yet started, if any (submitted before it), else queues one: the outcome that
+        commissions it is submitted after that job, so it commits in the same or a later
+        transaction."""
         if self.writer is None or self._bound is None:
             return self.mark_printed(batch, serial)
         key = (batch.gtin, serial)
