@@ -310,3 +310,13 @@ def test_grid_fitted_to_the_marks_reads_what_the_outline_missed(category: str, i
     best = locate(frame.image)[0]
     crop = np.ascontiguousarray(best.crop(frame.image))
     assert [read.text for read in read_sampled(crop)] == list(frame.codes)
+
+
+def test_grid_finds_a_faint_dotted_symbol_beside_bold_text() -> None:
+    # A 12x64 DMRE of dots at contrast 0.19 beside a line of bold text: the darkest marks are
+    # the text's four glyphs, and the ink threshold they set leaves out every dot. Without them
+    # the dots are the ink (before, no outline of the symbol in any pass: no read).
+    frame = wide.wide_frame("low_contrast", 8)
+    best = locate(frame.image)[0]
+    crop = np.ascontiguousarray(best.crop(frame.image))
+    assert [read.text for read in read_sampled(crop)] == list(frame.codes)

@@ -7,8 +7,10 @@ finds nothing, even though the error correction would repair every missing dot. 
 replaces only the detector and the sampler:
 
 1. dark marks relative to the local background (black-hat: uneven light and glare cancel);
-   where that finds no symbol, dark blobs (the determinant of the Hessian): on brushed metal
-   the streaks are as dark as the dot-peen craters, but a streak is a ridge, not a blob;
+   where that finds no symbol and the marks are a few large ones (bold text beside a faint
+   symbol sets the ink threshold above its dots), the dark marks without those; then dark
+   blobs (the determinant of the Hessian): on brushed metal the streaks are as dark as the
+   dot-peen craters, but a streak is a ridge, not a blob;
 2. the symbol is the dark component at the centre of the crop once its dots are joined (the
    gap is found, not assumed: the closing grows until the component's outline stops growing);
 3. its outline (the convex hull, whose four sides are the finder and the timing pattern) gives
@@ -71,6 +73,9 @@ BLOB_SIGMA = 0.85  # px: the scale of the smallest dots (0.6 of a 4 px module) t
 HULL_TRIES = 24  # outlines looked at for the symbol's blob, longest first
 SPECK_PX = 2  # marks of fewer pixels are specks whatever the others are
 SPECK_SHARE = 0.25  # and so are those under this share of the median mark
+GLYPH_MARKS = 12  # marks at most in the dark mask for its largest ones to be cleared ...
+GLYPH_SHARE = 0.5  # ... namely those of half the largest one's area or more ...
+GLYPH_MARGIN_PX = 5  # ... and this far around them (their anti-aliased edges)
 SCORE_GROW = 3.0  # px: blob centres grown so that the size search's module samples meet them
 GROW = 0.5  # marks grown to this share of a module for the second sampling (a disc across)
 REMAP_ROW = 8192  # points per row of a batched remap
@@ -103,24 +108,12 @@ def read_sampled(
     height, width = image.shape[:2]
     if min(height, width) < 16:
         return []
-    darkness = _darkness(image)
-    blobs: Floats | None = None
-    for marks in (darkness, None):
-        if marks is None:  # the dark marks gave no symbol: try the dark blobs
-            if time_left() < BLOB_MS:
-                break
-            marks = blobs = _blobs(image)
-        mask = _ink(marks, 0.99 if blobs is None else BLOB_TOP)
-        if mask is None:
-            continue
+    for darkness, mask, scored, blobs in _passes(image, time_left):
         if time_left() < OUTLINE_MS:
             break
         outline = _outline(mask, time_left)
         if outline is None:
             continue
-        # Finder and timing are scored on what found the outline: on brushed metal the streaks
-        # cross the darkness of the light modules.
-        scored = darkness if blobs is None else _grown(blobs, SCORE_GROW)
         for corners in _corner_guesses(outline):
             if time_left() < SEARCH_MS:
                 return []
@@ -135,6 +128,44 @@ def read_sampled(
                     if time_left() <= 0:
                         return []
     return []
+
+
+def _passes(
+    image: GrayImage, time_left: Callable[[], float]
+) -> Iterator[tuple[Floats, npt.NDArray[np.uint8], Floats, Floats | None]]:
+    """What the symbol is looked for in, in turn, each only if the one before gave no symbol:
+    (the darkness sampled, the mask outlined, what finder and timing are scored on, the blob
+    map if any). The dark marks; the dark marks without the few large ones (when there are
+    only a few: bold text beside a faint symbol is all that the darkest marks show); the dark
+    blobs, scored on the blobs grown (on brushed metal the streaks cross the darkness of the
+    light modules)."""
+    darkness = _darkness(image)
+    mask = _ink(darkness)
+    if mask is not None:
+        yield darkness, mask, darkness, None
+        faint = _without_glyphs(darkness, mask)
+        faint_mask = None if faint is None else _ink(faint)
+        if faint is not None and faint_mask is not None:
+            yield faint, faint_mask, faint, None
+    if time_left() < BLOB_MS:
+        return
+    blobs = _blobs(image)
+    blob_mask = _ink(blobs, BLOB_TOP)
+    if blob_mask is not None:
+        yield darkness, blob_mask, _grown(blobs, SCORE_GROW), blobs
+
+
+def _without_glyphs(darkness: Floats, mask: npt.NDArray[np.uint8]) -> Floats | None:
+    """``darkness`` with its largest marks (and a margin around them) cleared, when ``mask``
+    has at most ``GLYPH_MARKS`` marks: then they are glyphs of bold text or a solid symbol, and
+    a fainter symbol beside them lies below the ink threshold they set. None otherwise."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if not 1 < count <= GLYPH_MARKS + 1:
+        return None
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    large = np.concatenate([[0], (areas >= GLYPH_SHARE * areas.max()) * 255]).astype(np.uint8)
+    cleared = cv2.dilate(large[labels], _disc(GLYPH_MARGIN_PX))
+    return np.asarray(np.where(cleared > 0, 0.0, darkness), dtype=np.float32)
 
 
 def _fits(
