@@ -25,7 +25,10 @@ replaces only the detector and the sampler:
 6. a grid that reads nothing is fitted to the marks themselves (``_snap``: the homography
    through the centres of the dark modules' marks) and sampled again: an outline traced along
    round dots is a fraction of a module off, which over a long row or under perspective puts
-   the far modules between two dots.
+   the far modules between two dots. For the best size of an outline, then to the timing
+   pattern's dots and the finder's solid column (``_timing_fit``: under strong perspective
+   the grid can be sheared by more than the half module the marks are looked for in), then
+   to the marks again after the corners were refined by the border's contrast.
 """
 
 from __future__ import annotations
@@ -90,6 +93,9 @@ SNAP_OFFSETS = np.array([(dx, dy) for dy in SNAP_POINTS for dx in SNAP_POINTS], 
 SNAP_ROUNDS = 2  # ... twice (the second from the first's grid, whose windows hold one mark each)
 SNAP_SOLID = 0.9  # a window this dark all over (inside a solid patch) says nothing of the centre
 SNAP_MIN_MODULES = 12  # fewer telling modules than this: no fit
+TIMING_REACH = 1.0  # modules: a dark timing module's neighbours either side are light
+EDGE_REACH = 2.5  # modules: the solid column is looked for this far either side of the grid's
+SCAN_STEP = 0.1  # modules between the points of those searches
 SNAP_INLIER = 0.35  # modules: a centre this far from the first fit is not the module's mark
 
 
@@ -185,6 +191,8 @@ def _fits(
     if time_left() < SNAP_MS:
         return
     yield _snap(darkness, outlined, rows, cols)
+    if refine and time_left() >= SNAP_MS:
+        yield _timing_fit(darkness, outlined, rows, cols)
     if refine and time_left() >= REFINE_MS + SNAP_MS:
         yield _snap(darkness, _refine(darkness, outlined, rows, cols), rows, cols)
 
@@ -715,6 +723,8 @@ def _border(rows: int, cols: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[
     return np.array(points, dtype=np.float32), np.array(dark, dtype=np.bool_)
 
 
+_ACROSS = np.array([-0.2, 0.0, 0.2], dtype=np.float32)  # a timing search's points across its row
+_NO_OFFSET = np.zeros((1, 2), dtype=np.float32)
 _SPREAD = np.array(
     [[0, 0], [-0.22, -0.22], [0.22, -0.22], [-0.22, 0.22], [0.22, 0.22]], dtype=np.float32
 )
@@ -902,6 +912,83 @@ def _least_squares_homography(source: Floats, target: Floats) -> Floats:
     system = np.concatenate([rows_x, rows_y]).astype(np.float64)
     solution = np.linalg.lstsq(system, np.concatenate([x, y]).astype(np.float64), rcond=None)[0]
     return np.asarray(np.append(solution, 1.0).reshape(3, 3), dtype=np.float32)
+
+
+def _timing_fit(darkness: Floats, quad: Floats, rows: int, cols: int) -> Floats:
+    """``quad`` moved so that the grid runs through the timing pattern's dots and along the
+    finder's solid column: each dark timing module looked for within a module of where the
+    grid puts it (its neighbours there are light), the solid column where the first dark run
+    from the quiet zone is. Under strong perspective the outline's short sides are a few pixels
+    long and a small tilt of one shears the grid by modules at the far rows, more than the fit
+    to the marks (``_snap``) reaches."""
+    matrix = _homography(quad, rows, cols)
+    border, dark = _border(rows, cols)
+    level = _level(_samples(darkness, matrix, border), dark)
+    top = np.arange(0, cols, 2, dtype=np.float32) + 0.5  # dark timing modules, top row
+    right = np.arange(rows - 1, -1, -2, dtype=np.float32) + 0.5  # and right column
+    found_top = _along(darkness, matrix, level, top, np.full_like(top, 0.5), axis=0)
+    found_right = _along(darkness, matrix, level, right, np.full_like(right, cols - 0.5), axis=1)
+    found_left = _first_dark(darkness, matrix, level, rows)
+    source = np.concatenate(
+        [
+            np.stack([top, np.full_like(top, 0.5)], axis=1),
+            np.stack([np.full_like(right, cols - 0.5), right], axis=1),
+            _module_centres(rows, 1),
+        ]
+    )
+    target = np.concatenate(
+        [
+            np.stack([found_top, np.full_like(top, 0.5)], axis=1),
+            np.stack([np.full_like(right, cols - 0.5), found_right], axis=1),
+            np.stack([found_left, _module_centres(rows, 1)[:, 1]], axis=1),
+        ]
+    )
+    correction = _fit_homography(source, target, scale=float(max(rows, cols)))
+    if correction is None:
+        return quad
+    corners = np.array([[0, 0], [cols, 0], [cols, rows], [0, rows]], dtype=np.float32)
+    moved = cv2.perspectiveTransform(corners.reshape(-1, 1, 2), matrix @ correction)
+    return np.asarray(moved.reshape(4, 2), dtype=np.float32)
+
+
+def _along(
+    darkness: Floats, matrix: Floats, level: float, along: Floats, across: Floats, *, axis: int
+) -> Floats:
+    """Where (in module coordinates along ``axis``) the marks are nearest ``along``: the
+    darkness-weighted centre within ``TIMING_REACH`` modules, at three points across."""
+    offsets = np.arange(-TIMING_REACH, TIMING_REACH + 1e-3, SCAN_STEP, dtype=np.float32)
+    u, v = np.broadcast_arrays(
+        along[:, None, None] + offsets[None, :, None], across[:, None, None] + _ACROSS
+    )
+    points = np.stack([u, v] if axis == 0 else [v, u], axis=-1).reshape(-1, 2)
+    values = _samples_spread(darkness, [matrix], _spread(points, _NO_OFFSET), 1)
+    weights = np.maximum(values.reshape(len(along), len(offsets), -1).mean(axis=2) - level, 0.0)
+    total = weights.sum(axis=1)
+    shift = (weights @ offsets) / np.maximum(total, 1e-6)
+    return np.asarray(along + np.where(total > 0, shift, 0.0), dtype=np.float32)
+
+
+def _first_dark(darkness: Floats, matrix: Floats, level: float, rows: int) -> Floats:
+    """Per row, where (column, in module coordinates) the finder's solid column is: the centre
+    of the first dark run met coming in from the quiet zone, within ``EDGE_REACH`` modules."""
+    offsets = np.arange(-EDGE_REACH, EDGE_REACH + 1e-3, SCAN_STEP, dtype=np.float32)
+    u, v = np.broadcast_arrays(0.5 + offsets[None, :], np.arange(rows, dtype=np.float32)[:, None])
+    points = np.stack([u, v + 0.5], axis=-1).reshape(-1, 2)
+    values = _samples_spread(darkness, [matrix], _spread(points, _NO_OFFSET), 1)
+    values = values.reshape(rows, len(offsets))
+    out = np.full(rows, 0.5, dtype=np.float32)
+    run = round(1.0 / SCAN_STEP)  # at most a module's worth of the run: a dot, not its neighbour
+    for row, profile in enumerate(values):
+        dark_at = np.flatnonzero(profile > level)
+        if len(dark_at) == 0:
+            continue
+        first = int(dark_at[0])
+        stop = first
+        while stop + 1 < len(profile) and profile[stop + 1] > level and stop - first < run:
+            stop += 1
+        weights = profile[first : stop + 1] - level
+        out[row] = 0.5 + float((weights * offsets[first : stop + 1]).sum() / weights.sum())
+    return out
 
 
 @lru_cache(maxsize=64)
