@@ -302,10 +302,11 @@ def test_a_thin_dmre_ranked_fifth_is_still_tried(reader: DecodePipeline) -> None
     [("inkjet", 34), ("dot_peen", 23), ("perspective", 3)],
 )
 def test_grid_fitted_to_the_marks_reads_what_the_outline_missed(category: str, index: int) -> None:
-    # Dots whose outline puts the grid a fraction of a module off (a 16x64 of 4 px modules, a
-    # 16x48 dot peen, a 12x88 under perspective): sampled on the outline's grid, with its
-    # corners refined by the border's contrast or not, none of these read (checked, whatever
-    # the time); on the grid fitted to the dots' centres they do.
+    # Dots whose outline is a fraction of a module off (a 16x64 of 4 px modules, a 16x48 dot
+    # peen, a 12x88 under perspective). The grid stage before 7abd914 read none of these,
+    # whatever the time (checked): it refined the three best sizes' corners by the border's
+    # contrast up front, which moved these grids off; their outline's grid as it is reads two,
+    # the grid fitted to the timing dots the dot peen.
     frame = wide.wide_frame(category, index)
     best = locate(frame.image)[0]
     crop = np.ascontiguousarray(best.crop(frame.image))
