@@ -170,10 +170,11 @@ def _without_glyphs(darkness: Floats, mask: npt.NDArray[np.uint8]) -> Floats | N
     """``darkness`` with its largest marks (and a margin around them) cleared, when ``mask``
     has at most ``GLYPH_MARKS`` marks: then they are glyphs of bold text or a solid symbol, and
     a fainter symbol beside them lies below the ink threshold they set. None otherwise."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    count, found = cv2.connectedComponents(mask, connectivity=8)
     if not 1 < count <= GLYPH_MARKS + 1:
         return None
-    areas = stats[1:, cv2.CC_STAT_AREA]
+    labels = np.asarray(found, dtype=np.int32)
+    areas = np.bincount(labels.ravel(), minlength=count)[1:]
     large = np.concatenate([[0], (areas >= GLYPH_SHARE * areas.max()) * 255]).astype(np.uint8)
     cleared = cv2.dilate(large[labels], _disc(GLYPH_MARGIN_PX))
     return np.asarray(np.where(cleared > 0, 0.0, darkness), dtype=np.float32)
@@ -343,13 +344,23 @@ def _despeckle(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     """The mask without specks: marks much smaller than the typical one (sensor noise, grain of
     the metal), which the closing below would otherwise join to the symbol across its quiet
     zone."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    count, labels, areas = _marks(mask)
     if count <= 2:
         return mask
-    areas = stats[1:, cv2.CC_STAT_AREA]
     floor = max(SPECK_PX, SPECK_SHARE * float(np.median(areas)))
     keep = np.concatenate([[0], (areas >= floor).astype(np.uint8) * 255]).astype(np.uint8)
     return _u8(keep[labels])
+
+
+def _marks(
+    mask: npt.NDArray[np.uint8],
+) -> tuple[int, npt.NDArray[np.int32], npt.NDArray[np.intp]]:
+    """The mask's marks: their count (the background one of them), labels and areas (the
+    background's left out). The labels alone and a bincount: OpenCV's labelling with its
+    statistics costs four times as much (1.9 against 0.4 ms on a dot-peen crop of 430 marks)."""
+    count, found = cv2.connectedComponents(mask, connectivity=8)
+    labels = np.asarray(found, dtype=np.int32)
+    return int(count), labels, np.bincount(labels.ravel(), minlength=count)[1:]
 
 
 # --- 2. the symbol's outline ---------------------------------------------------------------
