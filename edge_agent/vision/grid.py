@@ -44,6 +44,7 @@ import zxingcpp
 
 from edge_agent.contracts import CodeRead, GrayImage
 from edge_agent.vision.decode import DATAMATRIX, barcode_read
+from edge_agent.vision.locate import shrink
 
 Floats = npt.NDArray[np.float32]
 
@@ -279,16 +280,12 @@ def _darkness(image: GrayImage) -> Floats:
     """How much darker each pixel is than its local background (0 = background or brighter)."""
     smooth = cv2.GaussianBlur(image, (0, 0), 0.8)
     height, width = image.shape[:2]
-    # The background: on a copy shrunk 4x (dots and their highlights average out), a median
-    # (streaks of brushed metal and specks go) and then the local maximum over a window wider
-    # than any dark patch of a symbol, smoothed so that its own blocks do not show.
-    shrink = 4 if min(height, width) >= 64 else 1
-    small = cv2.resize(
-        smooth,
-        (max(1, width // shrink), max(1, height // shrink)),
-        interpolation=cv2.INTER_AREA,
-    )
-    small = cv2.medianBlur(small, 3)
+    # The background: on a copy shrunk 4x (dots and their highlights average out; by a whole
+    # factor, OpenCV's fast path: the resize to a quarter of an uneven size cost more than the
+    # rest, 1.2 of the 2.4 ms on a 855x579 crop), a median (streaks of brushed metal and specks
+    # go) and then the local maximum over a window wider than any dark patch of a symbol,
+    # smoothed so that its own blocks do not show.
+    small = cv2.medianBlur(shrink(_u8(smooth), 4 if min(height, width) >= 64 else 1), 3)
     k = max(3, (min(small.shape[:2]) // 4) | 1)
     background = cv2.dilate(small, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
     background = cv2.blur(background, (k, k))
@@ -378,8 +375,8 @@ def _outline(
     """
     # A large crop is outlined at half resolution (the closings cost its area times the kernel;
     # the corners are refined at full resolution afterwards).
-    shrink = 2 if mask.shape[0] * mask.shape[1] >= OUTLINE_SHRINK_ABOVE**2 else 1
-    if shrink > 1:
+    factor = 2 if mask.shape[0] * mask.shape[1] >= OUTLINE_SHRINK_ABOVE**2 else 1
+    if factor > 1:
         small = cv2.resize(
             mask, (mask.shape[1] // 2, mask.shape[0] // 2), interpolation=cv2.INTER_AREA
         )
@@ -389,7 +386,7 @@ def _outline(
     best: npt.NDArray[np.int32] | None = None
     best_area = 0.0
     areas: list[float] = []
-    for k in (1, 3, 5, 7, 9, 13, 17, 23)[: 6 if shrink > 1 else 8]:
+    for k in (1, 3, 5, 7, 9, 13, 17, 23)[: 6 if factor > 1 else 8]:
         closed = mask if k == 1 else _u8(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disc(k)))
         hull = _central_hull(closed, width, height)
         area = 0.0 if hull is None else float(cv2.contourArea(hull))
@@ -408,9 +405,9 @@ def _outline(
             break  # the symbol has merged with its surroundings: only fragments are left
         if time_left() <= 0:
             break  # the frame's budget is spent: the outline so far, if any
-    if best is None or shrink == 1:
+    if best is None or factor == 1:
         return best
-    return np.asarray(best * shrink + shrink // 2, dtype=np.int32)
+    return np.asarray(best * factor + factor // 2, dtype=np.int32)
 
 
 def _u8(image: object) -> npt.NDArray[np.uint8]:
