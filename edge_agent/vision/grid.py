@@ -133,12 +133,17 @@ def read_sampled(
         outline = _outline(mask, time_left)
         if outline is None:
             continue
-        for corners in _corner_guesses(outline):
+        for corners, trapezoid in _corner_guesses(outline):
             if time_left() < SEARCH_MS:
                 return []
             for rank, (rows, cols, _turn, outlined) in enumerate(_sizes(corners, scored)):
                 fits = _fits(
-                    darkness, outlined, (rows, cols), refine=rank == 0, time_left=time_left
+                    darkness,
+                    outlined,
+                    (rows, cols),
+                    refine=rank == 0,
+                    timing_first=trapezoid and rank == 0,
+                    time_left=time_left,
                 )
                 for fitted in fits:
                     read = _read_grid(darkness, blobs, fitted, rows, cols, time_left)
@@ -201,6 +206,7 @@ def _fits(
     size: tuple[int, int],
     *,
     refine: bool,
+    timing_first: bool = False,
     time_left: Callable[[], float],
 ) -> Iterator[Floats]:
     """The grid from the outline, then (each only if the one before read nothing) fitted to
@@ -209,12 +215,17 @@ def _fits(
     best size of an outline) all of them, otherwise only the fit to the marks: the others cost
     a few ms. Measured on the best crops of the 83 wide-set frames that reach the grid stage:
     70 read on the outline's grid, 8 more on the timing fit, which reads every one that the
-    fit to the marks does, for about half its cost (1-2 ms against 2-4 ms on a long DMRE)."""
+    fit to the marks does, for about half its cost (1-2 ms against 2-4 ms on a long DMRE).
+    ``timing_first`` (a trapezoid's best size): the timing fit before the outline's grid, which
+    a trapezoid's sheared outline rarely reads (frames 443 and 447: 11-14 ms on their crops
+    against 12-19 ms)."""
     rows, cols = size
+    if timing_first:
+        yield _timing_fit(darkness, outlined, rows, cols)
     yield outlined
     if time_left() < SNAP_MS:
         return
-    if refine:
+    if refine and not timing_first:
         yield _timing_fit(darkness, outlined, rows, cols)
     if time_left() >= SNAP_MS:
         yield _snap(darkness, outlined, rows, cols)
@@ -244,20 +255,23 @@ def _read_grid(
     return None
 
 
-def _corner_guesses(outline: npt.NDArray[np.int32]) -> Iterator[Floats]:
+def _corner_guesses(outline: npt.NDArray[np.int32]) -> Iterator[tuple[Floats, bool]]:
     """The outline's corners from its bounding rectangle and, if they differ, from the hull's
     own vertices (a trapezoid under strong perspective is far from any rectangle); the hull's
-    first when they differ by more than ``TRAPEZOID_PX``."""
+    first when they differ by more than ``TRAPEZOID_PX``. Each with whether the outline is such
+    a trapezoid."""
     boxed = _corners(outline)
     hulled = _hull_corners(outline)
     if hulled is None:
-        yield boxed
+        yield boxed, False
         return
     apart = min(float(np.abs(np.roll(hulled, -turn, axis=0) - boxed).max()) for turn in range(4))
     if apart <= ALTERNATIVE_PX:
-        yield boxed
+        yield boxed, False
         return
-    yield from (hulled, boxed) if apart > TRAPEZOID_PX else (boxed, hulled)
+    trapezoid = apart > TRAPEZOID_PX
+    for corners in (hulled, boxed) if trapezoid else (boxed, hulled):
+        yield corners, trapezoid
 
 
 def _placed(
