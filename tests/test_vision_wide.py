@@ -335,13 +335,15 @@ def test_grid_follows_the_timing_dots_of_a_trapezoid_cut_by_locate() -> None:
     assert [read.text for read in read_sampled(crop)] == list(frame.codes)
 
 
-def test_grid_looks_for_dots_in_the_blob_map_first() -> None:
+def test_grid_looks_for_dots_on_brushed_metal_in_the_blob_map_first() -> None:
     # A dot-peen 16x48 on brushed metal (frame 253: 323 dark marks) is tried on the blob map
     # first, where it reads; the dark marks' outline, tried first before, finds no size. A
-    # printed symbol's few marks keep the dark marks first.
+    # printed symbol's few marks, and an inkjet 26x64's many on carton (frame 203, which the
+    # dark marks read sooner), keep the dark marks first.
     dots = wide.wide_frame("dot_peen", 13)
     printed = wide.wide_frame("rectangular", 19)
-    for frame, blob_first in ((dots, True), (printed, False)):
+    inkjet = wide.wide_frame("inkjet", 3)
+    for frame, blob_first in ((dots, True), (printed, False), (inkjet, False)):
         crop = np.ascontiguousarray(locate(frame.image)[0].crop(frame.image))
         _, _, _, blobs = next(grid._passes(crop, lambda: 1e9))
         assert (blobs is not None) is blob_first

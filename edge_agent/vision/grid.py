@@ -92,6 +92,10 @@ GLYPH_MARGIN_PX = 5  # ... and this far around them (their anti-aliased edges)
 # the blob map reads, the dark marks 11 (both in turn: 270 ms in all dark marks first, 207 ms
 # blobs first).
 DOTTED_MARKS = 100
+# ... and only on brushed metal: of those 23, the 4 inkjet symbols (on carton) have a coherence
+# of 0.003-0.04 and the dark marks read them all, sooner (frame 203: 9 against 14 ms); the 19
+# dot-peen ones 0.07-0.62, and the dark marks read 7 of them.
+BRUSHED_COHERENCE = 0.06
 SCORE_GROW = 3.0  # px: blob centres grown so that the size search's module samples meet them
 GROW = 0.5  # marks grown to this share of a module for the second sampling (a disc across)
 REMAP_ROW = 8192  # points per row of a batched remap
@@ -162,11 +166,12 @@ def _passes(
     map if any). The dark marks; the dark marks without the few large ones (when there are
     only a few: bold text beside a faint symbol is all that the darkest marks show); the dark
     blobs, scored on the blobs grown (on brushed metal the streaks cross the darkness of the
-    light modules). The blobs first when the dark marks are dots (``DOTTED_MARKS``)."""
+    light modules). The blobs first when the dark marks are dots (``DOTTED_MARKS``) on brushed
+    metal (``_brushed``)."""
     darkness = _darkness(image)
     mask = _ink(darkness)
     count, labels = (1, None) if mask is None else cv2.connectedComponents(mask, connectivity=8)
-    dotted = count - 1 > DOTTED_MARKS
+    dotted = count - 1 > DOTTED_MARKS and _brushed(image)
     if dotted and time_left() >= BLOB_MS:
         yield from _blob_pass(image, darkness)
     if mask is not None:
@@ -178,6 +183,18 @@ def _passes(
             yield faint, faint_mask, faint, None
     if not dotted and time_left() >= BLOB_MS:
         yield from _blob_pass(image, darkness)
+
+
+def _brushed(image: GrayImage) -> bool:
+    """Whether the image's texture runs one way, as brushed metal's does: the coherence of its
+    structure tensor (summed over the half-size image) above ``BRUSHED_COHERENCE``."""
+    small = shrink(image, 2).astype(np.float32)
+    gx = cv2.Sobel(small, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(small, cv2.CV_32F, 0, 1, ksize=3)
+    xx = float(cv2.mean(gx * gx)[0])
+    yy = float(cv2.mean(gy * gy)[0])
+    xy = float(cv2.mean(gx * gy)[0])
+    return math.hypot(xx - yy, 2.0 * xy) > BRUSHED_COHERENCE * max(xx + yy, 1e-9)
 
 
 def _blob_pass(
