@@ -10,7 +10,8 @@ replaces only the detector and the sampler:
    where that finds no symbol and the marks are a few large ones (bold text beside a faint
    symbol sets the ink threshold above its dots), the dark marks without those; then dark
    blobs (the determinant of the Hessian): on brushed metal the streaks are as dark as the
-   dot-peen craters, but a streak is a ridge, not a blob;
+   dot-peen craters, but a streak is a ridge, not a blob (so the blobs come first where the
+   dark marks are many dots on a texture that runs one way);
 2. the symbol is the dark component at the centre of the crop once its dots are joined (the
    gap is found, not assumed: the closing grows until the component's outline stops growing);
 3. its outline (the convex hull, whose four sides are the finder and the timing pattern) gives
