@@ -295,3 +295,55 @@ def test_a_thin_dmre_ranked_fifth_is_still_tried(reader: DecodePipeline) -> None
     reads = reader.read(frame.image)
     assert [read.text for read in reads] == list(frame.codes)
     assert reads[0].strategy == "zxing"
+
+
+@pytest.mark.parametrize(
+    ("category", "index"),
+    [("inkjet", 34), ("dot_peen", 23), ("perspective", 3)],
+)
+def test_grid_fitted_to_the_marks_reads_what_the_outline_missed(category: str, index: int) -> None:
+    # Dots whose outline is a fraction of a module off (a 16x64 of 4 px modules, a 16x48 dot
+    # peen, a 12x88 under perspective). The grid stage before 7abd914 read none of these,
+    # whatever the time (checked): it refined the three best sizes' corners by the border's
+    # contrast up front, which moved these grids off; their outline's grid as it is reads two,
+    # the grid fitted to the timing dots the dot peen.
+    frame = wide.wide_frame(category, index)
+    best = locate(frame.image)[0]
+    crop = np.ascontiguousarray(best.crop(frame.image))
+    assert [read.text for read in read_sampled(crop)] == list(frame.codes)
+
+
+def test_grid_finds_a_faint_dotted_symbol_beside_bold_text() -> None:
+    # A 12x64 DMRE of dots at contrast 0.19 beside a line of bold text: the darkest marks are
+    # the text's four glyphs, and the ink threshold they set leaves out every dot. Without them
+    # the dots are the ink (before, no outline of the symbol in any pass: no read).
+    frame = wide.wide_frame("low_contrast", 8)
+    best = locate(frame.image)[0]
+    crop = np.ascontiguousarray(best.crop(frame.image))
+    assert [read.text for read in read_sampled(crop)] == list(frame.codes)
+
+
+def test_grid_follows_the_timing_dots_of_a_trapezoid_cut_by_locate() -> None:
+    # The same 8x120 trapezoid as above, in the crop the pipeline cuts for it: its outline is
+    # traced at half resolution, where the far end's modules are 1.5 px, and the short side
+    # there tilts enough to shear the grid by two modules at the bottom row; neither the fit to
+    # the marks nor the border's contrast recovers that (checked: no read, whatever the time).
+    # The timing dots and the finder's solid column do.
+    frame = wide.wide_frame("perspective", 7)
+    best = locate(frame.image)[0]
+    crop = np.ascontiguousarray(best.crop(frame.image))
+    assert [read.text for read in read_sampled(crop)] == list(frame.codes)
+
+
+def test_grid_looks_for_dots_on_brushed_metal_in_the_blob_map_first() -> None:
+    # A dot-peen 16x48 on brushed metal (frame 253: 323 dark marks) is tried on the blob map
+    # first, where it reads; the dark marks' outline, tried first before, finds no size. A
+    # printed symbol's few marks, and an inkjet 26x64's many on carton (frame 203, which the
+    # dark marks read sooner), keep the dark marks first.
+    dots = wide.wide_frame("dot_peen", 13)
+    printed = wide.wide_frame("rectangular", 19)
+    inkjet = wide.wide_frame("inkjet", 3)
+    for frame, blob_first in ((dots, True), (printed, False), (inkjet, False)):
+        crop = np.ascontiguousarray(locate(frame.image)[0].crop(frame.image))
+        _, _, _, blobs = next(grid._passes(crop, lambda: 1e9))
+        assert (blobs is not None) is blob_first

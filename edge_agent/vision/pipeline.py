@@ -46,10 +46,15 @@ MAX_UPSCALE_CROP_PX = 300 * 300
 # Fallbacks try only the best candidates: on a frame without a code every candidate is printed
 # text, and trying them all is what would make such frames slow. CLAHE (a few ms per crop) only
 # the very best; the 2x upscale the best two (it is only done on small crops, and a symbol of
-# 2 px modules beside a line of text ranks second as often as first).
+# 2 px modules beside a line of text ranks second as often as first). The smoothing and the
+# global binarizer only the best: on the wide set, given all the time they want, the two codes
+# they read on the second candidate the upscale reads there too, and on a 5 MP frame the
+# second candidate (a long line of text) cost them 2.3 ms that the grid stage lacked for a
+# long DMRE under perspective (frame 447: 6.3 ms fast pass, 4.0 + 2.3 ms for these two stages,
+# 13 ms for the grid stage; 2.3 of them on the text).
 FALLBACK_TARGETS = {
-    "denoise": 2,
-    "global-binarizer": 2,
+    "denoise": 1,
+    "global-binarizer": 1,
     "clahe": 1,
     "upscale": 2,
     "grid": 2,
