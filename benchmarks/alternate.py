@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parents[1]
+RUN_TIMEOUT_S = 900  # one run of 3000 units takes well under a minute on 2 cores
 
 
 @contextlib.contextmanager
@@ -50,13 +51,17 @@ def run(tree: Path, units: int) -> dict[str, Any]:
     """One ``line_throughput.py`` run of ``tree``: its figures and the load before it."""
     load = os.getloadavg()
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    done = subprocess.run(
-        [sys.executable, "benchmarks/line_throughput.py", "--units", str(units)],
-        cwd=tree,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "benchmarks/line_throughput.py", "--units", str(units)],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"the run in {tree} did not end within {RUN_TIMEOUT_S} s") from None
     if done.returncode != 0:
         raise SystemExit(f"the run in {tree} failed:\n{done.stderr[-2000:]}")
     figures = json.loads(done.stdout)

@@ -397,11 +397,6 @@ class Ledger:
             )
         return bool(moved)
 
-    def _mark_printed_all(self, marks: list[tuple[BatchInfo, str]]) -> None:
-        """The print confirmations queued since the last commit, in one job of the writer."""
-        for batch, serial in marks:
-            self._mark_printed(batch, serial, self._now(batch.id))
-
     def commit_outcomes(self, batch: BatchInfo, outcomes: Sequence[UnitOutcome]) -> None:
         """Record verdicts, serial transitions and their events in ONE durable transaction."""
         now = self._now(batch.id)
@@ -537,8 +532,10 @@ class Ledger:
         with self._marks_lock:
             taken.extend(self._marks)
             self._marks.clear()
-        assert self._bound is not None
-        self._bound._mark_printed_all(taken)
+        bound = self._bound
+        assert bound is not None
+        for batch, serial in taken:
+            bound._mark_printed(batch, serial, bound._now(batch.id))
 
     def _marks_settled(self, taken: list[tuple[BatchInfo, str]]) -> None:
         """Committed or failed (the writer logs a failure), they are no longer pending. A job

@@ -246,7 +246,7 @@ def test_a_raw_stream_is_framed_without_a_thread() -> None:
     for start in range(0, len(stream), 500):
         chunk = stream[start : start + 500]
         # A chunk that splits a header is announced (its encoding is not known yet).
-        split = 0 < len(decoder._buf) < HEADER.size
+        split = 0 < decoder.buffered < HEADER.size
         assert decoder.may_decode_png(chunk) is split
         decoder.feed(chunk)
 

@@ -954,12 +954,12 @@ def _fit_homography(source: Floats, target: Floats, *, scale: float) -> Floats |
     neighbour's, or a speck). OpenCV's findHomography costs ten times this (its RANSAC and its
     refinement: 0.6 ms for a thousand points)."""
     keep = np.ones(len(source), dtype=np.bool_)
+    norm = np.diag([1.0 / scale, 1.0 / scale, 1.0]).astype(np.float32)
     fitted: Floats | None = None
     for _ in range(2):
         if int(keep.sum()) < SNAP_MIN_MODULES:
             return fitted
         fitted = _least_squares_homography(source[keep] / scale, target[keep] / scale)
-        norm = np.diag([1.0 / scale, 1.0 / scale, 1.0]).astype(np.float32)
         fitted = np.asarray(np.linalg.inv(norm) @ fitted @ norm, dtype=np.float32)
         mapped = cv2.perspectiveTransform(source.reshape(-1, 1, 2), fitted).reshape(-1, 2)
         keep = np.hypot(*(mapped - target).T) < SNAP_INLIER

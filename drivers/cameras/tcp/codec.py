@@ -24,7 +24,6 @@ from edge_agent.errors import ProtocolError
 MAGIC = b"FRM1"
 HEADER = struct.Struct(">4sIHHBBI")
 HEADER_SIZE = HEADER.size  # 16
-_ENCODING_AT = 12  # offset of the encoding byte in the header
 ENCODING_RAW = 0
 ENCODING_PNG = 1
 DEFAULT_MAX_FRAME_BYTES = 32 * 1024 * 1024
@@ -118,14 +117,13 @@ class FrameDecoder:
         while at >= 0:
             if at + HEADER_SIZE > len(data):
                 return True  # a header this feed ends in
-            _, trigger, width, height, encoding, reserved, length = HEADER.unpack_from(data, at)
-            header = _Header(trigger, width, height, encoding, length)
+            header, reserved = _read_header(data, at)
             if self._header_problem(header, reserved):
                 at = data.find(MAGIC, at + 1)
-            elif encoding == ENCODING_PNG:
+            elif header.encoding == ENCODING_PNG:
                 return True
             else:
-                at = data.find(MAGIC, at + HEADER_SIZE + length)
+                at = data.find(MAGIC, at + HEADER_SIZE + header.length)
         return False
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[DecodedFrame | Malformed]:
@@ -174,11 +172,10 @@ class FrameDecoder:
         self._flush_skipped(out)
         if len(self._buf) < HEADER_SIZE:
             return False
-        magic, trigger, width, height, encoding, reserved, length = HEADER.unpack_from(self._buf)
-        header = _Header(trigger, width, height, encoding, length)
+        header, reserved = _read_header(self._buf, 0)
         problem = self._header_problem(header, reserved)
         if problem:
-            self._discard(len(magic), problem, trigger)
+            self._discard(len(MAGIC), problem, header.trigger)
         else:
             self._header = header
         return True
@@ -232,6 +229,12 @@ class FrameDecoder:
             self._skipped = 0
             self._skip_reason = ""
             self._skip_trigger = None
+
+
+def _read_header(data: bytes | bytearray, at: int) -> tuple[_Header, int]:
+    """The header at ``at`` (magic already found there), unchecked, and its reserved byte."""
+    _, trigger, width, height, encoding, reserved, length = HEADER.unpack_from(data, at)
+    return _Header(trigger, width, height, encoding, length), reserved
 
 
 def _decode_payload(header: _Header, payload: bytes) -> GrayImage | None:
