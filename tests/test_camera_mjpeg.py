@@ -31,7 +31,7 @@ from simulators.cameras.stream import MjpegCameraSim
 from simulators.line import SimLine, SimUnit
 from simulators.pytest_plugin import inbox_with
 from tests.helpers.line import run_agent, run_order
-from tests.helpers.margins import plc_sim
+from tests.helpers.margins import PLC_RING_SIZE, plc_sim
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -160,7 +160,7 @@ async def test_injected_defects_are_rejected_by_the_agent(tmp_path: Path) -> Non
         overrides = {
             "agent": {"state_dir": str(tmp_path / "state")},
             "orders": inbox_with(tmp_path / "inbox", quantity=60),
-            "plc": {"ring_size": 512},
+            "plc": {"ring_size": PLC_RING_SIZE},
         }
         # The demo's [camera] table is replaced, not merged: it has host/port, this has a URL.
         config = parse_config(

@@ -26,7 +26,7 @@ from simulators.printers.traits import PrinterSimTraits
 from simulators.pytest_plugin import inbox_with
 from simulators.runner import SimulatorSet, simulator_class
 from tests.helpers.line import run_agent as run_until_done_or_held
-from tests.helpers.margins import VERDICT_DEADLINE_MS, plc_sim
+from tests.helpers.margins import PLC_RING_SIZE, VERDICT_DEADLINE_MS, plc_sim
 from tests.helpers.waiting import until
 
 UNITS = 30
@@ -73,7 +73,7 @@ def agent_config(sims: SimulatorSet, state: Path, printer_type: str, **line: Any
         "agent": {"state_dir": str(state)},
         "orders": inbox_with(state.parent / "inbox", quantity=UNITS),
         "line": {"verdict_deadline_ms": VERDICT_DEADLINE_MS, **line},
-        "plc": {"ring_size": 512},
+        "plc": {"ring_size": PLC_RING_SIZE},
     }
     return parse_config(demo_config_text(), "demo.toml", overrides, sections=sections)
 
