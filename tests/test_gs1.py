@@ -633,3 +633,47 @@ def test_build_raises_nothing_but_gs1_errors(pairs: list[tuple[str, str]]) -> No
         return
     assert parse_scanned(built.element_string, check_requisites=False).ais == built.ais
     assert parse(built.bracketed, check_requisites=False).ais == built.ais
+
+
+# Valid and invalid values of the same AIs, a separator, a pair that excludes (01), a lone 8030
+_PARTS = ["0109506000134352", "0109506000134353", "17271231", "17271232", "10LOT1", GS, "21ABC"]
+_PARTS += ["3103000123", "02095060001343", "8030"]
+
+
+def _outcome(text: str, requisites: bool) -> tuple[tuple[str, str], ...] | str:
+    try:
+        return parse_scanned(text, check_requisites=requisites).ais
+    except Gs1Error as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@given(
+    st.lists(_noisy_alphabet, max_size=40).map("".join),
+    st.lists(st.sampled_from(_PARTS), max_size=6),
+    st.booleans(),
+)
+def test_remembered_answers_change_no_outcome(
+    noise: str, parts: list[str], requisites: bool
+) -> None:
+    """What parse_scanned remembers about values and AI sets (valid before) changes neither
+    a result nor an error's wording and position: the same text with everything forgotten."""
+    from edge_agent.gs1 import element_string
+
+    texts = ["".join(parts), "".join(parts) + noise, noise + "".join(parts)]
+    warm = [_outcome(text, requisites) for text in texts for _ in range(2)]
+    element_string._is_valid.cache_clear()
+    element_string._ais_combine.cache_clear()
+    cold = []
+    for text in texts:
+        cold.append(_outcome(text, requisites))
+        element_string._is_valid.cache_clear()
+        element_string._ais_combine.cache_clear()
+        cold.append(_outcome(text, requisites))
+    assert warm == cold
+
+
+def test_a_value_valid_before_still_gets_its_position_when_the_code_is_bad() -> None:
+    parse_scanned("010950600013435217271231")  # remembered: both values valid
+    with pytest.raises(Gs1Error) as raised:
+        parse_scanned("10LOT" + GS + "17271231" + "0109506000134353")  # GTIN check digit wrong
+    assert raised.value.position == 6 + 8 + 2 + 13

@@ -23,6 +23,7 @@ caller's text and what was expected.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -321,6 +322,25 @@ def _bracketed_value(source: _Text, pos: int) -> tuple[str, list[int], int]:
 
 
 def _validate_value(spec: AiSpec, value: str, locate: Locate) -> None:
+    """Raise the located error of an invalid value (``_check_value``); a value found valid
+    before is not checked again."""
+    if not _is_valid(spec.ai, value):
+        _check_value(spec, value, locate)
+
+
+# A line reads the same GTIN, lot and expiry in every unit; only the serial is new. Validity is
+# a function of the AI and the value alone (no date window: see ``date_problem``), so recent
+# answers are kept; serials cycle through without pushing the hot values out.
+@functools.lru_cache(maxsize=1024)
+def _is_valid(ai: str, value: str) -> bool:
+    try:
+        _check_value(AI_TABLE[ai], value, lambda offset: offset)
+    except Gs1Error:
+        return False
+    return True
+
+
+def _check_value(spec: AiSpec, value: str, locate: Locate) -> None:
     """Length first (a check digit is meaningless in a value of the wrong size), then each
     component: its character set, then its linters."""
     _check_length(spec, value, locate)
@@ -371,10 +391,26 @@ def _check_length(spec: AiSpec, value: str, locate: Locate) -> None:
 
 def _check_associations(fields: list[_Field], *, check_requisites: bool) -> None:
     _check_repeats(fields)
-    _check_exclusions(fields)
+    known = _ais_combine(tuple(field.spec.ai for field in fields), check_requisites)
+    if not known:
+        _check_exclusions(fields)
     _check_signed_keys(fields)
-    if check_requisites:
+    if check_requisites and not known:
         _check_requisites(fields)
+
+
+@functools.lru_cache(maxsize=256)
+def _ais_combine(ais: tuple[str, ...], check_requisites: bool) -> bool:
+    """Whether these AIs pass the exclusions (and requisites): a question of the AIs alone, the
+    same for every unit of a line; the located error is raised by the caller's own check."""
+    fields = [_Field(AI_TABLE[ai], "", 0) for ai in ais]
+    try:
+        _check_exclusions(fields)
+        if check_requisites:
+            _check_requisites(fields)
+    except Gs1AssociationError:
+        return False
+    return True
 
 
 def _matches(pattern: str, ai: str) -> bool:
