@@ -238,6 +238,53 @@ def test_a_feed_that_decodes_a_png_was_announced(
             assert announced or not decoded
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(_frame_spec, _junk), min_size=1, max_size=5),
+    st.lists(st.integers(1, 5000), min_size=1, max_size=30),
+)
+def test_receiving_in_place_frames_as_feeding_does(
+    pieces: list[tuple[tuple[int, int, int, int, int], bytes]], sizes: list[int]
+) -> None:
+    # The driver lets the socket write into receive_buffer() (a raw payload in place); the
+    # frames, the malformed reports and the PNG announcements are those of feed, however the
+    # bytes arrive.
+    from drivers.cameras.tcp import codec
+
+    decoded: list[int] = []
+    real = codec.decode_png
+
+    def counted(payload: bytes, width: int, height: int) -> np.ndarray | None:
+        decoded.append(1)
+        return real(payload, width, height)
+
+    frames = _make_frames([spec for spec, _ in pieces])
+    stream = b"".join(junk + data for (_, junk), (_, _, data) in zip(pieces, frames, strict=True))
+    fed = FrameDecoder()
+    expected = fed.feed(stream) + fed.close()
+    decoder, got, at = FrameDecoder(), [], 0
+    with unittest.mock.patch.object(codec, "decode_png", counted):
+        for size in itertools.cycle(sizes):
+            if at == len(stream):
+                break
+            buffer = decoder.receive_buffer()
+            count = min(size, len(buffer), len(stream) - at)
+            buffer[:count] = stream[at : at + count]  # what recv_into does
+            at += count
+            announced = decoder.may_decode_png_received(count)
+            decoded.clear()
+            got += decoder.received(count)
+            assert announced or not decoded
+    got += decoder.close()
+    assert [_describe(item) for item in got] == [_describe(item) for item in expected]
+
+
+def _describe(item: DecodedFrame | Malformed) -> object:
+    if isinstance(item, Malformed):
+        return item
+    return (item.trigger, item.encoding, item.image.shape, item.image.tobytes())
+
+
 def test_a_raw_stream_is_framed_without_a_thread() -> None:
     # Flat images: no magic can hide in their pixels, so no feed needs a thread.
     frames = [encode_frame(t, np.full((30, 40), 200, np.uint8)) for t in range(5)]
@@ -345,7 +392,7 @@ async def test_connect_timeout_is_a_device_timeout(monkeypatch: pytest.MonkeyPat
     async def never_answers(*args: object, **kwargs: object) -> None:
         await asyncio.Event().wait()
 
-    monkeypatch.setattr(asyncio, "open_connection", never_answers)
+    monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", never_answers)
     with pytest.raises(DeviceTimeout):
         async with _source(9, connect_timeout_s=0.05):
             pass

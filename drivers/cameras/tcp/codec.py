@@ -27,6 +27,7 @@ HEADER_SIZE = HEADER.size  # 16
 ENCODING_RAW = 0
 ENCODING_PNG = 1
 DEFAULT_MAX_FRAME_BYTES = 32 * 1024 * 1024
+STAGING_SIZE = 256 * 1024  # bytes one receive takes between raw payloads (headers, PNGs)
 PROTOCOL = "tcp-frames"
 
 _PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -91,6 +92,11 @@ class FrameDecoder:
         self.max_frame_bytes = max_frame_bytes
         self._buf = bytearray()
         self._header: _Header | None = None  # validated header of the frame being received
+        # A raw frame's payload is received into a buffer of its own, the image's memory: on a
+        # 5 MP camera each copy through a growing buffer costs milliseconds.
+        self._payload: bytearray | None = None
+        self._filled = 0  # bytes of ``_payload`` received
+        self._staging = bytearray(STAGING_SIZE)  # what ``receive_buffer`` lends between frames
         self._skipped = 0  # bytes thrown away since the stream was last in sync
         self._skip_reason = ""
         self._skip_trigger: int | None = None
@@ -98,7 +104,29 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes held while waiting for the rest of a frame."""
+        if self._payload is not None:
+            return HEADER_SIZE + self._filled
         return len(self._buf)
+
+    def receive_buffer(self) -> memoryview:
+        """Where the link's next bytes go (``recv_into``; then ``received``): the rest of a raw
+        frame's payload, in place, or else a staging area."""
+        if self._payload is not None:
+            return memoryview(self._payload)[self._filled :]
+        return memoryview(self._staging)
+
+    def may_decode_png_received(self, count: int) -> bool:
+        """``may_decode_png`` for the ``count`` bytes just put into ``receive_buffer()``."""
+        if self._payload is not None:
+            return False  # a raw payload's bytes, and a frame ends with them at the most
+        return self._may_decode_png(self._staging, count)
+
+    def received(self, count: int) -> list[DecodedFrame | Malformed]:
+        """``feed`` for the ``count`` bytes put into ``receive_buffer()``."""
+        if self._payload is None:
+            return self.feed(memoryview(self._staging)[:count])
+        self._filled += count
+        return self._drain()
 
     def may_decode_png(self, data: bytes | bytearray) -> bool:
         """Whether feeding ``data`` could decode a PNG payload (milliseconds on a big frame:
@@ -106,28 +134,41 @@ class FrameDecoder:
         Conservative: True whenever a PNG header may be among the bytes, whatever the chunking.
         It walks the headers as ``feed`` will: a raw frame's payload is skipped (a search
         through it cost 50 us a VGA frame), a header ``feed`` refuses is searched past."""
+        return self._may_decode_png(data, len(data))
+
+    def _may_decode_png(self, data: bytes | bytearray, end: int) -> bool:
+        """``may_decode_png`` for ``data[:end]``, without the copy a slice would make."""
         at = 0
-        if self._header is not None:
-            if self._header.encoding == ENCODING_PNG:
-                return True
-            at = HEADER_SIZE + self._header.length - len(self._buf)  # the rest of its payload
+        if self._payload is not None:
+            at = len(self._payload) - self._filled  # the rest of its payload
+        elif self._header is not None:
+            return True  # a PNG's payload (a raw one is received into ``_payload``)
         elif self._buf:  # a header split across feeds: its encoding is not known yet
             return True
-        at = data.find(MAGIC, max(0, at))
+        at = data.find(MAGIC, at, end)
         while at >= 0:
-            if at + HEADER_SIZE > len(data):
+            if at + HEADER_SIZE > end:
                 return True  # a header this feed ends in
             header, reserved = _read_header(data, at)
             if self._header_problem(header, reserved):
-                at = data.find(MAGIC, at + 1)
+                at = data.find(MAGIC, at + 1, end)
             elif header.encoding == ENCODING_PNG:
                 return True
             else:
-                at = data.find(MAGIC, at + HEADER_SIZE + header.length)
+                at = data.find(MAGIC, at + HEADER_SIZE + header.length, end)
         return False
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[DecodedFrame | Malformed]:
-        self._buf += data
+        view = memoryview(data).cast("B")
+        if self._payload is not None:  # then nothing else is buffered
+            take = min(len(view), len(self._payload) - self._filled)
+            self._payload[self._filled : self._filled + take] = view[:take]
+            self._filled += take
+            view = view[take:]
+        self._buf += view
+        return self._drain()
+
+    def _drain(self) -> list[DecodedFrame | Malformed]:
         out: list[DecodedFrame | Malformed] = []
         while self._step(out):
             pass
@@ -136,10 +177,13 @@ class FrameDecoder:
     def close(self) -> list[Malformed]:
         """End of stream: report whatever could not become a frame, and reset."""
         out: list[DecodedFrame | Malformed] = []
-        if self._buf:
+        held = self.buffered
+        if held:
             reason = "truncated frame" if self._header else "trailing bytes"
             trigger = self._header.trigger if self._header else None
-            self._discard(len(self._buf), reason, trigger)
+            self._buf.clear()
+            self._payload, self._filled = None, 0
+            self._note_skipped(held, reason, trigger)
         self._header = None
         self._flush_skipped(out)
         return [item for item in out if isinstance(item, Malformed)]
@@ -148,14 +192,19 @@ class FrameDecoder:
 
     def _step(self, out: list[DecodedFrame | Malformed]) -> bool:
         """Make one unit of progress; False when more bytes are needed."""
+        if self._payload is not None:
+            return self._finish_raw(out)
         if self._header is None:
             return self._sync_and_parse_header(out)
         header = self._header
+        if header.encoding == ENCODING_RAW:
+            self._start_raw(header)
+            return True
         end = HEADER_SIZE + header.length
         if len(self._buf) < end:
             return False
         payload = bytes(memoryview(self._buf)[HEADER_SIZE:end])
-        image = _decode_payload(header, payload)
+        image = decode_png(payload, header.width, header.height)
         self._header = None
         if image is None:
             # Header looked right but the payload does not: it may have been a spurious magic,
@@ -163,6 +212,27 @@ class FrameDecoder:
             self._discard(len(MAGIC), "PNG payload does not decode", header.trigger)
             return True
         del self._buf[:end]
+        out.append(DecodedFrame(header.trigger, image, header.encoding))
+        return True
+
+    def _start_raw(self, header: _Header) -> None:
+        """Move what is buffered of a raw payload into a buffer of its own; its header passed
+        every check, and a raw payload cannot fail to decode, so it is never rescanned."""
+        self._payload = bytearray(header.length)
+        self._filled = min(header.length, len(self._buf) - HEADER_SIZE)
+        self._payload[: self._filled] = memoryview(self._buf)[
+            HEADER_SIZE : HEADER_SIZE + self._filled
+        ]
+        del self._buf[: HEADER_SIZE + self._filled]
+
+    def _finish_raw(self, out: list[DecodedFrame | Malformed]) -> bool:
+        header, payload = self._header, self._payload
+        assert header is not None and payload is not None
+        if self._filled < len(payload):
+            return False
+        image = np.frombuffer(payload, dtype=np.uint8).reshape(header.height, header.width)
+        image.flags.writeable = False  # the image is the payload: nobody writes to a frame
+        self._header, self._payload, self._filled = None, None, 0
         out.append(DecodedFrame(header.trigger, image, header.encoding))
         return True
 
@@ -217,6 +287,9 @@ class FrameDecoder:
         if count <= 0:
             return
         del self._buf[:count]
+        self._note_skipped(count, reason, trigger)
+
+    def _note_skipped(self, count: int, reason: str, trigger: int | None) -> None:
         if not self._skipped:
             # One incident = everything skipped until the next good header; report its cause.
             self._skip_reason = reason
@@ -235,13 +308,6 @@ def _read_header(data: bytes | bytearray, at: int) -> tuple[_Header, int]:
     """The header at ``at`` (magic already found there), unchecked, and its reserved byte."""
     _, trigger, width, height, encoding, reserved, length = HEADER.unpack_from(data, at)
     return _Header(trigger, width, height, encoding, length), reserved
-
-
-def _decode_payload(header: _Header, payload: bytes) -> GrayImage | None:
-    if header.encoding == ENCODING_RAW:
-        # Zero-copy: the array is a read-only view on the immutable payload bytes.
-        return np.frombuffer(payload, dtype=np.uint8).reshape(header.height, header.width)
-    return decode_png(payload, header.width, header.height)
 
 
 def decode_png(payload: bytes, width: int, height: int) -> GrayImage | None:

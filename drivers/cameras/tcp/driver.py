@@ -17,8 +17,62 @@ from edge_agent.errors import DeviceConnectionError, DeviceTimeout
 
 log = structlog.get_logger(__name__)
 
-_READ_CHUNK = 4 * 1024 * 1024  # StreamReader.read returns what is buffered, up to this
-_STREAM_LIMIT = 4 * 1024 * 1024  # lets the transport buffer a few frames before pausing
+
+class _Receiver(asyncio.BufferedProtocol):
+    """The link's bytes go straight into the decoder's buffer (``recv_into``: a raw frame's
+    payload lands in the image it becomes). One chunk is in hand at a time: reading pauses
+    until ``frames()`` has framed it, and the kernel's socket buffer holds what comes meanwhile."""
+
+    def __init__(self, decoder: FrameDecoder) -> None:
+        self.decoder = decoder
+        self.transport: asyncio.Transport | None = None
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._count = 0  # bytes received and not yet framed
+        self._wake: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.receive_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self.transport is not None
+        self._count = nbytes
+        self.transport.pause_reading()
+        self._notify()
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ended.done():
+            if exc is None:
+                self.ended.set_result(None)
+            else:
+                self.ended.set_exception(exc)
+        self._notify()
+
+    async def chunk(self) -> int:
+        """Bytes in the decoder's receive buffer to frame; 0 once the camera closed the link
+        (OSError when it was lost)."""
+        while not self._count:
+            if self.ended.done():
+                self.ended.result()
+                return 0
+            self._wake = asyncio.get_running_loop().create_future()
+            await self._wake
+        count, self._count = self._count, 0
+        return count
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.ended.done():
+            self.transport.resume_reading()
+
+    def _notify(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
 
 class TcpFrameSourceConfig(BaseModel):
@@ -52,14 +106,15 @@ class TcpFrameSource:
         self.config = config
         self.malformed_count = 0
         self.frames_received = 0
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._receiver: _Receiver | None = None
 
     async def __aenter__(self) -> Self:
         cfg = self.config
+        loop = asyncio.get_running_loop()
+        receiver = _Receiver(FrameDecoder(cfg.max_frame_bytes))
         try:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(cfg.host, cfg.port, limit=_STREAM_LIMIT),
+            await asyncio.wait_for(
+                loop.create_connection(lambda: receiver, cfg.host, cfg.port),
                 cfg.connect_timeout_s,
             )
         except TimeoutError as exc:
@@ -70,42 +125,44 @@ class TcpFrameSource:
             raise DeviceConnectionError(
                 self.name, f"cannot connect to {cfg.host}:{cfg.port}: {exc}"
             ) from exc
+        self._receiver = receiver
         log.info("camera connected", device=self.name, host=cfg.host, port=cfg.port)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        writer, self._writer, self._reader = self._writer, None, None
-        if writer is None:
+        receiver, self._receiver = self._receiver, None
+        if receiver is None or receiver.transport is None:
             return
-        writer.close()
-        with contextlib.suppress(OSError):  # the link is going away anyway
-            await writer.wait_closed()
+        receiver.transport.close()
+        with contextlib.suppress(Exception):  # how the link ended was told to frames()
+            await receiver.ended
 
     async def frames(self) -> AsyncIterator[Frame]:
-        reader = self._reader
-        if reader is None:
+        receiver = self._receiver
+        if receiver is None:
             raise DeviceConnectionError(self.name, "not connected (use 'async with')")
-        decoder = FrameDecoder(self.config.max_frame_bytes)
+        decoder = receiver.decoder
         while True:
-            data = await self._read(reader)
-            if not data:
+            count = await self._chunk(receiver)
+            if not count:
                 self._count_malformed(decoder.close())
                 raise DeviceConnectionError(self.name, "camera closed the connection")
             # PNG decoding can take tens of ms on big frames: keep it off the event loop. Raw
-            # frames are framed here: a thread hop per chunk cost more than the copy.
-            if decoder.may_decode_png(data):
-                items = await asyncio.to_thread(decoder.feed, data)
+            # frames are framed here: a thread hop per chunk cost more than framing them.
+            if decoder.may_decode_png_received(count):
+                items = await asyncio.to_thread(decoder.received, count)
             else:
-                items = decoder.feed(data)
+                items = decoder.received(count)
+            receiver.resume()
             for item in items:
                 if isinstance(item, Malformed):
                     self._count_malformed([item])
                 else:
                     yield self._frame(item)
 
-    async def _read(self, reader: asyncio.StreamReader) -> bytes:
+    async def _chunk(self, receiver: _Receiver) -> int:
         try:
-            return await reader.read(_READ_CHUNK)
+            return await receiver.chunk()
         except OSError as exc:
             raise DeviceConnectionError(self.name, f"link lost: {exc}") from exc
 
