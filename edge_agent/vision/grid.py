@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import cv2
@@ -117,22 +118,50 @@ SCAN_STEP = 0.1  # modules between the points of those searches
 SNAP_INLIER = 0.35  # modules: a centre this far from the first fit is not the module's mark
 
 
+@dataclass(frozen=True)
+class Marks:
+    """The dark marks of a crop (``marks``): what the grid stage looks for the symbol in first,
+    and what says whether the crop holds a symbol of dots (``dotted``)."""
+
+    darkness: Floats
+    mask: npt.NDArray[np.uint8] | None
+    count: int  # marks in ``mask``, the background not counted
+    labels: npt.NDArray[np.int32] | None
+
+    @property
+    def dotted(self) -> bool:
+        """More marks than a printed symbol or text has (``DOTTED_MARKS``): inkjet or dot-peen
+        dots, which the grid stage reads and the smoothing passes rarely do."""
+        return self.count > DOTTED_MARKS
+
+
+def marks(image: GrayImage) -> Marks:
+    """The dark marks of ``image``: its darkness, their mask, count and labels."""
+    darkness = _darkness(image)
+    mask = _ink(darkness)
+    if mask is None:
+        return Marks(darkness, None, 0, None)
+    count, labels = cv2.connectedComponents(mask, connectivity=8)
+    return Marks(darkness, mask, int(count) - 1, np.asarray(labels, dtype=np.int32))
+
+
 def read_sampled(
     image: GrayImage,
     offset: tuple[int, int] = (0, 0),
     *,
     strategy: str = "grid",
     time_left: Callable[[], float] = lambda: math.inf,
+    found: Marks | None = None,
 ) -> list[CodeRead]:
     """The DataMatrix at the centre of ``image`` (a crop of one candidate), if its grid fits.
 
     ``time_left`` (ms of the frame budget) is asked between the steps: the costly ones (an
     outline, the blob map, the size search, refining an outline) are skipped when too little is
-    left, and sampling stops when none is."""
+    left, and sampling stops when none is. ``found``: ``marks(image)`` if already taken."""
     height, width = image.shape[:2]
     if min(height, width) < 16:
         return []
-    for darkness, mask, scored, blobs in _passes(image, time_left):
+    for darkness, mask, scored, blobs in _passes(image, time_left, found):
         if time_left() < OUTLINE_MS:
             break
         outline = _outline(mask, time_left)
@@ -160,7 +189,7 @@ def read_sampled(
 
 
 def _passes(
-    image: GrayImage, time_left: Callable[[], float]
+    image: GrayImage, time_left: Callable[[], float], found: Marks | None = None
 ) -> Iterator[tuple[Floats, npt.NDArray[np.uint8], Floats, Floats | None]]:
     """What the symbol is looked for in, in turn, each only if the one before gave no symbol:
     (the darkness sampled, the mask outlined, what finder and timing are scored on, the blob
@@ -169,16 +198,15 @@ def _passes(
     blobs, scored on the blobs grown (on brushed metal the streaks cross the darkness of the
     light modules). The blobs first when the dark marks are dots (``DOTTED_MARKS``) on brushed
     metal (``_brushed``)."""
-    darkness = _darkness(image)
-    mask = _ink(darkness)
-    count, labels = (1, None) if mask is None else cv2.connectedComponents(mask, connectivity=8)
-    dotted = count - 1 > DOTTED_MARKS and _brushed(image)
+    found = found or marks(image)
+    darkness, mask, labels = found.darkness, found.mask, found.labels
+    dotted = found.dotted and _brushed(image)
     if dotted and time_left() >= BLOB_MS:
         yield from _blob_pass(image, darkness)
     if mask is not None:
         yield darkness, mask, darkness, None
-    if labels is not None and 1 < count <= GLYPH_MARKS + 1:
-        faint = _without_glyphs(darkness, np.asarray(labels, dtype=np.int32), count)
+    if labels is not None and 0 < found.count <= GLYPH_MARKS:
+        faint = _without_glyphs(darkness, labels, found.count + 1)
         faint_mask = _ink(faint)
         if faint_mask is not None:
             yield faint, faint_mask, faint, None
