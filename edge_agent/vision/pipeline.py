@@ -66,6 +66,9 @@ FAST_SHARE = 1 / 3
 # set the code ranks first in 543 of 560 frames, but a thin low-contrast DMRE (8x120) beside
 # bold text ranked fifth, and a candidate of text costs the fast pass a few tenths of a ms.
 LOCATE_CANDIDATES = 6
+# A best candidate of dots skips zxing-cpp's rotated search only when its crop is larger than
+# this (pixels), where that search costs 3-7 ms.
+ROTATED_SKIP_PX = 512 * 512
 # A stage that needs about this long is not started with less of the budget left: it would
 # only push the frame past its budget (the frame is a no-read either way).
 STAGE_MS = {"grid": 6.0, "upscale": 3.0, "clahe": 3.0, "dmtx": 2.0}
@@ -285,10 +288,13 @@ class DecodePipeline:
         # frame of many codes searches rotated at once: a partial plain read would end it.
         if self.section.max_codes == 1:
             reads = self._zxing(target, try_rotate=False)
-            if reads or target.dotted:
+            if reads or (target.image.size > ROTATED_SKIP_PX and target.dotted):
                 # Nor does the rotated search read a symbol of separated dots (it has no edges
-                # to trace): on the wide set no dotted best candidate is read by either pass,
-                # and the rotated one cost 6.5-7 ms on a 5 MP frame's long diagonal DMRE crop.
+                # to trace): on the wide set (seed 1) no dotted best candidate is read by
+                # either pass, and on a large crop the rotated one costs 6.5-7 ms (5 MP frames'
+                # inkjet 26x64 and dot-peen 8x144). A smaller crop keeps it: it is cheap there,
+                # and it reads a low-contrast printed symbol whose noise splits it into as many
+                # marks (seed 7, low_contrast 34: 184 marks, 487x489 px).
                 return reads
         return self._zxing(target)
 
