@@ -8,7 +8,9 @@ replaces only the detector and the sampler:
 
 1. dark marks relative to the local background (black-hat: uneven light and glare cancel);
    where that finds no symbol and the marks are a few large ones (bold text beside a faint
-   symbol sets the ink threshold above its dots), the dark marks without those; then dark
+   symbol sets the ink threshold above its dots), the dark marks without those; where a glyph
+   of a line of text touches a printed symbol (one mark, far larger than the glyphs), first
+   the dark marks without the line's band; then dark
    blobs (the determinant of the Hessian): on brushed metal the streaks are as dark as the
    dot-peen craters, but a streak is a ridge, not a blob (so the blobs come first where the
    dark marks are many dots on a texture that runs one way);
@@ -36,7 +38,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import cv2
 import numpy as np
@@ -48,6 +52,7 @@ from edge_agent.vision.decode import DATAMATRIX, barcode_read
 from edge_agent.vision.locate import shrink
 
 Floats = npt.NDArray[np.float32]
+Labels = npt.NDArray[np.integer[Any]]  # marks' labels, 16 or 32 bits
 
 # ECC 200 sizes (rows, columns): ISO/IEC 16022 squares and rectangles, ISO/IEC 21471 DMRE.
 SQUARE_SIZES = (10, 12, 14, 16, 18, 20, 22, 24, 26, 32, 36, 40, 44, 48, 52, 64)
@@ -72,10 +77,15 @@ ALTERNATIVE_PX = 2.0  # corners from the hull's vertices are tried if this far f
 # hull's 11.
 TRAPEZOID_PX = 12.0
 INK_FLOOR = 0.33  # share of the darkest marks' darkness below which nothing is ink
+HIST_SAMPLE_ABOVE = 512 * 512  # px: the ink percentile of a larger map is taken on a quarter
 RENDER_PX = 3  # pixels per module of the redrawn symbol
 SEARCH_MS = 3.0  # about what the size search costs; not started with less of the budget left
 REFINE_MS = 3.0  # about what refining one outline costs
 SNAP_MS = 4.0  # about what a fit to the marks and sampling on it cost (2-4 ms, then 1-3 ms)
+# ... and a fit to the timing dots, its own gate: it costs about half as much (1-2 ms), and it is
+# what reads a long DMRE that the outline's grid misses (frame 275, a dot-peen 8x144 at 5 MP: its
+# outline's grid read nothing with 3-4 ms of the budget left, and the fit was not tried).
+TIMING_MS = 2.5
 OUTLINE_MS = 3.0  # about what an outline costs
 BLOB_MS = 6.0  # about what the blob map and a second outline cost
 BLOB_TOP = 0.998  # the percentile of the blob map taken for its strongest marks
@@ -86,6 +96,13 @@ SPECK_SHARE = 0.25  # and so are those under this share of the median mark
 GLYPH_MARKS = 12  # marks at most in the dark mask for its largest ones to be cleared ...
 GLYPH_SHARE = 0.5  # ... namely those of half the largest one's area or more ...
 GLYPH_MARGIN_PX = 5  # ... and this far around them (their anti-aliased edges)
+# Dark marks at most (more are dots) for a line of text among them to be looked for, and the
+# glyphs in a row that make one (``_without_text``).
+TEXT_MARKS = 64
+TEXT_GLYPHS = 6
+TEXT_SYMBOL_AREA = 40.0  # the largest mark is a printed symbol: this many glyphs' area at least
+TEXT_SECOND = 0.05  # ... and no other mark has more than this share of its area
+TEXT_HEIGHT_SPREAD = 0.25  # glyphs of a line: their heights' deviation within this share
 # Dark marks in a crop above which they are dots and the blob map is tried first. Measured on
 # the best candidate crops of the wide set's frames that the first pass does not read: printed
 # symbols and text have at most 77 (a low-contrast square on noise); of the 83 crops that reach
@@ -117,22 +134,63 @@ SCAN_STEP = 0.1  # modules between the points of those searches
 SNAP_INLIER = 0.35  # modules: a centre this far from the first fit is not the module's mark
 
 
+@dataclass(frozen=True)
+class Marks:
+    """The dark marks of a crop (``marks``): what the grid stage looks for the symbol in first,
+    and what says whether the crop holds a symbol of dots (``dotted``)."""
+
+    darkness: Floats
+    mask: npt.NDArray[np.uint8] | None
+    count: int  # marks in ``mask``, the background not counted
+    labels: Labels | None
+
+    @property
+    def dotted(self) -> bool:
+        """More marks than a printed symbol or text has (``DOTTED_MARKS``): inkjet or dot-peen
+        dots, which the grid stage reads and the smoothing passes rarely do."""
+        return self.count > DOTTED_MARKS
+
+
+def marks(image: GrayImage) -> Marks:
+    """The dark marks of ``image``: its darkness, their mask, count and labels."""
+    darkness = _darkness(image)
+    mask = _ink(darkness)
+    if mask is None:
+        return Marks(darkness, None, 0, None)
+    count, labels = _labels(mask)
+    return Marks(darkness, mask, count - 1, labels)
+
+
+def _labels(mask: npt.NDArray[np.uint8]) -> tuple[int, Labels]:
+    """The mask's marks, labelled (8-connected; their count with the background's): in 16 bits
+    where the mask has too few pixels for more labels (a third less time than 32: 1.3 against
+    2.0 ms on a dot-peen crop of 911x827 px), returned as what they index (the label values
+    are the same)."""
+    small = cv2.countNonZero(mask) < np.iinfo(np.uint16).max
+    count, labels = cv2.connectedComponents(
+        mask, connectivity=8, ltype=cv2.CV_16U if small else cv2.CV_32S
+    )
+    return int(count), np.asarray(labels)
+
+
 def read_sampled(
     image: GrayImage,
     offset: tuple[int, int] = (0, 0),
     *,
     strategy: str = "grid",
     time_left: Callable[[], float] = lambda: math.inf,
+    found: Marks | None = None,
 ) -> list[CodeRead]:
     """The DataMatrix at the centre of ``image`` (a crop of one candidate), if its grid fits.
 
     ``time_left`` (ms of the frame budget) is asked between the steps: the costly ones (an
     outline, the blob map, the size search, refining an outline) are skipped when too little is
-    left, and sampling stops when none is."""
+    left, and sampling stops when none is. ``found``: ``marks(image)`` if already taken."""
     height, width = image.shape[:2]
     if min(height, width) < 16:
         return []
-    for darkness, mask, scored, blobs in _passes(image, time_left):
+    grown: dict[tuple[int, int], tuple[Floats, Floats]] = {}  # _read_grid's, of this crop
+    for darkness, mask, scored, blobs in _passes(image, time_left, found):
         if time_left() < OUTLINE_MS:
             break
         outline = _outline(mask, time_left)
@@ -151,7 +209,7 @@ def read_sampled(
                     time_left=time_left,
                 )
                 for fitted in fits:
-                    read = _read_grid(darkness, blobs, fitted, rows, cols, time_left)
+                    read = _read_grid(darkness, blobs, fitted, rows, cols, time_left, grown)
                     if read is not None:
                         return [_placed(read, fitted, rows, cols, offset, strategy)]
                     if time_left() <= 0:
@@ -160,7 +218,7 @@ def read_sampled(
 
 
 def _passes(
-    image: GrayImage, time_left: Callable[[], float]
+    image: GrayImage, time_left: Callable[[], float], found: Marks | None = None
 ) -> Iterator[tuple[Floats, npt.NDArray[np.uint8], Floats, Floats | None]]:
     """What the symbol is looked for in, in turn, each only if the one before gave no symbol:
     (the darkness sampled, the mask outlined, what finder and timing are scored on, the blob
@@ -168,22 +226,95 @@ def _passes(
     only a few: bold text beside a faint symbol is all that the darkest marks show); the dark
     blobs, scored on the blobs grown (on brushed metal the streaks cross the darkness of the
     light modules). The blobs first when the dark marks are dots (``DOTTED_MARKS``) on brushed
-    metal (``_brushed``)."""
-    darkness = _darkness(image)
-    mask = _ink(darkness)
-    count, labels = (1, None) if mask is None else cv2.connectedComponents(mask, connectivity=8)
-    dotted = count - 1 > DOTTED_MARKS and _brushed(image)
+    metal (``_brushed``); the dark marks without a line of text first when a glyph of it
+    touches a printed symbol (``_without_text``)."""
+    found = found or marks(image)
+    darkness, mask, labels = found.darkness, found.mask, found.labels
+    dotted = found.dotted and _brushed(image)
     if dotted and time_left() >= BLOB_MS:
         yield from _blob_pass(image, darkness)
+    if mask is not None and GLYPH_MARKS < found.count <= TEXT_MARKS:
+        clear = _without_text(darkness, mask)
+        clear_mask = None if clear is None else _ink(clear)
+        if clear is not None and clear_mask is not None:
+            yield clear, clear_mask, clear, None
     if mask is not None:
         yield darkness, mask, darkness, None
-    if labels is not None and 1 < count <= GLYPH_MARKS + 1:
-        faint = _without_glyphs(darkness, np.asarray(labels, dtype=np.int32), count)
+    if labels is not None and 0 < found.count <= GLYPH_MARKS:
+        faint = _without_glyphs(darkness, labels, found.count + 1)
         faint_mask = _ink(faint)
         if faint_mask is not None:
             yield faint, faint_mask, faint, None
     if not dotted and time_left() >= BLOB_MS:
         yield from _blob_pass(image, darkness)
+
+
+def _without_text(darkness: Floats, mask: npt.NDArray[np.uint8]) -> Floats | None:
+    """``darkness`` without the line of text among the dark marks (``mask``), if a glyph of it
+    touches the largest mark (the symbol): joined, the two are one mark whose outline is no
+    symbol's (frame 106: a 20x64 DMRE whose finder corner touches a T of bold text), and
+    clearing the band the line's glyphs lie in cuts the glyph off. The glyphs: the marks other
+    than the largest of about the median's area, at least ``TEXT_GLYPHS`` of them in a row
+    (their centres within half a glyph of one line); the band: their rectangle, a glyph
+    longer at each end (the joined one may be the last) and ``GLYPH_MARGIN_PX`` wider. Outer
+    contours, not labels: 0.35 against 2-5 ms on a 835x807 crop."""
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if len(contours) <= TEXT_GLYPHS:
+        return None
+    areas = np.array([cv2.contourArea(contour) for contour in contours], dtype=np.float64)
+    largest = int(np.argmax(areas))
+    others = np.delete(np.arange(len(contours)), largest)
+    typical = float(np.median(areas[others]))
+    if typical <= 0:
+        return None
+    glyphs = others[(areas[others] >= 0.25 * typical) & (areas[others] <= 4.0 * typical)]
+    if len(glyphs) < TEXT_GLYPHS:
+        return None
+    if (
+        areas[largest] < TEXT_SYMBOL_AREA * typical
+        or float(areas[others].max()) > TEXT_SECOND * areas[largest]
+    ):
+        # No solid printed symbol, one mark far larger than any other, beside the glyphs:
+        # dots (clusters of them of every size), or text alone.
+        return None
+    boxes = np.array([cv2.boundingRect(contours[i]) for i in glyphs], dtype=np.float32)
+    points = boxes[:, :2] + 0.5 * boxes[:, 2:]
+    size = math.sqrt(typical)
+    vx, vy, x0, y0 = cv2.fitLine(points, cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
+    line = np.abs((points[:, 0] - x0) * vy - (points[:, 1] - y0) * vx) < 0.5 * size
+    if int(line.sum()) < TEXT_GLYPHS:
+        return None
+    # Glyphs of one line are of one height (across the line: their boxes' extent across it).
+    across = np.abs(boxes[line, 2] * vy) + np.abs(boxes[line, 3] * vx)
+    if float(np.std(across)) > TEXT_HEIGHT_SPREAD * float(np.mean(across)):
+        return None
+    x, y, w, h = boxes[line].T
+    corners = np.concatenate(
+        [np.stack([x, y], 1), np.stack([x + w, y], 1), np.stack([x, y + h], 1),
+         np.stack([x + w, y + h], 1)]
+    )  # fmt: skip
+    (cx, cy), (bw, bh), angle = cv2.minAreaRect(corners)
+    if bw >= bh:
+        grown = (bw + 2.0 * size, bh + 2.0 * GLYPH_MARGIN_PX)
+    else:
+        grown = (bw + 2.0 * GLYPH_MARGIN_PX, bh + 2.0 * size)
+    band = np.asarray(cv2.boxPoints(((cx, cy), grown, angle)), dtype=np.float32)
+    symbol = contours[largest].reshape(-1, 2).astype(np.float32)
+    if not _inside(symbol, band).any():
+        return None  # the text stands apart: the outline of the symbol's mark is its own
+    cleared = darkness.copy()
+    cv2.fillPoly(cleared, [np.round(band).astype(np.int32)], 0.0)
+    return np.asarray(cleared, dtype=np.float32)
+
+
+def _inside(points: Floats, quad: Floats) -> npt.NDArray[np.bool_]:
+    """Whether each point lies inside the convex ``quad`` (either winding)."""
+    sides = []
+    for i in range(4):
+        a, b = quad[i], quad[(i + 1) % 4]
+        sides.append((b[0] - a[0]) * (points[:, 1] - a[1]) - (b[1] - a[1]) * (points[:, 0] - a[0]))
+    signs = np.stack(sides)
+    return np.asarray((signs >= 0).all(axis=0) | (signs <= 0).all(axis=0), dtype=np.bool_)
 
 
 def _brushed(image: GrayImage) -> bool:
@@ -207,7 +338,7 @@ def _blob_pass(
         yield darkness, blob_mask, _grown(blobs, SCORE_GROW), blobs
 
 
-def _without_glyphs(darkness: Floats, labels: npt.NDArray[np.int32], count: int) -> Floats:
+def _without_glyphs(darkness: Floats, labels: Labels, count: int) -> Floats:
     """``darkness`` with its largest marks (``labels``, ``count`` with the background) and a
     margin around them cleared: when there are only a few (``GLYPH_MARKS``), they are glyphs of
     bold text or a solid symbol, and a fainter symbol beside them lies below the ink threshold
@@ -241,9 +372,7 @@ def _fits(
     if timing_first:
         yield _timing_fit(darkness, outlined, rows, cols)
     yield outlined
-    if time_left() < SNAP_MS:
-        return
-    if refine and not timing_first:
+    if refine and not timing_first and time_left() >= TIMING_MS:
         yield _timing_fit(darkness, outlined, rows, cols)
     if time_left() >= SNAP_MS:
         yield _snap(darkness, outlined, rows, cols)
@@ -258,14 +387,27 @@ def _read_grid(
     rows: int,
     cols: int,
     time_left: Callable[[], float],
+    grown: dict[tuple[int, int], tuple[Floats, Floats]] | None = None,
 ) -> zxingcpp.Barcode | None:
-    """The symbol sampled on the grid ``fitted``, as it is and with the marks grown."""
+    """The symbol sampled on the grid ``fitted``, as it is and with the marks grown. ``grown``
+    keeps the grown maps of one crop (map and disc size: the map and its grown copy): the fits
+    of one outline have about the same pitch, and a dilation of a large crop costs 0.5-0.8 ms."""
     pitch = 0.5 * (_dist(fitted[0], fitted[1]) / cols + _dist(fitted[1], fitted[2]) / rows)
-    grown = [_grown(darkness, GROW * pitch)]
-    if blobs is not None:  # small dots: their centres are clearer than their darkness
-        grown.append(_grown(blobs, GROW * pitch))
-    for sampled in (darkness, *grown):
-        for module_grid in _sample(sampled, fitted, rows, cols, local=sampled is darkness):
+    kept = {} if grown is None else grown
+
+    def maps() -> Iterator[tuple[Floats, bool]]:
+        yield darkness, True
+        # Each grown map only if the one before read nothing.
+        for source in (darkness, blobs):  # blobs: small dots, their centres are clearer
+            if source is None:
+                continue
+            key = (id(source), _disc_size(GROW * pitch))
+            if key not in kept or kept[key][0] is not source:
+                kept[key] = (source, _grown(source, GROW * pitch))
+            yield kept[key][1], False
+
+    for sampled, local in maps():
+        for module_grid in _sample(sampled, fitted, rows, cols, local=local):
             for barcode in _decode(module_grid):
                 return barcode
         if time_left() <= 0:
@@ -361,8 +503,12 @@ def _blobs(image: GrayImage) -> Floats:
 
 def _grown(darkness: Floats, across: float) -> Floats:
     """Every mark grown by a disc ``across`` px wide (the greyscale dilation of the darkness)."""
-    k = max(1, round(across)) | 1
-    return np.asarray(cv2.dilate(darkness, _disc(k)), dtype=np.float32)
+    return np.asarray(cv2.dilate(darkness, _disc(_disc_size(across))), dtype=np.float32)
+
+
+def _disc_size(across: float) -> int:
+    """The odd disc diameter ``_grown`` grows by for ``across`` px."""
+    return max(1, round(across)) | 1
 
 
 def _ink(darkness: Floats, top_share: float = 0.99) -> npt.NDArray[np.uint8] | None:
@@ -373,7 +519,10 @@ def _ink(darkness: Floats, top_share: float = 0.99) -> npt.NDArray[np.uint8] | N
     # convertScaleAbs saturates to 0..255 (darkness is never negative): numpy's clip and cast
     # cost several ms on a large crop.
     scaled = _u8(cv2.convertScaleAbs(darkness))
-    hist = cv2.calcHist([scaled], [0], None, [256], [0, 256]).ravel()
+    # The percentile from every other row and column of a large map: a quarter of the
+    # histogram's cost (0.7 ms on a crop of 911x827 px), and still tens of thousands of pixels.
+    sample = scaled[::2, ::2] if scaled.size > HIST_SAMPLE_ABOVE else scaled
+    hist = cv2.calcHist([np.ascontiguousarray(sample)], [0], None, [256], [0, 256]).ravel()
     top = float(np.searchsorted(np.cumsum(hist), top_share * float(hist.sum())))
     if top < 6.0:  # nothing darker than sensor noise
         return None
@@ -397,13 +546,12 @@ def _despeckle(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
 
 def _marks(
     mask: npt.NDArray[np.uint8],
-) -> tuple[int, npt.NDArray[np.int32], npt.NDArray[np.intp]]:
+) -> tuple[int, Labels, npt.NDArray[np.intp]]:
     """The mask's marks: their count (the background one of them), labels and areas (the
     background's left out). The labels alone and a bincount: OpenCV's labelling with its
     statistics costs four times as much (1.9 against 0.4 ms on a dot-peen crop of 430 marks)."""
-    count, found = cv2.connectedComponents(mask, connectivity=8)
-    labels = np.asarray(found, dtype=np.int32)
-    return int(count), labels, np.bincount(labels.ravel(), minlength=count)[1:]
+    count, labels = _labels(mask)
+    return count, labels, np.bincount(labels.ravel(), minlength=count)[1:]
 
 
 # --- 2. the symbol's outline ---------------------------------------------------------------

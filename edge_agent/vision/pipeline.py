@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -32,7 +32,7 @@ from edge_agent.config.models import VisionSection
 from edge_agent.contracts import CodeRead, GrayImage
 from edge_agent.vision.decode import DATAMATRIX, barcode_read, symbol_contrast
 from edge_agent.vision.dmtx_pool import DmtxPool
-from edge_agent.vision.grid import read_sampled
+from edge_agent.vision.grid import Marks, marks, read_sampled
 from edge_agent.vision.locate import Region, locate
 
 log = structlog.get_logger("edge_agent.vision.pipeline")
@@ -66,6 +66,9 @@ FAST_SHARE = 1 / 3
 # set the code ranks first in 543 of 560 frames, but a thin low-contrast DMRE (8x120) beside
 # bold text ranked fifth, and a candidate of text costs the fast pass a few tenths of a ms.
 LOCATE_CANDIDATES = 6
+# A best candidate of dots skips zxing-cpp's rotated search only when its crop is larger than
+# this (pixels), where that search costs 3-7 ms.
+ROTATED_SKIP_PX = 512 * 512
 # A stage that needs about this long is not started with less of the budget left: it would
 # only push the frame past its budget (the frame is a no-read either way).
 STAGE_MS = {"grid": 6.0, "upscale": 3.0, "clahe": 3.0, "dmtx": 2.0}
@@ -86,6 +89,22 @@ class _Target:
     image: GrayImage
     offset: tuple[int, int]
     located: bool = False  # a candidate crop of a large frame (modules >= 3 px by design)
+    rank: int = 0  # among the frame's candidates, best first
+    # What is learnt of it on the way (its dark marks), for the stages after.
+    memo: dict[str, Marks] = field(default_factory=dict, compare=False)
+
+    def marks(self) -> Marks:
+        """Its dark marks (``grid.marks``), taken once."""
+        found = self.memo.get("marks")
+        if found is None:
+            found = self.memo["marks"] = marks(self.image)
+        return found
+
+    @property
+    def dotted(self) -> bool:
+        """Whether this is the best candidate of a large frame and a symbol of dots
+        (``grid.Marks.dotted``)."""
+        return self.located and self.rank == 0 and self.marks().dotted
 
 
 Stage = Callable[["DecodePipeline", _Target, float], list[CodeRead]]
@@ -134,30 +153,76 @@ class DecodePipeline:
         if self.section.roi is not None:
             frame = _roi(frame.image, self.section.roi)
         targets = self._targets(frame, timings)
-        stages = [self.section.backend, *self.section.fallbacks]
-        reads: list[CodeRead] = []
-        for name in dict.fromkeys(stages):  # a stage named twice runs once
-            if reads or (name != stages[0] and self._left_ms(deadline) <= 0):
+        stages = list(dict.fromkeys([self.section.backend, *self.section.fallbacks]))
+        # The fast pass tries the best candidate whatever the clock says (a late frame is
+        # rejected by the verdict deadline anyway), the others while its share of the budget
+        # lasts: most of them are lines of text, and a long one costs as much as a frame.
+        reads = self._run(stages[0], targets, deadline, timings, fast_until=fast_until)
+        if reads:
+            return self._finished(reads, full, started, timings)
+        # Fallbacks stop when the budget is spent.
+        for name, chosen in self._plan(stages[1:], targets, deadline):
+            if self._left_ms(deadline) <= 0:
                 break
-            if name != stages[0] and self._left_ms(deadline) < STAGE_MS.get(name, 0.0):
+            if self._left_ms(deadline) < STAGE_MS.get(name, 0.0):
                 continue
-            stage_started = time.perf_counter()
-            fast = name == stages[0]
-            # The fast pass tries the best candidate whatever the clock says (a late frame is
-            # rejected by the verdict deadline anyway), the others while its share of the
-            # budget lasts: most of them are lines of text, and a long one costs as much as a
-            # frame. Fallbacks stop when the budget is spent.
-            for target in targets if fast else targets[: FALLBACK_TARGETS[name]]:
-                if not fast and self._left_ms(deadline) < _needs_ms(name, target):
-                    break
-                reads = _merge(reads, _STAGES[name](self, target, deadline))
-                if len(reads) >= self.section.max_codes:
-                    break
-                if fast and self._clock() >= fast_until:
-                    break
-                if not fast and self._left_ms(deadline) < STAGE_MS.get(name, 0.0):
-                    break
-            timings.append((name, (time.perf_counter() - stage_started) * 1000.0))
+            reads = self._run(name, chosen, deadline, timings)
+            if reads:
+                break
+        return self._finished(reads, full, started, timings)
+
+    def _run(
+        self,
+        name: str,
+        targets: Sequence[_Target],
+        deadline: float,
+        timings: list[tuple[str, float]],
+        *,
+        fast_until: float | None = None,
+    ) -> list[CodeRead]:
+        """Stage ``name`` on ``targets`` in turn: the fast pass (``fast_until`` given) while its
+        share of the budget lasts, a fallback while the budget does."""
+        stage_started = time.perf_counter()
+        fast = fast_until is not None
+        reads: list[CodeRead] = []
+        for target in targets:
+            if not fast and self._left_ms(deadline) < _needs_ms(name, target):
+                break
+            reads = _merge(reads, _STAGES[name](self, target, deadline))
+            if len(reads) >= self.section.max_codes:
+                break
+            if fast_until is not None and self._clock() >= fast_until:
+                break
+            if not fast and self._left_ms(deadline) < STAGE_MS.get(name, 0.0):
+                break
+        timings.append((name, (time.perf_counter() - stage_started) * 1000.0))
+        return reads
+
+    def _plan(
+        self, fallbacks: Sequence[str], targets: list[_Target], deadline: float
+    ) -> list[tuple[str, list[_Target]]]:
+        """The fallbacks in order, each with the candidates it tries; the grid stage first on
+        a best candidate of dots (``grid.Marks.dotted``: inkjet and dot peen, which the
+        smoothing passes rarely read and the grid stage does, given the time they took)."""
+        plan = [(name, targets[: FALLBACK_TARGETS[name]]) for name in fallbacks]
+        if (
+            "grid" not in fallbacks
+            or not targets
+            or self._left_ms(deadline) < STAGE_MS["grid"]
+            or not targets[0].dotted
+        ):
+            return plan
+        at = list(fallbacks).index("grid")
+        plan[at] = ("grid", plan[at][1][1:])
+        return [("grid", targets[:1]), *plan]
+
+    def _finished(
+        self,
+        reads: list[CodeRead],
+        full: GrayImage,
+        started: float,
+        timings: list[tuple[str, float]],
+    ) -> list[CodeRead]:
         ms = (time.perf_counter() - started) * 1000.0
         return [
             replace(
@@ -181,7 +246,7 @@ class DecodePipeline:
             frame.image, max_regions=max(LOCATE_CANDIDATES, self.section.max_codes + 3)
         )
         timings.append(("locate", (time.perf_counter() - started) * 1000.0))
-        return [_crop(frame, region) for region in regions]
+        return [_crop(frame, region, rank) for rank, region in enumerate(regions)]
 
     def _left_ms(self, deadline: float) -> float:
         return (deadline - self._clock()) * 1000.0
@@ -223,7 +288,13 @@ class DecodePipeline:
         # frame of many codes searches rotated at once: a partial plain read would end it.
         if self.section.max_codes == 1:
             reads = self._zxing(target, try_rotate=False)
-            if reads:
+            if reads or (target.image.size > ROTATED_SKIP_PX and target.dotted):
+                # Nor does the rotated search read a symbol of separated dots (it has no edges
+                # to trace): on the wide set (seed 1) no dotted best candidate is read by
+                # either pass, and on a large crop the rotated one costs 6.5-7 ms (5 MP frames'
+                # inkjet 26x64 and dot-peen 8x144). A smaller crop keeps it: it is cheap there,
+                # and it reads a low-contrast printed symbol whose noise splits it into as many
+                # marks (seed 7, low_contrast 34: 184 marks, 487x489 px).
                 return reads
         return self._zxing(target)
 
@@ -299,7 +370,9 @@ class DecodePipeline:
             return self._left_ms(deadline)
 
         if target.located:
-            return read_sampled(target.image, target.offset, time_left=time_left)
+            return read_sampled(
+                target.image, target.offset, time_left=time_left, found=target.marks()
+            )
         reads: list[CodeRead] = []
         for region in locate(target.image, max_regions=FALLBACK_TARGETS["grid"]):
             if reads or self._left_ms(deadline) < STAGE_MS["grid"]:
@@ -341,10 +414,13 @@ def _roi(image: GrayImage, roi: tuple[int, int, int, int]) -> _Target:
     return _Target(np.ascontiguousarray(image[y : y + height, x : x + width]), (x, y))
 
 
-def _crop(frame: _Target, region: Region) -> _Target:
+def _crop(frame: _Target, region: Region, rank: int = 0) -> _Target:
     x, y = frame.offset
     return _Target(
-        np.ascontiguousarray(region.crop(frame.image)), (x + region.x, y + region.y), located=True
+        np.ascontiguousarray(region.crop(frame.image)),
+        (x + region.x, y + region.y),
+        located=True,
+        rank=rank,
     )
 
 
