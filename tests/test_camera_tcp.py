@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import re
@@ -205,6 +206,19 @@ _junk = st.one_of(
 )
 
 
+def _counting_png_decodes(decoded: list[int]) -> contextlib.AbstractContextManager[object]:
+    """``codec.decode_png`` appending to ``decoded`` at each call, while the context lasts."""
+    from drivers.cameras.tcp import codec
+
+    real = codec.decode_png
+
+    def counted(payload: bytes, width: int, height: int) -> np.ndarray | None:
+        decoded.append(1)
+        return real(payload, width, height)
+
+    return unittest.mock.patch.object(codec, "decode_png", counted)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.tuples(_frame_spec, _junk), min_size=1, max_size=5),
@@ -215,21 +229,13 @@ def test_a_feed_that_decodes_a_png_was_announced(
 ) -> None:
     # The driver frames on the event loop unless may_decode_png says a PNG may be decoded:
     # a PNG decoded by a feed it called False would have stalled the loop.
-    from drivers.cameras.tcp import codec
-
     decoded: list[int] = []
-    real = codec.decode_png
-
-    def counted(payload: bytes, width: int, height: int) -> np.ndarray | None:
-        decoded.append(1)
-        return real(payload, width, height)
-
     junks = [junk for _, junk in pieces]
     frames = _make_frames([spec for spec, _ in pieces])
     stream = b"".join(junk + data for junk, (_, _, data) in zip(junks, frames, strict=True))
     decoder = FrameDecoder()
     bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
-    with unittest.mock.patch.object(codec, "decode_png", counted):
+    with _counting_png_decodes(decoded):
         for start, end in itertools.pairwise(bounds):
             chunk = stream[start:end]
             announced = decoder.may_decode_png(chunk)
@@ -249,21 +255,13 @@ def test_receiving_in_place_frames_as_feeding_does(
     # The driver lets the socket write into receive_buffer() (a raw payload in place); the
     # frames, the malformed reports and the PNG announcements are those of feed, however the
     # bytes arrive.
-    from drivers.cameras.tcp import codec
-
     decoded: list[int] = []
-    real = codec.decode_png
-
-    def counted(payload: bytes, width: int, height: int) -> np.ndarray | None:
-        decoded.append(1)
-        return real(payload, width, height)
-
     frames = _make_frames([spec for spec, _ in pieces])
     stream = b"".join(junk + data for (_, junk), (_, _, data) in zip(pieces, frames, strict=True))
     fed = FrameDecoder()
     expected = fed.feed(stream) + fed.close()
     decoder, got, at = FrameDecoder(), [], 0
-    with unittest.mock.patch.object(codec, "decode_png", counted):
+    with _counting_png_decodes(decoded):
         for size in itertools.cycle(sizes):
             if at == len(stream):
                 break
