@@ -15,10 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edge_agent.cli import main
 from edge_agent.db import open_reader
-from simulators.demo.aggregation import aggregation_report
+from simulators.demo.aggregation import (
+    CASES_PER_MIN,
+    FAST_CASES_PER_MIN,
+    aggregation_report,
+    conveyor_pace,
+)
 from tests.helpers.epcis import CONFORMANCE
 
 SCHEMA_FILE = CONFORMANCE / "epcis" / "EPCIS-JSON-Schema.json"
@@ -145,6 +152,18 @@ def test_every_child_epc_is_in_exactly_one_open_add(
         ledger = dict(conn.execute("SELECT child, parent FROM packed").fetchall())
     assert {c: ps[0] for c, ps in open_adds.items()} == ledger
     assert len(ledger) == report["units_packed"] + report["cases"]
+
+
+@given(units_per_min=st.floats(1.0, 20_000.0), per_case=st.integers(1, 120))
+def test_the_case_conveyor_keeps_ahead_of_the_packer_within_the_stations_pace(
+    units_per_min: float, per_case: int
+) -> None:
+    pace = conveyor_pace(units_per_min, per_case)
+    assert CASES_PER_MIN <= pace <= FAST_CASES_PER_MIN
+    filled = units_per_min / per_case
+    # faster than the packer fills cases wherever the stations allow it: no backlog grows
+    assert pace >= min(FAST_CASES_PER_MIN, 1.5 * filled)
+    assert conveyor_pace(None, per_case) == FAST_CASES_PER_MIN  # --fast
 
 
 def _problems(conn: sqlite3.Connection, report: dict[str, Any], truth: dict[str, Any]) -> list[str]:

@@ -39,10 +39,19 @@ def test_demo_three_orders_a_hold_resumed_through_the_api_and_the_audit_trail(
     code = main([*args, "--report-json", str(report_file), "--state-dir", str(state)])
     report = json.loads(report_file.read_text())
     assert code == 0, report["problems"]
-    capsys.readouterr()
+    _no_forwarder_is_explained(report, capsys.readouterr().out)
     _orders_ran_one_after_another_and_closed_balanced(report, state)
     _order_2_held_and_was_resumed_through_the_api(report)
     _audit_verify_passes_and_finds_a_changed_row(state, tmp_path / "copy", capsys)
+
+
+def _no_forwarder_is_explained(report: dict[str, Any], out: str) -> None:
+    """Without --upstream the events stay in the outbox: the summary says so and what to do."""
+    waiting = sum(o["events_pending_delivery"] for o in report["orders"])
+    assert waiting >= 3 * UNITS - 3  # every unit's event at least (a few were rejected)
+    text = " ".join(out.split())  # the console wraps at its width
+    assert f"events waiting for upstream: {waiting:,}, kept in the outbox" in text
+    assert "--upstream epcis-http" in text and "outbox export --state-dir" in text
 
 
 def _orders_ran_one_after_another_and_closed_balanced(report: dict[str, Any], state: Path) -> None:

@@ -53,7 +53,10 @@ from simulators.line import SimUnit
 log = structlog.get_logger(__name__)
 
 CASE_GATE_S = 8.0  # case camera to case gate: both reads, the label printed and read back
-CASES_PER_MIN = 30.0  # case conveyor pace: one case every 2 s reaches the case camera
+CASES_PER_MIN = 30.0  # the slowest conveyor pace: one case every 2 s reaches the case camera
+# the fastest: one case every 0.5 s, 5x the time a station takes for a case on a quiet 2-core
+# machine (0.1 s), so a loaded one keeps up and no verdict comes late at the gate
+FAST_CASES_PER_MIN = 120.0
 SMALL_FRAME = (1280, 960)  # case frames of up to 12 codes; larger cases get the 5 MP frame
 STEP_S = 90.0  # the longest the finish waits for one thing (a loaded 2-core machine)
 OPERATOR = audit.Actor("demo-operator", "demo")
@@ -94,6 +97,15 @@ class AggregateOptions:
         }
 
 
+def conveyor_pace(units_per_min: float | None, units_per_container: int) -> float:
+    """Containers per minute on a conveyor after the packer: half again as fast as the unit line
+    fills them, so the packer never backs up, within CASES_PER_MIN..FAST_CASES_PER_MIN."""
+    if units_per_min is None:
+        return FAST_CASES_PER_MIN
+    filled = units_per_min / units_per_container
+    return min(FAST_CASES_PER_MIN, max(CASES_PER_MIN, 1.5 * filled))
+
+
 class Api:
     """What the line end asks the daemon's REST API (the demo's ``ApiClient``)."""
 
@@ -115,6 +127,7 @@ class LineEnd:
     options: AggregateOptions
     seed: int
     queue: list[str] = field(default_factory=list)  # the orders, in the order they run
+    units_per_min: float | None = None  # the unit line's speed; None: as fast as it goes
     cases: CaseStationSim = field(init=False)
     bundles: BundleStationSim | None = field(init=False, default=None)
     pallets: PalletStationSim = field(init=False)
@@ -130,24 +143,26 @@ class LineEnd:
 
     def __post_init__(self) -> None:
         size = SMALL_FRAME if self.options.case_size <= 12 else None
+        bundle_size = self.options.bundle_size
+        units_per_case = self.options.case_size * (bundle_size or 1)
         self.cases = CaseStationSim(
             case_size=self.options.case_size,
             defect_rate=self.options.case_defect_rate,
             seed=self.seed,
             gate_delay_s=CASE_GATE_S,
-            cases_per_min=CASES_PER_MIN,
+            cases_per_min=conveyor_pace(self.units_per_min, units_per_case),
             size=size,
         )
         self.pallets = PalletStationSim(seed=self.seed + 1)
         self.pallets.attach(self.cases)
-        if self.options.bundle_size is not None:
+        if bundle_size is not None:
             self.bundles = BundleStationSim(
-                case_size=self.options.bundle_size,
+                case_size=bundle_size,
                 defect_rate=self.options.case_defect_rate,
                 seed=self.seed + 2,
                 gate_delay_s=CASE_GATE_S,
-                cases_per_min=CASES_PER_MIN,
-                size=SMALL_FRAME if self.options.bundle_size <= 12 else None,
+                cases_per_min=conveyor_pace(self.units_per_min, bundle_size),
+                size=SMALL_FRAME if bundle_size <= 12 else None,
             )
             self.bundles.feed(self.cases)
 

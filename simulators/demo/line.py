@@ -150,7 +150,8 @@ async def run_demo(
         async with SimulatorSet(section) as sims, contextlib.AsyncExitStack() as stack:
             line_end = None
             if aggregate is not None:
-                line_end = LineEnd(aggregate, seed, queue=[d["id"] for d in documents])
+                queue = [d["id"] for d in documents]
+                line_end = LineEnd(aggregate, seed, queue=queue, units_per_min=speed)
                 await line_end.start(sims.line, sims.plc)
                 stack.push_async_callback(line_end.stop)
             arrivals: dict[int, tuple[str, str]] = {}  # trigger -> (GTIN, lot) as printed
@@ -792,6 +793,24 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         )
     for problem in report["problems"]:
         console.print(f"[red]problem:[/] {problem}")
+    if hint := _outbox_hint(report):
+        console.print(hint)
     balanced = "[bold green]yes" if report["balanced"] else "[bold red]NO"
     console.print(f"all orders balanced: {balanced}   REST API was at {report['api_url']}")
     console.print(f"state database: {report['state_dir']}/state.db")
+
+
+def _outbox_hint(report: dict[str, Any]) -> str | None:
+    """Why events wait for upstream after a demo without a forwarder: nothing is lost, nothing
+    was sent; how to see them delivered or written out."""
+    if "events_received_upstream" in report:
+        return None
+    waiting = sum(o.get("events_pending_delivery", 0) for o in report["orders"])
+    if not waiting:
+        return None
+    return (
+        f"events waiting for upstream: {waiting:,}, kept in the outbox (this demo has no "
+        "forwarder; --upstream epcis-http delivers them to a simulated EPCIS capture server, "
+        f"edge-agent outbox export --state-dir {report['state_dir']} --out events.jsonld "
+        "writes them out)"
+    )
