@@ -114,6 +114,10 @@ class LineRuntime:
         self.printer = printer
         self.camera = camera
         self.plc = plc
+        # A protocol check walks the protocol's members on every call: the link's abilities
+        # are fixed, so they are looked up once rather than for each group of verdicts.
+        self._verdicts_link = plc if isinstance(plc, PlcVerdictsLink) else None
+        self._status_link = plc if isinstance(plc, PlcStatusLink) else None
         self.reader = reader
         self.stats = stats or LineStats()
         self.on_tick = on_tick or (lambda: None)
@@ -837,14 +841,13 @@ class LineRuntime:
             (item.outcome.trigger, Verdict.PASS if item.outcome.passed else Verdict.REJECT)
             for item in group
         ]
-        batched = isinstance(self.plc, PlcVerdictsLink)
         written = time.monotonic()
-        if isinstance(self.plc, PlcVerdictsLink):  # one round trip for the group
-            await self.plc.write_verdicts(verdicts)
+        if self._verdicts_link is not None:  # one round trip for the group
+            await self._verdicts_link.write_verdicts(verdicts)
             written = time.monotonic()
         for item, (trigger, verdict) in zip(group, verdicts, strict=True):
             outcome = item.outcome
-            if not batched:
+            if self._verdicts_link is None:
                 await self.plc.write_verdict(trigger, verdict)
                 written = time.monotonic()
             latency_ms = (written - item.frame.received_at) * 1000.0
@@ -937,12 +940,12 @@ class LineRuntime:
 
     async def _publish_status(self, state: AgentLineState) -> None:
         """The agent's line state and counters, for the PLC and its HMI (when the link has room)."""
-        if isinstance(self.plc, PlcStatusLink):
+        if self._status_link is not None:
             s = self.stats
             status = LineStatus(
                 state, s.units, s.passed, s.rejected, self._last_trigger, self._missing_confirms
             )
-            await self.plc.write_status(status)
+            await self._status_link.write_status(status)
 
     async def _watch_rejects(self) -> None:
         while True:
