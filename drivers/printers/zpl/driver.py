@@ -474,6 +474,8 @@ class ZplLabelPrinter(ZplPrinter):
             except codec.TemplateError as exc:
                 raise ValueError(f"case label template {exc}") from exc
 
+    config: ZplLabelPrinter.Config  # the label printer's own, with its templates
+
     def __init__(self, name: str, config: ZplLabelPrinter.Config) -> None:
         super().__init__(name, config)
 
