@@ -378,3 +378,18 @@ def test_grid_cuts_off_a_line_of_text_that_touches_the_symbol() -> None:
         found = grid.marks(np.ascontiguousarray(locate(dots.image)[0].crop(dots.image)))
         assert found.mask is not None
         assert grid._without_text(found.darkness, found.mask) is None
+
+
+@pytest.mark.parametrize(("category", "index"), [("dmre", 23), ("perspective", 14)])
+def test_grid_rescues_a_long_dmre_whose_timing_row_is_out_of_phase(
+    category: str, index: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seed 7's 8x144 DMRE (frames 103 and 454): the outline is 1-7 px off the symbol's
+    # corners, a module or two at the far end of a 144-module row, so the timing modules there
+    # are sampled out of phase and no size scores 0.8 (0.69-0.77). Fitted to the timing dots,
+    # the right size scores 0.88-1.00 and reads; without that rescue, no read (checked below).
+    frame = wide.wide_frame(category, index, seed=7)
+    crop = np.ascontiguousarray(locate(frame.image)[0].crop(frame.image))
+    assert [read.text for read in read_sampled(crop)] == list(frame.codes)
+    monkeypatch.setattr(grid, "RESCUES", 0)
+    assert read_sampled(crop) == []
