@@ -19,7 +19,9 @@ replaces only the detector and the sampler:
 3. its outline (the convex hull, whose four sides are the finder and the timing pattern) gives
    the four corners;
 4. every ECC 200 size (square, rectangular, DMRE) whose aspect fits the outline is scored by its
-   finder and timing modules in each of the four orientations;
+   finder and timing modules in each of the four orientations (a long symbol's size that
+   scores a little short, its far timing modules out of phase, is fitted to the timing dots and
+   scored again once everything else has read nothing: ``_rescued``);
 5. the best few are sampled module by module (as they are, then with every mark grown by a
    quarter module: a dot smaller than its module, or a crater whose bright rim sits at the
    centre, is then seen wherever in the module it is), redrawn as a clean symbol and handed to
