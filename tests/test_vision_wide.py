@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from edge_agent import gs1
 from edge_agent.config.models import VisionSection
 from edge_agent.vision import grid
+from edge_agent.vision import locate as locate_module
 from edge_agent.vision.grid import _blobs, read_sampled
 from edge_agent.vision.locate import locate
 from edge_agent.vision.pipeline import DecodePipeline
@@ -378,3 +379,32 @@ def test_grid_cuts_off_a_line_of_text_that_touches_the_symbol() -> None:
         found = grid.marks(np.ascontiguousarray(locate(dots.image)[0].crop(dots.image)))
         assert found.mask is not None
         assert grid._without_text(found.darkness, found.mask) is None
+
+
+@pytest.mark.parametrize(("category", "index"), [("dmre", 23), ("perspective", 14)])
+def test_grid_rescues_a_long_dmre_whose_timing_row_is_out_of_phase(
+    category: str, index: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seed 7's 8x144 DMRE (frames 103 and 454): the outline is 1-7 px off the symbol's
+    # corners, a module or two at the far end of a 144-module row, so the timing modules there
+    # are sampled out of phase and no size scores 0.8 (0.69-0.77). Fitted to the timing dots,
+    # the right size scores 0.88-1.00 and reads; without that rescue, no read (checked below).
+    frame = wide.wide_frame(category, index, seed=7)
+    crop = np.ascontiguousarray(locate(frame.image)[0].crop(frame.image))
+    assert [read.text for read in read_sampled(crop)] == list(frame.codes)
+    monkeypatch.setattr(grid, "RESCUES", 0)
+    assert read_sampled(crop) == []
+
+
+@pytest.mark.parametrize("index", [12, 23])
+def test_locate_splits_a_dot_peen_symbol_from_the_streak_it_joins(
+    index: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seed 11's dot peen 12 and 23 (an 8x80 and a 24x24): a streak of the brushed metal runs
+    # through the symbol's quiet zone across the whole frame, and the closing joins the two
+    # into one blob of fill 0.05-0.15, far below a code's: no candidate at all. Opened, the
+    # streak goes and the symbol is a solid blob of its own (fill 0.7-0.86).
+    frame = wide.wide_frame("dot_peen", index, seed=11)
+    assert _covered(frame, list(locate(frame.image)))
+    monkeypatch.setattr(locate_module, "SPLIT_DISCS", ())
+    assert not _covered(frame, list(locate(frame.image)))

@@ -19,7 +19,9 @@ replaces only the detector and the sampler:
 3. its outline (the convex hull, whose four sides are the finder and the timing pattern) gives
    the four corners;
 4. every ECC 200 size (square, rectangular, DMRE) whose aspect fits the outline is scored by its
-   finder and timing modules in each of the four orientations;
+   finder and timing modules in each of the four orientations (a long symbol's size that
+   scores a little short, its far timing modules out of phase, is fitted to the timing dots and
+   scored again once everything else has read nothing: ``_rescued``);
 5. the best few are sampled module by module (as they are, then with every mark grown by a
    quarter module: a dot smaller than its module, or a crater whose bright rim sits at the
    centre, is then seen wherever in the module it is), redrawn as a clean symbol and handed to
@@ -53,6 +55,8 @@ from edge_agent.vision.locate import shrink
 
 Floats = npt.NDArray[np.float32]
 Labels = npt.NDArray[np.integer[Any]]  # marks' labels, 16 or 32 bits
+Size = tuple[int, int, int, Floats]  # a candidate grid: rows, columns, turn, corners
+Read = list[CodeRead] | None  # a crop's reads, or None: go on looking
 
 # ECC 200 sizes (rows, columns): ISO/IEC 16022 squares and rectangles, ISO/IEC 21471 DMRE.
 SQUARE_SIZES = (10, 12, 14, 16, 18, 20, 22, 24, 26, 32, 36, 40, 44, 48, 52, 64)
@@ -65,6 +69,15 @@ SIZES: tuple[tuple[int, int], ...] = tuple((n, n) for n in SQUARE_SIZES) + RECTA
 MIN_MODULE_PX = 1.5  # a finer grid than this cannot be sampled
 MAX_PITCH_SKEW = 0.3  # modules are square: the two pitches of a candidate size agree this well
 MIN_BORDER_SCORE = 0.8  # share of finder and timing modules that must match
+# ... or, from this share, after the grid was fitted to the timing dots (``_rescued``): the
+# near misses, at most this many of an outline, fitted at most this many times.
+RESCUE_SCORE = 0.65
+RESCUES = 2
+RESCUE_FITS = 2
+RESCUE_GAIN = 0.05  # ... the second only if the first gained this much
+# Only a long symbol (columns per row): the phase error of the far timing modules grows with
+# the row's length, and a fit costs 1-2 ms.
+RESCUE_ASPECT = 4
 EXPAND = (0.0, 0.15, 0.3, 0.45)  # modules the outline is widened by on each side, best one kept
 CANDIDATES = 3  # grids sampled and decoded per symbol, best border score first
 # Sizes whose border is scored, best rough contrast first: on an outline half a module off, a
@@ -190,6 +203,20 @@ def read_sampled(
     if min(height, width) < 16:
         return []
     grown: dict[tuple[int, int], tuple[Floats, Floats]] = {}  # _read_grid's, of this crop
+    # The near misses of every outline, rescued only once every size that scored has read
+    # nothing: a rescue costs 2-4 ms, which the outlines after it often need (seed 11).
+    near: list[tuple[Floats, Floats | None, Floats, list[Size]]] = []
+
+    def read(darkness: Floats, blobs: Floats | None, size: Size, fits: Iterator[Floats]) -> Read:
+        rows, cols = size[:2]
+        for fitted in fits:
+            barcode = _read_grid(darkness, blobs, fitted, rows, cols, time_left, grown)
+            if barcode is not None:
+                return [_placed(barcode, fitted, rows, cols, offset, strategy)]
+            if time_left() <= 0:
+                return []
+        return None
+
     for darkness, mask, scored, blobs in _passes(image, time_left, found):
         if time_left() < OUTLINE_MS:
             break
@@ -199,21 +226,25 @@ def read_sampled(
         for corners, trapezoid in _corner_guesses(outline):
             if time_left() < SEARCH_MS:
                 return []
-            for rank, (rows, cols, _turn, outlined) in enumerate(_sizes(corners, scored)):
+            misses: list[Size] = []
+            near.append((darkness, blobs, scored, misses))
+            for rank, size in enumerate(_sizes(corners, scored, misses)):
+                first = rank == 0
                 fits = _fits(
                     darkness,
-                    outlined,
-                    (rows, cols),
-                    refine=rank == 0,
-                    timing_first=trapezoid and rank == 0,
+                    size[3],
+                    size[:2],
+                    refine=first,
+                    timing_first=trapezoid and first,
                     time_left=time_left,
                 )
-                for fitted in fits:
-                    read = _read_grid(darkness, blobs, fitted, rows, cols, time_left, grown)
-                    if read is not None:
-                        return [_placed(read, fitted, rows, cols, offset, strategy)]
-                    if time_left() <= 0:
-                        return []
+                if (reads := read(darkness, blobs, size, fits)) is not None:
+                    return reads
+    for darkness, blobs, scored, misses in near:
+        for size in _rescued(scored, misses, time_left):
+            fits = _fits(darkness, size[3], size[:2], refine=True, time_left=time_left)
+            if (reads := read(darkness, blobs, size, fits)) is not None:
+                return reads
     return []
 
 
@@ -721,8 +752,11 @@ def _intersect(p: Floats, u: Floats, q: Floats, v: Floats) -> Floats | None:
 # --- 3. size and orientation ---------------------------------------------------------------
 
 
-def _sizes(corners: Floats, darkness: Floats) -> Iterator[tuple[int, int, int, Floats]]:
-    """(rows, columns, turn, corners) candidates, best border score first. ``turn`` says which
+def _sizes(
+    corners: Floats, darkness: Floats, near_misses: list[Size] | None = None
+) -> Iterator[Size]:
+    """(rows, columns, turn, corners) candidates, best border score first; those that score
+    a little less are added to ``near_misses`` (for ``_rescued``). ``turn`` says which
     corner is the symbol's top-left (above the finder's L); each size's outline is the best of
     a few widenings (``EXPAND``)."""
     side_a = 0.5 * (_dist(corners[0], corners[1]) + _dist(corners[2], corners[3]))
@@ -773,9 +807,35 @@ def _sizes(corners: Floats, darkness: Floats) -> Iterator[tuple[int, int, int, F
     # up front (by their border contrast) read 73 of them in 1018 ms in all; the fits 76 in
     # 728 ms.
     for score, rows, cols, turn, quad in scored[:CANDIDATES]:
-        if score < MIN_BORDER_SCORE:
-            return
-        yield rows, cols, turn, quad
+        if score >= MIN_BORDER_SCORE:
+            yield rows, cols, turn, quad
+        elif score >= RESCUE_SCORE and near_misses is not None:
+            near_misses.append((rows, cols, turn, quad))
+
+
+def _rescued(
+    darkness: Floats, near_misses: Sequence[Size], time_left: Callable[[], float]
+) -> Iterator[Size]:
+    """The near misses of the border score whose grid, fitted to the timing dots and the
+    finder (``_timing_fit``, a second time from the first fit's grid), scores enough. Along a
+    long DMRE row an outline a module off at one end puts the far timing modules out of phase
+    (seed 7: four 8x144 whose outlines are 1-4 px from the symbol's corners score 0.69-0.77;
+    fitted, 0.88-1.00 and they read); a wrong size stays below, so this costs a frame without a
+    symbol little."""
+    long = [miss for miss in near_misses if miss[1] >= RESCUE_ASPECT * miss[0]]
+    for rows, cols, turn, quad in long[:RESCUES]:
+        fitted = quad
+        score = _border_scores_of(darkness, [(quad, rows, cols)])[0]
+        for _ in range(RESCUE_FITS):
+            if time_left() < TIMING_MS:
+                return
+            fitted = _timing_fit(darkness, fitted, rows, cols)
+            before, score = score, _border_scores_of(darkness, [(fitted, rows, cols)])[0]
+            if score >= MIN_BORDER_SCORE:
+                yield rows, cols, turn, fitted
+                break
+            if score < before + RESCUE_GAIN:
+                break  # the fit does not converge on this grid: a wrong size, most likely
 
 
 def _rough_contrasts(
