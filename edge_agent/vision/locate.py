@@ -94,14 +94,14 @@ def locate(image: GrayImage, *, max_regions: int = 8, margin: float = 0.35) -> l
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
     close = cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5))
     mask = cv2.morphologyEx(edges, cv2.MORPH_CLOSE, close)
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+    mask = _u8(cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel))
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     regions: list[Region] = []
     for found in contours:
         contour = np.asarray(found, dtype=np.int32)
         region = _region(contour, edges, factor, image.shape[:2], margin)
         if region is None:
-            regions.extend(_split(contour, _u8(mask), edges, factor, image.shape[:2], margin))
+            regions.extend(_split(contour, mask, edges, factor, image.shape[:2], margin))
         elif region.score > 0:
             regions.append(region)
     regions.sort(key=lambda r: r.score, reverse=True)
